@@ -1,0 +1,59 @@
+"""On-disk artifacts: atomic writes, content hashes and the config sidecar stored beside them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+
+def default_cache_dir() -> Path:
+    """Where derived data (gallery embeddings, source caches) goes: $GEOCONCEPT_CACHE or ~/.cache"""
+    env = os.environ.get("GEOCONCEPT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "geoconcept"
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds.
+
+    A crash mid-write therefore never leaves a half-written artifact under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data: object) -> None:
+    """Write ``data`` as pretty JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def hash_tensors(*tensors: torch.Tensor, extra: str = "") -> str:
+    """A short, stable content hash of tensors (dtype, shape and bytes) plus a string."""
+    h = hashlib.sha256(extra.encode())
+    for t in tensors:
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def hash_state_dict(module: torch.nn.Module) -> str:
+    """Fingerprint a module's weights, so caches derived from them invalidate when they change."""
+    sd = module.state_dict()
+    return hash_tensors(*(sd[k] for k in sorted(sd)), extra=",".join(sorted(sd)))

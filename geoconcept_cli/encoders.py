@@ -1,0 +1,239 @@
+"""Model factory: frozen open_clip backbones, and GeoCLIP's pretrained heads from its wheel.
+
+GeoCLIP's image MLP (768->768->512), location encoder and logit scale are read from the
+weights files inside the installed ``geoclip`` package, never from a hub. The location encoder
+is re-implemented here (same parameter names, loaded with ``strict=True``) so that importing
+geoconcept does not import ``transformers`` through ``geoclip/__init__``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import GeoconceptError
+
+DEFAULT_CLIP_MODEL = "ViT-L-14"
+DEFAULT_CLIP_PRETRAINED = "openai"
+GEOCLIP_FEATURE_DIM = 768  # GeoCLIP's image MLP expects ViT-L/14's projected embedding.
+
+
+class RandomWeightsWarning(UserWarning):
+    """CLIP runs with random weights: the mechanics work, the predictions mean nothing."""
+
+
+# ---------------------------------------------------------------- GeoCLIP location encoder
+# Equal Earth projection constants (Savric et al. 2018), as in GeoCLIP.
+_A1, _A2, _A3, _A4, _SF = 1.340264, -0.081106, 0.000893, 0.003796, 66.50336
+
+
+def equal_earth_projection(latlon: torch.Tensor) -> torch.Tensor:
+    """(lat, lon) degrees -> GeoCLIP's scaled Equal Earth (x, y)."""
+    lat, lon = torch.deg2rad(latlon[:, 0]), torch.deg2rad(latlon[:, 1])
+    theta = torch.asin((math.sqrt(3.0) / 2) * torch.sin(lat))
+    denom = 3 * (9 * _A4 * theta**8 + 7 * _A3 * theta**6 + 3 * _A2 * theta**2 + _A1)
+    x = (2 * math.sqrt(3.0) * lon * torch.cos(theta)) / denom
+    y = _A4 * theta**9 + _A3 * theta**7 + _A2 * theta**3 + _A1 * theta
+    return torch.stack((x, y), dim=1) * _SF / 180
+
+
+class FourierFeatures(nn.Module):
+    """Random Fourier features [cos 2piBv, sin 2piBv]; B is fixed (stored in the weights)."""
+
+    def __init__(self, sigma: float, n_freq: int = 256):
+        super().__init__()
+        self.b = nn.Parameter(torch.randn(n_freq, 2) * sigma, requires_grad=False)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        vp = 2 * math.pi * v @ self.b.T
+        return torch.cat((torch.cos(vp), torch.sin(vp)), dim=-1)
+
+
+class LocationBranch(nn.Module):
+    """One GeoCLIP scale: Fourier features -> 3 x (Linear, ReLU) -> Linear(1024, 512)."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.capsule = nn.Sequential(
+            FourierFeatures(sigma),
+            nn.Linear(512, 1024), nn.ReLU(),
+            nn.Linear(1024, 1024), nn.ReLU(),
+            nn.Linear(1024, 1024), nn.ReLU(),
+        )  # fmt: skip
+        self.head = nn.Sequential(nn.Linear(1024, 512))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.capsule(x))
+
+
+class LocationEncoder(nn.Module):
+    """GeoCLIP's location encoder: three Fourier-feature branches (sigma 2^0, 2^4, 2^8), summed."""
+
+    def __init__(self, sigmas: tuple[float, ...] = (2**0, 2**4, 2**8)):
+        super().__init__()
+        self.n = len(sigmas)
+        for i, s in enumerate(sigmas):
+            self.add_module(f"LocEnc{i}", LocationBranch(s))
+
+    def forward(self, latlon: torch.Tensor) -> torch.Tensor:
+        x = equal_earth_projection(latlon)
+        out = torch.zeros(x.shape[0], 512, device=x.device, dtype=x.dtype)
+        for i in range(self.n):
+            out = out + self._modules[f"LocEnc{i}"](x)
+        return out
+
+
+def image_mlp() -> nn.Sequential:
+    """GeoCLIP's image head: Linear(768, 768) - ReLU - Linear(768, 512)."""
+    return nn.Sequential(nn.Linear(768, 768), nn.ReLU(), nn.Linear(768, 512))
+
+
+def geoclip_package_dir() -> Path:
+    """The installed ``geoclip/model`` folder (weights and gallery), found without importing it."""
+    spec = importlib.util.find_spec("geoclip")
+    if spec is None or not spec.submodule_search_locations:
+        raise GeoconceptError("the 'geoclip' package is not installed: pip install geoclip")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+class GeoCLIPHead(nn.Module):
+    """GeoCLIP's trainable parts: image MLP, location encoder and (log) logit scale.
+
+    Any retrieval head in geoconcept offers the same three members, so the predictor, the
+    gallery cache and the evaluator work unchanged for GeoCLIP and the concept-aware model.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.image_mlp = image_mlp()
+        self.location_encoder = LocationEncoder()
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def embed_images(self, clip_features: torch.Tensor) -> torch.Tensor:
+        """CLIP image features (B, 768) -> L2-normalised GeoCLIP image embeddings (B, 512)."""
+        return F.normalize(self.image_mlp(clip_features), dim=1)
+
+    def embed_locations(self, latlon: torch.Tensor) -> torch.Tensor:
+        """(B, 2) degrees -> L2-normalised location embeddings (B, 512)."""
+        return F.normalize(self.location_encoder(latlon), dim=1)
+
+
+def load_geoclip_head(device: str | torch.device = "cpu") -> GeoCLIPHead:
+    """GeoCLIP's released weights, read from the installed wheel (eval mode)."""
+    weights = geoclip_package_dir() / "weights"
+
+    def load(name: str):
+        return torch.load(weights / name, map_location="cpu", weights_only=True)
+
+    head = GeoCLIPHead()
+    head.image_mlp.load_state_dict(load("image_encoder_mlp_weights.pth"))
+    head.location_encoder.load_state_dict(load("location_encoder_weights.pth"))
+    with torch.no_grad():
+        head.logit_scale.copy_(load("logit_scale_weights.pth"))
+    return head.eval().to(device)
+
+
+# ---------------------------------------------------------------------- open_clip backbone
+@dataclass
+class ClipBackbone:
+    """A frozen open_clip model with its preprocessing transform and tokenizer."""
+
+    model: nn.Module
+    preprocess: object
+    tokenizer: object
+    model_name: str
+    pretrained: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.visual.output_dim)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Projected, unnormalised image embeddings (what GeoCLIP's MLP consumes)."""
+        return self.model.encode_image(pixels.to(self.device)).float()
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Projected, unnormalised text embeddings."""
+        tokens = self.tokenizer(texts).to(self.device)
+        return self.model.encode_text(tokens).float()
+
+
+def resolve_model_name(name: str) -> str:
+    """Accept a registered open_clip name, or a path to a JSON model config (registered here)."""
+    import open_clip
+
+    path = Path(name)
+    if name.endswith(".json"):
+        if not path.is_file():
+            raise GeoconceptError(f"CLIP model config {name} not found")
+        open_clip.add_model_config(path)
+        return path.stem
+    if name not in open_clip.list_models():
+        raise GeoconceptError(
+            f"unknown CLIP model '{name}' (see open_clip.list_models(), e.g. ViT-L-14, "
+            "or pass a JSON model config path)"
+        )
+    return name
+
+
+def load_clip(
+    model_name: str = DEFAULT_CLIP_MODEL,
+    pretrained: str = DEFAULT_CLIP_PRETRAINED,
+    device: str | torch.device = "cpu",
+) -> ClipBackbone:
+    """Build a frozen open_clip model.
+
+    ``pretrained`` is an open_clip tag (downloaded once by open_clip), a local ``.pt`` /
+    ``.bin`` / ``.safetensors`` checkpoint, or ``none`` for random weights (tests, benchmarks).
+    """
+    import open_clip
+
+    name = resolve_model_name(model_name)
+    if pretrained.lower() == "none":
+        warnings.warn(
+            f"CLIP {name} has random weights (--clip-pretrained none): predictions are "
+            "meaningless; GeoCLIP's MLP, location encoder and gallery are real",
+            RandomWeightsWarning,
+            stacklevel=2,
+        )
+        tag = None
+        torch.manual_seed(0)  # the same random backbone in every process: reproducible runs
+    elif Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"} or "/" in pretrained:
+        if not Path(pretrained).is_file():
+            raise GeoconceptError(f"CLIP checkpoint {pretrained} not found")
+        tag = pretrained
+    else:
+        known = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in known:
+            raise GeoconceptError(
+                f"no pretrained tag '{pretrained}' for {name} (known: {', '.join(known) or 'none'})"
+            )
+        tag = pretrained
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=tag, device=device
+        )
+    except Exception as exc:  # open_clip raises many kinds for unreachable hubs / bad files
+        if tag is not None and not Path(tag).is_file():
+            raise GeoconceptError(
+                f"could not get CLIP weights '{tag}' for {name} ({type(exc).__name__}). This "
+                "machine may have no internet: pass --clip-pretrained /path/to/checkpoint "
+                "(.pt or .safetensors), run once on a machine with internet to fill open_clip's "
+                "cache, or use --clip-pretrained none (random weights, meaningless predictions)"
+            ) from None
+        raise GeoconceptError(f"could not load CLIP {name} from {tag}: {exc}") from None
+    model.eval().requires_grad_(False)
+    return ClipBackbone(model, preprocess, open_clip.get_tokenizer(name), name, pretrained)

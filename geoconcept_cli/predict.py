@@ -1,0 +1,108 @@
+"""Top-k GPS retrieval for photos: CLIP features -> retrieval head -> cached gallery softmax."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .encoders import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_CLIP_PRETRAINED,
+    ClipBackbone,
+    load_clip,
+    load_geoclip_head,
+)
+from .gallery import cached_gallery_embeddings, load_gallery
+from .geo import place_name
+from .images import load_image
+
+
+@dataclass
+class Candidate:
+    """One predicted location: rank 1 is the best."""
+
+    rank: int
+    lat: float
+    lon: float
+    prob: float
+    gallery_index: int
+    place: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Predictor:
+    """Retrieval over a GPS gallery with any head that has ``embed_images``,
+    ``embed_locations`` and ``logit_scale`` (GeoCLIP's, or a trained concept-aware one)."""
+
+    def __init__(
+        self,
+        head: nn.Module,
+        gallery_gps: torch.Tensor,
+        gallery_emb: torch.Tensor,
+        clip: ClipBackbone | None = None,
+    ):
+        self.head = head.eval()
+        self.clip = clip
+        self.device = next(head.parameters()).device
+        self.gallery_gps = gallery_gps
+        self.gallery_emb = gallery_emb.to(self.device)
+
+    @classmethod
+    def load(
+        cls,
+        clip_model: str = DEFAULT_CLIP_MODEL,
+        clip_pretrained: str = DEFAULT_CLIP_PRETRAINED,
+        gallery: str | Path | None = None,
+        head: nn.Module | None = None,
+        cache_dir: str | Path | None = None,
+        device: str = "cpu",
+        progress: Callable[[int], None] | None = None,
+    ) -> Predictor:
+        """GeoCLIP's pretrained head (unless ``head`` is given) over a cached gallery."""
+        clip = load_clip(clip_model, clip_pretrained, device)
+        head = (head or load_geoclip_head()).to(device)
+        gps = load_gallery(gallery)
+        emb = cached_gallery_embeddings(gps, head, cache_dir, progress=progress)
+        return cls(head, gps, emb, clip)
+
+    def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Projected CLIP embeddings (B, D) of RGB images, with the model's own preprocessing."""
+        if self.clip is None:
+            raise RuntimeError("this predictor has no CLIP backbone; pass features instead")
+        pixels = torch.stack([self.clip.preprocess(img) for img in images])
+        return self.clip.encode_images(pixels)
+
+    @torch.no_grad()
+    def logits(self, clip_features: torch.Tensor) -> torch.Tensor:
+        """(B, N) gallery logits: logit_scale.exp() * cosine(image, location)."""
+        img = self.head.embed_images(clip_features.to(self.device).float())
+        return self.head.logit_scale.exp() * img @ self.gallery_emb.T
+
+    @torch.no_grad()
+    def topk(self, clip_features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k (probabilities, gallery indices), each (B, k), of the softmax over the gallery."""
+        k = max(1, min(k, len(self.gallery_gps)))
+        probs = self.logits(clip_features).softmax(dim=-1)
+        top = probs.topk(k, dim=-1)
+        return top.values.cpu(), top.indices.cpu()
+
+    def candidates(self, probs: torch.Tensor, idx: torch.Tensor) -> list[Candidate]:
+        """Turn one row of :meth:`topk` into named candidates."""
+        out = []
+        for rank, (p, i) in enumerate(zip(probs.tolist(), idx.tolist(), strict=True), start=1):
+            lat, lon = (float(v) for v in self.gallery_gps[i])
+            out.append(Candidate(rank, lat, lon, float(p), int(i), place_name(lat, lon)))
+        return out
+
+    def predict(self, path: str | Path, top_k: int = 5) -> list[Candidate]:
+        """Top-k candidates for one photo file (raises GeoconceptError on a bad file)."""
+        feats = self.image_features([load_image(path)])
+        probs, idx = self.topk(feats, top_k)
+        return self.candidates(probs[0], idx[0])

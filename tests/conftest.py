@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny 768-d open_clip config, a session-wide cache, small galleries."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+TINY_CLIP = str(TESTS / "data" / "tiny-clip-768.json")
+SHARED_DATA = TESTS.parent.parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason it is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} (a fresh clone has no ../shared)")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory) -> Path:
+    """One cache for the whole run, so GeoCLIP's 100K gallery is encoded at most once."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["GEOCONCEPT_CACHE"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on a hub that cannot be reached
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_clip() -> str:
+    return TINY_CLIP
+
+
+@pytest.fixture(scope="session")
+def small_gallery(tmp_path_factory) -> Path:
+    """500 points of GeoCLIP's real gallery, as a CSV with lower-case headers."""
+    from geoconcept_cli.gallery import default_gallery_path
+
+    df = pd.read_csv(default_gallery_path()).iloc[::200].reset_index(drop=True)
+    path = tmp_path_factory.mktemp("gallery") / "gallery.csv"
+    df.rename(columns={"LAT": "lat", "LON": "lon"}).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

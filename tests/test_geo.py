@@ -1,0 +1,45 @@
+import numpy as np
+import torch
+
+from geoconcept_cli.geo import (
+    accuracy_at_thresholds,
+    haversine_km,
+    place_name,
+    unit_vectors,
+    valid_latlon,
+)
+
+
+def test_paris_london_distance():
+    d = haversine_km(48.8566, 2.3522, 51.5074, -0.1278)
+    assert abs(float(d) - 343.5) < 0.6
+
+
+def test_distance_symmetry_and_antipode():
+    assert float(haversine_km(0, 0, 0, 180)) == np.float64(np.pi * 6371.0088)
+    a = haversine_km([10, -33], [20, 151], [-5, 40], [100, -70])
+    b = haversine_km([-5, 40], [100, -70], [10, -33], [20, 151])
+    np.testing.assert_allclose(a, b)
+
+
+def test_accuracy_at_thresholds():
+    acc = accuracy_at_thresholds(np.array([0.5, 10, 100, 1000, 5000]))
+    assert acc == {"1km": 20.0, "25km": 40.0, "200km": 60.0, "750km": 60.0, "2500km": 80.0}
+
+
+def test_unit_vector_dot_ranks_like_distance(rng):
+    pts = torch.tensor(np.c_[rng.uniform(-90, 90, 200), rng.uniform(-180, 180, 200)])
+    q = pts[:1]
+    by_dot = (unit_vectors(pts) @ unit_vectors(q).T).squeeze(1).argsort(descending=True)
+    by_km = np.argsort(haversine_km(q[0, 0], q[0, 1], pts[:, 0], pts[:, 1]))
+    assert by_dot.tolist() == by_km.tolist()
+
+
+def test_valid_latlon():
+    mask = valid_latlon([0, 91, np.nan, -90], [0, 0, 0, 181])
+    assert mask.tolist() == [True, False, False, False]
+
+
+def test_place_name_offline():
+    assert place_name(48.8566, 2.3522).endswith("FR")
+    assert "Hawaii, US" in place_name(22.07, -159.32)

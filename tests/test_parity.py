@@ -1,0 +1,56 @@
+"""geoconcept's predictor against GeoCLIP itself, on the same 768-d CLIP image features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geoconcept_cli.encoders import load_geoclip_head
+from geoconcept_cli.gallery import cached_gallery_embeddings, load_gallery
+from geoconcept_cli.predict import Predictor
+
+
+class _FixedFeatures(torch.nn.Module):
+    """Stands in for GeoCLIP's HF CLIP: returns preset 768-d features for any pixels."""
+
+    def __init__(self, feats: torch.Tensor):
+        super().__init__()
+        self.feats = feats
+
+    def get_image_features(self, pixel_values):
+        return self.feats[: pixel_values.shape[0]]
+
+
+@pytest.fixture(scope="module")
+def geoclip_model():
+    geoclip = pytest.importorskip("geoclip")
+    torch.manual_seed(0)
+    # Real MLP, location encoder, gallery and logit scale; a random ViT-L/14 we replace below.
+    return geoclip.GeoCLIP(from_pretrained=True, clip_pretrained=False).eval()
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    head = load_geoclip_head()
+    gps = load_gallery()
+    return Predictor(head, gps, cached_gallery_embeddings(gps, head))
+
+
+def test_same_gallery_and_weights(geoclip_model, predictor):
+    assert torch.equal(geoclip_model.gps_gallery, predictor.gallery_gps)
+    assert torch.allclose(geoclip_model.logit_scale, predictor.head.logit_scale)
+
+
+def test_topk_and_probabilities_match_geoclip(geoclip_model, predictor):
+    torch.manual_seed(1)
+    feats = torch.randn(4, 768) * 0.5
+    geoclip_model.image_encoder.CLIP = _FixedFeatures(feats)
+    with torch.no_grad():
+        probs = geoclip_model(torch.zeros(4, 3, 224, 224), geoclip_model.gps_gallery).softmax(-1)
+    ref = probs.topk(20, dim=-1)  # what GeoCLIP.predict does after its forward
+    ours_p, ours_i = predictor.topk(feats, 20)
+    assert torch.equal(ours_i, ref.indices)
+    assert torch.allclose(ours_p, ref.values, atol=1e-5)
+    # the full distributions agree too, not only the head
+    full = predictor.logits(feats).softmax(-1)
+    assert (full - probs).abs().max().item() < 1e-5

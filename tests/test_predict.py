@@ -1,0 +1,112 @@
+"""Predictor, gallery cache and CLIP loading on a tiny random 768-d open_clip model."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from geoconcept_cli import gallery as gallery_mod
+from geoconcept_cli.encoders import RandomWeightsWarning, load_clip, load_geoclip_head
+from geoconcept_cli.errors import GeoconceptError
+from geoconcept_cli.gallery import cached_gallery_embeddings, load_gallery
+from geoconcept_cli.predict import Predictor
+
+
+@pytest.fixture(scope="module")
+def tiny_predictor(tiny_clip, small_gallery):
+    with pytest.warns(RandomWeightsWarning):
+        return Predictor.load(tiny_clip, "none", small_gallery)
+
+
+def test_predict_photo(tiny_predictor, tmp_path):
+    photo = tmp_path / "p.jpg"
+    Image.new("RGB", (120, 80), (20, 140, 60)).save(photo)
+    cands = tiny_predictor.predict(photo, top_k=3)
+    assert [c.rank for c in cands] == [1, 2, 3]
+    probs = [c.prob for c in cands]
+    assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+    for c in cands:
+        assert tuple(tiny_predictor.gallery_gps[c.gallery_index].tolist()) == pytest.approx(
+            (c.lat, c.lon)
+        )
+        assert c.place  # offline reverse geocoding always names something
+
+
+def test_probabilities_sum_to_one(tiny_predictor):
+    feats = torch.randn(3, 768)
+    probs, _ = tiny_predictor.topk(feats, len(tiny_predictor.gallery_gps))
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3))
+
+
+def test_random_backbone_is_reproducible(tiny_clip):
+    with pytest.warns(RandomWeightsWarning):
+        a = load_clip(tiny_clip, "none")
+    with pytest.warns(RandomWeightsWarning):
+        b = load_clip(tiny_clip, "none")
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(a.encode_images(x), b.encode_images(x))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_local_checkpoint_loads(tiny_clip, tmp_path, suffix):
+    from safetensors.torch import save_file
+
+    with pytest.warns(RandomWeightsWarning):
+        ref = load_clip(tiny_clip, "none")
+    sd = {k: v.clone() * 1.5 for k, v in ref.model.state_dict().items()}
+    path = tmp_path / f"ckpt{suffix}"
+    save_file(sd, str(path)) if suffix == ".safetensors" else torch.save(sd, path)
+    loaded = load_clip(tiny_clip, str(path))
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
+def test_clip_errors_are_one_line(tiny_clip, tmp_path):
+    with pytest.raises(GeoconceptError, match="unknown CLIP model"):
+        load_clip("ViT-Nope-99", "none")
+    with pytest.raises(GeoconceptError, match="no pretrained tag"):
+        load_clip("ViT-B-32", "not-a-tag")
+    with pytest.raises(GeoconceptError, match="not found"):
+        load_clip(tiny_clip, str(tmp_path / "missing.pt"))
+
+
+def test_unreachable_weights_explain_what_to_do():
+    # HF_HUB_OFFLINE=1 (conftest): the download fails at once, as it would without internet.
+    with pytest.raises(GeoconceptError) as info:
+        load_clip("ViT-B-32", "openai")
+    msg = str(info.value)
+    assert "--clip-pretrained /path/to/checkpoint" in msg and "\n" not in msg
+
+
+def test_gallery_cache_encodes_once(tmp_path, small_gallery, monkeypatch):
+    head = load_geoclip_head()
+    gps = load_gallery(small_gallery)
+    calls = []
+    real = gallery_mod.encode_locations
+    monkeypatch.setattr(
+        gallery_mod, "encode_locations", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    first = cached_gallery_embeddings(gps, head, tmp_path)
+    second = cached_gallery_embeddings(gps, head, tmp_path)
+    assert len(calls) == 1 and torch.equal(first, second)
+    torch.testing.assert_close(first.norm(dim=1), torch.ones(len(gps)))
+    with torch.no_grad():
+        head.image_mlp[0].bias.add_(0.0)  # untouched weights keep the key ...
+        head.location_encoder.LocEnc0.head[0].bias.add_(0.1)  # ... changed weights do not
+    cached_gallery_embeddings(gps, head, tmp_path)
+    assert len(calls) == 2
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # nothing half-written left behind
+
+
+def test_gallery_formats(tmp_path):
+    df = pd.DataFrame({"Latitude": [10.0, -20.5], "LONGITUDE": [30.0, 120.25]})
+    df.to_parquet(tmp_path / "g.parquet")
+    assert load_gallery(tmp_path / "g.parquet").tolist() == [[10.0, 30.0], [-20.5, 120.25]]
+    pd.DataFrame({"x": [1], "y": [2]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(GeoconceptError, match="no latitude column"):
+        load_gallery(tmp_path / "bad.csv")
+    pd.DataFrame({"lat": [95.0], "lon": [0.0]}).to_csv(tmp_path / "off.csv", index=False)
+    with pytest.raises(GeoconceptError, match="invalid coordinates"):
+        load_gallery(tmp_path / "off.csv")

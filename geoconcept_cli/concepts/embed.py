@@ -1,0 +1,121 @@
+"""`embed-concepts`: the frozen concept basis E, CLIP text embeddings of the concept set.
+
+Each concept is embedded with every prompt template, each template embedding L2-normalised,
+averaged and normalised again (CLIP's prompt ensembling). Output: ``<out>.safetensors`` with
+``embeddings`` (k x d, float32) and ``<out>.json`` beside it: concept order, categories, model,
+pretrained tag, templates and the concept set's hash. Later stages refuse a file made for
+another model or another concept set.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..artifacts import atomic_path, write_json
+from ..encoders import ClipBackbone
+from ..errors import GeoconceptError
+from .review import concept_set_hash, load_concepts
+
+DEFAULT_TEMPLATES = (
+    "a photo of {}.",
+    "a street view photo showing {}.",
+    "a landscape photo with {}.",
+    "a travel photo of a place with {}.",
+)
+
+
+@dataclass
+class ConceptEmbeddings:
+    """The basis E (k x d) with what made it."""
+
+    embeddings: torch.Tensor
+    meta: dict
+
+    @property
+    def concepts(self) -> list[str]:
+        return self.meta["concepts"]
+
+
+def sidecar(path: str | Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+@torch.no_grad()
+def encode_concepts(
+    names: list[str], clip: ClipBackbone, templates=DEFAULT_TEMPLATES, batch_size: int = 256,
+    progress=None,
+) -> torch.Tensor:  # fmt: skip
+    """Prompt-ensembled, L2-normalised text embeddings (k x d)."""
+    out = []
+    for start in range(0, len(names), batch_size):
+        chunk = names[start : start + batch_size]
+        per_template = [
+            F.normalize(clip.encode_texts([t.format(c) for c in chunk]), dim=-1) for t in templates
+        ]
+        out.append(F.normalize(torch.stack(per_template).mean(0), dim=-1).cpu())
+        if progress:
+            progress(len(chunk))
+    return torch.cat(out)
+
+
+def embed_concepts(
+    concepts_path: str | Path,
+    clip: ClipBackbone,
+    out: str | Path,
+    templates=DEFAULT_TEMPLATES,
+    progress=None,
+) -> tuple[ConceptEmbeddings, bool]:
+    """Embed a concepts.parquet; returns (embeddings, computed). Skips work when unchanged."""
+    df = load_concepts(concepts_path)
+    meta = {
+        "format": "geoconcept-concept-embeddings/1",
+        "clip_model": clip.model_name,
+        "clip_pretrained": clip.pretrained,
+        "templates": list(templates),
+        "concept_set_hash": concept_set_hash(df),
+        "concepts": df["concept"].tolist(),
+        "categories": df["category"].tolist(),
+        "subcategories": df["subcategory"].tolist(),
+    }
+    out = Path(out).with_suffix(".safetensors")
+    if out.is_file() and sidecar(out).is_file():
+        old = json.loads(sidecar(out).read_text())
+        if old == meta:
+            return ConceptEmbeddings(load_file(out)["embeddings"], old), False
+    emb = encode_concepts(meta["concepts"], clip, templates, progress=progress)
+    save_concept_embeddings(out, emb, meta)
+    return ConceptEmbeddings(emb, meta), True
+
+
+def save_concept_embeddings(path: str | Path, embeddings: torch.Tensor, meta: dict) -> Path:
+    """Write the basis and its sidecar (the sidecar last: it marks the pair complete)."""
+    path = Path(path).with_suffix(".safetensors")
+    with atomic_path(path) as tmp:
+        save_file({"embeddings": embeddings.float().contiguous()}, str(tmp))
+    write_json(sidecar(path), meta)
+    return path
+
+
+def load_concept_embeddings(
+    path: str | Path, clip_model: str | None = None, clip_pretrained: str | None = None
+) -> ConceptEmbeddings:
+    """Read an embed-concepts output; refuse it if made for another CLIP model/weights."""
+    path = Path(path).with_suffix(".safetensors")
+    if not path.is_file() or not sidecar(path).is_file():
+        raise GeoconceptError(f"{path}: no concept embeddings (run geoconcept embed-concepts)")
+    meta = json.loads(sidecar(path).read_text())
+    for key, want in (("clip_model", clip_model), ("clip_pretrained", clip_pretrained)):
+        if want is not None and meta.get(key) != want:
+            raise GeoconceptError(
+                f"{path} was made with {key}={meta.get(key)}, not {want}: rerun embed-concepts"
+            )
+    emb = load_file(path)["embeddings"]
+    if emb.shape[0] != len(meta["concepts"]):
+        raise GeoconceptError(f"{path}: {emb.shape[0]} rows but {len(meta['concepts'])} concepts")
+    return ConceptEmbeddings(emb, meta)

@@ -1,0 +1,107 @@
+"""torch.distributed setup shared by `train` and `embed-images`.
+
+Three ways in, one code path: a process started by ``torchrun`` (RANK/WORLD_SIZE/... in the
+environment), a SLURM task (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID), or our own ``--gpus N``
+/ ``--nproc N``, which starts the workers through torch's elastic launcher (torchrun's engine).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _adopt_slurm_env(master_addr: str | None, master_port: int) -> None:
+    """Translate SLURM's task variables into the ones torch.distributed reads."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
+        return
+    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    addr = master_addr or os.environ.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_ADDR", addr)
+    os.environ.setdefault("MASTER_PORT", str(master_port))
+
+
+def launched_externally() -> bool:
+    """True inside torchrun or a multi-task SLURM job: the workers already exist."""
+    return "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def init_distributed(use_cuda: bool, master_addr=None, master_port: int = 29500) -> DistInfo:
+    """Join the process group if this process is one of several; else a single-process info."""
+    _adopt_slurm_env(master_addr, master_port)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world == 1:
+        return DistInfo(device=device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local, device)
+
+
+def launch(
+    fn: Callable,
+    args: tuple,
+    nproc: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str = "127.0.0.1",
+    master_port: int = 29500,
+) -> None:
+    """Run ``fn(*args)`` in ``nproc`` processes on each of ``nnodes`` nodes (torchrun's engine)."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=nnodes,
+        max_nodes=nnodes,
+        nproc_per_node=nproc,
+        run_id=uuid.uuid4().hex[:8],
+        rdzv_backend="static",  # like torchrun --node-rank: fixed node ranks, no discovery
+        rdzv_endpoint=f"{master_addr}:{master_port}",
+        rdzv_configs={"rank": node_rank},
+        max_restarts=0,
+        start_method="spawn",
+        monitor_interval=0.5,
+    )
+    elastic_launch(config, fn)(*args)
+
+
+def all_gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate ``x`` from every rank, keeping the autograd graph to each rank's part."""
+    if info.world_size == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather  # autograd-aware
+
+    return torch.cat(all_gather(x))
+
+
+def mean_across_ranks(value: float, info: DistInfo) -> float:
+    """Average a Python number over ranks (for logging the global loss)."""
+    if info.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return float(t.item()) / info.world_size

@@ -1,0 +1,96 @@
+"""`evaluate`: top-1 gallery retrieval scored at 1/25/200/750/2500 km (Im2GPS3k protocol).
+
+Several checkpoints and the pretrained GeoCLIP side by side, plus the gallery ceiling: the
+share of test points whose nearest gallery point is within each threshold, which bounds any
+retrieval model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .encoders import load_geoclip_head
+from .gallery import cached_gallery_embeddings, load_gallery
+from .geo import THRESHOLDS_KM, accuracy_at_thresholds, haversine_km, unit_vectors
+from .model import load_head
+from .predict import Predictor
+
+
+def nearest_gallery_km(test_latlon: torch.Tensor, gallery: torch.Tensor, chunk=4096) -> np.ndarray:
+    """Distance from each test point to its nearest gallery point (max dot on the sphere)."""
+    g = unit_vectors(gallery)
+    best = []
+    for start in range(0, len(test_latlon), chunk):
+        q = test_latlon[start : start + chunk]
+        j = (unit_vectors(q) @ g.T).argmax(dim=1)
+        best.append(haversine_km(q[:, 0], q[:, 1], gallery[j, 0], gallery[j, 1]))
+    return np.concatenate(best)
+
+
+def summarize(dist_km: np.ndarray) -> dict:
+    """Accuracy at each threshold (%), median error (km) and the count."""
+    return {
+        **accuracy_at_thresholds(dist_km),
+        "median_km": float(np.median(dist_km)),
+        "n": int(len(dist_km)),
+    }
+
+
+@torch.no_grad()
+def top1_errors(predictor: Predictor, feats: torch.Tensor, truth: torch.Tensor, chunk=1024):
+    """Great-circle error (km) of each query's top-1 gallery point."""
+    idx = torch.cat(
+        [predictor.logits(feats[s : s + chunk]).argmax(dim=1).cpu()
+         for s in range(0, len(feats), chunk)]
+    )  # fmt: skip
+    pred = predictor.gallery_gps[idx]
+    return haversine_km(truth[:, 0], truth[:, 1], pred[:, 0], pred[:, 1])
+
+
+def evaluate_heads(
+    heads: dict[str, nn.Module],
+    feats: torch.Tensor,
+    truth: torch.Tensor,
+    gallery: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    progress=None,
+) -> dict:
+    """Scores of each named head and the gallery ceiling, as one JSON-able dict."""
+    gps = load_gallery(gallery)
+    rows = {}
+    for name, head in heads.items():
+        emb = cached_gallery_embeddings(gps, head, cache_dir)
+        rows[name] = summarize(top1_errors(Predictor(head, gps, emb), feats, truth))
+        if progress:
+            progress(name)
+    return {
+        "thresholds_km": list(THRESHOLDS_KM),
+        "models": rows,
+        "ceiling": summarize(nearest_gallery_km(truth, gps)),
+    }
+
+
+def heads_to_evaluate(checkpoints: list[str | Path], geoclip: bool = True, device="cpu"):
+    """GeoCLIP's pretrained head (optional) and each checkpoint's, keyed by a display name."""
+    heads = {"GeoCLIP (pretrained)": load_geoclip_head(device)} if geoclip else {}
+    for ck in checkpoints:
+        heads[str(ck)] = load_head(ck, device)[0]
+    return heads
+
+
+def markdown_table(result: dict) -> str:
+    """The evaluation as a Markdown table, models then the gallery ceiling."""
+    cols = [f"{t}km" for t in result["thresholds_km"]]
+    lines = [
+        "| model | " + " | ".join(f"{t} km" for t in result["thresholds_km"]) + " | median km |",
+        "|---" * (len(cols) + 2) + "|",
+    ]
+    rows = {**result["models"], "gallery ceiling": result["ceiling"]}
+    for name, r in rows.items():
+        cells = " | ".join(f"{r[c]:.1f}" for c in cols)
+        lines.append(f"| {name} | {cells} | {r['median_km']:.1f} |")
+    return "\n".join(lines)

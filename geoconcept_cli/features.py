@@ -1,0 +1,239 @@
+"""`embed-images`: run the frozen CLIP backbone once over a manifest and store feature shards.
+
+Layout of an output folder (documented in the README):
+- ``meta.json``: model, pretrained tag, manifest hash, shard size, rows, skipped rows;
+- ``shard-00000.safetensors`` ...: ``features`` (n, D) float32, ``latlon`` (n, 2) float32; the
+  image ids in the safetensors metadata (``ids``, JSON). Undecodable images are left out of
+  their shard and listed in its metadata (``skipped``).
+A finished shard is never recomputed, so an interrupted run resumes at the next one.
+Training and evaluation read these features: an epoch costs no CLIP forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+
+from .artifacts import atomic_path, write_json
+from .encoders import ClipBackbone
+from .errors import GeoconceptError
+from .gallery import LAT_NAMES, LON_NAMES, find_column, read_table
+from .geo import valid_latlon
+from .images import load_image
+
+FEATURES_FORMAT = "geoconcept-features/1"
+ID_NAMES = ("img_id", "id", "image", "image_id", "path", "filename", "file")
+
+
+@dataclass
+class Manifest:
+    """Usable rows of a manifest, and the ones skipped with their reason."""
+
+    rows: pd.DataFrame  # id, path, lat, lon
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    sha256: str = ""
+
+
+def read_manifest(path: str | Path, images_dir: str | Path | None = None) -> Manifest:
+    """Read a CSV/Parquet manifest (image id/path + LAT/LON); bad rows are skipped, not fatal."""
+    df = read_table(path)
+    id_col = find_column(df, ID_NAMES, "image id/path", path)
+    lat = df[find_column(df, LAT_NAMES, "latitude", path)].to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+    lon = df[find_column(df, LON_NAMES, "longitude", path)].to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+    base = Path(images_dir) if images_dir else Path(path).parent
+    ids = df[id_col].astype(str).tolist()
+    paths = [base / i for i in ids]
+    ok_coords = valid_latlon(lat, lon)
+    keep, skipped = [], []
+    for n, (i, p) in enumerate(zip(ids, paths, strict=True)):
+        if not ok_coords[n]:
+            skipped.append((i, "invalid coordinates"))
+        elif not p.is_file():
+            skipped.append((i, "missing image"))
+        else:
+            keep.append(n)
+    rows = pd.DataFrame(
+        {"id": [ids[n] for n in keep], "path": [str(paths[n]) for n in keep],
+         "lat": lat[keep], "lon": lon[keep]}
+    )  # fmt: skip
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return Manifest(rows, skipped, digest)
+
+
+class _Images(Dataset):
+    """Decodes and preprocesses photos in DataLoader workers; unreadable ones become None."""
+
+    def __init__(self, paths: list[str], preprocess):
+        self.paths, self.preprocess = paths, preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.preprocess(load_image(self.paths[i]))
+        except GeoconceptError as exc:
+            return i, str(exc)
+
+
+def _collate(batch):
+    good = [(i, x) for i, x in batch if isinstance(x, torch.Tensor)]
+    bad = [(i, x) for i, x in batch if not isinstance(x, torch.Tensor)]
+    pixels = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], pixels, bad
+
+
+def shard_path(out_dir: Path, index: int) -> Path:
+    return out_dir / f"shard-{index:05d}.safetensors"
+
+
+def write_shard(
+    out_dir: Path, index: int, ids: list[str], features: torch.Tensor, latlon: torch.Tensor,
+    skipped: list | None = None,
+) -> None:  # fmt: skip
+    """Atomically write one feature shard (see the module docstring for the layout)."""
+    tensors = {"features": features.float().contiguous(), "latlon": latlon.float().contiguous()}
+    metadata = {"ids": json.dumps(ids), "skipped": json.dumps(skipped or [])}
+    with atomic_path(shard_path(out_dir, index)) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def save_features(
+    out_dir: str | Path, ids: list[str], features: torch.Tensor, latlon: torch.Tensor,
+    shard_size: int = 4096, **meta,
+) -> None:  # fmt: skip
+    """Write features computed elsewhere in the embed-images layout (tests, converters)."""
+    out_dir = Path(out_dir)
+    n_shards = max(1, -(-len(ids) // shard_size))
+    for s in range(n_shards):
+        part = slice(s * shard_size, (s + 1) * shard_size)
+        write_shard(out_dir, s, ids[part], features[part], latlon[part])
+    write_json(out_dir / "meta.json", {
+        "format": FEATURES_FORMAT, "rows": len(ids), "shards": n_shards,
+        "shard_size": shard_size, "skipped": [], **meta,
+    })  # fmt: skip
+
+
+def embed_images(
+    manifest: Manifest,
+    out_dir: str | Path,
+    clip: ClipBackbone,
+    *,
+    shard_size: int = 4096,
+    batch_size: int = 64,
+    workers: int = 2,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Write feature shards (this rank's share: shard i goes to rank i % world_size)."""
+    out_dir = Path(out_dir)
+    rows = manifest.rows
+    n_shards = max(1, -(-len(rows) // shard_size))
+    meta = {
+        "format": FEATURES_FORMAT,
+        "clip_model": clip.model_name,
+        "clip_pretrained": clip.pretrained,
+        "manifest_sha256": manifest.sha256,
+        "shard_size": shard_size,
+        "rows": len(rows),
+        "shards": n_shards,
+        "skipped": [{"id": i, "reason": r} for i, r in manifest.skipped],
+    }
+    meta_path = out_dir / "meta.json"
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        same = {k: old.get(k) for k in ("clip_model", "clip_pretrained", "manifest_sha256",
+                                        "shard_size")}  # fmt: skip
+        if same != {k: meta[k] for k in same}:
+            raise GeoconceptError(
+                f"{out_dir} holds features of another model/manifest ({same}); use a new folder"
+            )
+    elif rank == 0:
+        write_json(meta_path, meta)
+    for s in range(rank, n_shards, world_size):
+        part = rows.iloc[s * shard_size : (s + 1) * shard_size]
+        if shard_path(out_dir, s).is_file():
+            if progress:
+                progress(len(part))
+            continue
+        loader = DataLoader(
+            _Images(part["path"].tolist(), clip.preprocess), batch_size=batch_size,
+            num_workers=workers, collate_fn=_collate,
+        )  # fmt: skip
+        feats, keep, bad = [], [], []
+        for idx, pixels, failed in loader:
+            bad += [(part["id"].iloc[i], msg) for i, msg in failed]
+            if pixels is not None:
+                feats.append(clip.encode_images(pixels).cpu())
+                keep += idx
+            if progress:
+                progress(len(idx) + len(failed))
+        sel = part.iloc[keep]
+        write_shard(
+            out_dir, s, sel["id"].tolist(),
+            torch.cat(feats) if feats else torch.zeros(0, clip.embed_dim),
+            torch.tensor(sel[["lat", "lon"]].to_numpy(), dtype=torch.float32), bad,
+        )  # fmt: skip
+    return meta
+
+
+def embed_images_worker(
+    manifest: str, images: str | None, out: str, clip_model: str, clip_pretrained: str,
+    device: str, batch_size: int, shard_size: int, workers: int, progress=None,
+) -> dict:  # fmt: skip
+    """One process of embed-images (picklable for the launcher): its share of the shards."""
+    from .distributed import init_distributed
+    from .encoders import load_clip
+
+    info = init_distributed(device.startswith("cuda"))
+    clip = load_clip(clip_model, clip_pretrained, info.device if device.startswith("cuda")
+                     else device)  # fmt: skip
+    return embed_images(
+        read_manifest(manifest, images), out, clip, shard_size=shard_size,
+        batch_size=batch_size, workers=workers, rank=info.rank, world_size=info.world_size,
+        progress=progress,
+    )  # fmt: skip
+
+
+@dataclass
+class Features:
+    """All shards of a feature folder, concatenated."""
+
+    ids: list[str]
+    features: torch.Tensor
+    latlon: torch.Tensor
+    meta: dict
+
+
+def load_features(folder: str | Path) -> Features:
+    """Read every shard of an ``embed-images`` folder (one-line error if incomplete)."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise GeoconceptError(f"{folder}: no meta.json, not an embed-images folder")
+    meta = json.loads(meta_path.read_text())
+    ids, feats, latlon = [], [], []
+    for s in range(meta["shards"]):
+        path = shard_path(folder, s)
+        if not path.is_file():
+            raise GeoconceptError(f"{folder}: shard {s} missing; rerun embed-images to finish")
+        with safe_open(str(path), "pt") as f:
+            ids += json.loads(f.metadata()["ids"])
+            feats.append(f.get_tensor("features"))
+            latlon.append(f.get_tensor("latlon"))
+    return Features(ids, torch.cat(feats), torch.cat(latlon), meta)

@@ -1,0 +1,67 @@
+"""Training losses: GeoCLIP's image->GPS InfoNCE and the concept-space divergences.
+
+The divergences compare the batch of image activations {z_i} with the batch of location
+activations {l_j} as distributions. ``mmd2`` is the Gaussian-kernel MMD^2 (biased, all pairs);
+``mean_divergence`` is what the paper's log-kernel formula reduces to:
+mean log K(z,z') + mean log K(l,l') - 2 mean log K(z,l) = ||mean z - mean l||^2 / sigma^2.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(
+    img: torch.Tensor,
+    loc: torch.Tensor,
+    logit_scale: torch.Tensor,
+    target_offset: int = 0,
+) -> torch.Tensor:
+    """Cross-entropy of each image over ``loc`` rows (batch GPS, then queue GPS).
+
+    ``img`` (B, D) and ``loc`` (M, D) are L2-normalised; the positive of image i is row
+    ``target_offset + i`` (non-zero under DDP, where ``loc`` holds every rank's batch).
+    """
+    logits = logit_scale.exp() * img @ loc.T
+    targets = torch.arange(img.shape[0], device=img.device) + target_offset
+    return F.cross_entropy(logits, targets)
+
+
+def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(-1)
+
+
+def median_sigma(z: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+    """Median heuristic bandwidth: median pairwise distance of the pooled sample (no gradient)."""
+    with torch.no_grad():
+        pooled = torch.cat([z, loc]).float()
+        d2 = _sq_dists(pooled, pooled)
+        off = d2[~torch.eye(len(pooled), dtype=torch.bool, device=d2.device)]
+        return off.median().clamp_min(1e-12).sqrt()
+
+
+def mmd2(z: torch.Tensor, loc: torch.Tensor, sigma: float | torch.Tensor | None = None):
+    """Gaussian-kernel MMD^2 between two samples; ``sigma=None`` uses the median heuristic."""
+    sigma = median_sigma(z, loc) if sigma is None else torch.as_tensor(sigma, device=z.device)
+    gamma = 1.0 / (2 * sigma**2)
+    k_zz = torch.exp(-gamma * _sq_dists(z, z)).mean()
+    k_ll = torch.exp(-gamma * _sq_dists(loc, loc)).mean()
+    k_zl = torch.exp(-gamma * _sq_dists(z, loc)).mean()
+    return k_zz + k_ll - 2 * k_zl
+
+
+def log_kernel_divergence(z: torch.Tensor, loc: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The paper's formula taken literally, with log K in place of K (for the identity test)."""
+    gamma = 1.0 / (2 * sigma**2)
+    zz, ll, zl = _sq_dists(z, z).mean(), _sq_dists(loc, loc).mean(), _sq_dists(z, loc).mean()
+    return -gamma * (zz + ll - 2 * zl)
+
+
+def mean_divergence(z: torch.Tensor, loc: torch.Tensor, sigma: float | None = None):
+    """||mean(z) - mean(loc)||^2 / sigma^2 (sigma: median heuristic when None)."""
+    sigma = median_sigma(z, loc) if sigma is None else torch.as_tensor(sigma, device=z.device)
+    return (z.mean(0) - loc.mean(0)).pow(2).sum() / sigma**2
+
+
+DIVERGENCES = {"mmd": mmd2, "mean": mean_divergence}

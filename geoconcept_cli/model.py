@@ -1,0 +1,145 @@
+"""The concept-aware retrieval head (arXiv 2509.01910 on top of GeoCLIP) and its checkpoints.
+
+Projection (the paper leaves it open; this is the choice, and why):
+- concept basis  B = E + Delta, E (k x d) the frozen L2-normalised CLIP text embeddings of
+  the concepts, Delta learnable (zero at start);
+- image   z_img = norm( norm(x) + W_img MLP(x) ),  x the 768-d CLIP image embedding, MLP
+  GeoCLIP's pretrained image MLP (768->768->512), W_img (512->d) initialised at ZERO. At
+  step 0 the image activations are exactly CLIP's zero-shot image-concept similarities, so
+  concepts mean what their names say from the start; training only adds a correction;
+- location z_loc = norm( W_loc LocEnc(g) ), LocEnc GeoCLIP's pretrained location encoder
+  (partially trainable), W_loc (512->d) learned: no zero-shot meaning exists for GPS;
+- activations a = z B^T (k-dim), retrieval score = s * cos(a_img, a_loc).
+Because the score is a dot product of two normalised k-vectors, it splits exactly into
+per-concept terms s * a_img[c] * a_loc[c] / (|a_img| |a_loc|): the explanation of ``explain``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .artifacts import atomic_path
+from .encoders import GeoCLIPHead, LocationEncoder, image_mlp, load_geoclip_head
+from .errors import GeoconceptError
+
+CHECKPOINT_FORMAT = "geoconcept-checkpoint/1"
+LOCATION_TRAINABLE = ("none", "partial", "all")
+
+
+class ConceptAwareHead(nn.Module):
+    """GeoCLIP's image MLP and location encoder, projected onto a learnable concept basis."""
+
+    def __init__(self, concept_embeddings: torch.Tensor, clip_dim: int = 768):
+        super().__init__()
+        k, d = concept_embeddings.shape
+        if d != clip_dim:
+            raise GeoconceptError(
+                f"concept embeddings are {d}-d but the CLIP image features are {clip_dim}-d: "
+                "embed the concepts with the same CLIP model as the images"
+            )
+        self.register_buffer("concept_embeddings", F.normalize(concept_embeddings.float(), dim=1))
+        self.delta = nn.Parameter(torch.zeros(k, d))
+        self.image_mlp = image_mlp()
+        self.image_proj = nn.Linear(512, d, bias=False)
+        nn.init.zeros_(self.image_proj.weight)
+        self.location_encoder = LocationEncoder()
+        self.location_proj = nn.Linear(512, d, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    @property
+    def basis(self) -> torch.Tensor:
+        """B = E + Delta, (k, d)."""
+        return self.concept_embeddings + self.delta
+
+    def image_concepts(self, clip_features: torch.Tensor) -> torch.Tensor:
+        """Concept activations (B, k) of CLIP image features."""
+        x = clip_features.float()
+        z = F.normalize(F.normalize(x, dim=1) + self.image_proj(self.image_mlp(x)), dim=1)
+        return z @ self.basis.T
+
+    def location_concepts(self, latlon: torch.Tensor) -> torch.Tensor:
+        """Concept activations (B, k) of (lat, lon) points."""
+        z = F.normalize(self.location_proj(self.location_encoder(latlon)), dim=1)
+        return z @ self.basis.T
+
+    def embed_images(self, clip_features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_concepts(clip_features), dim=1)
+
+    def embed_locations(self, latlon: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.location_concepts(latlon), dim=1)
+
+
+def init_from_geoclip(head: nn.Module) -> nn.Module:
+    """Copy GeoCLIP's pretrained MLP, location encoder and logit scale into ``head``."""
+    ref = load_geoclip_head()
+    head.image_mlp.load_state_dict(ref.image_mlp.state_dict())
+    head.location_encoder.load_state_dict(ref.location_encoder.state_dict())
+    with torch.no_grad():
+        head.logit_scale.copy_(ref.logit_scale)
+    return head
+
+
+def set_location_trainable(head: nn.Module, mode: str) -> None:
+    """Which location-encoder layers train: none, partial (each branch's last layers), all."""
+    if mode not in LOCATION_TRAINABLE:
+        raise GeoconceptError(f"--train-location must be one of {', '.join(LOCATION_TRAINABLE)}")
+    enc = head.location_encoder
+    for name, p in enc.named_parameters():
+        if name.endswith(".b"):  # the Fourier frequencies are fixed in GeoCLIP
+            p.requires_grad_(False)
+        elif mode == "partial":
+            p.requires_grad_(".head." in name or ".capsule.5." in name)
+        else:
+            p.requires_grad_(mode == "all")
+
+
+def build_head(concept_embeddings: torch.Tensor | None) -> nn.Module:
+    """A GeoCLIP-initialised head: concept-aware with embeddings, plain GeoCLIP with None."""
+    if concept_embeddings is None:
+        return load_geoclip_head().train()
+    return init_from_geoclip(ConceptAwareHead(concept_embeddings))
+
+
+def save_checkpoint(path: str | Path, head: nn.Module, config: dict, **state) -> None:
+    """Atomically write a checkpoint: weights, the config that made it, and training state."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "kind": "concept" if isinstance(head, ConceptAwareHead) else "geoclip",
+        "model": head.state_dict(),
+        "config": config,
+        **state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint dict, with one-line errors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise GeoconceptError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise GeoconceptError(f"{path}: not a readable checkpoint ({exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise GeoconceptError(f"{path}: not a geoconcept checkpoint")
+    return ckpt
+
+
+def load_head(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the trained head of a checkpoint file or run folder (eval mode), with its dict."""
+    path = Path(path)
+    ckpt = read_checkpoint(path / "checkpoint.pt" if path.is_dir() else path)
+    sd = ckpt["model"]
+    if ckpt["kind"] == "concept":
+        head = ConceptAwareHead(sd["concept_embeddings"])
+    else:
+        head = GeoCLIPHead()
+    head.load_state_dict(sd)
+    return head.eval().to(device), ckpt

@@ -1,0 +1,292 @@
+"""`train`: concept-aware alignment (or plain GeoCLIP) on cached image features.
+
+One process or many (DDP over torch.distributed; see ``distributed``). Everything that makes a
+run reproducible is derived from (seed, step): the data order of each epoch and the GPS noise,
+so a resumed run takes exactly the steps an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .artifacts import atomic_path, write_json
+from .concepts.embed import load_concept_embeddings
+from .distributed import DistInfo, all_gather_with_grad, init_distributed, mean_across_ranks
+from .errors import GeoconceptError
+from .features import load_features
+from .losses import DIVERGENCES, info_nce
+from .model import build_head, read_checkpoint, save_checkpoint, set_location_trainable
+
+KM_PER_DEGREE = 111.195
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a run; saved as ``config.json`` beside its checkpoint."""
+
+    features: str
+    out: str
+    concepts: str | None = None  # concept embeddings file; None trains plain GeoCLIP
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 512  # global, over all ranks
+    lr: float = 3e-5
+    weight_decay: float = 1e-6
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    queue_size: int = 4096
+    batch_noise_m: float = 150.0
+    queue_noise_m: float = 1000.0
+    divergence: str = "mmd"  # mmd | mean
+    sigma: float | None = None  # None: median heuristic
+    lambda_div: float = 1.0
+    delta_weight: float = 0.0
+    train_location: str = "partial"
+    seed: int = 0
+    save_every: int = 200
+    log_every: int = 10
+    amp: bool = True
+    device: str = "cpu"
+
+    def checkpoint_path(self) -> Path:
+        return Path(self.out) / "checkpoint.pt"
+
+
+class GPSQueue:
+    """A ring buffer of recent (clean) batch GPS, used as extra negatives (GeoCLIP)."""
+
+    def __init__(self, size: int):
+        self.gps = torch.zeros(size, 2)
+        self.count = 0
+        self.ptr = 0
+
+    def items(self) -> torch.Tensor:
+        return self.gps[: self.count]
+
+    def push(self, gps: torch.Tensor) -> None:
+        size = len(self.gps)
+        if size == 0:
+            return
+        gps = gps[-size:].detach().cpu()
+        idx = (self.ptr + torch.arange(len(gps))) % size
+        self.gps[idx] = gps
+        self.ptr = int((self.ptr + len(gps)) % size)
+        self.count = min(size, self.count + len(gps))
+
+    def state(self) -> dict:
+        return {"gps": self.gps, "count": self.count, "ptr": self.ptr}
+
+    def load(self, state: dict) -> None:
+        self.gps, self.count, self.ptr = state["gps"].clone(), state["count"], state["ptr"]
+
+
+def jitter(gps: torch.Tensor, metres: float, gen: torch.Generator) -> torch.Tensor:
+    """Gaussian GPS noise of ``metres`` standard deviation (GeoCLIP's augmentation)."""
+    if metres <= 0 or len(gps) == 0:
+        return gps
+    noise = torch.randn(gps.shape, generator=gen) * (metres / 1000.0 / KM_PER_DEGREE)
+    noise[:, 1] /= torch.cos(torch.deg2rad(gps[:, 0])).clamp_min(0.01)
+    out = gps + noise
+    out[:, 0] = out[:, 0].clamp(-90, 90)
+    out[:, 1] = (out[:, 1] + 180) % 360 - 180
+    return out
+
+
+class _Forward(nn.Module):
+    """One forward for DDP: image embeddings, batch GPS embeddings, queue GPS embeddings."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, feats, gps, queue_gps):
+        img = self.head.embed_images(feats)
+        loc = self.head.embed_locations(torch.cat([gps, queue_gps]))
+        return img, loc[: len(gps)], loc[len(gps) :]
+
+
+def step_loss(
+    model: nn.Module, head: nn.Module, feats, gps, queue_gps, cfg: TrainConfig, info: DistInfo
+) -> tuple[torch.Tensor, dict]:
+    """The training objective on this rank's share of one global batch."""
+    img, loc, qemb = model(feats, gps, queue_gps)
+    loc_all = all_gather_with_grad(loc, info)
+    contrastive = info_nce(img, torch.cat([loc_all, qemb]), head.logit_scale, info.rank * len(img))
+    loss = contrastive
+    parts = {"contrastive": contrastive.detach()}
+    if cfg.concepts and cfg.lambda_div > 0:
+        img_all = all_gather_with_grad(img, info)
+        div = DIVERGENCES[cfg.divergence](img_all, loc_all, cfg.sigma)
+        loss = loss + cfg.lambda_div * div
+        parts["divergence"] = div.detach()
+    if cfg.concepts and cfg.delta_weight > 0:
+        loss = loss + cfg.delta_weight * head.delta.pow(2).sum()
+    return loss, parts
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+def train(
+    cfg: TrainConfig, resume: bool = False, info: DistInfo | None = None, progress=None
+) -> dict:
+    """Run (or, with ``resume``, continue) training; returns the last metrics. Every rank calls it.
+
+    A finished run is not redone: a rerun returns at once with ``done`` set.
+    """
+    use_cuda = cfg.device.startswith("cuda")
+    info = info or init_distributed(use_cuda)
+    device = info.device if use_cuda else torch.device(cfg.device)
+    out = Path(cfg.out)
+    data = load_features(cfg.features)
+    n = len(data.ids)
+    if cfg.batch_size % info.world_size:
+        raise GeoconceptError(f"--batch-size {cfg.batch_size} must divide by {info.world_size}")
+    if n < cfg.batch_size:
+        raise GeoconceptError(f"{cfg.features}: {n} samples, fewer than --batch-size")
+    local_b = cfg.batch_size // info.world_size
+    steps_per_epoch = n // cfg.batch_size
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+
+    torch.manual_seed(cfg.seed)
+    basis = load_concept_embeddings(cfg.concepts) if cfg.concepts else None
+    head = build_head(basis.embeddings if basis else None).to(device).train()
+    provenance = {
+        "clip": {k: data.meta.get(f"clip_{k}") for k in ("model", "pretrained")},
+        "concepts": {k: basis.meta[k] for k in ("concepts", "categories", "subcategories")}
+        if basis else None,
+    }  # fmt: skip
+    set_location_trainable(head, cfg.train_location)
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup_steps))
+    queue = GPSQueue(cfg.queue_size)
+    step = 0
+    ckpt_path = cfg.checkpoint_path()
+    if ckpt_path.is_file():
+        ckpt = read_checkpoint(ckpt_path)
+        if ckpt["config"] != asdict(cfg):
+            raise GeoconceptError(
+                f"{out} holds a run with another config; use a new --out (see {out}/config.json)"
+            )
+        if ckpt["step"] >= total:
+            return {"step": ckpt["step"], "done": True}
+        if not resume:
+            raise GeoconceptError(
+                f"{out} has a checkpoint at step {ckpt['step']}/{total}: pass --resume to continue"
+            )
+        head.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        queue.load(ckpt["queue"])
+        step = ckpt["step"]
+    elif info.is_main:
+        write_json(out / "config.json", asdict(cfg))
+
+    model: nn.Module = _Forward(head)
+    if info.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if use_cuda else None
+        )
+    metrics_path = out / "metrics.jsonl"
+    if info.is_main:
+        _truncate_metrics(metrics_path, step)
+
+    def save() -> None:
+        if info.is_main:
+            save_checkpoint(
+                ckpt_path, head, asdict(cfg), optimizer=opt.state_dict(),
+                scheduler=sched.state_dict(), queue=queue.state(), step=step, **provenance,
+            )  # fmt: skip
+
+    last: dict = {}
+    t0, seen = time.perf_counter(), 0
+    while step < total:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        order = epoch_order(n, cfg.seed, epoch)
+        idx = order[in_epoch * cfg.batch_size : (in_epoch + 1) * cfg.batch_size]
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        gps_global = jitter(data.latlon[idx], cfg.batch_noise_m, gen)
+        queue_gps = jitter(queue.items(), cfg.queue_noise_m, gen)
+        mine = slice(info.rank * local_b, (info.rank + 1) * local_b)
+        feats = data.features[idx[mine]].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda and cfg.amp):
+            loss, parts = step_loss(
+                model, head, feats, gps_global[mine].to(device), queue_gps.to(device), cfg, info
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        queue.push(data.latlon[idx])
+        step += 1
+        seen += cfg.batch_size
+        if step % cfg.log_every == 0 or step == total:
+            last = {
+                "step": step, "epoch": epoch,
+                "loss": mean_across_ranks(loss.item(), info),
+                **{k: mean_across_ranks(float(v), info) for k, v in parts.items()},
+                "lr": sched.get_last_lr()[0],
+                "samples_per_s": seen / (time.perf_counter() - t0),
+            }  # fmt: skip
+            if info.is_main:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(last) + "\n")
+        if progress and info.is_main:
+            progress(step, total, last)
+        if step % cfg.save_every == 0 or step % steps_per_epoch == 0 or step == total:
+            save()
+    return last
+
+
+def train_worker(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Entry point of each training process (picklable for the elastic launcher)."""
+    from .progress import progress_bar
+
+    info = init_distributed(cfg.device.startswith("cuda"))
+    if not info.is_main:
+        return train(cfg, resume, info)
+    fields = "loss {task.fields[loss]} {task.fields[rate]}"
+    with progress_bar("training", 1, fields, loss="", rate="") as bar:
+
+        def report(step: int, total: int, last: dict) -> None:
+            loss = f"{last['loss']:.4f}" if "loss" in last else ""
+            rate = f"{last['samples_per_s']:.0f} samples/s" if last else ""
+            bar(0, completed=step, total=total, loss=loss, rate=rate)
+
+        return train(cfg, resume, info, report)
+
+
+def last_metrics(out: str | Path) -> dict:
+    """The last line of a run's metrics.jsonl ({} if none)."""
+    path = Path(out) / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop log lines written after the checkpoint the run restarts from."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(ln + "\n" for ln in keep))

@@ -1,0 +1,57 @@
+"""A planted world for training tests: image features are location-dependent concept mixtures.
+
+``n_regions`` places on the globe each have a sparse mixture over ``k`` concepts; a photo taken
+there has CLIP-like features = mixture @ E + noise, E being the concepts' (random) text
+embeddings. A model that aligns images and GPS through the concepts can locate the photos.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from geoconcept_cli.concepts.embed import save_concept_embeddings
+from geoconcept_cli.features import save_features
+
+
+def make_world(
+    root: Path, n_regions=12, per_region=64, k=24, dim=768, distractors=300, seed=0
+) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    centers = np.c_[rng.uniform(-55, 65, n_regions), rng.uniform(-170, 170, n_regions)]
+    concepts = F.normalize(torch.randn(k, dim, generator=gen), dim=1)
+    mixtures = torch.zeros(n_regions, k)
+    for r in range(n_regions):
+        mixtures[r, torch.randperm(k, generator=gen)[:3]] = torch.rand(3, generator=gen) + 0.5
+
+    def sample(n_per):
+        region = torch.arange(n_regions).repeat_interleave(n_per)
+        feats = mixtures[region] @ concepts * 8 + 0.8 * torch.randn(len(region), dim, generator=gen)
+        latlon = torch.tensor(centers, dtype=torch.float32)[region]
+        latlon = latlon + 0.05 * torch.randn(latlon.shape, generator=gen)  # a few km of spread
+        return feats, latlon, region
+
+    out = {}
+    for split, n_per in (("train", per_region), ("test", per_region // 4)):
+        feats, latlon, region = sample(n_per)
+        ids = [f"{split}-{i}" for i in range(len(region))]
+        save_features(root / split, ids, feats, latlon, shard_size=256, clip_model="synthetic")
+        out[split] = root / split
+        out[f"{split}_region"] = region
+    names = [f"concept {i}" for i in range(k)]
+    out["concepts"] = save_concept_embeddings(
+        root / "concepts", concepts,
+        {"concepts": names, "categories": ["natural"] * k, "subcategories": ["terrain"] * k,
+         "clip_model": "synthetic", "clip_pretrained": "none"},
+    )  # fmt: skip
+    gallery = np.r_[centers, np.c_[rng.uniform(-60, 70, distractors),
+                                   rng.uniform(-180, 180, distractors)]]  # fmt: skip
+    out["gallery"] = root / "gallery.csv"
+    pd.DataFrame({"LAT": gallery[:, 0], "LON": gallery[:, 1]}).to_csv(out["gallery"], index=False)
+    out["centers"] = centers
+    return out

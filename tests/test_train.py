@@ -1,0 +1,174 @@
+"""Training on a planted world: it learns, resumes exactly, and DDP equals one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from synthetic import make_world
+
+from geoconcept_cli.distributed import DistInfo, launch
+from geoconcept_cli.errors import GeoconceptError
+from geoconcept_cli.evaluate import evaluate_heads, heads_to_evaluate
+from geoconcept_cli.features import load_features
+from geoconcept_cli.model import load_head
+from geoconcept_cli.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"), n_regions=8, per_region=48)
+
+
+def _cfg(world, out, **kw) -> TrainConfig:
+    base = dict(
+        features=str(world["train"]), out=str(out), concepts=str(world["concepts"]),
+        epochs=4, batch_size=32, lr=3e-3, warmup_steps=3, queue_size=32, log_every=2,
+        save_every=4,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def test_learns_far_above_chance(world, tmp_path):
+    out = tmp_path / "run"
+    last = train(_cfg(world, out))
+    test = load_features(world["test"])
+    res = evaluate_heads(
+        heads_to_evaluate([out], geoclip=False), test.features, test.latlon, world["gallery"]
+    )
+    acc = res["models"][str(out)]["25km"]
+    n_gallery = len(world["centers"]) + 300
+    chance = 100 * len(world["centers"]) / n_gallery  # a random gallery pick hits a region
+    assert acc > 50 and acc > 5 * chance, (acc, chance)
+    divs = [json.loads(ln)["divergence"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert divs[-1] < 0.5 * divs[0]
+    assert last["step"] == 4 * (8 * 48 // 32)
+    assert json.loads((out / "config.json").read_text())["concepts"] == str(world["concepts"])
+
+
+def test_plain_geoclip_baseline_trains(world, tmp_path):
+    last = train(_cfg(world, tmp_path / "g", concepts=None, max_steps=6))
+    head, ckpt = load_head(tmp_path / "g" / "checkpoint.pt")
+    assert ckpt["kind"] == "geoclip" and "divergence" not in last and last["step"] == 6
+
+
+def test_crash_and_resume_equals_uninterrupted(world, tmp_path):
+    cfg = _cfg(world, tmp_path / "a", max_steps=10, save_every=3)
+    train(cfg)
+
+    def crash_at_8(step, total, last):
+        if step == 8:
+            raise KeyboardInterrupt  # as if killed: the last checkpoint is step 6
+
+    cfg_b = replace(cfg, out=str(tmp_path / "b"))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b, progress=crash_at_8)
+    assert torch.load(cfg_b.checkpoint_path(), weights_only=False)["step"] == 6
+    with pytest.raises(GeoconceptError, match="--resume"):
+        train(cfg_b)
+    train(cfg_b, resume=True)
+    a = torch.load(cfg.checkpoint_path(), weights_only=False)["model"]
+    b = torch.load(cfg_b.checkpoint_path(), weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    steps = [
+        json.loads(ln)["step"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == sorted(set(steps))  # no duplicated log lines after the resume
+    assert train(cfg_b) == {"step": 10, "done": True}  # a finished run is not redone
+
+
+def test_killed_cli_run_resumes(world, tmp_path):
+    """A real SIGKILL of `geoconcept train`, then --resume, ends with the same weights."""
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "geoconcept_cli", "train", str(world["train"]), "--out",
+            str(out), "--concepts", str(world["concepts"]), "--max-steps", "12",
+            "--batch-size", "32", "--lr", "3e-3", "--warmup-steps", "3", "--queue-size", "32",
+            "--save-every", "2"]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(ckpt, weights_only=False)["step"] < 12
+    assert not list(out.glob("*.tmp"))
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    ref = _cfg(world, tmp_path / "ref", max_steps=12, save_every=2, epochs=10)
+    train(ref)
+    a = torch.load(ref.checkpoint_path(), weights_only=False)["model"]
+    b = torch.load(ckpt, weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def _one_step(cfg_dict: dict, out_file: str) -> None:
+    """Loss and gradients of one step on this rank (run under the launcher or alone)."""
+    from geoconcept_cli.concepts.embed import load_concept_embeddings
+    from geoconcept_cli.distributed import init_distributed, mean_across_ranks
+    from geoconcept_cli.model import build_head, set_location_trainable
+    from geoconcept_cli.train import _Forward, step_loss
+
+    cfg = TrainConfig(**cfg_dict)
+    info = init_distributed(False)
+    torch.manual_seed(0)
+    head = build_head(load_concept_embeddings(cfg.concepts).embeddings)
+    set_location_trainable(head, "partial")
+    with torch.no_grad():
+        head.image_proj.weight.normal_(0, 0.05)  # non-zero so every branch carries gradient
+    model = _Forward(head)
+    if info.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    data = load_features(cfg.features)
+    b = cfg.batch_size // info.world_size
+    mine = slice(info.rank * b, (info.rank + 1) * b)
+    queue = data.latlon[-16:]
+    loss, _ = step_loss(model, head, data.features[mine], data.latlon[mine], queue, cfg, info)
+    loss.backward()
+    if info.rank == 0:
+        grads = {n: p.grad for n, p in head.named_parameters() if p.grad is not None}
+        torch.save({"loss": mean_across_ranks(loss.item(), info), "grads": grads}, out_file)
+    else:
+        mean_across_ranks(loss.item(), info)
+
+
+@pytest.mark.parametrize("divergence", ["mmd", "mean"])
+def test_ddp_two_gloo_processes_equal_one(world, tmp_path, divergence):
+    cfg = _cfg(world, tmp_path, divergence=divergence)
+    one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
+    _one_step(cfg.__dict__, one)
+    launch(_one_step, (cfg.__dict__, two), nproc=2, master_port=29617)
+    a, b = torch.load(one), torch.load(two)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert a["grads"].keys() == b["grads"].keys() and len(a["grads"]) > 5
+    for k, ga in a["grads"].items():  # equal up to float32 summation order
+        assert (ga - b["grads"][k]).abs().max() <= 1e-5 * ga.abs().max(), k
+
+
+def test_cli_trains_with_two_cpu_processes(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from geoconcept_cli.cli import app
+
+    out = tmp_path / "ddp"
+    res = CliRunner().invoke(app, [
+        "train", str(world["train"]), "--out", str(out), "--concepts", str(world["concepts"]),
+        "--max-steps", "3", "--batch-size", "32", "--queue-size", "32", "--nproc", "2",
+        "--master-port", "29618",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["step"] == 3
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
+
+
+def test_distinfo_defaults():
+    assert DistInfo().is_main and DistInfo().world_size == 1

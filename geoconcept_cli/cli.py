@@ -6,16 +6,16 @@ import functools
 import json
 import logging
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn
 
 from .errors import GeoconceptError
+from .progress import progress_bar
 
 app = typer.Typer(
     help="Interpretable worldwide image geo-localization (concept-aware GeoCLIP).",
@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
+stdout = Console()
 err = Console(stderr=True)
 
 # ------------------------------------------------------------------ shared options
@@ -71,21 +71,6 @@ def cli_command(fn: Callable) -> Callable:
             raise typer.Exit(2) from None
 
     return wrapper
-
-
-@contextmanager
-def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields ``advance(n)``."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,}"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def _gallery_progress() -> Callable[[int], None]:
@@ -147,12 +132,364 @@ def predict(
         advance.stop()  # type: ignore[attr-defined]
     cands = predictor.predict(image, top_k)
     if as_json:
-        out.print_json(
+        stdout.print_json(
             json.dumps({"image": str(image), "predictions": [c.to_dict() for c in cands]})
         )
         return
     for c in cands:
-        out.print(f"{c.rank}  {c.lat:.2f}, {c.lon:.2f}  p={c.prob:.2f}  {c.place}", highlight=False)
+        stdout.print(
+            f"{c.rank}  {c.lat:.2f}, {c.lon:.2f}  p={c.prob:.2f}  {c.place}", highlight=False
+        )
+
+
+def _print_explanation(exp: dict) -> None:
+    """The terminal view of one explanation: locations table, concept bars, reasons."""
+    from rich.table import Table
+
+    table = Table(title=f"{exp['image']}  [dim]({exp['mode']})[/]", title_justify="left")
+    for col in ("#", "lat, lon", "p", "place"):
+        table.add_column(col)
+    for p in exp["predictions"]:
+        table.add_row(str(p["rank"]), f"{p['lat']:.2f}, {p['lon']:.2f}", f"{p['prob']:.3f}",
+                      p["place"])  # fmt: skip
+    stdout.print(table)
+    spread = exp["spread"]
+    stdout.print(f"top-k spread: max {spread['max_pairwise_km']:.0f} km apart, mean "
+                 f"{spread['mean_to_top1_km']:.0f} km from #1", highlight=False)  # fmt: skip
+
+    def bars(title: str, entries: list[dict], source: str | None) -> None:
+        if not entries:
+            return
+        stdout.print(f"\n[bold]{title}[/] [dim]({source})[/]" if source else f"\n[bold]{title}[/]")
+        top = max(abs(e["weight"]) for e in entries) or 1.0
+        for e in entries:
+            bar = "█" * max(1, round(12 * abs(e["weight"]) / top))
+            kind = f"{e['category']}/{e['subcategory']}"
+            stdout.print(f"  {e['concept']:<30.30} {e['weight']:+.3f} {bar:<12} [dim]{kind}[/]",
+                         highlight=False)  # fmt: skip
+
+    bars("What the photo shows", exp.get("photo_concepts", []), exp.get("photo_concepts_source"))
+    bars("What the place is known for", exp.get("place_concepts", []),
+         exp.get("place_concepts_source"))  # fmt: skip
+    bars("Why here (per-concept score terms)", exp.get("why_here", []), None)
+    bars("Seen in the photo and known for the place", exp.get("overlap", []), "correlational")
+    if "rather_than" in exp:
+        r = exp["rather_than"]
+        pro = ", ".join(e["concept"] for e in r["for"])
+        con = ", ".join(e["concept"] for e in r["against"])
+        stdout.print(f"\nPredicted {exp['predictions'][0]['place']} rather than "
+                     f"{r['runner_up']['place']} mainly because of {pro}; against it: {con}.",
+                     highlight=False)  # fmt: skip
+        stdout.print(f"Rule: {exp['rule']}", highlight=False)
+    if "check" in exp:
+        c = exp["check"]
+        verdict = "[green]faithful[/]" if c["faithful"] else "[red]NOT more faithful than random[/]"
+        stdout.print(
+            f"\nCheck: removing the top {c['m']} concepts drops the score by "
+            f"{c['top_concepts_removed']['score_drop']:.3f} (rank -> "
+            f"{c['top_concepts_removed']['rank_after']}); {c['m']} random concepts: "
+            f"{c['random_concepts_removed']['score_drop']:.3f} (mean of {c['draws']}): {verdict}"
+        )
+    if "note" in exp:
+        stdout.print(f"\n[dim]{exp['note']}[/]")
+
+
+@app.command()
+@cli_command
+def explain(
+    target: Annotated[
+        Path, typer.Argument(help="A photo, or a folder / manifest (CSV/Parquet) for batch mode.")
+    ],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Trained concept-aware run (folder or checkpoint.pt).")
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
+    n_concepts: Annotated[int, typer.Option("--concepts-shown", min=1)] = 8,
+    check: Annotated[bool, typer.Option("--check", help="Deletion test vs random.")] = False,
+    m: Annotated[int, typer.Option(help="Concepts removed by --check.")] = 3,
+    draws: Annotated[int, typer.Option(help="Random draws for --check.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    map_png: Annotated[Path | None, typer.Option("--map", help="Write a world map PNG.")] = None,
+    true_lat: Annotated[float | None, typer.Option(help="True latitude, for the map.")] = None,
+    true_lon: Annotated[float | None, typer.Option(help="True longitude, for the map.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Batch mode: results.parquet.")] = None,
+    concepts: Annotated[
+        Path | None, typer.Option(help="concepts.parquet (default: the shipped set).")
+    ] = None,
+    concept_embeddings: Annotated[
+        Path | None, typer.Option(help="embed-concepts output (default: computed and cached).")
+    ] = None,
+    clip_model: ClipModel = "ViT-L-14",
+    clip_pretrained: ClipPretrained = "openai",
+    gallery: Gallery = None,
+    device: Device = "cpu",
+    cache_dir: CacheDir = None,
+) -> None:
+    """Explain a prediction: where, what the photo shows, what the place is known for, why."""
+    from .explain import explanation_row, load_explainer, rows_to_parquet
+    from .images import IMAGE_SUFFIXES, load_image
+
+    batch = target.is_dir() or target.suffix.lower() in {".csv", ".parquet", ".pq"}
+    if batch and out is None:
+        raise GeoconceptError("batch mode (a folder or manifest) needs --out results.parquet")
+    if not batch:
+        load_image(target)  # fail fast on a bad file, before loading any model
+    explainer = load_explainer(checkpoint, concepts, concept_embeddings, clip_model,
+                               clip_pretrained, gallery, cache_dir, device)  # fmt: skip
+    opts = dict(top_k=top_k, n_concepts=n_concepts, check=check, m=m, draws=draws)
+    if not batch:
+        exp = explainer.explain(target, **opts)
+        if map_png:
+            from .maps import render_map
+
+            truth = (true_lat, true_lon) if true_lat is not None and true_lon is not None else None
+            render_map(exp, explainer.predictor.gallery_gps, map_png, truth)
+        if as_json:
+            stdout.print_json(json.dumps(exp))
+        else:
+            _print_explanation(exp)
+        return
+    if target.is_dir():
+        paths = sorted(p for p in target.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        from .features import read_manifest
+
+        paths = [Path(p) for p in read_manifest(target).rows["path"]]
+    rows, failed = [], []
+    with progress_bar("explaining", len(paths)) as advance:
+        for path in paths:
+            try:
+                rows.append(explanation_row(explainer.explain(path, **opts)))
+            except GeoconceptError as exc:
+                failed.append(str(exc))
+            advance(1)
+    rows_to_parquet(rows, out)
+    for line in failed:
+        err.print(f"skipped {line}", highlight=False)
+    stdout.print(f"{len(rows)} photos explained -> {out}; {len(failed)} unreadable skipped")
+
+
+@app.command("build-concepts")
+@cli_command
+def build_concepts_cmd(
+    out_dir: Annotated[Path, typer.Option(help="Where candidates.parquet is written.")] = Path(
+        "concepts"
+    ),
+    review: Annotated[
+        Path | None, typer.Option(help="Review CSV to merge into (default: OUT_DIR/review.csv).")
+    ] = None,
+    region: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Region: a country, ISO code, continent, biome, or KEY=Article "
+            "(repeatable; default: 7 continents, 43 countries, 12 biomes)."
+        ),
+    ] = None,  # fmt: skip
+    finalize: Annotated[
+        bool, typer.Option("--finalize", help="Write concepts.parquet from the kept rows.")
+    ] = False,
+    wikipedia: Annotated[bool, typer.Option(help="Mine Wikipedia region articles.")] = True,
+    worldkg: Annotated[bool, typer.Option(help="Query WorldKG classes per region.")] = True,
+    llm: Annotated[bool, typer.Option(help="Ask an LLM ($OPENAI_API_KEY) per region.")] = True,
+    worldkg_endpoint: Annotated[
+        str, typer.Option(help="SPARQL endpoint URL.")
+    ] = "https://www.worldkg.org/sparql",
+    wikipedia_api_url: Annotated[str | None, typer.Option(help="MediaWiki API mirror.")] = None,
+    llm_base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
+    llm_model: Annotated[str, typer.Option(help="LLM model name.")] = "gpt-4o-mini",
+    llm_concepts: Annotated[int, typer.Option(help="Concepts asked per region.")] = 25,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Use cached responses only; no network.")
+    ] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Response cache folder.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 30.0,
+    similarity: Annotated[float, typer.Option(help="Near-duplicate merge threshold.")] = 0.9,
+) -> None:
+    """Build the geography-driven concept set (Wikipedia, WorldKG, LLM) into a review file.
+
+    Edit the review CSV's decision column (keep / drop / rename:NEW / recategorise:CAT/SUB),
+    rerun to add new candidates as pending (your edits are kept), then --finalize.
+    """
+    from . import concepts as cs
+
+    review_path = review or out_dir / "review.csv"
+    if finalize:
+        df = cs.finalize(review_path, out_dir / "concepts.parquet")
+        stdout.print(f"wrote {out_dir / 'concepts.parquet'}: {len(df)} concepts")
+        return
+    report = cs.build_candidates(
+        cs.resolve_regions(region) if region else None, out_dir, review_path=review_path,
+        wikipedia=wikipedia, worldkg=worldkg, llm=llm, endpoint=worldkg_endpoint,
+        llm_base_url=llm_base_url, llm_model=llm_model,
+        wikipedia_api_url=wikipedia_api_url, offline=offline, cache_dir=cache_dir,
+        timeout=timeout, llm_concepts=llm_concepts, similarity=similarity,
+        progress=lambda line: err.print(line, highlight=False),
+    )  # fmt: skip
+    for failure in report.failures:
+        err.print(f"[yellow]warning:[/] {failure}", highlight=False)
+    per_source = ", ".join(f"{k} {v}" for k, v in report.rows_per_source.items())
+    stdout.print(
+        f"{report.concepts} candidate concepts ({per_source}) -> {report.candidates_path}; "
+        f"review {report.review_path}: {report.review_rows} rows, {report.review_added} new "
+        f"pending; cache {report.cache_hits} hits / {report.cache_misses} fetched",
+        highlight=False,
+    )
+
+
+@app.command("embed-concepts")
+@cli_command
+def embed_concepts_cmd(
+    concepts: Annotated[
+        Path, typer.Argument(help="concepts.parquet from build-concepts --finalize.")
+    ] = Path("concepts/concepts.parquet"),
+    out: Annotated[Path, typer.Option(help="Output (.safetensors + .json sidecar).")] = Path(
+        "concept_embeddings.safetensors"
+    ),
+    template: Annotated[
+        list[str] | None,
+        typer.Option(help="Prompt template with {} (repeatable; default: 4 photo templates)."),
+    ] = None,
+    clip_model: ClipModel = "ViT-L-14",
+    clip_pretrained: ClipPretrained = "openai",
+    device: Device = "cpu",
+) -> None:
+    """Embed the concept set with CLIP's text encoder (prompt-ensembled, L2-normalised)."""
+    from .concepts.embed import DEFAULT_TEMPLATES, embed_concepts
+    from .concepts.review import load_concepts
+    from .encoders import load_clip
+
+    k = len(load_concepts(concepts))
+    clip = load_clip(clip_model, clip_pretrained, device)
+    with progress_bar("embedding concepts", k) as advance:
+        emb, computed = embed_concepts(
+            concepts, clip, out, tuple(template or DEFAULT_TEMPLATES), progress=advance
+        )
+    verb = "wrote" if computed else "up to date:"
+    stdout.print(f"{verb} {out} ({emb.embeddings.shape[0]} concepts x {emb.embeddings.shape[1]})")
+
+
+@app.command("embed-images")
+@cli_command
+def embed_images_cmd(
+    manifest: Annotated[Path, typer.Argument(help="CSV/Parquet with image id/path, LAT, LON.")],
+    images: Annotated[Path | None, typer.Option(help="Folder the ids are relative to.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder of feature shards.")] = Path("features"),
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    shard_size: Annotated[int, typer.Option(min=1, help="Images per shard.")] = 4096,
+    workers: Annotated[int, typer.Option(min=0, help="Decoding processes.")] = 2,
+    gpus: Annotated[int, typer.Option(min=0, help="Split shards over N GPUs.")] = 0,
+    clip_model: ClipModel = "ViT-L-14",
+    clip_pretrained: ClipPretrained = "openai",
+    device: Device = "cpu",
+) -> None:
+    """Run the frozen CLIP backbone once over a manifest; write resumable feature shards."""
+    from .distributed import launch, launched_externally
+    from .features import embed_images_worker, read_manifest
+
+    m = read_manifest(manifest, images)
+    for ident, reason in m.skipped[:10]:
+        err.print(f"skipped {ident}: {reason}", highlight=False)
+    if len(m.skipped) > 10:
+        err.print(f"... and {len(m.skipped) - 10} more skipped rows (listed in meta.json)")
+    args = (str(manifest), str(images) if images else None, str(out), clip_model,
+            clip_pretrained, device, batch_size, shard_size, workers)  # fmt: skip
+    if gpus > 1 and not launched_externally():
+        launch(embed_images_worker, args, nproc=gpus)
+    else:
+        with progress_bar("embedding images", len(m.rows)) as advance:
+            embed_images_worker(*args, progress=advance)
+    stdout.print(f"{len(m.rows)} images embedded into {out}, {len(m.skipped)} rows skipped")
+
+
+@app.command()
+@cli_command
+def train(
+    features: Annotated[Path, typer.Argument(help="Feature folder from embed-images.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint, config, metrics.")],
+    concepts: Annotated[
+        str, typer.Option(help="Concept embeddings from embed-concepts, or 'none' (GeoCLIP).")
+    ],
+    epochs: int = 10,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N steps.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Global batch (over all ranks).")] = 512,
+    lr: float = 3e-5,
+    weight_decay: float = 1e-6,
+    warmup_steps: int = 100,
+    grad_clip: float = 1.0,
+    queue_size: int = 4096,
+    batch_noise_m: float = 150.0,
+    queue_noise_m: float = 1000.0,
+    divergence: Annotated[str, typer.Option(help="mmd (Gaussian MMD^2) or mean.")] = "mmd",
+    sigma: Annotated[float | None, typer.Option(help="Kernel width (default: median).")] = None,
+    lambda_div: Annotated[float, typer.Option("--lambda", help="Divergence weight.")] = 1.0,
+    delta_weight: Annotated[float, typer.Option(help="Penalty keeping B near E.")] = 0.0,
+    train_location: Annotated[str, typer.Option(help="none, partial or all.")] = "partial",
+    seed: int = 0,
+    save_every: int = 200,
+    log_every: int = 10,
+    amp: Annotated[bool, typer.Option(help="bfloat16 autocast on GPU.")] = True,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's checkpoint.")] = False,
+    gpus: Annotated[int, typer.Option(help="GPUs per node (DDP over NCCL).")] = 0,
+    nproc: Annotated[int, typer.Option(help="CPU processes (DDP over gloo), with --gpus 0.")] = 1,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str = "127.0.0.1",
+    master_port: int = 29500,
+) -> None:
+    """Train the concept-aware alignment (or plain GeoCLIP with --concepts none)."""
+    from .distributed import launch, launched_externally
+    from .train import TrainConfig, last_metrics, train_worker
+
+    if divergence not in ("mmd", "mean"):
+        raise GeoconceptError("--divergence must be mmd or mean")
+    cfg = TrainConfig(
+        features=str(features), out=str(out),
+        concepts=None if concepts.lower() == "none" else concepts,
+        epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip,
+        queue_size=queue_size, batch_noise_m=batch_noise_m, queue_noise_m=queue_noise_m,
+        divergence=divergence, sigma=sigma, lambda_div=lambda_div, delta_weight=delta_weight,
+        train_location=train_location, seed=seed, save_every=save_every, log_every=log_every,
+        amp=amp, device="cuda" if gpus > 0 else "cpu",
+    )  # fmt: skip
+    procs = gpus if gpus > 0 else nproc
+    if (procs > 1 or nnodes > 1) and not launched_externally():
+        launch(train_worker, (cfg, resume), procs, nnodes, node_rank, master_addr, master_port)
+        last = last_metrics(cfg.out)
+    else:
+        last = train_worker(cfg, resume)
+    if last.get("done") and last.get("loss") is None:
+        stdout.print(f"{cfg.out}: finished at step {last['step']}, nothing to do")
+    else:
+        stdout.print_json(json.dumps(last))
+
+
+@app.command()
+@cli_command
+def evaluate(
+    features: Annotated[Path, typer.Argument(help="Test feature folder from embed-images.")],
+    checkpoints: Annotated[
+        list[Path] | None, typer.Argument(help="Run folders or checkpoint files.")
+    ] = None,
+    geoclip: Annotated[bool, typer.Option(help="Include pretrained GeoCLIP.")] = True,
+    gallery: Gallery = None,
+    json_out: Annotated[Path | None, typer.Option("--json-out", help="Write JSON here.")] = None,
+    device: Device = "cpu",
+    cache_dir: CacheDir = None,
+) -> None:
+    """Top-1 retrieval accuracy at 1/25/200/750/2500 km, models side by side, with the ceiling."""
+    from .artifacts import write_json
+    from .evaluate import evaluate_heads, heads_to_evaluate, markdown_table
+    from .features import load_features
+
+    data = load_features(features)
+    heads = heads_to_evaluate(checkpoints or [], geoclip, device)
+    if not heads:
+        raise GeoconceptError("nothing to evaluate: give checkpoints or keep --geoclip")
+    result = evaluate_heads(heads, data.features, data.latlon, gallery, cache_dir)
+    stdout.print(markdown_table(result), highlight=False)
+    if json_out:
+        write_json(json_out, result)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,57 @@
+"""Offline map of an explanation: GeoCLIP's 100K gallery points draw the inhabited world (no
+tiles or shapefiles needed), with the top-k candidates, the true location and concept bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+MAP_SIZE_PX = (1400, 560)  # width, height of the PNG
+DPI = 100
+
+
+def render_map(exp: dict, gallery_gps: torch.Tensor, path: str | Path, true_latlon=None) -> Path:
+    """Write the explanation's map and concept bars to ``path`` (PNG), atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .artifacts import atomic_path
+
+    fig = plt.figure(figsize=(MAP_SIZE_PX[0] / DPI, MAP_SIZE_PX[1] / DPI), dpi=DPI)
+    ax = fig.add_axes((0.03, 0.1, 0.6, 0.8))
+    ax.scatter(gallery_gps[:, 1], gallery_gps[:, 0], s=0.2, c="#c8c8c8", linewidths=0,
+               rasterized=True)  # fmt: skip
+    preds = exp["predictions"]
+    ax.scatter([p["lon"] for p in preds], [p["lat"] for p in preds],
+               s=[40 + 400 * p["prob"] / max(preds[0]["prob"], 1e-9) for p in preds],
+               c="#d62728", edgecolors="black", zorder=3, label="predictions")  # fmt: skip
+    ax.annotate(preds[0]["place"], (preds[0]["lon"], preds[0]["lat"]), xytext=(6, 6),
+                textcoords="offset points", fontsize=9)  # fmt: skip
+    if true_latlon is not None:
+        ax.scatter([true_latlon[1]], [true_latlon[0]], marker="*", s=250, c="#2ca02c",
+                   edgecolors="black", zorder=4, label="true location")  # fmt: skip
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-60, 85)
+    ax.set_aspect("equal")
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(f"{Path(exp['image']).name}  ({exp['mode']})", fontsize=9)
+
+    bars = fig.add_axes((0.78, 0.1, 0.2, 0.8))
+    concepts = exp.get("why_here") or exp.get("photo_concepts") or []
+    names = [c["concept"] for c in concepts][::-1]
+    values = [c["weight"] for c in concepts][::-1]
+    colours = ["#1f77b4" if c["category"] == "natural" else "#ff7f0e" for c in concepts][::-1]
+    bars.barh(names, values, color=colours)
+    bars.tick_params(axis="y", labelsize=8)
+    bars.set_title("why here (score terms)" if exp.get("why_here") else "photo concepts",
+                   fontsize=9)  # fmt: skip
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    plt.close(fig)
+    return path

@@ -1,0 +1,146 @@
+"""`explain`: exact score decomposition, faithfulness check, zero-shot mode, batch, map."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from conftest import shared_data
+from PIL import Image
+from synthetic import make_world
+from typer.testing import CliRunner
+
+from geoconcept_cli.cli import app
+from geoconcept_cli.explain import load_explainer
+from geoconcept_cli.maps import MAP_SIZE_PX
+from geoconcept_cli.train import TrainConfig, train
+
+runner = CliRunner()
+CONCEPT_KEYS = {"mode", "predictions", "spread", "photo_concepts", "photo_concepts_source",
+                "place_concepts", "place_concepts_source", "score_logit", "why_here",
+                "rather_than", "rule"}  # fmt: skip
+ZERO_SHOT_KEYS = {
+    "mode",
+    "predictions",
+    "spread",
+    "note",
+    "photo_concepts",
+    "photo_concepts_source",
+    "place_concepts",
+    "place_concepts_source",
+    "overlap",
+}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explain")
+    world = make_world(root, n_regions=6, per_region=32, k=40)
+    cfg = TrainConfig(features=str(world["train"]), out=str(root / "run"),
+                      concepts=str(world["concepts"]), max_steps=4, batch_size=32, lr=3e-3,
+                      warmup_steps=1, queue_size=32)  # fmt: skip
+    train(cfg)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def concept_explainer(run_dir, tiny_clip, small_gallery):
+    with pytest.warns(UserWarning):  # random CLIP; checkpoint trained on "synthetic" features
+        return load_explainer(run_dir, clip_model=tiny_clip, clip_pretrained="none",
+                              gallery=small_gallery)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def zero_shot_explainer(tiny_clip, small_gallery):
+    with pytest.warns(UserWarning):
+        return load_explainer(clip_model=tiny_clip, clip_pretrained="none", gallery=small_gallery)
+
+
+def test_terms_sum_to_the_models_own_score(concept_explainer):
+    torch.manual_seed(0)
+    p = concept_explainer.predictor
+    for _ in range(5):
+        feats = torch.randn(1, 768) * 3
+        exp = concept_explainer.explain_features(feats, top_k=5)
+        logits = p.logits(feats)[0]
+        top = exp["predictions"][0]["gallery_index"]
+        assert exp["score_logit"] == pytest.approx(float(logits[top]), abs=1e-4)
+        runner_up = exp["rather_than"]["runner_up"]
+        gap = float(logits[top] - logits[runner_up["gallery_index"]])
+        assert runner_up["logit_gap"] == pytest.approx(gap, abs=1e-4)
+        assert set(exp) == CONCEPT_KEYS
+        assert exp["rule"].startswith("IF the photo shows")
+
+
+def test_faithfulness_check_is_consistent(concept_explainer):
+    feats = torch.randn(1, 768) * 3
+    exp = concept_explainer.explain_features(feats, check=True, m=3, draws=10)
+    c = exp["check"]
+    assert c["score_before"] == pytest.approx(exp["score_logit"], abs=1e-4)
+    top, rand = c["top_concepts_removed"], c["random_concepts_removed"]
+    assert c["faithful"] == (top["score_drop"] > rand["score_drop"])
+    assert top["rank_after"] >= 1 and rand["rank_after"] >= 1
+    # removing the concepts that carry most of the score must hurt more than random ones
+    assert top["score_drop"] > 0
+
+
+def test_zero_shot_on_real_photos(zero_shot_explainer):
+    images = sorted(shared_data("im2gps3k", "images").iterdir())[:30]
+    for path in images:
+        exp = zero_shot_explainer.explain(path, top_k=3, n_concepts=5)
+        assert set(exp) == ZERO_SHOT_KEYS | {"image"}
+        assert len(exp["predictions"]) == 3 and len(exp["photo_concepts"]) == 5
+        assert exp["place_concepts"], f"no region knowledge for {exp['predictions'][0]['place']}"
+        json.dumps(exp)
+
+
+def test_cli_single_photo_json_and_map(tmp_path, run_dir, tiny_clip, small_gallery):
+    photo = sorted(shared_data("im2gps3k", "images").iterdir())[0]
+    png = tmp_path / "map.png"
+    res = runner.invoke(app, [
+        "explain", str(photo), "--checkpoint", str(run_dir), "--json", "--check",
+        "--map", str(png), "--true-lat", "40", "--true-lon", "-3",
+        "--clip-model", tiny_clip, "--clip-pretrained", "none", "--gallery", str(small_gallery),
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    exp = json.loads(res.stdout)
+    assert set(exp) == CONCEPT_KEYS | {"image", "check"}
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size == MAP_SIZE_PX
+
+
+def test_cli_terminal_view(tiny_clip, small_gallery, run_dir):
+    photo = sorted(shared_data("im2gps3k", "images").iterdir())[1]
+    res = runner.invoke(app, ["explain", str(photo), "--checkpoint", str(run_dir),
+                              "--clip-model", tiny_clip, "--clip-pretrained", "none",
+                              "--gallery", str(small_gallery)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    for heading in ("What the photo shows", "What the place is known for", "Why here",
+                    "rather than", "Rule: IF"):  # fmt: skip
+        assert heading in res.stdout
+
+
+def test_cli_batch_folder_skips_unreadable(tmp_path, tiny_clip, small_gallery):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for src in sorted(shared_data("im2gps3k", "images").iterdir())[:12]:
+        shutil.copy(src, folder / src.name)
+    (folder / "broken.jpg").write_text("not a photo")
+    out = tmp_path / "results.parquet"
+    res = runner.invoke(app, ["explain", str(folder), "--out", str(out),
+                              "--clip-model", tiny_clip, "--clip-pretrained", "none",
+                              "--gallery", str(small_gallery)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(out)
+    assert len(df) == 12 and "broken.jpg" in res.stderr
+    assert {"image", "lat", "lon", "prob", "place", "top_k", "photo_concepts", "rule"} <= set(df)
+
+
+def test_cli_bad_input(tmp_path, tiny_clip):
+    res = runner.invoke(app, ["explain", str(tmp_path / "nope.jpg"), "--clip-model", tiny_clip])
+    assert res.exit_code == 2 and res.stderr.startswith("error:")
+    res = runner.invoke(app, ["explain", str(tmp_path), "--clip-model", tiny_clip])
+    assert res.exit_code == 2 and "--out" in res.stderr

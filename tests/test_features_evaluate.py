@@ -1,0 +1,122 @@
+"""embed-images (shards, resume, skipped rows), embed-concepts, and the evaluation maths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import shared_data
+from typer.testing import CliRunner
+
+from geoconcept_cli.cli import app
+from geoconcept_cli.evaluate import nearest_gallery_km, summarize
+from geoconcept_cli.features import load_features, shard_path
+from geoconcept_cli.geo import haversine_km
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    """20 real Im2GPS3k rows, plus a missing image, bad coordinates and a broken file."""
+    labels = pd.read_csv(shared_data("im2gps3k", "im2gps3k_places365.csv")).head(20)
+    images = shared_data("im2gps3k", "images")
+    root = tmp_path_factory.mktemp("manifest")
+    (root / "broken.jpg").write_text("not a jpeg")
+    for name in labels["IMG_ID"]:
+        (root / name).symlink_to(images / name)
+    extra = pd.DataFrame({"IMG_ID": ["gone.jpg", labels["IMG_ID"][0], "broken.jpg"],
+                          "LAT": [1.0, 123.0, 5.0], "LON": [2.0, 0.0, 6.0]})  # fmt: skip
+    path = root / "manifest.csv"
+    pd.concat([labels[["IMG_ID", "LAT", "LON"]], extra]).to_csv(path, index=False)
+    return path
+
+
+def _embed(manifest, out, tiny_clip):
+    return runner.invoke(app, ["embed-images", str(manifest), "--out", str(out),
+                               "--shard-size", "8", "--batch-size", "4", "--workers", "0",
+                               "--clip-model", tiny_clip, "--clip-pretrained", "none"])  # fmt: skip
+
+
+def test_embed_images_shards_skips_and_resumes(manifest, tmp_path, tiny_clip):
+    out = tmp_path / "feats"
+    res = _embed(manifest, out, tiny_clip)
+    assert res.exit_code == 0, res.output
+    assert "gone.jpg: missing image" in res.stderr and "invalid coordinates" in res.stderr
+    data = load_features(out)
+    assert len(data.ids) == 20 and "broken.jpg" not in data.ids  # undecodable: left out
+    assert data.features.shape == (20, 768)
+    labels = pd.read_csv(manifest).set_index("IMG_ID")
+    assert data.latlon[3].tolist() == pytest.approx(labels.loc[data.ids[3], ["LAT", "LON"]])
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["shards"] == 3 and len(meta["skipped"]) == 2
+    # an interrupted run: the middle shard is missing; a rerun recomputes only that one
+    stamps = {s: shard_path(out, s).stat().st_mtime_ns for s in (0, 2)}
+    shard_path(out, 1).unlink()
+    assert _embed(manifest, out, tiny_clip).exit_code == 0
+    assert {s: shard_path(out, s).stat().st_mtime_ns for s in (0, 2)} == stamps
+    torch.testing.assert_close(load_features(out).features, data.features)
+
+
+def test_features_of_another_model_are_refused(manifest, tmp_path, tiny_clip):
+    out = tmp_path / "feats"
+    assert _embed(manifest, out, tiny_clip).exit_code == 0
+    res = runner.invoke(app, ["embed-images", str(manifest), "--out", str(out),
+                              "--shard-size", "8", "--clip-model", "ViT-B-32",
+                              "--clip-pretrained", "none"])  # fmt: skip
+    assert res.exit_code == 2 and "another model" in res.stderr
+
+
+def test_embed_concepts_skips_when_unchanged_and_refuses_mismatch(tmp_path, tiny_clip):
+    from geoconcept_cli.concepts.embed import load_concept_embeddings
+    from geoconcept_cli.errors import GeoconceptError
+
+    out = tmp_path / "basis.safetensors"
+    args = ["embed-concepts", "--out", str(out), "--clip-model", tiny_clip,
+            "--clip-pretrained", "none"]  # fmt: skip
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0 and "wrote" in first.stdout
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "up to date" in again.stdout
+    emb = load_concept_embeddings(out)
+    assert emb.embeddings.shape == (len(emb.concepts), 768) and len(emb.concepts) >= 500
+    torch.testing.assert_close(emb.embeddings.norm(dim=1), torch.ones(len(emb.concepts)))
+    with pytest.raises(GeoconceptError, match="ViT-L-14"):
+        load_concept_embeddings(out, clip_model="ViT-L-14")
+
+
+def test_perfect_predictions_score_100():
+    truth = np.array([[10.0, 20.0], [-33.0, 151.0]])
+    d = haversine_km(truth[:, 0], truth[:, 1], truth[:, 0], truth[:, 1])
+    assert summarize(d) == {"1km": 100.0, "25km": 100.0, "200km": 100.0, "750km": 100.0,
+                            "2500km": 100.0, "median_km": 0.0, "n": 2}  # fmt: skip
+
+
+def test_ceiling_matches_brute_force(rng):
+    gallery = torch.tensor(np.c_[rng.uniform(-90, 90, 3000), rng.uniform(-180, 180, 3000)])
+    test = torch.tensor(np.c_[rng.uniform(-90, 90, 200), rng.uniform(-180, 180, 200)])
+    brute = haversine_km(test[:, 0, None].numpy(), test[:, 1, None].numpy(),
+                         gallery[None, :, 0].numpy(), gallery[None, :, 1].numpy()).min(1)  # fmt: skip
+    np.testing.assert_allclose(nearest_gallery_km(test, gallery, chunk=64), brute, rtol=1e-9)
+
+
+def test_evaluate_cli_geoclip_and_checkpoint(tmp_path, small_gallery):
+    from synthetic import make_world
+
+    from geoconcept_cli.train import TrainConfig, train
+
+    world = make_world(tmp_path, n_regions=4, per_region=16, k=12)
+    train(TrainConfig(features=str(world["train"]), out=str(tmp_path / "run"),
+                      concepts=str(world["concepts"]), max_steps=2, batch_size=32,
+                      queue_size=16))  # fmt: skip
+    out_json = tmp_path / "eval.json"
+    res = runner.invoke(app, ["evaluate", str(world["test"]), str(tmp_path / "run"),
+                              "--gallery", str(world["gallery"]), "--json-out", str(out_json)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "| GeoCLIP (pretrained) |" in res.stdout and "| gallery ceiling |" in res.stdout
+    result = json.loads(out_json.read_text())
+    assert set(result["models"]) == {"GeoCLIP (pretrained)", str(tmp_path / "run")}
+    assert result["ceiling"]["25km"] == 100.0  # every test point sits at a gallery centre

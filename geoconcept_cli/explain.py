@@ -26,10 +26,11 @@ import torch.nn.functional as F
 
 from .artifacts import default_cache_dir
 from .concepts.embed import embed_concepts, load_concept_embeddings
+from .concepts.regions import country_and_continent
 from .concepts.review import load_concepts
 from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from .errors import GeoconceptError
-from .geo import country_and_continent, haversine_km, place_name
+from .geo import haversine_km, place_name
 from .images import load_image
 from .model import ConceptAwareHead, load_head
 from .predict import Candidate, Predictor

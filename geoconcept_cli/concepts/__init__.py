@@ -3,44 +3,27 @@
 ``build_candidates`` writes ``candidates.parquet`` and merges it into the review CSV;
 ``finalize`` turns the reviewed CSV into ``concepts.parquet``; ``load_concepts`` and
 ``concept_set_hash`` serve later steps (embed-concepts).
+
+Names are imported lazily (PEP 562), so a stage that only reads concepts (training,
+explain) does not import the network clients (openai, wikipedia-api, SPARQLWrapper).
 """
 
-from .build import BuildReport, build_candidates, default_sources_cache
-from .cache import ResponseCache
-from .http import RetryPolicy
-from .llm import DEFAULT_MODEL as DEFAULT_LLM_MODEL
-from .normalize import SUBCATEGORIES
-from .regions import CONTINENTS, DEFAULT_REGIONS, Region, resolve_regions
-from .review import (
-    REVIEW_COLUMNS,
-    concept_set_hash,
-    finalize,
-    load_concepts,
-    merge_review,
-    read_review,
-    write_review,
-)
-from .worldkg import WORLDKG_ENDPOINT, sparql_literal
+from importlib import import_module
 
-__all__ = [
-    "CONTINENTS",
-    "DEFAULT_LLM_MODEL",
-    "DEFAULT_REGIONS",
-    "REVIEW_COLUMNS",
-    "SUBCATEGORIES",
-    "WORLDKG_ENDPOINT",
-    "BuildReport",
-    "Region",
-    "ResponseCache",
-    "RetryPolicy",
-    "build_candidates",
-    "concept_set_hash",
-    "default_sources_cache",
-    "finalize",
-    "load_concepts",
-    "merge_review",
-    "read_review",
-    "resolve_regions",
-    "sparql_literal",
-    "write_review",
-]
+_EXPORTS = {
+    "BuildReport": "build", "build_candidates": "build", "default_sources_cache": "build",
+    "ResponseCache": "cache", "RetryPolicy": "http", "DEFAULT_LLM_MODEL": "llm",
+    "SUBCATEGORIES": "normalize", "CONTINENTS": "regions", "DEFAULT_REGIONS": "regions",
+    "Region": "regions", "resolve_regions": "regions", "REVIEW_COLUMNS": "review",
+    "concept_set_hash": "review", "finalize": "review", "load_concepts": "review",
+    "merge_review": "review", "read_review": "review", "write_review": "review",
+    "WORLDKG_ENDPOINT": "worldkg", "sparql_literal": "worldkg",
+}  # fmt: skip
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = import_module(f".{_EXPORTS[name]}", __name__)
+    return getattr(module, "DEFAULT_MODEL" if name == "DEFAULT_LLM_MODEL" else name)

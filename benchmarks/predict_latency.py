@@ -10,7 +10,6 @@ MLP, location encoder and 100K gallery. The floor is the bare ViT-L/14 image for
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import time
@@ -18,31 +17,7 @@ import warnings
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-IM2GPS = ROOT.parent / "shared" / "data" / "im2gps3k" / "images"
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def pick_photo(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    if IM2GPS.is_dir():
-        return sorted(IM2GPS.iterdir())[0]
-    from PIL import Image
-
-    path = Path("/tmp/geoconcept-bench.jpg")
-    Image.new("RGB", (340, 256), (90, 140, 200)).save(path)
-    return path
+from common import default_device, median_time, photos
 
 
 def main() -> None:
@@ -50,32 +25,36 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--geoclip-repeats", type=int, default=3)
     ap.add_argument("--photo")
+    ap.add_argument("--device", default=default_device())
     args = ap.parse_args()
-    photo = pick_photo(args.photo)
+    photo = Path(args.photo) if args.photo else photos(1)[0]
+    dev = args.device
+    sync = dev.startswith("cuda")
     torch.set_grad_enabled(False)
     warnings.simplefilter("ignore")
-    print(f"photo: {photo}  torch threads: {torch.get_num_threads()}")
+    print(f"photo: {photo}  device: {dev}  torch threads: {torch.get_num_threads()}")
 
     from geoconcept_cli.images import load_image
     from geoconcept_cli.predict import Predictor
 
-    ours = Predictor.load("ViT-L-14", "none")  # fills the gallery cache on a first run
-    t_ours = median_time(lambda: ours.predict(photo, 5), args.repeats)
+    ours = Predictor.load("ViT-L-14", "none", device=dev)  # fills the gallery cache once
+    t_ours = median_time(lambda: ours.predict(photo, 5), args.repeats, sync=sync)
 
-    pixels = ours.clip.preprocess(load_image(photo)).unsqueeze(0)
-    gallery = torch.nn.functional.normalize(torch.randn(100_000, 512), dim=1)
-    vec = torch.randn(1, 512)
+    pixels = ours.clip.preprocess(load_image(photo)).unsqueeze(0).to(dev)
+    gallery = torch.nn.functional.normalize(torch.randn(100_000, 512, device=dev), dim=1)
+    vec = torch.randn(1, 512, device=dev)
     t_floor = median_time(
-        lambda: (ours.clip.model.encode_image(pixels), vec @ gallery.T), args.repeats
-    )
+        lambda: (ours.clip.model.encode_image(pixels), (vec @ gallery.T).cpu()), args.repeats,
+        sync=sync,
+    )  # fmt: skip
 
     import geoclip
 
-    peer = geoclip.GeoCLIP(from_pretrained=True, clip_pretrained=False).eval()
-    t_peer = median_time(lambda: peer.predict(str(photo), 5), args.geoclip_repeats)
+    peer = geoclip.GeoCLIP(from_pretrained=True, clip_pretrained=False).eval().to(dev)
+    t_peer = median_time(lambda: peer.predict(str(photo), 5), args.geoclip_repeats, sync=sync)
 
     cmd = [sys.executable, "-m", "geoconcept_cli", "predict", str(photo),
-           "--clip-pretrained", "none"]  # fmt: skip
+           "--clip-pretrained", "none", "--device", dev]  # fmt: skip
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
     t_cold = time.perf_counter() - t0

@@ -162,7 +162,7 @@ class ClipBackbone:
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Projected, unnormalised image embeddings (what GeoCLIP's MLP consumes)."""
-        return self.model.encode_image(pixels.to(self.device)).float()
+        return self.model.encode_image(pixels.to(self.device, non_blocking=True)).float()
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:

@@ -29,7 +29,13 @@ def info_nce(
 
 
 def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(-1)
+    """Pairwise squared distances via |a|^2 + |b|^2 - 2ab (no B x B x k intermediate)."""
+    same = a is b
+    a, b = a.float(), b.float()
+    d2 = (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2 * a @ b.T).clamp_min(0)
+    if same:  # exact zeros on the diagonal, which rounding in the expansion would blur
+        d2 = d2 - torch.diag_embed(d2.diagonal())
+    return d2
 
 
 def median_sigma(z: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:

@@ -80,10 +80,14 @@ class Predictor:
         return self.clip.encode_images(pixels)
 
     @torch.no_grad()
+    def cosines(self, clip_features: torch.Tensor) -> torch.Tensor:
+        """(B, N) cosine similarity of each image to each gallery location."""
+        return self.head.embed_images(clip_features.to(self.device).float()) @ self.gallery_emb.T
+
+    @torch.no_grad()
     def logits(self, clip_features: torch.Tensor) -> torch.Tensor:
         """(B, N) gallery logits: logit_scale.exp() * cosine(image, location)."""
-        img = self.head.embed_images(clip_features.to(self.device).float())
-        return self.head.logit_scale.exp() * img @ self.gallery_emb.T
+        return self.head.logit_scale.exp() * self.cosines(clip_features)
 
     @torch.no_grad()
     def topk(self, clip_features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -218,9 +218,11 @@ def train(
 
     last: dict = {}
     t0, seen = time.perf_counter(), 0
+    order_epoch, order = -1, None
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        order = epoch_order(n, cfg.seed, epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(n, cfg.seed, epoch)
         idx = order[in_epoch * cfg.batch_size : (in_epoch + 1) * cfg.batch_size]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         gps_global = jitter(data.latlon[idx], cfg.batch_noise_m, gen)

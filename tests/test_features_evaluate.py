@@ -51,6 +51,14 @@ def test_embed_images_shards_skips_and_resumes(manifest, tmp_path, tiny_clip):
     assert data.features.shape == (20, 768)
     labels = pd.read_csv(manifest).set_index("IMG_ID")
     assert data.latlon[3].tolist() == pytest.approx(labels.loc[data.ids[3], ["LAT", "LON"]])
+    # the uint8 worker path gives exactly the features of open_clip's own preprocessing
+    from geoconcept_cli.encoders import load_clip
+    from geoconcept_cli.images import load_image
+
+    with pytest.warns(UserWarning):
+        clip = load_clip(tiny_clip, "none")
+    direct = clip.encode_images(clip.preprocess(load_image(manifest.parent / data.ids[5]))[None])
+    torch.testing.assert_close(data.features[5], direct[0])
     meta = json.loads((out / "meta.json").read_text())
     assert meta["shards"] == 3 and len(meta["skipped"]) == 2
     # an interrupted run: the middle shard is missing; a rerun recomputes only that one
@@ -98,8 +106,8 @@ def test_perfect_predictions_score_100():
 def test_ceiling_matches_brute_force(rng):
     gallery = torch.tensor(np.c_[rng.uniform(-90, 90, 3000), rng.uniform(-180, 180, 3000)])
     test = torch.tensor(np.c_[rng.uniform(-90, 90, 200), rng.uniform(-180, 180, 200)])
-    brute = haversine_km(test[:, 0, None].numpy(), test[:, 1, None].numpy(),
-                         gallery[None, :, 0].numpy(), gallery[None, :, 1].numpy()).min(1)  # fmt: skip
+    t, g = test.numpy(), gallery.numpy()
+    brute = haversine_km(t[:, 0, None], t[:, 1, None], g[None, :, 0], g[None, :, 1]).min(1)
     np.testing.assert_allclose(nearest_gallery_km(test, gallery, chunk=64), brute, rtol=1e-9)
 
 
@@ -113,8 +121,9 @@ def test_evaluate_cli_geoclip_and_checkpoint(tmp_path, small_gallery):
                       concepts=str(world["concepts"]), max_steps=2, batch_size=32,
                       queue_size=16))  # fmt: skip
     out_json = tmp_path / "eval.json"
-    res = runner.invoke(app, ["evaluate", str(world["test"]), str(tmp_path / "run"),
-                              "--gallery", str(world["gallery"]), "--json-out", str(out_json)])  # fmt: skip
+    args = ["evaluate", str(world["test"]), str(tmp_path / "run"), "--gallery",
+            str(world["gallery"]), "--json-out", str(out_json)]  # fmt: skip
+    res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "| GeoCLIP (pretrained) |" in res.stdout and "| gallery ceiling |" in res.stdout
     result = json.loads(out_json.read_text())

@@ -1,0 +1,51 @@
+"""Shared helpers of the benchmarks: timing, photo discovery, device choice."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+IM2GPS = ROOT.parent / "shared" / "data" / "im2gps3k"
+
+
+def median_time(fn, repeats: int, warmup: int = 1, sync: bool = False) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if sync:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def photos(n: int, tmp: Path = Path("/tmp/geoconcept-bench-photos")) -> list[Path]:
+    """``n`` Im2GPS3k photos, or generated 340x256 JPEGs where ../shared/data is absent."""
+    folder = IM2GPS / "images"
+    if folder.is_dir():
+        return sorted(folder.iterdir())[:n]
+    import numpy as np
+    from PIL import Image
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        path = tmp / f"{i:05d}.jpg"
+        if not path.exists():
+            Image.fromarray(rng.integers(0, 255, (256, 340, 3), dtype=np.uint8)).save(path)
+        out.append(path)
+    return out
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,75 @@
+"""`embed-images` throughput vs the bare open_clip forward at the same batch size.
+
+The bare forward runs on pre-decoded, pre-processed tensors (no I/O at all); embed-images
+decodes JPEGs in DataLoader workers and writes shards. Target: >= 0.9x (decoding must not be
+the bottleneck).
+
+    python benchmarks/embed_images_throughput.py [--n 3000] [--model ViT-L-14]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+from common import default_device, photos
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=None, help="photos (default 3000 GPU, 96 CPU)")
+    ap.add_argument("--model", default="ViT-L-14")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--device", default=default_device())
+    args = ap.parse_args()
+    gpu = args.device.startswith("cuda")
+    n = args.n or (3000 if gpu else 96)
+    batch = args.batch_size or (256 if gpu else 32)
+    workers = args.workers if args.workers is not None else (12 if gpu else 2)
+    warnings.simplefilter("ignore")
+
+    from geoconcept_cli.encoders import load_clip
+    from geoconcept_cli.features import embed_images, read_manifest
+    from geoconcept_cli.images import load_image
+
+    clip = load_clip(args.model, "none", args.device)
+    files = photos(n)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / "m.csv"
+        pd.DataFrame({"path": [str(p) for p in files], "lat": 0.0, "lon": 0.0}).to_csv(
+            manifest, index=False
+        )
+        m = read_manifest(manifest, "/")
+        embed_images(m, Path(tmp) / "warm", clip, batch_size=batch, workers=workers,
+                     shard_size=batch)  # fmt: skip  # warm-up: kernels, page cache
+        t = time.perf_counter()
+        embed_images(m, Path(tmp) / "feats", clip, batch_size=batch, workers=workers,
+                     shard_size=4096)  # fmt: skip
+        if gpu:
+            torch.cuda.synchronize()
+        ours = n / (time.perf_counter() - t)
+
+    pixels = torch.stack([clip.preprocess(load_image(p)) for p in files[:batch]])
+    clip.encode_images(pixels)
+    if gpu:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(max(1, n // batch)):
+        clip.encode_images(pixels)
+    if gpu:
+        torch.cuda.synchronize()
+    bare = max(1, n // batch) * batch / (time.perf_counter() - t)
+    print(f"device {args.device}, {args.model}, batch {batch}, workers {workers}, {n} photos")
+    print(f"embed-images      : {ours:9.1f} images/s")
+    print(f"bare CLIP forward : {bare:9.1f} images/s")
+    print(f"ratio: {ours / bare:.2f}x  (target >= 0.9x)")
+
+
+if __name__ == "__main__":
+    main()

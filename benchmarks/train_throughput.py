@@ -1,0 +1,67 @@
+"""Training throughput on cached features: the concept-aware head vs the plain GeoCLIP head.
+
+Both run the same training loop (queue, GPS noise, AMP on GPU) on the same synthetic 768-d
+features; the concept head adds the projection onto k concepts and the MMD divergence.
+Target: overhead <= 25%.
+
+    python benchmarks/train_throughput.py [--k 645] [--steps 30] [--batch-size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from common import ROOT, default_device
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--k", type=int, default=645)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--queue-size", type=int, default=None)
+    ap.add_argument("--device", default=default_device())
+    args = ap.parse_args()
+    gpu = args.device.startswith("cuda")
+    batch = args.batch_size or (512 if gpu else 64)
+    queue = args.queue_size or (4096 if gpu else 256)
+
+    from synthetic import make_world
+
+    from geoconcept_cli.train import TrainConfig, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        # one epoch holds every timed step: no epoch-end checkpoint inside the measurement
+        per_region = (args.steps + 6) * batch // 20 + 1
+        world = make_world(root, n_regions=20, per_region=per_region, k=args.k)
+        rates = {}
+        for name, concepts in (("plain GeoCLIP head", None), ("concept-aware", world["concepts"])):
+            cfg = TrainConfig(
+                features=str(world["train"]), out=str(root / name), epochs=1000,
+                max_steps=args.steps + 5, batch_size=batch, queue_size=queue, warmup_steps=1,
+                log_every=1, save_every=10**9, device="cuda" if gpu else "cpu",
+                concepts=str(concepts) if concepts else None,
+            )  # fmt: skip
+            train(cfg)
+            lines = [json.loads(x) for x in (root / name / "metrics.jsonl").read_text().split("\n")
+                     if x]  # fmt: skip
+            # samples/s over the steps after the first 5 (warm-up, allocator, autotuning)
+            t5, tn = lines[4], lines[-1]
+            elapsed = tn["step"] * batch / tn["samples_per_s"] - t5["step"] * batch / t5[
+                "samples_per_s"]  # fmt: skip
+            rates[name] = (tn["step"] - t5["step"]) * batch / elapsed
+            print(f"{name:20s}: {rates[name]:10.1f} samples/s")
+    overhead = rates["plain GeoCLIP head"] / rates["concept-aware"] - 1
+    print(f"device {args.device}, batch {batch}, queue {queue}, k {args.k}")
+    print(f"concept-aware overhead: {100 * overhead:.1f}%  (target <= 25%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -492,5 +492,69 @@ def evaluate(
         write_json(json_out, result)
 
 
+@app.command()
+@cli_command
+def ablate(
+    train_features: Annotated[Path, typer.Argument(help="Training feature folder.")],
+    test_features: Annotated[Path, typer.Argument(help="Test feature folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for the runs and ablation.md/.json.")],
+    concepts: Annotated[
+        Path | None, typer.Option(help="Geography-driven concepts.parquet (default: shipped).")
+    ] = None,
+    epochs: int = 10,
+    max_steps: Annotated[int | None, typer.Option(help="Stop each run after N steps.")] = None,
+    batch_size: int = 512,
+    lr: float = 3e-5,
+    queue_size: int = 4096,
+    gallery: Gallery = None,
+    clip_model: ClipModel = "ViT-L-14",
+    clip_pretrained: ClipPretrained = "openai",
+    device: Device = "cpu",
+) -> None:
+    """Concept-set ablation: geography-driven vs generic vs random (same k) vs none."""
+    from .ablations import make_concept_sets, run_grid
+    from .encoders import load_clip
+    from .evaluate import markdown_table
+    from .explain import default_concepts_path
+    from .train import TrainConfig
+
+    clip = load_clip(clip_model, clip_pretrained, device)
+    sets = make_concept_sets(concepts or default_concepts_path(), clip, out / "concept_sets")
+    base = TrainConfig(features="", out="", epochs=epochs, max_steps=max_steps,
+                       batch_size=batch_size, lr=lr, queue_size=queue_size,
+                       device="cuda" if device.startswith("cuda") else "cpu")  # fmt: skip
+    result = run_grid(train_features, test_features, sets, out, base, gallery,
+                      progress=lambda name: err.print(f"trained: {name}"))  # fmt: skip
+    stdout.print(markdown_table(result), highlight=False)
+
+
+@app.command()
+@cli_command
+def visualize(
+    features: Annotated[Path, typer.Argument(help="Feature folder (photos with GPS).")],
+    checkpoint: Annotated[Path, typer.Argument(help="Run folder or checkpoint.pt.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("modality_gap.png"),
+    max_points: Annotated[int, typer.Option(help="Photos sampled (UMAP cost).")] = 3000,
+    by_continent: Annotated[bool, typer.Option(help="Marker per continent.")] = False,
+    seed: int = 0,
+) -> None:
+    """UMAP of image, location and concept vectors of a checkpoint, and the modality gap."""
+    import torch
+
+    from .features import load_features
+    from .model import load_head
+    from .visualize import latents, modality_gap, plot_umap
+
+    data = load_features(features)
+    pick = torch.randperm(len(data.ids), generator=torch.Generator().manual_seed(seed))
+    pick = pick[:max_points]
+    head, _ = load_head(checkpoint)
+    z = latents(head, data.features[pick], data.latlon[pick])
+    gap = modality_gap(z)
+    plot_umap(z, out, data.latlon[pick], by_continent, seed)
+    stdout.print(f"modality gap: centroid distance {gap['centroid_distance']:.4f}, mean paired "
+                 f"cosine {gap['mean_paired_cosine']:.4f}  -> {out}", highlight=False)  # fmt: skip
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

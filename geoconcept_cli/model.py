@@ -56,16 +56,22 @@ class ConceptAwareHead(nn.Module):
         """B = E + Delta, (k, d)."""
         return self.concept_embeddings + self.delta
 
+    def image_latent(self, clip_features: torch.Tensor) -> torch.Tensor:
+        """z_img (B, d): the unit image vector in CLIP's text space, before the basis."""
+        x = clip_features.float()
+        return F.normalize(F.normalize(x, dim=1) + self.image_proj(self.image_mlp(x)), dim=1)
+
+    def location_latent(self, latlon: torch.Tensor) -> torch.Tensor:
+        """z_loc (B, d): the unit location vector in CLIP's text space, before the basis."""
+        return F.normalize(self.location_proj(self.location_encoder(latlon)), dim=1)
+
     def image_concepts(self, clip_features: torch.Tensor) -> torch.Tensor:
         """Concept activations (B, k) of CLIP image features."""
-        x = clip_features.float()
-        z = F.normalize(F.normalize(x, dim=1) + self.image_proj(self.image_mlp(x)), dim=1)
-        return z @ self.basis.T
+        return self.image_latent(clip_features) @ self.basis.T
 
     def location_concepts(self, latlon: torch.Tensor) -> torch.Tensor:
         """Concept activations (B, k) of (lat, lon) points."""
-        z = F.normalize(self.location_proj(self.location_encoder(latlon)), dim=1)
-        return z @ self.basis.T
+        return self.location_latent(latlon) @ self.basis.T
 
     def embed_images(self, clip_features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image_concepts(clip_features), dim=1)

@@ -1,0 +1,74 @@
+"""Concept-set ablation grid and the modality-gap picture, end to end on tiny inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from synthetic import make_world
+from typer.testing import CliRunner
+
+from geoconcept_cli.ablations import generic_set
+from geoconcept_cli.cli import app
+from geoconcept_cli.explain import default_concepts_path
+from geoconcept_cli.train import TrainConfig, train
+from geoconcept_cli.visualize import modality_gap
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("abl"), n_regions=4, per_region=16, k=12)
+
+
+def test_generic_vocabulary_has_no_place_knowledge():
+    words = generic_set()
+    assert len(words) > 250 and len(set(words)) == len(words)
+    shipped = set(__import__("pandas").read_parquet(default_concepts_path())["concept"])
+    assert len(shipped & set(words)) < 10  # nearly disjoint from the geography-driven set
+
+
+def test_ablation_grid_end_to_end(world, tmp_path, tiny_clip):
+    out = tmp_path / "grid"
+    args = ["ablate", str(world["train"]), str(world["test"]), "--out", str(out),
+            "--max-steps", "2", "--batch-size", "32", "--queue-size", "16",
+            "--gallery", str(world["gallery"]), "--clip-model", tiny_clip,
+            "--clip-pretrained", "none"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "ablation.json").read_text())
+    assert set(result["models"]) == {"GeoCLIP (pretrained)", "geography", "generic", "random",
+                                     "none"}  # fmt: skip
+    for name in ("geography", "generic", "random"):
+        meta = json.loads((out / "concept_sets" / f"{name}.json").read_text())
+        assert len(meta["concepts"]) == (len(generic_set()) if name == "generic" else 645)
+    assert "| geography |" in (out / "ablation.md").read_text()
+    again = runner.invoke(app, args)  # finished runs are not retrained
+    assert again.exit_code == 0 and "trained: geography" in again.stderr
+
+
+def test_modality_gap_numbers():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 8))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    same = modality_gap({"image": z, "location": z})
+    assert same["centroid_distance"] == 0 and same["mean_paired_cosine"] == pytest.approx(1)
+    shifted = z + 0.5
+    gap = modality_gap({"image": z, "location": shifted})
+    assert gap["centroid_distance"] == pytest.approx(0.5 * np.sqrt(8))
+
+
+def test_visualize_png(world, tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(features=str(world["train"]), out=str(run), concepts=str(world["concepts"]),
+                      max_steps=2, batch_size=32, queue_size=16))  # fmt: skip
+    png = tmp_path / "gap.png"
+    res = runner.invoke(app, ["visualize", str(world["test"]), str(run), "--out", str(png),
+                              "--by-continent"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "modality gap: centroid distance" in res.stdout
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size == (800, 700)

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup test lint bench
+.PHONY: setup test lint bench reproduce
 
 setup: $(VENV)/.installed
 
@@ -22,3 +22,27 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/predict_latency.py
+	$(BIN)/python benchmarks/explain_latency.py
+	$(BIN)/python benchmarks/evaluate_speed.py
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/embed_images_throughput.py
+
+# The paper's recipe on a GPU machine (see README): 5% of MP-16 -> features -> train with and
+# without concepts -> evaluate on Im2GPS3k. Every step skips work that is already done.
+MP16 ?= mp16.csv
+MP16_IMAGES ?= mp16
+IM2GPS ?= im2gps3k_places365.csv
+IM2GPS_IMAGES ?= im2gps3k
+GPUS ?= 1
+WORK ?= work
+GC = $(BIN)/geoconcept
+TRAIN_OPTS ?= --epochs 10 --batch-size 512 --lr 3e-5 --queue-size 4096 --gpus $(GPUS)
+
+reproduce: setup
+	$(GC) subset $(MP16) --fraction 0.05 --seed 0 --out $(WORK)/mp16_5pct.csv
+	$(GC) embed-images $(WORK)/mp16_5pct.csv --images $(MP16_IMAGES) --out $(WORK)/feats_train --gpus $(GPUS) --device cuda
+	$(GC) embed-images $(IM2GPS) --images $(IM2GPS_IMAGES) --out $(WORK)/feats_test --device cuda
+	$(GC) embed-concepts concepts/concepts.parquet --out $(WORK)/concepts.safetensors --device cuda
+	$(GC) train $(WORK)/feats_train --out $(WORK)/run_concepts --concepts $(WORK)/concepts.safetensors --resume $(TRAIN_OPTS)
+	$(GC) train $(WORK)/feats_train --out $(WORK)/run_geoclip --concepts none --resume $(TRAIN_OPTS)
+	$(GC) evaluate $(WORK)/feats_test $(WORK)/run_concepts $(WORK)/run_geoclip --json-out $(WORK)/eval.json --device cuda

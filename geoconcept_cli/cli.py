@@ -150,7 +150,7 @@ def _print_explanation(exp: dict) -> None:
     for col in ("#", "lat, lon", "p", "place"):
         table.add_column(col)
     for p in exp["predictions"]:
-        table.add_row(str(p["rank"]), f"{p['lat']:.2f}, {p['lon']:.2f}", f"{p['prob']:.3f}",
+        table.add_row(str(p["rank"]), f"{p['lat']:.2f}, {p['lon']:.2f}", f"{p['prob']:.3g}",
                       p["place"])  # fmt: skip
     stdout.print(table)
     spread = exp["spread"]
@@ -366,6 +366,21 @@ def embed_concepts_cmd(
         )
     verb = "wrote" if computed else "up to date:"
     stdout.print(f"{verb} {out} ({emb.embeddings.shape[0]} concepts x {emb.embeddings.shape[1]})")
+
+
+@app.command()
+@cli_command
+def subset(
+    manifest: Annotated[Path, typer.Argument(help="CSV/Parquet manifest.")],
+    fraction: Annotated[float, typer.Option(help="Share of rows kept, e.g. 0.05.")],
+    out: Annotated[Path, typer.Option(help="Output manifest (.csv or .parquet).")],
+    seed: int = 0,
+) -> None:
+    """Keep a seeded random fraction of a manifest (the paper trains on 5% of MP-16)."""
+    from .features import subset_manifest
+
+    n = subset_manifest(manifest, fraction, out, seed)
+    stdout.print(f"{n} rows -> {out}")
 
 
 @app.command("embed-images")

@@ -129,3 +129,14 @@ def test_evaluate_cli_geoclip_and_checkpoint(tmp_path, small_gallery):
     result = json.loads(out_json.read_text())
     assert set(result["models"]) == {"GeoCLIP (pretrained)", str(tmp_path / "run")}
     assert result["ceiling"]["25km"] == 100.0  # every test point sits at a gallery centre
+
+
+def test_subset_is_seeded_and_sized(manifest, tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    for out in (a, b):
+        res = runner.invoke(app, ["subset", str(manifest), "--fraction", "0.5", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+    assert a.read_text() == b.read_text()
+    assert len(pd.read_csv(a)) == round(0.5 * len(pd.read_csv(manifest)))
+    bad = runner.invoke(app, ["subset", str(manifest), "--fraction", "2", "--out", str(a)])
+    assert bad.exit_code == 2 and "--fraction" in bad.stderr

@@ -545,6 +545,59 @@ def ablate(
 
 @app.command()
 @cli_command
+def downstream(
+    table: Annotated[
+        Path, typer.Argument(help="CSV/Parquet with latitude, longitude, target (or, with "
+                             "--preset, the downstream data folder).")
+    ],
+    target: Annotated[str | None, typer.Option(help="Target column.")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="air-temperature or us-income (2016, county centroids).")
+    ] = None,
+    lat: Annotated[str | None, typer.Option(help="Latitude column (default: found).")] = None,
+    lon: Annotated[str | None, typer.Option(help="Longitude column (default: found).")] = None,
+    task: Annotated[str, typer.Option(help="regression or classification.")] = "regression",
+    checkpoint: Annotated[
+        list[Path] | None, typer.Option(help="Trained run(s) to probe beside GeoCLIP (repeat).")
+    ] = None,
+    folds: int = 5,
+    seed: int = 0,
+    spatial_block_deg: Annotated[
+        float | None, typer.Option(help="Spatial blocking: folds of whole lat/lon cells.")
+    ] = None,
+    probe: Annotated[list[str] | None, typer.Option(help="linear and/or mlp (repeat).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    device: Device = "cpu",
+) -> None:
+    """Probe location embeddings (GeoCLIP, checkpoints, raw coordinates) on a geographic task."""
+    from . import downstream as ds
+
+    if preset == "air-temperature":
+        data = ds.air_temperature_table(table)
+    elif preset == "us-income":
+        data = ds.us_county_income_table(table)
+    elif preset is not None:
+        raise GeoconceptError("--preset must be air-temperature or us-income")
+    elif target is None:
+        raise GeoconceptError("give --target COLUMN (or a --preset)")
+    else:
+        data = ds.load_table(table, target, lat, lon, task)
+    embedders = ds.default_embedders(device)
+    for ck in checkpoint or []:
+        embedders |= ds.checkpoint_embedders(ck, device)
+    feats = ds.compute_features(data.latlon, embedders)
+    probes = tuple(probe or ds.PROBES)
+    with progress_bar("probing", len(feats) * len(probes) * folds) as advance:
+        res = ds.run_probes(data, feats, folds, seed, spatial_block_deg, probes, advance)
+    if as_json:
+        stdout.print_json(json.dumps(res.to_dict()))
+    else:
+        stdout.print(ds.summary_line(res), highlight=False)
+        stdout.print(ds.results_table_markdown(res), highlight=False)
+
+
+@app.command()
+@cli_command
 def visualize(
     features: Annotated[Path, typer.Argument(help="Feature folder (photos with GPS).")],
     checkpoint: Annotated[Path, typer.Argument(help="Run folder or checkpoint.pt.")],

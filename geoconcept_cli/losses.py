@@ -38,23 +38,38 @@ def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d2
 
 
+def _median_distance(d2: torch.Tensor) -> torch.Tensor:
+    """Off-diagonal (lower) median of a square matrix of squared distances, as a distance.
+
+    The n diagonal zeros sort first, so it is the (n + (n^2 - n + 1) // 2)-th smallest entry:
+    no boolean mask, hence no host-device synchronisation on GPU.
+    """
+    n = len(d2)
+    flat = d2.detach().flatten()
+    k = n + (n * n - n + 1) // 2
+    # CUDA's kthvalue took 5 ms for n = 1024 (70% of a training step); a sort takes far less
+    kth = flat.kthvalue(k).values if flat.device.type == "cpu" else flat.sort().values[k - 1]
+    return kth.clamp_min(1e-12).sqrt()
+
+
 def median_sigma(z: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
     """Median heuristic bandwidth: median pairwise distance of the pooled sample (no gradient)."""
     with torch.no_grad():
-        pooled = torch.cat([z, loc]).float()
-        d2 = _sq_dists(pooled, pooled)
-        off = d2[~torch.eye(len(pooled), dtype=torch.bool, device=d2.device)]
-        return off.median().clamp_min(1e-12).sqrt()
+        pooled = torch.cat([z, loc])
+        return _median_distance(_sq_dists(pooled, pooled))
 
 
 def mmd2(z: torch.Tensor, loc: torch.Tensor, sigma: float | torch.Tensor | None = None):
-    """Gaussian-kernel MMD^2 between two samples; ``sigma=None`` uses the median heuristic."""
-    sigma = median_sigma(z, loc) if sigma is None else torch.as_tensor(sigma, device=z.device)
-    gamma = 1.0 / (2 * sigma**2)
-    k_zz = torch.exp(-gamma * _sq_dists(z, z)).mean()
-    k_ll = torch.exp(-gamma * _sq_dists(loc, loc)).mean()
-    k_zl = torch.exp(-gamma * _sq_dists(z, loc)).mean()
-    return k_zz + k_ll - 2 * k_zl
+    """Gaussian-kernel MMD^2 between two samples; ``sigma=None`` uses the median heuristic.
+
+    One pooled distance matrix serves the bandwidth and all three kernel means.
+    """
+    pooled = torch.cat([z, loc])
+    d2 = _sq_dists(pooled, pooled)
+    sigma = _median_distance(d2) if sigma is None else torch.as_tensor(sigma, device=z.device)
+    k = torch.exp(-d2 / (2 * sigma**2))
+    n = len(z)
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
 
 
 def log_kernel_divergence(z: torch.Tensor, loc: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from geoconcept_cli.losses import (
@@ -46,3 +47,28 @@ def test_info_nce_targets_and_offset():
     good = info_nce(img, loc, scale, target_offset=2)
     bad = info_nce(img, loc, scale, target_offset=0)
     assert good < 1e-3 < bad
+
+
+def test_median_sigma_is_the_off_diagonal_median():
+    torch.manual_seed(0)
+    for n in (3, 10, 64):
+        z, loc = torch.randn(n, 7), torch.randn(n + 1, 7)
+        pooled = torch.cat([z, loc])
+        d = torch.cdist(pooled, pooled)
+        off = d[~torch.eye(len(pooled), dtype=torch.bool)]
+        torch.testing.assert_close(median_sigma(z, loc), off.median(), rtol=1e-5, atol=1e-6)
+
+
+def test_mmd_matches_the_textbook_formula():
+    torch.manual_seed(1)
+    z, loc, sigma = torch.randn(5, 3), torch.randn(7, 3) + 0.4, 1.3
+
+    def k(a, b):
+        return math.exp(-float((a - b).pow(2).sum()) / (2 * sigma**2))
+
+    ref = (
+        sum(k(a, b) for a in z for b in z) / 25
+        + sum(k(a, b) for a in loc for b in loc) / 49
+        - 2 * sum(k(a, b) for a in z for b in loc) / 35
+    )
+    assert float(mmd2(z, loc, sigma)) == pytest.approx(ref, rel=1e-5)

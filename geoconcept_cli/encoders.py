@@ -83,10 +83,14 @@ class LocationEncoder(nn.Module):
             self.add_module(f"LocEnc{i}", LocationBranch(s))
 
     def forward(self, latlon: torch.Tensor) -> torch.Tensor:
-        x = equal_earth_projection(latlon)
-        out = torch.zeros(x.shape[0], 512, device=x.device, dtype=x.dtype)
-        for i in range(self.n):
-            out = out + self._modules[f"LocEnc{i}"](x)
+        # float32 always: under bf16 autocast the sigma=2^8 branch's phases (|2 pi B v| up to
+        # ~6,000, bf16 spacing 4 there) turn cos/sin into noise, so training would see other
+        # location features than inference.
+        with torch.autocast(latlon.device.type, enabled=False):
+            x = equal_earth_projection(latlon.float())
+            out = torch.zeros(x.shape[0], 512, device=x.device, dtype=x.dtype)
+            for i in range(self.n):
+                out = out + self._modules[f"LocEnc{i}"](x)
         return out
 
 

@@ -23,7 +23,7 @@ def info_nce(
     ``img`` (B, D) and ``loc`` (M, D) are L2-normalised; the positive of image i is row
     ``target_offset + i`` (non-zero under DDP, where ``loc`` holds every rank's batch).
     """
-    logits = logit_scale.exp() * img @ loc.T
+    logits = logit_scale.float().exp() * img.float() @ loc.float().T  # fp32 under autocast
     targets = torch.arange(img.shape[0], device=img.device) + target_offset
     return F.cross_entropy(logits, targets)
 

@@ -72,3 +72,15 @@ def test_mmd_matches_the_textbook_formula():
         - 2 * sum(k(a, b) for a in z for b in loc) / 35
     )
     assert float(mmd2(z, loc, sigma)) == pytest.approx(ref, rel=1e-5)
+
+
+def test_location_encoder_is_float32_under_autocast():
+    from geoconcept_cli.encoders import load_geoclip_head
+
+    head = load_geoclip_head()
+    latlon = torch.tensor([[48.85, 2.35], [-33.9, 151.2], [35.7, 139.7], [0.1, -78.5]])
+    ref = head.embed_locations(latlon)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = head.embed_locations(latlon)
+    # bf16 Fourier phases would give cosines near 0.8 to the fp32 embeddings
+    assert (amp.float() * ref).sum(1).min() > 0.99

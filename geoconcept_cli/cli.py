@@ -453,7 +453,7 @@ def train(
 ) -> None:
     """Train the concept-aware alignment (or plain GeoCLIP with --concepts none)."""
     from .distributed import launch, launched_externally
-    from .train import TrainConfig, last_metrics, train_worker
+    from .train import TrainConfig, check_run, last_metrics, train_worker
 
     if divergence not in ("mmd", "mean"):
         raise GeoconceptError("--divergence must be mmd or mean")
@@ -469,8 +469,11 @@ def train(
     )  # fmt: skip
     procs = gpus if gpus > 0 else nproc
     if (procs > 1 or nnodes > 1) and not launched_externally():
-        launch(train_worker, (cfg, resume), procs, nnodes, node_rank, master_addr, master_port)
-        last = last_metrics(cfg.out)
+        last = check_run(cfg, resume, procs * nnodes)  # user errors here, not in N tracebacks
+        if last is None:
+            launch(train_worker, (cfg, resume), procs, nnodes, node_rank, master_addr,
+                   master_port)  # fmt: skip
+            last = last_metrics(cfg.out)
     else:
         last = train_worker(cfg, resume)
     if last.get("done") and last.get("loss") is None:
@@ -498,7 +501,7 @@ def evaluate(
     from .features import load_features
 
     data = load_features(features)
-    heads = heads_to_evaluate(checkpoints or [], geoclip, device)
+    heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta)
     if not heads:
         raise GeoconceptError("nothing to evaluate: give checkpoints or keep --geoclip")
     result = evaluate_heads(heads, data.features, data.latlon, gallery, cache_dir)
@@ -610,13 +613,15 @@ def visualize(
     import torch
 
     from .features import load_features
-    from .model import load_head
+    from .model import check_trained_on, load_head
     from .visualize import latents, modality_gap, plot_umap
 
     data = load_features(features)
     pick = torch.randperm(len(data.ids), generator=torch.Generator().manual_seed(seed))
     pick = pick[:max_points]
-    head, _ = load_head(checkpoint)
+    head, ckpt = load_head(checkpoint)
+    meta = data.meta
+    check_trained_on(ckpt, meta.get("clip_model"), meta.get("clip_pretrained"), checkpoint)
     z = latents(head, data.features[pick], data.latlon[pick])
     gap = modality_gap(z)
     plot_umap(z, out, data.latlon[pick], by_continent, seed)

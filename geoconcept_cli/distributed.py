@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import GeoconceptError
+
 
 @dataclass
 class DistInfo:
@@ -86,7 +88,15 @@ def launch(
         start_method="spawn",
         monitor_interval=0.5,
     )
-    elastic_launch(config, fn)(*args)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    try:
+        elastic_launch(config, fn)(*args)
+    except ChildFailedError as exc:
+        failed = ", ".join(f"rank {r}" for r in sorted(exc.failures))
+        raise GeoconceptError(
+            f"worker process failed ({failed}); its error is printed above"
+        ) from None
 
 
 def all_gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -25,6 +25,15 @@ DEFAULT_CLIP_PRETRAINED = "openai"
 GEOCLIP_FEATURE_DIM = 768  # GeoCLIP's image MLP expects ViT-L/14's projected embedding.
 
 
+def check_feature_dim(dim: int, source: object) -> None:
+    """GeoCLIP's image MLP takes ViT-L/14's 768-d projected embedding, nothing else."""
+    if dim != GEOCLIP_FEATURE_DIM:
+        raise GeoconceptError(
+            f"{source}: {dim}-d image features, but GeoCLIP's image MLP takes "
+            f"{GEOCLIP_FEATURE_DIM}-d ones (ViT-L/14's embedding width)"
+        )
+
+
 class RandomWeightsWarning(UserWarning):
     """CLIP runs with random weights: the mechanics work, the predictions mean nothing."""
 

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .encoders import load_geoclip_head
+from .encoders import check_feature_dim, load_geoclip_head
+from .errors import GeoconceptError
 from .gallery import cached_gallery_embeddings, load_gallery
 from .geo import THRESHOLDS_KM, accuracy_at_thresholds, haversine_km, unit_vectors
-from .model import load_head
+from .model import check_trained_on, load_head
 from .predict import Predictor
 
 
@@ -60,6 +61,9 @@ def evaluate_heads(
     progress=None,
 ) -> dict:
     """Scores of each named head and the gallery ceiling, as one JSON-able dict."""
+    if len(feats) == 0:
+        raise GeoconceptError("no test features to evaluate")
+    check_feature_dim(feats.shape[1], "test features")
     gps = load_gallery(gallery)
     rows = {}
     for name, head in heads.items():
@@ -74,11 +78,20 @@ def evaluate_heads(
     }
 
 
-def heads_to_evaluate(checkpoints: list[str | Path], geoclip: bool = True, device="cpu"):
-    """GeoCLIP's pretrained head (optional) and each checkpoint's, keyed by a display name."""
+def heads_to_evaluate(
+    checkpoints: list[str | Path], geoclip: bool = True, device="cpu", features_meta=None
+):
+    """GeoCLIP's pretrained head (optional) and each checkpoint's, keyed by a display name.
+
+    With ``features_meta`` (the test features' meta.json), a checkpoint trained on features
+    of another CLIP model is refused.
+    """
     heads = {"GeoCLIP (pretrained)": load_geoclip_head(device)} if geoclip else {}
+    meta = features_meta or {}
     for ck in checkpoints:
-        heads[str(ck)] = load_head(ck, device)[0]
+        head, ckpt = load_head(ck, device)
+        check_trained_on(ckpt, meta.get("clip_model"), meta.get("clip_pretrained"), ck)
+        heads[str(ck)] = head
     return heads
 
 

@@ -15,7 +15,6 @@ associations, and no decomposition is claimed.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from .errors import GeoconceptError
 from .geo import haversine_km, place_name
 from .images import load_image
-from .model import ConceptAwareHead, load_head
+from .model import ConceptAwareHead, check_trained_on, load_head
 from .predict import Candidate, Predictor
 
 RUNNER_UP_MIN_KM = 200.0  # the runner-up is the best *other place*, not a neighbouring point
@@ -270,15 +269,7 @@ def load_explainer(
     head, cset = None, None
     if checkpoint:
         head, ckpt = load_head(checkpoint, device)
-        trained = ckpt.get("clip") or {}
-        if trained.get("model") not in (None, Path(clip_model).stem) or trained.get(
-            "pretrained"
-        ) not in (None, clip_pretrained):
-            warnings.warn(
-                f"{checkpoint} was trained on features of CLIP {trained.get('model')} "
-                f"({trained.get('pretrained')}), not {clip_model} ({clip_pretrained})",
-                stacklevel=2,
-            )
+        check_trained_on(ckpt, Path(clip_model).stem, clip_pretrained, checkpoint)
         if ckpt["kind"] == "concept":
             cset = ConceptSet.from_meta(ckpt["concepts"])
     predictor = Predictor.load(clip_model, clip_pretrained, gallery, head, cache_dir, device,

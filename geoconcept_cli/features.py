@@ -266,6 +266,34 @@ def embed_images_worker(
     )  # fmt: skip
 
 
+def feature_summary(folder: str | Path) -> tuple[dict, int, int]:
+    """(meta, rows, feature width) of a feature folder, read from shard headers only."""
+    folder = Path(folder)
+    meta = _read_meta(folder)
+    n, dim = 0, 0
+    for s in range(meta["shards"]):
+        with safe_open(str(_existing_shard(folder, s)), "pt") as f:
+            n += len(json.loads(f.metadata()["ids"]))
+            dim = f.get_slice("features").get_shape()[-1]
+    if n == 0:
+        raise GeoconceptError(f"{folder}: no features (every image was skipped?)")
+    return meta, n, dim
+
+
+def _read_meta(folder: Path) -> dict:
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise GeoconceptError(f"{folder}: no meta.json, not an embed-images folder")
+    return json.loads(meta_path.read_text())
+
+
+def _existing_shard(folder: Path, index: int) -> Path:
+    path = shard_path(folder, index)
+    if not path.is_file():
+        raise GeoconceptError(f"{folder}: shard {index} missing; rerun embed-images to finish")
+    return path
+
+
 @dataclass
 class Features:
     """All shards of a feature folder, concatenated."""
@@ -279,16 +307,10 @@ class Features:
 def load_features(folder: str | Path) -> Features:
     """Read every shard of an ``embed-images`` folder (one-line error if incomplete)."""
     folder = Path(folder)
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise GeoconceptError(f"{folder}: no meta.json, not an embed-images folder")
-    meta = json.loads(meta_path.read_text())
+    meta = _read_meta(folder)
     ids, feats, latlon = [], [], []
     for s in range(meta["shards"]):
-        path = shard_path(folder, s)
-        if not path.is_file():
-            raise GeoconceptError(f"{folder}: shard {s} missing; rerun embed-images to finish")
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(_existing_shard(folder, s)), "pt") as f:
             ids += json.loads(f.metadata()["ids"])
             feats.append(f.get_tensor("features"))
             latlon.append(f.get_tensor("latlon"))

@@ -138,6 +138,18 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def check_trained_on(ckpt: dict, clip_model: str | None, clip_pretrained: str | None, what):
+    """Refuse to use a checkpoint with image features of another CLIP model or weights."""
+    trained = ckpt.get("clip") or {}
+    for key, have in (("model", clip_model), ("pretrained", clip_pretrained)):
+        want = trained.get(key)
+        if want is not None and have is not None and want != have:
+            raise GeoconceptError(
+                f"{what} was trained on features of CLIP {trained.get('model')} "
+                f"({trained.get('pretrained')}), not {clip_model} ({clip_pretrained})"
+            )
+
+
 def load_head(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the trained head of a checkpoint file or run folder (eval mode), with its dict."""
     path = Path(path)

@@ -14,6 +14,7 @@ from .encoders import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_PRETRAINED,
     ClipBackbone,
+    check_feature_dim,
     load_clip,
     load_geoclip_head,
 )
@@ -67,6 +68,7 @@ class Predictor:
     ) -> Predictor:
         """GeoCLIP's pretrained head (unless ``head`` is given) over a cached gallery."""
         clip = load_clip(clip_model, clip_pretrained, device)
+        check_feature_dim(clip.embed_dim, f"CLIP {clip.model_name}")
         head = (head or load_geoclip_head()).to(device)
         gps = load_gallery(gallery)
         emb = cached_gallery_embeddings(gps, head, cache_dir, progress=progress)

@@ -19,10 +19,17 @@ from torch import nn
 from .artifacts import atomic_path, write_json
 from .concepts.embed import load_concept_embeddings
 from .distributed import DistInfo, all_gather_with_grad, init_distributed, mean_across_ranks
+from .encoders import check_feature_dim
 from .errors import GeoconceptError
-from .features import load_features
+from .features import feature_summary, load_features
 from .losses import DIVERGENCES, info_nce
-from .model import build_head, read_checkpoint, save_checkpoint, set_location_trainable
+from .model import (
+    LOCATION_TRAINABLE,
+    build_head,
+    read_checkpoint,
+    save_checkpoint,
+    set_location_trainable,
+)
 
 KM_PER_DEGREE = 111.195
 
@@ -57,6 +64,61 @@ class TrainConfig:
 
     def checkpoint_path(self) -> Path:
         return Path(self.out) / "checkpoint.pt"
+
+    def validate(self) -> None:
+        """One-line errors for option values that would crash or silently diverge later."""
+        checks = [
+            (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (self.epochs >= 0, "--epochs must be >= 0"),
+            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
+            (self.lr > 0, "--lr must be > 0"),
+            (self.queue_size >= 0, "--queue-size must be >= 0"),
+            (self.sigma is None or self.sigma > 0, "--sigma must be > 0"),
+            (self.log_every >= 1 and self.save_every >= 1, "--log-every/--save-every >= 1"),
+            (self.divergence in DIVERGENCES, f"--divergence must be one of {list(DIVERGENCES)}"),
+            (self.train_location in LOCATION_TRAINABLE,
+             f"--train-location must be one of {list(LOCATION_TRAINABLE)}"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise GeoconceptError(message)
+
+    def total_steps(self, n: int) -> int:
+        """Steps of the run: the epochs over ``n`` samples, capped by --max-steps."""
+        total = self.epochs * (n // self.batch_size)
+        total = min(total, self.max_steps) if self.max_steps else total
+        if total < 1:
+            raise GeoconceptError(f"nothing to train: {n} samples, --epochs {self.epochs}")
+        return total
+
+
+def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | None:
+    """Validate a run before any process starts; ``{"step", "done"}`` if it already finished."""
+    cfg.validate()
+    meta, n, dim = feature_summary(cfg.features)
+    check_feature_dim(dim, cfg.features)
+    if cfg.batch_size % world_size:
+        raise GeoconceptError(f"--batch-size {cfg.batch_size} must divide by {world_size}")
+    if n < cfg.batch_size:
+        raise GeoconceptError(f"{cfg.features}: {n} samples, fewer than --batch-size")
+    total = cfg.total_steps(n)
+    if cfg.concepts:
+        load_concept_embeddings(cfg.concepts, meta.get("clip_model"), meta.get("clip_pretrained"))
+    ckpt_path = cfg.checkpoint_path()
+    if not ckpt_path.is_file():
+        return None
+    ckpt = read_checkpoint(ckpt_path)
+    if ckpt["config"] != asdict(cfg):
+        raise GeoconceptError(
+            f"{cfg.out} holds a run with another config; use a new --out (see config.json there)"
+        )
+    if ckpt["step"] >= total:
+        return {"step": ckpt["step"], "done": True}
+    if not resume:
+        raise GeoconceptError(
+            f"{cfg.out} has a checkpoint at step {ckpt['step']}/{total}: pass --resume to continue"
+        )
+    return None
 
 
 class GPSQueue:
@@ -155,15 +217,14 @@ def train(
     info = info or init_distributed(use_cuda)
     device = info.device if use_cuda else torch.device(cfg.device)
     out = Path(cfg.out)
+    finished = check_run(cfg, resume, info.world_size)
+    if finished:
+        return finished
     data = load_features(cfg.features)
     n = len(data.ids)
-    if cfg.batch_size % info.world_size:
-        raise GeoconceptError(f"--batch-size {cfg.batch_size} must divide by {info.world_size}")
-    if n < cfg.batch_size:
-        raise GeoconceptError(f"{cfg.features}: {n} samples, fewer than --batch-size")
     local_b = cfg.batch_size // info.world_size
     steps_per_epoch = n // cfg.batch_size
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    total = cfg.total_steps(n)
 
     torch.manual_seed(cfg.seed)
     basis = load_concept_embeddings(cfg.concepts) if cfg.concepts else None
@@ -180,18 +241,8 @@ def train(
     queue = GPSQueue(cfg.queue_size)
     step = 0
     ckpt_path = cfg.checkpoint_path()
-    if ckpt_path.is_file():
+    if ckpt_path.is_file():  # check_run has vetted it: same config, unfinished, --resume
         ckpt = read_checkpoint(ckpt_path)
-        if ckpt["config"] != asdict(cfg):
-            raise GeoconceptError(
-                f"{out} holds a run with another config; use a new --out (see {out}/config.json)"
-            )
-        if ckpt["step"] >= total:
-            return {"step": ckpt["step"], "done": True}
-        if not resume:
-            raise GeoconceptError(
-                f"{out} has a checkpoint at step {ckpt['step']}/{total}: pass --resume to continue"
-            )
         head.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -238,24 +289,33 @@ def train(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
+        lr = sched.get_last_lr()[0]  # the rate this step used
         sched.step()
+        with torch.no_grad():  # as CLIP: a temperature below 1/100 destabilises training
+            head.logit_scale.clamp_(max=math.log(100))
         queue.push(data.latlon[idx])
         step += 1
         seen += cfg.batch_size
-        if step % cfg.log_every == 0 or step == total:
+        log = step % cfg.log_every == 0 or step == total
+        checkpoint = step % cfg.save_every == 0 or step % steps_per_epoch == 0 or step == total
+        if log or checkpoint:  # every rank takes the same branch: collectives stay matched
+            global_loss = mean_across_ranks(loss.item(), info)
+            if not math.isfinite(global_loss):
+                raise GeoconceptError(
+                    f"loss is {global_loss} at step {step}: lower --lr, or check --sigma"
+                )
+        if log:
             last = {
-                "step": step, "epoch": epoch,
-                "loss": mean_across_ranks(loss.item(), info),
+                "step": step, "epoch": epoch, "loss": global_loss,
                 **{k: mean_across_ranks(float(v), info) for k, v in parts.items()},
-                "lr": sched.get_last_lr()[0],
-                "samples_per_s": seen / (time.perf_counter() - t0),
+                "lr": lr, "samples_per_s": seen / (time.perf_counter() - t0),
             }  # fmt: skip
             if info.is_main:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(last) + "\n")
         if progress and info.is_main:
             progress(step, total, last)
-        if step % cfg.save_every == 0 or step % steps_per_epoch == 0 or step == total:
+        if checkpoint:
             save()
     return last
 
@@ -278,17 +338,27 @@ def train_worker(cfg: TrainConfig, resume: bool = False) -> dict:
         return train(cfg, resume, info, report)
 
 
+def _metric_lines(path: Path) -> list[dict]:
+    """Decodable lines of a metrics.jsonl (a kill can leave the last one half-written)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def last_metrics(out: str | Path) -> dict:
     """The last line of a run's metrics.jsonl ({} if none)."""
-    path = Path(out) / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return json.loads(lines[-1]) if lines else {}
+    rows = _metric_lines(Path(out) / "metrics.jsonl")
+    return rows[-1] if rows else {}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop log lines written after the checkpoint the run restarts from."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    keep = [row for row in _metric_lines(path) if row.get("step", 0) <= step]
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(ln + "\n" for ln in keep))
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in keep))

@@ -19,8 +19,10 @@ from geoconcept_cli.features import save_features
 
 
 def make_world(
-    root: Path, n_regions=12, per_region=64, k=24, dim=768, distractors=300, seed=0
-) -> dict:
+    root: Path, n_regions=12, per_region=64, k=24, dim=768, distractors=300, seed=0,
+    clip_model="synthetic",
+) -> dict:  # fmt: skip
+    """Feature folders, a concept basis and a gallery; ``clip_model`` names their provenance."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     centers = np.c_[rng.uniform(-55, 65, n_regions), rng.uniform(-170, 170, n_regions)]
@@ -40,14 +42,15 @@ def make_world(
     for split, n_per in (("train", per_region), ("test", per_region // 4)):
         feats, latlon, region = sample(n_per)
         ids = [f"{split}-{i}" for i in range(len(region))]
-        save_features(root / split, ids, feats, latlon, shard_size=256, clip_model="synthetic")
+        save_features(root / split, ids, feats, latlon, shard_size=256, clip_model=clip_model,
+                      clip_pretrained="none")  # fmt: skip
         out[split] = root / split
         out[f"{split}_region"] = region
     names = [f"concept {i}" for i in range(k)]
     out["concepts"] = save_concept_embeddings(
         root / "concepts", concepts,
         {"concepts": names, "categories": ["natural"] * k, "subcategories": ["terrain"] * k,
-         "clip_model": "synthetic", "clip_pretrained": "none"},
+         "clip_model": clip_model, "clip_pretrained": "none"},
     )  # fmt: skip
     gallery = np.r_[centers, np.c_[rng.uniform(-60, 70, distractors),
                                    rng.uniform(-180, 180, distractors)]]  # fmt: skip

@@ -21,7 +21,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("abl"), n_regions=4, per_region=16, k=12)
+    world_dir = tmp_path_factory.mktemp("abl")
+    return make_world(world_dir, n_regions=4, per_region=16, k=12, clip_model="tiny-clip-768")
 
 
 def test_generic_vocabulary_has_no_place_knowledge():

@@ -39,7 +39,7 @@ ZERO_SHOT_KEYS = {
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("explain")
-    world = make_world(root, n_regions=6, per_region=32, k=40)
+    world = make_world(root, n_regions=6, per_region=32, k=40, clip_model="tiny-clip-768")
     cfg = TrainConfig(features=str(world["train"]), out=str(root / "run"),
                       concepts=str(world["concepts"]), max_steps=4, batch_size=32, lr=3e-3,
                       warmup_steps=1, queue_size=32)  # fmt: skip
@@ -49,7 +49,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def concept_explainer(run_dir, tiny_clip, small_gallery):
-    with pytest.warns(UserWarning):  # random CLIP; checkpoint trained on "synthetic" features
+    with pytest.warns(UserWarning):  # random CLIP weights
         return load_explainer(run_dir, clip_model=tiny_clip, clip_pretrained="none",
                               gallery=small_gallery)  # fmt: skip
 

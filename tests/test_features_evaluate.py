@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import shared_data
+from PIL import Image
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli import app
@@ -140,3 +141,26 @@ def test_subset_is_seeded_and_sized(manifest, tmp_path):
     assert len(pd.read_csv(a)) == round(0.5 * len(pd.read_csv(manifest)))
     bad = runner.invoke(app, ["subset", str(manifest), "--fraction", "2", "--out", str(a)])
     assert bad.exit_code == 2 and "--fraction" in bad.stderr
+
+
+def test_evaluate_refuses_features_of_another_clip_model(tmp_path):
+    from synthetic import make_world
+
+    from geoconcept_cli.train import TrainConfig, train
+
+    world = make_world(tmp_path / "a", n_regions=4, per_region=16, k=12)
+    other = make_world(tmp_path / "b", n_regions=4, per_region=16, k=12, clip_model="ViT-B-32")
+    train(TrainConfig(features=str(world["train"]), out=str(tmp_path / "run"),
+                      concepts=str(world["concepts"]), max_steps=1, batch_size=32,
+                      queue_size=16))  # fmt: skip
+    res = runner.invoke(app, ["evaluate", str(other["test"]), str(tmp_path / "run"),
+                              "--gallery", str(world["gallery"])])  # fmt: skip
+    assert res.exit_code == 2 and "ViT-B-32" in res.stderr
+
+
+def test_predict_refuses_a_backbone_of_another_width(tmp_path):
+    photo = tmp_path / "p.jpg"
+    Image.new("RGB", (64, 64)).save(photo)
+    res = runner.invoke(app, ["predict", str(photo), "--clip-model", "ViT-B-32",
+                              "--clip-pretrained", "none"])  # fmt: skip
+    assert res.exit_code == 2 and "768" in res.stderr

@@ -172,3 +172,40 @@ def test_cli_trains_with_two_cpu_processes(world, tmp_path):
 
 def test_distinfo_defaults():
     assert DistInfo().is_main and DistInfo().world_size == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"sigma": 0.0}, "--sigma"), ({"batch_size": 0}, "--batch-size"), ({"lr": -1.0}, "--lr"),
+     ({"log_every": 0}, "--log-every"), ({"epochs": 0}, "nothing to train"),
+     ({"divergence": "kl"}, "--divergence")],
+)  # fmt: skip
+def test_bad_options_are_one_line_errors(world, tmp_path, change, message):
+    with pytest.raises(GeoconceptError, match=message):
+        train(_cfg(world, tmp_path / "bad", **change))
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+
+
+def test_max_steps_caps_the_epochs(world, tmp_path):
+    last = train(_cfg(world, tmp_path / "cap", epochs=1, max_steps=50))
+    assert last["step"] == 8 * 48 // 32  # one epoch, fewer than --max-steps
+
+
+def test_concepts_of_another_clip_model_are_refused(world, tmp_path):
+    other = make_world(tmp_path / "other", n_regions=2, per_region=4, k=5, clip_model="ViT-B-32")
+    with pytest.raises(GeoconceptError, match="ViT-B-32"):
+        train(_cfg(world, tmp_path / "mix", concepts=str(other["concepts"])))
+
+
+def test_half_written_metrics_line_does_not_break_resume(world, tmp_path):
+    cfg = _cfg(world, tmp_path / "m", max_steps=6, save_every=3)
+
+    def crash_at_5(step, total, last):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=crash_at_5)
+    with (tmp_path / "m" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "lo')  # killed mid-line
+    assert train(cfg, resume=True)["step"] == 6

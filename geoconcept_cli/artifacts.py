@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import GeoconceptError
+
 
 def default_cache_dir() -> Path:
     """Where derived data (gallery embeddings, source caches) goes: $GEOCONCEPT_CACHE or ~/.cache"""
@@ -26,6 +28,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     A crash mid-write therefore never leaves a half-written artifact under the final name.
     """
     path = Path(path)
+    if path.is_dir():
+        raise GeoconceptError(f"{path} is a directory; give a file name to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -226,8 +226,8 @@ def explain(
     cache_dir: CacheDir = None,
 ) -> None:
     """Explain a prediction: where, what the photo shows, what the place is known for, why."""
-    from .explain import explanation_row, load_explainer, rows_to_parquet
-    from .images import IMAGE_SUFFIXES, load_image
+    from .explain import batch_photos, explanation_row, load_explainer, rows_to_parquet
+    from .images import load_image
 
     batch = target.is_dir() or target.suffix.lower() in {".csv", ".parquet", ".pq"}
     if batch and out is None:
@@ -249,13 +249,8 @@ def explain(
         else:
             _print_explanation(exp)
         return
-    if target.is_dir():
-        paths = sorted(p for p in target.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    else:
-        from .features import read_manifest
-
-        paths = [Path(p) for p in read_manifest(target).rows["path"]]
-    rows, failed = [], []
+    paths, failed = batch_photos(target)
+    rows = []
     with progress_bar("explaining", len(paths)) as advance:
         for path in paths:
             try:
@@ -265,8 +260,8 @@ def explain(
             advance(1)
     rows_to_parquet(rows, out)
     for line in failed:
-        err.print(f"skipped {line}", highlight=False)
-    stdout.print(f"{len(rows)} photos explained -> {out}; {len(failed)} unreadable skipped")
+        err.print(f"skipped {line}", highlight=False, soft_wrap=True)
+    stdout.print(f"{len(rows)} photos explained -> {out}; {len(failed)} missing or unreadable")
 
 
 @app.command("build-concepts")
@@ -401,9 +396,11 @@ def embed_images_cmd(
     from .distributed import launch, launched_externally
     from .features import embed_images_worker, read_manifest
 
+    if gpus > 0 and not device.startswith("cuda"):
+        device = "cuda"
     m = read_manifest(manifest, images)
     for ident, reason in m.skipped[:10]:
-        err.print(f"skipped {ident}: {reason}", highlight=False)
+        err.print(f"skipped {ident}: {reason}", highlight=False, soft_wrap=True)
     if len(m.skipped) > 10:
         err.print(f"... and {len(m.skipped) - 10} more skipped rows (listed in meta.json)")
     args = (str(manifest), str(images) if images else None, str(out), clip_model,

@@ -305,9 +305,31 @@ def explanation_row(exp: dict) -> dict:
     }  # fmt: skip
 
 
+ROW_COLUMNS = ["image", "lat", "lon", "prob", "place", "mode", "top_k", "photo_concepts",
+               "why_here", "rule"]  # fmt: skip
+
+
 def rows_to_parquet(rows: list[dict], path: str | Path) -> None:
-    """Write batch rows atomically."""
+    """Write batch rows atomically (the documented columns even when there are none)."""
     from .artifacts import atomic_path
 
     with atomic_path(path) as tmp:
-        pd.DataFrame(rows).to_parquet(tmp, index=False)
+        pd.DataFrame(rows, columns=ROW_COLUMNS).to_parquet(tmp, index=False)
+
+
+def batch_photos(target: str | Path) -> tuple[list[Path], list[str]]:
+    """Photos of a folder, or of a manifest's image column (no coordinates needed).
+
+    Returns (existing photo paths, one message per listed photo that is missing).
+    """
+    from .features import ID_NAMES
+    from .gallery import find_column, read_table
+    from .images import IMAGE_SUFFIXES
+
+    target = Path(target)
+    if target.is_dir():
+        return sorted(p for p in target.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), []
+    df = read_table(target)
+    paths = [target.parent / str(v) for v in df[find_column(df, ID_NAMES, "image", target)]]
+    return [p for p in paths if p.is_file()], [f"{p}: no such file" for p in paths
+                                                if not p.is_file()]  # fmt: skip

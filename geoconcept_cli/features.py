@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from .artifacts import atomic_path, write_json
 from .encoders import ClipBackbone
 from .errors import GeoconceptError
-from .gallery import LAT_NAMES, LON_NAMES, find_column, read_table
+from .gallery import find_column, latlon_columns, read_table
 from .geo import valid_latlon
 from .images import load_image
 
@@ -48,12 +48,7 @@ def read_manifest(path: str | Path, images_dir: str | Path | None = None) -> Man
     """Read a CSV/Parquet manifest (image id/path + LAT/LON); bad rows are skipped, not fatal."""
     df = read_table(path)
     id_col = find_column(df, ID_NAMES, "image id/path", path)
-    lat = df[find_column(df, LAT_NAMES, "latitude", path)].to_numpy(
-        dtype=np.float64, na_value=np.nan
-    )
-    lon = df[find_column(df, LON_NAMES, "longitude", path)].to_numpy(
-        dtype=np.float64, na_value=np.nan
-    )
+    lat, lon = latlon_columns(df, path)
     base = Path(images_dir) if images_dir else Path(path).parent
     ids = df[id_col].astype(str).tolist()
     paths = [base / i for i in ids]
@@ -217,6 +212,7 @@ def embed_images(
         "clip_model": clip.model_name,
         "clip_pretrained": clip.pretrained,
         "manifest_sha256": manifest.sha256,
+        "rows_sha256": hashlib.sha256("\n".join(rows["id"]).encode()).hexdigest()[:16],
         "shard_size": shard_size,
         "rows": len(rows),
         "shards": n_shards,
@@ -225,11 +221,13 @@ def embed_images(
     meta_path = out_dir / "meta.json"
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        same = {k: old.get(k) for k in ("clip_model", "clip_pretrained", "manifest_sha256",
-                                        "shard_size")}  # fmt: skip
-        if same != {k: meta[k] for k in same}:
+        keys = ("clip_model", "clip_pretrained", "manifest_sha256", "rows_sha256", "shard_size")
+        changed = [k for k in keys if old.get(k) != meta[k]]
+        if changed:
+            why = "images appeared or went missing" if changed == ["rows_sha256"] else (
+                "another model/manifest")  # fmt: skip
             raise GeoconceptError(
-                f"{out_dir} holds features of another model/manifest ({same}); use a new folder"
+                f"{out_dir} holds features of {why} ({', '.join(changed)} differ); use a new folder"
             )
     elif rank == 0:
         write_json(meta_path, meta)

@@ -52,12 +52,21 @@ def find_column(df: pd.DataFrame, names: tuple[str, ...], what: str, path: str |
     raise GeoconceptError(f"{path}: no {what} column (looked for {', '.join(names)}, any case)")
 
 
+def latlon_columns(df: pd.DataFrame, path) -> tuple[np.ndarray, np.ndarray]:
+    """Latitude and longitude as float arrays; non-numeric cells become NaN (invalid)."""
+    cols = (
+        find_column(df, LAT_NAMES, "latitude", path),
+        find_column(df, LON_NAMES, "longitude", path),
+    )
+    lat, lon = (pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64) for c in cols)
+    return lat, lon
+
+
 def load_gallery(path: str | Path | None = None) -> torch.Tensor:
     """(N, 2) float32 tensor of (lat, lon) from a CSV/Parquet with lat/lon columns."""
     path = Path(path) if path else default_gallery_path()
     df = read_table(path)
-    lat = df[find_column(df, LAT_NAMES, "latitude", path)].to_numpy(dtype=np.float64)
-    lon = df[find_column(df, LON_NAMES, "longitude", path)].to_numpy(dtype=np.float64)
+    lat, lon = latlon_columns(df, path)
     ok = valid_latlon(lat, lon)
     if not ok.all():
         raise GeoconceptError(f"{path}: {int((~ok).sum())} rows with invalid coordinates")

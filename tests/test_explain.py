@@ -169,3 +169,30 @@ def test_cli_bad_input(tmp_path, tiny_clip):
     assert res.exit_code == 2 and res.stderr.startswith("error:")
     res = runner.invoke(app, ["explain", str(tmp_path), "--clip-model", tiny_clip])
     assert res.exit_code == 2 and "--out" in res.stderr
+
+
+def test_cli_batch_manifest_without_coordinates(tmp_path, tiny_clip, small_gallery):
+    src = sorted(shared_data("im2gps3k", "images").iterdir())[:3]
+    for p in src:
+        shutil.copy(p, tmp_path / p.name)
+    names = [p.name for p in src] + ["gone.jpg"]
+    pd.DataFrame({"path": names}).to_csv(tmp_path / "list.csv", index=False)
+    out = tmp_path / "r.parquet"
+    args = ["explain", str(tmp_path / "list.csv"), "--out", str(out), "--clip-model", tiny_clip,
+            "--clip-pretrained", "none", "--gallery", str(small_gallery)]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_parquet(out)) == 3 and "gone.jpg: no such file" in res.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args[1] = str(empty)
+    assert runner.invoke(app, args).exit_code == 0
+    assert {"image", "rule", "top_k"} <= set(pd.read_parquet(out).columns)
+
+
+def test_cli_map_into_a_directory_is_one_line(tmp_path, tiny_clip, small_gallery):
+    photo = sorted(shared_data("im2gps3k", "images").iterdir())[0]
+    res = runner.invoke(app, ["explain", str(photo), "--map", str(tmp_path), "--clip-model",
+                              tiny_clip, "--clip-pretrained", "none", "--gallery",
+                              str(small_gallery)])  # fmt: skip
+    assert res.exit_code == 2 and "is a directory" in res.stderr

@@ -164,3 +164,26 @@ def test_predict_refuses_a_backbone_of_another_width(tmp_path):
     res = runner.invoke(app, ["predict", str(photo), "--clip-model", "ViT-B-32",
                               "--clip-pretrained", "none"])  # fmt: skip
     assert res.exit_code == 2 and "768" in res.stderr
+
+
+def test_non_numeric_coordinates_are_invalid_rows(tmp_path):
+    from geoconcept_cli.errors import GeoconceptError
+    from geoconcept_cli.gallery import load_gallery
+
+    pd.DataFrame({"LAT": ["abc", "10"], "LON": ["1", "2"]}).to_csv(tmp_path / "g.csv", index=False)
+    with pytest.raises(GeoconceptError, match="invalid coordinates"):
+        load_gallery(tmp_path / "g.csv")
+
+
+def test_embed_images_refuses_when_the_kept_rows_changed(manifest, tmp_path, tiny_clip):
+    out = tmp_path / "feats"
+    first = pd.read_csv(manifest).iloc[0]["IMG_ID"]
+    hidden = manifest.parent / first
+    target = hidden.readlink()
+    hidden.unlink()  # one image missing on the first run ...
+    try:
+        assert _embed(manifest, out, tiny_clip).exit_code == 0
+    finally:
+        hidden.symlink_to(target)  # ... back for the second
+    res = _embed(manifest, out, tiny_clip)
+    assert res.exit_code == 2 and "images appeared or went missing" in res.stderr

@@ -172,6 +172,8 @@ def _print_explanation(exp: dict) -> None:
     bars("What the place is known for", exp.get("place_concepts", []),
          exp.get("place_concepts_source"))  # fmt: skip
     bars("Why here (per-concept score terms)", exp.get("why_here", []), None)
+    if "why_here" in exp and not exp["why_here"]:
+        stdout.print("\n[bold]Why here[/]: no concept shown in the photo adds to this score")
     bars("Seen in the photo and known for the place", exp.get("overlap", []), "correlational")
     if "rather_than" in exp:
         r = exp["rather_than"]

@@ -12,10 +12,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
 
 from .errors import GeoconceptError
-from .progress import progress_bar
+from .progress import lazy_progress_bar, progress_bar
 
 app = typer.Typer(
     help="Interpretable worldwide image geo-localization (concept-aware GeoCLIP).",
@@ -73,28 +72,6 @@ def cli_command(fn: Callable) -> Callable:
     return wrapper
 
 
-def _gallery_progress() -> Callable[[int], None]:
-    """Lazily open a progress bar the first time the gallery has to be (re-)encoded."""
-    state: dict = {}
-
-    def advance(n: int) -> None:
-        if "bar" not in state:
-            state["bar"] = Progress(
-                TextColumn("encoding gallery (once; cached)"), BarColumn(), console=err,
-                transient=True,
-            )  # fmt: skip
-            state["bar"].start()
-            state["task"] = state["bar"].add_task("", total=100_000)
-        state["bar"].advance(state["task"], n)
-
-    def stop() -> None:
-        if "bar" in state:
-            state["bar"].stop()
-
-    advance.stop = stop  # type: ignore[attr-defined]
-    return advance
-
-
 # ------------------------------------------------------------------ commands
 @app.callback()
 def main() -> None:
@@ -122,14 +99,11 @@ def predict(
     from .predict import Predictor
 
     load_image(image)  # fail fast on a bad file, before loading any model
-    advance = _gallery_progress()
-    try:
+    with lazy_progress_bar("encoding gallery (once; cached)") as advance:
         predictor = Predictor.load(
             clip_model, clip_pretrained, gallery, cache_dir=cache_dir, device=device,
             progress=advance,
         )  # fmt: skip
-    finally:
-        advance.stop()  # type: ignore[attr-defined]
     cands = predictor.predict(image, top_k)
     if as_json:
         stdout.print_json(
@@ -236,8 +210,11 @@ def explain(
         raise GeoconceptError("batch mode (a folder or manifest) needs --out results.parquet")
     if not batch:
         load_image(target)  # fail fast on a bad file, before loading any model
-    explainer = load_explainer(checkpoint, concepts, concept_embeddings, clip_model,
-                               clip_pretrained, gallery, cache_dir, device)  # fmt: skip
+    with lazy_progress_bar("encoding gallery (once; cached)") as advance:
+        explainer = load_explainer(
+            checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,
+            cache_dir, device, advance,
+        )  # fmt: skip
     opts = dict(top_k=top_k, n_concepts=n_concepts, check=check, m=m, draws=draws)
     if not batch:
         exp = explainer.explain(target, **opts)

@@ -80,16 +80,19 @@ def encode_locations(
     gps: torch.Tensor,
     head: nn.Module,
     batch_size: int = 8192,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """``head.embed_locations`` over ``gps`` in batches (float32, on the CPU)."""
+    """``head.embed_locations`` over ``gps`` in batches (float32, on the CPU).
+
+    ``progress(done_in_this_batch, total)`` is called after each batch.
+    """
     device = next(head.parameters()).device
     out = []
     for start in range(0, len(gps), batch_size):
         chunk = gps[start : start + batch_size].to(device)
         out.append(head.embed_locations(chunk).float().cpu())
         if progress:
-            progress(len(chunk))
+            progress(len(chunk), len(gps))
     return torch.cat(out)
 
 
@@ -97,7 +100,7 @@ def cached_gallery_embeddings(
     gps: torch.Tensor,
     head: nn.Module,
     cache_dir: str | Path | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Gallery embeddings under ``head``, computed once per (gallery, weights) pair."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()

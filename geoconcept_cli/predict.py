@@ -64,7 +64,7 @@ class Predictor:
         head: nn.Module | None = None,
         cache_dir: str | Path | None = None,
         device: str = "cpu",
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Predictor:
         """GeoCLIP's pretrained head (unless ``head`` is given) over a cached gallery."""
         clip = load_clip(clip_model, clip_pretrained, device)

@@ -110,3 +110,10 @@ def test_gallery_formats(tmp_path):
     pd.DataFrame({"lat": [95.0], "lon": [0.0]}).to_csv(tmp_path / "off.csv", index=False)
     with pytest.raises(GeoconceptError, match="invalid coordinates"):
         load_gallery(tmp_path / "off.csv")
+
+
+def test_gallery_progress_reports_its_real_total(small_gallery):
+    gps = load_gallery(small_gallery)
+    calls = []
+    gallery_mod.encode_locations(gps, load_geoclip_head(), 128, lambda n, t: calls.append((n, t)))
+    assert sum(n for n, _ in calls) == len(gps) and {t for _, t in calls} == {len(gps)}

@@ -137,6 +137,10 @@ class GeoCLIPHead(nn.Module):
         """(B, 2) degrees -> L2-normalised location embeddings (B, 512)."""
         return F.normalize(self.location_encoder(latlon), dim=1)
 
+    def embed(self, clip_features: torch.Tensor, latlon: torch.Tensor):
+        """Both embeddings of a training step (image, location)."""
+        return self.embed_images(clip_features), self.embed_locations(latlon)
+
 
 def load_geoclip_head(device: str | torch.device = "cpu") -> GeoCLIPHead:
     """GeoCLIP's released weights, read from the installed wheel (eval mode)."""

@@ -56,10 +56,14 @@ class ConceptAwareHead(nn.Module):
         """B = E + Delta, (k, d)."""
         return self.concept_embeddings + self.delta
 
+    def _image_direction(self, clip_features: torch.Tensor) -> torch.Tensor:
+        """norm(x) + W_img MLP(x), not yet normalised (one fused addmm for the residual)."""
+        x = clip_features.float()
+        return torch.addmm(F.normalize(x, dim=1), self.image_mlp(x), self.image_proj.weight.T)
+
     def image_latent(self, clip_features: torch.Tensor) -> torch.Tensor:
         """z_img (B, d): the unit image vector in CLIP's text space, before the basis."""
-        x = clip_features.float()
-        return F.normalize(F.normalize(x, dim=1) + self.image_proj(self.image_mlp(x)), dim=1)
+        return F.normalize(self._image_direction(clip_features), dim=1)
 
     def location_latent(self, latlon: torch.Tensor) -> torch.Tensor:
         """z_loc (B, d): the unit location vector in CLIP's text space, before the basis."""
@@ -73,11 +77,22 @@ class ConceptAwareHead(nn.Module):
         """Concept activations (B, k) of (lat, lon) points."""
         return self.location_latent(latlon) @ self.basis.T
 
+    # The retrieval embeddings normalise the activations, which makes the latent's own
+    # normalisation redundant (a positive scale): skipped, as training is launch-bound on GPU.
+    def _embed(self, latent: torch.Tensor) -> torch.Tensor:
+        return F.normalize(latent @ self.basis.T, dim=1)
+
     def embed_images(self, clip_features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_concepts(clip_features), dim=1)
+        return self._embed(self._image_direction(clip_features))
 
     def embed_locations(self, latlon: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.location_concepts(latlon), dim=1)
+        return self._embed(self.location_proj(self.location_encoder(latlon)))
+
+    def embed(self, clip_features: torch.Tensor, latlon: torch.Tensor):
+        """Both embeddings of a training step with one projection onto the basis."""
+        images = self._image_direction(clip_features)
+        both = self._embed(torch.cat([images, self.location_proj(self.location_encoder(latlon))]))
+        return both.split([len(images), len(latlon)])  # one cat in backward, not two slices
 
 
 def init_from_geoclip(head: nn.Module) -> nn.Module:

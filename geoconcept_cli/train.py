@@ -169,9 +169,8 @@ class _Forward(nn.Module):
         self.head = head
 
     def forward(self, feats, gps, queue_gps):
-        img = self.head.embed_images(feats)
-        loc = self.head.embed_locations(torch.cat([gps, queue_gps]))
-        return img, loc[: len(gps)], loc[len(gps) :]
+        img, loc = self.head.embed(feats, torch.cat([gps, queue_gps]))
+        return img, *loc.split([len(gps), len(queue_gps)])
 
 
 def step_loss(
@@ -190,6 +189,43 @@ def step_loss(
         parts["divergence"] = div.detach()
     if cfg.concepts and cfg.delta_weight > 0:
         loss = loss + cfg.delta_weight * head.delta.pow(2).sum()
+    return loss, parts
+
+
+def prepare(head: nn.Module, cfg: TrainConfig, info: DistInfo):
+    """The forward module (DDP-wrapped over several ranks), trainable parameters and AdamW."""
+    set_location_trainable(head, cfg.train_location)
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model: nn.Module = _Forward(head)
+    if info.world_size > 1:
+        device = head.logit_scale.device
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return model, params, opt
+
+
+def optimisation_step(
+    model: nn.Module, head: nn.Module, opt, params: list, batch: tuple, cfg: TrainConfig,
+    info: DistInfo,
+) -> tuple[torch.Tensor, dict]:  # fmt: skip
+    """Forward (AMP on GPU), backward, clipping and the optimiser update on one batch.
+
+    ``batch`` is this rank's (features, jittered GPS) and the jittered queue GPS, on any device.
+    """
+    device = head.logit_scale.device
+    feats, gps, queue_gps = (t.to(device) for t in batch)
+    amp = device.type == "cuda" and cfg.amp
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        loss, parts = step_loss(model, head, feats, gps, queue_gps, cfg, info)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    with torch.no_grad():  # as CLIP: a temperature below 1/100 destabilises training
+        head.logit_scale.clamp_(max=math.log(100))
     return loss, parts
 
 
@@ -234,9 +270,7 @@ def train(
         "concepts": {k: basis.meta[k] for k in ("concepts", "categories", "subcategories")}
         if basis else None,
     }  # fmt: skip
-    set_location_trainable(head, cfg.train_location)
-    params = [p for p in head.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, params, opt = prepare(head, cfg, info)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup_steps))
     queue = GPSQueue(cfg.queue_size)
     step = 0
@@ -251,11 +285,6 @@ def train(
     elif info.is_main:
         write_json(out / "config.json", asdict(cfg))
 
-    model: nn.Module = _Forward(head)
-    if info.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if use_cuda else None
-        )
     metrics_path = out / "metrics.jsonl"
     if info.is_main:
         _truncate_metrics(metrics_path, step)
@@ -279,20 +308,10 @@ def train(
         gps_global = jitter(data.latlon[idx], cfg.batch_noise_m, gen)
         queue_gps = jitter(queue.items(), cfg.queue_noise_m, gen)
         mine = slice(info.rank * local_b, (info.rank + 1) * local_b)
-        feats = data.features[idx[mine]].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda and cfg.amp):
-            loss, parts = step_loss(
-                model, head, feats, gps_global[mine].to(device), queue_gps.to(device), cfg, info
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        batch = (data.features[idx[mine]], gps_global[mine], queue_gps)
+        loss, parts = optimisation_step(model, head, opt, params, batch, cfg, info)
         lr = sched.get_last_lr()[0]  # the rate this step used
         sched.step()
-        with torch.no_grad():  # as CLIP: a temperature below 1/100 destabilises training
-            head.logit_scale.clamp_(max=math.log(100))
         queue.push(data.latlon[idx])
         step += 1
         seen += cfg.batch_size

@@ -84,3 +84,43 @@ def test_location_encoder_is_float32_under_autocast():
         amp = head.embed_locations(latlon)
     # bf16 Fourier phases would give cosines near 0.8 to the fp32 embeddings
     assert (amp.float() * ref).sum(1).min() > 0.99
+
+
+def test_losses_stay_float32_under_autocast():
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(16, 64), dim=1)
+    loc = torch.nn.functional.normalize(torch.randn(48, 64), dim=1)
+    scale = torch.tensor(math.log(100.0))
+    ref_nce, ref_mmd = info_nce(img, loc, scale), mmd2(img, loc[:16])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp_nce, amp_mmd = info_nce(img, loc, scale), mmd2(img, loc[:16])
+    # a bf16 matmul moves logits at scale 100 by ~0.1 and the MMD by ~1e-3
+    torch.testing.assert_close(amp_nce, ref_nce, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(amp_mmd, ref_mmd, rtol=1e-6, atol=1e-7)
+
+
+def test_pooled_distances_have_an_exact_zero_diagonal():
+    from geoconcept_cli.losses import _sq_dists
+
+    torch.manual_seed(0)
+    x = torch.randn(50, 33) * 7
+    d2 = _sq_dists(x)
+    assert (d2.diagonal() == 0).all()
+    torch.testing.assert_close(d2, torch.cdist(x, x).pow(2), rtol=1e-4, atol=1e-3)
+
+
+def test_concept_head_joint_embedding_equals_the_per_modality_ones():
+    from geoconcept_cli.model import ConceptAwareHead
+
+    torch.manual_seed(0)
+    head = ConceptAwareHead(torch.randn(20, 768))
+    torch.nn.init.normal_(head.image_proj.weight, std=0.05)
+    torch.nn.init.normal_(head.delta, std=0.05)
+    feats, latlon = torch.randn(5, 768), torch.tensor([[48.8, 2.3], [-33.9, 151.2], [1.0, 2.0]])
+    img, loc = head.embed(feats, latlon)
+    torch.testing.assert_close(img, head.embed_images(feats))
+    torch.testing.assert_close(loc, head.embed_locations(latlon))
+    # the retrieval embedding is the normalised concept activation of the unit latent
+    act = torch.nn.functional.normalize(head.image_concepts(feats), dim=1)
+    torch.testing.assert_close(img, act)
+    torch.testing.assert_close(head.image_latent(feats).norm(dim=1), torch.ones(5))

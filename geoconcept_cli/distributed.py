@@ -8,7 +8,6 @@ environment), a SLURM task (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID), or our own
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,7 +79,7 @@ def launch(
         min_nodes=nnodes,
         max_nodes=nnodes,
         nproc_per_node=nproc,
-        run_id=uuid.uuid4().hex[:8],
+        run_id="geoconcept",  # every node must name the same run, or none ever meets
         rdzv_backend="static",  # like torchrun --node-rank: fixed node ranks, no discovery
         rdzv_endpoint=f"{master_addr}:{master_port}",
         rdzv_configs={"rank": node_rank},

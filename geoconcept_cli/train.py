@@ -108,9 +108,17 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
     if not ckpt_path.is_file():
         return None
     ckpt = read_checkpoint(ckpt_path)
-    if ckpt["config"] != asdict(cfg):
+    changed = _changed_options(ckpt["config"], cfg)
+    if changed:
         raise GeoconceptError(
-            f"{cfg.out} holds a run with another config; use a new --out (see config.json there)"
+            f"{cfg.out} holds a run with other {', '.join(changed)}; use a new --out "
+            "(see config.json there)"
+        )
+    saved = ckpt.get("features") or {}
+    if saved and saved != _features_identity(meta, n):
+        raise GeoconceptError(
+            f"{cfg.features} changed since {cfg.out} was checkpointed ({saved['rows']} rows "
+            f"then, {n} now); use a new --out"
         )
     if ckpt["step"] >= total:
         return {"step": ckpt["step"], "done": True}
@@ -119,6 +127,24 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
             f"{cfg.out} has a checkpoint at step {ckpt['step']}/{total}: pass --resume to continue"
         )
     return None
+
+
+def _changed_options(saved: dict, cfg: TrainConfig) -> list[str]:
+    """Options of ``cfg`` that differ from a checkpoint's config (paths compared resolved)."""
+    now, changed = asdict(cfg), []
+    for key, value in now.items():
+        old = saved.get(key)
+        if key in ("features", "out", "concepts") and old and value:
+            old, value = Path(old).resolve(), Path(value).resolve()
+        if old != value:
+            names = {"lambda_div": "--lambda", "device": "--gpus", "features": "features"}
+            changed.append(names.get(key, "--" + key.replace("_", "-")))
+    return changed
+
+
+def _features_identity(meta: dict, n: int) -> dict:
+    """What a resumed run checks its features against: the row count and row-id digest."""
+    return {"rows": n, "rows_sha256": meta.get("rows_sha256")}
 
 
 class GPSQueue:
@@ -266,6 +292,7 @@ def train(
     basis = load_concept_embeddings(cfg.concepts) if cfg.concepts else None
     head = build_head(basis.embeddings if basis else None).to(device).train()
     provenance = {
+        "features": _features_identity(data.meta, n),
         "clip": {k: data.meta.get(f"clip_{k}") for k in ("model", "pretrained")},
         "concepts": {k: basis.meta[k] for k in ("concepts", "categories", "subcategories")}
         if basis else None,

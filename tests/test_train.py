@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -110,6 +111,30 @@ def test_killed_cli_run_resumes(world, tmp_path):
     b = torch.load(ckpt, weights_only=False)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_resume_accepts_another_spelling_of_the_paths_only(world, tmp_path, monkeypatch):
+    cfg = _cfg(world, tmp_path / "run", max_steps=3)
+    train(cfg)
+    monkeypatch.chdir(tmp_path)
+    moved = replace(cfg, out="run", features=os.path.relpath(world["train"], tmp_path))
+    assert train(moved) == {"step": 3, "done": True}
+    with pytest.raises(GeoconceptError, match=r"other --max-steps, --lr;"):
+        train(replace(moved, max_steps=5, lr=1e-3), resume=True)
+
+
+def test_resume_refuses_features_that_changed(world, tmp_path):
+    from geoconcept_cli.features import save_features
+
+    data, feats = load_features(world["train"]), tmp_path / "feats"
+    meta = {k: data.meta[k] for k in ("clip_model", "clip_pretrained")}
+    save_features(feats, data.ids, data.features, data.latlon, **meta)
+    cfg = _cfg(world, tmp_path / "run", features=str(feats), max_steps=3)
+    train(cfg)
+    shutil.rmtree(feats)
+    save_features(feats, data.ids[:-32], data.features[:-32], data.latlon[:-32], **meta)
+    with pytest.raises(GeoconceptError, match=r"changed since .* \(384 rows then, 352 now\)"):
+        train(cfg, resume=True)
 
 
 def _one_step(cfg_dict: dict, out_file: str) -> None:

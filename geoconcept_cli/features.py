@@ -141,23 +141,26 @@ def _encode_shard(part: pd.DataFrame, clip: ClipBackbone, batch_size: int, worke
 
     def flush() -> None:
         if pending:
-            pixels = torch.cat(pending).to(clip.device, non_blocking=True)
+            pixels = torch.cat(pending)
             if normalize is not None:
                 pixels = normalize(pixels.float().div_(255))
-            feats.append(clip.encode_images(pixels).cpu())
+            feats.append(clip.encode_images(pixels))
             pending.clear()
 
+    # Each loader batch goes to the device as it arrives (pinned, asynchronous) and features
+    # stay there until the shard ends: no host-side concatenation, no per-batch synchronisation,
+    # so the next batch is gathered while the GPU runs the current one.
     for idx, pixels, failed in loader:
         bad += [(part["id"].iloc[i], msg) for i, msg in failed]
         if pixels is not None:
-            pending.append(pixels)
+            pending.append(pixels.to(clip.device, non_blocking=True))
             keep += idx
             if sum(len(p) for p in pending) >= batch_size:
                 flush()
         if progress:
             progress(len(idx) + len(failed))
     flush()
-    return (torch.cat(feats) if feats else torch.zeros(0, clip.embed_dim)), keep, bad
+    return (torch.cat(feats).cpu() if feats else torch.zeros(0, clip.embed_dim)), keep, bad
 
 
 def shard_path(out_dir: Path, index: int) -> Path:

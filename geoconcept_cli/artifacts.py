@@ -25,7 +25,8 @@ def default_cache_dir() -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds.
 
-    A crash mid-write therefore never leaves a half-written artifact under the final name.
+    A crash mid-write therefore never leaves a half-written artifact under the final name;
+    the data is fsynced before the rename, so a node losing power does not either.
     """
     path = Path(path)
     if path.is_dir():
@@ -39,6 +40,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path.chmod(0o666 & ~umask)  # mkstemp makes 0600; artifacts get ordinary permissions
     try:
         yield tmp_path
+        with tmp_path.open("rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -189,6 +189,9 @@ def explain(
     true_lat: Annotated[float | None, typer.Option(help="True latitude, for the map.")] = None,
     true_lon: Annotated[float | None, typer.Option(help="True longitude, for the map.")] = None,
     out: Annotated[Path | None, typer.Option(help="Batch mode: results.parquet.")] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Manifest mode: folder its ids are relative to.")
+    ] = None,
     concepts: Annotated[
         Path | None, typer.Option(help="concepts.parquet (default: the shipped set).")
     ] = None,
@@ -208,6 +211,8 @@ def explain(
     batch = target.is_dir() or target.suffix.lower() in {".csv", ".parquet", ".pq"}
     if batch and out is None:
         raise GeoconceptError("batch mode (a folder or manifest) needs --out results.parquet")
+    if images is not None and (not batch or target.is_dir()):
+        raise GeoconceptError("--images applies to a manifest (CSV/Parquet) only")
     if not batch:
         load_image(target)  # fail fast on a bad file, before loading any model
     with lazy_progress_bar("encoding gallery (once; cached)") as advance:
@@ -228,7 +233,7 @@ def explain(
         else:
             _print_explanation(exp)
         return
-    paths, failed = batch_photos(target)
+    paths, failed = batch_photos(target, images)
     rows = []
     with progress_bar("explaining", len(paths)) as advance:
         for path in paths:

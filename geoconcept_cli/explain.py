@@ -317,8 +317,11 @@ def rows_to_parquet(rows: list[dict], path: str | Path) -> None:
         pd.DataFrame(rows, columns=ROW_COLUMNS).to_parquet(tmp, index=False)
 
 
-def batch_photos(target: str | Path) -> tuple[list[Path], list[str]]:
-    """Photos of a folder, or of a manifest's image column (no coordinates needed).
+def batch_photos(
+    target: str | Path, images_dir: str | Path | None = None
+) -> tuple[list[Path], list[str]]:
+    """Photos of a folder, or of a manifest's image column (no coordinates needed), relative
+    to ``images_dir`` (default: the manifest's folder, as in ``read_manifest``).
 
     Returns (existing photo paths, one message per listed photo that is missing).
     """
@@ -330,6 +333,7 @@ def batch_photos(target: str | Path) -> tuple[list[Path], list[str]]:
     if target.is_dir():
         return sorted(p for p in target.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), []
     df = read_table(target)
-    paths = [target.parent / str(v) for v in df[find_column(df, ID_NAMES, "image", target)]]
+    base = Path(images_dir) if images_dir else target.parent
+    paths = [base / str(v) for v in df[find_column(df, ID_NAMES, "image", target)]]
     return [p for p in paths if p.is_file()], [f"{p}: no such file" for p in paths
                                                 if not p.is_file()]  # fmt: skip

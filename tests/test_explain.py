@@ -183,6 +183,15 @@ def test_cli_batch_manifest_without_coordinates(tmp_path, tiny_clip, small_galle
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert len(pd.read_parquet(out)) == 3 and "gone.jpg: no such file" in res.stderr
+    elsewhere = tmp_path / "lists"
+    elsewhere.mkdir()
+    (tmp_path / "list.csv").rename(elsewhere / "list.csv")
+    args[1] = str(elsewhere / "list.csv")
+    res = runner.invoke(app, [*args, "--images", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_parquet(out)) == 3 and "gone.jpg: no such file" in res.stderr
+    res = runner.invoke(app, [*args[:1], str(src[0]), *args[2:], "--images", str(tmp_path)])
+    assert res.exit_code == 2 and "--images applies to a manifest" in res.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     args[1] = str(empty)

@@ -116,9 +116,9 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
         )
     saved = ckpt.get("features") or {}
     if saved and saved != _features_identity(meta, n):
+        what = f"{saved['rows']} rows then, {n} now" if saved["rows"] != n else "other image ids"
         raise GeoconceptError(
-            f"{cfg.features} changed since {cfg.out} was checkpointed ({saved['rows']} rows "
-            f"then, {n} now); use a new --out"
+            f"{cfg.features} changed since {cfg.out} was checkpointed ({what}); use a new --out"
         )
     if ckpt["step"] >= total:
         return {"step": ckpt["step"], "done": True}

@@ -454,6 +454,9 @@ def train(
         if last is None:
             launch(train_worker, (cfg, resume), procs, nnodes, node_rank, master_addr,
                    master_port)  # fmt: skip
+            if node_rank > 0:  # the run folder is written by node 0, maybe on another machine
+                stdout.print(f"node {node_rank}: done; node 0 writes the run to {cfg.out}")
+                return
             last = last_metrics(cfg.out)
     else:
         last = train_worker(cfg, resume)

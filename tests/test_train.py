@@ -211,9 +211,12 @@ def test_two_nodes_train_as_one_process(world, tmp_path):
     nodes = [subprocess.Popen([*args, "--node-rank", str(r)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for r in (0, 1)]  # fmt: skip
     try:
+        printed = []
         for node in nodes:
-            _, err = node.communicate(timeout=300)
+            text, err = node.communicate(timeout=300)
             assert node.returncode == 0, err[-2000:]
+            printed.append(text)
+        assert json.loads(printed[0])["step"] == 4 and printed[1].startswith("node 1: done")
     finally:
         for node in nodes:
             node.kill()

@@ -29,20 +29,26 @@ bench: setup
 
 # The paper's recipe on a GPU machine (see README): 5% of MP-16 -> features -> train with and
 # without concepts -> evaluate on Im2GPS3k. Every step skips work that is already done.
+# CLIP_OPTS picks the backbone (e.g. --clip-pretrained /path/ViT-L-14.pt without internet);
+# EVAL_OPTS passes evaluate options (e.g. --gallery); GPUS=0 DEVICE=cpu runs it on a CPU.
 MP16 ?= mp16.csv
 MP16_IMAGES ?= mp16
 IM2GPS ?= im2gps3k_places365.csv
 IM2GPS_IMAGES ?= im2gps3k
+FRACTION ?= 0.05
 GPUS ?= 1
+DEVICE ?= cuda
 WORK ?= work
-GC = $(BIN)/geoconcept
-TRAIN_OPTS ?= --epochs 10 --batch-size 512 --lr 3e-5 --queue-size 4096 --gpus $(GPUS)
+CLIP_OPTS ?=
+EVAL_OPTS ?=
+GC ?= $(BIN)/geoconcept
+TRAIN_OPTS ?= --epochs 10 --batch-size 512 --lr 3e-5 --queue-size 4096
 
 reproduce: setup
-	$(GC) subset $(MP16) --fraction 0.05 --seed 0 --out $(WORK)/mp16_5pct.csv
-	$(GC) embed-images $(WORK)/mp16_5pct.csv --images $(MP16_IMAGES) --out $(WORK)/feats_train --gpus $(GPUS) --device cuda
-	$(GC) embed-images $(IM2GPS) --images $(IM2GPS_IMAGES) --out $(WORK)/feats_test --device cuda
-	$(GC) embed-concepts concepts/concepts.parquet --out $(WORK)/concepts.safetensors --device cuda
-	$(GC) train $(WORK)/feats_train --out $(WORK)/run_concepts --concepts $(WORK)/concepts.safetensors --resume $(TRAIN_OPTS)
-	$(GC) train $(WORK)/feats_train --out $(WORK)/run_geoclip --concepts none --resume $(TRAIN_OPTS)
-	$(GC) evaluate $(WORK)/feats_test $(WORK)/run_concepts $(WORK)/run_geoclip --json-out $(WORK)/eval.json --device cuda
+	$(GC) subset $(MP16) --fraction $(FRACTION) --seed 0 --out $(WORK)/mp16_subset.csv
+	$(GC) embed-images $(WORK)/mp16_subset.csv --images $(MP16_IMAGES) --out $(WORK)/feats_train --gpus $(GPUS) --device $(DEVICE) $(CLIP_OPTS)
+	$(GC) embed-images $(IM2GPS) --images $(IM2GPS_IMAGES) --out $(WORK)/feats_test --device $(DEVICE) $(CLIP_OPTS)
+	$(GC) embed-concepts concepts/concepts.parquet --out $(WORK)/concepts.safetensors --device $(DEVICE) $(CLIP_OPTS)
+	$(GC) train $(WORK)/feats_train --out $(WORK)/run_concepts --concepts $(WORK)/concepts.safetensors --resume --gpus $(GPUS) $(TRAIN_OPTS)
+	$(GC) train $(WORK)/feats_train --out $(WORK)/run_geoclip --concepts none --resume --gpus $(GPUS) $(TRAIN_OPTS)
+	$(GC) evaluate $(WORK)/feats_test $(WORK)/run_concepts $(WORK)/run_geoclip --json-out $(WORK)/eval.json --device $(DEVICE) $(EVAL_OPTS)

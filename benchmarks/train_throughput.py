@@ -7,7 +7,7 @@ Target: overhead <= 25%.
 At GeoCLIP's batch (512) a step is launch-bound on a GPU (an H100 profile: 2.4 ms of kernels
 against ~25 ms of dispatch), so its time follows the number of dispatched ops. The benchmark
 also counts them per optimisation step (forward, backward, clipping, AdamW as on CUDA:
-foreach), which is the same on any machine.
+foreach), on the CPU without autocast (on CUDA, autocast adds a cast per matmul input).
 
     python benchmarks/train_throughput.py [--k 645] [--steps 30] [--batch-size 256] [--repeats 3]
 """

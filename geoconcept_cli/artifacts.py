@@ -26,7 +26,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds.
 
     A crash mid-write therefore never leaves a half-written artifact under the final name;
-    the data is fsynced before the rename, so a node losing power does not either.
+    the data is fsynced before the rename and the folder after it, so a node losing power does
+    not either.
     """
     path = Path(path)
     if path.is_dir():
@@ -43,6 +44,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with tmp_path.open("rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+        folder = os.open(path.parent, os.O_RDONLY)  # and the rename itself
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     finally:
         tmp_path.unlink(missing_ok=True)
 

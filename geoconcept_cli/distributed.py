@@ -114,3 +114,12 @@ def mean_across_ranks(value: float, info: DistInfo) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return float(t.item()) / info.world_size
+
+
+def same_on_all_ranks(value: int, info: DistInfo) -> bool:
+    """Whether every rank holds the same integer (e.g. the step a run resumes from)."""
+    if info.world_size == 1:
+        return True
+    t = torch.tensor([value, -value], dtype=torch.int64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)  # (max, -min)
+    return int(t[0]) == -int(t[1])

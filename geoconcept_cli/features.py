@@ -267,18 +267,18 @@ def embed_images_worker(
     )  # fmt: skip
 
 
-def feature_summary(folder: str | Path) -> tuple[dict, int, int]:
-    """(meta, rows, feature width) of a feature folder, read from shard headers only."""
+def feature_summary(folder: str | Path) -> tuple[dict, list[str], int]:
+    """(meta, row ids, feature width) of a feature folder, read from shard headers only."""
     folder = Path(folder)
     meta = _read_meta(folder)
-    n, dim = 0, 0
+    ids, dim = [], 0
     for s in range(meta["shards"]):
         with safe_open(str(_existing_shard(folder, s)), "pt") as f:
-            n += len(json.loads(f.metadata()["ids"]))
+            ids += json.loads(f.metadata()["ids"])
             dim = f.get_slice("features").get_shape()[-1]
-    if n == 0:
+    if not ids:
         raise GeoconceptError(f"{folder}: no features (every image was skipped?)")
-    return meta, n, dim
+    return meta, ids, dim
 
 
 def _read_meta(folder: Path) -> dict:

@@ -78,10 +78,11 @@ def mmd2(z: torch.Tensor, loc: torch.Tensor, sigma: float | torch.Tensor | None 
     n, m = len(z), len(loc)
     d2 = _sq_dists(torch.cat([z, loc]))
     sigma2 = _median_sq_distance(d2) if sigma is None else sigma**2
-    k = torch.exp(d2 / (-2 * sigma2))
-    w = torch.full((n + m,), 1 / n, device=k.device)
-    w[n:] = -1 / m
-    return torch.dot(w, torch.mv(k, w))  # not `@`: autocast would round K to bf16
+    with torch.autocast(d2.device.type, enabled=False):  # CUDA autocast would run mv in bf16
+        k = torch.exp(d2 / (-2 * sigma2))
+        w = torch.full((n + m,), 1 / n, device=k.device)
+        w[n:] = -1 / m
+        return torch.dot(w, torch.mv(k, w))
 
 
 def log_kernel_divergence(z: torch.Tensor, loc: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -101,6 +101,12 @@ class ConceptAwareHead(nn.Module):
         return F.normalize(both, dim=1).split([len(clip_features), len(latlon)])
 
 
+def same_basis(embeddings: torch.Tensor, stored: torch.Tensor) -> bool:
+    """Whether concept embeddings are the ones a head stored (unit rows, up to rounding)."""
+    unit = F.normalize(embeddings.float(), dim=1)
+    return unit.shape == stored.shape and torch.allclose(unit, stored, atol=1e-6)
+
+
 def init_from_geoclip(head: nn.Module) -> nn.Module:
     """Copy GeoCLIP's pretrained MLP, location encoder and logit scale into ``head``."""
     ref = load_geoclip_head()

@@ -7,10 +7,11 @@ so a resumed run takes exactly the steps an uninterrupted one would.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -18,7 +19,13 @@ from torch import nn
 
 from .artifacts import atomic_path, write_json
 from .concepts.embed import load_concept_embeddings
-from .distributed import DistInfo, all_gather_with_grad, init_distributed, mean_across_ranks
+from .distributed import (
+    DistInfo,
+    all_gather_with_grad,
+    init_distributed,
+    mean_across_ranks,
+    same_on_all_ranks,
+)
 from .encoders import check_feature_dim
 from .errors import GeoconceptError
 from .features import feature_summary, load_features
@@ -27,6 +34,7 @@ from .model import (
     LOCATION_TRAINABLE,
     build_head,
     read_checkpoint,
+    same_basis,
     save_checkpoint,
     set_location_trainable,
 )
@@ -93,17 +101,25 @@ class TrainConfig:
 
 
 def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | None:
-    """Validate a run before any process starts; ``{"step", "done"}`` if it already finished."""
+    """Validate a run before any process starts; ``{"step", "done"}`` if it already finished.
+
+    A checkpoint in ``--out`` is only continued with the same options, the same feature rows and
+    the same concept basis (compared by content, so moved or re-spelled paths are fine).
+    """
     cfg.validate()
-    meta, n, dim = feature_summary(cfg.features)
+    meta, ids, dim = feature_summary(cfg.features)
+    n = len(ids)
     check_feature_dim(dim, cfg.features)
     if cfg.batch_size % world_size:
         raise GeoconceptError(f"--batch-size {cfg.batch_size} must divide by {world_size}")
     if n < cfg.batch_size:
         raise GeoconceptError(f"{cfg.features}: {n} samples, fewer than --batch-size")
     total = cfg.total_steps(n)
+    basis = None
     if cfg.concepts:
-        load_concept_embeddings(cfg.concepts, meta.get("clip_model"), meta.get("clip_pretrained"))
+        basis = load_concept_embeddings(
+            cfg.concepts, meta.get("clip_model"), meta.get("clip_pretrained")
+        )
     ckpt_path = cfg.checkpoint_path()
     if not ckpt_path.is_file():
         return None
@@ -115,10 +131,14 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
             "(see config.json there)"
         )
     saved = ckpt.get("features") or {}
-    if saved and saved != _features_identity(meta, n):
+    if saved and saved != features_identity(ids):
         what = f"{saved['rows']} rows then, {n} now" if saved["rows"] != n else "other image ids"
         raise GeoconceptError(
             f"{cfg.features} changed since {cfg.out} was checkpointed ({what}); use a new --out"
+        )
+    if basis is not None and not same_basis(basis.embeddings, ckpt["model"]["concept_embeddings"]):
+        raise GeoconceptError(
+            f"{cfg.concepts} is not the concept basis {cfg.out} was trained with; use a new --out"
         )
     if ckpt["step"] >= total:
         return {"step": ckpt["step"], "done": True}
@@ -129,22 +149,28 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
     return None
 
 
+# Paths are checked by what they hold (feature rows, concept basis); the logging cadence does
+# not change the weights. Every other option must match the checkpoint's.
+_COMPARED_BY_CONTENT = ("features", "out", "concepts", "log_every", "save_every")
+_OPTION_NAMES = {"lambda_div": "--lambda", "device": "--gpus"}
+
+
 def _changed_options(saved: dict, cfg: TrainConfig) -> list[str]:
-    """Options of ``cfg`` that differ from a checkpoint's config (paths compared resolved)."""
-    now, changed = asdict(cfg), []
-    for key, value in now.items():
-        old = saved.get(key)
-        if key in ("features", "out", "concepts") and old and value:
-            old, value = Path(old).resolve(), Path(value).resolve()
-        if old != value:
-            names = {"lambda_div": "--lambda", "device": "--gpus", "features": "features"}
-            changed.append(names.get(key, "--" + key.replace("_", "-")))
+    """Options of ``cfg`` that differ from a checkpoint's config (a missing key: its default)."""
+    changed = [
+        _OPTION_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+        for f in fields(cfg)
+        if f.name not in _COMPARED_BY_CONTENT
+        and saved.get(f.name, f.default) != getattr(cfg, f.name)
+    ]
+    if bool(saved.get("concepts")) != bool(cfg.concepts):  # concept-aware vs plain GeoCLIP
+        changed.append("--concepts")
     return changed
 
 
-def _features_identity(meta: dict, n: int) -> dict:
-    """What a resumed run checks its features against: the row count and row-id digest."""
-    return {"rows": n, "rows_sha256": meta.get("rows_sha256")}
+def features_identity(ids: list[str]) -> dict:
+    """What a resumed run checks its features against: the row count and a digest of the ids."""
+    return {"rows": len(ids), "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
 
 
 class GPSQueue:
@@ -292,25 +318,30 @@ def train(
     basis = load_concept_embeddings(cfg.concepts) if cfg.concepts else None
     head = build_head(basis.embeddings if basis else None).to(device).train()
     provenance = {
-        "features": _features_identity(data.meta, n),
+        "features": features_identity(data.ids),
         "clip": {k: data.meta.get(f"clip_{k}") for k in ("model", "pretrained")},
         "concepts": {k: basis.meta[k] for k in ("concepts", "categories", "subcategories")}
         if basis else None,
     }  # fmt: skip
-    model, params, opt = prepare(head, cfg, info)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup_steps))
-    queue = GPSQueue(cfg.queue_size)
-    step = 0
-    ckpt_path = cfg.checkpoint_path()
-    if ckpt_path.is_file():  # check_run has vetted it: same config, unfinished, --resume
+    step, ckpt, ckpt_path = 0, None, cfg.checkpoint_path()
+    if ckpt_path.is_file():  # check_run has vetted it: same run, unfinished, --resume
         ckpt = read_checkpoint(ckpt_path)
-        head.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        queue.load(ckpt["queue"])
+        head.load_state_dict(ckpt["model"])  # before DDP, which broadcasts rank 0's weights
         step = ckpt["step"]
     elif info.is_main:
         write_json(out / "config.json", asdict(cfg))
+    if not same_on_all_ranks(step, info):
+        raise GeoconceptError(
+            f"the ranks see different checkpoints in {cfg.out}: --out must be on a filesystem "
+            "every node shares"
+        )
+    model, params, opt = prepare(head, cfg, info)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup_steps))
+    queue = GPSQueue(cfg.queue_size)
+    if ckpt:
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        queue.load(ckpt["queue"])
 
     metrics_path = out / "metrics.jsonl"
     if info.is_main:

@@ -20,7 +20,7 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
 
 
-def test_data_is_fsynced_before_it_takes_the_final_name(tmp_path, monkeypatch):
+def test_data_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
     calls = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -35,5 +35,6 @@ def test_data_is_fsynced_before_it_takes_the_final_name(tmp_path, monkeypatch):
     monkeypatch.setattr(artifacts.os, "fsync", fsync)
     monkeypatch.setattr(artifacts.os, "replace", replace)
     write_json(tmp_path / "b.json", [1, 2])
-    assert [c[0] for c in calls] == ["fsync", "replace"] and calls[0][1] == calls[1][1]
+    assert [c[0] for c in calls] == ["fsync", "replace", "fsync"]
+    assert calls[0][1] == calls[1][1] and calls[2][1] == str(tmp_path)  # the data, the folder
     assert (tmp_path / "b.json").read_text() == "[\n  1,\n  2\n]\n"

@@ -86,13 +86,17 @@ def test_location_encoder_is_float32_under_autocast():
     assert (amp.float() * ref).sum(1).min() > 0.99
 
 
-def test_losses_stay_float32_under_autocast():
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+])  # fmt: skip
+def test_losses_stay_float32_under_autocast(device):
     torch.manual_seed(0)
-    img = torch.nn.functional.normalize(torch.randn(16, 64), dim=1)
-    loc = torch.nn.functional.normalize(torch.randn(48, 64), dim=1)
-    scale = torch.tensor(math.log(100.0))
+    img = torch.nn.functional.normalize(torch.randn(16, 64), dim=1).to(device)
+    loc = torch.nn.functional.normalize(torch.randn(48, 64), dim=1).to(device)
+    scale = torch.tensor(math.log(100.0), device=device)
     ref_nce, ref_mmd = info_nce(img, loc, scale), mmd2(img, loc[:16])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         amp_nce, amp_mmd = info_nce(img, loc, scale), mmd2(img, loc[:16])
     # a bf16 matmul moves logits at scale 100 by ~0.1 and the MMD by ~1e-3
     torch.testing.assert_close(amp_nce, ref_nce, rtol=1e-6, atol=1e-6)
@@ -120,6 +124,9 @@ def test_concept_head_joint_embedding_equals_the_per_modality_ones():
     img, loc = head.embed(feats, latlon)
     torch.testing.assert_close(img, head.embed_images(feats))
     torch.testing.assert_close(loc, head.embed_locations(latlon))
+    # W_loc folded into the basis: the same direction as the documented l = norm(W_loc LocEnc)
+    place = torch.nn.functional.normalize(head.location_concepts(latlon), dim=1)
+    torch.testing.assert_close(loc, place)
     # the retrieval embedding is the normalised concept activation of the unit latent
     act = torch.nn.functional.normalize(head.image_concepts(feats), dim=1)
     torch.testing.assert_close(img, act)

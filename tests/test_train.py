@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,17 +114,28 @@ def test_killed_cli_run_resumes(world, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
-def test_resume_accepts_another_spelling_of_the_paths_only(world, tmp_path, monkeypatch):
-    cfg = _cfg(world, tmp_path / "run", max_steps=3)
+def test_resume_checks_what_paths_hold_not_how_they_are_spelled(world, tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    shutil.copytree(world["train"], tmp_path / "a" / "feats")
+    monkeypatch.chdir(tmp_path / "a")  # a run started with relative paths...
+    cfg = _cfg(world, "run", features="feats", max_steps=3)
     train(cfg)
-    monkeypatch.chdir(tmp_path)
-    moved = replace(cfg, out="run", features=os.path.relpath(world["train"], tmp_path))
-    assert train(moved) == {"step": 3, "done": True}
+    ckpt_path = tmp_path / "a" / "run" / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    del ckpt["config"]["amp"]  # as written before an option existed: its default applies
+    torch.save(ckpt, ckpt_path)
+    monkeypatch.chdir(tmp_path)  # ...continued from elsewhere, its features moved
+    (tmp_path / "a" / "feats").rename(tmp_path / "moved")
+    same = replace(cfg, out=str(tmp_path / "a" / "run"), features="moved", log_every=1)
+    assert train(same) == {"step": 3, "done": True}
     with pytest.raises(GeoconceptError, match=r"other --max-steps, --lr;"):
-        train(replace(moved, max_steps=5, lr=1e-3), resume=True)
+        train(replace(same, max_steps=5, lr=1e-3), resume=True)
+    with pytest.raises(GeoconceptError, match=r"other --concepts;"):
+        train(replace(same, concepts=None))
 
 
-def test_resume_refuses_features_that_changed(world, tmp_path):
+def test_resume_refuses_features_or_concepts_that_changed(world, tmp_path):
+    from geoconcept_cli.concepts.embed import load_concept_embeddings, save_concept_embeddings
     from geoconcept_cli.features import save_features
 
     data, feats = load_features(world["train"]), tmp_path / "feats"
@@ -135,6 +147,32 @@ def test_resume_refuses_features_that_changed(world, tmp_path):
     save_features(feats, data.ids[:-32], data.features[:-32], data.latlon[:-32], **meta)
     with pytest.raises(GeoconceptError, match=r"changed since .* \(384 rows then, 352 now\)"):
         train(cfg, resume=True)
+    shutil.rmtree(feats)
+    save_features(feats, data.ids[::-1], data.features, data.latlon, **meta)  # same count
+    with pytest.raises(GeoconceptError, match=r"\(other image ids\)"):
+        train(cfg, resume=True)
+    shutil.rmtree(feats)
+    save_features(feats, data.ids, data.features, data.latlon, **meta)
+    basis = load_concept_embeddings(world["concepts"])
+    other = save_concept_embeddings(tmp_path / "other", basis.embeddings.roll(1, 0), basis.meta)
+    with pytest.raises(GeoconceptError, match="is not the concept basis"):
+        train(replace(cfg, concepts=str(other)), resume=True)
+    assert train(cfg, resume=True) == {"step": 3, "done": True}
+
+
+def _same_step(step_of_rank: list, out_dir: str) -> None:
+    from geoconcept_cli.distributed import init_distributed, same_on_all_ranks
+
+    info = init_distributed(False)
+    same = same_on_all_ranks(step_of_rank[info.rank], info)
+    Path(out_dir, f"rank{info.rank}").write_text(str(same))
+
+
+@pytest.mark.parametrize("steps", [[6, 6], [6, 0]])
+def test_ranks_agree_whether_they_resume_from_one_step(tmp_path, steps):
+    launch(_same_step, (steps, str(tmp_path)), nproc=2, master_port=_free_port())
+    want = str(steps[0] == steps[1])
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == [want, want]
 
 
 def _one_step(cfg_dict: dict, out_file: str) -> None:

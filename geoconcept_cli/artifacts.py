@@ -38,9 +38,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
-    tmp_path.chmod(0o666 & ~umask)  # mkstemp makes 0600; artifacts get ordinary permissions
     try:
         yield tmp_path
+        # mkstemp makes 0600 and some writers recreate the file: ordinary permissions, so that
+        # other users and the other nodes of a shared filesystem can read the artifact
+        tmp_path.chmod(0o666 & ~umask)
         with tmp_path.open("rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -51,6 +53,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.close(folder)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Delete what a killed ``atomic_path(path)`` left behind; only for the file's sole writer."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, data: object) -> None:

@@ -57,7 +57,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def cli_command(fn: Callable) -> Callable:
-    """Run a command with one-line warnings, and turn GeoconceptError into 'error: ...' + exit 2."""
+    """Run a command with one-line warnings; bad input (GeoconceptError, or a path the system
+    refuses: an --out that is a file, a read-only folder) becomes 'error: ...' + exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -65,7 +66,7 @@ def cli_command(fn: Callable) -> Callable:
         logging.getLogger().setLevel(logging.ERROR)  # open_clip logs chatter on the root logger
         try:
             return fn(*args, **kwargs)
-        except GeoconceptError as exc:
+        except (GeoconceptError, OSError) as exc:
             err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -377,12 +378,20 @@ def embed_images_cmd(
     device: Device = "cpu",
 ) -> None:
     """Run the frozen CLIP backbone once over a manifest; write resumable feature shards."""
-    from .distributed import launch, launched_externally
+    from .distributed import check_processes, launch, launched_externally
     from .features import embed_images_worker, read_manifest
 
+    check_processes(gpus)
     if gpus > 0 and not device.startswith("cuda"):
         device = "cuda"
+    if images is not None and not images.is_dir():
+        raise GeoconceptError(f"--images {images}: not a folder")
     m = read_manifest(manifest, images)
+    if m.rows.empty:
+        raise GeoconceptError(
+            f"{manifest}: none of its {len(m.skipped)} rows is usable (first: "
+            f"{m.skipped[0][1] if m.skipped else 'no rows'}); check --images"
+        )
     for ident, reason in m.skipped[:10]:
         err.print(f"skipped {ident}: {reason}", highlight=False, soft_wrap=True)
     if len(m.skipped) > 10:
@@ -433,7 +442,7 @@ def train(
     master_port: int = 29500,
 ) -> None:
     """Train the concept-aware alignment (or plain GeoCLIP with --concepts none)."""
-    from .distributed import launch, launched_externally
+    from .distributed import check_processes, launch, launched_externally
     from .train import TrainConfig, check_run, last_metrics, train_worker
 
     if divergence not in ("mmd", "mean"):
@@ -448,17 +457,19 @@ def train(
         train_location=train_location, seed=seed, save_every=save_every, log_every=log_every,
         amp=amp, device="cuda" if gpus > 0 else "cpu",
     )  # fmt: skip
-    procs = gpus if gpus > 0 else nproc
-    if (procs > 1 or nnodes > 1) and not launched_externally():
-        last = check_run(cfg, resume, procs * nnodes)  # user errors here, not in N tracebacks
-        if last is None:
-            launch(train_worker, (cfg, resume), procs, nnodes, node_rank, master_addr,
-                   master_port)  # fmt: skip
-            if node_rank > 0:  # the run folder is written by node 0, maybe on another machine
-                stdout.print(f"node {node_rank}: done; node 0 writes the run to {cfg.out}")
-                return
-            last = last_metrics(cfg.out)
+    procs = check_processes(gpus, nproc)
+    if launched_externally():  # torchrun / SLURM started this process as one rank
+        last = train_worker(cfg, resume)
     else:
+        last = check_run(cfg, resume, procs * nnodes)  # user errors here, not in N tracebacks
+    if last is None and (procs > 1 or nnodes > 1):
+        launch(train_worker, (cfg, resume), procs, nnodes, node_rank, master_addr,
+               master_port)  # fmt: skip
+        if node_rank > 0:  # the run folder is written by node 0, maybe on another machine
+            stdout.print(f"node {node_rank}: done; node 0 writes the run to {cfg.out}")
+            return
+        last = last_metrics(cfg.out)
+    elif last is None:
         last = train_worker(cfg, resume)
     if last.get("done") and last.get("loss") is None:
         stdout.print(f"{cfg.out}: finished at step {last['step']}, nothing to do")

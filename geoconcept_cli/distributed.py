@@ -8,6 +8,7 @@ environment), a SLURM task (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID), or our own
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +42,17 @@ def _adopt_slurm_env(master_addr: str | None, master_port: int) -> None:
     addr = master_addr or os.environ.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_ADDR", addr)
     os.environ.setdefault("MASTER_PORT", str(master_port))
+
+
+def check_processes(gpus: int, nproc: int = 1) -> int:
+    """Processes per node for --gpus / --nproc, with one-line errors for impossible counts."""
+    if gpus < 0 or nproc < 1:
+        raise GeoconceptError("--gpus must be >= 0 and --nproc >= 1")
+    if gpus > torch.cuda.device_count():
+        raise GeoconceptError(
+            f"--gpus {gpus}, but this machine has {torch.cuda.device_count()} CUDA GPUs"
+        )
+    return gpus or nproc
 
 
 def launched_externally() -> bool:
@@ -87,10 +99,13 @@ def launch(
         start_method="spawn",
         monitor_interval=0.5,
     )
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     try:
         elastic_launch(config, fn)(*args)
+    except SignalException:  # Ctrl-C or a kill reached the launcher: as in one process
+        raise KeyboardInterrupt from None
     except ChildFailedError as exc:
         failed = ", ".join(f"rank {r}" for r in sorted(exc.failures))
         raise GeoconceptError(
@@ -104,7 +119,9 @@ def all_gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather  # autograd-aware
 
-    return torch.cat(all_gather(x))
+    with warnings.catch_warnings():  # deprecated in favour of a private API: not yet
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x))
 
 
 def mean_across_ranks(value: float, info: DistInfo) -> float:

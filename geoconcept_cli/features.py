@@ -227,10 +227,10 @@ def embed_images(
         keys = ("clip_model", "clip_pretrained", "manifest_sha256", "rows_sha256", "shard_size")
         changed = [k for k in keys if old.get(k) != meta[k]]
         if changed:
-            why = "images appeared or went missing" if changed == ["rows_sha256"] else (
-                "another model/manifest")  # fmt: skip
+            why = ("other images (some appeared or went missing since)"
+                   if changed == ["rows_sha256"] else "another CLIP model or manifest")  # fmt: skip
             raise GeoconceptError(
-                f"{out_dir} holds features of {why} ({', '.join(changed)} differ); use a new folder"
+                f"{out_dir} holds features of {why}: {', '.join(changed)} differ; use a new folder"
             )
     elif rank == 0:
         write_json(meta_path, meta)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifacts import atomic_path, write_json
+from .artifacts import atomic_path, remove_stale_temporaries, write_json
 from .concepts.embed import load_concept_embeddings
 from .distributed import (
     DistInfo,
@@ -81,8 +81,14 @@ class TrainConfig:
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
             (self.lr > 0, "--lr must be > 0"),
             (self.queue_size >= 0, "--queue-size must be >= 0"),
+            (self.warmup_steps >= 0, "--warmup-steps must be >= 0"),
             (self.sigma is None or self.sigma > 0, "--sigma must be > 0"),
-            (self.log_every >= 1 and self.save_every >= 1, "--log-every/--save-every >= 1"),
+            (self.lambda_div >= 0, "--lambda must be >= 0 (a negative one widens the gap)"),
+            (min(self.weight_decay, self.grad_clip, self.delta_weight) >= 0,
+             "--weight-decay, --grad-clip and --delta-weight must be >= 0"),
+            (min(self.batch_noise_m, self.queue_noise_m) >= 0, "GPS noise must be >= 0 m"),
+            (self.log_every >= 1, "--log-every must be >= 1"),
+            (self.save_every >= 1, "--save-every must be >= 1"),
             (self.divergence in DIVERGENCES, f"--divergence must be one of {list(DIVERGENCES)}"),
             (self.train_location in LOCATION_TRAINABLE,
              f"--train-location must be one of {list(LOCATION_TRAINABLE)}"),
@@ -107,6 +113,8 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
     the same concept basis (compared by content, so moved or re-spelled paths are fine).
     """
     cfg.validate()
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise GeoconceptError(f"--out {cfg.out} is a file; give a run folder")
     meta, ids, dim = feature_summary(cfg.features)
     n = len(ids)
     check_feature_dim(dim, cfg.features)
@@ -330,6 +338,8 @@ def train(
         step = ckpt["step"]
     elif info.is_main:
         write_json(out / "config.json", asdict(cfg))
+    if info.is_main:  # a checkpoint cut by a kill leaves a checkpoint-sized temporary
+        remove_stale_temporaries(ckpt_path)
     if not same_on_all_ranks(step, info):
         raise GeoconceptError(
             f"the ranks see different checkpoints in {cfg.out}: --out must be on a filesystem "

@@ -38,3 +38,18 @@ def test_data_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkey
     assert [c[0] for c in calls] == ["fsync", "replace", "fsync"]
     assert calls[0][1] == calls[1][1] and calls[2][1] == str(tmp_path)  # the data, the folder
     assert (tmp_path / "b.json").read_text() == "[\n  1,\n  2\n]\n"
+
+
+def test_artifacts_get_ordinary_permissions_whoever_writes_them(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "t.safetensors") as tmp:
+            save_file({"x": torch.zeros(2)}, str(tmp))
+        write_json(tmp_path / "m.json", {})
+    finally:
+        os.umask(umask)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {
+        "t.safetensors": "0o644", "m.json": "0o644"}

@@ -186,4 +186,22 @@ def test_embed_images_refuses_when_the_kept_rows_changed(manifest, tmp_path, tin
     finally:
         hidden.symlink_to(target)  # ... back for the second
     res = _embed(manifest, out, tiny_clip)
-    assert res.exit_code == 2 and "images appeared or went missing" in res.stderr
+    assert res.exit_code == 2 and "some appeared or went missing" in res.stderr
+
+
+def test_embed_images_bad_input_is_one_line_and_writes_nothing(manifest, tmp_path, tiny_clip):
+    out = tmp_path / "feats"
+    args = ["embed-images", str(manifest), "--out", str(out), "--clip-model", tiny_clip,
+            "--clip-pretrained", "none"]  # fmt: skip
+    res = runner.invoke(app, [*args, "--images", str(tmp_path / "typo")])
+    assert res.exit_code == 2 and "typo: not a folder" in res.stderr
+    (tmp_path / "elsewhere").mkdir()  # a real folder without the photos: every row missing
+    res = runner.invoke(app, [*args, "--images", str(tmp_path / "elsewhere")])
+    assert res.exit_code == 2 and "none of its 23 rows is usable" in res.stderr
+    assert not out.exists()
+    if not torch.cuda.is_available():
+        res = runner.invoke(app, [*args, "--gpus", "1"])
+        assert res.exit_code == 2 and "this machine has 0 CUDA GPUs" in res.stderr
+    (tmp_path / "file").write_text("")
+    res = runner.invoke(app, [*args[:3], str(tmp_path / "file" / "x"), *args[4:]])
+    assert res.exit_code == 2 and "error: [Errno 20] Not a directory" in res.stderr

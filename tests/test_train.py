@@ -76,7 +76,10 @@ def test_crash_and_resume_equals_uninterrupted(world, tmp_path):
     assert torch.load(cfg_b.checkpoint_path(), weights_only=False)["step"] == 6
     with pytest.raises(GeoconceptError, match="--resume"):
         train(cfg_b)
+    cut = tmp_path / "b" / ".checkpoint.pt.x1y2.tmp"  # as a kill during a save leaves it
+    cut.write_bytes(b"half a checkpoint")
     train(cfg_b, resume=True)
+    assert not cut.exists()
     a = torch.load(cfg.checkpoint_path(), weights_only=False)["model"]
     b = torch.load(cfg_b.checkpoint_path(), weights_only=False)["model"]
     for k in a:
@@ -278,12 +281,30 @@ def test_distinfo_defaults():
     ("change", "message"),
     [({"sigma": 0.0}, "--sigma"), ({"batch_size": 0}, "--batch-size"), ({"lr": -1.0}, "--lr"),
      ({"log_every": 0}, "--log-every"), ({"epochs": 0}, "nothing to train"),
-     ({"divergence": "kl"}, "--divergence")],
+     ({"divergence": "kl"}, "--divergence"), ({"lambda_div": -1.0}, "--lambda"),
+     ({"warmup_steps": -1}, "--warmup-steps"), ({"save_every": 0}, "--save-every")],
 )  # fmt: skip
 def test_bad_options_are_one_line_errors(world, tmp_path, change, message):
     with pytest.raises(GeoconceptError, match=message):
         train(_cfg(world, tmp_path / "bad", **change))
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+
+
+def test_cli_process_counts_and_out_paths_are_one_line_errors(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from geoconcept_cli.cli import app
+
+    (tmp_path / "file").write_text("")
+    base = ["train", str(world["train"]), "--concepts", "none", "--batch-size", "32"]
+    cases = [(["--out", str(tmp_path / "r"), "--nproc", "0"], "--nproc >= 1"),
+             (["--out", str(tmp_path / "file")], "is a file; give a run folder")]  # fmt: skip
+    if not torch.cuda.is_available():
+        cases.append((["--out", str(tmp_path / "r"), "--gpus", "1"], "has 0 CUDA GPUs"))
+    for extra, message in cases:
+        res = CliRunner().invoke(app, [*base, *extra])
+        assert res.exit_code == 2 and res.stderr.startswith("error:"), res.output
+        assert message in res.stderr
 
 
 def test_max_steps_caps_the_epochs(world, tmp_path):

@@ -214,6 +214,12 @@ def explain(
         raise GeoconceptError("batch mode (a folder or manifest) needs --out results.parquet")
     if images is not None and (not batch or target.is_dir()):
         raise GeoconceptError("--images applies to a manifest (CSV/Parquet) only")
+    single_only = [name for name, given in (("--map", map_png), ("--json", as_json),
+                                             ("--check", check)) if given]  # fmt: skip
+    if batch and single_only:
+        raise GeoconceptError(f"{', '.join(single_only)}: single photos only, not batch mode")
+    if not batch and out is not None:
+        raise GeoconceptError("--out is for batch mode (a folder or manifest); use --json")
     if not batch:
         load_image(target)  # fail fast on a bad file, before loading any model
     with lazy_progress_bar("encoding gallery (once; cached)") as advance:
@@ -243,9 +249,12 @@ def explain(
             except GeoconceptError as exc:
                 failed.append(str(exc))
             advance(1)
-    rows_to_parquet(rows, out)
     for line in failed:
         err.print(f"skipped {line}", highlight=False, soft_wrap=True)
+    if failed and not rows:
+        hint = "; --images names the manifest's photo folder" if not target.is_dir() else ""
+        raise GeoconceptError(f"none of the {len(failed)} photos could be read{hint}")
+    rows_to_parquet(rows, out)
     stdout.print(f"{len(rows)} photos explained -> {out}; {len(failed)} missing or unreadable")
 
 
@@ -320,8 +329,9 @@ def build_concepts_cmd(
 @cli_command
 def embed_concepts_cmd(
     concepts: Annotated[
-        Path, typer.Argument(help="concepts.parquet from build-concepts --finalize.")
-    ] = Path("concepts/concepts.parquet"),
+        Path | None,
+        typer.Argument(help="concepts.parquet from build-concepts --finalize (default: shipped)."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output (.safetensors + .json sidecar).")] = Path(
         "concept_embeddings.safetensors"
     ),
@@ -337,7 +347,9 @@ def embed_concepts_cmd(
     from .concepts.embed import DEFAULT_TEMPLATES, embed_concepts
     from .concepts.review import load_concepts
     from .encoders import load_clip
+    from .explain import default_concepts_path
 
+    concepts = concepts or default_concepts_path()
     k = len(load_concepts(concepts))
     clip = load_clip(clip_model, clip_pretrained, device)
     with progress_bar("embedding concepts", k) as advance:

@@ -109,10 +109,12 @@ class Explainer:
         predictor: Predictor,
         concepts: ConceptSet,
         text_embeddings: torch.Tensor | None = None,
+        retrained_geoclip: bool = False,
     ):
         self.predictor = predictor
         self.concepts = concepts
         self.concept_aware = isinstance(predictor.head, ConceptAwareHead)
+        self.retrained_geoclip = retrained_geoclip  # a `train --concepts none` checkpoint
         self.text = F.normalize(text_embeddings.float(), dim=1) if text_embeddings is not None \
             else None  # fmt: skip
 
@@ -130,8 +132,10 @@ class Explainer:
         p = self.predictor
         probs, idx = p.topk(feats, max(top_k, 200))
         cands = p.candidates(probs[0, :top_k], idx[0, :top_k])
-        out = {"mode": "concept-aware checkpoint" if self.concept_aware else "zero-shot",
-               "predictions": [c.to_dict() for c in cands], "spread": spread_km(cands)}  # fmt: skip
+        mode = "concept-aware checkpoint" if self.concept_aware else (
+            "GeoCLIP checkpoint, zero-shot concepts" if self.retrained_geoclip else "zero-shot")
+        out = {"mode": mode, "predictions": [c.to_dict() for c in cands],
+               "spread": spread_km(cands)}  # fmt: skip
         if self.concept_aware:
             parts, terms, unit = self._decompose(feats, cands[0], idx[0], n_concepts)
             out.update(parts)
@@ -231,9 +235,11 @@ class Explainer:
 
     def _zero_shot(self, feats, top: Candidate, n: int) -> dict:
         cs = self.concepts
+        why = ("a plain GeoCLIP checkpoint (train --concepts none)" if self.retrained_geoclip
+               else "no concept-aware checkpoint")  # fmt: skip
         out: dict = {
-            "note": "no concept-aware checkpoint: GeoCLIP's score has no concept decomposition "
-            "(pass --checkpoint for why-here, rather-than and --check)"
+            "note": f"{why}: GeoCLIP's score has no concept decomposition (pass a concept-aware "
+            "--checkpoint for why-here, rather-than and --check)"
         }
         photo = None
         if self.text is not None:
@@ -266,7 +272,7 @@ def load_explainer(
     In zero-shot mode the concept text embeddings come from ``concept_embeddings`` or are
     computed once with the CLIP model's text encoder and cached (``embed-concepts``).
     """
-    head, cset = None, None
+    head, cset, ckpt = None, None, {}
     if checkpoint:
         head, ckpt = load_head(checkpoint, device)
         check_trained_on(ckpt, Path(clip_model).stem, clip_pretrained, checkpoint)
@@ -287,7 +293,8 @@ def load_explainer(
         emb, _ = embed_concepts(concepts, predictor.clip, out)
     if emb.concepts != cset.names:
         raise GeoconceptError(f"{concept_embeddings} was made for another concept set")
-    return Explainer(predictor, cset, emb.embeddings)
+    retrained = ckpt.get("kind") == "geoclip"
+    return Explainer(predictor, cset, emb.embeddings, retrained_geoclip=retrained)
 
 
 def explanation_row(exp: dict) -> dict:

@@ -118,16 +118,18 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
     meta, ids, dim = feature_summary(cfg.features)
     n = len(ids)
     check_feature_dim(dim, cfg.features)
-    if cfg.batch_size % world_size:
-        raise GeoconceptError(f"--batch-size {cfg.batch_size} must divide by {world_size}")
-    if n < cfg.batch_size:
-        raise GeoconceptError(f"{cfg.features}: {n} samples, fewer than --batch-size")
-    total = cfg.total_steps(n)
     basis = None
     if cfg.concepts:
         basis = load_concept_embeddings(
             cfg.concepts, meta.get("clip_model"), meta.get("clip_pretrained")
         )
+    if cfg.batch_size % world_size:
+        raise GeoconceptError(f"--batch-size {cfg.batch_size} must divide by {world_size}")
+    if n < cfg.batch_size:
+        raise GeoconceptError(
+            f"{cfg.features}: {n} samples, fewer than --batch-size {cfg.batch_size}"
+        )
+    total = cfg.total_steps(n)
     ckpt_path = cfg.checkpoint_path()
     if not ckpt_path.is_file():
         return None
@@ -166,13 +168,14 @@ _OPTION_NAMES = {"lambda_div": "--lambda", "device": "--gpus"}
 def _changed_options(saved: dict, cfg: TrainConfig) -> list[str]:
     """Options of ``cfg`` that differ from a checkpoint's config (a missing key: its default)."""
     changed = [
-        _OPTION_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+        f"{_OPTION_NAMES.get(f.name, '--' + f.name.replace('_', '-'))} "
+        f"{getattr(cfg, f.name)} (was {saved.get(f.name, f.default)})"
         for f in fields(cfg)
         if f.name not in _COMPARED_BY_CONTENT
         and saved.get(f.name, f.default) != getattr(cfg, f.name)
     ]
     if bool(saved.get("concepts")) != bool(cfg.concepts):  # concept-aware vs plain GeoCLIP
-        changed.append("--concepts")
+        changed.append("--concepts " + ("none" if saved.get("concepts") else "(was none)"))
     return changed
 
 

@@ -192,6 +192,10 @@ def test_cli_batch_manifest_without_coordinates(tmp_path, tiny_clip, small_galle
     assert len(pd.read_parquet(out)) == 3 and "gone.jpg: no such file" in res.stderr
     res = runner.invoke(app, [*args[:1], str(src[0]), *args[2:], "--images", str(tmp_path)])
     assert res.exit_code == 2 and "--images applies to a manifest" in res.stderr
+    res = runner.invoke(app, args)  # the photos are not beside this manifest
+    assert res.exit_code == 2 and "none of the 4 photos could be read; --images" in res.stderr
+    res = runner.invoke(app, [*args, "--images", str(tmp_path), "--map", "m.png", "--json"])
+    assert res.exit_code == 2 and "--map, --json: single photos only" in res.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     args[1] = str(empty)
@@ -205,3 +209,15 @@ def test_cli_map_into_a_directory_is_one_line(tmp_path, tiny_clip, small_gallery
                               tiny_clip, "--clip-pretrained", "none", "--gallery",
                               str(small_gallery)])  # fmt: skip
     assert res.exit_code == 2 and "is a directory" in res.stderr
+
+
+def test_a_plain_geoclip_checkpoint_is_named_as_such(run_dir, tiny_clip, small_gallery):
+    plain = run_dir.parent / "plain"
+    train(TrainConfig(features=str(run_dir.parent / "train"), out=str(plain), max_steps=2,
+                      batch_size=32, warmup_steps=1, queue_size=32))  # fmt: skip
+    with pytest.warns(UserWarning):
+        explainer = load_explainer(plain, clip_model=tiny_clip, clip_pretrained="none",
+                                   gallery=small_gallery)  # fmt: skip
+    out = explainer.explain_features(torch.randn(1, 768))
+    assert out["mode"] == "GeoCLIP checkpoint, zero-shot concepts"
+    assert out["note"].startswith("a plain GeoCLIP checkpoint (train --concepts none)")

@@ -79,10 +79,13 @@ def test_features_of_another_model_are_refused(manifest, tmp_path, tiny_clip):
     assert res.exit_code == 2 and "another model" in res.stderr
 
 
-def test_embed_concepts_skips_when_unchanged_and_refuses_mismatch(tmp_path, tiny_clip):
+def test_embed_concepts_skips_when_unchanged_and_refuses_mismatch(
+    tmp_path, tiny_clip, monkeypatch
+):
     from geoconcept_cli.concepts.embed import load_concept_embeddings
     from geoconcept_cli.errors import GeoconceptError
 
+    monkeypatch.chdir(tmp_path)  # the shipped concept set is found from any folder
     out = tmp_path / "basis.safetensors"
     args = ["embed-concepts", "--out", str(out), "--clip-model", tiny_clip,
             "--clip-pretrained", "none"]  # fmt: skip

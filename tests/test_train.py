@@ -131,9 +131,9 @@ def test_resume_checks_what_paths_hold_not_how_they_are_spelled(world, tmp_path,
     (tmp_path / "a" / "feats").rename(tmp_path / "moved")
     same = replace(cfg, out=str(tmp_path / "a" / "run"), features="moved", log_every=1)
     assert train(same) == {"step": 3, "done": True}
-    with pytest.raises(GeoconceptError, match=r"other --max-steps, --lr;"):
+    with pytest.raises(GeoconceptError, match=r"other --max-steps 5 \(was 3\), --lr 0.001 \("):
         train(replace(same, max_steps=5, lr=1e-3), resume=True)
-    with pytest.raises(GeoconceptError, match=r"other --concepts;"):
+    with pytest.raises(GeoconceptError, match=r"other --concepts none;"):
         train(replace(same, concepts=None))
 
 

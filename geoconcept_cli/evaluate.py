@@ -7,6 +7,7 @@ retrieval model.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,11 @@ def heads_to_evaluate(
     for ck in checkpoints:
         head, ckpt = load_head(ck, device)
         check_trained_on(ckpt, meta.get("clip_model"), meta.get("clip_pretrained"), ck)
+        if ckpt.get("step", 0) < ckpt.get("total_steps", 0):
+            warnings.warn(
+                f"{ck} is an unfinished run (step {ckpt['step']} of {ckpt['total_steps']})",
+                stacklevel=2,
+            )
         heads[str(ck)] = head
     return heads
 

@@ -185,7 +185,7 @@ class Explainer:
             out["rather_than"] = {"runner_up": runner, "for": pro, "against": con}
             if pro:
                 names = " + ".join(e["concept"] for e in pro[:2])
-                gap_txt = f"logit gap {runner['logit_gap']:+.2f}"
+                gap_txt = f"logit gap {runner['logit_gap']:+.3g}"
                 out["rule"] = (
                     f"IF the photo shows {names} THEN {top.place} rather than {runner['place']} "
                     f"({gap_txt})"

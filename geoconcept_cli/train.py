@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -130,6 +131,12 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
             f"{cfg.features}: {n} samples, fewer than --batch-size {cfg.batch_size}"
         )
     total = cfg.total_steps(n)
+    if cfg.warmup_steps > total:
+        warnings.warn(
+            f"--warmup-steps {cfg.warmup_steps} is longer than the run ({total} steps): the "
+            "learning rate never reaches --lr",
+            stacklevel=2,
+        )
     ckpt_path = cfg.checkpoint_path()
     if not ckpt_path.is_file():
         return None
@@ -364,7 +371,8 @@ def train(
         if info.is_main:
             save_checkpoint(
                 ckpt_path, head, asdict(cfg), optimizer=opt.state_dict(),
-                scheduler=sched.state_dict(), queue=queue.state(), step=step, **provenance,
+                scheduler=sched.state_dict(), queue=queue.state(), step=step,
+                total_steps=total, **provenance,
             )  # fmt: skip
 
     last: dict = {}

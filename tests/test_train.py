@@ -74,6 +74,8 @@ def test_crash_and_resume_equals_uninterrupted(world, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(cfg_b, progress=crash_at_8)
     assert torch.load(cfg_b.checkpoint_path(), weights_only=False)["step"] == 6
+    with pytest.warns(UserWarning, match=r"unfinished run \(step 6 of 10\)"):
+        heads_to_evaluate([cfg_b.out], geoclip=False)
     with pytest.raises(GeoconceptError, match="--resume"):
         train(cfg_b)
     cut = tmp_path / "b" / ".checkpoint.pt.x1y2.tmp"  # as a kill during a save leaves it
@@ -305,6 +307,11 @@ def test_cli_process_counts_and_out_paths_are_one_line_errors(world, tmp_path):
         res = CliRunner().invoke(app, [*base, *extra])
         assert res.exit_code == 2 and res.stderr.startswith("error:"), res.output
         assert message in res.stderr
+
+
+def test_a_warmup_longer_than_the_run_is_warned_about(world, tmp_path):
+    with pytest.warns(UserWarning, match=r"--warmup-steps 100 is longer than the run \(2 steps"):
+        train(_cfg(world, tmp_path / "w", max_steps=2, warmup_steps=100))
 
 
 def test_max_steps_caps_the_epochs(world, tmp_path):

@@ -76,7 +76,7 @@ def test_features_of_another_model_are_refused(manifest, tmp_path, tiny_clip):
     res = runner.invoke(app, ["embed-images", str(manifest), "--out", str(out),
                               "--shard-size", "8", "--clip-model", "ViT-B-32",
                               "--clip-pretrained", "none"])  # fmt: skip
-    assert res.exit_code == 2 and "another model" in res.stderr
+    assert res.exit_code == 2 and "another CLIP model or manifest" in res.stderr
 
 
 def test_embed_concepts_skips_when_unchanged_and_refuses_mismatch(

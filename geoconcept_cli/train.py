@@ -135,7 +135,7 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
         warnings.warn(
             f"--warmup-steps {cfg.warmup_steps} is longer than the run ({total} steps): the "
             "learning rate never reaches --lr",
-            stacklevel=2,
+            stacklevel=1,  # one location: shown once though the CLI and train() both check
         )
     ckpt_path = cfg.checkpoint_path()
     if not ckpt_path.is_file():

@@ -1,5 +1,20 @@
 """The one exception type that carries a user-facing message (the CLI prints it, exit 2)."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 
 class GeoconceptError(Exception):
     """Bad input or a missing resource, explained in one line a user can act on."""
+
+
+def require_file(path: str | Path, what: str = "file") -> Path:
+    """``path`` if it is a file; else a one-line error that says missing or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        article = "an" if what[0] in "aeiou" else "a"
+        raise GeoconceptError(f"{path}: is a folder, expected {article} {what}")
+    if not path.is_file():
+        raise GeoconceptError(f"{path}: no such {what}")
+    return path

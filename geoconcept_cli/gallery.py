@@ -19,7 +19,7 @@ from torch import nn
 
 from .artifacts import atomic_path, default_cache_dir, hash_state_dict, hash_tensors
 from .encoders import geoclip_package_dir
-from .errors import GeoconceptError
+from .errors import GeoconceptError, require_file
 from .geo import valid_latlon
 
 LAT_NAMES = ("lat", "latitude")
@@ -33,9 +33,7 @@ def default_gallery_path() -> Path:
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV or Parquet table, with a one-line error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise GeoconceptError(f"{path}: no such file")
+    path = require_file(path, "CSV or Parquet table")
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
             return pd.read_parquet(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import GeoconceptError
+from .errors import GeoconceptError, require_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -33,11 +33,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def load_image(path: str | Path) -> Image.Image:
     """Open ``path`` as an upright RGB image or raise :class:`GeoconceptError`."""
-    path = Path(path)
-    if not path.exists():
-        raise GeoconceptError(f"{path}: no such file")
-    if path.is_dir():
-        raise GeoconceptError(f"{path}: is a directory, expected an image file")
+    path = require_file(path, "image file")
     try:
         with warnings.catch_warnings():
             # A DecompressionBombWarning (over ~89 Mpx) is treated like the hard limit.

@@ -25,7 +25,7 @@ from torch import nn
 
 from .artifacts import atomic_path
 from .encoders import GeoCLIPHead, LocationEncoder, image_mlp, load_geoclip_head
-from .errors import GeoconceptError
+from .errors import GeoconceptError, require_file
 
 CHECKPOINT_FORMAT = "geoconcept-checkpoint/1"
 LOCATION_TRAINABLE = ("none", "partial", "all")
@@ -153,9 +153,7 @@ def save_checkpoint(path: str | Path, head: nn.Module, config: dict, **state) ->
 
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint dict, with one-line errors for missing or foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise GeoconceptError(f"{path}: no such checkpoint")
+    path = require_file(path, "checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:

@@ -198,6 +198,8 @@ def test_embed_images_bad_input_is_one_line_and_writes_nothing(manifest, tmp_pat
             "--clip-pretrained", "none"]  # fmt: skip
     res = runner.invoke(app, [*args, "--images", str(tmp_path / "typo")])
     assert res.exit_code == 2 and "typo: not a folder" in res.stderr
+    res = runner.invoke(app, ["embed-images", str(tmp_path), *args[2:]])  # a folder, not a table
+    assert res.exit_code == 2 and "is a folder, expected a CSV or Parquet table" in res.stderr
     (tmp_path / "elsewhere").mkdir()  # a real folder without the photos: every row missing
     res = runner.invoke(app, [*args, "--images", str(tmp_path / "elsewhere")])
     assert res.exit_code == 2 and "none of its 23 rows is usable" in res.stderr

@@ -16,9 +16,9 @@ def _jpeg(path, size=(64, 48), color=(200, 30, 30)):
 
 
 def test_missing_and_directory(tmp_path):
-    with pytest.raises(GeoconceptError, match="no such file"):
+    with pytest.raises(GeoconceptError, match="nope.jpg: no such image file"):
         load_image(tmp_path / "nope.jpg")
-    with pytest.raises(GeoconceptError, match="is a directory"):
+    with pytest.raises(GeoconceptError, match="is a folder, expected an image file"):
         load_image(tmp_path)
 
 

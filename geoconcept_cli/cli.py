@@ -391,7 +391,8 @@ def embed_images_cmd(
 ) -> None:
     """Run the frozen CLIP backbone once over a manifest; write resumable feature shards."""
     from .distributed import check_processes, launch, launched_externally
-    from .features import embed_images_worker, read_manifest
+    from .encoders import resolve_model_name
+    from .features import check_feature_folder, embed_images_worker, read_manifest, shard_rows
 
     check_processes(gpus)
     if gpus > 0 and not device.startswith("cuda"):
@@ -408,6 +409,13 @@ def embed_images_cmd(
         err.print(f"skipped {ident}: {reason}", highlight=False, soft_wrap=True)
     if len(m.skipped) > 10:
         err.print(f"... and {len(m.skipped) - 10} more skipped rows (listed in meta.json)")
+    meta, pending = check_feature_folder(
+        m, out, resolve_model_name(clip_model), clip_pretrained, shard_size
+    )
+    if not pending:
+        stdout.print(f"{out} is complete: {meta['shards']} shards of {len(m.rows)} images; "
+                     "nothing to embed", soft_wrap=True)  # fmt: skip
+        return
     args = (str(manifest), str(images) if images else None, str(out), clip_model,
             clip_pretrained, device, batch_size, shard_size, workers)  # fmt: skip
     if gpus > 1 and not launched_externally():
@@ -415,7 +423,9 @@ def embed_images_cmd(
     else:
         with progress_bar("embedding images", len(m.rows)) as advance:
             embed_images_worker(*args, progress=advance)
-    stdout.print(f"{len(m.rows)} images embedded into {out}, {len(m.skipped)} rows skipped")
+    new = sum(len(shard_rows(m, shard_size, s)) for s in pending)
+    stdout.print(f"{new} images embedded into {out} ({len(m.rows) - new} already there), "
+                 f"{len(m.skipped)} rows skipped", soft_wrap=True)  # fmt: skip
 
 
 @app.command()

@@ -194,26 +194,23 @@ def save_features(
     })  # fmt: skip
 
 
-def embed_images(
-    manifest: Manifest,
-    out_dir: str | Path,
-    clip: ClipBackbone,
-    *,
-    shard_size: int = 4096,
-    batch_size: int = 64,
-    workers: int = 2,
-    rank: int = 0,
-    world_size: int = 1,
-    progress: Callable[[int], None] | None = None,
-) -> dict:
-    """Write feature shards (this rank's share: shard i goes to rank i % world_size)."""
+def check_feature_folder(
+    manifest: Manifest, out_dir: str | Path, clip_model: str, clip_pretrained: str,
+    shard_size: int,
+) -> tuple[dict, list[int]]:  # fmt: skip
+    """(meta, shards still to write) of an output folder; reads only.
+
+    A folder of features from another CLIP model, manifest or set of readable images is
+    refused: its finished shards would be mixed with new ones. Without a meta.json every
+    shard is to write: shards of unknown origin are not trusted.
+    """
     out_dir = Path(out_dir)
     rows = manifest.rows
     n_shards = max(1, -(-len(rows) // shard_size))
     meta = {
         "format": FEATURES_FORMAT,
-        "clip_model": clip.model_name,
-        "clip_pretrained": clip.pretrained,
+        "clip_model": clip_model,
+        "clip_pretrained": clip_pretrained,
         "manifest_sha256": manifest.sha256,
         "rows_sha256": hashlib.sha256("\n".join(rows["id"]).encode()).hexdigest()[:16],
         "shard_size": shard_size,
@@ -232,18 +229,43 @@ def embed_images(
             raise GeoconceptError(
                 f"{out_dir} holds features of {why}: {', '.join(changed)} differ; use a new folder"
             )
-    elif rank == 0:
-        write_json(meta_path, meta)
-    for s in range(rank, n_shards, world_size):
-        part = rows.iloc[s * shard_size : (s + 1) * shard_size]
-        if shard_path(out_dir, s).is_file():
+        return meta, [s for s in range(n_shards) if not shard_path(out_dir, s).is_file()]
+    return meta, list(range(n_shards))
+
+
+def shard_rows(manifest: Manifest, shard_size: int, index: int) -> pd.DataFrame:
+    """The manifest rows that shard ``index`` holds (before undecodable images are dropped)."""
+    return manifest.rows.iloc[index * shard_size : (index + 1) * shard_size]
+
+
+def embed_images(
+    manifest: Manifest,
+    out_dir: str | Path,
+    clip: ClipBackbone,
+    *,
+    shard_size: int = 4096,
+    batch_size: int = 64,
+    workers: int = 2,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Write the missing feature shards (this rank's share: shard i goes to rank i % world_size)."""
+    meta, pending = check_feature_folder(
+        manifest, out_dir, clip.model_name, clip.pretrained, shard_size
+    )
+    if rank == 0 and not (Path(out_dir) / "meta.json").is_file():
+        write_json(Path(out_dir) / "meta.json", meta)
+    for s in range(rank, meta["shards"], world_size):
+        part = shard_rows(manifest, shard_size, s)
+        if s not in pending:
             if progress:
                 progress(len(part))
             continue
         feats, keep, bad = _encode_shard(part, clip, batch_size, workers, progress)
         sel = part.iloc[keep]
         write_shard(
-            out_dir, s, sel["id"].tolist(), feats,
+            Path(out_dir), s, sel["id"].tolist(), feats,
             torch.tensor(sel[["lat", "lon"]].to_numpy(), dtype=torch.float32), bad,
         )  # fmt: skip
     return meta
@@ -255,13 +277,19 @@ def embed_images_worker(
 ) -> dict:  # fmt: skip
     """One process of embed-images (picklable for the launcher): its share of the shards."""
     from .distributed import init_distributed
-    from .encoders import load_clip
+    from .encoders import load_clip, resolve_model_name
 
     info = init_distributed(device.startswith("cuda"))
+    m = read_manifest(manifest, images)
+    meta, pending = check_feature_folder(
+        m, out, resolve_model_name(clip_model), clip_pretrained, shard_size
+    )
+    if not any(s % info.world_size == info.rank for s in pending):
+        return meta  # this rank's shards are all written: no need to load CLIP
     clip = load_clip(clip_model, clip_pretrained, info.device if device.startswith("cuda")
                      else device)  # fmt: skip
     return embed_images(
-        read_manifest(manifest, images), out, clip, shard_size=shard_size,
+        m, out, clip, shard_size=shard_size,
         batch_size=batch_size, workers=workers, rank=info.rank, world_size=info.world_size,
         progress=progress,
     )  # fmt: skip

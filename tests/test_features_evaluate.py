@@ -65,8 +65,19 @@ def test_embed_images_shards_skips_and_resumes(manifest, tmp_path, tiny_clip):
     # an interrupted run: the middle shard is missing; a rerun recomputes only that one
     stamps = {s: shard_path(out, s).stat().st_mtime_ns for s in (0, 2)}
     shard_path(out, 1).unlink()
-    assert _embed(manifest, out, tiny_clip).exit_code == 0
+    res = _embed(manifest, out, tiny_clip)
+    assert res.exit_code == 0 and "8 images embedded" in res.stdout and "(13 already" in res.stdout
     assert {s: shard_path(out, s).stat().st_mtime_ns for s in (0, 2)} == stamps
+    torch.testing.assert_close(load_features(out).features, data.features)
+    # a finished folder: nothing to do, and CLIP is not even loaded (no random-weights warning)
+    res = _embed(manifest, out, tiny_clip)
+    assert res.exit_code == 0 and "is complete: 3 shards of 21 images" in res.stdout
+    assert "random weights" not in res.stderr
+    # shards without a meta.json are of unknown origin: all recomputed
+    (out / "meta.json").unlink()
+    res = _embed(manifest, out, tiny_clip)
+    assert res.exit_code == 0 and "21 images embedded" in res.stdout
+    assert all(shard_path(out, s).stat().st_mtime_ns != stamps[s] for s in (0, 2))
     torch.testing.assert_close(load_features(out).features, data.features)
 
 

@@ -161,11 +161,14 @@ def _print_explanation(exp: dict) -> None:
     if "check" in exp:
         c = exp["check"]
         verdict = "[green]faithful[/]" if c["faithful"] else "[red]NOT more faithful than random[/]"
+        top, rand = c["top_concepts_removed"], c["random_concepts_removed"]
+        moves = "drops" if top["score_drop"] >= 0 else "raises"
         stdout.print(
-            f"\nCheck: removing the top {c['m']} concepts drops the score by "
-            f"{c['top_concepts_removed']['score_drop']:.3f} (rank -> "
-            f"{c['top_concepts_removed']['rank_after']}); {c['m']} random concepts: "
-            f"{c['random_concepts_removed']['score_drop']:.3f} (mean of {c['draws']}): {verdict}"
+            f"\nCheck: removing the top {c['m']} concepts {moves} the score by "
+            f"{abs(top['score_drop']):.3f} (rank -> {top['rank_after']}); {c['m']} random "
+            f"concepts: {rand['score_drop']:.3f} ± {rand['score_drop_std']:.3f} (rank -> "
+            f"{rand['rank_after_median']:g}, median of {c['draws']} draws). The top concepts "
+            f"beat {c['beats_random_share']:.0%} of the draws: {verdict}"
         )
     if "note" in exp:
         stdout.print(f"\n[dim]{exp['note']}[/]")

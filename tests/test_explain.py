@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from geoconcept_cli.cli import app
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.explain import load_explainer, remove_concepts
+from geoconcept_cli.explain import faithfulness, load_explainer, remove_concepts
 from geoconcept_cli.maps import MAP_SIZE_PX
 from geoconcept_cli.train import TrainConfig, train
 
@@ -83,8 +83,26 @@ def test_faithfulness_check_reports_both_interventions(concept_explainer):
     assert c["score_before"] == pytest.approx(exp["score_logit"], abs=1e-4)
     top, rand = c["top_concepts_removed"], c["random_concepts_removed"]
     assert top["rank_after"] >= 1 and rand["rank_after"] >= 1 and rand["score_drop_std"] >= 0
+    assert 0 <= c["beats_random_share"] <= 1 and rand["rank_after_median"] >= 1
+    assert c["faithful"] == (c["beats_random_share"] >= 0.95
+                             and top["rank_after"] >= rand["rank_after_median"])  # fmt: skip
     with pytest.raises(GeoconceptError, match="--m"):
         concept_explainer.explain_features(feats, check=True, m=0)
+
+
+def test_faithfulness_needs_more_than_beating_the_random_mean():
+    drops, ranks = [0.1] * 18 + [5.0, 5.0], [2] * 20  # two large random drops lift the mean
+    # beats 18 of 20 draws (90%) although far above the random mean of 0.59: not faithful
+    assert faithfulness(1.0, 7, drops, ranks) == {
+        "random_concepts_removed": {"score_drop": pytest.approx(0.59),
+                                    "score_drop_std": pytest.approx(1.47, abs=0.01),
+                                    "rank_after": 2.0, "rank_after_median": 2.0},
+        "beats_random_share": 0.9, "faithful": False,
+    }  # fmt: skip
+    assert faithfulness(6.0, 7, drops, ranks)["faithful"]  # beats every draw, rank 7 >= 2
+    # the score falls most, yet random removals push the place further down: not faithful
+    assert not faithfulness(6.0, 3, drops, [10] * 20)["faithful"]
+    assert faithfulness(6.0, 10, drops, [10] * 20)["faithful"]
 
 
 def test_removing_concepts_projects_out_their_directions():
@@ -139,13 +157,15 @@ def test_cli_single_photo_json_and_map(tmp_path, run_dir, tiny_clip, small_galle
 
 def test_cli_terminal_view(tiny_clip, small_gallery, run_dir):
     photo = sorted(shared_data("im2gps3k", "images").iterdir())[1]
-    res = runner.invoke(app, ["explain", str(photo), "--checkpoint", str(run_dir),
+    res = runner.invoke(app, ["explain", str(photo), "--checkpoint", str(run_dir), "--check",
                               "--clip-model", tiny_clip, "--clip-pretrained", "none",
                               "--gallery", str(small_gallery)])  # fmt: skip
     assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())  # rich wraps at the terminal's width
     for heading in ("What the photo shows", "What the place is known for", "Why here",
-                    "rather than", "Rule: IF"):  # fmt: skip
-        assert heading in res.stdout
+                    "rather than", "Rule: IF", "Check: removing the top 3 concepts",
+                    "median of 20 draws). The top concepts beat"):  # fmt: skip
+        assert heading in text
 
 
 def test_cli_batch_folder_skips_unreadable(tmp_path, tiny_clip, small_gallery):

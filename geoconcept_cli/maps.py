@@ -1,5 +1,7 @@
 """Offline map of an explanation: GeoCLIP's 100K gallery points draw the inhabited world (no
-tiles or shapefiles needed), with the top-k candidates, the true location and concept bars."""
+tiles or shapefiles needed), with the top-k candidates, the true location and concept bars.
+The world is drawn from the 100K points whatever gallery the prediction used; a smaller
+retrieval gallery is drawn over it."""
 
 from __future__ import annotations
 
@@ -11,19 +13,28 @@ MAP_SIZE_PX = (1400, 560)  # width, height of the PNG
 DPI = 100
 
 
+CATEGORY_COLOURS = {"natural": "#1f77b4", "human": "#ff7f0e"}
+
+
 def render_map(exp: dict, gallery_gps: torch.Tensor, path: str | Path, true_latlon=None) -> Path:
     """Write the explanation's map and concept bars to ``path`` (PNG), atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     from .artifacts import atomic_path
+    from .gallery import load_gallery
 
     fig = plt.figure(figsize=(MAP_SIZE_PX[0] / DPI, MAP_SIZE_PX[1] / DPI), dpi=DPI)
-    ax = fig.add_axes((0.03, 0.1, 0.6, 0.8))
-    ax.scatter(gallery_gps[:, 1], gallery_gps[:, 0], s=0.2, c="#c8c8c8", linewidths=0,
-               rasterized=True)  # fmt: skip
+    ax = fig.add_axes((0.05, 0.1, 0.58, 0.8))
+    world = load_gallery()
+    ax.scatter(world[:, 1], world[:, 0], s=0.2, c="#c8c8c8", linewidths=0, rasterized=True)
+    if not (gallery_gps.shape == world.shape and torch.equal(gallery_gps, world)):
+        label = f"retrieval gallery ({len(gallery_gps):,} points)"
+        ax.scatter(gallery_gps[:, 1], gallery_gps[:, 0], s=3, c="#6f6f6f", linewidths=0,
+                   rasterized=True, label=label)  # fmt: skip
     preds = exp["predictions"]
     ax.scatter([p["lon"] for p in preds], [p["lat"] for p in preds],
                s=[40 + 400 * p["prob"] / max(preds[0]["prob"], 1e-9) for p in preds],
@@ -38,18 +49,22 @@ def render_map(exp: dict, gallery_gps: torch.Tensor, path: str | Path, true_latl
     ax.set_aspect("equal")
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
-    ax.legend(loc="lower left", fontsize=8)
+    for handle in ax.legend(loc="lower left", fontsize=8).legend_handles:
+        handle.set_sizes([40])  # the key, not the top prediction's probability-sized marker
     ax.set_title(f"{Path(exp['image']).name}  ({exp['mode']})", fontsize=9)
 
     bars = fig.add_axes((0.78, 0.1, 0.2, 0.8))
     concepts = exp.get("why_here") or exp.get("photo_concepts") or []
     names = [c["concept"] for c in concepts][::-1]
     values = [c["weight"] for c in concepts][::-1]
-    colours = ["#1f77b4" if c["category"] == "natural" else "#ff7f0e" for c in concepts][::-1]
+    colours = [CATEGORY_COLOURS.get(c["category"], "#7f7f7f") for c in concepts][::-1]
     bars.barh(names, values, color=colours)
     bars.tick_params(axis="y", labelsize=8)
+    bars.legend(handles=[Patch(color=v, label=k) for k, v in CATEGORY_COLOURS.items()],
+                fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2,
+                frameon=False)  # fmt: skip
     bars.set_title("why here (score terms)" if exp.get("why_here") else "photo concepts",
-                   fontsize=9)  # fmt: skip
+                   fontsize=9, pad=20)  # fmt: skip
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from geoconcept_cli.cli import app
 from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.explain import faithfulness, load_explainer, remove_concepts
-from geoconcept_cli.maps import MAP_SIZE_PX
+from geoconcept_cli.maps import MAP_SIZE_PX, render_map
 from geoconcept_cli.train import TrainConfig, train
 
 runner = CliRunner()
@@ -153,6 +154,18 @@ def test_cli_single_photo_json_and_map(tmp_path, run_dir, tiny_clip, small_galle
     assert set(exp) == CONCEPT_KEYS | {"image", "check"}
     with Image.open(png) as img:
         assert img.format == "PNG" and img.size == MAP_SIZE_PX
+
+
+def test_map_draws_the_world_whatever_the_retrieval_gallery(tmp_path):
+    exp = {"image": "x.jpg", "mode": "zero-shot",
+           "predictions": [{"lat": 48.8, "lon": 2.3, "prob": 0.5, "place": "Paris"}],
+           "photo_concepts": [{"concept": "vineyard", "category": "natural",
+                               "weight": 0.3}]}  # fmt: skip
+    tiny = torch.tensor([[48.8, 2.3], [0.0, 0.0], [-33.9, 151.2]])
+    render_map(exp, tiny, tmp_path / "map.png")
+    pixels = np.asarray(Image.open(tmp_path / "map.png").convert("RGB")).astype(int)
+    world_grey = (np.abs(pixels - 200).max(axis=2) <= 8).sum()  # GeoCLIP's 100K points
+    assert world_grey > 2000  # three gallery points alone would leave the map blank
 
 
 def test_cli_terminal_view(tiny_clip, small_gallery, run_dir):

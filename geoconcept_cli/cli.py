@@ -465,6 +465,9 @@ def train(
     node_rank: int = 0,
     master_addr: str = "127.0.0.1",
     master_port: int = 29500,
+    rdzv_timeout: Annotated[
+        int, typer.Option(min=1, help="Seconds nodes wait for each other (torchrun: 900).")
+    ] = 900,
 ) -> None:
     """Train the concept-aware alignment (or plain GeoCLIP with --concepts none)."""
     from .distributed import check_processes, launch, launched_externally
@@ -489,7 +492,7 @@ def train(
         last = check_run(cfg, resume, procs * nnodes)  # user errors here, not in N tracebacks
     if last is None and (procs > 1 or nnodes > 1):
         launch(train_worker, (cfg, resume), procs, nnodes, node_rank, master_addr,
-               master_port)  # fmt: skip
+               master_port, rdzv_timeout)  # fmt: skip
         if node_rank > 0:  # the run folder is written by node 0, maybe on another machine
             stdout.print(f"node {node_rank}: done; node 0 writes the run to {cfg.out}")
             return

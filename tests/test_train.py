@@ -275,6 +275,21 @@ def test_two_nodes_train_as_one_process(world, tmp_path):
         assert diff.mean() < 1e-7 and diff.max() < 1e-4, (k, diff.mean(), diff.max())
 
 
+@pytest.mark.parametrize("node_rank", [0, 1])
+def test_a_node_left_alone_stops_with_one_line(world, tmp_path, node_rank):
+    """Node 0 waits for the others; node 1 finds nobody listening: both stop after
+    --rdzv-timeout with a one-line error, not a C++ stack after torchrun's 900 s."""
+    args = [sys.executable, "-m", "geoconcept_cli", "train", str(world["train"]), "--out",
+            str(tmp_path / "alone"), "--concepts", str(world["concepts"]), "--batch-size", "32",
+            "--nnodes", "2", "--node-rank", str(node_rank), "--master-port", str(_free_port()),
+            "--rdzv-timeout", "3"]  # fmt: skip
+    res = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and last.startswith(f"error: node {node_rank} of 2: the nodes "
+                                                   "did not all meet"), res.stderr[-2000:]
+    assert "within 3 s" in last and "Traceback" not in res.stderr
+
+
 def test_distinfo_defaults():
     assert DistInfo().is_main and DistInfo().world_size == 1
 

@@ -200,9 +200,9 @@ def check_feature_folder(
 ) -> tuple[dict, list[int]]:  # fmt: skip
     """(meta, shards still to write) of an output folder; reads only.
 
-    A folder of features from another CLIP model, manifest or set of readable images is
-    refused: its finished shards would be mixed with new ones. Without a meta.json every
-    shard is to write: shards of unknown origin are not trusted.
+    A folder of features from another CLIP model, manifest or set of existing images is
+    refused: its finished shards would be mixed with new ones. So are shards without a
+    meta.json (of unknown origin): rank 0 writes meta.json before any shard is encoded.
     """
     out_dir = Path(out_dir)
     rows = manifest.rows
@@ -229,8 +229,24 @@ def check_feature_folder(
             raise GeoconceptError(
                 f"{out_dir} holds features of {why}: {', '.join(changed)} differ; use a new folder"
             )
-        return meta, [s for s in range(n_shards) if not shard_path(out_dir, s).is_file()]
-    return meta, list(range(n_shards))
+    elif any(out_dir.glob("shard-*.safetensors")):
+        raise GeoconceptError(
+            f"{out_dir} holds feature shards but no meta.json, so their origin is unknown; "
+            "delete them or use a new folder"
+        )
+    return meta, [s for s in range(n_shards) if not shard_path(out_dir, s).is_file()]
+
+
+def start_feature_folder(
+    manifest: Manifest, out_dir: str | Path, clip_model: str, clip_pretrained: str,
+    shard_size: int, rank: int = 0,
+) -> tuple[dict, list[int]]:  # fmt: skip
+    """``check_feature_folder``, then rank 0 writes meta.json if absent (before any shard)."""
+    meta, pending = check_feature_folder(manifest, out_dir, clip_model, clip_pretrained,
+                                         shard_size)  # fmt: skip
+    if rank == 0 and not (Path(out_dir) / "meta.json").is_file():
+        write_json(Path(out_dir) / "meta.json", meta)
+    return meta, pending
 
 
 def shard_rows(manifest: Manifest, shard_size: int, index: int) -> pd.DataFrame:
@@ -251,11 +267,9 @@ def embed_images(
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Write the missing feature shards (this rank's share: shard i goes to rank i % world_size)."""
-    meta, pending = check_feature_folder(
-        manifest, out_dir, clip.model_name, clip.pretrained, shard_size
+    meta, pending = start_feature_folder(
+        manifest, out_dir, clip.model_name, clip.pretrained, shard_size, rank
     )
-    if rank == 0 and not (Path(out_dir) / "meta.json").is_file():
-        write_json(Path(out_dir) / "meta.json", meta)
     for s in range(rank, meta["shards"], world_size):
         part = shard_rows(manifest, shard_size, s)
         if s not in pending:
@@ -281,9 +295,11 @@ def embed_images_worker(
 
     info = init_distributed(device.startswith("cuda"))
     m = read_manifest(manifest, images)
-    meta, pending = check_feature_folder(
-        m, out, resolve_model_name(clip_model), clip_pretrained, shard_size
+    meta, pending = start_feature_folder(
+        m, out, resolve_model_name(clip_model), clip_pretrained, shard_size, info.rank
     )
+    if info.world_size > 1:
+        torch.distributed.barrier()  # meta.json exists before any rank writes a shard
     if not any(s % info.world_size == info.rank for s in pending):
         return meta  # this rank's shards are all written: no need to load CLIP
     clip = load_clip(clip_model, clip_pretrained, info.device if device.startswith("cuda")

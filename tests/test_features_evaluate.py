@@ -73,12 +73,28 @@ def test_embed_images_shards_skips_and_resumes(manifest, tmp_path, tiny_clip):
     res = _embed(manifest, out, tiny_clip)
     assert res.exit_code == 0 and "is complete: 3 shards of 21 images" in res.stdout
     assert "random weights" not in res.stderr
-    # shards without a meta.json are of unknown origin: all recomputed
+    # shards without a meta.json are of unknown origin: refused, left as they are
     (out / "meta.json").unlink()
     res = _embed(manifest, out, tiny_clip)
-    assert res.exit_code == 0 and "21 images embedded" in res.stdout
-    assert all(shard_path(out, s).stat().st_mtime_ns != stamps[s] for s in (0, 2))
-    torch.testing.assert_close(load_features(out).features, data.features)
+    assert res.exit_code == 2 and "shards but no meta.json" in res.stderr
+    assert not (out / "meta.json").exists()
+    assert {s: shard_path(out, s).stat().st_mtime_ns for s in (0, 2)} == stamps
+
+
+def test_two_ranks_split_the_shards_and_match_one_process(manifest, tmp_path, tiny_clip):
+    """embed-images under the launcher (gloo on CPU): rank 0 writes shards 0 and 2, rank 1
+    shard 1; together the features of one process."""
+    from geoconcept_cli.distributed import launch
+    from geoconcept_cli.features import embed_images_worker
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _embed(manifest, one, tiny_clip).exit_code == 0
+    launch(embed_images_worker, (str(manifest), None, str(two), tiny_clip, "none", "cpu", 4, 8,
+                                 0), nproc=2)  # fmt: skip
+    a, b = load_features(one), load_features(two)
+    assert b.ids == a.ids and json.loads((two / "meta.json").read_text())["shards"] == 3
+    torch.testing.assert_close(b.features, a.features)
+    torch.testing.assert_close(b.latlon, a.latlon)
 
 
 def test_features_of_another_model_are_refused(manifest, tmp_path, tiny_clip):

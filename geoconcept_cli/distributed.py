@@ -75,6 +75,15 @@ def init_distributed(use_cuda: bool, master_addr=None, master_port: int = 29500)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, device)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (for a one-node rendezvous, as torchrun --standalone)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def launch(
     fn: Callable,
     args: tuple,
@@ -87,10 +96,15 @@ def launch(
 ) -> None:
     """Run ``fn(*args)`` in ``nproc`` processes on each of ``nnodes`` nodes (torchrun's engine).
 
-    Nodes that do not all meet within ``rdzv_timeout`` seconds (torchrun's 900 by default)
-    stop with one line instead of a C++ stack.
+    One node rendezvous on a free port (``master_port`` is for nodes that must agree on one),
+    so a second run on the same machine does not collide with the first. Nodes that do not
+    all meet within ``rdzv_timeout`` seconds (torchrun's 900 by default), or a port already in
+    use, stop with one line instead of a C++ stack.
     """
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if nnodes == 1:
+        master_addr, master_port = "127.0.0.1", free_port()
 
     config = LaunchConfig(
         min_nodes=nnodes,
@@ -111,11 +125,17 @@ def launch(
         elastic_launch(config, fn)(*args)
     except SignalException:  # Ctrl-C or a kill reached the launcher: as in one process
         raise KeyboardInterrupt from None
-    except dist.DistError as exc:  # the rendezvous store: nobody listening, or nodes missing
+    except dist.DistError as exc:  # the rendezvous store: port taken, nobody came
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        if "EADDRINUSE" in str(exc) or "in use" in str(exc):
+            raise GeoconceptError(
+                f"port {master_port} is in use on this machine ({first}); pass another "
+                "--master-port to every node"
+            ) from None
         raise GeoconceptError(
             f"node {node_rank} of {nnodes}: the nodes did not all meet at {master_addr}:"
-            f"{master_port} within {rdzv_timeout} s ({str(exc).splitlines()[0]}); start every "
-            "node with the same --nnodes, --master-addr and --master-port"
+            f"{master_port} within {rdzv_timeout} s ({first}); start every node with the same "
+            "--nnodes, --master-addr and --master-port"
         ) from None
     except ChildFailedError as exc:
         failed = ", ".join(f"rank {r}" for r in sorted(exc.failures))

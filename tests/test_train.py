@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import pytest
 import torch
 from synthetic import make_world
 
-from geoconcept_cli.distributed import DistInfo, launch
+from geoconcept_cli.distributed import DistInfo, free_port, launch
 from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.evaluate import evaluate_heads, heads_to_evaluate
 from geoconcept_cli.features import load_features
@@ -175,7 +176,7 @@ def _same_step(step_of_rank: list, out_dir: str) -> None:
 
 @pytest.mark.parametrize("steps", [[6, 6], [6, 0]])
 def test_ranks_agree_whether_they_resume_from_one_step(tmp_path, steps):
-    launch(_same_step, (steps, str(tmp_path)), nproc=2, master_port=_free_port())
+    launch(_same_step, (steps, str(tmp_path)), nproc=2)
     want = str(steps[0] == steps[1])
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == [want, want]
 
@@ -212,7 +213,7 @@ def test_ddp_two_gloo_processes_equal_one(world, tmp_path, divergence):
     cfg = _cfg(world, tmp_path, divergence=divergence)
     one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
     _one_step(cfg.__dict__, one)
-    launch(_one_step, (cfg.__dict__, two), nproc=2, master_port=29617)
+    launch(_one_step, (cfg.__dict__, two), nproc=2)
     a, b = torch.load(one), torch.load(two)
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert a["grads"].keys() == b["grads"].keys() and len(a["grads"]) > 5
@@ -226,20 +227,15 @@ def test_cli_trains_with_two_cpu_processes(world, tmp_path):
     from geoconcept_cli.cli import app
 
     out = tmp_path / "ddp"
-    res = CliRunner().invoke(app, [
-        "train", str(world["train"]), "--out", str(out), "--concepts", str(world["concepts"]),
-        "--max-steps", "3", "--batch-size", "32", "--queue-size", "32", "--nproc", "2",
-        "--master-port", "29618",
-    ])  # fmt: skip
+    with _listening() as taken:  # one node picks a free port: a busy --master-port is no matter
+        res = CliRunner().invoke(app, [
+            "train", str(world["train"]), "--out", str(out), "--concepts", str(world["concepts"]),
+            "--max-steps", "3", "--batch-size", "32", "--queue-size", "32", "--nproc", "2",
+            "--master-port", str(taken),
+        ])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["step"] == 3
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_nodes_train_as_one_process(world, tmp_path):
@@ -250,7 +246,7 @@ def test_two_nodes_train_as_one_process(world, tmp_path):
             str(out), "--concepts", str(world["concepts"]), "--max-steps", "4",
             "--batch-size", "32", "--lr", "3e-3", "--warmup-steps", "3", "--queue-size", "32",
             "--log-every", "1", "--nnodes", "2", "--master-addr", "127.0.0.1",
-            "--master-port", str(_free_port())]  # fmt: skip
+            "--master-port", str(free_port())]  # fmt: skip
     nodes = [subprocess.Popen([*args, "--node-rank", str(r)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for r in (0, 1)]  # fmt: skip
     try:
@@ -275,19 +271,39 @@ def test_two_nodes_train_as_one_process(world, tmp_path):
         assert diff.mean() < 1e-7 and diff.max() < 1e-4, (k, diff.mean(), diff.max())
 
 
+@contextlib.contextmanager
+def _listening():
+    """A port some other program holds for the duration of the block."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def _lone_node(world, tmp_path, node_rank: int, port: int) -> tuple[int, str, str]:
+    """Run one node of a two-node training; (exit code, last stderr line, stderr)."""
+    args = [sys.executable, "-m", "geoconcept_cli", "train", str(world["train"]), "--out",
+            str(tmp_path / "alone"), "--concepts", str(world["concepts"]), "--batch-size", "32",
+            "--nnodes", "2", "--node-rank", str(node_rank), "--master-port", str(port),
+            "--rdzv-timeout", "3"]  # fmt: skip
+    res = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    return res.returncode, (res.stderr.strip().splitlines() or [""])[-1], res.stderr
+
+
 @pytest.mark.parametrize("node_rank", [0, 1])
 def test_a_node_left_alone_stops_with_one_line(world, tmp_path, node_rank):
     """Node 0 waits for the others; node 1 finds nobody listening: both stop after
     --rdzv-timeout with a one-line error, not a C++ stack after torchrun's 900 s."""
-    args = [sys.executable, "-m", "geoconcept_cli", "train", str(world["train"]), "--out",
-            str(tmp_path / "alone"), "--concepts", str(world["concepts"]), "--batch-size", "32",
-            "--nnodes", "2", "--node-rank", str(node_rank), "--master-port", str(_free_port()),
-            "--rdzv-timeout", "3"]  # fmt: skip
-    res = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    last = res.stderr.strip().splitlines()[-1]
-    assert res.returncode == 2 and last.startswith(f"error: node {node_rank} of 2: the nodes "
-                                                   "did not all meet"), res.stderr[-2000:]
-    assert "within 3 s" in last and "Traceback" not in res.stderr
+    code, last, stderr = _lone_node(world, tmp_path, node_rank, free_port())
+    assert code == 2 and last.startswith(f"error: node {node_rank} of 2: the nodes did not all "
+                                         "meet"), stderr[-2000:]  # fmt: skip
+    assert "within 3 s" in last and "Traceback" not in stderr
+
+
+def test_a_busy_master_port_is_named(world, tmp_path):
+    with _listening() as taken:
+        code, last, stderr = _lone_node(world, tmp_path, 0, taken)
+    assert code == 2 and last.startswith(f"error: port {taken} is in use"), stderr[-2000:]
 
 
 def test_distinfo_defaults():

@@ -165,10 +165,11 @@ def _print_explanation(exp: dict) -> None:
         moves = "drops" if top["score_drop"] >= 0 else "raises"
         stdout.print(
             f"\nCheck: removing the top {c['m']} concepts {moves} the score by "
-            f"{abs(top['score_drop']):.3f} (rank -> {top['rank_after']}); {c['m']} random "
-            f"concepts: {rand['score_drop']:.3f} ± {rand['score_drop_std']:.3f} (rank -> "
-            f"{rand['rank_after_median']:g}, median of {c['draws']} draws). The top concepts "
-            f"beat {c['beats_random_share']:.0%} of the draws: {verdict}"
+            f"{abs(top['score_drop']):.3f} (rank -> {top['rank_after']}); removing {c['m']} "
+            f"random concepts drops it by {rand['score_drop']:.3f} ± {rand['score_drop_std']:.3f} "
+            f"(mean ± sd of {c['draws']} draws; median rank -> {rand['rank_after_median']:.0f}). "
+            f"The top concepts beat {round(c['beats_random_share'] * c['draws'])} of "
+            f"{c['draws']} draws: {verdict}"
         )
     if "note" in exp:
         stdout.print(f"\n[dim]{exp['note']}[/]")
@@ -187,7 +188,7 @@ def explain(
     n_concepts: Annotated[int, typer.Option("--concepts-shown", min=1)] = 8,
     check: Annotated[bool, typer.Option("--check", help="Deletion test vs random.")] = False,
     m: Annotated[int, typer.Option(min=1, help="Concepts removed by --check.")] = 3,
-    draws: Annotated[int, typer.Option(min=1, help="Random draws for --check.")] = 20,
+    draws: Annotated[int, typer.Option(min=20, help="Random draws for --check.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     map_png: Annotated[Path | None, typer.Option("--map", help="Write a world map PNG.")] = None,
     true_lat: Annotated[float | None, typer.Option(help="True latitude, for the map.")] = None,
@@ -233,15 +234,15 @@ def explain(
     opts = dict(top_k=top_k, n_concepts=n_concepts, check=check, m=m, draws=draws)
     if not batch:
         exp = explainer.explain(target, **opts)
-        if map_png:
-            from .maps import render_map
-
-            truth = (true_lat, true_lon) if true_lat is not None and true_lon is not None else None
-            render_map(exp, explainer.predictor.gallery_gps, map_png, truth)
         if as_json:
             stdout.print_json(json.dumps(exp))
         else:
             _print_explanation(exp)
+        if map_png:  # after printing: a map that cannot be written does not hide the answer
+            from .maps import render_map
+
+            truth = (true_lat, true_lon) if true_lat is not None and true_lon is not None else None
+            render_map(exp, explainer.predictor.gallery_gps, map_png, truth)
         return
     paths, failed = batch_photos(target, images)
     rows = []
@@ -463,8 +464,12 @@ def train(
     nproc: Annotated[int, typer.Option(help="CPU processes (DDP over gloo), with --gpus 0.")] = 1,
     nnodes: int = 1,
     node_rank: int = 0,
-    master_addr: str = "127.0.0.1",
-    master_port: int = 29500,
+    master_addr: Annotated[str, typer.Option(help="Address of node 0 (multi-node).")] = (
+        "127.0.0.1"
+    ),
+    master_port: Annotated[
+        int, typer.Option(help="Port of node 0 (multi-node; one node picks a free port).")
+    ] = 29500,
     rdzv_timeout: Annotated[
         int, typer.Option(min=1, help="Seconds nodes wait for each other (torchrun: 900).")
     ] = 900,

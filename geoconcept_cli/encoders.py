@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import GeoconceptError
+from .errors import GeoconceptError, require_file
 
 DEFAULT_CLIP_MODEL = "ViT-L-14"
 DEFAULT_CLIP_PRETRAINED = "openai"
@@ -194,8 +194,7 @@ def resolve_model_name(name: str) -> str:
 
     path = Path(name)
     if name.endswith(".json"):
-        if not path.is_file():
-            raise GeoconceptError(f"CLIP model config {name} not found")
+        require_file(path, "CLIP model config")
         open_clip.add_model_config(path)
         return path.stem
     if name not in open_clip.list_models():
@@ -229,8 +228,7 @@ def load_clip(
         tag = None
         torch.manual_seed(0)  # the same random backbone in every process: reproducible runs
     elif Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"} or "/" in pretrained:
-        if not Path(pretrained).is_file():
-            raise GeoconceptError(f"CLIP checkpoint {pretrained} not found")
+        require_file(pretrained, "CLIP checkpoint")
         tag = pretrained
     else:
         known = open_clip.list_pretrained_tags_by_model(name)

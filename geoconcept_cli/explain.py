@@ -36,15 +36,16 @@ from .predict import Candidate, Predictor
 
 RUNNER_UP_MIN_KM = 200.0  # the runner-up is the best *other place*, not a neighbouring point
 FAITHFUL_SHARE = 0.95  # the explanation's removal must hurt more than 95% of random removals
+MIN_DRAWS = 20  # fewer random draws cannot tell 95% apart from "all of them"
 
 
 def faithfulness(top_drop: float, top_rank: int, rand_drops, rand_ranks) -> dict:
     """Verdict of the deletion test: is removing the explaining concepts worse than chance?
 
-    Faithful when the score falls more than under at least FAITHFUL_SHARE of the random
-    draws *and* the place ends at least as far down the ranking as under the median random
-    draw. A mean alone is not enough: a few large random drops, or a removal that costs score
-    but no rank, would pass it.
+    Faithful when the score falls (top_drop > 0), by more than under at least FAITHFUL_SHARE
+    of the random draws, *and* the place ends at least as far down the ranking as under the
+    median random draw. Beating the random mean is not enough: random removals that raise the
+    score pull the mean down, so an explanation that most draws beat could pass it.
     """
     rand_drops, rand_ranks = np.asarray(rand_drops, float), np.asarray(rand_ranks, float)
     share = float(np.mean(top_drop > rand_drops))
@@ -55,7 +56,8 @@ def faithfulness(top_drop: float, top_rank: int, rand_drops, rand_ranks) -> dict
             "rank_after_median": float(np.median(rand_ranks)),
         },
         "beats_random_share": share,
-        "faithful": share >= FAITHFUL_SHARE and top_rank >= float(np.median(rand_ranks)),
+        "faithful": (top_drop > 0 and share >= FAITHFUL_SHARE
+                     and top_rank >= float(np.median(rand_ranks))),
     }  # fmt: skip
 
 
@@ -229,6 +231,9 @@ class Explainer:
         k = len(unit)
         if not 1 <= m < k:
             raise GeoconceptError(f"--m must be between 1 and {k - 1}")
+        if draws < MIN_DRAWS:
+            raise GeoconceptError(f"--draws must be at least {MIN_DRAWS} (the verdict needs "
+                                  f"{FAITHFUL_SHARE:.0%} of the random draws beaten)")  # fmt: skip
         z = head.image_latent(feats.to(p.device).float())[0]
         basis = head.basis
         scale = head.logit_scale.exp()

@@ -68,8 +68,12 @@ def test_clip_errors_are_one_line(tiny_clip, tmp_path):
         load_clip("ViT-Nope-99", "none")
     with pytest.raises(GeoconceptError, match="no pretrained tag"):
         load_clip("ViT-B-32", "not-a-tag")
-    with pytest.raises(GeoconceptError, match="not found"):
+    with pytest.raises(GeoconceptError, match="missing.pt: no such CLIP checkpoint"):
         load_clip(tiny_clip, str(tmp_path / "missing.pt"))
+    with pytest.raises(GeoconceptError, match="is a folder, expected a CLIP checkpoint"):
+        load_clip(tiny_clip, str(tmp_path) + "/")
+    with pytest.raises(GeoconceptError, match="no such CLIP model config"):
+        load_clip(str(tmp_path / "nope.json"), "none")
 
 
 def test_unreachable_weights_explain_what_to_do():

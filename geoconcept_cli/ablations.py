@@ -94,16 +94,19 @@ def run_grid(
     gallery: str | Path | None = None,
     progress=None,
 ) -> dict:
-    """Train one model per concept set (finished runs are skipped) and evaluate them all."""
+    """Train one model per concept set (finished runs are skipped) and evaluate them all.
+
+    ``progress(name, "trained" | "already trained")`` is told of each run.
+    """
     out_dir = Path(out_dir)
     runs = {}
     for name, emb in sets.items():
         cfg = replace(base, features=str(train_features), out=str(out_dir / name),
                       concepts=str(emb) if emb else None)  # fmt: skip
-        train(cfg, resume=True)
+        last = train(cfg, resume=True)
         runs[name] = out_dir / name
         if progress:
-            progress(name)
+            progress(name, "already trained" if last.get("loss") is None else "trained")
     test = load_features(test_features)
     heads = heads_to_evaluate([runs[n] for n in runs], geoclip=True)
     result = evaluate_heads(heads, test.features, test.latlon, gallery)

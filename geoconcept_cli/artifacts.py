@@ -21,6 +21,14 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "geoconcept"
 
 
+def writable_file(path: str | Path) -> Path:
+    """``path`` if a file may be written there (checked before long work, and by atomic_path)."""
+    path = Path(path)
+    if path.is_dir():
+        raise GeoconceptError(f"{path}: is a folder; give a file name to write")
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds.
@@ -29,9 +37,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     the data is fsynced before the rename and the folder after it, so a node losing power does
     not either.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise GeoconceptError(f"{path}: is a folder; give a file name to write")
+    path = writable_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

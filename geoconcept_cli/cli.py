@@ -210,7 +210,9 @@ def explain(
     cache_dir: CacheDir = None,
 ) -> None:
     """Explain a prediction: where, what the photo shows, what the place is known for, why."""
+    from .artifacts import writable_file
     from .explain import batch_photos, explanation_row, load_explainer, rows_to_parquet
+    from .geo import valid_latlon
     from .images import load_image
 
     batch = target.is_dir() or target.suffix.lower() in {".csv", ".parquet", ".pq"}
@@ -224,8 +226,15 @@ def explain(
         raise GeoconceptError(f"{', '.join(single_only)}: single photos only, not batch mode")
     if not batch and out is not None:
         raise GeoconceptError("--out is for batch mode (a folder or manifest); use --json")
+    if (true_lat is None) != (true_lon is None):
+        raise GeoconceptError("--true-lat and --true-lon go together")
+    if true_lat is not None and not valid_latlon([true_lat], [true_lon])[0]:
+        raise GeoconceptError(f"--true-lat {true_lat} --true-lon {true_lon}: not a location")
+    for path in (out, map_png):  # fail fast, before loading any model
+        if path is not None:
+            writable_file(path)
     if not batch:
-        load_image(target)  # fail fast on a bad file, before loading any model
+        load_image(target)
     with lazy_progress_bar("encoding gallery (once; cached)") as advance:
         explainer = load_explainer(
             checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,
@@ -241,7 +250,7 @@ def explain(
         if map_png:  # after printing: a map that cannot be written does not hide the answer
             from .maps import render_map
 
-            truth = (true_lat, true_lon) if true_lat is not None and true_lon is not None else None
+            truth = (true_lat, true_lon) if true_lat is not None else None
             render_map(exp, explainer.predictor.gallery_gps, map_png, truth)
         return
     paths, failed = batch_photos(target, images)
@@ -396,7 +405,13 @@ def embed_images_cmd(
     """Run the frozen CLIP backbone once over a manifest; write resumable feature shards."""
     from .distributed import check_processes, launch, launched_externally
     from .encoders import resolve_model_name
-    from .features import check_feature_folder, embed_images_worker, read_manifest, shard_rows
+    from .features import (
+        check_feature_folder,
+        embed_images_worker,
+        read_manifest,
+        shard_rows,
+        undecodable,
+    )
 
     check_processes(gpus)
     if gpus > 0 and not device.startswith("cuda"):
@@ -416,20 +431,26 @@ def embed_images_cmd(
     meta, pending = check_feature_folder(
         m, out, resolve_model_name(clip_model), clip_pretrained, shard_size
     )
+    if pending:
+        args = (str(manifest), str(images) if images else None, str(out), clip_model,
+                clip_pretrained, device, batch_size, shard_size, workers)  # fmt: skip
+        if gpus > 1 and not launched_externally():
+            launch(embed_images_worker, args, nproc=gpus)
+        else:
+            with progress_bar("embedding images", len(m.rows)) as advance:
+                embed_images_worker(*args, progress=advance)
+    bad = undecodable(out)  # images that exist but did not decode, listed in their shards
+    for ident, reason in bad[:10]:
+        err.print(f"skipped {ident}: {reason}", highlight=False, soft_wrap=True)
+    stored = len(m.rows) - len(bad)
     if not pending:
-        stdout.print(f"{out} is complete: {meta['shards']} shards of {len(m.rows)} images; "
-                     "nothing to embed", soft_wrap=True)  # fmt: skip
+        shards = f"{meta['shards']} shard" + "s" * (meta["shards"] != 1)
+        stdout.print(f"{out} is complete: {stored} images in {shards}; nothing to embed",
+                     soft_wrap=True)  # fmt: skip
         return
-    args = (str(manifest), str(images) if images else None, str(out), clip_model,
-            clip_pretrained, device, batch_size, shard_size, workers)  # fmt: skip
-    if gpus > 1 and not launched_externally():
-        launch(embed_images_worker, args, nproc=gpus)
-    else:
-        with progress_bar("embedding images", len(m.rows)) as advance:
-            embed_images_worker(*args, progress=advance)
-    new = sum(len(shard_rows(m, shard_size, s)) for s in pending)
-    stdout.print(f"{new} images embedded into {out} ({len(m.rows) - new} already there), "
-                 f"{len(m.skipped)} rows skipped", soft_wrap=True)  # fmt: skip
+    now = sum(len(shard_rows(m, shard_size, s)) for s in pending) - len(undecodable(out, pending))
+    stdout.print(f"{now} images embedded into {out} ({stored - now} already there), "
+                 f"{len(m.skipped) + len(bad)} rows skipped", soft_wrap=True)  # fmt: skip
 
 
 @app.command()
@@ -524,10 +545,12 @@ def evaluate(
     cache_dir: CacheDir = None,
 ) -> None:
     """Top-1 retrieval accuracy at 1/25/200/750/2500 km, models side by side, with the ceiling."""
-    from .artifacts import write_json
+    from .artifacts import writable_file, write_json
     from .evaluate import evaluate_heads, heads_to_evaluate, markdown_table
     from .features import load_features
 
+    if json_out:
+        writable_file(json_out)  # before the evaluation, not after it
     data = load_features(features)
     heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta)
     if not heads:
@@ -551,6 +574,7 @@ def ablate(
     max_steps: Annotated[int | None, typer.Option(help="Stop each run after N steps.")] = None,
     batch_size: int = 512,
     lr: float = 3e-5,
+    warmup_steps: int = 100,
     queue_size: int = 4096,
     gallery: Gallery = None,
     clip_model: ClipModel = "ViT-L-14",
@@ -559,18 +583,22 @@ def ablate(
 ) -> None:
     """Concept-set ablation: geography-driven vs generic vs random (same k) vs none."""
     from .ablations import make_concept_sets, run_grid
-    from .encoders import load_clip
+    from .encoders import load_clip, resolve_model_name
     from .evaluate import markdown_table
     from .explain import default_concepts_path
+    from .features import check_features_clip
     from .train import TrainConfig
 
+    for folder in (train_features, test_features):  # before minutes of concept embedding
+        check_features_clip(folder, resolve_model_name(clip_model), clip_pretrained)
     clip = load_clip(clip_model, clip_pretrained, device)
     sets = make_concept_sets(concepts or default_concepts_path(), clip, out / "concept_sets")
     base = TrainConfig(features="", out="", epochs=epochs, max_steps=max_steps,
-                       batch_size=batch_size, lr=lr, queue_size=queue_size,
+                       batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                       queue_size=queue_size,
                        device="cuda" if device.startswith("cuda") else "cpu")  # fmt: skip
     result = run_grid(train_features, test_features, sets, out, base, gallery,
-                      progress=lambda name: err.print(f"trained: {name}"))  # fmt: skip
+                      progress=lambda name, how: err.print(f"{how}: {name}"))  # fmt: skip
     stdout.print(markdown_table(result), highlight=False)
 
 
@@ -633,7 +661,7 @@ def visualize(
     features: Annotated[Path, typer.Argument(help="Feature folder (photos with GPS).")],
     checkpoint: Annotated[Path, typer.Argument(help="Run folder or checkpoint.pt.")],
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("modality_gap.png"),
-    max_points: Annotated[int, typer.Option(help="Photos sampled (UMAP cost).")] = 3000,
+    max_points: Annotated[int, typer.Option(min=2, help="Photos sampled (UMAP cost).")] = 3000,
     by_continent: Annotated[bool, typer.Option(help="Marker per continent.")] = False,
     seed: int = 0,
 ) -> None:

@@ -15,6 +15,7 @@ associations, and no decomposition is claimed.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,9 +300,15 @@ def load_explainer(
     head, cset, ckpt = None, None, {}
     if checkpoint:
         head, ckpt = load_head(checkpoint, device)
-        check_trained_on(ckpt, Path(clip_model).stem, clip_pretrained, checkpoint)
+        check_trained_on(ckpt, Path(clip_model).stem, clip_pretrained, checkpoint, hint=True)
         if ckpt["kind"] == "concept":
             cset = ConceptSet.from_meta(ckpt["concepts"])
+            if concepts or concept_embeddings:
+                warnings.warn(
+                    "--concepts and --concept-embeddings are ignored: the concept-aware "
+                    f"checkpoint {checkpoint} carries its own concept basis",
+                    stacklevel=2,
+                )
     predictor = Predictor.load(clip_model, clip_pretrained, gallery, head, cache_dir, device,
                                progress)  # fmt: skip
     if cset is not None:

@@ -223,6 +223,9 @@ def check_feature_folder(
         old = json.loads(meta_path.read_text())
         keys = ("clip_model", "clip_pretrained", "manifest_sha256", "rows_sha256", "shard_size")
         changed = [k for k in keys if old.get(k) != meta[k]]
+        if changed == ["shard_size"]:
+            raise GeoconceptError(f"{out_dir} was embedded with --shard-size {old['shard_size']}; "
+                                  "repeat it to finish that folder")  # fmt: skip
         if changed:
             why = ("other images (some appeared or went missing since)"
                    if changed == ["rows_sha256"] else "another CLIP model or manifest")  # fmt: skip
@@ -309,6 +312,27 @@ def embed_images_worker(
         batch_size=batch_size, workers=workers, rank=info.rank, world_size=info.world_size,
         progress=progress,
     )  # fmt: skip
+
+
+def undecodable(folder: str | Path, shards: list[int] | None = None) -> list[tuple[str, str]]:
+    """(id, error) of the images the shards (default: all) left out as unreadable."""
+    folder = Path(folder)
+    bad = []
+    for s in range(_read_meta(folder)["shards"]) if shards is None else shards:
+        with safe_open(str(_existing_shard(folder, s)), "pt") as f:
+            bad += [tuple(b) for b in json.loads(f.metadata().get("skipped", "[]"))]
+    return bad
+
+
+def check_features_clip(folder: str | Path, clip_model: str, clip_pretrained: str) -> None:
+    """Refuse a feature folder made by another CLIP model or weights than the ones given."""
+    meta = _read_meta(Path(folder))
+    have = (meta.get("clip_model"), meta.get("clip_pretrained"))
+    if have != (clip_model, clip_pretrained):
+        raise GeoconceptError(
+            f"{folder} holds features of CLIP {have[0]} ({have[1]}), not {clip_model} "
+            f"({clip_pretrained}); pass --clip-model {have[0]} --clip-pretrained {have[1]}"
+        )
 
 
 def feature_summary(folder: str | Path) -> tuple[dict, list[str], int]:

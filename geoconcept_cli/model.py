@@ -163,15 +163,20 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def check_trained_on(ckpt: dict, clip_model: str | None, clip_pretrained: str | None, what):
-    """Refuse to use a checkpoint with image features of another CLIP model or weights."""
+def check_trained_on(
+    ckpt: dict, clip_model: str | None, clip_pretrained: str | None, what, hint: bool = False
+):  # fmt: skip
+    """Refuse to use a checkpoint with image features of another CLIP model or weights;
+    ``hint`` adds the CLIP options that would match (where the user chooses the model)."""
     trained = ckpt.get("clip") or {}
     for key, have in (("model", clip_model), ("pretrained", clip_pretrained)):
         want = trained.get(key)
         if want is not None and have is not None and want != have:
+            fix = (f"; pass --clip-model {trained.get('model')} --clip-pretrained "
+                   f"{trained.get('pretrained')}" if hint else "")  # fmt: skip
             raise GeoconceptError(
                 f"{what} was trained on features of CLIP {trained.get('model')} "
-                f"({trained.get('pretrained')}), not {clip_model} ({clip_pretrained})"
+                f"({trained.get('pretrained')}), not {clip_model} ({clip_pretrained}){fix}"
             )
 
 

@@ -38,8 +38,13 @@ def test_ablation_grid_end_to_end(world, tmp_path, tiny_clip):
             "--max-steps", "2", "--batch-size", "32", "--queue-size", "16",
             "--gallery", str(world["gallery"]), "--clip-model", tiny_clip,
             "--clip-pretrained", "none"]  # fmt: skip
-    res = runner.invoke(app, args)
+    wrong = [*args[:-4], "--clip-model", "ViT-B-32", "--clip-pretrained", "none"]
+    res = runner.invoke(app, wrong)  # refused before any concept set is embedded
+    assert res.exit_code == 2 and "pass --clip-model tiny-clip-768" in res.stderr
+    assert not out.exists()
+    res = runner.invoke(app, [*args, "--warmup-steps", "1"])
     assert res.exit_code == 0, res.output
+    assert "trained: geography" in res.stderr and "warmup" not in res.stderr
     result = json.loads((out / "ablation.json").read_text())
     assert set(result["models"]) == {"GeoCLIP (pretrained)", "geography", "generic", "random",
                                      "none"}  # fmt: skip
@@ -49,8 +54,8 @@ def test_ablation_grid_end_to_end(world, tmp_path, tiny_clip):
     assert "| geography |" in (out / "ablation.md").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
     assert len(stamps) == 4
-    again = runner.invoke(app, args)  # finished runs are not retrained
-    assert again.exit_code == 0
+    again = runner.invoke(app, [*args, "--warmup-steps", "1"])  # finished: not retrained
+    assert again.exit_code == 0 and "already trained: none" in again.stderr
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")} == stamps
 
 

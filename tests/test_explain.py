@@ -171,6 +171,18 @@ def test_map_draws_the_world_whatever_the_retrieval_gallery(tmp_path):
     assert world_grey > 2000  # three gallery points alone would leave the map blank
 
 
+def test_cli_checkpoint_options_name_the_fix(tiny_clip, small_gallery, run_dir):
+    photo = sorted(shared_data("im2gps3k", "images").iterdir())[1]
+    res = runner.invoke(app, ["explain", str(photo), "--checkpoint", str(run_dir),
+                              "--gallery", str(small_gallery)])  # default CLIP: ViT-L-14 (openai)
+    assert res.exit_code == 2
+    assert "pass --clip-model tiny-clip-768 --clip-pretrained none" in res.stderr
+    res = runner.invoke(app, ["explain", str(photo), "--checkpoint", str(run_dir), "--concepts",
+                              "elsewhere.parquet", "--clip-model", tiny_clip, "--clip-pretrained",
+                              "none", "--gallery", str(small_gallery)])  # fmt: skip
+    assert res.exit_code == 0 and "--concepts and --concept-embeddings are ignored" in res.stderr
+
+
 def test_cli_terminal_view(tiny_clip, small_gallery, run_dir):
     photo = sorted(shared_data("im2gps3k", "images").iterdir())[1]
     res = runner.invoke(app, ["explain", str(photo), "--checkpoint", str(run_dir), "--check",
@@ -239,11 +251,18 @@ def test_cli_batch_manifest_without_coordinates(tmp_path, tiny_clip, small_galle
     assert {"image", "rule", "top_k"} <= set(pd.read_parquet(out).columns)
 
 
-def test_cli_map_into_a_directory_is_one_line(tmp_path, tiny_clip, small_gallery):
+def test_cli_bad_map_and_truth_fail_before_any_work(tmp_path, tiny_clip, small_gallery):
     photo = sorted(shared_data("im2gps3k", "images").iterdir())[0]
-    res = runner.invoke(app, ["explain", str(photo), "--map", str(tmp_path), "--clip-model",
-                              tiny_clip, "--clip-pretrained", "none", "--gallery",
-                              str(small_gallery)])  # fmt: skip
+    base = ["explain", str(photo), "--gallery", str(small_gallery)]  # default ViT-L-14 (openai):
+    for extra, message in [  # its weights cannot load here, so an error after loading differs
+        (["--map", str(tmp_path)], "is a folder; give a file name"),
+        (["--true-lat", "10"], "--true-lat and --true-lon go together"),
+        (["--true-lat", "100", "--true-lon", "0"], "not a location"),
+    ]:  # fmt: skip
+        res = runner.invoke(app, [*base, *extra])
+        assert res.exit_code == 2 and message in res.stderr, res.stderr
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "no-features"), "--json-out",
+                              str(tmp_path)])  # fmt: skip
     assert res.exit_code == 2 and "is a folder; give a file name" in res.stderr
 
 

@@ -47,6 +47,8 @@ def test_embed_images_shards_skips_and_resumes(manifest, tmp_path, tiny_clip):
     res = _embed(manifest, out, tiny_clip)
     assert res.exit_code == 0, res.output
     assert "gone.jpg: missing image" in res.stderr and "invalid coordinates" in res.stderr
+    assert "skipped broken.jpg: " in res.stderr  # undecodable: named like the other skips
+    assert "20 images embedded" in res.stdout and "3 rows skipped" in res.stdout
     data = load_features(out)
     assert len(data.ids) == 20 and "broken.jpg" not in data.ids  # undecodable: left out
     assert data.features.shape == (20, 768)
@@ -66,12 +68,12 @@ def test_embed_images_shards_skips_and_resumes(manifest, tmp_path, tiny_clip):
     stamps = {s: shard_path(out, s).stat().st_mtime_ns for s in (0, 2)}
     shard_path(out, 1).unlink()
     res = _embed(manifest, out, tiny_clip)
-    assert res.exit_code == 0 and "8 images embedded" in res.stdout and "(13 already" in res.stdout
+    assert res.exit_code == 0 and "8 images embedded" in res.stdout and "(12 already" in res.stdout
     assert {s: shard_path(out, s).stat().st_mtime_ns for s in (0, 2)} == stamps
     torch.testing.assert_close(load_features(out).features, data.features)
     # a finished folder: nothing to do, and CLIP is not even loaded (no random-weights warning)
     res = _embed(manifest, out, tiny_clip)
-    assert res.exit_code == 0 and "is complete: 3 shards of 21 images" in res.stdout
+    assert res.exit_code == 0 and "is complete: 20 images in 3 shards" in res.stdout
     assert "random weights" not in res.stderr
     # shards without a meta.json are of unknown origin: refused, left as they are
     (out / "meta.json").unlink()
@@ -104,6 +106,9 @@ def test_features_of_another_model_are_refused(manifest, tmp_path, tiny_clip):
                               "--shard-size", "8", "--clip-model", "ViT-B-32",
                               "--clip-pretrained", "none"])  # fmt: skip
     assert res.exit_code == 2 and "another CLIP model or manifest" in res.stderr
+    res = runner.invoke(app, ["embed-images", str(manifest), "--out", str(out), "--clip-model",
+                              tiny_clip, "--clip-pretrained", "none"])  # default shard size
+    assert res.exit_code == 2 and "embedded with --shard-size 8; repeat it" in res.stderr
 
 
 def test_embed_concepts_skips_when_unchanged_and_refuses_mismatch(
@@ -125,6 +130,9 @@ def test_embed_concepts_skips_when_unchanged_and_refuses_mismatch(
     torch.testing.assert_close(emb.embeddings.norm(dim=1), torch.ones(len(emb.concepts)))
     with pytest.raises(GeoconceptError, match="ViT-L-14"):
         load_concept_embeddings(out, clip_model="ViT-L-14")
+    for wrong in (tmp_path, tmp_path / "manifest.csv"):  # named as given, not as *.safetensors
+        with pytest.raises(GeoconceptError, match=f"^{wrong}: not concept embeddings"):
+            load_concept_embeddings(wrong)
 
 
 def test_perfect_predictions_score_100():

@@ -106,7 +106,11 @@ def load_concept_embeddings(
     path: str | Path, clip_model: str | None = None, clip_pretrained: str | None = None
 ) -> ConceptEmbeddings:
     """Read an embed-concepts output; refuse it if made for another CLIP model/weights."""
-    path = Path(path).with_suffix(".safetensors")
+    given = Path(path)
+    if given.is_dir() or given.suffix.lower() not in {"", ".safetensors", ".json"}:
+        raise GeoconceptError(f"{given}: not concept embeddings (the .safetensors file that "
+                              "geoconcept embed-concepts writes)")  # fmt: skip
+    path = given.with_suffix(".safetensors")
     if not path.is_file() or not sidecar(path).is_file():
         raise GeoconceptError(f"{path}: no concept embeddings (run geoconcept embed-concepts)")
     meta = json.loads(sidecar(path).read_text())

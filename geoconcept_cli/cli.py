@@ -56,9 +56,12 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
-def cli_command(fn: Callable) -> Callable:
+def cli_command(fn: Callable | None = None, *, on_interrupt: str = "") -> Callable:
     """Run a command with one-line warnings; bad input (GeoconceptError, or a path the system
-    refuses: an --out that is a file, a read-only folder) becomes 'error: ...' + exit 2."""
+    refuses: an --out that is a file, a read-only folder) becomes 'error: ...' + exit 2.
+    Ctrl-C prints ``on_interrupt`` (how to continue) and exits 130."""
+    if fn is None:
+        return functools.partial(cli_command, on_interrupt=on_interrupt)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -69,6 +72,10 @@ def cli_command(fn: Callable) -> Callable:
         except (GeoconceptError, OSError) as exc:
             err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print(f"interrupted{'; ' + on_interrupt if on_interrupt else ''}",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -389,7 +396,7 @@ def subset(
 
 
 @app.command("embed-images")
-@cli_command
+@cli_command(on_interrupt="finished shards are kept: rerun the same command to continue")
 def embed_images_cmd(
     manifest: Annotated[Path, typer.Argument(help="CSV/Parquet with image id/path, LAT, LON.")],
     images: Annotated[Path | None, typer.Option(help="Folder the ids are relative to.")] = None,
@@ -454,7 +461,8 @@ def embed_images_cmd(
 
 
 @app.command()
-@cli_command
+@cli_command(on_interrupt="rerun the same command with --resume to continue from the last "
+             "checkpoint (written every --save-every steps and at each epoch end)")
 def train(
     features: Annotated[Path, typer.Argument(help="Feature folder from embed-images.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint, config, metrics.")],

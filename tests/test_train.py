@@ -356,6 +356,25 @@ def test_concepts_of_another_clip_model_are_refused(world, tmp_path):
         train(_cfg(world, tmp_path / "mix", concepts=str(other["concepts"])))
 
 
+def test_ctrl_c_says_how_to_continue(world, tmp_path):
+    out = tmp_path / "long"
+    proc = subprocess.Popen([sys.executable, "-m", "geoconcept_cli", "train", str(world["train"]),
+                             "--out", str(out), "--concepts", "none", "--batch-size", "32",
+                             "--epochs", "100000", "--log-every", "1"],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)  # training has started: the signal reaches the training loop
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted; rerun the same command with --resume" in stderr
+    assert "Traceback" not in stderr
+
+
 def test_half_written_metrics_line_does_not_break_resume(world, tmp_path):
     cfg = _cfg(world, tmp_path / "m", max_steps=6, save_every=3)
 

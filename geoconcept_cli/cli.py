@@ -411,7 +411,7 @@ def embed_images_cmd(
 ) -> None:
     """Run the frozen CLIP backbone once over a manifest; write resumable feature shards."""
     from .distributed import check_processes, launch, launched_externally
-    from .encoders import resolve_model_name
+    from .encoders import check_feature_dim, clip_embed_dim, resolve_model_name
     from .features import (
         check_feature_folder,
         embed_images_worker,
@@ -435,6 +435,8 @@ def embed_images_cmd(
         err.print(f"skipped {ident}: {reason}", highlight=False, soft_wrap=True)
     if len(m.skipped) > 10:
         err.print(f"... and {len(m.skipped) - 10} more skipped rows (listed in meta.json)")
+    # features GeoCLIP's image MLP cannot take would cost a whole CLIP pass for nothing
+    check_feature_dim(clip_embed_dim(clip_model), f"--clip-model {clip_model}")
     meta, pending = check_feature_folder(
         m, out, resolve_model_name(clip_model), clip_pretrained, shard_size
     )

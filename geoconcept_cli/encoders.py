@@ -205,6 +205,13 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
+def clip_embed_dim(model_name: str) -> int:
+    """Width of a registered open_clip model's image embedding, read from its config only."""
+    import open_clip
+
+    return int(open_clip.get_model_config(resolve_model_name(model_name))["embed_dim"])
+
+
 def load_clip(
     model_name: str = DEFAULT_CLIP_MODEL,
     pretrained: str = DEFAULT_CLIP_PRETRAINED,

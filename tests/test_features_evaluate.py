@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -102,10 +103,16 @@ def test_two_ranks_split_the_shards_and_match_one_process(manifest, tmp_path, ti
 def test_features_of_another_model_are_refused(manifest, tmp_path, tiny_clip):
     out = tmp_path / "feats"
     assert _embed(manifest, out, tiny_clip).exit_code == 0
+    other = tmp_path / "other-768.json"  # another 768-d model: refused for its name
+    other.write_text(Path(tiny_clip).read_text())
     res = runner.invoke(app, ["embed-images", str(manifest), "--out", str(out),
-                              "--shard-size", "8", "--clip-model", "ViT-B-32",
+                              "--shard-size", "8", "--clip-model", str(other),
                               "--clip-pretrained", "none"])  # fmt: skip
     assert res.exit_code == 2 and "another CLIP model or manifest" in res.stderr
+    res = runner.invoke(app, ["embed-images", str(manifest), "--out", str(tmp_path / "b32"),
+                              "--clip-model", "ViT-B-32", "--clip-pretrained", "none"])
+    assert res.exit_code == 2 and "512-d image features, but GeoCLIP's" in res.stderr
+    assert not (tmp_path / "b32").exists()
     res = runner.invoke(app, ["embed-images", str(manifest), "--out", str(out), "--clip-model",
                               tiny_clip, "--clip-pretrained", "none"])  # default shard size
     assert res.exit_code == 2 and "embedded with --shard-size 8; repeat it" in res.stderr

@@ -103,7 +103,7 @@ def run_grid(
     for name, emb in sets.items():
         cfg = replace(base, features=str(train_features), out=str(out_dir / name),
                       concepts=str(emb) if emb else None)  # fmt: skip
-        last = train(cfg, resume=True)
+        last = train(cfg, resume=cfg.checkpoint_path().is_file())
         runs[name] = out_dir / name
         if progress:
             progress(name, "already trained" if last.get("loss") is None else "trained")

@@ -387,3 +387,9 @@ def test_half_written_metrics_line_does_not_break_resume(world, tmp_path):
     with (tmp_path / "m" / "metrics.jsonl").open("a") as f:
         f.write('{"step": 6, "lo')  # killed mid-line
     assert train(cfg, resume=True)["step"] == 6
+
+
+def test_resume_without_a_checkpoint_says_it_starts_anew(world, tmp_path):
+    cfg = _cfg(world, tmp_path / "fresh", max_steps=1, warmup_steps=1)
+    with pytest.warns(UserWarning, match="--resume: no checkpoint in .* starting a new run"):
+        assert train(cfg, resume=True)["step"] == 1

@@ -410,7 +410,7 @@ def embed_images_cmd(
     device: Device = "cpu",
 ) -> None:
     """Run the frozen CLIP backbone once over a manifest; write resumable feature shards."""
-    from .distributed import check_processes, launch, launched_externally
+    from .distributed import check_processes, is_main_process, launch, launched_externally
     from .encoders import check_feature_dim, clip_embed_dim, resolve_model_name
     from .features import (
         check_feature_folder,
@@ -448,6 +448,8 @@ def embed_images_cmd(
         else:
             with progress_bar("embedding images", len(m.rows)) as advance:
                 embed_images_worker(*args, progress=advance)
+    if not is_main_process():  # under torchrun/SLURM every rank runs this: one reports
+        return
     bad = undecodable(out)  # images that exist but did not decode, listed in their shards
     for ident, reason in bad[:10]:
         err.print(f"skipped {ident}: {reason}", highlight=False, soft_wrap=True)

@@ -55,6 +55,11 @@ def check_processes(gpus: int, nproc: int = 1) -> int:
     return gpus or nproc
 
 
+def is_main_process() -> bool:
+    """Rank 0, or a process outside any group (after init_distributed read torchrun/SLURM)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def launched_externally() -> bool:
     """True inside torchrun or a multi-task SLURM job: the workers already exist."""
     return "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1

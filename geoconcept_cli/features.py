@@ -303,15 +303,16 @@ def embed_images_worker(
     )
     if info.world_size > 1:
         torch.distributed.barrier()  # meta.json exists before any rank writes a shard
-    if not any(s % info.world_size == info.rank for s in pending):
-        return meta  # this rank's shards are all written: no need to load CLIP
-    clip = load_clip(clip_model, clip_pretrained, info.device if device.startswith("cuda")
-                     else device)  # fmt: skip
-    return embed_images(
-        m, out, clip, shard_size=shard_size,
-        batch_size=batch_size, workers=workers, rank=info.rank, world_size=info.world_size,
-        progress=progress,
-    )  # fmt: skip
+    if any(s % info.world_size == info.rank for s in pending):  # else no need to load CLIP
+        clip = load_clip(clip_model, clip_pretrained, info.device if device.startswith("cuda")
+                         else device)  # fmt: skip
+        embed_images(
+            m, out, clip, shard_size=shard_size, batch_size=batch_size, workers=workers,
+            rank=info.rank, world_size=info.world_size, progress=progress,
+        )  # fmt: skip
+    if info.world_size > 1:
+        torch.distributed.barrier()  # every shard is written before any rank reports
+    return meta
 
 
 def undecodable(folder: str | Path, shards: list[int] | None = None) -> list[tuple[str, str]]:

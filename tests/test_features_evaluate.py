@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,16 +86,21 @@ def test_embed_images_shards_skips_and_resumes(manifest, tmp_path, tiny_clip):
     assert {s: shard_path(out, s).stat().st_mtime_ns for s in (0, 2)} == stamps
 
 
-def test_two_ranks_split_the_shards_and_match_one_process(manifest, tmp_path, tiny_clip):
-    """embed-images under the launcher (gloo on CPU): rank 0 writes shards 0 and 2, rank 1
-    shard 1; together the features of one process."""
-    from geoconcept_cli.distributed import launch
-    from geoconcept_cli.features import embed_images_worker
+def test_two_torchrun_ranks_split_the_shards_and_match_one_process(manifest, tmp_path, tiny_clip):
+    """embed-images started by torchrun (gloo on CPU): rank 0 writes shards 0 and 2, rank 1
+    shard 1; together the features of one process, and one rank reports."""
+    from geoconcept_cli.distributed import free_port
 
     one, two = tmp_path / "one", tmp_path / "two"
     assert _embed(manifest, one, tiny_clip).exit_code == 0
-    launch(embed_images_worker, (str(manifest), None, str(two), tiny_clip, "none", "cpu", 4, 8,
-                                 0), nproc=2)  # fmt: skip
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "geoconcept_cli",
+                          "embed-images", str(manifest), "--out", str(two), "--shard-size", "8",
+                          "--batch-size", "4", "--workers", "0", "--clip-model", tiny_clip,
+                          "--clip-pretrained", "none"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("images embedded") == 1 and "20 images embedded" in res.stdout
     a, b = load_features(one), load_features(two)
     assert b.ids == a.ids and json.loads((two / "meta.json").read_text())["shards"] == 3
     torch.testing.assert_close(b.features, a.features)

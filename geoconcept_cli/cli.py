@@ -450,7 +450,8 @@ def embed_images_cmd(
                 embed_images_worker(*args, progress=advance)
     if not is_main_process():  # under torchrun/SLURM every rank runs this: one reports
         return
-    bad = undecodable(out)  # images that exist but did not decode, listed in their shards
+    bad_in = undecodable(out)  # images that exist but did not decode, listed in their shards
+    bad = [b for shard in bad_in.values() for b in shard]
     for ident, reason in bad[:10]:
         err.print(f"skipped {ident}: {reason}", highlight=False, soft_wrap=True)
     stored = len(m.rows) - len(bad)
@@ -459,7 +460,7 @@ def embed_images_cmd(
         stdout.print(f"{out} is complete: {stored} images in {shards}; nothing to embed",
                      soft_wrap=True)  # fmt: skip
         return
-    now = sum(len(shard_rows(m, shard_size, s)) for s in pending) - len(undecodable(out, pending))
+    now = sum(len(shard_rows(m, shard_size, s)) - len(bad_in[s]) for s in pending)
     stdout.print(f"{now} images embedded into {out} ({stored - now} already there), "
                  f"{len(m.skipped) + len(bad)} rows skipped", soft_wrap=True)  # fmt: skip
 

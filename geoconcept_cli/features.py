@@ -315,13 +315,13 @@ def embed_images_worker(
     return meta
 
 
-def undecodable(folder: str | Path, shards: list[int] | None = None) -> list[tuple[str, str]]:
-    """(id, error) of the images the shards (default: all) left out as unreadable."""
+def undecodable(folder: str | Path) -> dict[int, list[tuple[str, str]]]:
+    """Per shard, (id, error) of the images it left out as unreadable (shard headers only)."""
     folder = Path(folder)
-    bad = []
-    for s in range(_read_meta(folder)["shards"]) if shards is None else shards:
+    bad = {}
+    for s in range(_read_meta(folder)["shards"]):
         with safe_open(str(_existing_shard(folder, s)), "pt") as f:
-            bad += [tuple(b) for b in json.loads(f.metadata().get("skipped", "[]"))]
+            bad[s] = [tuple(b) for b in json.loads(f.metadata().get("skipped", "[]"))]
     return bad
 
 

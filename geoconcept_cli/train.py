@@ -141,7 +141,7 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
     if not ckpt_path.is_file():
         if resume:
             warnings.warn(f"--resume: no checkpoint in {cfg.out} yet; starting a new run",
-                          stacklevel=1)  # one location: shown once, as above  # fmt: skip
+                          stacklevel=1)  # fmt: skip
         return None
     ckpt = read_checkpoint(ckpt_path)
     changed = _changed_options(ckpt["config"], cfg)

@@ -107,7 +107,7 @@ def predict(
     from .predict import Predictor
 
     load_image(image)  # fail fast on a bad file, before loading any model
-    with lazy_progress_bar("encoding gallery (once; cached)") as advance:
+    with lazy_progress_bar("encoding gallery (once; cached)", "points") as advance:
         predictor = Predictor.load(
             clip_model, clip_pretrained, gallery, cache_dir=cache_dir, device=device,
             progress=advance,
@@ -242,7 +242,7 @@ def explain(
             writable_file(path)
     if not batch:
         load_image(target)
-    with lazy_progress_bar("encoding gallery (once; cached)") as advance:
+    with lazy_progress_bar("encoding gallery (once; cached)", "points") as advance:
         explainer = load_explainer(
             checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,
             cache_dir, device, advance,
@@ -262,7 +262,7 @@ def explain(
         return
     paths, failed = batch_photos(target, images)
     rows = []
-    with progress_bar("explaining", len(paths)) as advance:
+    with progress_bar("explaining", len(paths), unit="photos") as advance:
         for path in paths:
             try:
                 rows.append(explanation_row(explainer.explain(path, **opts)))
@@ -372,7 +372,7 @@ def embed_concepts_cmd(
     concepts = concepts or default_concepts_path()
     k = len(load_concepts(concepts))
     clip = load_clip(clip_model, clip_pretrained, device)
-    with progress_bar("embedding concepts", k) as advance:
+    with progress_bar("embedding concepts", k, unit="concepts") as advance:
         emb, computed = embed_concepts(
             concepts, clip, out, tuple(template or DEFAULT_TEMPLATES), progress=advance
         )
@@ -446,8 +446,7 @@ def embed_images_cmd(
         if gpus > 1 and not launched_externally():
             launch(embed_images_worker, args, nproc=gpus)
         else:
-            with progress_bar("embedding images", len(m.rows)) as advance:
-                embed_images_worker(*args, progress=advance)
+            embed_images_worker(*args)
     if not is_main_process():  # under torchrun/SLURM every rank runs this: one reports
         return
     bad_in = undecodable(out)  # images that exist but did not decode, listed in their shards

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,11 +291,14 @@ def embed_images(
 
 def embed_images_worker(
     manifest: str, images: str | None, out: str, clip_model: str, clip_pretrained: str,
-    device: str, batch_size: int, shard_size: int, workers: int, progress=None,
+    device: str, batch_size: int, shard_size: int, workers: int,
 ) -> dict:  # fmt: skip
-    """One process of embed-images (picklable for the launcher): its share of the shards."""
+    """One process of embed-images (picklable for the launcher): its share of the shards.
+
+    Rank 0 shows progress over its own share (with N ranks, about 1/N of the images)."""
     from .distributed import init_distributed
     from .encoders import load_clip, resolve_model_name
+    from .progress import progress_bar
 
     info = init_distributed(device.startswith("cuda"))
     m = read_manifest(manifest, images)
@@ -303,13 +307,18 @@ def embed_images_worker(
     )
     if info.world_size > 1:
         torch.distributed.barrier()  # meta.json exists before any rank writes a shard
-    if any(s % info.world_size == info.rank for s in pending):  # else no need to load CLIP
+    mine = range(info.rank, meta["shards"], info.world_size)
+    if any(s in pending for s in mine):  # else no need to load CLIP
         clip = load_clip(clip_model, clip_pretrained, info.device if device.startswith("cuda")
                          else device)  # fmt: skip
-        embed_images(
-            m, out, clip, shard_size=shard_size, batch_size=batch_size, workers=workers,
-            rank=info.rank, world_size=info.world_size, progress=progress,
-        )  # fmt: skip
+        label = "embedding images" + (f" (rank 0: {len(mine)} of {meta['shards']} shards)"
+                                      if info.world_size > 1 else "")  # fmt: skip
+        total = sum(len(shard_rows(m, shard_size, s)) for s in mine)
+        with progress_bar(label, total, unit="images") if info.is_main else nullcontext() as bar:
+            embed_images(
+                m, out, clip, shard_size=shard_size, batch_size=batch_size, workers=workers,
+                rank=info.rank, world_size=info.world_size, progress=bar,
+            )  # fmt: skip
     if info.world_size > 1:
         torch.distributed.barrier()  # every shard is written before any rank reports
     return meta

@@ -433,7 +433,7 @@ def train_worker(cfg: TrainConfig, resume: bool = False) -> dict:
 
         def report(step: int, total: int, last: dict) -> None:
             loss = f"{last['loss']:.4f}" if "loss" in last else ""
-            rate = f"{last['samples_per_s']:.0f} samples/s" if last else ""
+            rate = f"{last['samples_per_s']:,.0f} samples/s" if last else ""
             bar(0, completed=step, total=total, loss=loss, rate=rate)
 
         return train(cfg, resume, info, report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,8 @@ def test_embed_images_shards_skips_and_resumes(manifest, tmp_path, tiny_clip):
     assert res.exit_code == 0, res.output
     assert "gone.jpg: missing image" in res.stderr and "invalid coordinates" in res.stderr
     assert "skipped broken.jpg: " in res.stderr  # undecodable: named like the other skips
+    # not a terminal (as in a SLURM log): progress is plain lines, with the rate
+    assert re.search(r"^embedding images: 21/21 \(100%\), [\d,]+ images/s$", res.stderr, re.M)
     assert "20 images embedded" in res.stdout and "3 rows skipped" in res.stdout
     data = load_features(out)
     assert len(data.ids) == 20 and "broken.jpg" not in data.ids  # undecodable: left out
@@ -101,6 +104,8 @@ def test_two_torchrun_ranks_split_the_shards_and_match_one_process(manifest, tmp
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("images embedded") == 1 and "20 images embedded" in res.stdout
+    # rank 0 shows its own share: shards 0 and 2, 8 + 5 rows
+    assert res.stderr.count("embedding images (rank 0: 2 of 3 shards): 13/13 (100%)") == 1
     a, b = load_features(one), load_features(two)
     assert b.ids == a.ids and json.loads((two / "meta.json").read_text())["shards"] == 3
     torch.testing.assert_close(b.features, a.features)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -221,7 +222,7 @@ def test_ddp_two_gloo_processes_equal_one(world, tmp_path, divergence):
         assert (ga - b["grads"][k]).abs().max() <= 1e-5 * ga.abs().max(), k
 
 
-def test_cli_trains_with_two_cpu_processes(world, tmp_path):
+def test_cli_trains_with_two_cpu_processes(world, tmp_path, capfd):
     from typer.testing import CliRunner
 
     from geoconcept_cli.cli import app
@@ -236,6 +237,11 @@ def test_cli_trains_with_two_cpu_processes(world, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["step"] == 3
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
+    # not a terminal (as in a SLURM log): rank 0 alone logs plain progress lines (the worker
+    # processes write to the inherited stderr, not to the runner's)
+    logged = capfd.readouterr().err
+    assert len(re.findall(r"^training: 3/3 \(100%\), loss [\d.]+ [\d,]+ samples/s$", logged,
+                          re.M)) == 1, logged  # fmt: skip
 
 
 def test_two_nodes_train_as_one_process(world, tmp_path):

@@ -212,6 +212,60 @@ def clip_embed_dim(model_name: str) -> int:
     return int(open_clip.get_model_config(resolve_model_name(model_name))["embed_dim"])
 
 
+NO_WEIGHTS_HINT = (
+    "pass --clip-pretrained /path/to/checkpoint (.pt or .safetensors), run once on a machine "
+    "with internet to fill open_clip's cache, or use --clip-pretrained none (random weights, "
+    "meaningless predictions)"
+)
+
+
+def check_weights_reachable(name: str, tag: str) -> None:
+    """Fail in seconds when an open_clip tag's weights are neither cached nor downloadable.
+
+    Without a route to the hub, open_clip's Hugging Face download retries for about a minute
+    before it gives up; a cache lookup and one TCP connection answer at once. With a proxy
+    configured this machine's own route proves nothing, so the download is left to try.
+    """
+    import os
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    import open_clip
+    from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if "file" in cfg:
+        return
+    if cfg.get("hf_hub"):
+        repo, filename = os.path.split(cfg["hf_hub"])
+        names = (filename or HF_WEIGHTS_NAME, HF_SAFE_WEIGHTS_NAME)
+        if any(isinstance(try_to_load_from_cache(repo, f), str) for f in names):
+            return
+        if is_offline_mode():
+            raise GeoconceptError(
+                f"CLIP weights '{tag}' for {name} are not in the Hugging Face cache and "
+                f"HF_HUB_OFFLINE is set: {NO_WEIGHTS_HINT}"
+            )
+        url = constants.ENDPOINT
+    else:
+        url = cfg["url"]
+        if (Path("~/.cache/clip").expanduser() / os.path.basename(url)).is_file():
+            return
+    if urllib.request.getproxies():
+        return
+    where = urllib.parse.urlparse(url)
+    port = where.port or (443 if where.scheme == "https" else 80)
+    try:
+        socket.create_connection((where.hostname, port), timeout=10).close()
+    except OSError as exc:
+        raise GeoconceptError(
+            f"could not get CLIP weights '{tag}' for {name}: they are not cached and "
+            f"{where.hostname} cannot be reached ({exc.strerror or exc}); {NO_WEIGHTS_HINT}"
+        ) from None
+
+
 def load_clip(
     model_name: str = DEFAULT_CLIP_MODEL,
     pretrained: str = DEFAULT_CLIP_PRETRAINED,
@@ -244,6 +298,7 @@ def load_clip(
                 f"no pretrained tag '{pretrained}' for {name} (known: {', '.join(known) or 'none'})"
             )
         tag = pretrained
+        check_weights_reachable(name, tag)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=tag, device=device
@@ -252,9 +307,7 @@ def load_clip(
         if tag is not None and not Path(tag).is_file():
             raise GeoconceptError(
                 f"could not get CLIP weights '{tag}' for {name} ({type(exc).__name__}). This "
-                "machine may have no internet: pass --clip-pretrained /path/to/checkpoint "
-                "(.pt or .safetensors), run once on a machine with internet to fill open_clip's "
-                "cache, or use --clip-pretrained none (random weights, meaningless predictions)"
+                f"machine may have no internet: {NO_WEIGHTS_HINT}"
             ) from None
         raise GeoconceptError(f"could not load CLIP {name} from {tag}: {exc}") from None
     model.eval().requires_grad_(False)

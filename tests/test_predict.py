@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from geoconcept_cli import gallery as gallery_mod
-from geoconcept_cli.encoders import RandomWeightsWarning, load_clip, load_geoclip_head
+from geoconcept_cli.encoders import (
+    RandomWeightsWarning,
+    check_weights_reachable,
+    load_clip,
+    load_geoclip_head,
+)
 from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.gallery import cached_gallery_embeddings, load_gallery
 from geoconcept_cli.predict import Predictor
@@ -76,12 +83,51 @@ def test_clip_errors_are_one_line(tiny_clip, tmp_path):
         load_clip(str(tmp_path / "nope.json"), "none")
 
 
-def test_unreachable_weights_explain_what_to_do():
-    # HF_HUB_OFFLINE=1 (conftest): the download fails at once, as it would without internet.
+def test_unreachable_weights_explain_what_to_do(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 at import
     with pytest.raises(GeoconceptError) as info:
         load_clip("ViT-B-32", "openai")
     msg = str(info.value)
-    assert "--clip-pretrained /path/to/checkpoint" in msg and "\n" not in msg
+    assert "HF_HUB_OFFLINE is set" in msg and "\n" not in msg
+    assert "--clip-pretrained /path/to/checkpoint" in msg
+
+
+@pytest.fixture
+def unreachable_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache and a hub endpoint where nothing listens."""
+    from huggingface_hub import constants
+
+    from geoconcept_cli.distributed import free_port
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"https://127.0.0.1:{free_port()}")
+    for var in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    return tmp_path / "hub"
+
+
+def test_weights_neither_cached_nor_reachable_fail_before_the_model_is_built(unreachable_hub):
+    with pytest.raises(GeoconceptError, match=r"not cached and 127\.0\.0\.1 cannot be reached"):
+        load_clip("ViT-L-14", "openai")
+
+
+def test_cached_weights_or_a_proxy_skip_the_reachability_check(unreachable_hub, monkeypatch):
+    with pytest.raises(GeoconceptError):
+        check_weights_reachable("ViT-L-14", "openai")
+    snapshot = unreachable_hub / "models--timm--vit_large_patch14_clip_224.openai" / "snapshots"
+    (snapshot / "abc").mkdir(parents=True)
+    (snapshot / "abc" / "open_clip_model.safetensors").write_bytes(b"weights")
+    (snapshot.parent / "refs").mkdir()
+    (snapshot.parent / "refs" / "main").write_text("abc")
+    check_weights_reachable("ViT-L-14", "openai")  # cached: open_clip loads it offline
+    with pytest.raises(GeoconceptError):
+        check_weights_reachable("ViT-L-14", "laion2b_s32b_b82k")  # another repo: not cached
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    check_weights_reachable("ViT-L-14", "laion2b_s32b_b82k")  # the proxy may reach the hub
 
 
 def test_gallery_cache_encodes_once(tmp_path, small_gallery, monkeypatch):

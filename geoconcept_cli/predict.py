@@ -54,6 +54,14 @@ class Predictor:
         self.device = next(head.parameters()).device
         self.gallery_gps = gallery_gps
         self.gallery_emb = gallery_emb.to(self.device)
+        # GeoCLIP's 100K gallery repeats 5,877 points: candidates are distinct places, each
+        # with the summed probability of its copies, named by its first gallery index
+        _, place_of, counts = gallery_gps.unique(dim=0, return_inverse=True, return_counts=True)
+        first = torch.full((len(counts),), len(gallery_gps)).scatter_reduce_(
+            0, place_of, torch.arange(len(gallery_gps)), "amin"
+        )
+        self._repeats = bool((counts > 1).any())
+        self._place_of, self._first = place_of.to(self.device), first.to(self.device)
 
     @classmethod
     def load(
@@ -93,11 +101,15 @@ class Predictor:
 
     @torch.no_grad()
     def topk(self, clip_features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k (probabilities, gallery indices), each (B, k), of the softmax over the gallery."""
-        k = max(1, min(k, len(self.gallery_gps)))
+        """Top-k distinct places as (probabilities, gallery indices), each (B, k), of the
+        softmax over the gallery; a place the gallery repeats gets its copies' summed mass."""
         probs = self.logits(clip_features).softmax(dim=-1)
-        top = probs.topk(k, dim=-1)
-        return top.values.cpu(), top.indices.cpu()
+        if self._repeats:
+            places = probs.new_zeros(len(probs), len(self._first))
+            probs = places.index_add_(1, self._place_of, probs)
+        top = probs.topk(max(1, min(k, probs.shape[1])), dim=-1)
+        idx = self._first[top.indices] if self._repeats else top.indices
+        return top.values.cpu(), idx.cpu()
 
     def candidates(self, probs: torch.Tensor, idx: torch.Tensor) -> list[Candidate]:
         """Turn one row of :meth:`topk` into named candidates."""

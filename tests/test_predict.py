@@ -47,6 +47,22 @@ def test_probabilities_sum_to_one(tiny_predictor):
     torch.testing.assert_close(probs.sum(-1), torch.ones(3))
 
 
+def test_a_place_the_gallery_repeats_is_one_candidate_with_the_summed_probability():
+    torch.manual_seed(0)
+    head = load_geoclip_head()
+    gps = torch.tensor([[48.85, 2.35], [40.71, -74.0], [48.85, 2.35], [-33.87, 151.2]])
+    predictor = Predictor(head, gps, cached_gallery_embeddings(gps, head))
+    feats = torch.randn(2, 768)
+    rows = predictor.logits(feats).softmax(-1)
+    probs, idx = predictor.topk(feats, 5)
+    assert probs.shape == (2, 3)  # three distinct places
+    for q in range(2):
+        paris = (idx[q] == 0).nonzero().item()
+        assert 2 not in idx[q].tolist()  # a place is named by its first gallery row
+        torch.testing.assert_close(probs[q, paris], rows[q, 0] + rows[q, 2])
+        assert probs[q].tolist() == sorted(probs[q].tolist(), reverse=True)
+
+
 def test_random_backbone_is_reproducible(tiny_clip):
     with pytest.warns(RandomWeightsWarning):
         a = load_clip(tiny_clip, "none")

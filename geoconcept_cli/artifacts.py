@@ -21,6 +21,32 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "geoconcept"
 
 
+DERIVED_CACHES = ("gallery", "concepts")  # embeddings, recomputed locally when missing
+
+
+def cache_usage(cache_dir: str | Path | None = None) -> dict[str, tuple[int, int]]:
+    """(files, bytes) under each top-level folder of the cache."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    usage = {}
+    for part in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        files = [f for f in part.rglob("*") if f.is_file()]
+        usage[part.name] = (len(files), sum(f.stat().st_size for f in files))
+    return usage
+
+
+def clear_cache(cache_dir: str | Path | None = None) -> tuple[int, int]:
+    """Delete the derived caches (gallery and concept embeddings); returns (files, bytes).
+    Fetched concept sources stay: refetching them needs the network."""
+    import shutil
+
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    usage = cache_usage(root)
+    for part in DERIVED_CACHES:
+        shutil.rmtree(root / part, ignore_errors=True)
+    gone = [usage[p] for p in DERIVED_CACHES if p in usage]
+    return sum(n for n, _ in gone), sum(b for _, b in gone)
+
+
 def writable_file(path: str | Path) -> Path:
     """``path`` if a file may be written there (checked before long work, and by atomic_path)."""
     path = Path(path)

@@ -697,5 +697,38 @@ def visualize(
                  f"cosine {gap['mean_paired_cosine']:.4f}  -> {out}", highlight=False)  # fmt: skip
 
 
+
+@app.command()
+@cli_command
+def cache(
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Delete gallery and concept embeddings.")
+    ] = False,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Show what the cache holds; --clear deletes the embeddings (recomputed when next needed).
+
+    Gallery embeddings (one per trained checkpoint) are also pruned automatically, least
+    recently used first, beyond $GEOCONCEPT_GALLERY_CACHE_GB (default 4). Fetched concept
+    sources are kept: build-concepts --offline needs them.
+    """
+    from .artifacts import cache_usage, clear_cache, default_cache_dir
+
+    root = cache_dir or default_cache_dir()
+    usage = cache_usage(root)
+
+    def size_text(size: int) -> str:
+        return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+
+    for part, (files, size) in usage.items():
+        stdout.print(f"{part}: {files} files, {size_text(size)}", highlight=False)
+    if not usage:
+        stdout.print(f"{root}: empty", highlight=False, soft_wrap=True)
+    if clear:
+        files, size = clear_cache(root)
+        stdout.print(f"removed {files} files ({size_text(size)}) from {root}", highlight=False,
+                     soft_wrap=True)  # fmt: skip
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -3,11 +3,14 @@
 GeoCLIP re-encodes its 100K gallery at every call (~15 s on a 2-core CPU). Here the
 normalised embeddings are computed once and stored as safetensors, keyed by a hash of the
 gallery coordinates and of the encoder weights, so a changed gallery or a retrained encoder
-never reuses stale embeddings.
+never reuses stale embeddings. Each trained checkpoint adds an entry (200-260 MB for the 100K
+gallery), so the least recently used entries go once the folder passes
+$GEOCONCEPT_GALLERY_CACHE_GB (default 4).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from .encoders import geoclip_package_dir
 from .errors import GeoconceptError, require_file
 from .geo import valid_latlon
 
+GALLERY_CACHE_GB = 4.0
 LAT_NAMES = ("lat", "latitude")
 LON_NAMES = ("lon", "lng", "long", "longitude")
 
@@ -108,10 +112,47 @@ def cached_gallery_embeddings(
         try:
             emb = load_file(path)["embeddings"]
             if emb.shape[0] == len(gps):
+                os.utime(path)  # recently used: the last entry pruning removes
                 return emb
         except Exception:
             pass  # unreadable cache: recompute and overwrite it
+    limit = _cache_limit_bytes()
     emb = encode_locations(gps, head, progress=progress)
     with atomic_path(path) as tmp:
         save_file({"embeddings": emb.contiguous(), "gps": gps.contiguous()}, str(tmp))
+    prune_gallery_cache(path.parent, limit, keep=path)
     return emb
+
+
+def _cache_limit_bytes() -> float:
+    value = os.environ.get("GEOCONCEPT_GALLERY_CACHE_GB", str(GALLERY_CACHE_GB))
+    try:
+        gb = float(value)
+    except ValueError:
+        gb = -1.0
+    if not gb >= 0:
+        raise GeoconceptError(f"GEOCONCEPT_GALLERY_CACHE_GB={value}: expected a size in GB, "
+                              f"e.g. {GALLERY_CACHE_GB:g}")  # fmt: skip
+    return gb * 1e9
+
+
+def prune_gallery_cache(folder: Path, limit_bytes: float, keep: Path | None = None) -> list[Path]:
+    """Delete the least recently used gallery embeddings until ``folder`` fits the limit;
+    ``keep`` (the entry just written) always stays. Returns the deleted files."""
+    entries = []
+    for entry in folder.glob("*.safetensors"):
+        try:
+            st = entry.stat()
+        except FileNotFoundError:  # pruned by another process meanwhile
+            continue
+        entries.append((st.st_mtime, st.st_size, entry))
+    total = sum(size for _, size, _ in entries)
+    deleted = []
+    for _, size, entry in sorted(entries):
+        if total <= limit_bytes:
+            break
+        if entry != keep:
+            entry.unlink(missing_ok=True)
+            total -= size
+            deleted.append(entry)
+    return deleted

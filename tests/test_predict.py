@@ -166,6 +166,56 @@ def test_gallery_cache_encodes_once(tmp_path, small_gallery, monkeypatch):
     assert not [p for p in tmp_path.rglob("*.tmp")]  # nothing half-written left behind
 
 
+def test_gallery_cache_keeps_the_most_recently_used_within_its_bound(
+    tmp_path, small_gallery, monkeypatch
+):
+    gps = load_gallery(small_gallery)
+    heads = [load_geoclip_head() for _ in range(3)]
+    for i, head in enumerate(heads):  # three checkpoints: three cache entries
+        with torch.no_grad():
+            head.logit_scale.add_(i)
+    entry_mb = len(gps) * 512 * 4 / 1e6
+    monkeypatch.setenv("GEOCONCEPT_GALLERY_CACHE_GB", str(2.5 * entry_mb / 1e3))  # room for 2
+    folder = tmp_path / "gallery"
+
+    def entries() -> set[str]:
+        return {p.name for p in folder.glob("*.safetensors")}
+
+    cached_gallery_embeddings(gps, heads[0], tmp_path)
+    a = entries()
+    time.sleep(0.05)
+    cached_gallery_embeddings(gps, heads[1], tmp_path)
+    b = entries() - a
+    time.sleep(0.05)
+    cached_gallery_embeddings(gps, heads[0], tmp_path)  # a hit: the first is used again
+    time.sleep(0.05)
+    cached_gallery_embeddings(gps, heads[2], tmp_path)
+    assert len(entries()) == 2 and a <= entries() and not b & entries()  # the second went
+    monkeypatch.setenv("GEOCONCEPT_GALLERY_CACHE_GB", "0")  # the entry just written stays
+    cached_gallery_embeddings(gps, heads[1], tmp_path)
+    assert entries() == b
+    monkeypatch.setenv("GEOCONCEPT_GALLERY_CACHE_GB", "lots")
+    with pytest.raises(GeoconceptError, match="GEOCONCEPT_GALLERY_CACHE_GB=lots: expected"):
+        cached_gallery_embeddings(gps, heads[2], tmp_path)
+
+
+def test_cache_command_shows_and_clears_only_the_embeddings(tmp_path):
+    from typer.testing import CliRunner
+
+    from geoconcept_cli.cli import app
+
+    for part, size in (("gallery", 3_000_000), ("concepts", 2_000_000), ("concept-sources", 700)):
+        (tmp_path / part / "x").mkdir(parents=True)
+        (tmp_path / part / "x" / "data.bin").write_bytes(b"0" * size)
+    res = CliRunner().invoke(app, ["cache", "--cache-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == ["concept-sources: 1 files, 0 MB",
+                                       "concepts: 1 files, 2 MB", "gallery: 1 files, 3 MB"]
+    res = CliRunner().invoke(app, ["cache", "--clear", "--cache-dir", str(tmp_path)])
+    assert res.exit_code == 0 and f"removed 2 files (5 MB) from {tmp_path}" in res.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["concept-sources"]
+
+
 def test_gallery_formats(tmp_path):
     df = pd.DataFrame({"Latitude": [10.0, -20.5], "LONGITUDE": [30.0, 120.25]})
     df.to_parquet(tmp_path / "g.parquet")

@@ -67,8 +67,7 @@ def make_concept_sets(
     out_dir = Path(out_dir)
     geo = load_concepts(concepts_parquet)["concept"].tolist()
     generic = generic_set()
-    base = {"clip_model": clip.model_name, "clip_pretrained": clip.pretrained,
-            "templates": list(DEFAULT_TEMPLATES)}  # fmt: skip
+    base = {**clip.identity.as_meta(), "templates": list(DEFAULT_TEMPLATES)}
     gen = torch.Generator().manual_seed(seed)
     sets = {
         "geography": (geo, encode_concepts(geo, clip)),

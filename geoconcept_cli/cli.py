@@ -411,7 +411,7 @@ def embed_images_cmd(
 ) -> None:
     """Run the frozen CLIP backbone once over a manifest; write resumable feature shards."""
     from .distributed import check_processes, is_main_process, launch, launched_externally
-    from .encoders import check_feature_dim, clip_embed_dim, resolve_model_name
+    from .encoders import ClipId, check_feature_dim, clip_embed_dim
     from .features import (
         check_feature_folder,
         embed_images_worker,
@@ -437,9 +437,7 @@ def embed_images_cmd(
         err.print(f"... and {len(m.skipped) - 10} more skipped rows (listed in meta.json)")
     # features GeoCLIP's image MLP cannot take would cost a whole CLIP pass for nothing
     check_feature_dim(clip_embed_dim(clip_model), f"--clip-model {clip_model}")
-    meta, pending = check_feature_folder(
-        m, out, resolve_model_name(clip_model), clip_pretrained, shard_size
-    )
+    meta, pending = check_feature_folder(m, out, ClipId.of(clip_model, clip_pretrained), shard_size)
     if pending:
         args = (str(manifest), str(images) if images else None, str(out), clip_model,
                 clip_pretrained, device, batch_size, shard_size, workers)  # fmt: skip
@@ -595,14 +593,14 @@ def ablate(
 ) -> None:
     """Concept-set ablation: geography-driven vs generic vs random (same k) vs none."""
     from .ablations import make_concept_sets, run_grid
-    from .encoders import load_clip, resolve_model_name
+    from .encoders import ClipId, load_clip
     from .evaluate import markdown_table
     from .explain import default_concepts_path
     from .features import check_features_clip
     from .train import TrainConfig
 
     for folder in (train_features, test_features):  # before minutes of concept embedding
-        check_features_clip(folder, resolve_model_name(clip_model), clip_pretrained)
+        check_features_clip(folder, ClipId.of(clip_model, clip_pretrained))
     clip = load_clip(clip_model, clip_pretrained, device)
     sets = make_concept_sets(concepts or default_concepts_path(), clip, out / "concept_sets")
     base = TrainConfig(features="", out="", epochs=epochs, max_steps=max_steps,
@@ -680,6 +678,7 @@ def visualize(
     """UMAP of image, location and concept vectors of a checkpoint, and the modality gap."""
     import torch
 
+    from .encoders import ClipId
     from .features import load_features
     from .model import check_trained_on, load_head
     from .visualize import latents, modality_gap, plot_umap
@@ -688,8 +687,7 @@ def visualize(
     pick = torch.randperm(len(data.ids), generator=torch.Generator().manual_seed(seed))
     pick = pick[:max_points]
     head, ckpt = load_head(checkpoint)
-    meta = data.meta
-    check_trained_on(ckpt, meta.get("clip_model"), meta.get("clip_pretrained"), checkpoint)
+    check_trained_on(ckpt, ClipId.from_meta(data.meta), checkpoint)
     z = latents(head, data.features[pick], data.latlon[pick])
     gap = modality_gap(z)
     plot_umap(z, out, data.latlon[pick], by_continent, seed)

@@ -8,10 +8,12 @@ geoconcept does not import ``transformers`` through ``geoclip/__init__``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import torch
@@ -158,6 +160,57 @@ def load_geoclip_head(device: str | torch.device = "cpu") -> GeoCLIPHead:
 
 
 # ---------------------------------------------------------------------- open_clip backbone
+@dataclass(frozen=True)
+class ClipId:
+    """Which CLIP made an artifact (features, concept basis, checkpoint): the model name, the
+    weights, and a hash of the model config, since two JSON configs may share a file name.
+    A field is None where an artifact does not record it (``config``: made before 2026-11)."""
+
+    model: str | None
+    pretrained: str | None
+    config: str | None = None
+
+    @classmethod
+    def of(cls, model_name: str, pretrained: str) -> ClipId:
+        """The identity of ``--clip-model``/``--clip-pretrained`` (reads the config only)."""
+        import open_clip
+
+        name = resolve_model_name(model_name)
+        cfg = json.dumps(open_clip.get_model_config(name), sort_keys=True)
+        return cls(name, pretrained, hashlib.sha256(cfg.encode()).hexdigest()[:16])
+
+    @classmethod
+    def from_meta(cls, meta: dict, prefix: str = "clip_") -> ClipId:
+        """Read from a meta dict (``clip_model``...) or, with ``prefix=""``, a checkpoint's."""
+        return cls(*(meta.get(prefix + k) for k in ("model", "pretrained", "config")))
+
+    def as_meta(self, prefix: str = "clip_") -> dict:
+        return {prefix + k: getattr(self, k) for k in ("model", "pretrained", "config")}
+
+    def differs(self, other: ClipId) -> bool:
+        """True where both record a field and it differs."""
+        return any(a is not None and b is not None and a != b
+                   for a, b in zip(astuple(self), astuple(other), strict=True))  # fmt: skip
+
+    def __str__(self) -> str:
+        return f"{self.model} ({self.pretrained})"
+
+
+def check_same_clip(
+    made: ClipId, given: ClipId, subject: str, fix: str = "", hint: bool = False
+) -> None:
+    """Refuse an artifact made by another CLIP than the one given. ``subject`` names it ("feats
+    holds features of"), ``fix`` says what to do; ``hint`` adds the CLIP options it matches."""
+    if not made.differs(given):
+        return
+    names_differ = (made.model, made.pretrained) != (given.model, given.pretrained)
+    what = f"CLIP {made}, not {given}" if names_differ else (
+        f"CLIP {made} from another model config of that name")  # fmt: skip
+    advice = [f"pass --clip-model {made.model} --clip-pretrained {made.pretrained}"] if (
+        hint and names_differ) else []  # fmt: skip
+    raise GeoconceptError(f"{subject} {what}" + "".join(f"; {a}" for a in [*advice, fix] if a))
+
+
 @dataclass
 class ClipBackbone:
     """A frozen open_clip model with its preprocessing transform and tokenizer."""
@@ -165,8 +218,15 @@ class ClipBackbone:
     model: nn.Module
     preprocess: object
     tokenizer: object
-    model_name: str
-    pretrained: str
+    identity: ClipId
+
+    @property
+    def model_name(self) -> str:
+        return self.identity.model
+
+    @property
+    def pretrained(self) -> str:
+        return self.identity.pretrained
 
     @property
     def device(self) -> torch.device:
@@ -311,4 +371,5 @@ def load_clip(
             ) from None
         raise GeoconceptError(f"could not load CLIP {name} from {tag}: {exc}") from None
     model.eval().requires_grad_(False)
-    return ClipBackbone(model, preprocess, open_clip.get_tokenizer(name), name, pretrained)
+    tokenizer = open_clip.get_tokenizer(name)
+    return ClipBackbone(model, preprocess, tokenizer, ClipId.of(name, pretrained))

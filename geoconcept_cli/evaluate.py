@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .encoders import check_feature_dim, load_geoclip_head
+from .encoders import ClipId, check_feature_dim, load_geoclip_head
 from .errors import GeoconceptError
 from .gallery import cached_gallery_embeddings, load_gallery
 from .geo import THRESHOLDS_KM, accuracy_at_thresholds, haversine_km, unit_vectors
@@ -91,7 +91,7 @@ def heads_to_evaluate(
     meta = features_meta or {}
     for ck in checkpoints:
         head, ckpt = load_head(ck, device)
-        check_trained_on(ckpt, meta.get("clip_model"), meta.get("clip_pretrained"), ck)
+        check_trained_on(ckpt, ClipId.from_meta(meta), ck)
         if ckpt.get("step", 0) < ckpt.get("total_steps", 0):
             warnings.warn(
                 f"{ck} is an unfinished run (step {ckpt['step']} of {ckpt['total_steps']})",

@@ -15,6 +15,7 @@ associations, and no decomposition is claimed.
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from .artifacts import default_cache_dir
 from .concepts.embed import embed_concepts, load_concept_embeddings
 from .concepts.regions import country_and_continent
 from .concepts.review import load_concepts
-from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipId
 from .errors import GeoconceptError
 from .geo import haversine_km, place_name
 from .images import load_image
@@ -300,7 +301,7 @@ def load_explainer(
     head, cset, ckpt = None, None, {}
     if checkpoint:
         head, ckpt = load_head(checkpoint, device)
-        check_trained_on(ckpt, Path(clip_model).stem, clip_pretrained, checkpoint, hint=True)
+        check_trained_on(ckpt, ClipId.of(clip_model, clip_pretrained), checkpoint, hint=True)
         if ckpt["kind"] == "concept":
             cset = ConceptSet.from_meta(ckpt["concepts"])
             if concepts or concept_embeddings:
@@ -316,10 +317,9 @@ def load_explainer(
     concepts = Path(concepts) if concepts else default_concepts_path()
     cset = ConceptSet.from_parquet(concepts)
     if concept_embeddings:
-        emb = load_concept_embeddings(concept_embeddings, predictor.clip.model_name,
-                                      clip_pretrained)  # fmt: skip
+        emb = load_concept_embeddings(concept_embeddings, predictor.clip.identity)
     else:
-        key = hashlib.sha256(f"{predictor.clip.model_name}|{clip_pretrained}".encode())
+        key = hashlib.sha256(json.dumps(predictor.clip.identity.as_meta()).encode())
         out = Path(cache_dir or default_cache_dir()) / "concepts" / key.hexdigest()[:16]
         emb, _ = embed_concepts(concepts, predictor.clip, out)
     if emb.concepts != cset.names:
@@ -330,8 +330,6 @@ def load_explainer(
 
 def explanation_row(exp: dict) -> dict:
     """One flat row of a batch run (top-k as JSON, top concepts, the rule)."""
-    import json
-
     top = exp["predictions"][0]
     return {
         "image": exp["image"], "lat": top["lat"], "lon": top["lon"], "prob": top["prob"],

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
 from .artifacts import atomic_path, write_json
-from .encoders import ClipBackbone
+from .encoders import ClipBackbone, ClipId, check_same_clip
 from .errors import GeoconceptError
 from .gallery import find_column, latlon_columns, read_table
 from .geo import valid_latlon
@@ -196,9 +196,8 @@ def save_features(
 
 
 def check_feature_folder(
-    manifest: Manifest, out_dir: str | Path, clip_model: str, clip_pretrained: str,
-    shard_size: int,
-) -> tuple[dict, list[int]]:  # fmt: skip
+    manifest: Manifest, out_dir: str | Path, clip: ClipId, shard_size: int
+) -> tuple[dict, list[int]]:
     """(meta, shards still to write) of an output folder; reads only.
 
     A folder of features from another CLIP model, manifest or set of existing images is
@@ -210,8 +209,7 @@ def check_feature_folder(
     n_shards = max(1, -(-len(rows) // shard_size))
     meta = {
         "format": FEATURES_FORMAT,
-        "clip_model": clip_model,
-        "clip_pretrained": clip_pretrained,
+        **clip.as_meta(),
         "manifest_sha256": manifest.sha256,
         "rows_sha256": hashlib.sha256("\n".join(rows["id"]).encode()).hexdigest()[:16],
         "shard_size": shard_size,
@@ -222,8 +220,9 @@ def check_feature_folder(
     meta_path = out_dir / "meta.json"
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        keys = ("clip_model", "clip_pretrained", "manifest_sha256", "rows_sha256", "shard_size")
-        changed = [k for k in keys if old.get(k) != meta[k]]
+        keys = ("clip_model", "clip_pretrained", "clip_config", "manifest_sha256",
+                "rows_sha256", "shard_size")  # fmt: skip
+        changed = [k for k in keys if old.get(k) != meta[k] and (k in old or k != "clip_config")]
         if changed == ["shard_size"]:
             raise GeoconceptError(f"{out_dir} was embedded with --shard-size {old['shard_size']}; "
                                   "repeat it to finish that folder")  # fmt: skip
@@ -242,12 +241,10 @@ def check_feature_folder(
 
 
 def start_feature_folder(
-    manifest: Manifest, out_dir: str | Path, clip_model: str, clip_pretrained: str,
-    shard_size: int, rank: int = 0,
-) -> tuple[dict, list[int]]:  # fmt: skip
+    manifest: Manifest, out_dir: str | Path, clip: ClipId, shard_size: int, rank: int = 0
+) -> tuple[dict, list[int]]:
     """``check_feature_folder``, then rank 0 writes meta.json if absent (before any shard)."""
-    meta, pending = check_feature_folder(manifest, out_dir, clip_model, clip_pretrained,
-                                         shard_size)  # fmt: skip
+    meta, pending = check_feature_folder(manifest, out_dir, clip, shard_size)
     if rank == 0 and not (Path(out_dir) / "meta.json").is_file():
         write_json(Path(out_dir) / "meta.json", meta)
     return meta, pending
@@ -271,9 +268,7 @@ def embed_images(
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Write the missing feature shards (this rank's share: shard i goes to rank i % world_size)."""
-    meta, pending = start_feature_folder(
-        manifest, out_dir, clip.model_name, clip.pretrained, shard_size, rank
-    )
+    meta, pending = start_feature_folder(manifest, out_dir, clip.identity, shard_size, rank)
     for s in range(rank, meta["shards"], world_size):
         part = shard_rows(manifest, shard_size, s)
         if s not in pending:
@@ -297,13 +292,13 @@ def embed_images_worker(
 
     Rank 0 shows progress over its own share (with N ranks, about 1/N of the images)."""
     from .distributed import init_distributed
-    from .encoders import load_clip, resolve_model_name
+    from .encoders import load_clip
     from .progress import progress_bar
 
     info = init_distributed(device.startswith("cuda"))
     m = read_manifest(manifest, images)
     meta, pending = start_feature_folder(
-        m, out, resolve_model_name(clip_model), clip_pretrained, shard_size, info.rank
+        m, out, ClipId.of(clip_model, clip_pretrained), shard_size, info.rank
     )
     if info.world_size > 1:
         torch.distributed.barrier()  # meta.json exists before any rank writes a shard
@@ -334,15 +329,10 @@ def undecodable(folder: str | Path) -> dict[int, list[tuple[str, str]]]:
     return bad
 
 
-def check_features_clip(folder: str | Path, clip_model: str, clip_pretrained: str) -> None:
+def check_features_clip(folder: str | Path, clip: ClipId) -> None:
     """Refuse a feature folder made by another CLIP model or weights than the ones given."""
-    meta = _read_meta(Path(folder))
-    have = (meta.get("clip_model"), meta.get("clip_pretrained"))
-    if have != (clip_model, clip_pretrained):
-        raise GeoconceptError(
-            f"{folder} holds features of CLIP {have[0]} ({have[1]}), not {clip_model} "
-            f"({clip_pretrained}); pass --clip-model {have[0]} --clip-pretrained {have[1]}"
-        )
+    made = ClipId.from_meta(_read_meta(Path(folder)))
+    check_same_clip(made, clip, f"{folder} holds features of", hint=True)
 
 
 def feature_summary(folder: str | Path) -> tuple[dict, list[str], int]:

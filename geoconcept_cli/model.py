@@ -24,7 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .artifacts import atomic_path
-from .encoders import GeoCLIPHead, LocationEncoder, image_mlp, load_geoclip_head
+from .encoders import (
+    ClipId,
+    GeoCLIPHead,
+    LocationEncoder,
+    check_same_clip,
+    image_mlp,
+    load_geoclip_head,
+)
 from .errors import GeoconceptError, require_file
 
 CHECKPOINT_FORMAT = "geoconcept-checkpoint/1"
@@ -163,21 +170,11 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def check_trained_on(
-    ckpt: dict, clip_model: str | None, clip_pretrained: str | None, what, hint: bool = False
-):  # fmt: skip
+def check_trained_on(ckpt: dict, clip: ClipId, what, hint: bool = False) -> None:
     """Refuse to use a checkpoint with image features of another CLIP model or weights;
     ``hint`` adds the CLIP options that would match (where the user chooses the model)."""
-    trained = ckpt.get("clip") or {}
-    for key, have in (("model", clip_model), ("pretrained", clip_pretrained)):
-        want = trained.get(key)
-        if want is not None and have is not None and want != have:
-            fix = (f"; pass --clip-model {trained.get('model')} --clip-pretrained "
-                   f"{trained.get('pretrained')}" if hint else "")  # fmt: skip
-            raise GeoconceptError(
-                f"{what} was trained on features of CLIP {trained.get('model')} "
-                f"({trained.get('pretrained')}), not {clip_model} ({clip_pretrained}){fix}"
-            )
+    trained = ClipId.from_meta(ckpt.get("clip") or {}, prefix="")
+    check_same_clip(trained, clip, f"{what} was trained on features of", hint=hint)
 
 
 def load_head(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:

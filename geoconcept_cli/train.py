@@ -27,7 +27,7 @@ from .distributed import (
     mean_across_ranks,
     same_on_all_ranks,
 )
-from .encoders import check_feature_dim
+from .encoders import ClipId, check_feature_dim
 from .errors import GeoconceptError
 from .features import feature_summary, load_features
 from .losses import DIVERGENCES, info_nce
@@ -121,9 +121,7 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
     check_feature_dim(dim, cfg.features)
     basis = None
     if cfg.concepts:
-        basis = load_concept_embeddings(
-            cfg.concepts, meta.get("clip_model"), meta.get("clip_pretrained")
-        )
+        basis = load_concept_embeddings(cfg.concepts, ClipId.from_meta(meta))
     if cfg.batch_size % world_size:
         raise GeoconceptError(f"--batch-size {cfg.batch_size} must divide by {world_size}")
     if n < cfg.batch_size:
@@ -340,7 +338,7 @@ def train(
     head = build_head(basis.embeddings if basis else None).to(device).train()
     provenance = {
         "features": features_identity(data.ids),
-        "clip": {k: data.meta.get(f"clip_{k}") for k in ("model", "pretrained")},
+        "clip": ClipId.from_meta(data.meta).as_meta(prefix=""),
         "concepts": {k: basis.meta[k] for k in ("concepts", "categories", "subcategories")}
         if basis else None,
     }  # fmt: skip

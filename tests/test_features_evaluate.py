@@ -17,9 +17,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli import app
+from geoconcept_cli.encoders import ClipId
+from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.evaluate import nearest_gallery_km, summarize
-from geoconcept_cli.features import load_features, shard_path
+from geoconcept_cli.features import check_features_clip, load_features, shard_path
 from geoconcept_cli.geo import haversine_km
+from geoconcept_cli.model import check_trained_on
 
 runner = CliRunner()
 
@@ -130,11 +133,35 @@ def test_features_of_another_model_are_refused(manifest, tmp_path, tiny_clip):
     assert res.exit_code == 2 and "embedded with --shard-size 8; repeat it" in res.stderr
 
 
+def test_a_model_config_of_the_same_name_but_other_content_is_another_model(
+    manifest, tmp_path, tiny_clip
+):
+    out = tmp_path / "feats"
+    assert _embed(manifest, out, tiny_clip).exit_code == 0
+    twin = tmp_path / "twin" / Path(tiny_clip).name  # same file name, one more vision layer
+    twin.parent.mkdir()
+    cfg = json.loads(Path(tiny_clip).read_text())
+    cfg["vision_cfg"]["layers"] += 1
+    twin.write_text(json.dumps(cfg))
+    assert ClipId.of(str(twin), "none").model == ClipId.of(tiny_clip, "none").model
+    res = _embed(manifest, out, str(twin))  # a rerun would mix shards of two models
+    assert res.exit_code == 2 and "clip_config differ" in res.stderr
+    made_by = "CLIP tiny-clip-768 \\(none\\) from another model config of that name"
+    with pytest.raises(GeoconceptError, match=f"holds features of {made_by}$"):
+        check_features_clip(out, ClipId.of(str(twin), "none"))
+    check_features_clip(out, ClipId.of(tiny_clip, "none"))  # the config it was made with
+    # a checkpoint records the config of its features; one from before config hashes does not
+    ckpt = {"clip": ClipId.of(tiny_clip, "none").as_meta(prefix="")}
+    with pytest.raises(GeoconceptError, match=f"run was trained on features of {made_by}$"):
+        check_trained_on(ckpt, ClipId.of(str(twin), "none"), "run", hint=True)
+    check_trained_on({"clip": {"model": "tiny-clip-768", "pretrained": "none"}},
+                     ClipId.of(str(twin), "none"), "run")  # fmt: skip
+
+
 def test_embed_concepts_skips_when_unchanged_and_refuses_mismatch(
     tmp_path, tiny_clip, monkeypatch
 ):
     from geoconcept_cli.concepts.embed import load_concept_embeddings
-    from geoconcept_cli.errors import GeoconceptError
 
     monkeypatch.chdir(tmp_path)  # the shipped concept set is found from any folder
     out = tmp_path / "basis.safetensors"
@@ -147,8 +174,8 @@ def test_embed_concepts_skips_when_unchanged_and_refuses_mismatch(
     emb = load_concept_embeddings(out)
     assert emb.embeddings.shape == (len(emb.concepts), 768) and len(emb.concepts) >= 500
     torch.testing.assert_close(emb.embeddings.norm(dim=1), torch.ones(len(emb.concepts)))
-    with pytest.raises(GeoconceptError, match="ViT-L-14"):
-        load_concept_embeddings(out, clip_model="ViT-L-14")
+    with pytest.raises(GeoconceptError, match=r"not ViT-L-14 \(none\); rerun embed-concepts"):
+        load_concept_embeddings(out, ClipId("ViT-L-14", "none"))
     for wrong in (tmp_path, tmp_path / "manifest.csv"):  # named as given, not as *.safetensors
         with pytest.raises(GeoconceptError, match=f"^{wrong}: not concept embeddings"):
             load_concept_embeddings(wrong)

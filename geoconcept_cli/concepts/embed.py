@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..artifacts import atomic_path, write_json
-from ..encoders import ClipBackbone
+from ..encoders import ClipBackbone, ClipId, check_same_clip
 from ..errors import GeoconceptError
 from .review import concept_set_hash, load_concepts
 
@@ -75,8 +75,7 @@ def embed_concepts(
     df = load_concepts(concepts_path)
     meta = {
         "format": "geoconcept-concept-embeddings/1",
-        "clip_model": clip.model_name,
-        "clip_pretrained": clip.pretrained,
+        **clip.identity.as_meta(),
         "templates": list(templates),
         "concept_set_hash": concept_set_hash(df),
         "concepts": df["concept"].tolist(),
@@ -102,9 +101,7 @@ def save_concept_embeddings(path: str | Path, embeddings: torch.Tensor, meta: di
     return path
 
 
-def load_concept_embeddings(
-    path: str | Path, clip_model: str | None = None, clip_pretrained: str | None = None
-) -> ConceptEmbeddings:
+def load_concept_embeddings(path: str | Path, clip: ClipId | None = None) -> ConceptEmbeddings:
     """Read an embed-concepts output; refuse it if made for another CLIP model/weights."""
     given = Path(path)
     if given.is_dir() or given.suffix.lower() not in {"", ".safetensors", ".json"}:
@@ -114,11 +111,9 @@ def load_concept_embeddings(
     if not path.is_file() or not sidecar(path).is_file():
         raise GeoconceptError(f"{path}: no concept embeddings (run geoconcept embed-concepts)")
     meta = json.loads(sidecar(path).read_text())
-    for key, want in (("clip_model", clip_model), ("clip_pretrained", clip_pretrained)):
-        if want is not None and meta.get(key) != want:
-            raise GeoconceptError(
-                f"{path} was made with {key}={meta.get(key)}, not {want}: rerun embed-concepts"
-            )
+    if clip is not None:
+        check_same_clip(ClipId.from_meta(meta), clip, f"{path} was made with",
+                        fix="rerun embed-concepts")  # fmt: skip
     emb = load_file(path)["embeddings"]
     if emb.shape[0] != len(meta["concepts"]):
         raise GeoconceptError(f"{path}: {emb.shape[0]} rows but {len(meta['concepts'])} concepts")

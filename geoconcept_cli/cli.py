@@ -104,9 +104,10 @@ def predict(
 ) -> None:
     """Predict where a photo was taken: top-k GPS candidates with probabilities and place names."""
     from .images import load_image
+
+    load_image(image)  # a bad file fails in a second: before torch and the models load
     from .predict import Predictor
 
-    load_image(image)  # fail fast on a bad file, before loading any model
     with lazy_progress_bar("encoding gallery (once; cached)", "points") as advance:
         predictor = Predictor.load(
             clip_model, clip_pretrained, gallery, cache_dir=cache_dir, device=device,
@@ -217,9 +218,6 @@ def explain(
     cache_dir: CacheDir = None,
 ) -> None:
     """Explain a prediction: where, what the photo shows, what the place is known for, why."""
-    from .artifacts import writable_file
-    from .explain import batch_photos, explanation_row, load_explainer, rows_to_parquet
-    from .geo import valid_latlon
     from .images import load_image
 
     batch = target.is_dir() or target.suffix.lower() in {".csv", ".parquet", ".pq"}
@@ -233,6 +231,12 @@ def explain(
         raise GeoconceptError(f"{', '.join(single_only)}: single photos only, not batch mode")
     if not batch and out is not None:
         raise GeoconceptError("--out is for batch mode (a folder or manifest); use --json")
+    if not batch:
+        load_image(target)  # a bad photo fails in a second: before torch and the models load
+    from .artifacts import writable_file
+    from .explain import batch_photos, explanation_row, load_explainer, rows_to_parquet
+    from .geo import valid_latlon
+
     if (true_lat is None) != (true_lon is None):
         raise GeoconceptError("--true-lat and --true-lon go together")
     if true_lat is not None and not valid_latlon([true_lat], [true_lon])[0]:
@@ -240,8 +244,6 @@ def explain(
     for path in (out, map_png):  # fail fast, before loading any model
         if path is not None:
             writable_file(path)
-    if not batch:
-        load_image(target)
     with lazy_progress_bar("encoding gallery (once; cached)", "points") as advance:
         explainer = load_explainer(
             checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,

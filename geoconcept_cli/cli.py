@@ -121,7 +121,7 @@ def predict(
         return
     for c in cands:
         stdout.print(
-            f"{c.rank}  {c.lat:.2f}, {c.lon:.2f}  p={c.prob:.2f}  {c.place}", highlight=False
+            f"{c.rank}  {c.lat:.2f}, {c.lon:.2f}  p={c.prob:.3g}  {c.place}", highlight=False
         )
 
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from geoconcept_cli.cli import app
 
 runner = CliRunner()
-LINE = re.compile(r"^(\d+)  (-?\d+\.\d\d), (-?\d+\.\d\d)  p=(\d\.\d\d)  (.+)$")
+LINE = re.compile(r"^(\d+)  (-?\d+\.\d\d), (-?\d+\.\d\d)  p=(\S+)  (.+)$")
 
 
 @pytest.fixture
@@ -37,6 +37,8 @@ def test_text_output(photo, model_args):
     lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
     assert len(lines) == 3
     assert [LINE.match(ln).group(1) for ln in lines] == ["1", "2", "3"]
+    probs = [float(LINE.match(ln).group(4)) for ln in lines]  # 3 significant digits, never 0.00
+    assert probs == sorted(probs, reverse=True) and all(0 < p <= 1 for p in probs)
     assert "random weights" in res.stderr
 
 

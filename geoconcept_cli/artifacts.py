@@ -94,10 +94,10 @@ def remove_stale_temporaries(path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_json(path: str | Path, data: object) -> None:
-    """Write ``data`` as pretty JSON, atomically."""
+def write_json(path: str | Path, data: object, sort_keys: bool = True) -> None:
+    """Write ``data`` as pretty JSON, atomically; keys sorted unless their order means something."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
 def hash_tensors(*tensors: torch.Tensor, extra: str = "") -> str:

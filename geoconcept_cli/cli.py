@@ -570,7 +570,7 @@ def evaluate(
     result = evaluate_heads(heads, data.features, data.latlon, gallery, cache_dir)
     stdout.print(markdown_table(result), highlight=False)
     if json_out:
-        write_json(json_out, result)
+        write_json(json_out, result, sort_keys=False)  # thresholds in distance order
 
 
 @app.command()

@@ -214,6 +214,7 @@ def test_evaluate_cli_geoclip_and_checkpoint(tmp_path, small_gallery):
     result = json.loads(out_json.read_text())
     assert set(result["models"]) == {"GeoCLIP (pretrained)", str(tmp_path / "run")}
     assert result["ceiling"]["25km"] == 100.0  # every test point sits at a gallery centre
+    assert list(result["ceiling"])[:5] == ["1km", "25km", "200km", "750km", "2500km"]  # not text order
 
 
 def test_subset_is_seeded_and_sized(manifest, tmp_path):
@@ -251,7 +252,6 @@ def test_predict_refuses_a_backbone_of_another_width(tmp_path):
 
 
 def test_non_numeric_coordinates_are_invalid_rows(tmp_path):
-    from geoconcept_cli.errors import GeoconceptError
     from geoconcept_cli.gallery import load_gallery
 
     pd.DataFrame({"LAT": ["abc", "10"], "LON": ["1", "2"]}).to_csv(tmp_path / "g.csv", index=False)

@@ -214,7 +214,7 @@ def test_evaluate_cli_geoclip_and_checkpoint(tmp_path, small_gallery):
     result = json.loads(out_json.read_text())
     assert set(result["models"]) == {"GeoCLIP (pretrained)", str(tmp_path / "run")}
     assert result["ceiling"]["25km"] == 100.0  # every test point sits at a gallery centre
-    assert list(result["ceiling"])[:5] == ["1km", "25km", "200km", "750km", "2500km"]  # not text order
+    assert list(result["ceiling"])[:5] == ["1km", "25km", "200km", "750km", "2500km"]  # not as text
 
 
 def test_subset_is_seeded_and_sized(manifest, tmp_path):

@@ -56,7 +56,10 @@ def check_processes(gpus: int, nproc: int = 1) -> int:
 
 
 def is_main_process() -> bool:
-    """Rank 0, or a process outside any group (after init_distributed read torchrun/SLURM)."""
+    """Rank 0 of torchrun or of a multi-task SLURM job, or a process outside any group
+    (whether or not init_distributed has run: a rerun with nothing to do never calls it)."""
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0")) == 0
     return int(os.environ.get("RANK", "0")) == 0
 
 

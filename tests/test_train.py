@@ -317,6 +317,23 @@ def test_distinfo_defaults():
 
 
 @pytest.mark.parametrize(
+    ("env", "main"),
+    [({}, True), ({"RANK": "0"}, True), ({"RANK": "1"}, False),
+     ({"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}, True),
+     ({"SLURM_NTASKS": "4", "SLURM_PROCID": "2"}, False),  # before init_distributed adopts it
+     ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, True)],
+)  # fmt: skip
+def test_the_main_process_is_known_under_torchrun_and_slurm(env, main, monkeypatch):
+    from geoconcept_cli.distributed import is_main_process
+
+    for var in ("RANK", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert is_main_process() is main
+
+
+@pytest.mark.parametrize(
     ("change", "message"),
     [({"sigma": 0.0}, "--sigma"), ({"batch_size": 0}, "--batch-size"), ({"lr": -1.0}, "--lr"),
      ({"log_every": 0}, "--log-every"), ({"epochs": 0}, "nothing to train"),

@@ -426,11 +426,11 @@ def train_worker(cfg: TrainConfig, resume: bool = False) -> dict:
     info = init_distributed(cfg.device.startswith("cuda"))
     if not info.is_main:
         return train(cfg, resume, info)
-    fields = "loss {task.fields[loss]} {task.fields[rate]}"
+    fields = "{task.fields[loss]} {task.fields[rate]}"  # empty until the first log step
     with progress_bar("training", 1, fields, loss="", rate="") as bar:
 
         def report(step: int, total: int, last: dict) -> None:
-            loss = f"{last['loss']:.4f}" if "loss" in last else ""
+            loss = f"loss {last['loss']:.4f}" if "loss" in last else ""
             rate = f"{last['samples_per_s']:,.0f} samples/s" if last else ""
             bar(0, completed=step, total=total, loss=loss, rate=rate)
 

@@ -36,15 +36,17 @@ def test_work_between_tenths_is_logged_on_a_timer(capsys, monkeypatch):
 
 
 def test_fields_and_absolute_updates_as_training_reports_them(capsys):
-    fields = "loss {task.fields[loss]} {task.fields[rate]}"
+    fields = "{task.fields[loss]} {task.fields[rate]}"
     with progress_bar("training", 1, fields, loss="", rate="") as bar:
-        bar(0, completed=50, total=100, loss="1.2345", rate="80 samples/s")
+        bar(0, completed=10, total=100)  # before the first log step: no empty fields shown
+        bar(0, completed=50, total=100, loss="loss 1.2345", rate="80 samples/s")
         bar(0, completed=55, total=100)  # no new tenth within the minute: no line
-        bar(0, completed=100, total=100, loss="0.5000", rate="90 samples/s")
+        bar(0, completed=100, total=100, loss="loss 0.5000", rate="90 samples/s")
     lines = _lines(capsys)
-    assert len(lines) == 2, lines
-    assert lines[0].startswith("training: 50/100 (50%), loss 1.2345 80 samples/s, ")
-    assert lines[1] == "training: 100/100 (100%), loss 0.5000 90 samples/s"
+    assert len(lines) == 3, lines
+    assert re.fullmatch(r"training: 10/100 \(10%\), 0:00:\d\d left", lines[0])
+    assert lines[1].startswith("training: 50/100 (50%), loss 1.2345 80 samples/s, ")
+    assert lines[2] == "training: 100/100 (100%), loss 0.5000 90 samples/s"
 
 
 def test_lazy_progress_shows_nothing_without_work(capsys):

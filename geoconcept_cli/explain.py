@@ -245,7 +245,7 @@ class Explainer:
             a = remove_concepts(z, basis, concepts) @ basis.T
             logits = scale * (p.gallery_emb @ F.normalize(a, dim=0))
             score = float(logits[target])
-            return score, int((logits > score).sum()) + 1
+            return score, int((logits[p.places] > score).sum()) + 1  # rank among places
 
         base = float(scale * unit.to(p.device) @ p.gallery_emb[target])
         shown_terms = torch.where(unit > 0, terms, torch.tensor(-torch.inf))

@@ -54,14 +54,13 @@ class Predictor:
         self.device = next(head.parameters()).device
         self.gallery_gps = gallery_gps
         self.gallery_emb = gallery_emb.to(self.device)
-        # GeoCLIP's 100K gallery repeats 5,877 points: candidates are distinct places, each
-        # with the summed probability of its copies, named by its first gallery index
-        _, place_of, counts = gallery_gps.unique(dim=0, return_inverse=True, return_counts=True)
-        first = torch.full((len(counts),), len(gallery_gps)).scatter_reduce_(
+        # GeoCLIP's 100K gallery repeats 5,900 points; a place is ranked once, at the first
+        # row that holds it (its copies score the same): top-k lists distinct places
+        _, place_of = gallery_gps.unique(dim=0, return_inverse=True)
+        first = torch.full((int(place_of.max()) + 1,), len(gallery_gps)).scatter_reduce_(
             0, place_of, torch.arange(len(gallery_gps)), "amin"
         )
-        self._repeats = bool((counts > 1).any())
-        self._place_of, self._first = place_of.to(self.device), first.to(self.device)
+        self.places = first.sort().values.to(self.device)  # gallery rows, one per place
 
     @classmethod
     def load(
@@ -101,15 +100,11 @@ class Predictor:
 
     @torch.no_grad()
     def topk(self, clip_features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k distinct places as (probabilities, gallery indices), each (B, k), of the
-        softmax over the gallery; a place the gallery repeats gets its copies' summed mass."""
-        probs = self.logits(clip_features).softmax(dim=-1)
-        if self._repeats:
-            places = probs.new_zeros(len(probs), len(self._first))
-            probs = places.index_add_(1, self._place_of, probs)
+        """The k most probable distinct places as (probabilities, gallery rows), each (B, k) (k
+        at most the number of places), under the softmax over all gallery rows, as GeoCLIP's."""
+        probs = self.logits(clip_features).softmax(dim=-1)[:, self.places]
         top = probs.topk(max(1, min(k, probs.shape[1])), dim=-1)
-        idx = self._first[top.indices] if self._repeats else top.indices
-        return top.values.cpu(), idx.cpu()
+        return top.values.cpu(), self.places[top.indices].cpu()
 
     def candidates(self, probs: torch.Tensor, idx: torch.Tensor) -> list[Candidate]:
         """Turn one row of :meth:`topk` into named candidates."""

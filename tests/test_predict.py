@@ -41,13 +41,16 @@ def test_predict_photo(tiny_predictor, tmp_path):
         assert c.place  # offline reverse geocoding always names something
 
 
-def test_probabilities_sum_to_one(tiny_predictor):
+def test_probabilities_sum_to_one_over_the_gallery_rows(tiny_predictor):
     feats = torch.randn(3, 768)
-    probs, _ = tiny_predictor.topk(feats, len(tiny_predictor.gallery_gps))
-    torch.testing.assert_close(probs.sum(-1), torch.ones(3))
+    rows = tiny_predictor.logits(feats).softmax(-1)
+    torch.testing.assert_close(rows.sum(-1), torch.ones(3))
+    probs, idx = tiny_predictor.topk(feats, len(tiny_predictor.gallery_gps))
+    assert probs.shape == (3, len(tiny_predictor.places))  # every place, once
+    torch.testing.assert_close(probs, rows.gather(1, idx))
 
 
-def test_a_place_the_gallery_repeats_is_one_candidate_with_the_summed_probability():
+def test_a_place_the_gallery_repeats_is_one_candidate_ranked_as_geoclip_ranks_it():
     torch.manual_seed(0)
     head = load_geoclip_head()
     gps = torch.tensor([[48.85, 2.35], [40.71, -74.0], [48.85, 2.35], [-33.87, 151.2]])
@@ -57,10 +60,10 @@ def test_a_place_the_gallery_repeats_is_one_candidate_with_the_summed_probabilit
     probs, idx = predictor.topk(feats, 5)
     assert probs.shape == (2, 3)  # three distinct places
     for q in range(2):
-        paris = (idx[q] == 0).nonzero().item()
-        assert 2 not in idx[q].tolist()  # a place is named by its first gallery row
-        torch.testing.assert_close(probs[q, paris], rows[q, 0] + rows[q, 2])
+        assert sorted(idx[q].tolist()) == [0, 1, 3]  # a place is named by its first row
+        torch.testing.assert_close(probs[q], rows[q, idx[q]])  # each row's own probability
         assert probs[q].tolist() == sorted(probs[q].tolist(), reverse=True)
+        assert idx[q, 0] == [0, 1, 0, 3][rows[q].argmax()]  # the argmax row's place
 
 
 def test_random_backbone_is_reproducible(tiny_clip):

@@ -300,7 +300,8 @@ def check_weights_reachable(name: str, tag: str) -> None:
         return
     if cfg.get("hf_hub"):
         repo, filename = os.path.split(cfg["hf_hub"])
-        names = (filename or HF_WEIGHTS_NAME, HF_SAFE_WEIGHTS_NAME)
+        filename = filename or HF_WEIGHTS_NAME  # open_clip tries a .safetensors twin first
+        names = (filename, str(Path(filename).with_suffix(".safetensors")), HF_SAFE_WEIGHTS_NAME)
         if any(isinstance(try_to_load_from_cache(repo, f), str) for f in names):
             return
         if is_offline_mode():
@@ -313,9 +314,11 @@ def check_weights_reachable(name: str, tag: str) -> None:
         url = cfg["url"]
         if (Path("~/.cache/clip").expanduser() / os.path.basename(url)).is_file():
             return
-    if urllib.request.getproxies():
+    if set(urllib.request.getproxies()) - {"no"}:  # NO_PROXY alone configures no proxy
         return
     where = urllib.parse.urlparse(url)
+    if not where.hostname:  # not a URL this check understands: leave it to the download
+        return
     port = where.port or (443 if where.scheme == "https" else 80)
     try:
         socket.create_connection((where.hostname, port), timeout=10).close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -102,17 +103,6 @@ def test_clip_errors_are_one_line(tiny_clip, tmp_path):
         load_clip(str(tmp_path / "nope.json"), "none")
 
 
-def test_unreachable_weights_explain_what_to_do(monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 at import
-    with pytest.raises(GeoconceptError) as info:
-        load_clip("ViT-B-32", "openai")
-    msg = str(info.value)
-    assert "HF_HUB_OFFLINE is set" in msg and "\n" not in msg
-    assert "--clip-pretrained /path/to/checkpoint" in msg
-
-
 @pytest.fixture
 def unreachable_hub(tmp_path, monkeypatch):
     """An empty Hugging Face cache and a hub endpoint where nothing listens."""
@@ -123,10 +113,21 @@ def unreachable_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", f"https://127.0.0.1:{free_port()}")
-    for var in ("http_proxy", "https_proxy", "all_proxy"):
+    for var in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
         monkeypatch.delenv(var, raising=False)
         monkeypatch.delenv(var.upper(), raising=False)
     return tmp_path / "hub"
+
+
+def test_unreachable_weights_explain_what_to_do(unreachable_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 at import
+    with pytest.raises(GeoconceptError) as info:
+        load_clip("ViT-B-32", "openai")
+    msg = str(info.value)
+    assert "HF_HUB_OFFLINE is set" in msg and "\n" not in msg
+    assert "--clip-pretrained /path/to/checkpoint" in msg
 
 
 def test_weights_neither_cached_nor_reachable_fail_before_the_model_is_built(unreachable_hub):
@@ -134,17 +135,31 @@ def test_weights_neither_cached_nor_reachable_fail_before_the_model_is_built(unr
         load_clip("ViT-L-14", "openai")
 
 
+def _in_hub_cache(hub: Path, repo: str, filename: str) -> None:
+    """Lay out one cached file as huggingface_hub does (refs/main -> snapshots/REV/FILE)."""
+    folder = hub / f"models--{repo.replace('/', '--')}"
+    (folder / "snapshots" / "abc").mkdir(parents=True, exist_ok=True)
+    (folder / "snapshots" / "abc" / filename).write_bytes(b"weights")
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text("abc")
+
+
 def test_cached_weights_or_a_proxy_skip_the_reachability_check(unreachable_hub, monkeypatch):
     with pytest.raises(GeoconceptError):
         check_weights_reachable("ViT-L-14", "openai")
-    snapshot = unreachable_hub / "models--timm--vit_large_patch14_clip_224.openai" / "snapshots"
-    (snapshot / "abc").mkdir(parents=True)
-    (snapshot / "abc" / "open_clip_model.safetensors").write_bytes(b"weights")
-    (snapshot.parent / "refs").mkdir()
-    (snapshot.parent / "refs" / "main").write_text("abc")
+    _in_hub_cache(unreachable_hub, "timm/vit_large_patch14_clip_224.openai",
+                  "open_clip_model.safetensors")  # fmt: skip
     check_weights_reachable("ViT-L-14", "openai")  # cached: open_clip loads it offline
+    # a tag naming its file (.../pytorch_model.bin): its .safetensors twin counts as cached
+    with pytest.raises(GeoconceptError):
+        check_weights_reachable("ViTamin-S", "datacomp1b")
+    _in_hub_cache(unreachable_hub, "jienengchen/ViTamin-S", "pytorch_model.safetensors")
+    check_weights_reachable("ViTamin-S", "datacomp1b")
     with pytest.raises(GeoconceptError):
         check_weights_reachable("ViT-L-14", "laion2b_s32b_b82k")  # another repo: not cached
+    monkeypatch.setenv("NO_PROXY", "localhost")  # names no proxy: still checked
+    with pytest.raises(GeoconceptError):
+        check_weights_reachable("ViT-L-14", "laion2b_s32b_b82k")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     check_weights_reachable("ViT-L-14", "laion2b_s32b_b82k")  # the proxy may reach the hub
 

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -29,8 +29,12 @@ def cache_usage(cache_dir: str | Path | None = None) -> dict[str, tuple[int, int
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     usage = {}
     for part in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        files = [f for f in part.rglob("*") if f.is_file()]
-        usage[part.name] = (len(files), sum(f.stat().st_size for f in files))
+        sizes = []
+        for f in part.rglob("*"):
+            with suppress(FileNotFoundError):  # pruned meanwhile
+                if f.is_file():
+                    sizes.append(f.stat().st_size)
+        usage[part.name] = (len(sizes), sum(sizes))
     return usage
 
 
@@ -42,7 +46,8 @@ def clear_cache(cache_dir: str | Path | None = None) -> tuple[int, int]:
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     usage = cache_usage(root)
     for part in DERIVED_CACHES:
-        shutil.rmtree(root / part, ignore_errors=True)
+        if (root / part).is_dir():
+            shutil.rmtree(root / part)  # a failure is an OSError the CLI reports in one line
     gone = [usage[p] for p in DERIVED_CACHES if p in usage]
     return sum(n for n, _ in gone), sum(b for _, b in gone)
 

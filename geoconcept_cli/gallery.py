@@ -10,6 +10,7 @@ $GEOCONCEPT_GALLERY_CACHE_GB (default 4).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -108,14 +109,16 @@ def cached_gallery_embeddings(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     key = hash_tensors(gps, extra=f"{type(head).__name__}:{hash_state_dict(head)}")
     path = cache_dir / "gallery" / f"{key}.safetensors"
+    emb = None
     if path.is_file():
         try:
             emb = load_file(path)["embeddings"]
-            if emb.shape[0] == len(gps):
-                os.utime(path)  # recently used: the last entry pruning removes
-                return emb
         except Exception:
             pass  # unreadable cache: recompute and overwrite it
+    if emb is not None and emb.shape[0] == len(gps):
+        with contextlib.suppress(OSError):  # a read-only shared cache is still a cache
+            os.utime(path)  # recently used: the last entry pruning removes
+        return emb
     limit = _cache_limit_bytes()
     emb = encode_locations(gps, head, progress=progress)
     with atomic_path(path) as tmp:
@@ -136,9 +139,9 @@ def _cache_limit_bytes() -> float:
     return gb * 1e9
 
 
-def prune_gallery_cache(folder: Path, limit_bytes: float, keep: Path | None = None) -> list[Path]:
+def prune_gallery_cache(folder: Path, limit_bytes: float, keep: Path | None = None) -> None:
     """Delete the least recently used gallery embeddings until ``folder`` fits the limit;
-    ``keep`` (the entry just written) always stays. Returns the deleted files."""
+    ``keep`` (the entry just written) always stays."""
     entries = []
     for entry in folder.glob("*.safetensors"):
         try:
@@ -147,12 +150,9 @@ def prune_gallery_cache(folder: Path, limit_bytes: float, keep: Path | None = No
             continue
         entries.append((st.st_mtime, st.st_size, entry))
     total = sum(size for _, size, _ in entries)
-    deleted = []
     for _, size, entry in sorted(entries):
         if total <= limit_bytes:
             break
         if entry != keep:
             entry.unlink(missing_ok=True)
             total -= size
-            deleted.append(entry)
-    return deleted

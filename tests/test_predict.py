@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -199,19 +199,30 @@ def test_gallery_cache_keeps_the_most_recently_used_within_its_bound(
     def entries() -> set[str]:
         return {p.name for p in folder.glob("*.safetensors")}
 
+    def later() -> None:  # 100 s pass: no tie, whatever the filesystem's time resolution
+        for p in folder.glob("*.safetensors"):
+            os.utime(p, (p.stat().st_atime - 100, p.stat().st_mtime - 100))
+
     cached_gallery_embeddings(gps, heads[0], tmp_path)
     a = entries()
-    time.sleep(0.05)
+    later()
     cached_gallery_embeddings(gps, heads[1], tmp_path)
     b = entries() - a
-    time.sleep(0.05)
+    later()
     cached_gallery_embeddings(gps, heads[0], tmp_path)  # a hit: the first is used again
-    time.sleep(0.05)
+    later()
     cached_gallery_embeddings(gps, heads[2], tmp_path)
     assert len(entries()) == 2 and a <= entries() and not b & entries()  # the second went
     monkeypatch.setenv("GEOCONCEPT_GALLERY_CACHE_GB", "0")  # the entry just written stays
     cached_gallery_embeddings(gps, heads[1], tmp_path)
     assert entries() == b
+    # a read-only shared cache: the hit cannot be stamped, and is still used
+    def read_only(*args):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(gallery_mod.os, "utime", read_only)
+    monkeypatch.setattr(gallery_mod, "encode_locations", lambda *a, **k: pytest.fail("encoded"))
+    cached_gallery_embeddings(gps, heads[1], tmp_path)
     monkeypatch.setenv("GEOCONCEPT_GALLERY_CACHE_GB", "lots")
     with pytest.raises(GeoconceptError, match="GEOCONCEPT_GALLERY_CACHE_GB=lots: expected"):
         cached_gallery_embeddings(gps, heads[2], tmp_path)

@@ -267,14 +267,14 @@ def embed_images(
     world_size: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
-    """Write the missing feature shards (this rank's share: shard i goes to rank i % world_size)."""
+    """Write the missing feature shards (this rank's share: shard i goes to rank i % world_size).
+
+    ``progress(n)`` gets the images of each batch encoded; finished shards are not reported."""
     meta, pending = start_feature_folder(manifest, out_dir, clip.identity, shard_size, rank)
     for s in range(rank, meta["shards"], world_size):
-        part = shard_rows(manifest, shard_size, s)
         if s not in pending:
-            if progress:
-                progress(len(part))
             continue
+        part = shard_rows(manifest, shard_size, s)
         feats, keep, bad = _encode_shard(part, clip, batch_size, workers, progress)
         sel = part.iloc[keep]
         write_shard(
@@ -290,7 +290,8 @@ def embed_images_worker(
 ) -> dict:  # fmt: skip
     """One process of embed-images (picklable for the launcher): its share of the shards.
 
-    Rank 0 shows progress over its own share (with N ranks, about 1/N of the images)."""
+    Rank 0 shows progress over its own unfinished shards (with N ranks, about 1/N of the
+    images); a rank 0 with none left shows none."""
     from .distributed import init_distributed
     from .encoders import load_clip
     from .progress import progress_bar
@@ -302,8 +303,8 @@ def embed_images_worker(
     )
     if info.world_size > 1:
         torch.distributed.barrier()  # meta.json exists before any rank writes a shard
-    mine = range(info.rank, meta["shards"], info.world_size)
-    if any(s in pending for s in mine):  # else no need to load CLIP
+    mine = [s for s in range(info.rank, meta["shards"], info.world_size) if s in pending]
+    if mine:  # else no need to load CLIP
         clip = load_clip(clip_model, clip_pretrained, info.device if device.startswith("cuda")
                          else device)  # fmt: skip
         label = "embedding images" + (f" (rank 0: {len(mine)} of {meta['shards']} shards)"

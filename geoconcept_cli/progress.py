@@ -1,8 +1,8 @@
 """Progress on stderr, shared by the CLI and by worker processes it launches.
 
 In a terminal it is a rich bar; elsewhere (SLURM or nohup logs, pipes, CI) a bar would never
-be drawn, so it is plain lines instead: one at every tenth of the work, and one at least every
-``LOG_EVERY_S`` seconds in between.
+be drawn, so it is plain lines instead: one at every tenth of the work, and one whenever
+``LOG_EVERY_S`` seconds have passed since the last line (checked as work is reported).
 """
 
 from __future__ import annotations
@@ -33,13 +33,16 @@ class _RateColumn(ProgressColumn):
 
 
 class _LogLines:
-    """The non-terminal progress: ``update`` takes the arguments of rich's ``Progress.update``."""
+    """The non-terminal progress: ``update`` takes the arguments of rich's ``Progress.update``.
+
+    Rate and time left are measured from the first report, so work found done at the start
+    (a resumed run reports its step at once) does not count as speed."""
 
     def __init__(self, description: str, total: int, fields: str, unit: str, values: dict):
         self.description, self.total, self.fields, self.unit = description, total, fields, unit
-        self.values, self.done = values, 0
-        self.start = self.last_time = time.monotonic()
-        self.last_tenth = 0
+        self.values, self.done, self.last_tenth = values, 0, 0
+        self.last_time = time.monotonic()
+        self.base: tuple[int, float] | None = None  # (done, time) at the first report
 
     def update(self, advance: int = 0, *, completed: int | None = None,
                total: int | None = None, **values) -> None:  # fmt: skip
@@ -47,21 +50,24 @@ class _LogLines:
         self.total = total if total is not None else self.total
         self.values.update(values)
         now = time.monotonic()
-        tenth = 10 * self.done // max(1, self.total)
+        self.base = self.base or (self.done, now)
+        tenth = 10 * self.done // self.total if self.total > 0 else 0
         if tenth > self.last_tenth or now - self.last_time >= LOG_EVERY_S:
             self.last_tenth, self.last_time = tenth, now
-            print(self.line(now - self.start), file=sys.stderr, flush=True)
+            print(self.line(now), file=sys.stderr, flush=True)
 
-    def line(self, elapsed: float) -> str:
-        parts = [f"{self.description}: {self.done:,}/{self.total:,}"
-                 f" ({100 * self.done // max(1, self.total)}%)"]  # fmt: skip
+    def line(self, now: float) -> str:
+        parts = [f"{self.description}: {self.done:,}"]
+        if self.total > 0:
+            parts[0] += f"/{self.total:,} ({100 * self.done // self.total}%)"
         if self.fields:
             parts.append(self.fields.format(task=SimpleNamespace(fields=self.values)).strip())
-        if self.unit and self.done and elapsed > 0:
-            parts.append(f"{self.done / elapsed:,.0f} {self.unit}/s")
-        if 0 < self.done < self.total:
-            left = elapsed * (self.total - self.done) / self.done
-            parts.append(f"{timedelta(seconds=round(left))} left")
+        done0, time0 = self.base
+        rate = (self.done - done0) / (now - time0) if now > time0 else 0.0
+        if self.unit and rate > 0:
+            parts.append(f"{rate:,.0f} {self.unit}/s")
+        if rate > 0 and self.done < self.total:
+            parts.append(f"{timedelta(seconds=round((self.total - self.done) / rate))} left")
         return ", ".join(p for p in parts if p)
 
 
@@ -87,7 +93,8 @@ def progress_bar(
     """Yield ``advance(n, **kw)`` (``kw`` as rich's ``Progress.update``: ``completed``, ``total``,
     fields). ``fields`` formats extra task fields (``initial`` values); ``unit`` adds a rate."""
     console = Console(stderr=True)
-    if not (console.is_interactive or console.is_jupyter):
+    # rich counts FORCE_COLOR as a terminal; a log with colours still cannot redraw a bar
+    if not ((console.is_interactive and sys.stderr.isatty()) or console.is_jupyter):
         yield _LogLines(description, total, fields, unit, dict(initial)).update
         return
     extra = ([_RateColumn(unit)] if unit else []) + ([TextColumn(fields)] if fields else [])

@@ -78,6 +78,7 @@ def test_embed_images_shards_skips_and_resumes(manifest, tmp_path, tiny_clip):
     shard_path(out, 1).unlink()
     res = _embed(manifest, out, tiny_clip)
     assert res.exit_code == 0 and "8 images embedded" in res.stdout and "(12 already" in res.stdout
+    assert "embedding images: 8/8 (100%)" in res.stderr  # progress counts only the work left
     assert {s: shard_path(out, s).stat().st_mtime_ns for s in (0, 2)} == stamps
     torch.testing.assert_close(load_features(out).features, data.features)
     # a finished folder: nothing to do, and CLIP is not even loaded (no random-weights warning)

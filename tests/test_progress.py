@@ -21,7 +21,7 @@ def test_a_line_at_each_tenth_of_the_work_with_rate_and_time_left(capsys):
     lines = _lines(capsys)
     assert [_percent(x) for x in lines] == list(range(10, 101, 10)), lines
     assert re.fullmatch(r"embedding images: 4/40 \(10%\), [\d,]+ images/s, 0:00:\d\d left",
-                        lines[0])  # fmt: skip
+                        lines[0])  # fmt: skip (the rate runs from the first report, at 1)
     assert re.fullmatch(r"embedding images: 40/40 \(100%\), [\d,]+ images/s", lines[-1])
 
 
@@ -31,8 +31,9 @@ def test_work_between_tenths_is_logged_on_a_timer(capsys, monkeypatch):
         for _ in range(3):
             advance(1)
     lines = _lines(capsys)
-    assert [x.split(",")[0] for x in lines] == [f"explaining: {i}/1" for i in (1, 2, 3)]
-    assert all(x.endswith(" left") and "(0%)" in x for x in lines)
+    assert lines[0] == "explaining: 1/1,000 (0%)"  # no rate from a single report
+    assert [x.split(",")[0] for x in lines[1:]] == [f"explaining: {i}/1" for i in (2, 3)]
+    assert all(x.endswith(" left") and "(0%)" in x for x in lines[1:])
 
 
 def test_fields_and_absolute_updates_as_training_reports_them(capsys):
@@ -44,9 +45,30 @@ def test_fields_and_absolute_updates_as_training_reports_them(capsys):
         bar(0, completed=100, total=100, loss="loss 0.5000", rate="90 samples/s")
     lines = _lines(capsys)
     assert len(lines) == 3, lines
-    assert re.fullmatch(r"training: 10/100 \(10%\), 0:00:\d\d left", lines[0])
+    assert lines[0] == "training: 10/100 (10%)"
     assert lines[1].startswith("training: 50/100 (50%), loss 1.2345 80 samples/s, ")
     assert lines[2] == "training: 100/100 (100%), loss 0.5000 90 samples/s"
+
+
+def test_a_resumed_run_does_not_count_work_done_before_as_speed(capsys, monkeypatch):
+    clock = iter([0.0, 100.0, 110.0, 120.0])  # bar opened, then three reports 10 s apart
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 5.0)  # a line for each report
+    with progress_bar("training", 1000, unit="steps") as bar:
+        bar(0, completed=900)  # resumed at step 900
+        bar(0, completed=950)
+        bar(0, completed=1000)
+    lines = _lines(capsys)
+    assert lines == ["training: 900/1,000 (90%)",
+                     "training: 950/1,000 (95%), 5 steps/s, 0:00:10 left",
+                     "training: 1,000/1,000 (100%), 5 steps/s"]  # fmt: skip
+
+
+def test_colours_forced_in_a_log_still_give_plain_lines(capsys, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich then calls any stream a terminal
+    with progress_bar("explaining", 2) as advance:
+        advance(2)
+    assert _lines(capsys) == ["explaining: 2/2 (100%)"]
 
 
 def test_lazy_progress_shows_nothing_without_work(capsys):

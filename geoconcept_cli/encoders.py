@@ -163,8 +163,9 @@ def load_geoclip_head(device: str | torch.device = "cpu") -> GeoCLIPHead:
 @dataclass(frozen=True)
 class ClipId:
     """Which CLIP made an artifact (features, concept basis, checkpoint): the model name, the
-    weights, and a hash of the model config, since two JSON configs may share a file name.
-    A field is None where an artifact does not record it (``config``: made before 2026-11)."""
+    weights and, for a model given as a JSON config, a hash of that config (two files may share
+    a name). Built-in names carry no hash: an open_clip upgrade that edits a built-in config
+    must not orphan a million embedded images. A field is None where an artifact lacks it."""
 
     model: str | None
     pretrained: str | None
@@ -176,6 +177,8 @@ class ClipId:
         import open_clip
 
         name = resolve_model_name(model_name)
+        if not model_name.endswith(".json"):
+            return cls(name, pretrained)
         cfg = json.dumps(open_clip.get_model_config(name), sort_keys=True)
         return cls(name, pretrained, hashlib.sha256(cfg.encode()).hexdigest()[:16])
 
@@ -223,10 +226,6 @@ class ClipBackbone:
     @property
     def model_name(self) -> str:
         return self.identity.model
-
-    @property
-    def pretrained(self) -> str:
-        return self.identity.pretrained
 
     @property
     def device(self) -> torch.device:
@@ -375,4 +374,4 @@ def load_clip(
         raise GeoconceptError(f"could not load CLIP {name} from {tag}: {exc}") from None
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name)
-    return ClipBackbone(model, preprocess, tokenizer, ClipId.of(name, pretrained))
+    return ClipBackbone(model, preprocess, tokenizer, ClipId.of(model_name, pretrained))

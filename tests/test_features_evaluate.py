@@ -145,6 +145,7 @@ def test_a_model_config_of_the_same_name_but_other_content_is_another_model(
     cfg["vision_cfg"]["layers"] += 1
     twin.write_text(json.dumps(cfg))
     assert ClipId.of(str(twin), "none").model == ClipId.of(tiny_clip, "none").model
+    assert ClipId.of("ViT-L-14", "openai").config is None  # built-in: open_clip's to change
     res = _embed(manifest, out, str(twin))  # a rerun would mix shards of two models
     assert res.exit_code == 2 and "clip_config differ" in res.stderr
     made_by = "CLIP tiny-clip-768 \\(none\\) from another model config of that name"

@@ -113,7 +113,7 @@ def run_grid(
         {str(v): k for k, v in runs.items()}.get(name, name): row
         for name, row in result["models"].items()
     }
-    write_json(out_dir / "ablation.json", result)
+    write_json(out_dir / "ablation.json", result, sort_keys=False)  # thresholds in order
     with atomic_path(out_dir / "ablation.md") as tmp:
         tmp.write_text(markdown_table(result) + "\n")
     return result

@@ -697,7 +697,6 @@ def visualize(
                  f"cosine {gap['mean_paired_cosine']:.4f}  -> {out}", highlight=False)  # fmt: skip
 
 
-
 @app.command()
 @cli_command
 def cache(

@@ -48,6 +48,7 @@ def test_ablation_grid_end_to_end(world, tmp_path, tiny_clip):
     result = json.loads((out / "ablation.json").read_text())
     assert set(result["models"]) == {"GeoCLIP (pretrained)", "geography", "generic", "random",
                                      "none"}  # fmt: skip
+    assert list(result["models"]["none"])[:5] == ["1km", "25km", "200km", "750km", "2500km"]
     for name in ("geography", "generic", "random"):
         meta = json.loads((out / "concept_sets" / f"{name}.json").read_text())
         assert len(meta["concepts"]) == (len(generic_set()) if name == "generic" else 645)

@@ -9,10 +9,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import GeoconceptError
+
+if TYPE_CHECKING:  # torch loads only where tensors are hashed: `geoconcept cache` stays quick
+    import torch
 
 
 def default_cache_dir() -> Path:
@@ -107,6 +109,8 @@ def write_json(path: str | Path, data: object, sort_keys: bool = True) -> None:
 
 def hash_tensors(*tensors: torch.Tensor, extra: str = "") -> str:
     """A short, stable content hash of tensors (dtype, shape and bytes) plus a string."""
+    import torch
+
     h = hashlib.sha256(extra.encode())
     for t in tensors:
         t = t.detach().cpu().contiguous().reshape(-1)

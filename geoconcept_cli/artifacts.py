@@ -24,6 +24,7 @@ def default_cache_dir() -> Path:
 
 
 DERIVED_CACHES = ("gallery", "concepts")  # embeddings, recomputed locally when missing
+GALLERY_CACHE_GB = 4.0  # default bound of the gallery embeddings ($GEOCONCEPT_GALLERY_CACHE_GB)
 
 
 def cache_usage(cache_dir: str | Path | None = None) -> dict[str, tuple[int, int]]:

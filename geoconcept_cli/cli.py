@@ -168,7 +168,8 @@ def _print_explanation(exp: dict) -> None:
         stdout.print(f"Rule: {exp['rule']}", highlight=False)
     if "check" in exp:
         c = exp["check"]
-        verdict = "[green]faithful[/]" if c["faithful"] else "[red]NOT more faithful than random[/]"
+        verdict = "[green]faithful[/]" if c["faithful"] else (
+            f"[red]NOT more faithful than random[/] ({'; '.join(c['unmet'])})")  # fmt: skip
         top, rand = c["top_concepts_removed"], c["random_concepts_removed"]
         moves = "drops" if top["score_drop"] >= 0 else "raises"
         stdout.print(
@@ -244,10 +245,13 @@ def explain(
     for path in (out, map_png):  # fail fast, before loading any model
         if path is not None:
             writable_file(path)
-    with lazy_progress_bar("encoding gallery (once; cached)", "points") as advance:
+    with (
+        lazy_progress_bar("encoding gallery (once; cached)", "points") as advance,
+        lazy_progress_bar("embedding concepts (once; cached)", "concepts") as concept_advance,
+    ):
         explainer = load_explainer(
             checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,
-            cache_dir, device, advance,
+            cache_dir, device, advance, concept_advance,
         )  # fmt: skip
     opts = dict(top_k=top_k, n_concepts=n_concepts, check=check, m=m, draws=draws)
     if not batch:
@@ -366,20 +370,21 @@ def embed_concepts_cmd(
     device: Device = "cpu",
 ) -> None:
     """Embed the concept set with CLIP's text encoder (prompt-ensembled, L2-normalised)."""
-    from .concepts.embed import DEFAULT_TEMPLATES, embed_concepts
+    from .concepts.embed import DEFAULT_TEMPLATES, check_templates, embed_concepts
     from .concepts.review import load_concepts
     from .encoders import load_clip
     from .explain import default_concepts_path
 
     concepts = concepts or default_concepts_path()
     k = len(load_concepts(concepts))
+    templates = tuple(template or DEFAULT_TEMPLATES)
+    check_templates(templates)  # before CLIP loads
     clip = load_clip(clip_model, clip_pretrained, device)
     with progress_bar("embedding concepts", k, unit="concepts") as advance:
-        emb, computed = embed_concepts(
-            concepts, clip, out, tuple(template or DEFAULT_TEMPLATES), progress=advance
-        )
+        emb, computed = embed_concepts(concepts, clip, out, templates, progress=advance)
     verb = "wrote" if computed else "up to date:"
-    stdout.print(f"{verb} {out} ({emb.embeddings.shape[0]} concepts x {emb.embeddings.shape[1]})")
+    stdout.print(f"{verb} {out.with_suffix('.safetensors')} ({emb.embeddings.shape[0]} concepts "
+                 f"x {emb.embeddings.shape[1]})", soft_wrap=True)  # fmt: skip
 
 
 @app.command()
@@ -427,6 +432,8 @@ def embed_images_cmd(
         device = "cuda"
     if images is not None and not images.is_dir():
         raise GeoconceptError(f"--images {images}: not a folder")
+    if out.exists() and not out.is_dir():
+        raise GeoconceptError(f"--out {out}: a file; give a folder for the feature shards")
     m = read_manifest(manifest, images)
     if m.rows.empty:
         raise GeoconceptError(
@@ -567,7 +574,11 @@ def evaluate(
     heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta)
     if not heads:
         raise GeoconceptError("nothing to evaluate: give checkpoints or keep --geoclip")
-    result = evaluate_heads(heads, data.features, data.latlon, gallery, cache_dir)
+    result = evaluate_heads(
+        heads, data.features, data.latlon, gallery, cache_dir,
+        gallery_progress=lambda name: lazy_progress_bar(
+            f"encoding gallery for {name} (once; cached)", "points"),
+    )  # fmt: skip
     stdout.print(markdown_table(result), highlight=False)
     if json_out:
         write_json(json_out, result, sort_keys=False)  # thresholds in distance order
@@ -711,9 +722,14 @@ def cache(
     recently used first, beyond $GEOCONCEPT_GALLERY_CACHE_GB (default 4). Fetched concept
     sources are kept: build-concepts --offline needs them.
     """
-    from .artifacts import cache_usage, clear_cache, default_cache_dir
+    from .artifacts import GALLERY_CACHE_GB, cache_usage, clear_cache, default_cache_dir
 
     root = cache_dir or default_cache_dir()
+    if root.exists() and not root.is_dir():
+        raise GeoconceptError(f"--cache-dir {root}: not a folder")
+    stdout.print(f"cache {root} (gallery embeddings kept within "
+                 f"$GEOCONCEPT_GALLERY_CACHE_GB, default {GALLERY_CACHE_GB:g})",
+                 highlight=False, soft_wrap=True)  # fmt: skip
     usage = cache_usage(root)
 
     def size_text(size: int) -> str:

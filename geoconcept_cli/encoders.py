@@ -209,7 +209,8 @@ def check_same_clip(
     names_differ = (made.model, made.pretrained) != (given.model, given.pretrained)
     what = f"CLIP {made}, not {given}" if names_differ else (
         f"CLIP {made} from another model config of that name")  # fmt: skip
-    advice = [f"pass --clip-model {made.model} --clip-pretrained {made.pretrained}"] if (
+    model = made.model if made.config is None else f"<your {made.model}.json config>"
+    advice = [f"pass --clip-model {model} --clip-pretrained {made.pretrained}"] if (
         hint and names_differ) else []  # fmt: skip
     raise GeoconceptError(f"{subject} {what}" + "".join(f"; {a}" for a in [*advice, fix] if a))
 
@@ -328,6 +329,17 @@ def check_weights_reachable(name: str, tag: str) -> None:
         ) from None
 
 
+def check_device(device: str | torch.device) -> None:
+    """A torch device this machine has (before minutes of model loading, not after)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise GeoconceptError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1)") \
+            from None  # fmt: skip
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GeoconceptError(f"--device {device}: this machine has no CUDA GPU (use cpu)")
+
+
 def load_clip(
     model_name: str = DEFAULT_CLIP_MODEL,
     pretrained: str = DEFAULT_CLIP_PRETRAINED,
@@ -341,6 +353,7 @@ def load_clip(
     import open_clip
 
     name = resolve_model_name(model_name)
+    check_device(device)
     if pretrained.lower() == "none":
         warnings.warn(
             f"CLIP {name} has random weights (--clip-pretrained none): predictions are "

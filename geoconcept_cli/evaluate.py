@@ -8,6 +8,7 @@ retrieval model.
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -60,15 +61,20 @@ def evaluate_heads(
     gallery: str | Path | None = None,
     cache_dir: str | Path | None = None,
     progress=None,
+    gallery_progress=None,
 ) -> dict:
-    """Scores of each named head and the gallery ceiling, as one JSON-able dict."""
+    """Scores of each named head and the gallery ceiling, as one JSON-able dict.
+
+    ``progress(name)`` follows each head; ``gallery_progress(name)`` is a context manager
+    yielding ``advance(n, total)`` for encoding that head's gallery (on a cache miss)."""
     if len(feats) == 0:
         raise GeoconceptError("no test features to evaluate")
     check_feature_dim(feats.shape[1], "test features")
     gps = load_gallery(gallery)
     rows = {}
     for name, head in heads.items():
-        emb = cached_gallery_embeddings(gps, head, cache_dir)
+        with gallery_progress(name) if gallery_progress else nullcontext() as advance:
+            emb = cached_gallery_embeddings(gps, head, cache_dir, progress=advance)
         rows[name] = summarize(top1_errors(Predictor(head, gps, emb), feats, truth))
         if progress:
             progress(name)

@@ -140,13 +140,15 @@ def _encode_shard(part: pd.DataFrame, clip: ClipBackbone, batch_size: int, worke
     )  # fmt: skip
     feats, keep, bad, pending = [], [], [], []
 
-    def flush() -> None:
+    def flush() -> None:  # progress counts images encoded, not merely decoded
         if pending:
             pixels = torch.cat(pending)
             if normalize is not None:
                 pixels = normalize(pixels.float().div_(255))
             feats.append(clip.encode_images(pixels))
             pending.clear()
+            if progress:
+                progress(len(pixels))
 
     # Each loader batch goes to the device as it arrives (pinned, asynchronous) and features
     # stay there until the shard ends: no host-side concatenation, no per-batch synchronisation,
@@ -158,8 +160,8 @@ def _encode_shard(part: pd.DataFrame, clip: ClipBackbone, batch_size: int, worke
             keep += idx
             if sum(len(p) for p in pending) >= batch_size:
                 flush()
-        if progress:
-            progress(len(idx) + len(failed))
+        if progress and failed:
+            progress(len(failed))
     flush()
     return (torch.cat(feats).cpu() if feats else torch.zeros(0, clip.embed_dim)), keep, bad
 

@@ -21,12 +21,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .artifacts import atomic_path, default_cache_dir, hash_state_dict, hash_tensors
+from .artifacts import (
+    GALLERY_CACHE_GB,
+    atomic_path,
+    default_cache_dir,
+    hash_state_dict,
+    hash_tensors,
+)
 from .encoders import geoclip_package_dir
 from .errors import GeoconceptError, require_file
 from .geo import valid_latlon
 
-GALLERY_CACHE_GB = 4.0
 LAT_NAMES = ("lat", "latitude")
 LON_NAMES = ("lon", "lng", "long", "longitude")
 

@@ -65,7 +65,7 @@ class _LogLines:
         done0, time0 = self.base
         rate = (self.done - done0) / (now - time0) if now > time0 else 0.0
         if self.unit and rate > 0:
-            parts.append(f"{rate:,.0f} {self.unit}/s")
+            parts.append(f"{rate:,.{0 if rate >= 10 else 1}f} {self.unit}/s")
         if rate > 0 and self.done < self.total:
             parts.append(f"{timedelta(seconds=round((self.total - self.done) / rate))} left")
         return ", ".join(p for p in parts if p)

@@ -129,6 +129,12 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
             f"{cfg.features}: {n} samples, fewer than --batch-size {cfg.batch_size}"
         )
     total = cfg.total_steps(n)
+    if cfg.max_steps and cfg.max_steps > total:
+        warnings.warn(
+            f"--max-steps {cfg.max_steps} is more than --epochs {cfg.epochs} give ({total} "
+            f"steps of --batch-size {cfg.batch_size}): the run stops at {total}; raise --epochs",
+            stacklevel=1,
+        )
     if cfg.warmup_steps > total:
         warnings.warn(
             f"--warmup-steps {cfg.warmup_steps} is longer than the run ({total} steps): the "

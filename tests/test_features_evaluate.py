@@ -169,8 +169,11 @@ def test_embed_concepts_skips_when_unchanged_and_refuses_mismatch(
     out = tmp_path / "basis.safetensors"
     args = ["embed-concepts", "--out", str(out), "--clip-model", tiny_clip,
             "--clip-pretrained", "none"]  # fmt: skip
-    first = runner.invoke(app, args)
-    assert first.exit_code == 0 and "wrote" in first.stdout
+    bad = runner.invoke(app, [*args, "--template", "a photo"])  # no {}: every row the same
+    assert bad.exit_code == 2 and "--template 'a photo': needs exactly one {}" in bad.stderr
+    assert "random weights" not in bad.stderr  # refused before CLIP loads
+    first = runner.invoke(app, [*args[:2], str(tmp_path / "basis"), *args[3:]])  # no suffix
+    assert first.exit_code == 0 and f"wrote {out} (" in first.stdout  # the file written
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "up to date" in again.stdout
     emb = load_concept_embeddings(out)
@@ -213,6 +216,7 @@ def test_evaluate_cli_geoclip_and_checkpoint(tmp_path, small_gallery):
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "| GeoCLIP (pretrained) |" in res.stdout and "| gallery ceiling |" in res.stdout
+    assert f"encoding gallery for {tmp_path / 'run'} (once; cached): " in res.stderr  # new head
     result = json.loads(out_json.read_text())
     assert set(result["models"]) == {"GeoCLIP (pretrained)", str(tmp_path / "run")}
     assert result["ceiling"]["25km"] == 100.0  # every test point sits at a gallery centre
@@ -293,3 +297,7 @@ def test_embed_images_bad_input_is_one_line_and_writes_nothing(manifest, tmp_pat
     (tmp_path / "file").write_text("")
     res = runner.invoke(app, [*args[:3], str(tmp_path / "file" / "x"), *args[4:]])
     assert res.exit_code == 2 and "error: [Errno 20] Not a directory" in res.stderr
+    res = runner.invoke(app, [*args[:3], str(tmp_path / "file"), *args[4:]])  # --out a file
+    assert res.exit_code == 2 and "file: a file; give a folder for the feature shards" in res.stderr
+    res = runner.invoke(app, [*args, "--device", "gpu"])
+    assert res.exit_code == 2 and "--device gpu: not a torch device" in res.stderr

@@ -101,6 +101,11 @@ def test_clip_errors_are_one_line(tiny_clip, tmp_path):
         load_clip(tiny_clip, str(tmp_path) + "/")
     with pytest.raises(GeoconceptError, match="no such CLIP model config"):
         load_clip(str(tmp_path / "nope.json"), "none")
+    with pytest.raises(GeoconceptError, match="--device gpu: not a torch device"):
+        load_clip(tiny_clip, "none", "gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(GeoconceptError, match="--device cuda: this machine has no CUDA GPU"):
+            load_clip(tiny_clip, "none", "cuda")
 
 
 @pytest.fixture
@@ -238,11 +243,15 @@ def test_cache_command_shows_and_clears_only_the_embeddings(tmp_path):
         (tmp_path / part / "x" / "data.bin").write_bytes(b"0" * size)
     res = CliRunner().invoke(app, ["cache", "--cache-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    assert res.stdout.splitlines() == ["concept-sources: 1 files, 0 MB",
+    assert res.stdout.startswith(f"cache {tmp_path} (gallery embeddings kept within ")
+    assert res.stdout.splitlines()[1:] == ["concept-sources: 1 files, 0 MB",
                                        "concepts: 1 files, 2 MB", "gallery: 1 files, 3 MB"]
     res = CliRunner().invoke(app, ["cache", "--clear", "--cache-dir", str(tmp_path)])
     assert res.exit_code == 0 and f"removed 2 files (5 MB) from {tmp_path}" in res.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["concept-sources"]
+    res = CliRunner().invoke(app, ["cache", "--cache-dir", str(tmp_path / "concept-sources" /
+                                                               "x" / "data.bin")])  # fmt: skip
+    assert res.exit_code == 2 and "not a folder" in res.stderr
 
 
 def test_gallery_formats(tmp_path):

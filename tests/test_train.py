@@ -24,7 +24,7 @@ from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.evaluate import evaluate_heads, heads_to_evaluate
 from geoconcept_cli.features import load_features
 from geoconcept_cli.model import load_head
-from geoconcept_cli.train import TrainConfig, train
+from geoconcept_cli.train import TrainConfig, check_run, train
 
 
 @pytest.fixture(scope="module")
@@ -366,6 +366,12 @@ def test_cli_process_counts_and_out_paths_are_one_line_errors(world, tmp_path):
 def test_a_warmup_longer_than_the_run_is_warned_about(world, tmp_path):
     with pytest.warns(UserWarning, match=r"--warmup-steps 100 is longer than the run \(2 steps"):
         train(_cfg(world, tmp_path / "w", max_steps=2, warmup_steps=100))
+
+
+def test_max_steps_beyond_the_epochs_is_warned_about(world, tmp_path):
+    with pytest.warns(UserWarning, match=r"--max-steps 400 is more than --epochs 1 give \(.* the "
+                                         r"run stops at \d+; raise --epochs"):  # fmt: skip
+        check_run(_cfg(world, tmp_path / "m", epochs=1, max_steps=400), resume=False)
 
 
 def test_max_steps_caps_the_epochs(world, tmp_path):

@@ -46,6 +46,15 @@ def sidecar(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def check_templates(templates) -> None:
+    """Each prompt template holds the concept once, as ``{}``: a template without it gives
+    every concept the same embedding (a degenerate basis that trains to NaN)."""
+    for t in templates:
+        if "{}" not in t or t.count("{") != 1 or t.count("}") != 1:
+            raise GeoconceptError(f"--template {t!r}: needs exactly one {{}} for the concept, "
+                                  "e.g. 'a photo of {}'")  # fmt: skip
+
+
 @torch.no_grad()
 def encode_concepts(
     names: list[str], clip: ClipBackbone, templates=DEFAULT_TEMPLATES, batch_size: int = 256,
@@ -87,6 +96,7 @@ def embed_concepts(
         old = json.loads(sidecar(out).read_text())
         if old == meta:
             return ConceptEmbeddings(load_file(out)["embeddings"], old), False
+    check_templates(templates)
     emb = encode_concepts(meta["concepts"], clip, templates, progress=progress)
     save_concept_embeddings(out, emb, meta)
     return ConceptEmbeddings(emb, meta), True

@@ -60,8 +60,8 @@ def test_a_resumed_run_does_not_count_work_done_before_as_speed(capsys, monkeypa
         bar(0, completed=1000)
     lines = _lines(capsys)
     assert lines == ["training: 900/1,000 (90%)",
-                     "training: 950/1,000 (95%), 5 steps/s, 0:00:10 left",
-                     "training: 1,000/1,000 (100%), 5 steps/s"]  # fmt: skip
+                     "training: 950/1,000 (95%), 5.0 steps/s, 0:00:10 left",
+                     "training: 1,000/1,000 (100%), 5.0 steps/s"]  # fmt: skip
 
 
 def test_colours_forced_in_a_log_still_give_plain_lines(capsys, monkeypatch):

@@ -222,15 +222,16 @@ def check_feature_folder(
     meta_path = out_dir / "meta.json"
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        keys = ("clip_model", "clip_pretrained", "clip_config", "manifest_sha256",
-                "rows_sha256", "shard_size")  # fmt: skip
-        changed = [k for k in keys if old.get(k) != meta[k] and (k in old or k != "clip_config")]
+        check_same_clip(ClipId.from_meta(old), clip, f"{out_dir} holds features of",
+                        fix="use a new folder")  # fmt: skip
+        keys = ("manifest_sha256", "rows_sha256", "shard_size")
+        changed = [k for k in keys if old.get(k) != meta[k]]
         if changed == ["shard_size"]:
             raise GeoconceptError(f"{out_dir} was embedded with --shard-size {old['shard_size']}; "
                                   "repeat it to finish that folder")  # fmt: skip
         if changed:
             why = ("other images (some appeared or went missing since)"
-                   if changed == ["rows_sha256"] else "another CLIP model or manifest")  # fmt: skip
+                   if changed == ["rows_sha256"] else "another manifest")  # fmt: skip
             raise GeoconceptError(
                 f"{out_dir} holds features of {why}: {', '.join(changed)} differ; use a new folder"
             )

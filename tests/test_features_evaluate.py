@@ -124,7 +124,8 @@ def test_features_of_another_model_are_refused(manifest, tmp_path, tiny_clip):
     res = runner.invoke(app, ["embed-images", str(manifest), "--out", str(out),
                               "--shard-size", "8", "--clip-model", str(other),
                               "--clip-pretrained", "none"])  # fmt: skip
-    assert res.exit_code == 2 and "another CLIP model or manifest" in res.stderr
+    assert res.exit_code == 2 and "feats holds features of CLIP tiny-clip-768 (none), not " \
+        "other-768 (none); use a new folder" in res.stderr  # fmt: skip
     res = runner.invoke(app, ["embed-images", str(manifest), "--out", str(tmp_path / "b32"),
                               "--clip-model", "ViT-B-32", "--clip-pretrained", "none"])
     assert res.exit_code == 2 and "512-d image features, but GeoCLIP's" in res.stderr
@@ -147,7 +148,8 @@ def test_a_model_config_of_the_same_name_but_other_content_is_another_model(
     assert ClipId.of(str(twin), "none").model == ClipId.of(tiny_clip, "none").model
     assert ClipId.of("ViT-L-14", "openai").config is None  # built-in: open_clip's to change
     res = _embed(manifest, out, str(twin))  # a rerun would mix shards of two models
-    assert res.exit_code == 2 and "clip_config differ" in res.stderr
+    assert res.exit_code == 2
+    assert "another model config of that name; use a new folder" in res.stderr
     made_by = "CLIP tiny-clip-768 \\(none\\) from another model config of that name"
     with pytest.raises(GeoconceptError, match=f"holds features of {made_by}$"):
         check_features_clip(out, ClipId.of(str(twin), "none"))

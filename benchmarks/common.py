@@ -28,11 +28,15 @@ def median_time(fn, repeats: int, warmup: int = 1, sync: bool = False) -> float:
     return statistics.median(times)
 
 
-def photos(n: int, tmp: Path = Path("/tmp/geoconcept-bench-photos")) -> list[Path]:
-    """``n`` Im2GPS3k photos, or generated 340x256 JPEGs where ../shared/data is absent."""
-    folder = IM2GPS / "images"
+def photos(
+    n: int, folder: Path = IM2GPS / "images", tmp: Path = Path("/tmp/geoconcept-bench-photos")
+) -> list[Path]:
+    """``n`` photos of ``folder`` (Im2GPS3k's by default), its first ones repeated if it holds
+    fewer (as on a GPU machine that gets part of them), or generated 340x256 JPEGs where the
+    folder is absent."""
     if folder.is_dir():
-        return sorted(folder.iterdir())[:n]
+        files = sorted(folder.resolve().iterdir())
+        return [files[i % len(files)] for i in range(n)]
     import numpy as np
     from PIL import Image
 

@@ -95,6 +95,36 @@ def test_crash_and_resume_equals_uninterrupted(world, tmp_path):
     assert train(cfg_b) == {"step": 10, "done": True}  # a finished run is not redone
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_gpu_run_resumes_exactly_with_features_on_either_side(world, tmp_path, monkeypatch):
+    """On a GPU the batch gather, GPS noise and queue run on the device: a cut run resumes to
+    the uninterrupted weights, and features too big for the GPU (left on the host) change
+    nothing."""
+    import geoconcept_cli.train as train_module
+
+    cfg = _cfg(world, tmp_path / "a", max_steps=10, save_every=3, device="cuda")
+    train(cfg)
+
+    def crash_at_8(step, total, last):
+        if step == 8:
+            raise KeyboardInterrupt
+
+    cut = replace(cfg, out=str(tmp_path / "b"))
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, progress=crash_at_8)
+    train(cut, resume=True)
+    monkeypatch.setattr(train_module, "resident", lambda features, device: features)
+    host = replace(cfg, out=str(tmp_path / "c"))
+    train(host)
+    ref = torch.load(cfg.checkpoint_path(), weights_only=False)
+    for other in (cut, host):
+        got = torch.load(other.checkpoint_path(), weights_only=False)
+        assert got["queue"]["gps"].device.type == "cpu"  # checkpoints load anywhere
+        torch.testing.assert_close(got["queue"]["gps"], ref["queue"]["gps"], rtol=0, atol=0)
+        for k in ref["model"]:
+            torch.testing.assert_close(got["model"][k], ref["model"][k], rtol=0, atol=1e-6, msg=k)
+
+
 def test_killed_cli_run_resumes(world, tmp_path):
     """A real SIGKILL of `geoconcept train`, then --resume, ends with the same weights."""
     out = tmp_path / "killed"

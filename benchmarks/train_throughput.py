@@ -4,10 +4,11 @@ Both run the same training loop (queue, GPS noise, AMP on GPU) on the same synth
 features; the concept head adds the projection onto k concepts and the MMD divergence.
 Target: overhead <= 25%.
 
-At GeoCLIP's batch (512) a step is launch-bound on a GPU (an H100 profile: 2.4 ms of kernels
-against ~25 ms of dispatch), so its time follows the number of dispatched ops. The benchmark
+Where a GPU step is launch-bound (an H100 profile at GeoCLIP's batch 512: 2.4 ms of kernels
+against ~25 ms of dispatch) its time follows the number of dispatched ops, so the benchmark
 also counts them per optimisation step (forward, backward, clipping, AdamW as on CUDA:
-foreach), on the CPU without autocast (on CUDA, autocast adds a cast per matmul input).
+foreach), on the CPU without autocast (on CUDA, autocast adds a cast per matmul input). On an
+H200 the step was mostly GPU time, and host-side work between steps mattered more.
 
     python benchmarks/train_throughput.py [--k 645] [--steps 30] [--batch-size 256] [--repeats 3]
 """

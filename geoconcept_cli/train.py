@@ -7,7 +7,7 @@ on a GPU the noise comes from the GPU's generator).
 
 On a GPU the features, coordinates and GPS queue live on the device (the features where they
 fit), so a step's batch gather and GPS noise are kernels too: no host copies or host-side
-tensor work between steps, whose time varied from step to step and ate into throughput.
+tensor work between steps, whose time varied between runs and ate into throughput.
 """
 
 from __future__ import annotations

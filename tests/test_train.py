@@ -64,17 +64,18 @@ def test_plain_geoclip_baseline_trains(world, tmp_path):
     assert ckpt["kind"] == "geoclip" and "divergence" not in last and last["step"] == 6
 
 
+def _crash_at_8(step, total, last):
+    """A progress callback that stops a run as if killed: the last checkpoint is step 6."""
+    if step == 8:
+        raise KeyboardInterrupt
+
+
 def test_crash_and_resume_equals_uninterrupted(world, tmp_path):
     cfg = _cfg(world, tmp_path / "a", max_steps=10, save_every=3)
     train(cfg)
-
-    def crash_at_8(step, total, last):
-        if step == 8:
-            raise KeyboardInterrupt  # as if killed: the last checkpoint is step 6
-
     cfg_b = replace(cfg, out=str(tmp_path / "b"))
     with pytest.raises(KeyboardInterrupt):
-        train(cfg_b, progress=crash_at_8)
+        train(cfg_b, progress=_crash_at_8)
     assert torch.load(cfg_b.checkpoint_path(), weights_only=False)["step"] == 6
     with pytest.warns(UserWarning, match=r"unfinished run \(step 6 of 10\)"):
         heads_to_evaluate([cfg_b.out], geoclip=False)
@@ -102,16 +103,12 @@ def test_gpu_run_resumes_exactly_with_features_on_either_side(world, tmp_path, m
     nothing."""
     import geoconcept_cli.train as train_module
 
+    assert train_module.resident(torch.zeros(4), torch.device("cuda")).is_cuda  # small: moved
     cfg = _cfg(world, tmp_path / "a", max_steps=10, save_every=3, device="cuda")
     train(cfg)
-
-    def crash_at_8(step, total, last):
-        if step == 8:
-            raise KeyboardInterrupt
-
     cut = replace(cfg, out=str(tmp_path / "b"))
     with pytest.raises(KeyboardInterrupt):
-        train(cut, progress=crash_at_8)
+        train(cut, progress=_crash_at_8)
     train(cut, resume=True)
     monkeypatch.setattr(train_module, "resident", lambda features, device: features)
     host = replace(cfg, out=str(tmp_path / "c"))

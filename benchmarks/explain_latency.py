@@ -28,8 +28,9 @@ def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_grad_enabled(False)
 
+    from geoconcept_cli.checkpoints import save_checkpoint
     from geoconcept_cli.explain import load_explainer
-    from geoconcept_cli.model import ConceptAwareHead, init_from_geoclip, save_checkpoint
+    from geoconcept_cli.model import ConceptAwareHead, init_from_geoclip
 
     photo = photos(1)[0]
     zero = load_explainer(clip_model="ViT-L-14", clip_pretrained="none", device=dev)
@@ -41,7 +42,7 @@ def main() -> None:
         head = init_from_geoclip(ConceptAwareHead(zero.text))
         meta = {"concepts": zero.concepts.names, "categories": zero.concepts.categories,
                 "subcategories": zero.concepts.subcategories}  # fmt: skip
-        ckpt = Path(tmp) / "checkpoint.pt"
+        ckpt = Path(tmp) / "checkpoint.safetensors"
         save_checkpoint(ckpt, head, {}, concepts=meta, step=0)
         full = load_explainer(ckpt, clip_model="ViT-L-14", clip_pretrained="none", device=dev)
         t_full = median_time(lambda: full.explain(photo, check=args.check), args.repeats,

@@ -691,9 +691,9 @@ def visualize(
     """UMAP of image, location and concept vectors of a checkpoint, and the modality gap."""
     import torch
 
+    from .checkpoints import check_trained_on, load_head
     from .encoders import ClipId
     from .features import load_features
-    from .model import check_trained_on, load_head
     from .visualize import latents, modality_gap, plot_umap
 
     data = load_features(features)

@@ -30,11 +30,12 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .checkpoints import load_head
 from .encoders import load_geoclip_head
 from .errors import GeoconceptError
 from .gallery import LAT_NAMES, LON_NAMES, find_column, read_table
 from .geo import unit_vectors, valid_latlon
-from .model import ConceptAwareHead, load_head
+from .model import ConceptAwareHead
 
 TASKS = ("regression", "classification")
 PROBES = ("linear", "mlp")

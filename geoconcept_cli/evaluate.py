@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoints import check_trained_on, load_head
 from .encoders import ClipId, check_feature_dim, load_geoclip_head
 from .errors import GeoconceptError
 from .gallery import cached_gallery_embeddings, load_gallery
 from .geo import THRESHOLDS_KM, accuracy_at_thresholds, haversine_km, unit_vectors
-from .model import check_trained_on, load_head
 from .predict import Predictor
 
 

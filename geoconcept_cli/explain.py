@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import default_cache_dir
+from .checkpoints import check_trained_on, load_head
 from .concepts.embed import embed_concepts, load_concept_embeddings
 from .concepts.regions import country_and_continent
 from .concepts.review import load_concepts
@@ -33,7 +34,7 @@ from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipId
 from .errors import GeoconceptError
 from .geo import haversine_km, place_name
 from .images import load_image
-from .model import ConceptAwareHead, check_trained_on, load_head
+from .model import ConceptAwareHead
 from .predict import Candidate, Predictor
 
 RUNNER_UP_MIN_KM = 200.0  # the runner-up is the best *other place*, not a neighbouring point

@@ -1,4 +1,4 @@
-"""The concept-aware retrieval head (arXiv 2509.01910 on top of GeoCLIP) and its checkpoints.
+"""The concept-aware retrieval head (arXiv 2509.01910 on top of GeoCLIP); stored by ``checkpoints``.
 
 Projection (the paper leaves it open; this is the choice, and why):
 - concept basis  B = E + Delta, E (k x d) the frozen L2-normalised CLIP text embeddings of
@@ -17,24 +17,14 @@ per-concept terms s * a_img[c] * a_loc[c] / (|a_img| |a_loc|): the explanation o
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifacts import atomic_path
-from .encoders import (
-    ClipId,
-    GeoCLIPHead,
-    LocationEncoder,
-    check_same_clip,
-    image_mlp,
-    load_geoclip_head,
-)
-from .errors import GeoconceptError, require_file
+from .encoders import LocationEncoder, image_mlp, load_geoclip_head
+from .errors import GeoconceptError
 
-CHECKPOINT_FORMAT = "geoconcept-checkpoint/1"
 LOCATION_TRAINABLE = ("none", "partial", "all")
 
 
@@ -143,48 +133,3 @@ def build_head(concept_embeddings: torch.Tensor | None) -> nn.Module:
     if concept_embeddings is None:
         return load_geoclip_head().train()
     return init_from_geoclip(ConceptAwareHead(concept_embeddings))
-
-
-def save_checkpoint(path: str | Path, head: nn.Module, config: dict, **state) -> None:
-    """Atomically write a checkpoint: weights, the config that made it, and training state."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "kind": "concept" if isinstance(head, ConceptAwareHead) else "geoclip",
-        "model": head.state_dict(),
-        "config": config,
-        **state,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint dict, with one-line errors for missing or foreign files."""
-    path = require_file(path, "checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise GeoconceptError(f"{path}: not a readable checkpoint ({exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise GeoconceptError(f"{path}: not a geoconcept checkpoint")
-    return ckpt
-
-
-def check_trained_on(ckpt: dict, clip: ClipId, what, hint: bool = False) -> None:
-    """Refuse to use a checkpoint with image features of another CLIP model or weights;
-    ``hint`` adds the CLIP options that would match (where the user chooses the model)."""
-    trained = ClipId.from_meta(ckpt.get("clip") or {}, prefix="")
-    check_same_clip(trained, clip, f"{what} was trained on features of", hint=hint)
-
-
-def load_head(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the trained head of a checkpoint file or run folder (eval mode), with its dict."""
-    path = Path(path)
-    ckpt = read_checkpoint(path / "checkpoint.pt" if path.is_dir() else path)
-    sd = ckpt["model"]
-    if ckpt["kind"] == "concept":
-        head = ConceptAwareHead(sd["concept_embeddings"])
-    else:
-        head = GeoCLIPHead()
-    head.load_state_dict(sd)
-    return head.eval().to(device), ckpt

@@ -24,6 +24,14 @@ import torch
 from torch import nn
 
 from .artifacts import atomic_path, remove_stale_temporaries, write_json
+from .checkpoints import (
+    CHECKPOINT_NAME,
+    LEGACY_NAME,
+    load_weights,
+    read_checkpoint,
+    run_checkpoint,
+    save_checkpoint,
+)
 from .concepts.embed import load_concept_embeddings
 from .distributed import (
     DistInfo,
@@ -36,14 +44,7 @@ from .encoders import ClipId, check_feature_dim
 from .errors import GeoconceptError
 from .features import feature_summary, load_features
 from .losses import DIVERGENCES, info_nce
-from .model import (
-    LOCATION_TRAINABLE,
-    build_head,
-    read_checkpoint,
-    same_basis,
-    save_checkpoint,
-    set_location_trainable,
-)
+from .model import LOCATION_TRAINABLE, build_head, same_basis, set_location_trainable
 
 KM_PER_DEGREE = 111.195
 
@@ -77,7 +78,8 @@ class TrainConfig:
     device: str = "cpu"
 
     def checkpoint_path(self) -> Path:
-        return Path(self.out) / "checkpoint.pt"
+        """Where this run writes its checkpoint (a legacy ``checkpoint.pt`` is only read)."""
+        return Path(self.out) / CHECKPOINT_NAME
 
     def validate(self) -> None:
         """One-line errors for option values that would crash or silently diverge later."""
@@ -146,13 +148,13 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
             "learning rate never reaches --lr",
             stacklevel=1,  # one location: shown once though the CLI and train() both check
         )
-    ckpt_path = cfg.checkpoint_path()
-    if not ckpt_path.is_file():
+    ckpt_path = run_checkpoint(cfg.out)
+    if ckpt_path is None:
         if resume:
             warnings.warn(f"--resume: no checkpoint in {cfg.out} yet; starting a new run",
                           stacklevel=1)  # fmt: skip
         return None
-    ckpt = read_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(ckpt_path, resume=True)
     changed = _changed_options(ckpt["config"], cfg)
     if changed:
         raise GeoconceptError(
@@ -165,7 +167,8 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | Non
         raise GeoconceptError(
             f"{cfg.features} changed since {cfg.out} was checkpointed ({what}); use a new --out"
         )
-    if basis is not None and not same_basis(basis.embeddings, ckpt["model"]["concept_embeddings"]):
+    stored = ckpt["model"].get("concept_embeddings")
+    if basis is not None and (stored is None or not same_basis(basis.embeddings, stored)):
         raise GeoconceptError(
             f"{cfg.concepts} is not the concept basis {cfg.out} was trained with; use a new --out"
         )
@@ -367,9 +370,10 @@ def train(
     features, latlon = resident(data.features, device), data.latlon.to(device)
     del data  # the host copy, where the features moved to the GPU
     step, ckpt, ckpt_path = 0, None, cfg.checkpoint_path()
-    if ckpt_path.is_file():  # check_run has vetted it: same run, unfinished, --resume
-        ckpt = read_checkpoint(ckpt_path)
-        head.load_state_dict(ckpt["model"])  # before DDP, which broadcasts rank 0's weights
+    found = run_checkpoint(out)
+    if found is not None:  # check_run has vetted it: same run, unfinished, --resume
+        ckpt = read_checkpoint(found, resume=True)
+        load_weights(head, ckpt["model"], found)  # before DDP, which broadcasts rank 0's
         step = ckpt["step"]
     elif info.is_main:
         write_json(out / "config.json", asdict(cfg))
@@ -384,9 +388,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup_steps))
     queue = GPSQueue(cfg.queue_size, device)
     if ckpt:
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        queue.load(ckpt["queue"])
+        _load_training_state(ckpt, opt, sched, queue, found)
 
     metrics_path = out / "metrics.jsonl"
     if info.is_main:
@@ -399,6 +401,7 @@ def train(
                 scheduler=sched.state_dict(), queue=queue.state(), step=step,
                 total_steps=total, **provenance,
             )  # fmt: skip
+            (out / LEGACY_NAME).unlink(missing_ok=True)  # converted: one checkpoint per run
 
     last: dict = {}
     t0, seen = time.perf_counter(), 0
@@ -441,6 +444,19 @@ def train(
         if checkpoint:
             save()
     return last
+
+
+def _load_training_state(ckpt: dict, opt, sched, queue: GPSQueue, source: Path | None) -> None:
+    """Optimizer, schedule and GPS queue of a resumed run; one line if they do not fit it."""
+    try:
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        queue.load(ckpt["queue"])
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError):
+        raise GeoconceptError(
+            f"{source}: its optimizer, schedule or GPS queue state does not fit this run "
+            "(damaged?); use a new --out"
+        ) from None
 
 
 def train_worker(cfg: TrainConfig, resume: bool = False) -> dict:

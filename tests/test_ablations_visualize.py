@@ -53,11 +53,11 @@ def test_ablation_grid_end_to_end(world, tmp_path, tiny_clip):
         meta = json.loads((out / "concept_sets" / f"{name}.json").read_text())
         assert len(meta["concepts"]) == (len(generic_set()) if name == "generic" else 645)
     assert "| geography |" in (out / "ablation.md").read_text()
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.safetensors")}
     assert len(stamps) == 4
     again = runner.invoke(app, [*args, "--warmup-steps", "1"])  # finished: not retrained
     assert again.exit_code == 0 and "already trained: none" in again.stderr
-    assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.safetensors")} == stamps
 
 
 def test_modality_gap_numbers():

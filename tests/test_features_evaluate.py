@@ -16,13 +16,13 @@ from conftest import shared_data
 from PIL import Image
 from typer.testing import CliRunner
 
+from geoconcept_cli.checkpoints import check_trained_on
 from geoconcept_cli.cli import app
 from geoconcept_cli.encoders import ClipId
 from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.evaluate import nearest_gallery_km, summarize
 from geoconcept_cli.features import check_features_clip, load_features, shard_path
 from geoconcept_cli.geo import haversine_km
-from geoconcept_cli.model import check_trained_on
 
 runner = CliRunner()
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 from synthetic import make_world
 
+from geoconcept_cli.checkpoints import load_head, read_checkpoint, write_checkpoint
 from geoconcept_cli.distributed import DistInfo, free_port, launch
 from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.evaluate import evaluate_heads, heads_to_evaluate
 from geoconcept_cli.features import load_features
-from geoconcept_cli.model import load_head
 from geoconcept_cli.train import TrainConfig, check_run, train
 
 
@@ -60,7 +60,7 @@ def test_learns_far_above_chance(world, tmp_path):
 
 def test_plain_geoclip_baseline_trains(world, tmp_path):
     last = train(_cfg(world, tmp_path / "g", concepts=None, max_steps=6))
-    head, ckpt = load_head(tmp_path / "g" / "checkpoint.pt")
+    head, ckpt = load_head(tmp_path / "g" / "checkpoint.safetensors")
     assert ckpt["kind"] == "geoclip" and "divergence" not in last and last["step"] == 6
 
 
@@ -76,17 +76,17 @@ def test_crash_and_resume_equals_uninterrupted(world, tmp_path):
     cfg_b = replace(cfg, out=str(tmp_path / "b"))
     with pytest.raises(KeyboardInterrupt):
         train(cfg_b, progress=_crash_at_8)
-    assert torch.load(cfg_b.checkpoint_path(), weights_only=False)["step"] == 6
+    assert read_checkpoint(cfg_b.checkpoint_path())["step"] == 6
     with pytest.warns(UserWarning, match=r"unfinished run \(step 6 of 10\)"):
         heads_to_evaluate([cfg_b.out], geoclip=False)
     with pytest.raises(GeoconceptError, match="--resume"):
         train(cfg_b)
-    cut = tmp_path / "b" / ".checkpoint.pt.x1y2.tmp"  # as a kill during a save leaves it
+    cut = tmp_path / "b" / ".checkpoint.safetensors.x1y2.tmp"  # as a kill during a save leaves it
     cut.write_bytes(b"half a checkpoint")
     train(cfg_b, resume=True)
     assert not cut.exists()
-    a = torch.load(cfg.checkpoint_path(), weights_only=False)["model"]
-    b = torch.load(cfg_b.checkpoint_path(), weights_only=False)["model"]
+    a = read_checkpoint(cfg.checkpoint_path())["model"]
+    b = read_checkpoint(cfg_b.checkpoint_path())["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     steps = [
@@ -113,9 +113,9 @@ def test_gpu_run_resumes_exactly_with_features_on_either_side(world, tmp_path, m
     monkeypatch.setattr(train_module, "resident", lambda features, device: features)
     host = replace(cfg, out=str(tmp_path / "c"))
     train(host)
-    ref = torch.load(cfg.checkpoint_path(), weights_only=False)
+    ref = read_checkpoint(cfg.checkpoint_path())
     for other in (cut, host):
-        got = torch.load(other.checkpoint_path(), weights_only=False)
+        got = read_checkpoint(other.checkpoint_path())
         assert got["queue"]["gps"].device.type == "cpu"  # checkpoints load anywhere
         torch.testing.assert_close(got["queue"]["gps"], ref["queue"]["gps"], rtol=0, atol=0)
         for k in ref["model"]:
@@ -130,20 +130,20 @@ def test_killed_cli_run_resumes(world, tmp_path):
             "--batch-size", "32", "--lr", "3e-3", "--warmup-steps", "3", "--queue-size", "32",
             "--save-every", "2"]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = out / "checkpoint.pt"
+    ckpt = out / "checkpoint.safetensors"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert torch.load(ckpt, weights_only=False)["step"] < 12
+    assert read_checkpoint(ckpt)["step"] < 12
     assert not list(out.glob("*.tmp"))
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     ref = _cfg(world, tmp_path / "ref", max_steps=12, save_every=2, epochs=10)
     train(ref)
-    a = torch.load(ref.checkpoint_path(), weights_only=False)["model"]
-    b = torch.load(ckpt, weights_only=False)["model"]
+    a = read_checkpoint(ref.checkpoint_path())["model"]
+    b = read_checkpoint(ckpt)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
@@ -154,10 +154,10 @@ def test_resume_checks_what_paths_hold_not_how_they_are_spelled(world, tmp_path,
     monkeypatch.chdir(tmp_path / "a")  # a run started with relative paths...
     cfg = _cfg(world, "run", features="feats", max_steps=3)
     train(cfg)
-    ckpt_path = tmp_path / "a" / "run" / "checkpoint.pt"
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt_path = tmp_path / "a" / "run" / "checkpoint.safetensors"
+    ckpt = read_checkpoint(ckpt_path)
     del ckpt["config"]["amp"]  # as written before an option existed: its default applies
-    torch.save(ckpt, ckpt_path)
+    write_checkpoint(ckpt_path, ckpt)
     monkeypatch.chdir(tmp_path)  # ...continued from elsewhere, its features moved
     (tmp_path / "a" / "feats").rename(tmp_path / "moved")
     same = replace(cfg, out=str(tmp_path / "a" / "run"), features="moved", log_every=1)
@@ -242,7 +242,7 @@ def test_ddp_two_gloo_processes_equal_one(world, tmp_path, divergence):
     one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
     _one_step(cfg.__dict__, one)
     launch(_one_step, (cfg.__dict__, two), nproc=2)
-    a, b = torch.load(one), torch.load(two)
+    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert a["grads"].keys() == b["grads"].keys() and len(a["grads"]) > 5
     for k, ga in a["grads"].items():  # equal up to float32 summation order
@@ -263,7 +263,7 @@ def test_cli_trains_with_two_cpu_processes(world, tmp_path, capfd):
         ])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["step"] == 3
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert read_checkpoint(out / "checkpoint.safetensors")["step"] == 3
     # not a terminal (as in a SLURM log): rank 0 alone logs plain progress lines (the worker
     # processes write to the inherited stderr, not to the runner's)
     logged = capfd.readouterr().err
@@ -297,8 +297,8 @@ def test_two_nodes_train_as_one_process(world, tmp_path):
     losses = [[json.loads(ln)["loss"] for ln in (d / "metrics.jsonl").read_text().splitlines()]
               for d in (out, tmp_path / "ref")]  # fmt: skip
     assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-5)
-    a = torch.load(ref.checkpoint_path(), weights_only=False)["model"]
-    b = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    a = read_checkpoint(ref.checkpoint_path())["model"]
+    b = read_checkpoint(out / "checkpoint.safetensors")["model"]
     for k in a:
         # Adam's first steps move a weight by about lr whatever its gradient's size, so a ~0
         # gradient whose sign another summation order flips can end up to ~lr apart (1.6e-4
@@ -374,7 +374,7 @@ def test_the_main_process_is_known_under_torchrun_and_slurm(env, main, monkeypat
 def test_bad_options_are_one_line_errors(world, tmp_path, change, message):
     with pytest.raises(GeoconceptError, match=message):
         train(_cfg(world, tmp_path / "bad", **change))
-    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+    assert not (tmp_path / "bad" / "checkpoint.safetensors").exists()
 
 
 def test_cli_process_counts_and_out_paths_are_one_line_errors(world, tmp_path):

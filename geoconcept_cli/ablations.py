@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import atomic_path, write_json
+from .checkpoints import run_checkpoint
 from .concepts.embed import DEFAULT_TEMPLATES, encode_concepts, save_concept_embeddings
 from .concepts.review import load_concepts
 from .encoders import ClipBackbone
@@ -102,7 +103,7 @@ def run_grid(
     for name, emb in sets.items():
         cfg = replace(base, features=str(train_features), out=str(out_dir / name),
                       concepts=str(emb) if emb else None)  # fmt: skip
-        last = train(cfg, resume=cfg.checkpoint_path().is_file())
+        last = train(cfg, resume=run_checkpoint(cfg.out) is not None)
         runs[name] = out_dir / name
         if progress:
             progress(name, "already trained" if last.get("loss") is None else "trained")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from torch import nn
 from .artifacts import atomic_path
 from .concepts.review import concept_set_hash
 from .encoders import ClipId, GeoCLIPHead, check_same_clip
-from .errors import GeoconceptError, require_file
+from .errors import GeoconceptError, first_line, require_file
 from .model import ConceptAwareHead
 
 CHECKPOINT_FORMAT = "geoconcept-checkpoint/2"
@@ -127,8 +128,8 @@ def read_checkpoint(path: str | Path, resume: bool = False) -> dict:
     with ``resume``, it must also hold the training state a run continues from."""
     path = require_file(path, "checkpoint")
     with path.open("rb") as f:
-        magic = f.read(2)
-    if magic == b"PK" or magic[:1] == b"\x80":  # a torch zip archive or a raw pickle
+        start = f.read(9)
+    if start[8:] != b"{":  # not safetensors (8-byte header size, then JSON): legacy torch file
         ckpt = _read_legacy(path)
     else:
         meta = _header(path)
@@ -139,7 +140,7 @@ def read_checkpoint(path: str | Path, resume: bool = False) -> dict:
             with safe_open(str(path), "pt") as f:
                 ckpt = _decode(json.loads(meta["state"]), f)
         except _DECODE_ERRORS as exc:
-            raise GeoconceptError(f"{path}: damaged checkpoint ({_first_line(exc)})") from None
+            raise GeoconceptError(f"{path}: damaged checkpoint ({first_line(exc)})") from None
     _check_contents(ckpt, path)
     missing = [k for k in RESUME_STATE if resume and not isinstance(ckpt.get(k), dict)]
     if missing:
@@ -151,14 +152,16 @@ def read_checkpoint(path: str | Path, resume: bool = False) -> dict:
 def _read_legacy(path: Path) -> dict:
     """A format-1 ``checkpoint.pt``, unpickled with torch's tensors-and-containers allow-list."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise GeoconceptError(
             f"{path}: refused: this pickle holds Python objects other than tensors, and loading "
             "them could run code (geoconcept's own checkpoints hold none)"
         ) from None
     except Exception as exc:  # torch raises RuntimeError, EOFError... for cut or foreign files
-        raise GeoconceptError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+        raise GeoconceptError(f"{path}: not a readable checkpoint ({first_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != LEGACY_FORMAT:
         raise GeoconceptError(f"{path}: not a geoconcept checkpoint (a torch file of another kind)")
     return ckpt
@@ -172,7 +175,7 @@ def _header(path: Path) -> dict[str, str]:
     except _DECODE_ERRORS as exc:
         raise GeoconceptError(
             f"{path}: not a geoconcept checkpoint or model (not a whole safetensors file: "
-            f"{_first_line(exc)})"
+            f"{first_line(exc)})"
         ) from None
     return meta
 
@@ -212,7 +215,7 @@ def read_bundle(folder: str | Path) -> dict:
     try:
         model = load_file(str(weights))
     except _DECODE_ERRORS as exc:
-        raise GeoconceptError(f"{weights}: damaged ({_first_line(exc)})") from None
+        raise GeoconceptError(f"{weights}: damaged ({first_line(exc)})") from None
     concepts = None
     if config.get("kind") == "concept":
         concepts = read_json(require_file(folder / BUNDLE_CONCEPTS, "concept list"))
@@ -224,6 +227,7 @@ def read_bundle(folder: str | Path) -> dict:
             "config": config.get("training"), "clip": config.get("clip"), "concepts": concepts,
             "step": config.get("step"), "total_steps": config.get("total_steps"),
             "features": config.get("features"), "bundle": config}  # fmt: skip
+    ckpt = {k: v for k, v in ckpt.items() if v is not None}  # absent, as in a run's checkpoint
     _check_contents(ckpt, folder)
     return ckpt
 
@@ -233,7 +237,7 @@ def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise GeoconceptError(f"{path}: not valid JSON ({_first_line(exc)})") from None
+        raise GeoconceptError(f"{path}: not valid JSON ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise GeoconceptError(f"{path}: expected a JSON object")
     return data
@@ -259,11 +263,6 @@ def concept_list_hash(concepts: dict) -> str:
     """The concept set's hash (as embed-concepts records it) of a checkpoint's concept list."""
     return concept_set_hash(pd.DataFrame({"concept": concepts["concepts"],
                                           "category": concepts["categories"]}))  # fmt: skip
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ------------------------------------------------------------------------------ heads

@@ -43,6 +43,7 @@ Gallery = Annotated[
     Path | None,
     typer.Option(help="CSV/Parquet of lat/lon gallery points (default: GeoCLIP's 100K)."),
 ]
+MODEL_PATHS = "run folder, checkpoint file or exported model folder"
 Device = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")]
 CacheDir = Annotated[
     Path | None,
@@ -191,7 +192,7 @@ def explain(
         Path, typer.Argument(help="A photo, or a folder / manifest (CSV/Parquet) for batch mode.")
     ],
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Trained concept-aware run (folder or checkpoint.pt).")
+        Path | None, typer.Option(help=f"Trained run: {MODEL_PATHS}.")
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
     n_concepts: Annotated[int, typer.Option("--concepts-shown", min=1)] = 8,
@@ -555,7 +556,7 @@ def train(
 def evaluate(
     features: Annotated[Path, typer.Argument(help="Test feature folder from embed-images.")],
     checkpoints: Annotated[
-        list[Path] | None, typer.Argument(help="Run folders or checkpoint files.")
+        list[Path] | None, typer.Argument(help=f"Trained runs, each a {MODEL_PATHS}.")
     ] = None,
     geoclip: Annotated[bool, typer.Option(help="Include pretrained GeoCLIP.")] = True,
     gallery: Gallery = None,
@@ -640,7 +641,8 @@ def downstream(
     lon: Annotated[str | None, typer.Option(help="Longitude column (default: found).")] = None,
     task: Annotated[str, typer.Option(help="regression or classification.")] = "regression",
     checkpoint: Annotated[
-        list[Path] | None, typer.Option(help="Trained run(s) to probe beside GeoCLIP (repeat).")
+        list[Path] | None,
+        typer.Option(help=f"Trained run to probe beside GeoCLIP: {MODEL_PATHS} (repeat)."),
     ] = None,
     folds: int = 5,
     seed: int = 0,
@@ -682,7 +684,7 @@ def downstream(
 @cli_command
 def visualize(
     features: Annotated[Path, typer.Argument(help="Feature folder (photos with GPS).")],
-    checkpoint: Annotated[Path, typer.Argument(help="Run folder or checkpoint.pt.")],
+    checkpoint: Annotated[Path, typer.Argument(help=f"Trained run: {MODEL_PATHS}.")],
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("modality_gap.png"),
     max_points: Annotated[int, typer.Option(min=2, help="Photos sampled (UMAP cost).")] = 3000,
     by_continent: Annotated[bool, typer.Option(help="Marker per continent.")] = False,
@@ -706,6 +708,35 @@ def visualize(
     plot_umap(z, out, data.latlon[pick], by_continent, seed)
     stdout.print(f"modality gap: centroid distance {gap['centroid_distance']:.4f}, mean paired "
                  f"cosine {gap['mean_paired_cosine']:.4f}  -> {out}", highlight=False)  # fmt: skip
+
+
+@app.command()
+@cli_command
+def export(
+    run: Annotated[
+        Path, typer.Argument(help="Run folder or checkpoint file (an exported model re-exports).")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Model folder to write (an earlier export there is replaced).")
+    ],
+    evaluation: Annotated[
+        Path | None,
+        typer.Option("--eval", help="evaluate --json-out file with this run's figures "
+                     "(default: eval.json in or beside the run, if it names the run)."),
+    ] = None,  # fmt: skip
+) -> None:
+    """Export a trained run as a model folder to share: safetensors weights, config.json,
+    concepts.json and a model card (README.md). Every --checkpoint option takes the folder."""
+    from .checkpoints import KINDS
+    from .export import export_model
+
+    config = export_model(run, out, evaluation)
+    concepts = f"{config['concept_set']['count']} concepts, " if config["concept_set"] else ""
+    figures = config["evaluation"]
+    stdout.print(f"exported {KINDS[config['kind']]} model ({concepts}step {config['step']} of "
+                 f"{config['total_steps']}) -> "
+                 f"{out}; figures: " + (f"from {figures['file']}" if figures else
+                 "none found (give --eval)"), highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @app.command()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import GeoconceptError, require_file
+from .errors import GeoconceptError, first_line, require_file
 
 DEFAULT_CLIP_MODEL = "ViT-L-14"
 DEFAULT_CLIP_PRETRAINED = "openai"
@@ -384,7 +384,8 @@ def load_clip(
                 f"could not get CLIP weights '{tag}' for {name} ({type(exc).__name__}). This "
                 f"machine may have no internet: {NO_WEIGHTS_HINT}"
             ) from None
-        raise GeoconceptError(f"could not load CLIP {name} from {tag}: {exc}") from None
+        raise GeoconceptError(f"could not load CLIP {name} from {tag}: {first_line(exc)}") \
+            from None  # fmt: skip
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name)
     return ClipBackbone(model, preprocess, tokenizer, ClipId.of(model_name, pretrained))

@@ -18,3 +18,9 @@ def require_file(path: str | Path, what: str = "file") -> Path:
     if not path.is_file():
         raise GeoconceptError(f"{path}: no such {what}")
     return path
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (library errors often span many)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,302 @@
+"""`export`: a trained run as a self-contained model folder to publish, with a model card.
+
+``MODEL_DIR/`` holds ``model.safetensors`` (the head's weights), ``config.json`` (format, kind,
+CLIP backbone, concept-set hash, training options, step, the training features' identity, the
+weights' sha256 and, when found, the evaluation figures), ``concepts.json`` (concept-aware
+models) and ``README.md``, a model card generated from the same facts. No file is a pickle.
+The folder is written under a temporary name beside ``MODEL_DIR`` and renamed into place, so
+a crash never leaves half a bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from . import __version__
+from .checkpoints import (
+    BUNDLE_CONCEPTS,
+    BUNDLE_CONFIG,
+    BUNDLE_FORMAT,
+    BUNDLE_WEIGHTS,
+    CHECKPOINT_NAME,
+    LEGACY_NAME,
+    concept_list_hash,
+    file_sha256,
+    head_from,
+    read_json,
+    read_model,
+)
+from .errors import GeoconceptError
+from .geo import THRESHOLDS_KM
+
+EVAL_NAME = "eval.json"
+_LOCAL_PATHS = ("features", "concepts")  # options that name files on the trainer's machine
+
+
+def export_model(source: str | Path, out: str | Path, evaluation: str | Path | None = None) -> dict:
+    """Write ``source`` (a run folder, checkpoint file or bundle) as a bundle in ``out``;
+    returns its config. ``evaluation`` is an ``evaluate --json-out`` file holding the run's
+    figures (default: ``eval.json`` in or beside the run, if it names the run)."""
+    source, out = Path(source), Path(out)
+    ckpt = read_model(source)
+    head = head_from(ckpt, source)  # weights that do not fit are refused before any write
+    _check_out(out)
+    if ckpt.get("step") is not None and ckpt["step"] < (ckpt.get("total_steps") or 0):
+        warnings.warn(f"{source} is an unfinished run (step {ckpt['step']} of "
+                      f"{ckpt['total_steps']}); the card says so", stacklevel=2)  # fmt: skip
+    figures = find_evaluation(source, evaluation)
+    if figures is None and ckpt.get("bundle"):
+        figures = ckpt["bundle"].get("evaluation")  # re-exporting a bundle keeps its figures
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        weights = tmp / BUNDLE_WEIGHTS
+        state = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
+        save_file(state, str(weights), metadata={"format": BUNDLE_FORMAT})
+        config = bundle_config(ckpt, file_sha256(weights), figures)
+        if ckpt["kind"] == "concept":
+            _write_text(tmp / BUNDLE_CONCEPTS, json.dumps(ckpt["concepts"], indent=1) + "\n")
+        _write_text(tmp / BUNDLE_CONFIG, json.dumps(config, indent=2) + "\n")
+        _write_text(tmp / "README.md", model_card(config, out.name))
+        _replace_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return config
+
+
+def _check_out(out: Path) -> None:
+    """``out`` may be new, empty or an earlier export (replaced); nothing else is overwritten."""
+    if out.exists() and not out.is_dir():
+        raise GeoconceptError(f"--out {out}: a file; give a folder for the model")
+    earlier = (out / BUNDLE_CONFIG).is_file() and (out / BUNDLE_WEIGHTS).is_file()
+    if out.is_dir() and any(out.iterdir()) and not earlier:
+        raise GeoconceptError(f"--out {out}: a folder that holds other files; give a new one")
+
+
+def _write_text(path: Path, text: str) -> None:
+    with path.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Rename the finished folder ``new`` to ``out``, replacing an earlier export there."""
+    new.chmod(0o777 & ~_umask())  # mkdtemp makes 0700: others should read a published model
+    old = None
+    if out.is_dir() and any(out.iterdir()):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old)
+    elif out.is_dir():
+        out.rmdir()
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def bundle_config(ckpt: dict, weights_sha256: str, evaluation: dict | None) -> dict:
+    """The bundle's config.json: what the model is, what made it, how it scored."""
+    training = {k: v for k, v in ckpt["config"].items() if k != "out"}
+    for key in _LOCAL_PATHS:  # the trainer's paths mean nothing elsewhere: keep their names
+        if isinstance(training.get(key), str):
+            training[key] = Path(training[key]).name
+    concepts = ckpt.get("concepts") if ckpt["kind"] == "concept" else None
+    return {
+        "format": BUNDLE_FORMAT,
+        "kind": ckpt["kind"],
+        "clip": ckpt.get("clip") or {},
+        "concept_set": {"count": len(concepts["concepts"]),
+                        "sha256": concept_list_hash(concepts)} if concepts else None,
+        "training": training,
+        "step": ckpt.get("step"),
+        "total_steps": ckpt.get("total_steps"),
+        "features": ckpt.get("features"),
+        "weights_sha256": weights_sha256,
+        "evaluation": evaluation,
+        "geoconcept_version": __version__,
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ figures
+def find_evaluation(source: Path, given: str | Path | None) -> dict | None:
+    """This run's figures from an ``evaluate --json-out`` file, with the baselines and the
+    gallery ceiling measured in the same evaluation. ``given`` must name the run; the default
+    places (``eval.json`` in the run folder, then beside it) are used only if they do."""
+    run = source.parent if source.is_file() else source
+    if given is not None:
+        given = Path(given)
+        data = read_json(given) if given.is_file() else None
+        if data is None:
+            raise GeoconceptError(f"--eval {given}: no such file")
+        figures = _figures_for(data, run, given)
+        if figures is None:
+            names = ", ".join(map(str, (data.get("models") or {}).keys())) or "none"
+            raise GeoconceptError(f"--eval {given}: no figures for {run} (models there: {names})")
+        return figures
+    for path in (run / EVAL_NAME, run.parent / EVAL_NAME):
+        if path.is_file():
+            figures = _figures_for(read_json(path), run, path)
+            if figures is not None:
+                return figures
+    return None
+
+
+def _figures_for(data: dict, run: Path, path: Path) -> dict | None:
+    """The entry of ``data['models']`` that names ``run`` (by path, else by folder name)."""
+    models = data.get("models")
+    if not isinstance(models, dict):
+        raise GeoconceptError(f"{path}: not an evaluate --json-out file (no 'models')")
+
+    def folder(key: str) -> Path:
+        p = Path(key)
+        return p.parent if p.name in (CHECKPOINT_NAME, LEGACY_NAME) else p
+
+    def resolved(p: Path, base: Path) -> Path:
+        return (p if p.is_absolute() else base / p).resolve()
+
+    here = run.resolve()
+    exact = [k for k in models if here in (resolved(folder(k), Path.cwd()),
+                                          resolved(folder(k), path.parent))]  # fmt: skip
+    named = [k for k in models if folder(k).name == run.name]
+    key = exact[0] if exact else named[0] if len(named) == 1 else None
+    if key is None:
+        return None
+    return {
+        "file": path.name,
+        "model": _scores(models[key], path),
+        "baselines": {k: _scores(v, path) for k, v in models.items() if "GeoCLIP" in k},
+        "ceiling": _scores(data["ceiling"], path) if "ceiling" in data else None,
+    }
+
+
+def _scores(entry: object, path: Path) -> dict:
+    """Accuracy per threshold (%), median km and n of one evaluated model, as numbers."""
+    keys = [f"{t}km" for t in THRESHOLDS_KM]
+    if not isinstance(entry, dict):
+        raise GeoconceptError(f"{path}: a model entry is not a JSON object")
+    try:
+        scores = {k: float(entry[k]) for k in keys}
+        scores |= {k: float(entry[k]) for k in ("median_km", "n") if k in entry}
+    except (KeyError, TypeError, ValueError):
+        raise GeoconceptError(f"{path}: a model entry lacks accuracy at {', '.join(keys)}") \
+            from None  # fmt: skip
+    return scores
+
+
+# ------------------------------------------------------------------------------ model card
+def model_card(config: dict, name: str) -> str:
+    """README.md of a bundle: what the model is, its data and figures, use, limits, privacy."""
+    clip, training = config["clip"], config["training"]
+    concept_aware = config["kind"] == "concept"
+    model_opt = clip.get("model") if not clip.get("config") else f"<your {clip.get('model')}.json>"
+    lines = [
+        f"# geoconcept model: {name}",
+        "",
+        ("A **concept-aware** image geo-localization head (concept-aware image-GPS alignment, "
+         "arXiv 2509.01910) on GeoCLIP: it predicts where a photo was taken by retrieval over a "
+         "GPS gallery, and explains each prediction in the concepts listed in `concepts.json`."
+         if concept_aware else
+         "A **plain GeoCLIP** head (image MLP and location encoder) retrained by geoconcept: it "
+         "predicts where a photo was taken by retrieval over a GPS gallery. It has no concept "
+         "axes; `geoconcept explain` explains it zero-shot."),
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f"geoconcept explain photo.jpg --checkpoint {name} --clip-model {model_opt} "
+        f"--clip-pretrained {clip.get('pretrained')}",
+        f"geoconcept evaluate FEATURES {name}",
+        "```",
+        "",
+        f"The image features must come from CLIP `{clip.get('model')}` with weights "
+        f"`{clip.get('pretrained')}`" + (f" (model config sha256 `{clip['config']}`)"
+                                         if clip.get("config") else "")
+        + "; geoconcept refuses others. Loading this folder runs no code: weights are "
+        "safetensors, everything else JSON.",
+        "",
+        "## Training",
+        "",
+        *_training_lines(config, training),
+        "",
+        "## Evaluation",
+        "",
+        *_evaluation_lines(config.get("evaluation")),
+        "",
+        "## Intended use and limits",
+        "",
+        "- Coarse, worldwide localisation of outdoor photos: the answer is always one of the "
+        "gallery's points (GeoCLIP's 100K by default), so it is never finer than the gallery and "
+        "is not street-level or address-level localisation.",
+        "- Accuracy holds for photos like the training data (geotagged Flickr-style photos); "
+        "indoor scenes, close-ups, screenshots and regions rare in that data are located far "
+        "less reliably. The probabilities are uncalibrated.",
+        "- The explanations decompose *this model's* score exactly; they say what the model "
+        "used, not what is true of the place. `--check` tests them against random concepts.",
+        "",
+        "## Privacy",
+        "",
+        "Locating a photo can reveal where a person lives, works or travels. Do not use this "
+        "model to locate people, or photos of people, without their consent; check the law "
+        "that applies to you before processing others' photos.",
+        "",
+        "## Files",
+        "",
+        "- `model.safetensors`: the weights; `config.json`: backbone, concept-set hash, "
+        "training options, evaluation and the weights' sha256 (checked on load)",
+        *(["- `concepts.json`: the concept names, categories and subcategories"]
+          if concept_aware else []),
+        f"- made by geoconcept {config['geoconcept_version']} (format `{config['format']}`)",
+        "",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _training_lines(config: dict, training: dict) -> list[str]:
+    features = config.get("features") or {}
+    step, total = config.get("step"), config.get("total_steps")
+    lines = [
+        f"- Image features: `{training.get('features')}`, {features.get('rows', '?')} photos "
+        f"(sha256 of their ids `{str(features.get('ids_sha256', '?'))[:16]}`)",
+        f"- Steps: {step} of {total}" + (" (**unfinished run**)" if step and total
+                                          and step < total else ""),
+        "- Options: " + ", ".join(f"{k} {training[k]}" for k in (
+            "epochs", "batch_size", "lr", "queue_size", "divergence", "lambda_div",
+            "train_location", "seed") if k in training),
+    ]  # fmt: skip
+    if config.get("concept_set"):
+        cs = config["concept_set"]
+        lines.append(f"- Concept set: {cs['count']} concepts (sha256 `{cs['sha256'][:16]}`), "
+                     f"basis `{training.get('concepts')}`")  # fmt: skip
+    return lines
+
+
+def _evaluation_lines(evaluation: dict | None) -> list[str]:
+    if not evaluation:
+        return ["No evaluation was found beside the run. `geoconcept evaluate FEATURES RUN "
+                "--json-out RUN/eval.json`, then export again, adds the figures here."]
+    rows = {"this model": evaluation["model"], **evaluation.get("baselines", {})}
+    if evaluation.get("ceiling"):
+        rows["gallery ceiling"] = evaluation["ceiling"]
+    head = "| model | " + " | ".join(f"{t} km" for t in THRESHOLDS_KM) + " | median km |"
+    lines = [f"Top-1 accuracy (%) within each distance, from `{evaluation['file']}` "
+             f"({int(evaluation['model'].get('n', 0))} photos):", "", head,
+             "|---" * (len(THRESHOLDS_KM) + 2) + "|"]  # fmt: skip
+    for name, r in rows.items():
+        cells = " | ".join(f"{r[f'{t}km']:.1f}" for t in THRESHOLDS_KM)
+        median = f"{r['median_km']:.1f}" if "median_km" in r else ""
+        lines.append(f"| {name} | {cells} | {median} |")
+    return lines
+

@@ -1,0 +1,342 @@
+"""Checkpoints and exported models are data: nothing runs on load, bad files are one line,
+and an exported bundle gives the run's own results."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from synthetic import make_world
+from typer.testing import CliRunner
+
+from geoconcept_cli.checkpoints import (
+    LEGACY_FORMAT,
+    load_head,
+    read_checkpoint,
+    read_model,
+    write_checkpoint,
+)
+from geoconcept_cli.cli import app
+from geoconcept_cli.errors import GeoconceptError
+from geoconcept_cli.evaluate import evaluate_heads, heads_to_evaluate
+from geoconcept_cli.explain import load_explainer
+from geoconcept_cli.features import load_features
+from geoconcept_cli.train import TrainConfig, train
+
+runner = CliRunner()
+
+
+class Payload:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    world = make_world(root, n_regions=6, per_region=32, k=40, clip_model="tiny-clip-768")
+    cfg = TrainConfig(features=str(world["train"]), out=str(root / "run"),
+                      concepts=str(world["concepts"]), max_steps=4, batch_size=32, lr=3e-3,
+                      warmup_steps=1, queue_size=32)  # fmt: skip
+    train(cfg)
+    world["run"], world["cfg"] = root / "run", cfg
+    return world
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("photo") / "photo.jpg"
+    pixels = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _one_line_error(res) -> str:
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    assert "Traceback" not in res.output
+    return lines[0]
+
+
+def _crafted(tmp_path: Path, marker: Path) -> dict[str, Path]:
+    """A checkpoint-looking torch file and a raw pickle, both running a command on unpickling,
+    and a run folder holding the first."""
+    torch_file = tmp_path / "evil.pt"
+    torch.save({"format": LEGACY_FORMAT, "kind": "concept", "model": Payload(marker)}, torch_file)
+    raw = tmp_path / "evil.pkl"
+    raw.write_bytes(pickle.dumps(Payload(marker)))
+    folder = tmp_path / "evil_run"
+    folder.mkdir()
+    shutil.copy(torch_file, folder / "checkpoint.pt")
+    return {"torch": torch_file, "raw": raw, "folder": folder}
+
+
+def test_the_crafted_files_would_run_code_if_unpickled(tmp_path):
+    """The attack is real: an unsafe load of each file creates the marker."""
+    for name, path in _crafted(tmp_path, tmp_path / "marker").items():
+        if name == "folder":
+            continue
+        code = (f"import pickle, torch; p = {str(path)!r}; "
+                "torch.load(p, weights_only=False) if p.endswith('.pt') else "
+                "pickle.load(open(p, 'rb'))")  # fmt: skip
+        subprocess.run([sys.executable, "-c", code], check=False, capture_output=True)
+        assert (tmp_path / "marker").exists(), name
+        (tmp_path / "marker").unlink()
+
+
+def test_no_command_runs_a_crafted_checkpoint(world, photo, tmp_path, tiny_clip, small_gallery):
+    marker = tmp_path / "marker"
+    evil = _crafted(tmp_path, marker)
+    table = tmp_path / "table.csv"
+    pd.DataFrame({"lat": [10.0, 20, 30, 40, 50, 60], "lon": [0.0, 10, 20, 30, 40, 50],
+                  "y": [1.0, 2, 3, 4, 5, 6]}).to_csv(table, index=False)  # fmt: skip
+    clip = ["--clip-model", tiny_clip, "--clip-pretrained", "none"]
+    for path in evil.values():
+        commands = [
+            ["explain", str(photo), "--checkpoint", str(path), *clip, "--gallery",
+             str(small_gallery)],
+            ["evaluate", str(world["test"]), str(path), "--no-geoclip"],
+            ["visualize", str(world["test"]), str(path), "--out", str(tmp_path / "gap.png")],
+            ["downstream", str(table), "--target", "y", "--checkpoint", str(path), "--folds", "2"],
+            ["export", str(path), "--out", str(tmp_path / "bundle")],
+        ]  # fmt: skip
+        for args in commands:
+            line = _one_line_error(runner.invoke(app, args))
+            assert "refused" in line or "not a geoconcept checkpoint" in line, (args, line)
+            assert not marker.exists(), args
+    # a run folder whose checkpoint was replaced, continued with --resume
+    res = runner.invoke(app, [
+        "train", str(world["train"]), "--out", str(evil["folder"]), "--concepts",
+        str(world["concepts"]), "--max-steps", "4", "--batch-size", "32", "--warmup-steps", "1",
+        "--resume",
+    ])  # fmt: skip
+    assert "refused: this pickle holds Python objects" in _one_line_error(res)
+    # CLIP weights given as a local file go through open_clip's weights-only loader
+    res = runner.invoke(app, ["predict", str(photo), "--clip-model", tiny_clip,
+                              "--clip-pretrained", str(evil["torch"])])  # fmt: skip
+    _one_line_error(res)
+    assert not marker.exists() and not (tmp_path / "bundle").exists()
+
+
+def test_a_run_folder_a_checkpoint_file_and_a_bundle_explain_alike(
+    world, photo, tmp_path, tiny_clip, small_gallery
+):
+    bundle = tmp_path / "model"
+    res = runner.invoke(app, ["export", str(world["run"]), "--out", str(bundle)])
+    assert res.exit_code == 0, res.output
+    assert "exported concept-aware model (40 concepts, step 4 of 4)" in res.stdout
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "README.md", "concepts.json", "config.json", "model.safetensors"]  # fmt: skip
+    with safe_open(str(bundle / "model.safetensors"), "pt") as f:  # no pickle anywhere:
+        assert f.metadata() == {"format": "geoconcept-model/1"}  # safetensors, JSON, text
+    for name in ("config.json", "concepts.json"):
+        assert isinstance(json.loads((bundle / name).read_text()), dict)
+    assert (bundle / "README.md").read_text().startswith("# geoconcept model: model")
+    assert not list(tmp_path.glob(".model.*"))  # no temporary left beside it
+
+    results = []  # the first is a warm-up: an explainer that encodes the gallery was seen to
+    # differ from later, cached ones by ~1e-7 relative, whatever the checkpoint's form
+    for source in (world["run"], world["run"], world["run"] / "checkpoint.safetensors", bundle,
+                   bundle / "model.safetensors"):  # fmt: skip
+        with pytest.warns(UserWarning):  # random CLIP weights
+            explainer = load_explainer(source, clip_model=tiny_clip, clip_pretrained="none",
+                                       gallery=small_gallery)  # fmt: skip
+        results.append(explainer.explain(photo, top_k=5, check=True, draws=20))
+    assert results[1]["mode"] == "concept-aware checkpoint"
+    for other in results[2:]:
+        _assert_close_trees(results[1], other)
+
+    test = load_features(world["test"])
+    heads = heads_to_evaluate([world["run"], bundle], geoclip=False)
+    scores = evaluate_heads(heads, test.features, test.latlon, world["gallery"])["models"]
+    assert scores[str(world["run"])] == scores[str(bundle)]
+    a, b = read_model(world["run"]), read_model(bundle)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+
+
+def _assert_close_trees(a, b, path="") -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_close_trees(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_close_trees(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, abs=1e-6), path
+    elif path != ".image":
+        assert a == b, path
+
+
+def test_the_model_card_names_data_and_figures(world, tmp_path):
+    run = tmp_path / "runs" / "concepts"
+    shutil.copytree(world["run"], run)
+    res = runner.invoke(app, ["evaluate", str(world["test"]), str(run), "--gallery",
+                              str(world["gallery"]), "--json-out",
+                              str(run.parent / "eval.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    figures = json.loads((run.parent / "eval.json").read_text())["models"][str(run)]
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "model")])
+    assert res.exit_code == 0 and "figures: from eval.json" in res.stdout, res.output
+    card = (tmp_path / "model" / "README.md").read_text()
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert "Image features: `train`, 192 photos" in card  # make_world: 6 regions x 32
+    assert "40 concepts" in card and "Privacy" in card and "not street-level" in card
+    row = next(ln for ln in card.splitlines() if ln.startswith("| this model |"))
+    assert row.split(" | ")[1:3] == [f"{figures['1km']:.1f}", f"{figures['25km']:.1f}"]
+    assert "| GeoCLIP (pretrained) |" in card and "| gallery ceiling |" in card
+    assert config["evaluation"]["model"]["25km"] == figures["25km"]
+    assert config["clip"] == {"model": "tiny-clip-768", "pretrained": "none", "config": None}
+    assert config["training"]["features"] == "train" and "out" not in config["training"]
+    # a rerun replaces the earlier export; a folder of other files is never overwritten
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "model")])
+    assert res.exit_code == 0, res.output
+    assert "other files" in _one_line_error(
+        runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "runs")]))
+    assert "no figures for" in _one_line_error(runner.invoke(app, [
+        "export", str(world["run"]), "--out", str(tmp_path / "m2"), "--eval",
+        str(run.parent / "eval.json")]))  # fmt: skip
+    res = runner.invoke(app, ["export", str(world["run"]), "--out", str(tmp_path / "m3")])
+    assert "figures: none found" in res.stdout
+    assert "No evaluation was found" in (tmp_path / "m3" / "README.md").read_text()
+
+
+def _bundle(world, tmp_path: Path, name: str) -> Path:
+    out = tmp_path / name
+    res = runner.invoke(app, ["export", str(world["run"]), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_malformed_checkpoints_and_bundles_are_one_line_errors(world, photo, tmp_path, tiny_clip):
+    ckpt = read_checkpoint(world["run"] / "checkpoint.safetensors")
+    cases: dict[str, tuple[Path, str]] = {}
+
+    def checkpoint_case(name: str, message: str, **changes) -> None:
+        write_checkpoint(tmp_path / f"{name}.safetensors", {**ckpt, **changes})
+        cases[name] = (tmp_path / f"{name}.safetensors", message)
+
+    model = ckpt["model"]
+    checkpoint_case("missing", "1 missing (e.g. delta)",
+                    model={k: v for k, v in model.items() if k != "delta"})  # fmt: skip
+    checkpoint_case("shape", "of another shape (e.g. image_mlp.0.weight: (768, 700)",
+                    model={**model, "image_mlp.0.weight": torch.zeros(768, 700)})  # fmt: skip
+    checkpoint_case("nan", "not finite numbers",
+                    model={**model, "delta": torch.full_like(model["delta"], float("nan"))})
+    checkpoint_case("names", "concept list does not match its 40 concept weights",
+                    concepts={k: v[:-1] for k, v in ckpt["concepts"].items()})  # fmt: skip
+
+    cut = tmp_path / "cut.safetensors"
+    data = (world["run"] / "checkpoint.safetensors").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    cases["truncated"] = (cut, "not a whole safetensors file")
+    newer = tmp_path / "newer.safetensors"
+    with safe_open(str(world["run"] / "checkpoint.safetensors"), "pt") as f:
+        meta = f.metadata()
+    save_file(load_file(world["run"] / "checkpoint.safetensors"), str(newer),
+              metadata={**meta, "format": "geoconcept-checkpoint/3"})  # fmt: skip
+    cases["version"] = (newer, "checkpoint format geoconcept-checkpoint/3, but this geoconcept "
+                               "reads geoconcept-checkpoint/2")  # fmt: skip
+    shard = next(Path(world["test"]).glob("shard-*.safetensors"))
+    cases["foreign safetensors"] = (shard, "not a geoconcept checkpoint (no 'geoconcept-")
+    foreign_pt = tmp_path / "state_dict.pt"
+    torch.save({"weight": torch.zeros(3)}, foreign_pt)
+    cases["foreign torch file"] = (foreign_pt, "not a geoconcept checkpoint (a torch file")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    cases["text"] = (text, "not a readable checkpoint")
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    cases["empty folder"] = (empty, "no checkpoint.safetensors (a train run) nor")
+
+    weights = _bundle(world, tmp_path, "b_weights")
+    (weights / "model.safetensors").write_bytes(
+        (weights / "model.safetensors").read_bytes()[:-100])  # fmt: skip
+    cases["bundle truncated"] = (weights, "sha256 differs): damaged or replaced")
+    other_set = _bundle(world, tmp_path, "b_concepts")
+    concepts = json.loads((other_set / "concepts.json").read_text())
+    concepts["concepts"][0] = "not the same concept"
+    (other_set / "concepts.json").write_text(json.dumps(concepts))
+    cases["bundle concept set"] = (other_set, "another concept set than the one this model")
+    version = _bundle(world, tmp_path, "b_version")
+    _edit_json(version / "config.json", format="geoconcept-model/2")
+    cases["bundle version"] = (version, "model format geoconcept-model/2, but this geoconcept")
+    backbone = _bundle(world, tmp_path, "b_backbone")
+    _edit_json(backbone / "config.json", clip={"model": "ViT-B-32", "pretrained": "openai"})
+    cases["bundle backbone"] = (backbone, "was trained on features of CLIP ViT-B-32 (openai), "
+                                          "not tiny-clip-768 (none); pass --clip-model ViT-B-32")
+    no_json = _bundle(world, tmp_path, "b_json")
+    (no_json / "config.json").write_text("{cut")
+    cases["bundle config"] = (no_json, "config.json: not valid JSON")
+
+    for name, (path, message) in cases.items():
+        res = runner.invoke(app, ["explain", str(photo), "--checkpoint", str(path),
+                                  "--clip-model", tiny_clip, "--clip-pretrained", "none"])
+        line = _one_line_error(res)
+        assert message in line, (name, line)
+
+
+def test_a_legacy_pickle_checkpoint_loads_safely_and_resume_converts_it(world, tmp_path):
+    """Runs written before safetensors (a torch pickle of tensors and plain containers) keep
+    working through the weights-only unpickler, and --resume rewrites them."""
+    cfg = replace(world["cfg"], out=str(tmp_path / "old"), max_steps=6, save_every=3)
+
+    def crash_at_4(step, total, last):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=crash_at_4)
+    new = read_checkpoint(cfg.checkpoint_path())
+    torch.save({**new, "format": LEGACY_FORMAT}, tmp_path / "old" / "checkpoint.pt")
+    cfg.checkpoint_path().unlink()
+
+    legacy_head, legacy = load_head(tmp_path / "old")
+    assert legacy["step"] == 3
+    for k, v in legacy_head.state_dict().items():
+        torch.testing.assert_close(v, new["model"][k], rtol=0, atol=0)
+    with pytest.raises(GeoconceptError, match="--resume"):
+        train(cfg)
+    train(cfg, resume=True)
+    assert not (tmp_path / "old" / "checkpoint.pt").exists()
+    ref = replace(cfg, out=str(tmp_path / "ref"))
+    train(ref)
+    a, b = read_checkpoint(ref.checkpoint_path()), read_checkpoint(cfg.checkpoint_path())
+    assert b["step"] == 6
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_a_checkpoint_without_training_state_cannot_be_resumed(world, tmp_path):
+    cfg = replace(world["cfg"], out=str(tmp_path / "run"), max_steps=8)
+    (tmp_path / "run").mkdir()
+    ckpt = read_checkpoint(world["run"] / "checkpoint.safetensors")
+    write_checkpoint(cfg.checkpoint_path(), {k: v for k, v in ckpt.items() if k != "optimizer"})
+    with pytest.raises(GeoconceptError, match="no optimizer state to resume from"):
+        train(cfg, resume=True)

@@ -114,15 +114,27 @@ def predict(
             clip_model, clip_pretrained, gallery, cache_dir=cache_dir, device=device,
             progress=advance,
         )  # fmt: skip
-    cands = predictor.predict(image, top_k)
+    result = predictor.describe(image, top_k)
     if as_json:
-        stdout.print_json(
-            json.dumps({"image": str(image), "predictions": [c.to_dict() for c in cands]})
-        )
+        stdout.print_json(json.dumps({"image": str(image), **result}))
         return
-    for c in cands:
+    for c in result["predictions"]:
+        stdout.print(f"{c['rank']}  {c['lat']:.2f}, {c['lon']:.2f}  p={c['prob']:.3g}  "
+                     f"{c['place']}", highlight=False)  # fmt: skip
+    _print_probabilities(result)
+
+
+def _print_probabilities(result: dict) -> None:
+    """Whether the probabilities are calibrated, and the confidence region if there is one."""
+    stdout.print(f"[dim]{result['probabilities']['note']}[/]", highlight=False)
+    region = result.get("region")
+    if region:
+        spans = ", ".join(f"{c['country']} {c['mass']:.2f}" for c in region["countries"][:6])
         stdout.print(
-            f"{c.rank}  {c.lat:.2f}, {c.lon:.2f}  p={c.prob:.3g}  {c.place}", highlight=False
+            f"{region['coverage']:.0%} confidence region (true location within "
+            f"{region['radius_km']:g} km of one of its places): {region['places']:,} places, "
+            f"{region['area_km2']:,.0f} km²; countries by probability: {spans}",
+            highlight=False, soft_wrap=True,
         )
 
 
@@ -140,6 +152,7 @@ def _print_explanation(exp: dict) -> None:
     spread = exp["spread"]
     stdout.print(f"top-k spread: max {spread['max_pairwise_km']:.0f} km apart, mean "
                  f"{spread['mean_to_top1_km']:.0f} km from #1", highlight=False)  # fmt: skip
+    _print_probabilities(exp)
 
     def bars(title: str, entries: list[dict], source: str | None) -> None:
         if not entries:
@@ -436,6 +449,8 @@ def embed_images_cmd(
     if out.exists() and not out.is_dir():
         raise GeoconceptError(f"--out {out}: a file; give a folder for the feature shards")
     m = read_manifest(manifest, images)
+    err.print(f"{manifest}: image ids from column {m.columns[0]}, coordinates from "
+              f"{m.columns[1]}, {m.columns[2]}", highlight=False, soft_wrap=True)  # fmt: skip
     if m.rows.empty:
         raise GeoconceptError(
             f"{manifest}: none of its {len(m.skipped)} rows is usable (first: "
@@ -561,28 +576,100 @@ def evaluate(
     geoclip: Annotated[bool, typer.Option(help="Include pretrained GeoCLIP.")] = True,
     gallery: Gallery = None,
     json_out: Annotated[Path | None, typer.Option("--json-out", help="Write JSON here.")] = None,
+    predictions_out: Annotated[
+        Path | None, typer.Option(help="Parquet: one row per photo and model.")
+    ] = None,
+    plots: Annotated[
+        Path | None, typer.Option(help="Folder for reliability diagrams (PNG, one per model).")
+    ] = None,
     device: Device = "cpu",
     cache_dir: CacheDir = None,
 ) -> None:
-    """Top-1 retrieval accuracy at 1/25/200/750/2500 km, models side by side, with the ceiling."""
-    from .artifacts import writable_file, write_json
-    from .evaluate import evaluate_heads, heads_to_evaluate, markdown_table
+    """Score models side by side: accuracy at 1/25/200/750/2500 km, GeoScore, country/region/
+    city accuracy, per continent, and the calibration of their probabilities (calibrated
+    models: conformal coverage and area), with the gallery ceiling."""
+    from .artifacts import atomic_path, writable_file, write_json
+    from .encoders import ClipId
+    from .evaluate import calibration_files, evaluate_models, heads_to_evaluate, markdown_table
     from .features import load_features
 
-    if json_out:
-        writable_file(json_out)  # before the evaluation, not after it
+    for path in (json_out, predictions_out):
+        if path:
+            writable_file(path)  # before the evaluation, not after it
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise GeoconceptError(f"--plots {plots}: a file; give a folder")
     data = load_features(features)
     heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta)
     if not heads:
         raise GeoconceptError("nothing to evaluate: give checkpoints or keep --geoclip")
-    result = evaluate_heads(
+    result = evaluate_models(
         heads, data.features, data.latlon, gallery, cache_dir,
         gallery_progress=lambda name: lazy_progress_bar(
             f"encoding gallery for {name} (once; cached)", "points"),
+        ids=data.ids, calibrations=calibration_files(heads, gallery, cache_dir),
+        clip=ClipId.from_meta(data.meta),
     )  # fmt: skip
-    stdout.print(markdown_table(result), highlight=False)
+    stdout.print(markdown_table(result.summary), highlight=False)
     if json_out:
-        write_json(json_out, result, sort_keys=False)  # thresholds in distance order
+        write_json(json_out, result.summary, sort_keys=False)  # thresholds in distance order
+    if predictions_out:
+        with atomic_path(predictions_out) as tmp:
+            result.predictions.to_parquet(tmp, index=False)
+    if plots is not None:
+        from .reliability import plot_reliability
+
+        written = [plot_reliability(bins, name, plots) for name, bins in result.reliability.items()]
+        stdout.print(f"reliability diagrams: {', '.join(map(str, written))}", highlight=False,
+                     soft_wrap=True)  # fmt: skip
+
+
+@app.command()
+@cli_command
+def calibrate(
+    features: Annotated[
+        Path, typer.Argument(help="Calibration feature folder from embed-images: held-out "
+                             "photos with GPS, not the test set.")
+    ],
+    checkpoints: Annotated[
+        list[Path] | None, typer.Argument(help=f"Trained runs, each a {MODEL_PATHS}.")
+    ] = None,
+    geoclip: Annotated[bool, typer.Option(help="Calibrate pretrained GeoCLIP too.")] = True,
+    alpha: Annotated[
+        float, typer.Option(help="Miscoverage of the confidence region (0.1: 90% regions).")
+    ] = 0.1,
+    radius_km: Annotated[
+        float, typer.Option(help="The region covers the truth within this distance.")
+    ] = 25.0,
+    gallery: Gallery = None,
+    device: Device = "cpu",
+    cache_dir: CacheDir = None,
+) -> None:
+    """Fit each model's probability temperature and conformal confidence region on held-out
+    photos. Stored beside a run (calibration.json) and, for pretrained GeoCLIP, in the cache;
+    predict, explain and evaluate then use them."""
+    from .calibration import calibrate_heads
+    from .encoders import ClipId
+    from .evaluate import calibration_files, heads_to_evaluate
+    from .features import load_features
+
+    data = load_features(features)
+    heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta)
+    if not heads:
+        raise GeoconceptError("nothing to calibrate: give checkpoints or keep --geoclip")
+    files = calibration_files(heads, gallery, cache_dir)
+    cals = calibrate_heads(
+        heads, files, data.features, data.latlon, ClipId.from_meta(data.meta), gallery,
+        cache_dir, alpha, radius_km,
+        gallery_progress=lambda name: lazy_progress_bar(
+            f"encoding gallery for {name} (once; cached)", "points"),
+    )  # fmt: skip
+    for name, cal in cals.items():
+        stdout.print(
+            f"{name}: temperature {cal.temperature:.3g} (NLL {cal.nll_before:.3f} -> "
+            f"{cal.nll_after:.3f} on {cal.photos} photos); {1 - alpha:.0%} region within "
+            f"{radius_km:g} km: mass threshold {cal.threshold:.4g} -> {files[name]}",
+            highlight=False, soft_wrap=True,
+        )
 
 
 @app.command()

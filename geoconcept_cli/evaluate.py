@@ -1,25 +1,48 @@
-"""`evaluate`: top-1 gallery retrieval scored at 1/25/200/750/2500 km (Im2GPS3k protocol).
+"""`evaluate`: top-1 gallery retrieval scored as the field does (Im2GPS3k and OSV-5M).
 
-Several checkpoints and the pretrained GeoCLIP side by side, plus the gallery ceiling: the
-share of test points whose nearest gallery point is within each threshold, which bounds any
-retrieval model.
+Several checkpoints and the pretrained GeoCLIP side by side: accuracy at 1/25/200/750/2500 km,
+mean and median error, GeoScore, country/region/city accuracy, the thresholds per continent,
+the calibration of the probabilities (ECE, with and without a ``calibrate`` temperature) and,
+for a calibrated model, the conformal region's coverage and area. Plus the gallery ceiling:
+the share of test points whose nearest gallery point is within each threshold, which bounds
+any retrieval model. Per-photo results go to ``--predictions-out``.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from .calibration import (
+    Calibration,
+    geoclip_calibration_path,
+    mass_above,
+    place_areas,
+    read_calibration,
+    region_mask,
+    run_calibration_path,
+)
 from .checkpoints import check_trained_on, load_head
 from .encoders import ClipId, check_feature_dim, load_geoclip_head
 from .errors import GeoconceptError
 from .gallery import cached_gallery_embeddings, load_gallery
-from .geo import THRESHOLDS_KM, accuracy_at_thresholds, haversine_km, unit_vectors
+from .geo import (
+    EARTH_RADIUS_KM,
+    THRESHOLDS_KM,
+    accuracy_at_thresholds,
+    haversine_km,
+    unit_vectors,
+)
+from .geocode import Places, reverse_geocode
+from .metrics import admin_matches, geoscore, location_metrics, reliability
 from .predict import Predictor
 
 
@@ -54,7 +77,77 @@ def top1_errors(predictor: Predictor, feats: torch.Tensor, truth: torch.Tensor, 
     return haversine_km(truth[:, 0], truth[:, 1], pred[:, 0], pred[:, 1])
 
 
-def evaluate_heads(
+GEOCLIP_NAME = "GeoCLIP (pretrained)"
+CONFIDENCE_KM = 25.0  # the "top-1 within 25 km" event whose calibration is reported
+AREAS_KM2 = tuple(float(f"{m}e{e}") for e in range(2, 9) for m in (1, 3))[:-1]  # 1e2..1e8
+
+
+@dataclass
+class Evaluation:
+    """An evaluation: the JSON summary, one row per photo and model, reliability bins."""
+
+    summary: dict
+    predictions: pd.DataFrame
+    reliability: dict[str, dict[str, dict[str, dict]]]  # model -> event -> probabilities -> bins
+
+
+def _pairs_within(tree, points: torch.Tensor, radius_km: float) -> tuple[torch.Tensor, ...]:
+    """(query index, gallery row) of every gallery row within ``radius_km`` of each point."""
+    chord = 2 * math.sin(radius_km / EARTH_RADIUS_KM / 2)
+    lists = tree.query_ball_point(unit_vectors(points).numpy(), chord)
+    rows = np.repeat(np.arange(len(lists)), [len(x) for x in lists])
+    cols = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else []
+    return torch.from_numpy(rows), torch.as_tensor(cols, dtype=torch.int64)
+
+
+@torch.no_grad()
+def score_photos(
+    predictor: Predictor, feats: torch.Tensor, truth: torch.Tensor, country_of: torch.Tensor,
+    chunk: int = 256,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per photo: the top-1 gallery row; under the softmax at T=1 ("uncalibrated") and at the
+    calibrated T, the top-1 probability and the probability mass within CONFIDENCE_KM of the
+    top-1 and in its country (the confidences of those two events); with a calibration, the
+    conformal region's membership of the truth, its area and the area of the most probable
+    places down to the truth (km²). ``country_of`` is each gallery row's country index."""
+    from scipy.spatial import cKDTree
+
+    cal = predictor.calibration
+    dev = predictor.device
+    gps = predictor.gallery_gps
+    tree = cKDTree(unit_vectors(gps).numpy())
+    cidx = country_of.to(dev)
+    n_countries = int(country_of.max()) + 1
+    temps = {"uncalibrated": 1.0} | ({"calibrated": cal.temperature} if cal else {})
+    areas = place_areas(gps, cal.radius_km, predictor.cache_dir).to(dev) if cal else None
+    out: dict[str, list[torch.Tensor]] = {}
+
+    def add(key: str, value: torch.Tensor) -> None:
+        out.setdefault(key, []).append(value.cpu())
+
+    for s in range(0, len(feats), chunk):
+        z = predictor.logits(feats[s : s + chunk])
+        top = z.argmax(dim=1)
+        add("top1", top)
+        r, c = (t.to(dev) for t in _pairs_within(tree, gps[top.cpu()], CONFIDENCE_KM))
+        for name, t in temps.items():
+            p = (z / t).softmax(dim=1)
+            add(f"prob_{name}", p.gather(1, top[:, None])[:, 0])
+            add(f"conf25_{name}", torch.zeros(len(p), device=dev).index_add_(0, r, p[r, c]))
+            mass = torch.zeros(len(p), n_countries, device=dev).index_add_(1, cidx, p)
+            add(f"confcountry_{name}", mass.gather(1, cidx[top][:, None])[:, 0])
+        if cal is not None and areas is not None:
+            r, c = (t.to(dev) for t in _pairs_within(tree, truth[s : s + chunk], cal.radius_km))
+            best = torch.full((len(p),), -torch.inf, device=dev).scatter_reduce_(
+                0, r, p[r, c], "amax")  # fmt: skip
+            add("in_region", mass_above(p, best) <= cal.threshold)
+            add("region_km2", region_mask(p, cal.threshold).float() @ areas)
+            down_to_truth = (p >= best[:, None]).float() @ areas
+            add("area_to_truth_km2", torch.where(torch.isfinite(best), down_to_truth, torch.inf))
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def evaluate_models(
     heads: dict[str, nn.Module],
     feats: torch.Tensor,
     truth: torch.Tensor,
@@ -62,27 +155,105 @@ def evaluate_heads(
     cache_dir: str | Path | None = None,
     progress=None,
     gallery_progress=None,
-) -> dict:
-    """Scores of each named head and the gallery ceiling, as one JSON-able dict.
+    ids: list[str] | None = None,
+    calibrations: dict[str, Path] | None = None,
+    clip: ClipId | None = None,
+) -> Evaluation:
+    """Every metric of each named head, the gallery ceiling, and one row per photo and model.
 
-    ``progress(name)`` follows each head; ``gallery_progress(name)`` is a context manager
-    yielding ``advance(n, total)`` for encoding that head's gallery (on a cache miss)."""
+    ``calibrations`` maps a head's name to its calibration file (used where it exists, refused
+    if made for another model, gallery or ``clip``). ``progress(name)`` follows each head;
+    ``gallery_progress(name)`` is a context manager yielding ``advance(n, total)`` for encoding
+    that head's gallery (on a cache miss)."""
     if len(feats) == 0:
         raise GeoconceptError("no test features to evaluate")
     check_feature_dim(feats.shape[1], "test features")
     gps = load_gallery(gallery)
-    rows = {}
+    ids = ids if ids is not None else [str(i) for i in range(len(feats))]
+    truth_np = truth.double().numpy()
+    places = reverse_geocode(truth_np)
+    gallery_places = reverse_geocode(gps.numpy())
+    codes, country_of = np.unique(gallery_places.country.astype(str), return_inverse=True)
+    rows, frames, bins = {}, [], {}
     for name, head in heads.items():
+        path = (calibrations or {}).get(name)
+        cal = read_calibration(path) if path else None
+        if cal is not None:
+            cal.check_for(head, gps, clip or ClipId(None, None), path)
         with gallery_progress(name) if gallery_progress else nullcontext() as advance:
             emb = cached_gallery_embeddings(gps, head, cache_dir, progress=advance)
-        rows[name] = summarize(top1_errors(Predictor(head, gps, emb), feats, truth))
+        predictor = Predictor(head, gps, emb, calibration=cal, cache_dir=cache_dir)
+        res = score_photos(predictor, feats, truth, torch.from_numpy(country_of))
+        pred = gps[res["top1"]].double().numpy()
+        dist = haversine_km(truth_np[:, 0], truth_np[:, 1], pred[:, 0], pred[:, 1])
+        pred_places = gallery_places_at(gallery_places, res["top1"])
+        rows[name] = location_metrics(dist, places, pred_places)
+        matches = admin_matches(places, pred_places)
+        outcomes = {f"{CONFIDENCE_KM:g}km": dist <= CONFIDENCE_KM, "country": matches["country"]}
+        bins[name] = {event: {kind: reliability(res[f"conf{key}_{kind}"], hit)
+                              for kind in ("uncalibrated", "calibrated")
+                              if f"conf{key}_{kind}" in res}
+                      for (event, hit), key in zip(outcomes.items(), ("25", "country"),
+                                                   strict=True)}  # fmt: skip
+        rows[name]["probabilities"] = _probability_summary(cal, bins[name], res)
+        frames.append(_prediction_rows(name, ids, truth_np, pred, dist, res, places,
+                                       pred_places, cal))  # fmt: skip
         if progress:
             progress(name)
-    return {
+    summary = {
         "thresholds_km": list(THRESHOLDS_KM),
         "models": rows,
         "ceiling": summarize(nearest_gallery_km(truth, gps)),
     }
+    return Evaluation(summary, pd.concat(frames, ignore_index=True), bins)
+
+
+def evaluate_heads(heads: dict[str, nn.Module], feats: torch.Tensor, truth: torch.Tensor,
+                   gallery: str | Path | None = None, **kw) -> dict:  # fmt: skip
+    """The JSON summary of ``evaluate_models``."""
+    return evaluate_models(heads, feats, truth, gallery, **kw).summary
+
+
+def gallery_places_at(places: Places, rows: np.ndarray) -> Places:
+    """The reverse-geocoded places of the given gallery rows."""
+    return Places(*(getattr(places, f.name)[rows] for f in fields(Places)))
+
+
+def _probability_summary(cal: Calibration | None, bins: dict, res: dict) -> dict:
+    """ECE of each event before and after calibration, and the conformal region's coverage,
+    mean area and recall against area."""
+    out: dict = {"calibrated": cal is not None,
+                 "ece": {event: {kind: b["ece"] for kind, b in by_kind.items()}
+                         for event, by_kind in bins.items()}}  # fmt: skip
+    if cal is None:
+        return out
+    area = res["region_km2"]
+    reach = res["area_to_truth_km2"]
+    out |= {
+        "temperature": cal.temperature, "alpha": cal.alpha, "radius_km": cal.radius_km,
+        "target_coverage": 1 - cal.alpha, "coverage": float(res["in_region"].mean()),
+        "mean_area_km2": float(area.mean()), "median_area_km2": float(np.median(area)),
+        "recall_vs_area": {f"{a:.0e}": float((reach <= a).mean()) for a in AREAS_KM2},
+    }  # fmt: skip
+    return out
+
+
+def _prediction_rows(name: str, ids: list[str], truth: np.ndarray, pred: np.ndarray,
+                     dist: np.ndarray, res: dict, places: Places, pred_places: Places,
+                     cal: Calibration | None) -> pd.DataFrame:  # fmt: skip
+    """One row per photo for --predictions-out (schema in the README)."""
+    kind = "calibrated" if cal else "uncalibrated"
+    df = pd.DataFrame({
+        "model": name, "id": ids, "true_lat": truth[:, 0], "true_lon": truth[:, 1],
+        "pred_lat": pred[:, 0], "pred_lon": pred[:, 1], "distance_km": dist,
+        "geoscore": geoscore(dist), "prob": res[f"prob_{kind}"], "calibrated": cal is not None,
+        **{f"{side}_{level}": getattr(p, level).astype(str)
+           for level in ("country", "region", "city", "continent")
+           for side, p in (("true", places), ("pred", pred_places))},
+    })  # fmt: skip
+    df["in_region"] = res["in_region"] if cal else None
+    df["region_area_km2"] = res["region_km2"] if cal else np.nan
+    return df
 
 
 def heads_to_evaluate(
@@ -93,7 +264,7 @@ def heads_to_evaluate(
     With ``features_meta`` (the test features' meta.json), a checkpoint trained on features
     of another CLIP model is refused.
     """
-    heads = {"GeoCLIP (pretrained)": load_geoclip_head(device)} if geoclip else {}
+    heads = {GEOCLIP_NAME: load_geoclip_head(device)} if geoclip else {}
     meta = features_meta or {}
     for ck in checkpoints:
         head, ckpt = load_head(ck, device)
@@ -107,15 +278,51 @@ def heads_to_evaluate(
     return heads
 
 
+def calibration_files(
+    heads: dict[str, nn.Module], gallery: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Path]:  # fmt: skip
+    """Where each head's calibration would be: pretrained GeoCLIP's in the cache (for this
+    gallery), a checkpoint's in its run folder or bundle."""
+    gps = load_gallery(gallery)
+    return {name: geoclip_calibration_path(gps, head, cache_dir) if name == GEOCLIP_NAME
+            else run_calibration_path(name) for name, head in heads.items()}  # fmt: skip
+
+
 def markdown_table(result: dict) -> str:
-    """The evaluation as a Markdown table, models then the gallery ceiling."""
+    """The evaluation as Markdown: distances and places per model (then the gallery
+    ceiling), accuracy per continent, and the probabilities' calibration."""
     cols = [f"{t}km" for t in result["thresholds_km"]]
+    models = result["models"]
     lines = [
-        "| model | " + " | ".join(f"{t} km" for t in result["thresholds_km"]) + " | median km |",
-        "|---" * (len(cols) + 2) + "|",
-    ]
-    rows = {**result["models"], "gallery ceiling": result["ceiling"]}
-    for name, r in rows.items():
+        "| model | " + " | ".join(f"{t} km" for t in result["thresholds_km"])
+        + " | median km | mean km | GeoScore | country | region | city |",
+        "|---" * (len(cols) + 7) + "|",
+    ]  # fmt: skip
+    for name, r in {**models, "gallery ceiling": result["ceiling"]}.items():
         cells = " | ".join(f"{r[c]:.1f}" for c in cols)
-        lines.append(f"| {name} | {cells} | {r['median_km']:.1f} |")
+        extra = " | ".join(f"{r[k]:.1f}" if k in r else "" for k in
+                           ("mean_km", "geoscore", "country", "region", "city"))  # fmt: skip
+        lines.append(f"| {name} | {cells} | {r['median_km']:.1f} | {extra} |")
+    if any(r.get("per_continent") for r in models.values()):
+        lines += ["", "| model | continent | n | " + " | ".join(
+            f"{t} km" for t in result["thresholds_km"]) + " |", "|---" * (len(cols) + 3) + "|"]
+        for name, r in models.items():
+            for continent, c in r.get("per_continent", {}).items():
+                cells = " | ".join(f"{c[k]:.1f}" for k in cols)
+                lines.append(f"| {name} | {continent} | {c['n']} | {cells} |")
+    probs = {name: r["probabilities"] for name, r in models.items() if "probabilities" in r}
+    if probs:
+        lines += ["", "| model | probabilities | ECE top-1 within 25 km | ECE right country "
+                  "| coverage (target) | mean area km² |", "|---" * 6 + "|"]  # fmt: skip
+        for name, p in probs.items():
+            ece = [" / ".join(f"{v:.3f}" for v in p["ece"][e].values()) for e in p["ece"]]
+            if p["calibrated"]:
+                kind = f"calibrated (T {p['temperature']:.3g})"
+                region = (f"{p['coverage']:.3f} ({p['target_coverage']:.2f}, "
+                          f"{p['radius_km']:g} km)", f"{p['mean_area_km2']:.3g}")  # fmt: skip
+            else:
+                kind, region = "uncalibrated", ("", "")
+            lines.append(f"| {name} | {kind} | {ece[0]} | {ece[1]} | {region[0]} | {region[1]} |")
+        lines.append("\nECE: uncalibrated / calibrated, 15 bins.")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import default_cache_dir
+from .calibration import run_calibration_path
 from .checkpoints import check_trained_on, load_head
 from .concepts.embed import embed_concepts, load_concept_embeddings
 from .concepts.regions import country_and_continent
@@ -168,7 +169,9 @@ class Explainer:
         mode = "concept-aware checkpoint" if self.concept_aware else (
             "GeoCLIP checkpoint, zero-shot concepts" if self.retrained_geoclip else "zero-shot")
         out = {"mode": mode, "predictions": [c.to_dict() for c in cands],
-               "spread": spread_km(cands)}  # fmt: skip
+               "spread": spread_km(cands), "probabilities": p.calibration_note()}  # fmt: skip
+        if p.calibration is not None:
+            out["region"] = p.regions(feats)[0]
         if self.concept_aware:
             parts, terms, unit = self._decompose(feats, cands[0], idx[0], n_concepts)
             out.update(parts)
@@ -321,7 +324,8 @@ def load_explainer(
                     stacklevel=2,
                 )
     predictor = Predictor.load(clip_model, clip_pretrained, gallery, head, cache_dir, device,
-                               progress)  # fmt: skip
+                               progress, run_calibration_path(checkpoint) if checkpoint
+                               else None)  # fmt: skip
     if cset is not None:
         return Explainer(predictor, cset)
     concepts = Path(concepts) if concepts else default_concepts_path()
@@ -372,7 +376,7 @@ def batch_photos(
 
     Returns (existing photo paths, one message per listed photo that is missing).
     """
-    from .features import ID_NAMES
+    from .features import ID_NAMES, image_path
     from .gallery import find_column, read_table
     from .images import IMAGE_SUFFIXES
 
@@ -381,6 +385,6 @@ def batch_photos(
         return sorted(p for p in target.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), []
     df = read_table(target)
     base = Path(images_dir) if images_dir else target.parent
-    paths = [base / str(v) for v in df[find_column(df, ID_NAMES, "image", target)]]
+    paths = [image_path(base, str(v)) for v in df[find_column(df, ID_NAMES, "image", target)]]
     return [p for p in paths if p.is_file()], [f"{p}: no such file" for p in paths
                                                 if not p.is_file()]  # fmt: skip

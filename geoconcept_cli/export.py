@@ -20,6 +20,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from . import __version__
+from .calibration import CALIBRATION_NAME, Calibration, read_calibration, run_calibration_path
 from .checkpoints import (
     BUNDLE_CONCEPTS,
     BUNDLE_CONFIG,
@@ -54,13 +55,16 @@ def export_model(source: str | Path, out: str | Path, evaluation: str | Path | N
     figures = find_evaluation(source, evaluation)
     if figures is None and ckpt.get("bundle"):
         figures = ckpt["bundle"].get("evaluation")  # re-exporting a bundle keeps its figures
+    calibration = read_calibration(run_calibration_path(source))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         weights = tmp / BUNDLE_WEIGHTS
         state = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
         save_file(state, str(weights), metadata={"format": BUNDLE_FORMAT})
-        config = bundle_config(ckpt, file_sha256(weights), figures)
+        config = bundle_config(ckpt, file_sha256(weights), figures, calibration)
+        if calibration is not None:  # where predict, explain and evaluate look for it
+            _write_text(tmp / CALIBRATION_NAME, json.dumps(calibration.to_json(), indent=2))
         if ckpt["kind"] == "concept":
             _write_text(tmp / BUNDLE_CONCEPTS, json.dumps(ckpt["concepts"], indent=1) + "\n")
         _write_text(tmp / BUNDLE_CONFIG, json.dumps(config, indent=2) + "\n")
@@ -107,7 +111,8 @@ def _umask() -> int:
     return mask
 
 
-def bundle_config(ckpt: dict, weights_sha256: str, evaluation: dict | None) -> dict:
+def bundle_config(ckpt: dict, weights_sha256: str, evaluation: dict | None,
+                  calibration: Calibration | None = None) -> dict:  # fmt: skip
     """The bundle's config.json: what the model is, what made it, how it scored."""
     training = {k: v for k, v in ckpt["config"].items() if k != "out"}
     for key in _LOCAL_PATHS:  # the trainer's paths mean nothing elsewhere: keep their names
@@ -126,6 +131,7 @@ def bundle_config(ckpt: dict, weights_sha256: str, evaluation: dict | None) -> d
         "features": ckpt.get("features"),
         "weights_sha256": weights_sha256,
         "evaluation": evaluation,
+        "calibration": calibration.to_json() if calibration else None,
         "geoconcept_version": __version__,
     }  # fmt: skip
 
@@ -242,7 +248,7 @@ def model_card(config: dict, name: str) -> str:
         "is not street-level or address-level localisation.",
         "- Accuracy holds for photos like the training data (geotagged Flickr-style photos); "
         "indoor scenes, close-ups, screenshots and regions rare in that data are located far "
-        "less reliably. The probabilities are uncalibrated.",
+        "less reliably. " + _calibration_line(config.get("calibration")),
         "- The explanations decompose *this model's* score exactly; they say what the model "
         "used, not what is true of the place. `--check` tests them against random concepts.",
         "",
@@ -258,10 +264,22 @@ def model_card(config: dict, name: str) -> str:
         "training options, evaluation and the weights' sha256 (checked on load)",
         *(["- `concepts.json`: the concept names, categories and subcategories"]
           if concept_aware else []),
+        *(["- `calibration.json`: the temperature and confidence-region threshold, valid for "
+           "this model, its gallery and its CLIP backbone"] if config.get("calibration")
+          else []),
         f"- made by geoconcept {config['geoconcept_version']} (format `{config['format']}`)",
         "",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _calibration_line(cal: dict | None) -> str:
+    if not cal:
+        return "The probabilities are uncalibrated (`geoconcept calibrate` fits them)."
+    return (f"The probabilities are calibrated (temperature {cal['temperature']:.3g}, fitted "
+            f"on {cal['photos']} held-out photos), and each prediction comes with a "
+            f"{1 - cal['alpha']:.0%} confidence region (the truth within {cal['radius_km']:g} "
+            "km of one of its places), for photos like the calibration ones.")
 
 
 def _training_lines(config: dict, training: dict) -> list[str]:

@@ -28,12 +28,15 @@ from torch.utils.data import DataLoader, Dataset
 from .artifacts import atomic_path, write_json
 from .encoders import ClipBackbone, ClipId, check_same_clip
 from .errors import GeoconceptError
-from .gallery import find_column, latlon_columns, read_table
+from .gallery import find_column, latlon_columns, latlon_names, read_table
 from .geo import valid_latlon
 from .images import load_image
 
 FEATURES_FORMAT = "geoconcept-features/1"
-ID_NAMES = ("img_id", "id", "image", "image_id", "path", "filename", "file")
+# Image columns of label files as they ship: Im2GPS/Im2GPS3k/YFCC4k's IMG_ID, OSV-5M's id
+# (file names without their .jpg), img2dataset's key, and common manifest spellings.
+ID_NAMES = ("img_id", "id", "image", "image_id", "img", "path", "image_path", "img_path",
+            "filename", "file", "file_name", "key", "photo_id")  # fmt: skip
 
 
 @dataclass
@@ -43,16 +46,18 @@ class Manifest:
     rows: pd.DataFrame  # id, path, lat, lon
     skipped: list[tuple[str, str]] = field(default_factory=list)
     sha256: str = ""
+    columns: tuple[str, str, str] = ("id", "lat", "lon")  # the table's id, lat, lon columns
 
 
 def read_manifest(path: str | Path, images_dir: str | Path | None = None) -> Manifest:
     """Read a CSV/Parquet manifest (image id/path + LAT/LON); bad rows are skipped, not fatal."""
     df = read_table(path)
     id_col = find_column(df, ID_NAMES, "image id/path", path)
+    lat_col, lon_col = latlon_names(df, path)
     lat, lon = latlon_columns(df, path)
     base = Path(images_dir) if images_dir else Path(path).parent
     ids = df[id_col].astype(str).tolist()
-    paths = [base / i for i in ids]
+    paths = [image_path(base, i) for i in ids]
     ok_coords = valid_latlon(lat, lon)
     keep, skipped = [], []
     for n, (i, p) in enumerate(zip(ids, paths, strict=True)):
@@ -67,7 +72,16 @@ def read_manifest(path: str | Path, images_dir: str | Path | None = None) -> Man
          "lat": lat[keep], "lon": lon[keep]}
     )  # fmt: skip
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    return Manifest(rows, skipped, digest)
+    return Manifest(rows, skipped, digest, (str(id_col), str(lat_col), str(lon_col)))
+
+
+def image_path(base: Path, image_id: str) -> Path:
+    """The photo a manifest id names: the id as a path, or, for an id without a suffix that
+    names no file (OSV-5M's), that id with ``.jpg``."""
+    path = base / image_id
+    if not path.suffix and not path.is_file() and path.with_name(path.name + ".jpg").is_file():
+        return path.with_name(path.name + ".jpg")
+    return path
 
 
 def split_preprocess(preprocess):

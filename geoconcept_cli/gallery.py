@@ -32,8 +32,10 @@ from .encoders import geoclip_package_dir
 from .errors import GeoconceptError, require_file
 from .geo import valid_latlon
 
-LAT_NAMES = ("lat", "latitude")
-LON_NAMES = ("lon", "lng", "long", "longitude")
+# Column names that label files use as they ship (any case): Im2GPS/Im2GPS3k/YFCC4k's LAT, LON;
+# OSV-5M's latitude, longitude; GPS-prefixed exports.
+LAT_NAMES = ("lat", "latitude", "gps_lat", "gps_latitude")
+LON_NAMES = ("lon", "lng", "long", "longitude", "gps_lon", "gps_lng", "gps_long", "gps_longitude")
 
 
 def default_gallery_path() -> Path:
@@ -53,19 +55,25 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def find_column(df: pd.DataFrame, names: tuple[str, ...], what: str, path: str | Path) -> str:
-    """The first column of ``df`` whose lower-cased name is in ``names``."""
-    for col in df.columns:
-        if str(col).lower() in names:
-            return col
-    raise GeoconceptError(f"{path}: no {what} column (looked for {', '.join(names)}, any case)")
+    """The one column of ``df`` whose lower-cased name is in ``names``; two are ambiguous."""
+    found = [col for col in df.columns if str(col).lower() in names]
+    if len(found) > 1:
+        raise GeoconceptError(f"{path}: columns {' and '.join(map(str, found))} could each be "
+                              f"the {what}; keep one (rename the others)")  # fmt: skip
+    if not found:
+        raise GeoconceptError(f"{path}: no {what} column (looked for {', '.join(names)}, any case)")
+    return found[0]
+
+
+def latlon_names(df: pd.DataFrame, path: str | Path) -> tuple[str, str]:
+    """The latitude and longitude columns of a table."""
+    lat = find_column(df, LAT_NAMES, "latitude", path)
+    return lat, find_column(df, LON_NAMES, "longitude", path)
 
 
 def latlon_columns(df: pd.DataFrame, path) -> tuple[np.ndarray, np.ndarray]:
     """Latitude and longitude as float arrays; non-numeric cells become NaN (invalid)."""
-    cols = (
-        find_column(df, LAT_NAMES, "latitude", path),
-        find_column(df, LON_NAMES, "longitude", path),
-    )
+    cols = latlon_names(df, path)
     lat, lon = (pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64) for c in cols)
     return lat, lon
 

@@ -35,6 +35,11 @@ def render_map(exp: dict, gallery_gps: torch.Tensor, path: str | Path, true_latl
         label = f"retrieval gallery ({len(gallery_gps):,} points)"
         ax.scatter(gallery_gps[:, 1], gallery_gps[:, 0], s=3, c="#6f6f6f", linewidths=0,
                    rasterized=True, label=label)  # fmt: skip
+    region = exp.get("region")
+    if region and region["points"]:
+        lat, lon = zip(*region["points"], strict=True)
+        label = f"{region['coverage']:.0%} region ({region['area_km2']:.3g} km²)"
+        ax.scatter(lon, lat, s=4, c="#ff9f1c", linewidths=0, zorder=2, label=label)
     preds = exp["predictions"]
     ax.scatter([p["lon"] for p in preds], [p["lat"] for p in preds],
                s=[40 + 400 * p["prob"] / max(preds[0]["prob"], 1e-9) for p in preds],

@@ -6,10 +6,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
 
+from .calibration import (
+    Calibration,
+    geoclip_calibration_path,
+    place_areas,
+    read_calibration,
+    region_mask,
+)
 from .encoders import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_PRETRAINED,
@@ -18,8 +27,10 @@ from .encoders import (
     load_clip,
     load_geoclip_head,
 )
+from .errors import GeoconceptError
 from .gallery import cached_gallery_embeddings, load_gallery
 from .geo import place_name
+from .geocode import reverse_geocode
 from .images import load_image
 
 
@@ -48,9 +59,15 @@ class Predictor:
         gallery_gps: torch.Tensor,
         gallery_emb: torch.Tensor,
         clip: ClipBackbone | None = None,
+        calibration: Calibration | None = None,
+        cache_dir: str | Path | None = None,
     ):
         self.head = head.eval()
         self.clip = clip
+        self.calibration = calibration
+        self.cache_dir = cache_dir
+        self._areas: torch.Tensor | None = None
+        self._countries: np.ndarray | None = None
         self.device = next(head.parameters()).device
         self.gallery_gps = gallery_gps
         self.gallery_emb = gallery_emb.to(self.device)
@@ -72,14 +89,25 @@ class Predictor:
         cache_dir: str | Path | None = None,
         device: str = "cpu",
         progress: Callable[[int, int], None] | None = None,
+        calibration: str | Path | None = None,
     ) -> Predictor:
-        """GeoCLIP's pretrained head (unless ``head`` is given) over a cached gallery."""
+        """GeoCLIP's pretrained head (unless ``head`` is given) over a cached gallery.
+
+        Probabilities are calibrated by the ``calibration`` file of a trained head, or, for
+        pretrained GeoCLIP, by its calibration for this gallery in the cache, where one exists;
+        a calibration made for another model, gallery or CLIP is refused."""
         clip = load_clip(clip_model, clip_pretrained, device)
         check_feature_dim(clip.embed_dim, f"CLIP {clip.model_name}")
+        pretrained = head is None
         head = (head or load_geoclip_head()).to(device)
         gps = load_gallery(gallery)
+        if pretrained:
+            calibration = geoclip_calibration_path(gps, head, cache_dir)
+        cal = read_calibration(calibration) if calibration else None
+        if cal is not None:
+            cal.check_for(head, gps, clip.identity, calibration)
         emb = cached_gallery_embeddings(gps, head, cache_dir, progress=progress)
-        return cls(head, gps, emb, clip)
+        return cls(head, gps, emb, clip, cal, cache_dir)
 
     def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Projected CLIP embeddings (B, D) of RGB images, with the model's own preprocessing."""
@@ -98,11 +126,20 @@ class Predictor:
         """(B, N) gallery logits: logit_scale.exp() * cosine(image, location)."""
         return self.head.logit_scale.exp() * self.cosines(clip_features)
 
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature if self.calibration else 1.0
+
+    @torch.no_grad()
+    def probabilities(self, clip_features: torch.Tensor) -> torch.Tensor:
+        """(B, N) softmax over the gallery rows, at the calibrated temperature if any."""
+        return (self.logits(clip_features) / self.temperature).softmax(dim=-1)
+
     @torch.no_grad()
     def topk(self, clip_features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The k most probable distinct places as (probabilities, gallery rows), each (B, k) (k
         at most the number of places), under the softmax over all gallery rows, as GeoCLIP's."""
-        probs = self.logits(clip_features).softmax(dim=-1)[:, self.places]
+        probs = self.probabilities(clip_features)[:, self.places]
         top = probs.topk(max(1, min(k, probs.shape[1])), dim=-1)
         return top.values.cpu(), self.places[top.indices].cpu()
 
@@ -112,6 +149,58 @@ class Predictor:
         for rank, (p, i) in enumerate(zip(probs.tolist(), idx.tolist(), strict=True), start=1):
             lat, lon = (float(v) for v in self.gallery_gps[i])
             out.append(Candidate(rank, lat, lon, float(p), int(i), place_name(lat, lon)))
+        return out
+
+    def calibration_note(self) -> dict:
+        """What the probabilities are: calibrated (by what) or not."""
+        cal = self.calibration
+        if cal is None:
+            return {"calibrated": False,
+                    "note": "probabilities uncalibrated (geoconcept calibrate fits them)"}
+        return {"calibrated": True, "temperature": cal.temperature, "photos": cal.photos,
+                "note": f"probabilities calibrated (temperature {cal.temperature:.3g}, "
+                        f"fitted on {cal.photos} photos)"}  # fmt: skip
+
+    @torch.no_grad()
+    def regions(self, clip_features: torch.Tensor, max_points: int = 500) -> list[dict]:
+        """Each photo's conformal confidence region (needs a calibration): its coverage, area
+        (km²), places, the countries it spans by probability mass, and its most probable
+        points (at most ``max_points``, for a map)."""
+        cal = self.calibration
+        if cal is None:
+            raise GeoconceptError("no calibration: run geoconcept calibrate for this model")
+        if self._areas is None:
+            self._areas = place_areas(self.gallery_gps, cal.radius_km, self.cache_dir)
+            self._countries = reverse_geocode(self.gallery_gps.numpy()).country
+        probs = self.probabilities(clip_features).cpu()
+        inside = region_mask(probs, cal.threshold)
+        out = []
+        for p, m in zip(probs, inside, strict=True):
+            rows = torch.nonzero(m)[:, 0]
+            order = rows[p[rows].argsort(descending=True)]
+            by_country = (pd.Series(p[rows].double().numpy(), index=self._countries[rows.numpy()])
+                          .groupby(level=0).sum().sort_values(ascending=False))  # fmt: skip
+            top = order[:max_points]
+            out.append({
+                "coverage": 1 - cal.alpha, "radius_km": cal.radius_km,
+                "area_km2": float(self._areas[rows].sum()), "places": len(rows),
+                "mass": float(p[rows].sum()),
+                "countries": [{"country": c or "(none)", "mass": round(float(v), 5)}
+                              for c, v in by_country.items()],
+                "points": [[round(float(a), 5), round(float(b), 5)]
+                           for a, b in self.gallery_gps[top].tolist()],
+            })  # fmt: skip
+        return out
+
+    def describe(self, path: str | Path, top_k: int = 5) -> dict:
+        """Top-k candidates of one photo file, what their probabilities are and, for a
+        calibrated model, the conformal region (JSON-able)."""
+        feats = self.image_features([load_image(path)])
+        probs, idx = self.topk(feats, top_k)
+        out = {"predictions": [c.to_dict() for c in self.candidates(probs[0], idx[0])],
+               "probabilities": self.calibration_note()}  # fmt: skip
+        if self.calibration is not None:
+            out["region"] = self.regions(feats)[0]
         return out
 
     def predict(self, path: str | Path, top_k: int = 5) -> list[Candidate]:

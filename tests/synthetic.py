@@ -58,3 +58,17 @@ def make_world(
     pd.DataFrame({"LAT": gallery[:, 0], "LON": gallery[:, 1]}).to_csv(out["gallery"], index=False)
     out["centers"] = centers
     return out
+
+
+def tiny_trained_world(root: Path) -> dict:
+    """A 6-region, 40-concept world of the tiny test CLIP's width and a concept-aware run
+    trained on it for 4 steps (``world["run"]``, its config ``world["cfg"]``)."""
+    from geoconcept_cli.train import TrainConfig, train
+
+    world = make_world(root, n_regions=6, per_region=32, k=40, clip_model="tiny-clip-768")
+    cfg = TrainConfig(features=str(world["train"]), out=str(root / "run"),
+                      concepts=str(world["concepts"]), max_steps=4, batch_size=32, lr=3e-3,
+                      warmup_steps=1, queue_size=32)  # fmt: skip
+    train(cfg)
+    world["run"], world["cfg"] = root / "run", cfg
+    return world

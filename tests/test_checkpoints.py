@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from synthetic import make_world
+from synthetic import tiny_trained_world
 from typer.testing import CliRunner
 
 from geoconcept_cli.checkpoints import (
@@ -34,7 +34,7 @@ from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.evaluate import evaluate_heads, heads_to_evaluate
 from geoconcept_cli.explain import load_explainer
 from geoconcept_cli.features import load_features
-from geoconcept_cli.train import TrainConfig, train
+from geoconcept_cli.train import train
 
 runner = CliRunner()
 
@@ -51,14 +51,7 @@ class Payload:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    world = make_world(root, n_regions=6, per_region=32, k=40, clip_model="tiny-clip-768")
-    cfg = TrainConfig(features=str(world["train"]), out=str(root / "run"),
-                      concepts=str(world["concepts"]), max_steps=4, batch_size=32, lr=3e-3,
-                      warmup_steps=1, queue_size=32)  # fmt: skip
-    train(cfg)
-    world["run"], world["cfg"] = root / "run", cfg
-    return world
+    return tiny_trained_world(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,8 @@ def test_text_output(photo, model_args):
     res = runner.invoke(app, ["predict", str(photo), "--top-k", "3", *model_args])
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 3
+    assert len(lines) == 4 and lines[3].startswith("probabilities uncalibrated")
+    lines = lines[:3]
     assert [LINE.match(ln).group(1) for ln in lines] == ["1", "2", "3"]
     probs = [float(LINE.match(ln).group(4)) for ln in lines]  # 3 significant digits, never 0.00
     assert probs == sorted(probs, reverse=True) and all(0 < p <= 1 for p in probs)

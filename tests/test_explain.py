@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import shared_data
 from PIL import Image
-from synthetic import make_world
+from synthetic import tiny_trained_world
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli import app
@@ -21,13 +21,15 @@ from geoconcept_cli.maps import MAP_SIZE_PX, render_map
 from geoconcept_cli.train import TrainConfig, train
 
 runner = CliRunner()
-CONCEPT_KEYS = {"mode", "predictions", "spread", "photo_concepts", "photo_concepts_source",
+CONCEPT_KEYS = {"mode", "predictions", "spread", "probabilities", "photo_concepts",
+                "photo_concepts_source",
                 "place_concepts", "place_concepts_source", "score_logit", "why_here",
                 "rather_than", "rule"}  # fmt: skip
 ZERO_SHOT_KEYS = {
     "mode",
     "predictions",
     "spread",
+    "probabilities",
     "note",
     "photo_concepts",
     "photo_concepts_source",
@@ -39,13 +41,7 @@ ZERO_SHOT_KEYS = {
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("explain")
-    world = make_world(root, n_regions=6, per_region=32, k=40, clip_model="tiny-clip-768")
-    cfg = TrainConfig(features=str(world["train"]), out=str(root / "run"),
-                      concepts=str(world["concepts"]), max_steps=4, batch_size=32, lr=3e-3,
-                      warmup_steps=1, queue_size=32)  # fmt: skip
-    train(cfg)
-    return root / "run"
+    return tiny_trained_world(tmp_path_factory.mktemp("explain"))["run"]
 
 
 @pytest.fixture(scope="module")

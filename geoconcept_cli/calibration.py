@@ -1,0 +1,334 @@
+"""`calibrate`: a temperature for the gallery softmax and a conformal confidence region.
+
+Temperature scaling: GeoCLIP-style probabilities ``softmax(logits)`` over the gallery are known
+to be over- or under-confident. A single temperature T (``softmax(logits / T)``) is fitted on
+held-out photos by minimising the negative log-likelihood of each photo's nearest gallery row.
+The loss is convex in 1/T, so a few Newton steps on stored logits find it exactly.
+
+Confidence region (split conformal prediction): a photo's region is the set of gallery places
+ranked by probability, kept while the probability mass ranked strictly above a place is at most
+a threshold q. A calibration photo's score is that mass above the most probable gallery place
+within ``radius_km`` of its true location (infinite if none is); q is the ceil((n+1)(1-alpha))-th
+smallest score. Then, for a new photo exchangeable with the calibration ones, the true location
+lies within ``radius_km`` of a place of its region with probability >= 1 - alpha.
+
+A region's area counts, for each of its places, the ground within ``radius_km`` that is nearer
+to it than to any other gallery place (so neighbouring places do not count the same ground
+twice): per-place areas are measured once per gallery on an equal-area lattice and cached.
+It is a lower bound of the area of the union of the places' discs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .artifacts import atomic_path, default_cache_dir, hash_state_dict, hash_tensors, write_json
+from .encoders import ClipId, check_same_clip
+from .errors import GeoconceptError
+from .geo import EARTH_RADIUS_KM, unit_vectors
+
+CALIBRATION_FORMAT = "geoconcept-calibration/1"
+CALIBRATION_NAME = "calibration.json"
+LATTICE_POINTS = 1 << 22  # ~122 km² per lattice point: a 25 km disc holds ~16
+MAX_CALIBRATION_PHOTOS = 5000  # logits kept in memory: 5000 x 100K float32 is 2 GB
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted temperature and conformal threshold, with what they were fitted for."""
+
+    temperature: float
+    alpha: float
+    radius_km: float
+    threshold: float  # probability mass above a place that keeps it in the region; inf: all
+    photos: int
+    nll_before: float
+    nll_after: float
+    model: str  # hash of the head's weights
+    gallery: str  # hash of the gallery's coordinates
+    clip: dict  # ClipId of the calibration features (model, pretrained, config)
+    format: str = CALIBRATION_FORMAT
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["threshold"] = None if math.isinf(self.threshold) else self.threshold
+        return out
+
+    @classmethod
+    def from_json(cls, data: object, source: object) -> Calibration:
+        """Read a stored calibration; one line for anything malformed."""
+        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+            raise GeoconceptError(f"{source}: not a geoconcept calibration ({CALIBRATION_FORMAT})")
+        try:
+            threshold = data["threshold"]
+            cal = cls(
+                temperature=float(data["temperature"]), alpha=float(data["alpha"]),
+                radius_km=float(data["radius_km"]),
+                threshold=math.inf if threshold is None else float(threshold),
+                photos=int(data["photos"]), nll_before=float(data["nll_before"]),
+                nll_after=float(data["nll_after"]), model=str(data["model"]),
+                gallery=str(data["gallery"]), clip=dict(data["clip"]),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            raise GeoconceptError(f"{source}: damaged calibration (fields missing)") from None
+        if not (cal.temperature > 0 and 0 < cal.alpha < 1 and cal.radius_km > 0):
+            raise GeoconceptError(f"{source}: damaged calibration (values out of range)")
+        return cal
+
+    def check_for(self, head: nn.Module, gps: torch.Tensor, clip: ClipId, source: object) -> None:
+        """Refuse a calibration made for another model, gallery or CLIP backbone."""
+        fix = "rerun geoconcept calibrate"
+        if self.model != hash_state_dict(head):
+            raise GeoconceptError(f"{source} was made for another model's weights; {fix}")
+        if self.gallery != hash_tensors(gps):
+            raise GeoconceptError(f"{source} was made for another gallery; {fix} with this "
+                                  "--gallery (or use the one it was made for)")  # fmt: skip
+        check_same_clip(ClipId.from_meta(self.clip, prefix=""), clip, f"{source} was made with",
+                        fix=fix)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ fitting
+def _nll_derivatives(logits: torch.Tensor, target: torch.Tensor, beta: float):
+    """Mean NLL of ``softmax(beta * logits)`` at ``target`` and its first two derivatives in
+    beta (the second is the mean variance of the logits under the softmax: >= 0, convex)."""
+    z = logits.double()
+    p = (beta * z).softmax(dim=1)
+    zt = z.gather(1, target[:, None])[:, 0]
+    ez = (p * z).sum(1)
+    nll = torch.logsumexp(beta * z, dim=1) - beta * zt
+    var = (p * z * z).sum(1) - ez**2
+    return float(nll.mean()), float((ez - zt).mean()), float(var.mean())
+
+
+def fit_temperature(logits: torch.Tensor, target: torch.Tensor, chunk: int = 512) -> float:
+    """The T minimising the mean NLL of ``softmax(logits / T)`` at ``target`` (Newton in 1/T,
+    on the convex loss, with step halving)."""
+
+    def f(beta: float) -> tuple[float, float, float]:
+        parts = [_nll_derivatives(logits[s : s + chunk], target[s : s + chunk], beta)
+                 for s in range(0, len(logits), chunk)]  # fmt: skip
+        w = [min(chunk, len(logits) - s) / len(logits) for s in range(0, len(logits), chunk)]
+        return tuple(sum(wi * p[k] for wi, p in zip(w, parts, strict=True)) for k in range(3))
+
+    beta = 1.0
+    loss, grad, hess = f(beta)
+    for _ in range(100):
+        step = grad / max(hess, 1e-12)
+        new = beta - step
+        while new <= 1e-6 or new > 1e6:  # stay in a sane range
+            step /= 2
+            new = beta - step
+        new_loss, new_grad, new_hess = f(new)
+        while new_loss > loss + 1e-12 and abs(step) > 1e-12:  # damped: never go uphill
+            step /= 2
+            new = beta - step
+            new_loss, new_grad, new_hess = f(new)
+        if abs(new - beta) <= 1e-9 * max(1.0, beta):
+            beta = new
+            break
+        beta, loss, grad, hess = new, new_loss, new_grad, new_hess
+    return 1.0 / beta
+
+
+def best_near(
+    probs: torch.Tensor, gallery_unit: torch.Tensor, truth: torch.Tensor, radius_km: float
+) -> torch.Tensor:
+    """Per photo, the probability of the most probable gallery row within ``radius_km`` of
+    the true location (-inf where no row is that near)."""
+    near = (unit_vectors(truth).to(gallery_unit) @ gallery_unit.T) >= math.cos(
+        radius_km / EARTH_RADIUS_KM)  # fmt: skip
+    return torch.where(near, probs, -torch.inf).max(dim=1).values
+
+
+def mass_above(probs: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """The probability mass strictly above ``best`` in each row (inf where best is -inf):
+    with ``best_near``, the conformal score."""
+    above = torch.where(probs > best[:, None], probs, 0).sum(1, dtype=torch.float64)
+    return torch.where(torch.isfinite(best), above, torch.inf)
+
+
+def conformal_threshold(scores: np.ndarray, alpha: float) -> float:
+    """Split conformal quantile: the ceil((n+1)(1-alpha))-th smallest score (inf if past n)."""
+    scores = np.sort(np.asarray(scores, dtype=np.float64))
+    k = math.ceil((len(scores) + 1) * (1 - alpha))
+    return float(scores[k - 1]) if k <= len(scores) else math.inf
+
+
+def region_cut(probs: torch.Tensor, threshold: float, bins: int = 2048) -> torch.Tensor:
+    """Per row, the lowest probability still in the conformal region (rows whose mass
+    strictly above is at most ``threshold``), so that the region is ``probs >= cut``.
+
+    Exact without sorting whole rows: a histogram of log-probabilities locates the one bin
+    where the mass from the top crosses the threshold, and only that bin's rows are sorted."""
+    b, n = probs.shape
+    if math.isinf(threshold) or threshold >= 1:
+        return probs.min(dim=1).values
+    probs = probs.float()
+    logp = probs.clamp_min(1e-38).log_()
+    lo, hi = logp.aminmax(dim=1)
+    scale = bins / (hi - lo).clamp_min(1e-12)
+    which = ((logp - lo[:, None]) * scale[:, None]).clamp_(0, bins - 1).to(torch.int32)
+    del logp
+    flat = which + (bins * torch.arange(b, device=probs.device, dtype=torch.int32))[:, None]
+    mass = torch.bincount(flat.flatten(), weights=probs.flatten(),
+                          minlength=b * bins).view(b, bins).double()  # fmt: skip
+    upto = mass.flip(1).cumsum(1).flip(1)  # mass in bins >= each bin
+    above = upto - mass  # mass in bins strictly above
+    crossing = ((above <= threshold) & (upto > threshold)).long().argmax(dim=1)
+    cut = torch.empty(b, dtype=probs.dtype, device=probs.device)
+    for i in range(b):  # only the crossing bin's values need ordering
+        values = probs[i][which[i] == crossing[i]].double().sort(descending=True).values
+        inside = above[i, crossing[i]] + values.cumsum(0) - values <= threshold
+        cut[i] = values[inside].min() if bool(inside.any()) else values[0]
+    return cut
+
+
+def region_mask(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, N) membership of the conformal region (see ``region_cut``)."""
+    return probs >= region_cut(probs, threshold)[:, None]
+
+
+# ------------------------------------------------------------------------------ areas
+def fibonacci_lattice(n: int) -> np.ndarray:
+    """(n, 3) unit vectors spread evenly over the sphere: each stands for 4 pi R^2 / n."""
+    i = np.arange(n, dtype=np.float64) + 0.5
+    z = 1 - 2 * i / n
+    phi = math.pi * (1 + math.sqrt(5)) * i
+    r = np.sqrt(1 - z * z)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+def place_areas(
+    gps: torch.Tensor, radius_km: float, cache_dir: str | Path | None = None
+) -> torch.Tensor:
+    """(N,) km² of ground within ``radius_km`` of each gallery row and nearer to it than to
+    any other (repeated rows share their place's area once); cached per gallery and radius."""
+    from scipy.spatial import cKDTree
+
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = hash_tensors(gps, extra=f"areas:{radius_km}:{LATTICE_POINTS}")
+    path = root / "areas" / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            return load_file(path)["areas"]
+        except Exception:
+            pass  # unreadable cache: recompute and overwrite it
+    unit = unit_vectors(gps).numpy()
+    lattice = fibonacci_lattice(LATTICE_POINTS)
+    chord, nearest = cKDTree(unit).query(lattice, k=1, distance_upper_bound=2 * math.sin(
+        radius_km / EARTH_RADIUS_KM / 2))  # fmt: skip
+    hit = np.isfinite(chord)
+    cell_km2 = 4 * math.pi * EARTH_RADIUS_KM**2 / LATTICE_POINTS
+    areas = torch.from_numpy(np.bincount(nearest[hit], minlength=len(gps)) * cell_km2).float()
+    with atomic_path(path) as tmp:
+        save_file({"areas": areas.contiguous()}, str(tmp))
+    return areas
+
+
+# ------------------------------------------------------------------------------ storage
+def run_calibration_path(checkpoint: str | Path) -> Path:
+    """Where a run's calibration lives: ``calibration.json`` in its folder."""
+    checkpoint = Path(checkpoint)
+    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / CALIBRATION_NAME
+
+
+def geoclip_calibration_path(gps: torch.Tensor, head: nn.Module,
+                             cache_dir: str | Path | None = None) -> Path:  # fmt: skip
+    """Pretrained GeoCLIP's calibration in the cache, keyed by its weights and the gallery."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = hashlib.sha256(f"{hash_state_dict(head)}:{hash_tensors(gps)}".encode()).hexdigest()
+    return root / "calibration" / f"geoclip-{key[:16]}.json"
+
+
+def save_calibration(path: str | Path, cal: Calibration) -> None:
+    write_json(path, cal.to_json())
+
+
+def read_calibration(path: str | Path) -> Calibration | None:
+    """A stored calibration, or None if there is none at ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise GeoconceptError(f"{path}: damaged calibration (not JSON)") from None
+    return Calibration.from_json(data, path)
+
+
+# ------------------------------------------------------------------------------ calibrate
+@torch.no_grad()
+def calibrate_predictor(
+    predictor, feats: torch.Tensor, truth: torch.Tensor, clip: ClipId, alpha: float = 0.1,
+    radius_km: float = 25.0, seed: int = 0, chunk: int = 256,
+) -> Calibration:  # fmt: skip
+    """Fit the temperature and the conformal threshold of ``predictor``'s head and gallery on
+    calibration features (at most MAX_CALIBRATION_PHOTOS, a seeded sample beyond that)."""
+    if not 0 < alpha < 1:
+        raise GeoconceptError(f"--alpha {alpha}: must be between 0 and 1")
+    if not radius_km > 0:
+        raise GeoconceptError(f"--radius-km {radius_km}: must be > 0")
+    if len(feats) < 10:
+        raise GeoconceptError(f"{len(feats)} calibration photos: too few (10 at least; "
+                              "hundreds for a useful region)")  # fmt: skip
+    if len(feats) > MAX_CALIBRATION_PHOTOS:
+        pick = torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed))
+        feats, truth = feats[pick[:MAX_CALIBRATION_PHOTOS]], truth[pick[:MAX_CALIBRATION_PHOTOS]]
+    gps = predictor.gallery_gps
+    gallery_unit = unit_vectors(gps).float()
+    logits = torch.cat([predictor.logits(feats[s : s + chunk]).cpu()
+                        for s in range(0, len(feats), chunk)])  # fmt: skip
+    target = torch.cat([(unit_vectors(truth[s : s + chunk]).float() @ gallery_unit.T).argmax(1)
+                        for s in range(0, len(truth), chunk)])  # fmt: skip
+    temperature = fit_temperature(logits, target)
+
+    def nll(t: float) -> float:
+        return float(sum(_nll_derivatives(logits[s : s + chunk], target[s : s + chunk],
+                                          1 / t)[0] * len(logits[s : s + chunk])
+                         for s in range(0, len(logits), chunk)) / len(logits))  # fmt: skip
+
+    scores = []
+    for s in range(0, len(logits), chunk):
+        probs = (logits[s : s + chunk] / temperature).softmax(dim=1)
+        best = best_near(probs, gallery_unit, truth[s : s + chunk], radius_km)
+        scores.append(mass_above(probs, best))
+    return Calibration(
+        temperature=temperature, alpha=alpha, radius_km=radius_km,
+        threshold=conformal_threshold(torch.cat(scores).numpy(), alpha), photos=len(feats),
+        nll_before=nll(1.0), nll_after=nll(temperature),
+        model=hash_state_dict(predictor.head), gallery=hash_tensors(gps),
+        clip=clip.as_meta(prefix=""),
+    )  # fmt: skip
+
+
+def calibrate_heads(
+    heads: dict[str, nn.Module], files: dict[str, Path], feats: torch.Tensor,
+    truth: torch.Tensor, clip: ClipId, gallery: str | Path | None = None,
+    cache_dir: str | Path | None = None, alpha: float = 0.1, radius_km: float = 25.0,
+    gallery_progress=None,
+) -> dict[str, Calibration]:  # fmt: skip
+    """Calibrate each named head over the gallery and store it at ``files[name]``.
+    ``gallery_progress(name)`` is a context manager yielding ``advance(n, total)``."""
+    from contextlib import nullcontext
+
+    from .gallery import cached_gallery_embeddings, load_gallery
+    from .predict import Predictor
+
+    gps = load_gallery(gallery)
+    out = {}
+    for name, head in heads.items():
+        with gallery_progress(name) if gallery_progress else nullcontext() as advance:
+            emb = cached_gallery_embeddings(gps, head, cache_dir, progress=advance)
+        predictor = Predictor(head, gps, emb, cache_dir=cache_dir)
+        out[name] = calibrate_predictor(predictor, feats, truth, clip, alpha, radius_km)
+        save_calibration(files[name], out[name])
+    return out

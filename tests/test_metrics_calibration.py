@@ -1,0 +1,315 @@
+"""The field's metrics, offline reverse geocoding, label files as they ship, temperature
+calibration and conformal confidence regions."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from synthetic import make_world
+from typer.testing import CliRunner
+
+from geoconcept_cli.calibration import (
+    best_near,
+    conformal_threshold,
+    fit_temperature,
+    mass_above,
+    region_cut,
+    region_mask,
+)
+from geoconcept_cli.cli import app
+from geoconcept_cli.errors import GeoconceptError
+from geoconcept_cli.features import read_manifest
+from geoconcept_cli.geo import haversine_km, unit_vectors
+from geoconcept_cli.geocode import reverse_geocode
+from geoconcept_cli.metrics import admin_matches, distance_metrics, geoscore, reliability
+from geoconcept_cli.train import TrainConfig, train
+
+runner = CliRunner()
+PARIS, LYON = (48.8566, 2.3522), (45.7640, 4.8357)
+SYDNEY, MELBOURNE = (-33.8688, 151.2093), (-37.8136, 144.9631)
+ATLANTIC = (0.0, -30.0)  # 500 km from any settlement
+
+
+def test_geoscore_and_distances_on_known_pairs():
+    assert geoscore([0.0])[0] == 5000.0
+    assert geoscore([1492.7])[0] == pytest.approx(5000 / math.e)
+    d = haversine_km(*PARIS, *LYON)
+    assert d == pytest.approx(392.0, abs=2.0)  # Paris-Lyon, great circle
+    m = distance_metrics(np.array([0.0, d, 20000.0]))
+    assert m["mean_km"] == pytest.approx((d + 20000.0) / 3)
+    assert m["median_km"] == pytest.approx(d)
+    assert m["geoscore"] == pytest.approx(np.mean(geoscore([0.0, d, 20000.0])))
+    assert m["1km"] == pytest.approx(100 / 3) and m["750km"] == pytest.approx(200 / 3)
+
+
+def test_country_region_city_on_real_places():
+    places = reverse_geocode(np.array([PARIS, LYON, SYDNEY, MELBOURNE, ATLANTIC]))
+    assert list(places.country) == ["FR", "FR", "AU", "AU", ""]
+    assert list(places.continent) == ["Europe", "Europe", "Oceania", "Oceania", ""]
+    assert places.region[0] != places.region[1] and places.region[2] != places.region[3]
+    assert places.city[0] == "FR/Île-de-France/Paris" and places.city[2].endswith("/Sydney")
+    truth = reverse_geocode(np.array([PARIS, SYDNEY, ATLANTIC, PARIS]))
+    pred = reverse_geocode(np.array([LYON, MELBOURNE, ATLANTIC, (48.86, 2.35)]))
+    hits = admin_matches(truth, pred)
+    assert hits["country"].tolist() == [True, True, False, True]  # at sea: never a match
+    assert hits["region"].tolist() == [False, False, False, True]
+    assert hits["city"].tolist() == [False, False, False, True]
+
+
+def test_reverse_geocoding_is_on_the_sphere():
+    """Across the date line the nearest place in degrees is not the nearest on Earth: at
+    16 S 179.9 W a search in raw degrees finds Leava, Wallis and Futuna, 266 km away, while a
+    Fijian settlement across the line is 92 km away."""
+    places = reverse_geocode(np.array([[-16.0, -179.9], [78.22, 15.65]]))
+    assert places.country[0] == "FJ" and places.place_km[0] < 100
+    assert places.country[1] == "SJ"  # Longyearbyen, Svalbard
+
+
+def _planted(n: int, n_gallery: int, seed: int, sharpness: float = 3.0):
+    """Photos whose true location is drawn from a known softmax over a random gallery (then
+    moved a few km): probabilities, gallery and truth, exchangeable across photos."""
+    gen = torch.Generator().manual_seed(seed)
+    gps = torch.stack([torch.rand(n_gallery, generator=gen) * 140 - 60,
+                       torch.rand(n_gallery, generator=gen) * 360 - 180], dim=1)  # fmt: skip
+    logits = sharpness * torch.randn(n, n_gallery, generator=gen)
+    probs = logits.softmax(dim=1)
+    pick = torch.multinomial(probs, 1, generator=gen)[:, 0]
+    truth = gps[pick] + 0.05 * torch.randn(n, 2, generator=gen)  # ~5 km away
+    return logits, probs, gps, truth, pick
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.3])
+def test_conformal_regions_cover_as_promised(alpha):
+    logits, probs, gps, truth, _ = _planted(4000, 1500, seed=1)
+    unit = unit_vectors(gps).float()
+    scores = mass_above(probs, best_near(probs, unit, truth, 25.0)).numpy()
+    q = conformal_threshold(scores[:2000], alpha)
+    covered = scores[2000:] <= q
+    sd = math.sqrt(alpha * (1 - alpha) / 2000)
+    assert abs(covered.mean() - (1 - alpha)) < 4 * sd + 1 / 2000, covered.mean()
+    # the region as a set of places holds a place within 25 km of the truth exactly then
+    mask = region_mask(probs[2000:], q)
+    near = (unit_vectors(truth[2000:]).float() @ unit.T) >= math.cos(25 / 6371.0088)
+    assert ((mask & near).any(dim=1).numpy() == covered).all()
+
+
+def test_region_cut_is_the_sorted_answer():
+    for sharpness in (0.05, 3.0, 30.0):
+        _, probs, *_ = _planted(40, 20000, seed=2, sharpness=sharpness)
+        for q in (0.0, 0.5, 0.95):
+            cut = region_cut(probs, q)
+            for row, c in zip(probs, cut, strict=True):
+                values = row.double().sort(descending=True).values
+                assert float(c) == float(values[(values.cumsum(0) - values) <= q].min())
+
+
+def test_temperature_undoes_planted_overconfidence():
+    logits, probs, gps, truth, pick = _planted(3000, 400, seed=3, sharpness=2.0)
+    over = 3.0 * logits  # three times too sharp
+    t = fit_temperature(over[:1500], pick[:1500])
+    assert t == pytest.approx(3.0, rel=0.1)
+    test = over[1500:]
+    top = test.argmax(dim=1)
+    hit = (top == pick[1500:]).numpy()
+    before = reliability(test.softmax(1).max(1).values.numpy(), hit)["ece"]
+    after = reliability((test / t).softmax(1).max(1).values.numpy(), hit)["ece"]
+    assert after < 0.5 * before and after < 0.05, (before, after)
+
+
+# ------------------------------------------------------------------------- label files
+def _photos(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.new("RGB", (40, 30), (120, 80, 40)).save(folder / name)
+
+
+def test_label_files_as_they_ship(tmp_path):
+    _photos(tmp_path / "img", ["a.jpg", "b.jpg", "1234567890.jpg"])
+    places365 = "IMG_ID,AUTHOR,LAT,LON,S3_Label,S16_Label,S365_Label,Prob_indoor,Prob_natural,"\
+        "Prob_urban\na.jpg,x@N00,48.85,2.35,1,2,3,0.1,0.2,0.7\nb.jpg,y@N00,-33.9,151.2,1,2,3,"\
+        "0.1,0.2,0.7\n"  # fmt: skip
+    (tmp_path / "im2gps3k_places365.csv").write_text(places365)  # Im2GPS3k and Im2GPS
+    yfcc = ("IMG_ID,AUTHOR,LON,LAT,S3_Label,S16_Label,S365_Label,Prob_indoor,Prob_natural,"
+            "Prob_urban\na.jpg,x@N00,2.35,48.85,1,2,3,0.1,0.2,0.7\n")  # fmt: skip
+    (tmp_path / "yfcc4k_places365.csv").write_text(yfcc)
+    osv = ("id,latitude,longitude,thumb_original_url,country,sequence,captured_at,lon_bin,"
+           "lat_bin,cell,land_cover,road_index,drive_side,climate,soil,dist_sea,region,"
+           "sub-region,city,unique_country,unique_region,unique_sub-region,unique_city\n"
+           "1234567890,48.85,2.35,https://x/y.jpg,FR,s1,1500000000,5,6,c,2,0.3,1,7,3,0.1,"
+           "Ile-de-France,Paris,Paris,FR,FR_IDF,FR_IDF_75,FR_IDF_75_Paris\n")  # fmt: skip
+    (tmp_path / "test.csv").write_text(osv)
+    for name, columns, n in (("im2gps3k_places365.csv", ("IMG_ID", "LAT", "LON"), 2),
+                             ("yfcc4k_places365.csv", ("IMG_ID", "LAT", "LON"), 1),
+                             ("test.csv", ("id", "latitude", "longitude"), 1)):  # fmt: skip
+        m = read_manifest(tmp_path / name, tmp_path / "img")
+        assert m.columns == columns and len(m.rows) == n and not m.skipped, name
+        assert m.rows["lat"].iloc[0] == 48.85 and m.rows["lon"].iloc[0] == 2.35
+    osv_row = read_manifest(tmp_path / "test.csv", tmp_path / "img").rows.iloc[0]
+    assert osv_row["path"].endswith("1234567890.jpg")  # OSV-5M ids name <id>.jpg
+    (tmp_path / "both.csv").write_text("IMG_ID,lat,latitude,LON\na.jpg,1,1,2\n")
+    with pytest.raises(GeoconceptError, match="columns lat and latitude could each be the "
+                                              "latitude; keep one"):  # fmt: skip
+        read_manifest(tmp_path / "both.csv", tmp_path / "img")
+
+
+def test_embed_images_says_which_columns_it_used(tmp_path, tiny_clip):
+    _photos(tmp_path / "img", ["1234567890.jpg"])
+    (tmp_path / "test.csv").write_text("id,latitude,longitude,lon_bin,lat_bin,country\n"
+                                       "1234567890,48.85,2.35,5,6,FR\n")  # fmt: skip
+    res = runner.invoke(app, ["embed-images", str(tmp_path / "test.csv"), "--images",
+                              str(tmp_path / "img"), "--out", str(tmp_path / "f"), "--workers",
+                              "0", "--clip-model", tiny_clip, "--clip-pretrained", "none"])
+    assert res.exit_code == 0, res.output
+    assert "image ids from column id, coordinates from latitude, longitude" in res.stderr
+    assert "1 images embedded" in res.stdout
+
+
+# ------------------------------------------------------------------- calibrate, end to end
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibration")
+    world = make_world(root, n_regions=8, per_region=64, k=24, clip_model="tiny-clip-768")
+    train(TrainConfig(features=str(world["train"]), out=str(root / "run"),
+                      concepts=str(world["concepts"]), epochs=4, batch_size=32, lr=3e-3,
+                      warmup_steps=3, queue_size=32))  # fmt: skip
+    world["run"] = root / "run"
+    return world
+
+
+def _one_line_error(res) -> str:
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    return lines[0]
+
+
+def test_calibrate_then_evaluate_report_and_write_everything(world, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    res = runner.invoke(app, ["calibrate", str(world["train"]), str(run),
+                              "--gallery", str(world["gallery"]), "--alpha", "0.2"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "GeoCLIP (pretrained): temperature" in res.stdout and "80% region within 25 km" \
+        in res.stdout  # fmt: skip
+    cal = json.loads((run / "calibration.json").read_text())
+    assert cal["alpha"] == 0.2 and cal["photos"] == 8 * 64 and cal["nll_after"] <= cal[
+        "nll_before"]  # fmt: skip
+    out = tmp_path / "eval.json"
+    res = runner.invoke(app, [
+        "evaluate", str(world["test"]), str(run), "--gallery", str(world["gallery"]),
+        "--json-out", str(out), "--predictions-out", str(tmp_path / "preds.parquet"),
+        "--plots", str(tmp_path / "plots"),
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    model = json.loads(out.read_text())["models"][str(run)]
+    for key in ("geoscore", "mean_km", "median_km", "country", "region", "city", "per_continent"):
+        assert key in model
+    probs = model["probabilities"]
+    assert probs["calibrated"] and probs["target_coverage"] == pytest.approx(0.8)
+    assert 0.6 <= probs["coverage"] <= 1.0 and probs["mean_area_km2"] > 0
+    assert set(probs["ece"]["25km"]) == {"uncalibrated", "calibrated"}
+    recall = list(probs["recall_vs_area"].values())
+    assert recall == sorted(recall) and recall[-1] <= 1.0
+    df = pd.read_parquet(tmp_path / "preds.parquet")
+    assert len(df) == 2 * 8 * 16 and set(df["model"]) == {"GeoCLIP (pretrained)",
+                                                          str(run)}  # fmt: skip
+    for col in ("id", "true_lat", "pred_lat", "distance_km", "prob", "true_country",
+                "pred_country", "true_region", "pred_city", "in_region", "region_area_km2"):
+        assert col in df, col
+    ours = df[df["model"] == str(run)]
+    assert ours["in_region"].mean() == pytest.approx(probs["coverage"])
+    assert ours["distance_km"].le(25).mean() * 100 == pytest.approx(model["25km"])
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
+        f"reliability-{n}.png" for n in ("GeoCLIP_pretrained", str(run).strip("/")
+                                         .replace("/", "_")))  # fmt: skip
+    text = " ".join(res.stdout.split())
+    assert "calibrated (T" in text and "GeoScore | country | region | city |" in text
+
+
+def test_explain_and_predict_say_whether_probabilities_are_calibrated(world, tmp_path,
+                                                                      tiny_clip):  # fmt: skip
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    photo = tmp_path / "p.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+                    ).save(photo)  # fmt: skip
+    args = ["explain", str(photo), "--checkpoint", str(run), "--clip-model", tiny_clip,
+            "--clip-pretrained", "none", "--gallery", str(world["gallery"]), "--json"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    exp = json.loads(res.stdout)
+    assert exp["probabilities"]["calibrated"] is False and "region" not in exp
+    assert runner.invoke(app, ["calibrate", str(world["train"]), str(run), "--no-geoclip",
+                               "--gallery", str(world["gallery"])]).exit_code == 0
+    exp = json.loads(runner.invoke(app, args).stdout)
+    assert exp["probabilities"]["calibrated"] is True
+    region = exp["region"]
+    assert region["coverage"] == pytest.approx(0.9) and region["places"] >= 1
+    top = exp["predictions"][0]
+    assert region["area_km2"] > 0
+    assert region["points"][0] == pytest.approx([top["lat"], top["lon"]], abs=1e-5)
+    text = runner.invoke(app, args[:-1] + ["--top-k", "3"]).stdout
+    assert "probabilities calibrated (temperature" in " ".join(text.split())
+    assert "90% confidence region" in " ".join(text.split())
+    # an exported model carries its calibration
+    assert runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "m")]).exit_code == 0
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["calibration"]["alpha"] == 0.1
+    assert "The probabilities are calibrated" in (tmp_path / "m" / "README.md").read_text()
+    args[args.index(str(run))] = str(tmp_path / "m")
+    from_bundle = json.loads(runner.invoke(app, args).stdout)
+    assert from_bundle["region"]["area_km2"] == pytest.approx(region["area_km2"])
+
+
+def test_a_calibration_for_another_model_gallery_or_clip_is_refused(world, tmp_path, tiny_clip):
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    assert runner.invoke(app, ["calibrate", str(world["train"]), str(run), "--no-geoclip",
+                               "--gallery", str(world["gallery"])]).exit_code == 0
+    other = tmp_path / "other"
+    train(TrainConfig(features=str(world["train"]), out=str(other), concepts=None, max_steps=2,
+                      batch_size=32, warmup_steps=1, queue_size=32))  # fmt: skip
+    shutil.copy(run / "calibration.json", other / "calibration.json")
+    evaluate = ["evaluate", str(world["test"]), "--no-geoclip"]
+    line = _one_line_error(runner.invoke(app, [*evaluate, str(other), "--gallery",
+                                               str(world["gallery"])]))  # fmt: skip
+    assert "calibration.json was made for another model's weights; rerun geoconcept calibrate" \
+        in line  # fmt: skip
+    line = _one_line_error(runner.invoke(app, [*evaluate, str(run)]))  # GeoCLIP's 100K gallery
+    assert "was made for another gallery" in line
+    cal = json.loads((run / "calibration.json").read_text())
+    cal["clip"] = {"model": "ViT-B-32", "pretrained": "openai", "config": None}
+    (run / "calibration.json").write_text(json.dumps(cal))
+    line = _one_line_error(runner.invoke(app, [*evaluate, str(run), "--gallery",
+                                               str(world["gallery"])]))  # fmt: skip
+    assert "was made with CLIP ViT-B-32 (openai), not tiny-clip-768 (none)" in line
+    (run / "calibration.json").write_text("{")
+    assert "damaged calibration" in _one_line_error(runner.invoke(app, [
+        *evaluate, str(run), "--gallery", str(world["gallery"])]))  # fmt: skip
+
+
+def test_predict_uses_geoclips_calibration_for_that_gallery(world, tmp_path, tiny_clip,
+                                                            small_gallery):  # fmt: skip
+    photo = tmp_path / "p.jpg"
+    Image.new("RGB", (64, 48), (30, 90, 150)).save(photo)
+    cache = ["--cache-dir", str(tmp_path / "cache")]  # not the session's: others use GeoCLIP
+    predict = ["predict", str(photo), "--clip-model", tiny_clip, "--clip-pretrained", "none",
+               "--gallery", str(small_gallery), *cache]  # fmt: skip
+    res = runner.invoke(app, predict)
+    assert res.exit_code == 0 and "probabilities uncalibrated" in res.stdout, res.output
+    res = runner.invoke(app, ["calibrate", str(world["train"]), "--gallery", str(small_gallery),
+                              *cache])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "cache" / "calibration").glob("geoclip-*.json"))) == 1
+    out = json.loads(runner.invoke(app, [*predict, "--json"]).stdout)
+    assert out["probabilities"]["calibrated"] and out["region"]["places"] >= 1
+    fewer = tmp_path / "fewer.csv"  # another gallery: no calibration for it
+    pd.read_csv(small_gallery).iloc[:100].to_csv(fewer, index=False)
+    res = runner.invoke(app, [*predict[:6], "--gallery", str(fewer), *cache])
+    assert res.exit_code == 0 and "probabilities uncalibrated" in res.stdout

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ CALIBRATION_FORMAT = "geoconcept-calibration/1"
 CALIBRATION_NAME = "calibration.json"
 LATTICE_POINTS = 1 << 22  # ~122 km² per lattice point: a 25 km disc holds ~16
 MAX_CALIBRATION_PHOTOS = 5000  # logits kept in memory: 5000 x 100K float32 is 2 GB
+MAX_RADIUS_KM = math.pi * EARTH_RADIUS_KM  # half the Earth's circumference
+TOLERANCE = 1e-9  # mass comparisons: sums in another order may differ in the last bits
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ class Calibration:
             )  # fmt: skip
         except (KeyError, TypeError, ValueError):
             raise GeoconceptError(f"{source}: damaged calibration (fields missing)") from None
-        if not (cal.temperature > 0 and 0 < cal.alpha < 1 and cal.radius_km > 0):
+        if not (cal.temperature > 0 and 0 < cal.alpha < 1 and 0 < cal.radius_km <= MAX_RADIUS_KM
+                and cal.threshold >= 0):  # fmt: skip
             raise GeoconceptError(f"{source}: damaged calibration (values out of range)")
         return cal
 
@@ -139,14 +143,28 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, chunk: int = 512
     return 1.0 / beta
 
 
-def best_near(
-    probs: torch.Tensor, gallery_unit: torch.Tensor, truth: torch.Tensor, radius_km: float
-) -> torch.Tensor:
+def gallery_tree(gps: torch.Tensor):
+    """A KD-tree of the gallery's unit vectors (float64: exact great-circle neighbourhoods)."""
+    from scipy.spatial import cKDTree
+
+    return cKDTree(unit_vectors(gps).numpy())
+
+
+def pairs_within(tree, points: torch.Tensor, radius_km: float) -> tuple[torch.Tensor, ...]:
+    """(query index, gallery row) of every gallery row within ``radius_km`` of each point."""
+    chord = 2 * math.sin(radius_km / EARTH_RADIUS_KM / 2)
+    lists = tree.query_ball_point(unit_vectors(points).numpy(), chord)
+    rows = np.repeat(np.arange(len(lists)), [len(x) for x in lists])
+    cols = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else []
+    return torch.from_numpy(rows), torch.as_tensor(cols, dtype=torch.int64)
+
+
+def best_near(probs: torch.Tensor, tree, truth: torch.Tensor, radius_km: float) -> torch.Tensor:
     """Per photo, the probability of the most probable gallery row within ``radius_km`` of
-    the true location (-inf where no row is that near)."""
-    near = (unit_vectors(truth).to(gallery_unit) @ gallery_unit.T) >= math.cos(
-        radius_km / EARTH_RADIUS_KM)  # fmt: skip
-    return torch.where(near, probs, -torch.inf).max(dim=1).values
+    the true location (-inf where no row is that near); ``tree`` is ``gallery_tree``'s."""
+    r, c = (t.to(probs.device) for t in pairs_within(tree, truth, radius_km))
+    best = torch.full((len(probs),), -torch.inf, dtype=probs.dtype, device=probs.device)
+    return best.scatter_reduce_(0, r, probs[r, c], "amax")
 
 
 def mass_above(probs: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
@@ -154,6 +172,11 @@ def mass_above(probs: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     with ``best_near``, the conformal score."""
     above = torch.where(probs > best[:, None], probs, 0).sum(1, dtype=torch.float64)
     return torch.where(torch.isfinite(best), above, torch.inf)
+
+
+def covered(probs: torch.Tensor, best: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Whether the region holds a place within the radius of the truth (never where none is)."""
+    return torch.isfinite(best) & (mass_above(probs, best) <= threshold + TOLERANCE)
 
 
 def conformal_threshold(scores: np.ndarray, alpha: float) -> float:
@@ -170,24 +193,25 @@ def region_cut(probs: torch.Tensor, threshold: float, bins: int = 2048) -> torch
     Exact without sorting whole rows: a histogram of log-probabilities locates the one bin
     where the mass from the top crosses the threshold, and only that bin's rows are sorted."""
     b, n = probs.shape
-    if math.isinf(threshold) or threshold >= 1:
+    limit = threshold + TOLERANCE
+    if math.isinf(threshold) or limit >= 1:
         return probs.min(dim=1).values
-    probs = probs.float()
-    logp = probs.clamp_min(1e-38).log_()
+    logp = probs.float().clamp_min(1e-38).log_()  # for binning only
     lo, hi = logp.aminmax(dim=1)
     scale = bins / (hi - lo).clamp_min(1e-12)
     which = ((logp - lo[:, None]) * scale[:, None]).clamp_(0, bins - 1).to(torch.int32)
     del logp
     flat = which + (bins * torch.arange(b, device=probs.device, dtype=torch.int32))[:, None]
-    mass = torch.bincount(flat.flatten(), weights=probs.flatten(),
-                          minlength=b * bins).view(b, bins).double()  # fmt: skip
+    mass = torch.bincount(flat.flatten(), weights=probs.flatten().double(),
+                          minlength=b * bins).view(b, bins)  # fmt: skip
     upto = mass.flip(1).cumsum(1).flip(1)  # mass in bins >= each bin
     above = upto - mass  # mass in bins strictly above
-    crossing = ((above <= threshold) & (upto > threshold)).long().argmax(dim=1)
+    crossing = ((above <= limit) & (upto > limit)).long().argmax(dim=1)
     cut = torch.empty(b, dtype=probs.dtype, device=probs.device)
     for i in range(b):  # only the crossing bin's values need ordering
-        values = probs[i][which[i] == crossing[i]].double().sort(descending=True).values
-        inside = above[i, crossing[i]] + values.cumsum(0) - values <= threshold
+        values = probs[i][which[i] == crossing[i]].sort(descending=True).values
+        wide = values.double()
+        inside = above[i, crossing[i]] + wide.cumsum(0) - wide <= limit
         cut[i] = values[inside].min() if bool(inside.any()) else values[0]
     return cut
 
@@ -241,11 +265,14 @@ def run_calibration_path(checkpoint: str | Path) -> Path:
     return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / CALIBRATION_NAME
 
 
-def geoclip_calibration_path(gps: torch.Tensor, head: nn.Module,
+def geoclip_calibration_path(gps: torch.Tensor, head: nn.Module, clip: ClipId,
                              cache_dir: str | Path | None = None) -> Path:  # fmt: skip
-    """Pretrained GeoCLIP's calibration in the cache, keyed by its weights and the gallery."""
+    """Pretrained GeoCLIP's calibration in the cache, keyed by its weights, the gallery and
+    the CLIP backbone of the features."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = hashlib.sha256(f"{hash_state_dict(head)}:{hash_tensors(gps)}".encode()).hexdigest()
+    ident = f"{clip.model}:{clip.pretrained}"  # a config hash, where recorded, is checked on load
+    key = hashlib.sha256(f"{hash_state_dict(head)}:{hash_tensors(gps)}:{ident}".encode())
+    key = key.hexdigest()
     return root / "calibration" / f"geoclip-{key[:16]}.json"
 
 
@@ -266,6 +293,15 @@ def read_calibration(path: str | Path) -> Calibration | None:
 
 
 # ------------------------------------------------------------------------------ calibrate
+def check_options(alpha: float, radius_km: float) -> None:
+    """One line for a miscoverage or radius that cannot make a region."""
+    if not 0 < alpha < 1:
+        raise GeoconceptError(f"--alpha {alpha:g}: must be between 0 and 1")
+    if not 0 < radius_km <= MAX_RADIUS_KM:
+        raise GeoconceptError(f"--radius-km {radius_km:g}: must be > 0 and at most "
+                              f"{MAX_RADIUS_KM:.0f} (half the Earth's circumference)")  # fmt: skip
+
+
 @torch.no_grad()
 def calibrate_predictor(
     predictor, feats: torch.Tensor, truth: torch.Tensor, clip: ClipId, alpha: float = 0.1,
@@ -273,38 +309,43 @@ def calibrate_predictor(
 ) -> Calibration:  # fmt: skip
     """Fit the temperature and the conformal threshold of ``predictor``'s head and gallery on
     calibration features (at most MAX_CALIBRATION_PHOTOS, a seeded sample beyond that)."""
-    if not 0 < alpha < 1:
-        raise GeoconceptError(f"--alpha {alpha}: must be between 0 and 1")
-    if not radius_km > 0:
-        raise GeoconceptError(f"--radius-km {radius_km}: must be > 0")
-    if len(feats) < 10:
-        raise GeoconceptError(f"{len(feats)} calibration photos: too few (10 at least; "
+    check_options(alpha, radius_km)
+    if len(feats) < 20:
+        raise GeoconceptError(f"{len(feats)} calibration photos: too few (20 at least; "
                               "hundreds for a useful region)")  # fmt: skip
-    if len(feats) > MAX_CALIBRATION_PHOTOS:
-        pick = torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed))
-        feats, truth = feats[pick[:MAX_CALIBRATION_PHOTOS]], truth[pick[:MAX_CALIBRATION_PHOTOS]]
+    order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed))
+    order = order[:MAX_CALIBRATION_PHOTOS]
+    half = len(order) // 2  # the temperature is fitted on one half, the threshold on the other
     gps = predictor.gallery_gps
-    gallery_unit = unit_vectors(gps).float()
-    logits = torch.cat([predictor.logits(feats[s : s + chunk]).cpu()
-                        for s in range(0, len(feats), chunk)])  # fmt: skip
-    target = torch.cat([(unit_vectors(truth[s : s + chunk]).float() @ gallery_unit.T).argmax(1)
-                        for s in range(0, len(truth), chunk)])  # fmt: skip
-    temperature = fit_temperature(logits, target)
+    tree = gallery_tree(gps)
+    logits = torch.cat([predictor.logits(feats[order[s : s + chunk]]).cpu()
+                        for s in range(0, len(order), chunk)])  # fmt: skip
+    truth = truth[order]
+    target = torch.from_numpy(tree.query(unit_vectors(truth).numpy(), k=1)[1]).long()
+    temperature = fit_temperature(logits[:half], target[:half])
 
-    def nll(t: float) -> float:
-        return float(sum(_nll_derivatives(logits[s : s + chunk], target[s : s + chunk],
-                                          1 / t)[0] * len(logits[s : s + chunk])
-                         for s in range(0, len(logits), chunk)) / len(logits))  # fmt: skip
+    def nll(t: float, rows: slice) -> float:
+        z, y = logits[rows], target[rows]
+        parts = [_nll_derivatives(z[s : s + chunk], y[s : s + chunk], 1 / t)[0]
+                 * len(z[s : s + chunk]) for s in range(0, len(z), chunk)]  # fmt: skip
+        return float(sum(parts) / len(z))
 
     scores = []
-    for s in range(0, len(logits), chunk):
+    for s in range(half, len(logits), chunk):
         probs = (logits[s : s + chunk] / temperature).softmax(dim=1)
-        best = best_near(probs, gallery_unit, truth[s : s + chunk], radius_km)
-        scores.append(mass_above(probs, best))
+        scores.append(mass_above(probs, best_near(probs, tree, truth[s : s + chunk], radius_km)))
+    threshold = conformal_threshold(torch.cat(scores).numpy(), alpha)
+    if math.isinf(threshold):
+        warnings.warn(
+            f"{len(order) - half} photos set the region (half of those given): too few for "
+            f"--alpha {alpha} (or too many truths farther than {radius_km:g} km from every "
+            "gallery place), so the region is the whole gallery; give more photos",
+            stacklevel=2,
+        )
     return Calibration(
-        temperature=temperature, alpha=alpha, radius_km=radius_km,
-        threshold=conformal_threshold(torch.cat(scores).numpy(), alpha), photos=len(feats),
-        nll_before=nll(1.0), nll_after=nll(temperature),
+        temperature=temperature, alpha=alpha, radius_km=radius_km, threshold=threshold,
+        photos=len(order), nll_before=nll(1.0, slice(half, None)),
+        nll_after=nll(temperature, slice(half, None)),
         model=hash_state_dict(predictor.head), gallery=hash_tensors(gps),
         clip=clip.as_meta(prefix=""),
     )  # fmt: skip
@@ -323,6 +364,7 @@ def calibrate_heads(
     from .gallery import cached_gallery_embeddings, load_gallery
     from .predict import Predictor
 
+    check_options(alpha, radius_km)  # before any gallery is encoded
     gps = load_gallery(gallery)
     out = {}
     for name, head in heads.items():

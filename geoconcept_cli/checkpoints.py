@@ -129,8 +129,11 @@ def read_checkpoint(path: str | Path, resume: bool = False) -> dict:
     path = require_file(path, "checkpoint")
     with path.open("rb") as f:
         start = f.read(9)
-    if start[8:] != b"{":  # not safetensors (8-byte header size, then JSON): legacy torch file
+    if start[:2] == b"PK" or start[:1] == b"\x80":  # a torch zip archive or a raw pickle
         ckpt = _read_legacy(path)
+    elif start[8:] != b"{":  # safetensors: an 8-byte header size, then JSON
+        raise GeoconceptError(f"{path}: not a geoconcept checkpoint (neither safetensors nor a "
+                              "torch file)")  # fmt: skip
     else:
         meta = _header(path)
         if meta.get("format") == BUNDLE_FORMAT:  # MODEL_DIR/model.safetensors
@@ -197,10 +200,13 @@ def _check_contents(ckpt: Any, path: Path) -> None:
           and isinstance(ckpt.get("model"), dict)
           and all(isinstance(t, torch.Tensor) for t in ckpt["model"].values())
           and isinstance(ckpt.get("config"), dict) and isinstance(ckpt.get("step", 0), int)
-          and isinstance(ckpt.get("clip") or {}, dict)
-          and isinstance(ckpt.get("concepts") or {}, dict))  # fmt: skip
+          and isinstance(ckpt.get("total_steps", 0), int)
+          and all(isinstance(ckpt.get(k) or {}, dict) for k in ("clip", "concepts", "features"))
+          and all(isinstance(v, str | None)
+                  for v in (ckpt.get("clip") or {}).values()))  # fmt: skip
     if not ok:
-        raise GeoconceptError(f"{path}: damaged checkpoint (kind, weights, config or step missing)")
+        raise GeoconceptError(f"{path}: damaged checkpoint (kind, weights, config, steps or "
+                              "provenance missing or of the wrong type)")  # fmt: skip
 
 
 def read_bundle(folder: str | Path) -> dict:
@@ -208,6 +214,14 @@ def read_bundle(folder: str | Path) -> dict:
     folder = Path(folder)
     config = read_json(require_file(folder / BUNDLE_CONFIG, "model config"))
     _check_format(config.get("format"), BUNDLE_FORMAT, folder / BUNDLE_CONFIG, "model")
+    evaluation, concept_set = config.get("evaluation"), config.get("concept_set")
+    if not (isinstance(config.get("training"), dict)
+            and (evaluation is None or (isinstance(evaluation, dict)
+                                        and isinstance(evaluation.get("model"), dict)
+                                        and isinstance(evaluation.get("file"), str)))
+            and (concept_set is None or isinstance(concept_set, dict))):  # fmt: skip
+        raise GeoconceptError(f"{folder / BUNDLE_CONFIG}: damaged (training, evaluation or "
+                              "concept_set of the wrong type)")  # fmt: skip
     weights = require_file(folder / BUNDLE_WEIGHTS, "model weights file")
     if file_sha256(weights) != config.get("weights_sha256"):
         raise GeoconceptError(f"{weights}: not the weights {folder / BUNDLE_CONFIG} was written "

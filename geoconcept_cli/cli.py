@@ -606,7 +606,8 @@ def evaluate(
         heads, data.features, data.latlon, gallery, cache_dir,
         gallery_progress=lambda name: lazy_progress_bar(
             f"encoding gallery for {name} (once; cached)", "points"),
-        ids=data.ids, calibrations=calibration_files(heads, gallery, cache_dir),
+        ids=data.ids, calibrations=calibration_files(heads, ClipId.from_meta(data.meta),
+                                                     gallery, cache_dir),
         clip=ClipId.from_meta(data.meta),
     )  # fmt: skip
     stdout.print(markdown_table(result.summary), highlight=False)
@@ -656,7 +657,7 @@ def calibrate(
     heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta)
     if not heads:
         raise GeoconceptError("nothing to calibrate: give checkpoints or keep --geoclip")
-    files = calibration_files(heads, gallery, cache_dir)
+    files = calibration_files(heads, ClipId.from_meta(data.meta), gallery, cache_dir)
     cals = calibrate_heads(
         heads, files, data.features, data.latlon, ClipId.from_meta(data.meta), gallery,
         cache_dir, alpha, radius_km,

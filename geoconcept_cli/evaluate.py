@@ -10,7 +10,6 @@ any retrieval model. Per-photo results go to ``--predictions-out``.
 
 from __future__ import annotations
 
-import math
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
@@ -23,8 +22,11 @@ from torch import nn
 
 from .calibration import (
     Calibration,
+    best_near,
+    covered,
+    gallery_tree,
     geoclip_calibration_path,
-    mass_above,
+    pairs_within,
     place_areas,
     read_calibration,
     region_mask,
@@ -35,7 +37,6 @@ from .encoders import ClipId, check_feature_dim, load_geoclip_head
 from .errors import GeoconceptError
 from .gallery import cached_gallery_embeddings, load_gallery
 from .geo import (
-    EARTH_RADIUS_KM,
     THRESHOLDS_KM,
     accuracy_at_thresholds,
     haversine_km,
@@ -91,15 +92,6 @@ class Evaluation:
     reliability: dict[str, dict[str, dict[str, dict]]]  # model -> event -> probabilities -> bins
 
 
-def _pairs_within(tree, points: torch.Tensor, radius_km: float) -> tuple[torch.Tensor, ...]:
-    """(query index, gallery row) of every gallery row within ``radius_km`` of each point."""
-    chord = 2 * math.sin(radius_km / EARTH_RADIUS_KM / 2)
-    lists = tree.query_ball_point(unit_vectors(points).numpy(), chord)
-    rows = np.repeat(np.arange(len(lists)), [len(x) for x in lists])
-    cols = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else []
-    return torch.from_numpy(rows), torch.as_tensor(cols, dtype=torch.int64)
-
-
 @torch.no_grad()
 def score_photos(
     predictor: Predictor, feats: torch.Tensor, truth: torch.Tensor, country_of: torch.Tensor,
@@ -110,12 +102,10 @@ def score_photos(
     top-1 and in its country (the confidences of those two events); with a calibration, the
     conformal region's membership of the truth, its area and the area of the most probable
     places down to the truth (km²). ``country_of`` is each gallery row's country index."""
-    from scipy.spatial import cKDTree
-
     cal = predictor.calibration
     dev = predictor.device
     gps = predictor.gallery_gps
-    tree = cKDTree(unit_vectors(gps).numpy())
+    tree = gallery_tree(gps)
     cidx = country_of.to(dev)
     n_countries = int(country_of.max()) + 1
     temps = {"uncalibrated": 1.0} | ({"calibrated": cal.temperature} if cal else {})
@@ -129,18 +119,18 @@ def score_photos(
         z = predictor.logits(feats[s : s + chunk])
         top = z.argmax(dim=1)
         add("top1", top)
-        r, c = (t.to(dev) for t in _pairs_within(tree, gps[top.cpu()], CONFIDENCE_KM))
+        r, c = (t.to(dev) for t in pairs_within(tree, gps[top.cpu()], CONFIDENCE_KM))
+        probs = {}
         for name, t in temps.items():
-            p = (z / t).softmax(dim=1)
+            p = probs[name] = (z / t).softmax(dim=1)
             add(f"prob_{name}", p.gather(1, top[:, None])[:, 0])
             add(f"conf25_{name}", torch.zeros(len(p), device=dev).index_add_(0, r, p[r, c]))
             mass = torch.zeros(len(p), n_countries, device=dev).index_add_(1, cidx, p)
             add(f"confcountry_{name}", mass.gather(1, cidx[top][:, None])[:, 0])
         if cal is not None and areas is not None:
-            r, c = (t.to(dev) for t in _pairs_within(tree, truth[s : s + chunk], cal.radius_km))
-            best = torch.full((len(p),), -torch.inf, device=dev).scatter_reduce_(
-                0, r, p[r, c], "amax")  # fmt: skip
-            add("in_region", mass_above(p, best) <= cal.threshold)
+            p = probs["calibrated"]
+            best = best_near(p, tree, truth[s : s + chunk], cal.radius_km)
+            add("in_region", covered(p, best, cal.threshold))
             add("region_km2", region_mask(p, cal.threshold).float() @ areas)
             down_to_truth = (p >= best[:, None]).float() @ areas
             add("area_to_truth_km2", torch.where(torch.isfinite(best), down_to_truth, torch.inf))
@@ -279,13 +269,13 @@ def heads_to_evaluate(
 
 
 def calibration_files(
-    heads: dict[str, nn.Module], gallery: str | Path | None = None,
+    heads: dict[str, nn.Module], clip: ClipId, gallery: str | Path | None = None,
     cache_dir: str | Path | None = None,
 ) -> dict[str, Path]:  # fmt: skip
     """Where each head's calibration would be: pretrained GeoCLIP's in the cache (for this
-    gallery), a checkpoint's in its run folder or bundle."""
+    gallery and CLIP backbone), a checkpoint's in its run folder or bundle."""
     gps = load_gallery(gallery)
-    return {name: geoclip_calibration_path(gps, head, cache_dir) if name == GEOCLIP_NAME
+    return {name: geoclip_calibration_path(gps, head, clip, cache_dir) if name == GEOCLIP_NAME
             else run_calibration_path(name) for name, head in heads.items()}  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from . import __version__
+from .artifacts import hash_state_dict
 from .calibration import CALIBRATION_NAME, Calibration, read_calibration, run_calibration_path
 from .checkpoints import (
     BUNDLE_CONCEPTS,
@@ -56,6 +57,10 @@ def export_model(source: str | Path, out: str | Path, evaluation: str | Path | N
     if figures is None and ckpt.get("bundle"):
         figures = ckpt["bundle"].get("evaluation")  # re-exporting a bundle keeps its figures
     calibration = read_calibration(run_calibration_path(source))
+    if calibration is not None and calibration.model != hash_state_dict(head):
+        warnings.warn(f"{run_calibration_path(source)} was made for other weights than "
+                      f"{source}'s; not exported: calibrate again", stacklevel=2)  # fmt: skip
+        calibration = None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -75,13 +80,23 @@ def export_model(source: str | Path, out: str | Path, evaluation: str | Path | N
     return config
 
 
+BUNDLE_FILES = {BUNDLE_WEIGHTS, BUNDLE_CONFIG, BUNDLE_CONCEPTS, "README.md", CALIBRATION_NAME}
+
+
 def _check_out(out: Path) -> None:
     """``out`` may be new, empty or an earlier export (replaced); nothing else is overwritten."""
     if out.exists() and not out.is_dir():
         raise GeoconceptError(f"--out {out}: a file; give a folder for the model")
-    earlier = (out / BUNDLE_CONFIG).is_file() and (out / BUNDLE_WEIGHTS).is_file()
-    if out.is_dir() and any(out.iterdir()) and not earlier:
-        raise GeoconceptError(f"--out {out}: a folder that holds other files; give a new one")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        earlier = read_json(out / BUNDLE_CONFIG).get("format") == BUNDLE_FORMAT
+    except (GeoconceptError, OSError):  # none, a folder, unreadable, not JSON
+        earlier = False
+    others = {p.name for p in out.iterdir()} - BUNDLE_FILES
+    if not earlier or others:
+        raise GeoconceptError(f"--out {out}: a folder that holds other files than an earlier "
+                              "export; give a new one")  # fmt: skip
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -102,7 +102,7 @@ class Predictor:
         head = (head or load_geoclip_head()).to(device)
         gps = load_gallery(gallery)
         if pretrained:
-            calibration = geoclip_calibration_path(gps, head, cache_dir)
+            calibration = geoclip_calibration_path(gps, head, clip.identity, cache_dir)
         cal = read_calibration(calibration) if calibration else None
         if cal is not None:
             cal.check_for(head, gps, clip.identity, calibration)
@@ -177,13 +177,14 @@ class Predictor:
         out = []
         for p, m in zip(probs, inside, strict=True):
             rows = torch.nonzero(m)[:, 0]
-            order = rows[p[rows].argsort(descending=True)]
+            distinct = rows[torch.isin(rows, self.places.cpu())]  # repeated points once
+            order = distinct[p[distinct].argsort(descending=True)]
             by_country = (pd.Series(p[rows].double().numpy(), index=self._countries[rows.numpy()])
                           .groupby(level=0).sum().sort_values(ascending=False))  # fmt: skip
             top = order[:max_points]
             out.append({
                 "coverage": 1 - cal.alpha, "radius_km": cal.radius_km,
-                "area_km2": float(self._areas[rows].sum()), "places": len(rows),
+                "area_km2": float(self._areas[rows].sum()), "places": len(distinct),
                 "mass": float(p[rows].sum()),
                 "countries": [{"country": c or "(none)", "mass": round(float(v), 5)}
                               for c, v in by_country.items()],

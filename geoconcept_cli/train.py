@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .artifacts import atomic_path, remove_stale_temporaries, write_json
+from .calibration import run_calibration_path
 from .checkpoints import (
     CHECKPOINT_NAME,
     LEGACY_NAME,
@@ -379,6 +380,11 @@ def train(
         write_json(out / "config.json", asdict(cfg))
     if info.is_main:  # a checkpoint cut by a kill leaves a checkpoint-sized temporary
         remove_stale_temporaries(ckpt_path)
+        stale = run_calibration_path(out)
+        if stale.is_file():  # made for the weights this run is about to change
+            stale.unlink()
+            warnings.warn(f"removed {stale}: it was made for the weights before this resume; "
+                          "calibrate again when the run ends", stacklevel=1)  # fmt: skip
     if not same_on_all_ranks(step, info):
         raise GeoconceptError(
             f"the ranks see different checkpoints in {cfg.out}: --out must be on a filesystem "

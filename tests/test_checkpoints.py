@@ -208,6 +208,14 @@ def test_the_model_card_names_data_and_figures(world, tmp_path):
     assert res.exit_code == 0, res.output
     assert "other files" in _one_line_error(
         runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "runs")]))
+    hub = tmp_path / "hub_model"  # a folder that merely looks like an export
+    hub.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (hub / name).write_text("{}")
+    assert "other files" in _one_line_error(
+        runner.invoke(app, ["export", str(run), "--out", str(hub)]))
+    assert sorted(p.name for p in hub.iterdir()) == ["config.json", "model.safetensors",
+                                                     "tokenizer.json"]
     assert "no figures for" in _one_line_error(runner.invoke(app, [
         "export", str(world["run"]), "--out", str(tmp_path / "m2"), "--eval",
         str(run.parent / "eval.json")]))  # fmt: skip
@@ -263,7 +271,7 @@ def test_malformed_checkpoints_and_bundles_are_one_line_errors(world, photo, tmp
     cases["foreign torch file"] = (foreign_pt, "not a geoconcept checkpoint (a torch file")
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    cases["text"] = (text, "not a readable checkpoint")
+    cases["text"] = (text, "not a geoconcept checkpoint (neither safetensors nor a torch file)")
     empty = tmp_path / "empty_run"
     empty.mkdir()
     cases["empty folder"] = (empty, "no checkpoint.safetensors (a train run) nor")
@@ -284,6 +292,9 @@ def test_malformed_checkpoints_and_bundles_are_one_line_errors(world, photo, tmp
     _edit_json(backbone / "config.json", clip={"model": "ViT-B-32", "pretrained": "openai"})
     cases["bundle backbone"] = (backbone, "was trained on features of CLIP ViT-B-32 (openai), "
                                           "not tiny-clip-768 (none); pass --clip-model ViT-B-32")
+    typed = _bundle(world, tmp_path, "b_types")
+    _edit_json(typed / "config.json", total_steps="x", features=[1])
+    cases["bundle field types"] = (typed, "damaged checkpoint (kind, weights, config, steps")
     no_json = _bundle(world, tmp_path, "b_json")
     (no_json / "config.json").write_text("{cut")
     cases["bundle config"] = (no_json, "config.json: not valid JSON")
@@ -316,8 +327,11 @@ def test_a_legacy_pickle_checkpoint_loads_safely_and_resume_converts_it(world, t
         torch.testing.assert_close(v, new["model"][k], rtol=0, atol=0)
     with pytest.raises(GeoconceptError, match="--resume"):
         train(cfg)
-    train(cfg, resume=True)
+    (tmp_path / "old" / "calibration.json").write_text("{}")  # for the weights at step 3
+    with pytest.warns(UserWarning, match="calibration.json: it was made for the weights before"):
+        train(cfg, resume=True)
     assert not (tmp_path / "old" / "checkpoint.pt").exists()
+    assert not (tmp_path / "old" / "calibration.json").exists()
     ref = replace(cfg, out=str(tmp_path / "ref"))
     train(ref)
     a, b = read_checkpoint(ref.checkpoint_path()), read_checkpoint(cfg.checkpoint_path())

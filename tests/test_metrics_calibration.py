@@ -18,15 +18,18 @@ from typer.testing import CliRunner
 from geoconcept_cli.calibration import (
     best_near,
     conformal_threshold,
+    covered,
     fit_temperature,
+    gallery_tree,
     mass_above,
+    pairs_within,
     region_cut,
     region_mask,
 )
 from geoconcept_cli.cli import app
 from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.features import read_manifest
-from geoconcept_cli.geo import haversine_km, unit_vectors
+from geoconcept_cli.geo import haversine_km
 from geoconcept_cli.geocode import reverse_geocode
 from geoconcept_cli.metrics import admin_matches, distance_metrics, geoscore, reliability
 from geoconcept_cli.train import TrainConfig, train
@@ -88,16 +91,26 @@ def _planted(n: int, n_gallery: int, seed: int, sharpness: float = 3.0):
 @pytest.mark.parametrize("alpha", [0.1, 0.3])
 def test_conformal_regions_cover_as_promised(alpha):
     logits, probs, gps, truth, _ = _planted(4000, 1500, seed=1)
-    unit = unit_vectors(gps).float()
-    scores = mass_above(probs, best_near(probs, unit, truth, 25.0)).numpy()
-    q = conformal_threshold(scores[:2000], alpha)
-    covered = scores[2000:] <= q
+    tree = gallery_tree(gps)
+    best = best_near(probs, tree, truth, 25.0)
+    q = conformal_threshold(mass_above(probs[:2000], best[:2000]).numpy(), alpha)
+    hit = covered(probs[2000:], best[2000:], q).numpy()
     sd = math.sqrt(alpha * (1 - alpha) / 2000)
-    assert abs(covered.mean() - (1 - alpha)) < 4 * sd + 1 / 2000, covered.mean()
+    assert abs(hit.mean() - (1 - alpha)) < 4 * sd + 1 / 2000, hit.mean()
     # the region as a set of places holds a place within 25 km of the truth exactly then
     mask = region_mask(probs[2000:], q)
-    near = (unit_vectors(truth[2000:]).float() @ unit.T) >= math.cos(25 / 6371.0088)
-    assert ((mask & near).any(dim=1).numpy() == covered).all()
+    r, c = pairs_within(tree, truth[2000:], 25.0)
+    near = torch.zeros_like(mask)
+    near[r, c] = True
+    assert ((mask & near).any(dim=1).numpy() == hit).all()
+    far = torch.tensor([-torch.inf])  # no gallery place near the truth: never covered
+    assert not bool(covered(probs[:1], far, math.inf))
+    # a threshold equal to a photo's own score keeps that photo covered
+    scores = mass_above(probs[:50], best[:50])
+    for i in range(50):
+        assert bool(covered(probs[i : i + 1], best[i : i + 1], float(scores[i])))
+        place = probs[i] == best[i]  # the most probable place near the truth is in the region
+        assert bool(region_mask(probs[i : i + 1], float(scores[i]))[0][place].all())
 
 
 def test_region_cut_is_the_sorted_answer():
@@ -289,6 +302,8 @@ def test_a_calibration_for_another_model_gallery_or_clip_is_refused(world, tmp_p
     line = _one_line_error(runner.invoke(app, [*evaluate, str(run), "--gallery",
                                                str(world["gallery"])]))  # fmt: skip
     assert "was made with CLIP ViT-B-32 (openai), not tiny-clip-768 (none)" in line
+    assert "--radius-km 1e+09: must be > 0 and at most 20015" in _one_line_error(runner.invoke(
+        app, ["calibrate", str(world["train"]), str(run), "--radius-km", "1e9"]))  # fmt: skip
     (run / "calibration.json").write_text("{")
     assert "damaged calibration" in _one_line_error(runner.invoke(app, [
         *evaluate, str(run), "--gallery", str(world["gallery"])]))  # fmt: skip

@@ -129,11 +129,13 @@ def read_checkpoint(path: str | Path, resume: bool = False) -> dict:
     path = require_file(path, "checkpoint")
     with path.open("rb") as f:
         start = f.read(9)
-    if start[:2] == b"PK" or start[:1] == b"\x80":  # a torch zip archive or a raw pickle
-        ckpt = _read_legacy(path)
-    elif start[8:] != b"{":  # safetensors: an 8-byte header size, then JSON
+    safetensors = start[8:] == b"{"  # an 8-byte header size, then JSON (checked first: the
+    # size's low byte may be 0x80, like a pickle's first)
+    if not safetensors and start[:2] != b"PK" and start[:1] != b"\x80":
         raise GeoconceptError(f"{path}: not a geoconcept checkpoint (neither safetensors nor a "
                               "torch file)")  # fmt: skip
+    if not safetensors:  # a torch zip archive or a raw pickle
+        ckpt = _read_legacy(path)
     else:
         meta = _header(path)
         if meta.get("format") == BUNDLE_FORMAT:  # MODEL_DIR/model.safetensors

@@ -272,6 +272,9 @@ def test_malformed_checkpoints_and_bundles_are_one_line_errors(world, photo, tmp
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     cases["text"] = (text, "not a geoconcept checkpoint (neither safetensors nor a torch file)")
+    looks = tmp_path / "header_0x80.safetensors"  # a header size whose low byte is a pickle's
+    looks.write_bytes(bytes([0x80, 0, 0, 0, 0, 0, 0, 0]) + b'{"cut')  # first: still safetensors
+    cases["0x80 header size"] = (looks, "not a whole safetensors file")
     empty = tmp_path / "empty_run"
     empty.mkdir()
     cases["empty folder"] = (empty, "no checkpoint.safetensors (a train run) nor")

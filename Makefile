@@ -26,6 +26,7 @@ bench: setup
 	$(BIN)/python benchmarks/evaluate_speed.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/embed_images_throughput.py
+	$(BIN)/python benchmarks/where_atlas_speed.py
 
 # The paper's recipe on a GPU machine (see README): 5% of MP-16 -> features -> train with and
 # without concepts -> evaluate on Im2GPS3k. Every step skips work that is already done.

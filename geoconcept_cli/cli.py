@@ -298,6 +298,120 @@ def explain(
     stdout.print(f"{len(rows)} photos explained -> {out}; {len(failed)} missing or unreadable")
 
 
+@app.command("where")
+@cli_command
+def where_cmd(
+    text: Annotated[str, typer.Argument(help="A concept or any text, e.g. 'rice terraces'.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help=f"Trained run: {MODEL_PATHS} (default: GeoCLIP).")
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many places.")] = 10,
+    countries: Annotated[int, typer.Option(min=1, help="How many countries.")] = 10,
+    map_png: Annotated[Path | None, typer.Option("--map", help="Write a heatmap PNG.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    clip_model: ClipModel = "ViT-L-14",
+    clip_pretrained: ClipPretrained = "openai",
+    gallery: Gallery = None,
+    device: Device = "cpu",
+    cache_dir: CacheDir = None,
+) -> None:
+    """Where on Earth a text or a concept points: top places and countries, and a heatmap.
+
+    Without a checkpoint the text is scored as if it were a photo (approximate); with a
+    concept-aware run a concept of its set gives the run's own concept axis (exact), and other
+    text is projected onto its concepts."""
+    from .artifacts import writable_file
+    from .where import load_locator
+
+    if not text.strip():
+        raise GeoconceptError('give a text to locate, e.g. geoconcept where "rice terraces"')
+    if map_png is not None:
+        writable_file(map_png)
+    with (
+        lazy_progress_bar("encoding gallery (once; cached)", "points") as advance,
+        lazy_progress_bar("concept activations over the gallery", "points") as concept_advance,
+    ):
+        locator = load_locator(checkpoint, clip_model, clip_pretrained, gallery, cache_dir,
+                               device, advance, concept_advance)  # fmt: skip
+    answer, scores = locator.where(text, top_k, countries)
+    if as_json:
+        stdout.print_json(json.dumps(answer))
+    else:
+        stdout.print(f"[bold]{answer['query']}[/]  [dim]({answer['mode']}; {answer['note']})[/]",
+                     highlight=False, soft_wrap=True)  # fmt: skip
+        for p in answer["places"]:
+            stdout.print(f"{p['rank']}  {p['lat']:.2f}, {p['lon']:.2f}  {answer['score']} "
+                         f"{p['score']:.3g}  {p['place']}", highlight=False)  # fmt: skip
+        how = "summed probability" if answer["score"] == "probability" else "mean activation"
+        stdout.print(f"countries by {how}: " + ", ".join(
+            f"{c['country']} {c['score']:.3g}" for c in answer["countries"]), highlight=False,
+            soft_wrap=True)  # fmt: skip
+    if map_png is not None:
+        from .maps import render_heatmap
+
+        render_heatmap(scores, locator.predictor.gallery_gps, map_png,
+                       f"{answer['query']} ({answer['mode']}, {answer['score']})",
+                       answer["places"][:5])  # fmt: skip
+
+
+@app.command()
+@cli_command
+def atlas(
+    checkpoint: Annotated[Path, typer.Option(help=f"Concept-aware run: {MODEL_PATHS}.")],
+    out: Annotated[Path, typer.Option(help="Folder for atlas.parquet, grounding, maps.")],
+    concepts: Annotated[
+        str | None, typer.Option(help="Concepts to map, comma-separated (default: the 6 best "
+                                 "and 6 worst grounded).")
+    ] = None,  # fmt: skip
+    concept_set: Annotated[
+        Path | None, typer.Option(help="concepts.parquet with the region associations "
+                                  "(default: the shipped set).")
+    ] = None,  # fmt: skip
+    gallery: Gallery = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random-basis control.")] = 0,
+    device: Device = "cpu",
+) -> None:
+    """Every concept of a run over the gallery: a per-country atlas, how well each learned map
+    agrees with the concept set's regions (AUROC, beside two controls), and maps."""
+    from .atlas import (
+        build_atlas,
+        named_concepts,
+        pick_concepts,
+        plot_small_multiples,
+        write_atlas,
+    )
+    from .checkpoints import load_head
+    from .explain import default_concepts_path
+    from .gallery import load_gallery
+
+    if out.exists() and not out.is_dir():
+        raise GeoconceptError(f"--out {out}: a file; give a folder")
+    head, ckpt = load_head(checkpoint, device)
+    if ckpt["kind"] != "concept":
+        raise GeoconceptError(f"{checkpoint}: a plain GeoCLIP run (train --concepts none) has "
+                              "no concepts to map; give a concept-aware run")  # fmt: skip
+    asked = [c.strip() for c in concepts.split(",") if c.strip()] if concepts else None
+    if asked:
+        named_concepts(asked, ckpt["concepts"]["concepts"])  # before minutes of work
+    gps = load_gallery(gallery)
+    with progress_bar("location encoder over the gallery", 2 * len(gps), unit="points") as adv:
+        result = build_atlas(head, ckpt, gps, concept_set or default_concepts_path(), seed,
+                             progress=lambda n, total: adv(n))  # fmt: skip
+    picked = pick_concepts(result, asked)
+    index = {c: i for i, c in enumerate(ckpt["concepts"]["concepts"])}
+    paths = write_atlas(result, out, str(checkpoint))
+    paths.append(plot_small_multiples({c: result.acts[:, index[c]] for c in picked}, gps,
+                                      out / "maps.png", result.grounding))  # fmt: skip
+    s = result.summary
+    stdout.print(
+        f"grounding AUROC over {s['with_regions']} of {s['concepts']} concepts with regions: "
+        f"trained {s['auroc']['mean']:.3f} (median {s['auroc']['median']:.3f}), step 0 "
+        f"{s['auroc_step0']['mean']:.3f}, random basis {s['auroc_random_basis']['mean']:.3f}",
+        highlight=False, soft_wrap=True,
+    )
+    stdout.print("wrote " + ", ".join(map(str, paths)), highlight=False, soft_wrap=True)
+
+
 @app.command("build-concepts")
 @cli_command
 def build_concepts_cmd(
@@ -582,6 +696,17 @@ def evaluate(
     plots: Annotated[
         Path | None, typer.Option(help="Folder for reliability diagrams (PNG, one per model).")
     ] = None,
+    explanations: Annotated[
+        bool, typer.Option("--explanations", help="Also measure concept-aware models' "
+                           "explanations: deletion, insertion, sparsity.")
+    ] = False,
+    m: Annotated[int, typer.Option(min=1, help="--explanations: concepts per explanation.")] = 3,
+    draws: Annotated[
+        int, typer.Option(min=20, help="--explanations: random draws per photo.")
+    ] = 20,
+    explain_photos: Annotated[
+        int, typer.Option(min=1, help="--explanations: photos measured (a seeded sample).")
+    ] = 200,
     device: Device = "cpu",
     cache_dir: CacheDir = None,
 ) -> None:
@@ -609,6 +734,8 @@ def evaluate(
         ids=data.ids, calibrations=calibration_files(heads, ClipId.from_meta(data.meta),
                                                      gallery, cache_dir),
         clip=ClipId.from_meta(data.meta),
+        explanations={"m": m, "draws": draws, "photos": explain_photos} if explanations
+        else None,
     )  # fmt: skip
     stdout.print(markdown_table(result.summary), highlight=False)
     if json_out:

@@ -43,7 +43,9 @@ from .geo import (
     unit_vectors,
 )
 from .geocode import Places, reverse_geocode
+from .interpretability import explanation_metrics
 from .metrics import admin_matches, geoscore, location_metrics, reliability
+from .model import ConceptAwareHead
 from .predict import Predictor
 
 
@@ -148,11 +150,14 @@ def evaluate_models(
     ids: list[str] | None = None,
     calibrations: dict[str, Path] | None = None,
     clip: ClipId | None = None,
+    explanations: dict | None = None,
 ) -> Evaluation:
     """Every metric of each named head, the gallery ceiling, and one row per photo and model.
 
     ``calibrations`` maps a head's name to its calibration file (used where it exists, refused
-    if made for another model, gallery or ``clip``). ``progress(name)`` follows each head;
+    if made for another model, gallery or ``clip``). ``explanations`` (the keyword arguments
+    of ``explanation_metrics``: m, draws, photos) adds interpretability metrics for each
+    concept-aware head. ``progress(name)`` follows each head;
     ``gallery_progress(name)`` is a context manager yielding ``advance(n, total)`` for encoding
     that head's gallery (on a cache miss)."""
     if len(feats) == 0:
@@ -186,6 +191,8 @@ def evaluate_models(
                       for (event, hit), key in zip(outcomes.items(), ("25", "country"),
                                                    strict=True)}  # fmt: skip
         rows[name]["probabilities"] = _probability_summary(cal, bins[name], res)
+        if explanations is not None and isinstance(head, ConceptAwareHead):
+            rows[name]["explanations"] = explanation_metrics(predictor, feats, **explanations)
         frames.append(_prediction_rows(name, ids, truth_np, pred, dist, res, places,
                                        pred_places, cal))  # fmt: skip
         if progress:
@@ -315,4 +322,17 @@ def markdown_table(result: dict) -> str:
                 kind, region = "uncalibrated", ("", "")
             lines.append(f"| {name} | {kind} | {ece[0]} | {ece[1]} | {region[0]} | {region[1]} |")
         lines.append("\nECE: uncalibrated / calibrated, 15 bins.")
+    expl = {name: r["explanations"] for name, r in models.items() if "explanations" in r}
+    for name, e in expl.items():
+        d, ins, sp = e["deletion"], e["insertion"], e["sparsity"]
+        lines += ["", f"Explanations of {name} over {e['photos']} photos (top m = {e['m']} "
+                  f"concepts, {e['draws']} random draws each):", "",
+                  "| faithful | score drop: top / random | rank after: top / random "
+                  "| insertion: score kept, rank | concepts for 50% / 90% |",
+                  "|---|---|---|---|---|",
+                  f"| {e['faithful_share']:.1%} | {d['score_drop_top']:.3g} / "
+                  f"{d['score_drop_random']:.3g} | {d['rank_after_top']:.1f} / "
+                  f"{d['rank_after_random_median']:.1f} | {ins['score_kept_share']:.1%}, "
+                  f"{ins['rank_after']:.1f} | {sp['concepts_for_50pct']:.1f} / "
+                  f"{sp['concepts_for_90pct']:.1f} |"]  # fmt: skip
     return "\n".join(lines)

@@ -75,3 +75,37 @@ def render_map(exp: dict, gallery_gps: torch.Tensor, path: str | Path, true_latl
         fig.savefig(tmp, format="png", dpi=DPI)
     plt.close(fig)
     return path
+
+
+def render_heatmap(scores: torch.Tensor, gallery_gps: torch.Tensor, path: str | Path,
+                   title: str, marks: list[dict] | None = None) -> Path:  # fmt: skip
+    """A world map of one score per gallery point (probability or activation), brightest
+    where it is highest, over the 100K-point world, with ``marks`` (lat, lon, place) named."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .artifacts import atomic_path
+    from .gallery import load_gallery
+
+    fig = plt.figure(figsize=(MAP_SIZE_PX[0] / DPI, MAP_SIZE_PX[1] / DPI), dpi=DPI)
+    ax = fig.add_axes((0.05, 0.1, 0.82, 0.8))
+    world = load_gallery()
+    ax.scatter(world[:, 1], world[:, 0], s=0.2, c="#d8d8d8", linewidths=0, rasterized=True)
+    order = scores.argsort()  # highest drawn last, on top
+    pts = gallery_gps[order]
+    shown = ax.scatter(pts[:, 1], pts[:, 0], s=1.5, c=scores[order].numpy(), cmap="inferno_r",
+                       linewidths=0, rasterized=True)  # fmt: skip
+    fig.colorbar(shown, cax=fig.add_axes((0.89, 0.1, 0.015, 0.8)))
+    for m in marks or []:
+        ax.scatter([m["lon"]], [m["lat"]], s=60, facecolors="none", edgecolors="#1f77b4", lw=1.5)
+        ax.annotate(m["place"], (m["lon"], m["lat"]), xytext=(5, 5), textcoords="offset points",
+                    fontsize=8, color="#1f4e79")  # fmt: skip
+    ax.set(xlim=(-180, 180), ylim=(-60, 85), aspect="equal", xlabel="longitude",
+           ylabel="latitude")  # fmt: skip
+    ax.set_title(title, fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    plt.close(fig)
+    return Path(path)

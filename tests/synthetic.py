@@ -20,12 +20,16 @@ from geoconcept_cli.features import save_features
 
 def make_world(
     root: Path, n_regions=12, per_region=64, k=24, dim=768, distractors=300, seed=0,
-    clip_model="synthetic",
+    clip_model="synthetic", centers=None, gallery_per_center=0,
 ) -> dict:  # fmt: skip
-    """Feature folders, a concept basis and a gallery; ``clip_model`` names their provenance."""
+    """Feature folders, a concept basis and a gallery; ``clip_model`` names their provenance.
+    ``centers`` (n_regions, 2) places the regions (default: random); the gallery holds each
+    centre, ``gallery_per_center`` points within ~10 km of it, and random distractors."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    centers = np.c_[rng.uniform(-55, 65, n_regions), rng.uniform(-170, 170, n_regions)]
+    if centers is None:
+        centers = np.c_[rng.uniform(-55, 65, n_regions), rng.uniform(-170, 170, n_regions)]
+    centers = np.asarray(centers, dtype=np.float64)
     concepts = F.normalize(torch.randn(k, dim, generator=gen), dim=1)
     mixtures = torch.zeros(n_regions, k)
     for r in range(n_regions):
@@ -52,11 +56,15 @@ def make_world(
         {"concepts": names, "categories": ["natural"] * k, "subcategories": ["terrain"] * k,
          "clip_model": clip_model, "clip_pretrained": "none"},
     )  # fmt: skip
-    gallery = np.r_[centers, np.c_[rng.uniform(-60, 70, distractors),
-                                   rng.uniform(-180, 180, distractors)]]  # fmt: skip
+    near = np.repeat(centers, gallery_per_center, axis=0)
+    near = near + rng.normal(0, 0.05, near.shape)
+    gallery = np.r_[centers, near, np.c_[rng.uniform(-60, 70, distractors),
+                                         rng.uniform(-180, 180, distractors)]]  # fmt: skip
     out["gallery"] = root / "gallery.csv"
     pd.DataFrame({"LAT": gallery[:, 0], "LON": gallery[:, 1]}).to_csv(out["gallery"], index=False)
     out["centers"] = centers
+    out["mixtures"] = mixtures
+    out["concept_names"] = names
     return out
 
 

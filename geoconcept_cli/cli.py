@@ -403,6 +403,9 @@ def atlas(
     paths.append(plot_small_multiples({c: result.acts[:, index[c]] for c in picked}, gps,
                                       out / "maps.png", result.grounding))  # fmt: skip
     s = result.summary
+    if not s["with_regions"]:
+        warnings.warn("no concept of this run has region associations in the concept set: "
+                      "give --concept-set the concepts.parquet it was built from", stacklevel=1)
     stdout.print(
         f"grounding AUROC over {s['with_regions']} of {s['concepts']} concepts with regions: "
         f"trained {s['auroc']['mean']:.3f} (median {s['auroc']['median']:.3f}), step 0 "

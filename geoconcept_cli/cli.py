@@ -371,8 +371,10 @@ def atlas(
     seed: Annotated[int, typer.Option(help="Seed of the random-basis control.")] = 0,
     device: Device = "cpu",
 ) -> None:
-    """Every concept of a run over the gallery: a per-country atlas, how well each learned map
-    agrees with the concept set's regions (AUROC, beside two controls), and maps."""
+    """Map every concept of a run over the gallery, and measure how well each is grounded.
+
+    Writes a per-country atlas, each concept's agreement with the concept set's regions
+    (AUROC, beside a step-0 and a random-basis control), a report and maps."""
     from .atlas import (
         build_atlas,
         named_concepts,
@@ -713,9 +715,11 @@ def evaluate(
     device: Device = "cpu",
     cache_dir: CacheDir = None,
 ) -> None:
-    """Score models side by side: accuracy at 1/25/200/750/2500 km, GeoScore, country/region/
-    city accuracy, per continent, and the calibration of their probabilities (calibrated
-    models: conformal coverage and area), with the gallery ceiling."""
+    """Score models side by side, with the gallery ceiling.
+
+    Accuracy at 1/25/200/750/2500 km, GeoScore, country/region/city accuracy, per continent,
+    and the calibration of their probabilities (calibrated models: conformal coverage and
+    area); --explanations adds deletion, insertion and sparsity of concept explanations."""
     from .artifacts import atomic_path, writable_file, write_json
     from .encoders import ClipId
     from .evaluate import calibration_files, evaluate_models, heads_to_evaluate, markdown_table
@@ -775,9 +779,10 @@ def calibrate(
     device: Device = "cpu",
     cache_dir: CacheDir = None,
 ) -> None:
-    """Fit each model's probability temperature and conformal confidence region on held-out
-    photos. Stored beside a run (calibration.json) and, for pretrained GeoCLIP, in the cache;
-    predict, explain and evaluate then use them."""
+    """Calibrate probabilities and fit confidence regions on held-out photos.
+
+    Per model, a temperature and a conformal threshold, stored beside a run (calibration.json)
+    and, for pretrained GeoCLIP, in the cache; predict, explain and evaluate then use them."""
     from .calibration import calibrate_heads
     from .encoders import ClipId
     from .evaluate import calibration_files, heads_to_evaluate
@@ -943,8 +948,10 @@ def export(
                      "(default: eval.json in or beside the run, if it names the run)."),
     ] = None,  # fmt: skip
 ) -> None:
-    """Export a trained run as a model folder to share: safetensors weights, config.json,
-    concepts.json and a model card (README.md). Every --checkpoint option takes the folder."""
+    """Export a trained run as a model folder to share, with a model card.
+
+    Safetensors weights, config.json, concepts.json, the run's calibration and README.md.
+    Every --checkpoint option takes the folder."""
     from .checkpoints import KINDS
     from .export import export_model
 

@@ -744,7 +744,7 @@ def evaluate(
         explanations={"m": m, "draws": draws, "photos": explain_photos} if explanations
         else None,
     )  # fmt: skip
-    stdout.print(markdown_table(result.summary), highlight=False)
+    stdout.print(markdown_table(result.summary), highlight=False, soft_wrap=True)
     if json_out:
         write_json(json_out, result.summary, sort_keys=False)  # thresholds in distance order
     if predictions_out:
@@ -846,7 +846,7 @@ def ablate(
                        device="cuda" if device.startswith("cuda") else "cpu")  # fmt: skip
     result = run_grid(train_features, test_features, sets, out, base, gallery,
                       progress=lambda name, how: err.print(f"{how}: {name}"))  # fmt: skip
-    stdout.print(markdown_table(result), highlight=False)
+    stdout.print(markdown_table(result), highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -38,7 +38,10 @@ def render_map(exp: dict, gallery_gps: torch.Tensor, path: str | Path, true_latl
     region = exp.get("region")
     if region and region["points"]:
         lat, lon = zip(*region["points"], strict=True)
-        label = f"{region['coverage']:.0%} region ({region['area_km2']:.3g} km²)"
+        shown = len(region["points"])
+        label = (f"{region['coverage']:.0%} region ({region['area_km2']:.3g} km², "
+                 f"{region['places']:,} places" + (f"; the {shown} most probable drawn)"
+                                                   if shown < region["places"] else ")"))
         ax.scatter(lon, lat, s=4, c="#ff9f1c", linewidths=0, zorder=2, label=label)
     preds = exp["predictions"]
     ax.scatter([p["lon"] for p in preds], [p["lat"] for p in preds],

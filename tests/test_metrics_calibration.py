@@ -268,7 +268,9 @@ def test_explain_and_predict_say_whether_probabilities_are_calibrated(world, tmp
     top = exp["predictions"][0]
     assert region["area_km2"] > 0
     assert region["points"][0] == pytest.approx([top["lat"], top["lon"]], abs=1e-5)
-    text = runner.invoke(app, args[:-1] + ["--top-k", "3"]).stdout
+    res = runner.invoke(app, args[:-1] + ["--top-k", "3", "--map", str(tmp_path / "m.png")])
+    assert res.exit_code == 0 and (tmp_path / "m.png").stat().st_size > 10_000, res.output
+    text = res.stdout
     assert "probabilities calibrated (temperature" in " ".join(text.split())
     assert "90% confidence region" in " ".join(text.split())
     # an exported model carries its calibration

@@ -24,14 +24,22 @@ from common import IM2GPS, default_device, median_time
 
 from geoconcept_cli.calibration import calibrate_predictor, save_calibration
 from geoconcept_cli.encoders import ClipId, load_geoclip_head
-from geoconcept_cli.evaluate import (
-    evaluate_models,
-    nearest_gallery_km,
-    summarize,
-    top1_errors,
-)
+from geoconcept_cli.evaluate import evaluate_models, nearest_gallery_km, summarize
 from geoconcept_cli.gallery import cached_gallery_embeddings, load_gallery
+from geoconcept_cli.geo import haversine_km
 from geoconcept_cli.predict import Predictor
+
+
+@torch.no_grad()
+def top1_errors(predictor: Predictor, feats: torch.Tensor, truth: torch.Tensor, chunk=4096):
+    """Great-circle error (km) of each query's top-1 gallery point: evaluate before the new
+    metrics, the peer of the second comparison."""
+    idx = torch.cat(
+        [predictor.cosines(feats[s : s + chunk]).argmax(dim=1).cpu()
+         for s in range(0, len(feats), chunk)]
+    )  # fmt: skip
+    pred = predictor.gallery_gps[idx]
+    return haversine_km(truth[:, 0], truth[:, 1], pred[:, 0], pred[:, 1])
 
 
 def true_locations(n: int, gps: torch.Tensor) -> torch.Tensor:

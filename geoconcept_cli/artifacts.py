@@ -76,8 +76,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     try:
         yield tmp_path
         # mkstemp makes 0600 and some writers recreate the file: ordinary permissions, so that
@@ -93,6 +92,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.close(folder)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (reading it means setting it, so it is set back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temporaries(path: str | Path) -> None:

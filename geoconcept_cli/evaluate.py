@@ -69,17 +69,6 @@ def summarize(dist_km: np.ndarray) -> dict:
     }
 
 
-@torch.no_grad()
-def top1_errors(predictor: Predictor, feats: torch.Tensor, truth: torch.Tensor, chunk=4096):
-    """Great-circle error (km) of each query's top-1 gallery point (argmax of the cosine)."""
-    idx = torch.cat(
-        [predictor.cosines(feats[s : s + chunk]).argmax(dim=1).cpu()
-         for s in range(0, len(feats), chunk)]
-    )  # fmt: skip
-    pred = predictor.gallery_gps[idx]
-    return haversine_km(truth[:, 0], truth[:, 1], pred[:, 0], pred[:, 1])
-
-
 GEOCLIP_NAME = "GeoCLIP (pretrained)"
 CONFIDENCE_KM = 25.0  # the "top-1 within 25 km" event whose calibration is reported
 AREAS_KM2 = tuple(float(f"{m}e{e}") for e in range(2, 9) for m in (1, 3))[:-1]  # 1e2..1e8

@@ -20,8 +20,14 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from . import __version__
-from .artifacts import hash_state_dict
-from .calibration import CALIBRATION_NAME, Calibration, read_calibration, run_calibration_path
+from .artifacts import current_umask, hash_state_dict
+from .calibration import (
+    CALIBRATION_NAME,
+    Calibration,
+    read_calibration,
+    run_calibration_path,
+    save_calibration,
+)
 from .checkpoints import (
     BUNDLE_CONCEPTS,
     BUNDLE_CONFIG,
@@ -69,7 +75,7 @@ def export_model(source: str | Path, out: str | Path, evaluation: str | Path | N
         save_file(state, str(weights), metadata={"format": BUNDLE_FORMAT})
         config = bundle_config(ckpt, file_sha256(weights), figures, calibration)
         if calibration is not None:  # where predict, explain and evaluate look for it
-            _write_text(tmp / CALIBRATION_NAME, json.dumps(calibration.to_json(), indent=2))
+            save_calibration(tmp / CALIBRATION_NAME, calibration)
         if ckpt["kind"] == "concept":
             _write_text(tmp / BUNDLE_CONCEPTS, json.dumps(ckpt["concepts"], indent=1) + "\n")
         _write_text(tmp / BUNDLE_CONFIG, json.dumps(config, indent=2) + "\n")
@@ -108,7 +114,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def _replace_folder(new: Path, out: Path) -> None:
     """Rename the finished folder ``new`` to ``out``, replacing an earlier export there."""
-    new.chmod(0o777 & ~_umask())  # mkdtemp makes 0700: others should read a published model
+    new.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700: others should read a published model
     old = None
     if out.is_dir() and any(out.iterdir()):
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
@@ -118,12 +124,6 @@ def _replace_folder(new: Path, out: Path) -> None:
     os.replace(new, out)
     if old is not None:
         shutil.rmtree(old)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def bundle_config(ckpt: dict, weights_sha256: str, evaluation: dict | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,6 @@ class Predictor:
         self.calibration = calibration
         self.cache_dir = cache_dir
         self._areas: torch.Tensor | None = None
-        self._countries: np.ndarray | None = None
         self.device = next(head.parameters()).device
         self.gallery_gps = gallery_gps
         self.gallery_emb = gallery_emb.to(self.device)
@@ -126,6 +126,11 @@ class Predictor:
         """(B, N) gallery logits: logit_scale.exp() * cosine(image, location)."""
         return self.head.logit_scale.exp() * self.cosines(clip_features)
 
+    @cached_property
+    def gallery_countries(self) -> np.ndarray:
+        """ISO country code of each gallery row ('' at sea), reverse-geocoded once."""
+        return reverse_geocode(self.gallery_gps.numpy()).country.astype(str)
+
     @property
     def temperature(self) -> float:
         return self.calibration.temperature if self.calibration else 1.0
@@ -171,7 +176,6 @@ class Predictor:
             raise GeoconceptError("no calibration: run geoconcept calibrate for this model")
         if self._areas is None:
             self._areas = place_areas(self.gallery_gps, cal.radius_km, self.cache_dir)
-            self._countries = reverse_geocode(self.gallery_gps.numpy()).country
         probs = self.probabilities(clip_features).cpu()
         inside = region_mask(probs, cal.threshold)
         out = []
@@ -179,8 +183,8 @@ class Predictor:
             rows = torch.nonzero(m)[:, 0]
             distinct = rows[torch.isin(rows, self.places.cpu())]  # repeated points once
             order = distinct[p[distinct].argsort(descending=True)]
-            by_country = (pd.Series(p[rows].double().numpy(), index=self._countries[rows.numpy()])
-                          .groupby(level=0).sum().sort_values(ascending=False))  # fmt: skip
+            mass = pd.Series(p[rows].double().numpy(), index=self.gallery_countries[rows.numpy()])
+            by_country = mass.groupby(level=0).sum().sort_values(ascending=False)
             top = order[:max_points]
             out.append({
                 "coverage": 1 - cal.alpha, "radius_km": cal.radius_km,

@@ -26,7 +26,6 @@ from .concepts.embed import DEFAULT_TEMPLATES
 from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipId
 from .errors import GeoconceptError
 from .geo import place_name
-from .geocode import reverse_geocode
 from .model import ConceptAwareHead
 from .predict import Predictor
 
@@ -53,7 +52,6 @@ class Locator:
         self.predictor = predictor
         self.concepts = concepts if isinstance(predictor.head, ConceptAwareHead) else None
         self.plain_run = False  # a `train --concepts none` head: zero-shot, labelled so
-        self.country = reverse_geocode(predictor.gallery_gps.numpy()).country.astype(str)
         self.acts = None  # (N, k) every concept over the gallery, for the concept modes
         if self.concepts is not None:
             latents = location_latents(predictor.head, predictor.gallery_gps, progress=progress)
@@ -72,7 +70,7 @@ class Locator:
         return out
 
     def _countries(self, scores: torch.Tensor, how: str, k: int) -> list[dict]:
-        series = pd.Series(scores.double().numpy(), index=self.country)
+        series = pd.Series(scores.double().numpy(), index=self.predictor.gallery_countries)
         agg = series.groupby(level=0).sum() if how == "sum" else series.groupby(level=0).mean()
         agg = agg.drop(index="", errors="ignore").sort_values(ascending=False)
         return [{"country": c, "score": round(float(v), 6)} for c, v in agg.head(k).items()]

@@ -26,17 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import default_cache_dir
-from .calibration import run_calibration_path
-from .checkpoints import check_trained_on, load_head
 from .concepts.embed import embed_concepts, load_concept_embeddings
 from .concepts.regions import country_and_continent
 from .concepts.review import load_concepts
-from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipId
+from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from .errors import GeoconceptError
 from .geo import haversine_km, place_name
 from .images import load_image
 from .model import ConceptAwareHead
-from .predict import Candidate, Predictor
+from .predict import Candidate, Predictor, load_run
 
 RUNNER_UP_MIN_KM = 200.0  # the runner-up is the best *other place*, not a neighbouring point
 FAITHFUL_SHARE = 0.95  # the explanation's removal must hurt more than 95% of random removals
@@ -311,23 +309,16 @@ def load_explainer(
     for ViT-L/14 on a CPU). ``progress(n, total)`` reports gallery encoding and
     ``concept_progress(n, total)`` concept embedding, each only when it is not cached.
     """
-    head, cset, ckpt = None, None, {}
-    if checkpoint:
-        head, ckpt = load_head(checkpoint, device)
-        check_trained_on(ckpt, ClipId.of(clip_model, clip_pretrained), checkpoint, hint=True)
-        if ckpt["kind"] == "concept":
-            cset = ConceptSet.from_meta(ckpt["concepts"])
-            if concepts or concept_embeddings:
-                warnings.warn(
-                    "--concepts and --concept-embeddings are ignored: the concept-aware "
-                    f"checkpoint {checkpoint} carries its own concept basis",
-                    stacklevel=2,
-                )
-    predictor = Predictor.load(clip_model, clip_pretrained, gallery, head, cache_dir, device,
-                               progress, run_calibration_path(checkpoint) if checkpoint
-                               else None)  # fmt: skip
-    if cset is not None:
-        return Explainer(predictor, cset)
+    predictor, ckpt = load_run(checkpoint, clip_model, clip_pretrained, gallery, cache_dir,
+                               device, progress)  # fmt: skip
+    if ckpt.get("kind") == "concept":
+        if concepts or concept_embeddings:
+            warnings.warn(
+                "--concepts and --concept-embeddings are ignored: the concept-aware "
+                f"checkpoint {checkpoint} carries its own concept basis",
+                stacklevel=2,
+            )
+        return Explainer(predictor, ConceptSet.from_meta(ckpt["concepts"]))
     concepts = Path(concepts) if concepts else default_concepts_path()
     cset = ConceptSet.from_parquet(concepts)
     if concept_embeddings:

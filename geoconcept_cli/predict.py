@@ -156,6 +156,16 @@ class Predictor:
             out.append(Candidate(rank, lat, lon, float(p), int(i), place_name(lat, lon)))
         return out
 
+    def strongest(self, scores: torch.Tensor, n: int) -> list[list[float]]:
+        """The ``n`` distinct places with the highest of (N,) ``scores`` (a probability or an
+        activation per gallery row) as [lat, lon, score] rows, highest first: a heatmap's
+        points, small enough to send to a browser."""
+        rows = self.places.cpu()
+        top = scores.cpu()[rows].topk(max(1, min(n, len(rows))))
+        gps = self.gallery_gps[rows[top.indices]].tolist()
+        return [[round(a, 5), round(b, 5), float(v)]
+                for (a, b), v in zip(gps, top.values.tolist(), strict=True)]  # fmt: skip
+
     def calibration_note(self) -> dict:
         """What the probabilities are: calibrated (by what) or not."""
         cal = self.calibration
@@ -200,7 +210,10 @@ class Predictor:
     def describe(self, path: str | Path, top_k: int = 5) -> dict:
         """Top-k candidates of one photo file, what their probabilities are and, for a
         calibrated model, the conformal region (JSON-able)."""
-        feats = self.image_features([load_image(path)])
+        return self.describe_features(self.image_features([load_image(path)]), top_k)
+
+    def describe_features(self, feats: torch.Tensor, top_k: int = 5) -> dict:
+        """:meth:`describe` of one photo's CLIP features (1, D)."""
         probs, idx = self.topk(feats, top_k)
         out = {"predictions": [c.to_dict() for c in self.candidates(probs[0], idx[0])],
                "probabilities": self.calibration_note()}  # fmt: skip
@@ -213,3 +226,44 @@ class Predictor:
         feats = self.image_features([load_image(path)])
         probs, idx = self.topk(feats, top_k)
         return self.candidates(probs[0], idx[0])
+
+
+def load_run(
+    checkpoint: str | Path | None = None,
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    clip_pretrained: str = DEFAULT_CLIP_PRETRAINED,
+    gallery: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Predictor, dict]:
+    """A predictor of a trained run (its head and calibration) or, without ``checkpoint``,
+    of pretrained GeoCLIP, with the run's checkpoint dict ({} for GeoCLIP). A run trained on
+    features of another CLIP is refused, naming the options that would match."""
+    from .calibration import run_calibration_path
+    from .checkpoints import check_trained_on, load_head
+    from .encoders import ClipId
+
+    head, ckpt = None, {}
+    if checkpoint:
+        head, ckpt = load_head(checkpoint, device)
+        check_trained_on(ckpt, ClipId.of(clip_model, clip_pretrained), checkpoint, hint=True)
+    calibration = run_calibration_path(checkpoint) if checkpoint else None
+    predictor = Predictor.load(clip_model, clip_pretrained, gallery, head, cache_dir, device,
+                               progress, calibration)  # fmt: skip
+    return predictor, ckpt
+
+
+def load_predictor(
+    checkpoint: str | Path | None = None,
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    clip_pretrained: str = DEFAULT_CLIP_PRETRAINED,
+    gallery: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> Predictor:
+    """A ready predictor: pretrained GeoCLIP, or a run folder, checkpoint or exported bundle;
+    ``progress(n, total)`` reports the gallery's encoding when it is not cached yet."""
+    return load_run(checkpoint, clip_model, clip_pretrained, gallery, cache_dir, device,
+                    progress)[0]  # fmt: skip

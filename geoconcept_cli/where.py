@@ -20,14 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from .atlas import location_latents
-from .calibration import run_calibration_path
-from .checkpoints import check_trained_on, load_head
 from .concepts.embed import DEFAULT_TEMPLATES
-from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipId
+from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from .errors import GeoconceptError
 from .geo import place_name
 from .model import ConceptAwareHead
-from .predict import Predictor
+from .predict import Predictor, load_run
 
 ZERO_SHOT_NOTE = ("approximate: the text's CLIP embedding is scored as if it were a photo's, "
                   "and CLIP's text and image embeddings sit apart (the modality gap)")  # fmt: skip
@@ -117,13 +115,8 @@ def load_locator(
     """A ready locator: pretrained GeoCLIP, or a run's head (a plain GeoCLIP run answers
     zero-shot, and says so). ``progress`` reports gallery encoding, ``concept_progress`` the
     concept activations over the gallery (each only when it is computed)."""
-    head, ckpt = None, {}
-    if checkpoint:
-        head, ckpt = load_head(checkpoint, device)
-        check_trained_on(ckpt, ClipId.of(clip_model, clip_pretrained), checkpoint, hint=True)
-    predictor = Predictor.load(clip_model, clip_pretrained, gallery, head, cache_dir, device,
-                               progress, run_calibration_path(checkpoint) if checkpoint
-                               else None)  # fmt: skip
+    predictor, ckpt = load_run(checkpoint, clip_model, clip_pretrained, gallery, cache_dir,
+                               device, progress)  # fmt: skip
     concepts = ckpt["concepts"]["concepts"] if ckpt.get("kind") == "concept" else None
     locator = Locator(predictor, concepts, progress=concept_progress)
     locator.plain_run = ckpt.get("kind") == "geoclip"

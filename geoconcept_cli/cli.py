@@ -214,7 +214,10 @@ def explain(
     draws: Annotated[int, typer.Option(min=20, help="Random draws for --check.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     map_png: Annotated[Path | None, typer.Option("--map", help="Write a world map PNG.")] = None,
-    true_lat: Annotated[float | None, typer.Option(help="True latitude, for the map.")] = None,
+    true_lat: Annotated[
+        float | None, typer.Option(help="True latitude, for the map (default: the photo's EXIF "
+                                   "GPS, if any).")
+    ] = None,  # fmt: skip
     true_lon: Annotated[float | None, typer.Option(help="True longitude, for the map.")] = None,
     out: Annotated[Path | None, typer.Option(help="Batch mode: results.parquet.")] = None,
     images: Annotated[
@@ -269,16 +272,20 @@ def explain(
         )  # fmt: skip
     opts = dict(top_k=top_k, n_concepts=n_concepts, check=check, m=m, draws=draws)
     if not batch:
-        exp = explainer.explain(target, **opts)
+        feats = explainer.predictor.image_features([load_image(target)])
+        exp = {"image": str(target), **explainer.explain_features(feats, **opts)}
         if as_json:
             stdout.print_json(json.dumps(exp))
         else:
             _print_explanation(exp)
         if map_png:  # after printing: a map that cannot be written does not hide the answer
+            from .images import photo_gps
             from .maps import render_map
+            from .service import probability_heat
 
-            truth = (true_lat, true_lon) if true_lat is not None else None
-            render_map(exp, explainer.predictor.gallery_gps, map_png, truth)
+            truth = (true_lat, true_lon) if true_lat is not None else photo_gps(target)
+            render_map(exp, explainer.predictor.gallery_gps, map_png, truth,
+                       probability_heat(explainer.predictor, feats))  # fmt: skip
         return
     paths, failed = batch_photos(target, images)
     rows = []
@@ -352,6 +359,71 @@ def where_cmd(
         render_heatmap(scores, locator.predictor.gallery_gps, map_png,
                        f"{answer['query']} ({answer['mode']}, {answer['score']})",
                        answer["places"][:5])  # fmt: skip
+
+
+@app.command()
+@cli_command
+def serve(
+    checkpoint: Annotated[
+        Path | None, typer.Option(help=f"Trained run: {MODEL_PATHS} (default: GeoCLIP).")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind. Anything but 127.0.0.1/localhost is "
+                          "reachable from other machines: set an --api-key.")
+    ] = "127.0.0.1",  # fmt: skip
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="GEOCONCEPT_API_KEY", show_envvar=True,
+                                 help="Require 'Authorization: Bearer KEY' on every endpoint "
+                                 "but /healthz and the page's static files.")
+    ] = None,  # fmt: skip
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0.01, help="Largest photo upload accepted (413 above).")
+    ] = 20.0,
+    tiles: Annotated[
+        str | None, typer.Option(help="Optional map tile URL template for online users, e.g. "
+                                 "'https://tile.openstreetmap.org/{z}/{x}/{y}.png'.")
+    ] = None,  # fmt: skip
+    concepts: Annotated[
+        Path | None, typer.Option(help="concepts.parquet (default: the shipped set).")
+    ] = None,
+    concept_embeddings: Annotated[
+        Path | None, typer.Option(help="embed-concepts output (default: computed and cached).")
+    ] = None,
+    clip_model: ClipModel = "ViT-L-14",
+    clip_pretrained: ClipPretrained = "openai",
+    gallery: Gallery = None,
+    device: Device = "cpu",
+    cache_dir: CacheDir = None,
+) -> None:
+    """Serve a web page and a JSON API that locate and explain photos, with the models warm.
+
+    Loads everything once, prints the URL, and answers until Ctrl-C. The page (at /) works
+    offline; the API is described at /openapi.json and in the README."""
+    if tiles is not None and not all(f"{{{v}}}" in tiles for v in "zxy"):
+        raise GeoconceptError(f"--tiles {tiles}: a tile URL needs {{z}}, {{x}} and {{y}}")
+    if host not in {"127.0.0.1", "localhost", "::1"}:
+        warnings.warn(f"--host {host}: the server is reachable from other machines"
+                      + ("" if api_key else "; anyone who can reach it can use it (set "
+                         "--api-key or $GEOCONCEPT_API_KEY)"), stacklevel=1)  # fmt: skip
+    from .explain import load_explainer
+    from .server import create_app, run_server
+    from .service import GeoService
+
+    with (
+        lazy_progress_bar("encoding gallery (once; cached)", "points") as advance,
+        lazy_progress_bar("embedding concepts (once; cached)", "concepts") as concept_advance,
+    ):
+        explainer = load_explainer(
+            checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,
+            cache_dir, device, advance, concept_advance,
+        )  # fmt: skip
+    service = GeoService(explainer)
+    app_ = create_app(service, api_key, max_upload_mb, tiles)
+    shown = f"[{host}]" if ":" in host else host
+    stdout.print(f"geoconcept serving {service.health()['mode']} at http://{shown}:{port}/ "
+                 "(Ctrl-C stops)", highlight=False, soft_wrap=True)  # fmt: skip
+    run_server(app_, host, port)
 
 
 @app.command()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 MAP_SIZE_PX = (1400, 560)  # width, height of the PNG
@@ -16,12 +17,17 @@ DPI = 100
 CATEGORY_COLOURS = {"natural": "#1f77b4", "human": "#ff7f0e"}
 
 
-def render_map(exp: dict, gallery_gps: torch.Tensor, path: str | Path, true_latlon=None) -> Path:
-    """Write the explanation's map and concept bars to ``path`` (PNG), atomically."""
+def render_map(
+    exp: dict, gallery_gps: torch.Tensor, path: str | Path, true_latlon=None,
+    heat: list[list[float]] | None = None,
+) -> Path:  # fmt: skip
+    """Write the explanation's map and concept bars to ``path`` (PNG), atomically; ``heat``
+    ([lat, lon, probability] rows) is drawn as the probability heatmap, on a log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
     from matplotlib.patches import Patch
 
     from .artifacts import atomic_path
@@ -35,6 +41,12 @@ def render_map(exp: dict, gallery_gps: torch.Tensor, path: str | Path, true_latl
         label = f"retrieval gallery ({len(gallery_gps):,} points)"
         ax.scatter(gallery_gps[:, 1], gallery_gps[:, 0], s=3, c="#6f6f6f", linewidths=0,
                    rasterized=True, label=label)  # fmt: skip
+    if heat:
+        lat, lon, prob = (np.asarray(v) for v in zip(*heat[::-1], strict=True))  # top on top
+        shown = ax.scatter(lon, lat, s=4, c=prob, cmap="inferno_r", linewidths=0, zorder=1.5,
+                           norm=LogNorm(vmin=prob.min(), vmax=max(prob.max(), prob.min() * 1.01)),
+                           rasterized=True)  # fmt: skip
+        fig.colorbar(shown, cax=fig.add_axes((0.64, 0.1, 0.008, 0.8)), label="probability")
     region = exp.get("region")
     if region and region["points"]:
         lat, lon = zip(*region["points"], strict=True)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import shared_data
-from PIL import Image
+from PIL import ExifTags, Image
 from synthetic import tiny_trained_world
 from typer.testing import CliRunner
 
@@ -167,6 +167,49 @@ def test_map_draws_the_world_whatever_the_retrieval_gallery(tmp_path):
     pixels = np.asarray(Image.open(tmp_path / "map.png").convert("RGB")).astype(int)
     world_grey = (np.abs(pixels - 200).max(axis=2) <= 8).sum()  # GeoCLIP's 100K points
     assert world_grey > 2000  # three gallery points alone would leave the map blank
+
+
+def test_map_draws_the_probability_heatmap(tmp_path):
+    from geoconcept_cli.gallery import load_gallery
+
+    exp = {"image": "x.jpg", "mode": "zero-shot",
+           "predictions": [{"lat": 48.8, "lon": 2.3, "prob": 0.5, "place": "Paris"}]}
+    rng = np.random.default_rng(0)  # 300 points around Nairobi, far from the prediction
+    heat = [[-1.3 + rng.normal(0, 3), 36.8 + rng.normal(0, 3), float(p)]
+            for p in np.sort(rng.uniform(1e-5, 1e-2, 300))[::-1]]  # fmt: skip
+    render_map(exp, load_gallery(), tmp_path / "plain.png")
+    render_map(exp, load_gallery(), tmp_path / "heat.png", heat=heat)
+    plain, hot = (np.asarray(Image.open(tmp_path / f).convert("RGB")).astype(int)
+                  for f in ("plain.png", "heat.png"))  # fmt: skip
+    changed = np.abs(plain - hot).max(axis=2) > 40
+    h, w = changed.shape
+
+    def x_of(lon: float) -> int:  # the map axes span 0.05 to 0.63 of the width
+        return int(w * (0.05 + 0.58 * (lon + 180) / 360))
+
+    rows = slice(int(h * 0.35), int(h * 0.75))
+    assert changed[rows, x_of(30) : x_of(44)].sum() > 300  # around Nairobi
+    assert changed[:, x_of(-170) : x_of(-30)].sum() == 0  # the Americas: untouched
+
+
+def test_cli_map_marks_the_exif_location(tmp_path, run_dir, tiny_clip, small_gallery):
+    photo = tmp_path / "sydney.jpg"
+    exif = Image.Exif()
+    exif[ExifTags.IFD.GPSInfo] = {1: "S", 2: (33.0, 52.0, 4.0), 3: "E", 4: (151.0, 12.0, 36.0)}
+    Image.new("RGB", (80, 60), "olive").save(photo, exif=exif)
+    res = runner.invoke(app, [
+        "explain", str(photo), "--checkpoint", str(run_dir), "--map", str(tmp_path / "m.png"),
+        "--clip-model", tiny_clip, "--clip-pretrained", "none", "--gallery", str(small_gallery),
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    px = np.asarray(Image.open(tmp_path / "m.png").convert("RGB")).astype(int)
+    star = (np.abs(px - [44, 160, 44]).max(axis=2) <= 10)  # the true-location marker
+    ys, xs = np.nonzero(star)
+    assert len(xs) > 30
+    # Sydney: 151.2 E, 33.9 S on the map axes (x from 0.05 to 0.63 of the width)
+    h, w = star.shape
+    assert abs(xs.mean() - w * (0.05 + 0.58 * (151.2 + 180) / 360)) < 15
+    assert ys.mean() > h / 2  # the southern hemisphere
 
 
 def test_cli_checkpoint_options_name_the_fix(tiny_clip, small_gallery, run_dir):

@@ -1,0 +1,134 @@
+"""The page in a real browser: Debian's headless Chromium, driven by selenium (nothing is
+downloaded: the browser and its driver are the system's, or the test skips and says why)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import TINY_CLIP, shared_data
+from serving import live_server
+from synthetic import tiny_trained_world
+
+from geoconcept_cli import GeoService, load_explainer
+from geoconcept_cli.server import create_app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="no Chromium here: apt-get install -y chromium chromium-driver (as root; .ci/run does)",
+)
+SCREENSHOT = os.environ.get("GEOCONCEPT_SCREENSHOT")  # where to keep the page's picture
+
+# Of the heat points drawn away from every marker, the share whose pixel is coloured (the
+# heat ramp), not the pale sea or the grey world; and how many pixels are coloured at all.
+HEAT_DRAWN = """
+const c = document.getElementById('map');
+const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+const warm = (x, y) => { const i = 4 * (Math.round(y) * c.width + Math.round(x));
+  return Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1], d[i + 2]) > 60; };
+const hits = window.geoconcept.hits(), marks = hits.filter(h => h.priority < 2);
+const heat = hits.filter(h => h.priority === 2 && h.x > 0 && h.y > 0 && h.x < c.width
+  && h.y < c.height && marks.every(m => Math.hypot(m.x - h.x, m.y - h.y) > 30));
+let all = 0;
+for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) if (warm(x, y)) all++;
+return [heat.length ? heat.filter(h => warm(h.x, h.y)).length / heat.length : 0, heat.length, all];
+"""
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory):
+    world = tiny_trained_world(tmp_path_factory.mktemp("browser"))
+    with pytest.warns(UserWarning):  # random CLIP weights
+        explainer = load_explainer(world["run"], clip_model=TINY_CLIP, clip_pretrained="none")
+    with live_server(create_app(GeoService(explainer))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1400,1000", "--disable-gpu"):  # fmt: skip
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+def wait_for(browser, condition, timeout=120):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout).until(lambda d: condition(d))
+
+
+def test_page_locates_and_explains_an_uploaded_photo(browser, base_url, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    photo = sorted(shared_data("im2gps3k", "images").iterdir())[0]
+    browser.get(base_url + "/")
+    wait_for(browser, lambda d: "concept-aware" in d.find_element(By.ID, "health").text)
+    wait_for(browser, lambda d: int(d.find_element(By.ID, "map").get_attribute("data-drawn")) >= 2)
+    assert browser.execute_script(HEAT_DRAWN)[2] == 0  # nothing warm before a photo
+
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#candidates li"))
+    canvas = browser.find_element(By.ID, "map")
+    assert int(canvas.get_attribute("data-heat")) > 300  # the tiny gallery's distinct places
+    assert canvas.get_attribute("data-markers") == "5"
+    assert canvas.get_attribute("data-runner-up") == "1"
+    share, away, _ = browser.execute_script(HEAT_DRAWN)
+    assert away > 100 and share > 0.95
+
+    places = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#candidates li")]
+    assert len(places) == 5 and all(p.strip() for p in places)
+    reasons = browser.find_element(By.ID, "reasons").text
+    for heading in ("What the photo shows", "What the place is known for", "Why here",
+                    "Rather than"):  # fmt: skip
+        assert heading in reasons
+    bars = browser.find_elements(By.CSS_SELECTOR, "#reasons .bar")
+    assert len(bars) >= 8 and all(b.get_attribute("data-concept") for b in bars)
+    assert "IF the photo shows" in reasons or "no concept shown" in reasons
+
+    # hovering over the top candidate names it and gives its probability
+    hit = browser.execute_script(
+        "const c = document.getElementById('map'), r = c.getBoundingClientRect();"
+        "const h = window.geoconcept.hits().find(h => h.label.startsWith('#1 '));"
+        "return [h.x * r.width / c.width - r.width / 2, h.y * r.height / c.height - r.height / 2,"
+        " h.label];")
+    ActionChains(browser).move_to_element_with_offset(canvas, hit[0], hit[1]).perform()
+    tip = browser.find_element(By.ID, "tooltip")
+    wait_for(browser, lambda d: tip.is_displayed(), timeout=10)
+    assert tip.text.startswith("#1 ") and "p = " in tip.text and places[0].split(" ")[0] in tip.text
+
+    shot = Path(SCREENSHOT) if SCREENSHOT else tmp_path / "serve.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+
+    # a concept bar links to where that concept is found: the run's own concept axis
+    concept = bars[0].get_attribute("data-concept")
+    bars[0].click()
+    wait_for(browser, lambda d: "concept axis" in d.find_element(By.ID, "status").text)
+    assert concept in browser.find_element(By.ID, "where-text").get_attribute("value")
+    assert int(canvas.get_attribute("data-heat")) > 300
+
+
+def test_page_shows_a_bad_upload_as_one_line(browser, base_url, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    browser.get(base_url + "/")
+    wait_for(browser, lambda d: "concept-aware" in d.find_element(By.ID, "health").text)
+    browser.find_element(By.ID, "file").send_keys(str(bad))
+    status = browser.find_element(By.ID, "status")
+    wait_for(browser, lambda d: "error" in status.get_attribute("class"))
+    assert status.text == "notes.jpg: not an image file PIL can read"

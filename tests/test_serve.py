@@ -1,0 +1,288 @@
+"""`serve`: the JSON API over the real app (tiny CLIP, GeoCLIP's real head and 100K gallery)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import TINY_CLIP, shared_data
+from fastapi.testclient import TestClient
+from PIL import ExifTags, Image
+from serving import live_server
+
+from geoconcept_cli import GeoService, Photo, load_explainer
+from geoconcept_cli.geo import haversine_km
+from geoconcept_cli.server import create_app
+
+
+@pytest.fixture(scope="module")
+def service() -> GeoService:
+    with pytest.warns(UserWarning):  # random CLIP weights
+        return GeoService(load_explainer(clip_model=TINY_CLIP, clip_pretrained="none"))
+
+
+@pytest.fixture(scope="module")
+def client(service) -> TestClient:
+    return TestClient(create_app(service, max_upload_mb=1), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Path]:
+    return sorted(shared_data("im2gps3k", "images").iterdir())[:2]
+
+
+def jpeg(size=(96, 64), colour="teal", gps=None) -> bytes:
+    """A small JPEG, with EXIF GPS tags when ``gps`` is (lat_dms, lat_ref, lon_dms, lon_ref)."""
+    exif = Image.Exif()
+    if gps is not None:
+        exif[ExifTags.IFD.GPSInfo] = {1: gps[1], 2: gps[0], 3: gps[3], 4: gps[2]}
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "JPEG", exif=exif)
+    return buf.getvalue()
+
+
+def upload(data: bytes, name="photo.jpg") -> dict:
+    return {"image": (name, data, "image/jpeg")}
+
+
+def without_map(answer: dict) -> dict:
+    return {k: v for k, v in answer.items() if k != "map"}
+
+
+def test_healthz_says_what_is_loaded(client):
+    h = client.get("/healthz").json()
+    assert h["mode"] == "zero-shot" and h["clip_model"] == "tiny-clip-768"
+    assert h["gallery_size"] == 100_000 and 90_000 < h["places"] < 100_000
+    assert h["concepts"] == 645 and h["calibrated"] is False
+
+
+def test_explain_is_the_cli_json_plus_the_map(client, service, photos):
+    r = client.post("/explain?top_k=4&concepts_shown=5", files=upload(photos[0].read_bytes(),
+                                                                       photos[0].name))
+    assert r.status_code == 200
+    got = r.json()
+    want = service.explainer.explain(photos[0], top_k=4, n_concepts=5)
+    want["image"] = photos[0].name  # the upload's name: the server has no path
+    assert json.loads(json.dumps(without_map(got))) == json.loads(json.dumps(want))
+    heat = np.array(got["map"]["heat"])
+    assert heat.shape == (2000, 3) and np.all(np.diff(heat[:, 2]) <= 0)
+    top = got["predictions"][0]
+    assert heat[0, :2] == pytest.approx([top["lat"], top["lon"]], abs=1e-5)
+    assert heat[0, 2] == pytest.approx(top["prob"], rel=1e-6)
+    assert got["map"]["heat_mass"] == pytest.approx(heat[:, 2].sum())
+    assert len(got["map"]["names"]) == 2000 and got["map"]["names"][0] == top["place"]
+    assert "truth" not in got["map"]  # the Im2GPS3k photos carry no EXIF GPS
+
+
+def test_predict_is_the_cli_json_plus_the_map(client, service, photos):
+    got = client.post("/predict?top_k=3", files=upload(photos[1].read_bytes())).json()
+    want = service.predictor.describe(photos[1], top_k=3)
+    assert without_map(got) == json.loads(json.dumps({"image": "photo.jpg", **want}))
+    assert len(got["map"]["heat"]) == 2000
+
+
+def test_exif_gps_gives_the_true_location_and_the_error(client):
+    sydney = ((33.0, 52.0, 4.0), "S", (151.0, 12.0, 36.0), "E")
+    got = client.post("/explain", files=upload(jpeg(gps=sydney))).json()
+    truth, top = got["map"]["truth"], got["predictions"][0]
+    assert (truth["lat"], truth["lon"]) == pytest.approx((-33.867778, 151.21), abs=1e-5)
+    assert "AU" in truth["place"]
+    assert truth["error_km"] == pytest.approx(
+        float(haversine_km(top["lat"], top["lon"], truth["lat"], truth["lon"])), rel=1e-9)
+
+
+def bomb() -> bytes:
+    """A 96-megapixel PNG of a few KB: more pixels than PIL will decode."""
+    buf = io.BytesIO()
+    Image.new("1", (12_000, 8_000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def truncated(photos) -> bytes:
+    data = photos[0].read_bytes()
+    return data[: len(data) // 3]
+
+
+BAD_UPLOADS = {
+    "not an image": (lambda p: {"files": upload(b"just some text\n" * 10)}, 400),
+    "zero bytes": (lambda p: {"files": upload(b"")}, 400),
+    "truncated": (lambda p: {"files": upload(truncated(p))}, 400),
+    "html": (lambda p: {"files": upload(b"<!doctype html><html><body>hi</body></html>",
+                                        "x.html")}, 400),  # fmt: skip
+    "decompression bomb": (lambda p: {"files": upload(bomb(), "bomb.png")}, 400),
+    "over the upload limit": (lambda p: {"files": upload(os.urandom(1_200_000))}, 413),
+    "missing field": (lambda p: {"files": {"photo": ("p.jpg", jpeg(), "image/jpeg")}}, 400),
+    "text in the field": (lambda p: {"files": {"other": ("p.jpg", jpeg(), "image/jpeg")},
+                                     "data": {"image": "photo.jpg"}}, 400),  # fmt: skip
+    "wrong content type": (lambda p: {"content": jpeg(),
+                                      "headers": {"content-type": "image/jpeg"}}, 415),
+    "json body": (lambda p: {"json": {"image": "/etc/passwd"}}, 415),
+    "malformed multipart": (lambda p: {
+        "content": b"--zzz\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nabc",
+        "headers": {"content-type": "multipart/form-data; boundary=other"}}, 400),
+    "two files": (lambda p: {"files": [("image", ("a.jpg", jpeg(), "image/jpeg")),
+                                       ("image", ("b.jpg", jpeg(), "image/jpeg"))]}, 400),
+    "bad option": (lambda p: {"params": {"top_k": "many"}, "files": upload(jpeg())}, 422),
+    "option out of range": (lambda p: {"params": {"draws": 3}, "files": upload(jpeg())}, 422),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_uploads_get_a_one_line_4xx_and_the_server_keeps_serving(client, photos, case):
+    make, status = BAD_UPLOADS[case]
+    r = client.post("/explain", **make(photos))
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert list(body) == ["error"] and "\n" not in body["error"] and body["error"]
+    assert "Traceback" not in r.text
+    ok = client.post("/predict?top_k=1", files=upload(jpeg()))
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
+
+
+def test_a_check_on_a_zero_shot_model_says_what_it_needs(client):
+    got = client.post("/explain?check=true", files=upload(jpeg())).json()
+    assert "--check needs a concept-aware checkpoint" in got["note"] and "check" not in got
+
+
+def test_where_answers_text_and_refuses_empty_text(client):
+    got = client.get("/where", params={"text": "rice terraces", "top_k": 3}).json()
+    assert got["mode"] == "zero-shot text as image" and len(got["places"]) == 3
+    assert got["map"]["heat"][0][2] == pytest.approx(got["places"][0]["score"], abs=1e-6)
+    for params in ({"text": "   "}, {"text": ""}, {}):
+        r = client.get("/where", params=params)
+        assert r.status_code in (400, 422) and list(r.json()) == ["error"]
+
+
+def test_no_endpoint_takes_a_server_path(client):
+    spec = client.get("/openapi.json").json()
+    for path, ops in spec["paths"].items():
+        for op in ops.values():
+            names = [p["name"] for p in op.get("parameters", [])]
+            assert not {"path", "file", "filename"} & set(names), (path, names)
+    body = spec["paths"]["/explain"]["post"]["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["properties"]["image"]["format"] == "binary"
+    assert client.get("/static/../server.py").status_code == 404
+    assert client.get("/docs").status_code == 404  # Swagger UI would need a CDN
+
+
+def test_unknown_paths_and_methods_answer_json(client):
+    assert client.get("/nowhere").json() == {"error": "Not Found"}
+    r = client.get("/explain")
+    assert r.status_code == 405 and list(r.json()) == ["error"]
+
+
+def test_api_key_guards_every_endpoint_but_healthz_and_the_page(service):
+    c = TestClient(create_app(service, api_key="s3cret"))
+    assert c.get("/healthz").status_code == 200
+    assert c.get("/").status_code == 200 and c.get("/static/app.js").status_code == 200
+    for method, path in (("post", "/explain"), ("post", "/predict"), ("get", "/where?text=x"),
+                         ("get", "/world"), ("get", "/openapi.json")):  # fmt: skip
+        r = getattr(c, method)(path)
+        assert r.status_code == 401 and "API key" in r.json()["error"]
+        wrong = getattr(c, method)(path, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+    ok = c.post("/predict", files=upload(jpeg()), headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_concurrent_clients_good_and_bad_mixed(service, photos):
+    """8 clients x 20 requests over real HTTP: every good answer is the serial one, every bad
+    one a 4xx, no 5xx, and memory does not grow with the requests."""
+    good = [p.read_bytes() for p in photos]
+    serial = [service.explain(Photo(d, "p.jpg"), top_k=3) for d in good]
+    bad = [(upload(b"not an image"), 400), (upload(os.urandom(1_200_000)), 413),
+           ({"photo": ("p.jpg", good[0], "image/jpeg")}, 400)]  # fmt: skip
+    results: list[tuple[str, int, object]] = []
+    lock = threading.Lock()
+
+    def client_run(base: str, seed: int, n: int) -> None:
+        rng = np.random.default_rng(seed)
+        with httpx.Client(base_url=base, timeout=120) as http:
+            for _ in range(n):
+                if rng.random() < 0.6:
+                    i = int(rng.integers(len(good)))
+                    r = http.post("/explain?top_k=3", files=upload(good[i]))
+                    out = ("good", r.status_code, (i, r.json() if r.status_code == 200 else r.text))
+                else:
+                    files, want = bad[int(rng.integers(len(bad)))]
+                    r = http.post("/explain", files=files)
+                    out = ("bad", r.status_code, (want, r.json()))
+                with lock:
+                    results.append(out)
+
+    def round_of(base: str, n: int, seed: int) -> None:
+        threads = [threading.Thread(target=client_run, args=(base, seed + t, n)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    with live_server(create_app(service, max_upload_mb=1)) as base:
+        round_of(base, 20, 100)  # warm-up: allocator pools, thread pool, caches
+        before = rss_mb()
+        results.clear()
+        round_of(base, 20, 0)
+        grown = rss_mb() - before
+    assert len(results) == 160
+    assert not [r for r in results if r[1] >= 500]
+    for kind, status, payload in results:
+        if kind == "good":
+            i, answer = payload
+            assert status == 200, answer
+            assert answer["predictions"] == serial[i]["predictions"]
+            assert answer["photo_concepts"] == serial[i]["photo_concepts"]
+        else:
+            want, body = payload
+            assert status == want and list(body) == ["error"]
+    assert sum(r[0] == "good" for r in results) > 60
+    assert grown < 32, f"memory grew {grown:.0f} MB over 160 requests"
+
+
+def test_cli_serve_starts_answers_and_stops_cleanly_on_ctrl_c(tmp_path, small_gallery):
+    port = 18000 + os.getpid() % 1000
+    cmd = [sys.executable, "-m", "geoconcept_cli", "serve", "--clip-model", TINY_CLIP,
+           "--clip-pretrained", "none", "--gallery", str(small_gallery), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                h = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "serve did not come up"
+                time.sleep(0.3)
+        assert h.json()["gallery_size"] == 500
+        page = httpx.get(f"http://127.0.0.1:{port}/")
+        assert "<canvas" in page.text and "cdn" not in page.text.lower()
+        proc.send_signal(signal.SIGINT)
+        out, errs = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, errs
+    assert f"http://127.0.0.1:{port}/" in out
+
+
+def test_cli_serve_refuses_bad_options_in_one_line():
+    from typer.testing import CliRunner
+
+    from geoconcept_cli.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--tiles", "https://example.org/tile.png"])
+    assert r.exit_code == 2 and "{z}, {x} and {y}" in r.output
+    assert len(r.output.strip().splitlines()) == 1

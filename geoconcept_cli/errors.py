@@ -21,6 +21,10 @@ def require_file(path: str | Path, what: str = "file") -> Path:
 
 
 def first_line(exc: BaseException) -> str:
-    """An exception's message cut to its first line (library errors often span many)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """An exception's message cut to its first line (library errors often span many), or to
+    two when the first only announces the next ("Error(s) in loading state_dict for CLIP:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -88,6 +88,33 @@ def test_local_checkpoint_loads(tiny_clip, tmp_path, suffix):
     loaded = load_clip(tiny_clip, str(path))
     for k, v in loaded.model.state_dict().items():
         assert torch.equal(v, sd[k]), k
+    # built on the meta device and loaded in place: the same model as open_clip's own path,
+    # buffers no checkpoint holds (the text tower's causal mask) included
+    import open_clip
+
+    from geoconcept_cli.encoders import resolve_model_name
+
+    theirs = open_clip.create_model(resolve_model_name(tiny_clip), pretrained=str(path)).eval()
+    ours = loaded.model
+    assert not any(t.is_meta for t in (*ours.parameters(), *ours.buffers()))
+    assert torch.equal(ours.attn_mask, theirs.attn_mask)
+    x, text = torch.randn(2, 3, 64, 64), loaded.tokenizer(["a harbour", "rice terraces"])
+    assert torch.allclose(ours.encode_image(x), theirs.encode_image(x), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(ours.encode_text(text), theirs.encode_text(text), rtol=1e-5, atol=1e-5)
+    assert not ours.training and not any(p.requires_grad for p in ours.parameters())
+
+
+def test_a_checkpoint_missing_weights_is_refused_in_one_line(tiny_clip, tmp_path):
+    from safetensors.torch import save_file
+
+    with pytest.warns(RandomWeightsWarning):
+        ref = load_clip(tiny_clip, "none")
+    sd = dict(ref.model.state_dict())
+    del sd["visual.proj"]
+    save_file(sd, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(GeoconceptError, match="could not load CLIP .*visual.proj") as err:
+        load_clip(tiny_clip, str(tmp_path / "partial.safetensors"))
+    assert "\n" not in str(err.value)
 
 
 def test_clip_errors_are_one_line(tiny_clip, tmp_path):

@@ -144,7 +144,7 @@ function draw() {
     const share = c.prob !== undefined ? c.prob / Math.max(places[0].prob, 1e-12) : 1 - i / places.length;
     const value = c.prob !== undefined ? `p = ${fmt(c.prob)}` : `${state.kind} ${fmt(c.score)}`;
     marker(c.lat, c.lon, 5 + 7 * Math.sqrt(share), "rgba(214,39,40,0.85)", "#000",
-           `#${c.rank} ${c.place} · ${value}`, i === 0 ? `1 ${c.place}` : String(c.rank));
+           `#${c.rank} ${c.place} · ${value}`, i === 0 ? c.place : "");  // others: on hover
     drawn.markers++;
   }
   if (map && map.truth) {

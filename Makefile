@@ -19,6 +19,8 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check geoconcept_cli tests benchmarks
+	$(BIN)/ruff format --check geoconcept_cli tests benchmarks
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/predict_latency.py
@@ -27,6 +29,8 @@ bench: setup
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/embed_images_throughput.py
 	$(BIN)/python benchmarks/where_atlas_speed.py
+	$(BIN)/python benchmarks/serve_latency.py
+	$(BIN)/python benchmarks/cold_start.py
 
 # The paper's recipe on a GPU machine (see README): 5% of MP-16 -> features -> train with and
 # without concepts -> evaluate on Im2GPS3k. Every step skips work that is already done.

@@ -6,8 +6,12 @@ retrieval gallery is drawn over it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+
+if TYPE_CHECKING:
+    from matplotlib.collections import PathCollection
 
 MAP_SIZE_PX = (1400, 560)  # width, height of the PNG
 DPI = 100
@@ -16,7 +20,8 @@ DPI = 100
 CATEGORY_COLOURS = {"natural": "#1f77b4", "human": "#ff7f0e"}
 
 
-def render_map(exp: dict, gallery_gps: torch.Tensor, path: str | Path, true_latlon=None) -> Path:
+def render_map(exp: dict[str, Any], gallery_gps: torch.Tensor, path: str | Path,
+               true_latlon: tuple[float, float] | None = None) -> Path:  # fmt: skip
     """Write the explanation's map and concept bars to ``path`` (PNG), atomically."""
     import matplotlib
 
@@ -58,7 +63,9 @@ def render_map(exp: dict, gallery_gps: torch.Tensor, path: str | Path, true_latl
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
     for handle in ax.legend(loc="lower left", fontsize=8).legend_handles:
-        handle.set_sizes([40])  # the key, not the top prediction's probability-sized marker
+        # the key, not the top prediction's probability-sized marker (every labelled artist
+        # here is a scatter, whose legend key is a PathCollection)
+        cast("PathCollection", handle).set_sizes([40])
     ax.set_title(f"{Path(exp['image']).name}  ({exp['mode']})", fontsize=9)
 
     bars = fig.add_axes((0.78, 0.1, 0.2, 0.8))
@@ -81,7 +88,7 @@ def render_map(exp: dict, gallery_gps: torch.Tensor, path: str | Path, true_latl
 
 
 def render_heatmap(scores: torch.Tensor, gallery_gps: torch.Tensor, path: str | Path,
-                   title: str, marks: list[dict] | None = None) -> Path:  # fmt: skip
+                   title: str, marks: list[dict[str, Any]] | None = None) -> Path:  # fmt: skip
     """A world map of one score per gallery point (probability or activation), brightest
     where it is highest, over the 100K-point world, with ``marks`` (lat, lon, place) named."""
     import matplotlib

@@ -8,8 +8,10 @@ features and evaluates them side by side with pretrained GeoCLIP.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +94,8 @@ def run_grid(
     out_dir: str | Path,
     base: TrainConfig,
     gallery: str | Path | None = None,
-    progress=None,
-) -> dict:
+    progress: Callable[[str, str], object] | None = None,
+) -> dict[str, Any]:
     """Train one model per concept set (finished runs are skipped) and evaluate them all.
 
     ``progress(name, "trained" | "already trained")`` is told of each run.

@@ -14,8 +14,10 @@ fresh, seeded projection) and a random basis of the same size over the trained l
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +36,8 @@ MAPS_SHOWN = 12  # small multiples: the concepts asked for, or the 6 best and 6 
 
 @torch.no_grad()
 def location_latents(head: ConceptAwareHead, gps: torch.Tensor, chunk: int = 8192,
-                     progress=None) -> torch.Tensor:  # fmt: skip
+                     progress: Callable[[int, int], object] | None = None
+                     ) -> torch.Tensor:  # fmt: skip
     """(N, d) unit location vectors of the gallery, before the basis (on the CPU)."""
     device = head.delta.device
     out = []
@@ -98,13 +101,13 @@ def associated(concepts: list[str], concept_set: str | Path, country: np.ndarray
 class Atlas:
     table: pd.DataFrame  # atlas.parquet
     grounding: pd.DataFrame  # one row per concept
-    summary: dict
+    summary: dict[str, Any]
     acts: torch.Tensor  # (N, k) activations over the gallery, for the maps
 
 
 def build_atlas(
-    head: ConceptAwareHead, ckpt: dict, gps: torch.Tensor, concept_set: str | Path,
-    seed: int = 0, progress=None,
+    head: ConceptAwareHead, ckpt: dict[str, Any], gps: torch.Tensor, concept_set: str | Path,
+    seed: int = 0, progress: Callable[[int, int], object] | None = None,
 ) -> Atlas:  # fmt: skip
     """Every concept of a concept-aware run over the gallery, its grounding and the controls.
     ``progress(n, total)`` follows the location encoder over the gallery (two passes: the
@@ -137,14 +140,14 @@ def build_atlas(
     return Atlas(table, grounding, grounding_summary(grounding), acts)
 
 
-def build_head_at_step0(head: ConceptAwareHead, ckpt: dict) -> ConceptAwareHead:
+def build_head_at_step0(head: ConceptAwareHead, ckpt: dict[str, Any]) -> ConceptAwareHead:
     """The head as ``train`` built it before its first step (same seed, same basis E)."""
     torch.manual_seed(int((ckpt.get("config") or {}).get("seed", 0)))
     fresh = build_head(head.concept_embeddings.detach().cpu())
     return fresh.eval().to(head.delta.device)  # type: ignore[return-value]
 
 
-def grounding_summary(g: pd.DataFrame, n: int = 10) -> dict:
+def grounding_summary(g: pd.DataFrame, n: int = 10) -> dict[str, Any]:
     """Mean and median AUROC per variant, and the most and least grounded concepts."""
     scored = g.dropna(subset=["auroc"]).sort_values("auroc", ascending=False)
     stats = {col: {"mean": float(g[col].mean()), "median": float(g[col].median())}
@@ -157,7 +160,7 @@ def grounding_summary(g: pd.DataFrame, n: int = 10) -> dict:
     }  # fmt: skip
 
 
-def report_markdown(summary: dict, run: str) -> str:
+def report_markdown(summary: dict[str, Any], run: str) -> str:
     """A short report of the grounding, controls beside it."""
     lines = [f"# Concept atlas of {run}", "",
              f"{summary['with_regions']} of {summary['concepts']} concepts have region "

@@ -24,18 +24,27 @@ import hashlib
 import json
 import math
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from .artifacts import atomic_path, default_cache_dir, hash_state_dict, hash_tensors, write_json
 from .encoders import ClipId, check_same_clip
 from .errors import GeoconceptError
 from .geo import EARTH_RADIUS_KM, unit_vectors
+
+if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
+
+    from .model import RetrievalHead
+    from .predict import Predictor
 
 CALIBRATION_FORMAT = "geoconcept-calibration/1"
 CALIBRATION_NAME = "calibration.json"
@@ -58,10 +67,10 @@ class Calibration:
     nll_after: float
     model: str  # hash of the head's weights
     gallery: str  # hash of the gallery's coordinates
-    clip: dict  # ClipId of the calibration features (model, pretrained, config)
+    clip: dict[str, Any]  # ClipId of the calibration features (model, pretrained, config)
     format: str = CALIBRATION_FORMAT
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["threshold"] = None if math.isinf(self.threshold) else self.threshold
         return out
@@ -88,7 +97,8 @@ class Calibration:
             raise GeoconceptError(f"{source}: damaged calibration (values out of range)")
         return cal
 
-    def check_for(self, head: nn.Module, gps: torch.Tensor, clip: ClipId, source: object) -> None:
+    def check_for(self, head: RetrievalHead, gps: torch.Tensor, clip: ClipId,
+                  source: object) -> None:  # fmt: skip
         """Refuse a calibration made for another model, gallery or CLIP backbone."""
         fix = "rerun geoconcept calibrate"
         if self.model != hash_state_dict(head):
@@ -101,7 +111,8 @@ class Calibration:
 
 
 # ------------------------------------------------------------------------------ fitting
-def _nll_derivatives(logits: torch.Tensor, target: torch.Tensor, beta: float):
+def _nll_derivatives(logits: torch.Tensor, target: torch.Tensor, beta: float
+                     ) -> tuple[float, float, float]:  # fmt: skip
     """Mean NLL of ``softmax(beta * logits)`` at ``target`` and its first two derivatives in
     beta (the second is the mean variance of the logits under the softmax: >= 0, convex)."""
     z = logits.double()
@@ -117,7 +128,7 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, chunk: int = 512
     """The T minimising the mean NLL of ``softmax(logits / T)`` at ``target`` (Newton in 1/T,
     on the convex loss, with step halving)."""
 
-    def f(beta: float) -> tuple[float, float, float]:
+    def f(beta: float) -> tuple[float, ...]:  # (loss, gradient, hessian)
         parts = [_nll_derivatives(logits[s : s + chunk], target[s : s + chunk], beta)
                  for s in range(0, len(logits), chunk)]  # fmt: skip
         w = [min(chunk, len(logits) - s) / len(logits) for s in range(0, len(logits), chunk)]
@@ -143,23 +154,26 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, chunk: int = 512
     return 1.0 / beta
 
 
-def gallery_tree(gps: torch.Tensor):
+def gallery_tree(gps: torch.Tensor) -> cKDTree:
     """A KD-tree of the gallery's unit vectors (float64: exact great-circle neighbourhoods)."""
     from scipy.spatial import cKDTree
 
     return cKDTree(unit_vectors(gps).numpy())
 
 
-def pairs_within(tree, points: torch.Tensor, radius_km: float) -> tuple[torch.Tensor, ...]:
+def pairs_within(tree: cKDTree, points: torch.Tensor, radius_km: float
+                 ) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """(query index, gallery row) of every gallery row within ``radius_km`` of each point."""
     chord = 2 * math.sin(radius_km / EARTH_RADIUS_KM / 2)
     lists = tree.query_ball_point(unit_vectors(points).numpy(), chord)
     rows = np.repeat(np.arange(len(lists)), [len(x) for x in lists])
-    cols = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else []
+    cols: npt.NDArray[np.int64] | list[int] = (
+        np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else [])
     return torch.from_numpy(rows), torch.as_tensor(cols, dtype=torch.int64)
 
 
-def best_near(probs: torch.Tensor, tree, truth: torch.Tensor, radius_km: float) -> torch.Tensor:
+def best_near(probs: torch.Tensor, tree: cKDTree, truth: torch.Tensor, radius_km: float
+              ) -> torch.Tensor:  # fmt: skip
     """Per photo, the probability of the most probable gallery row within ``radius_km`` of
     the true location (-inf where no row is that near); ``tree`` is ``gallery_tree``'s."""
     r, c = (t.to(probs.device) for t in pairs_within(tree, truth, radius_km))
@@ -179,7 +193,7 @@ def covered(probs: torch.Tensor, best: torch.Tensor, threshold: float) -> torch.
     return torch.isfinite(best) & (mass_above(probs, best) <= threshold + TOLERANCE)
 
 
-def conformal_threshold(scores: np.ndarray, alpha: float) -> float:
+def conformal_threshold(scores: npt.ArrayLike, alpha: float) -> float:
     """Split conformal quantile: the ceil((n+1)(1-alpha))-th smallest score (inf if past n)."""
     scores = np.sort(np.asarray(scores, dtype=np.float64))
     k = math.ceil((len(scores) + 1) * (1 - alpha))
@@ -222,7 +236,7 @@ def region_mask(probs: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ areas
-def fibonacci_lattice(n: int) -> np.ndarray:
+def fibonacci_lattice(n: int) -> npt.NDArray[np.float64]:
     """(n, 3) unit vectors spread evenly over the sphere: each stands for 4 pi R^2 / n."""
     i = np.arange(n, dtype=np.float64) + 0.5
     z = 1 - 2 * i / n
@@ -265,15 +279,15 @@ def run_calibration_path(checkpoint: str | Path) -> Path:
     return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / CALIBRATION_NAME
 
 
-def geoclip_calibration_path(gps: torch.Tensor, head: nn.Module, clip: ClipId,
+def geoclip_calibration_path(gps: torch.Tensor, head: RetrievalHead, clip: ClipId,
                              cache_dir: str | Path | None = None) -> Path:  # fmt: skip
     """Pretrained GeoCLIP's calibration in the cache, keyed by its weights, the gallery and
     the CLIP backbone of the features."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     ident = f"{clip.model}:{clip.pretrained}"  # a config hash, where recorded, is checked on load
     key = hashlib.sha256(f"{hash_state_dict(head)}:{hash_tensors(gps)}:{ident}".encode())
-    key = key.hexdigest()
-    return root / "calibration" / f"geoclip-{key[:16]}.json"
+    digest = key.hexdigest()
+    return root / "calibration" / f"geoclip-{digest[:16]}.json"
 
 
 def save_calibration(path: str | Path, cal: Calibration) -> None:
@@ -304,8 +318,8 @@ def check_options(alpha: float, radius_km: float) -> None:
 
 @torch.no_grad()
 def calibrate_predictor(
-    predictor, feats: torch.Tensor, truth: torch.Tensor, clip: ClipId, alpha: float = 0.1,
-    radius_km: float = 25.0, seed: int = 0, chunk: int = 256,
+    predictor: Predictor, feats: torch.Tensor, truth: torch.Tensor, clip: ClipId,
+    alpha: float = 0.1, radius_km: float = 25.0, seed: int = 0, chunk: int = 256,
 ) -> Calibration:  # fmt: skip
     """Fit the temperature and the conformal threshold of ``predictor``'s head and gallery on
     calibration features (at most MAX_CALIBRATION_PHOTOS, a seeded sample beyond that)."""
@@ -352,10 +366,11 @@ def calibrate_predictor(
 
 
 def calibrate_heads(
-    heads: dict[str, nn.Module], files: dict[str, Path], feats: torch.Tensor,
+    heads: dict[str, RetrievalHead], files: dict[str, Path], feats: torch.Tensor,
     truth: torch.Tensor, clip: ClipId, gallery: str | Path | None = None,
     cache_dir: str | Path | None = None, alpha: float = 0.1, radius_km: float = 25.0,
-    gallery_progress=None,
+    gallery_progress: Callable[[str], AbstractContextManager[Callable[[int, int], None]]]
+    | None = None,
 ) -> dict[str, Calibration]:  # fmt: skip
     """Calibrate each named head over the gallery and store it at ``files[name]``.
     ``gallery_progress(name)`` is a context manager yielding ``advance(n, total)``."""

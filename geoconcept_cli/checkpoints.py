@@ -22,19 +22,18 @@ import json
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from .artifacts import atomic_path
 from .concepts.review import concept_set_hash
 from .encoders import ClipId, GeoCLIPHead, check_same_clip
 from .errors import GeoconceptError, first_line, require_file
-from .model import ConceptAwareHead
+from .model import ConceptAwareHead, RetrievalHead
 
 CHECKPOINT_FORMAT = "geoconcept-checkpoint/2"
 LEGACY_FORMAT = "geoconcept-checkpoint/1"
@@ -50,13 +49,14 @@ _DECODE_ERRORS = (SafetensorError, KeyError, TypeError, ValueError, RecursionErr
 
 
 # ------------------------------------------------------------------------------ writing
-def save_checkpoint(path: str | Path, head: nn.Module, config: dict, **state: Any) -> None:
+def save_checkpoint(path: str | Path, head: RetrievalHead, config: dict[str, Any],
+                    **state: Any) -> None:  # fmt: skip
     """Atomically write a run checkpoint: weights, the config that made it, training state."""
     write_checkpoint(path, {"kind": "concept" if isinstance(head, ConceptAwareHead) else "geoclip",
                             "model": head.state_dict(), "config": config, **state})  # fmt: skip
 
 
-def write_checkpoint(path: str | Path, ckpt: dict) -> None:
+def write_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
     """Atomically write a checkpoint dict (as ``read_checkpoint`` returns it)."""
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode({k: v for k, v in ckpt.items() if k != "format"}, tensors, "")
@@ -107,7 +107,7 @@ def run_checkpoint(folder: str | Path) -> Path | None:
     return None
 
 
-def read_model(path: str | Path) -> dict:
+def read_model(path: str | Path) -> dict[str, Any]:
     """A run folder, a checkpoint file or an exported bundle, as a checkpoint dict:
     ``kind``, ``model`` (weights), ``config`` (training options), ``clip``, ``concepts``,
     ``step``, ``total_steps``, ``features`` (and the training state, for a run)."""
@@ -123,7 +123,7 @@ def read_model(path: str | Path) -> dict:
     return read_checkpoint(path)
 
 
-def read_checkpoint(path: str | Path, resume: bool = False) -> dict:
+def read_checkpoint(path: str | Path, resume: bool = False) -> dict[str, Any]:
     """One checkpoint file (safetensors, legacy pickle read safely, or a bundle's weights);
     with ``resume``, it must also hold the training state a run continues from."""
     path = require_file(path, "checkpoint")
@@ -154,7 +154,7 @@ def read_checkpoint(path: str | Path, resume: bool = False) -> dict:
     return ckpt
 
 
-def _read_legacy(path: Path) -> dict:
+def _read_legacy(path: Path) -> dict[str, Any]:
     """A format-1 ``checkpoint.pt``, unpickled with torch's tensors-and-containers allow-list."""
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users
@@ -211,7 +211,7 @@ def _check_contents(ckpt: Any, path: Path) -> None:
                               "provenance missing or of the wrong type)")  # fmt: skip
 
 
-def read_bundle(folder: str | Path) -> dict:
+def read_bundle(folder: str | Path) -> dict[str, Any]:
     """An exported model folder, checked against its own config (weights hash, concept set)."""
     folder = Path(folder)
     config = read_json(require_file(folder / BUNDLE_CONFIG, "model config"))
@@ -248,7 +248,7 @@ def read_bundle(folder: str | Path) -> dict:
     return ckpt
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a file, with a one-line error for anything else."""
     try:
         data = json.loads(path.read_text())
@@ -267,22 +267,22 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _concept_lists(concepts: Any) -> bool:
+def _concept_lists(concepts: Any) -> TypeGuard[dict[str, Any]]:
     """Three equally long lists of strings: concepts, categories, subcategories."""
     keys = ("concepts", "categories", "subcategories")
-    lists = [concepts.get(k) if isinstance(concepts, dict) else None for k in keys]
+    lists: list[Any] = [concepts.get(k) if isinstance(concepts, dict) else None for k in keys]
     return all(isinstance(v, list) and all(isinstance(s, str) for s in v) for v in lists) and (
         len({len(v) for v in lists}) == 1)  # fmt: skip
 
 
-def concept_list_hash(concepts: dict) -> str:
+def concept_list_hash(concepts: dict[str, Any]) -> str:
     """The concept set's hash (as embed-concepts records it) of a checkpoint's concept list."""
     return concept_set_hash(pd.DataFrame({"concept": concepts["concepts"],
                                           "category": concepts["categories"]}))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ heads
-def head_from(ckpt: dict, source: str | Path) -> nn.Module:
+def head_from(ckpt: dict[str, Any], source: str | Path) -> RetrievalHead:
     """The head a checkpoint dict describes, with its weights (one line if they do not fit)."""
     sd = ckpt["model"]
     if ckpt["kind"] == "concept":
@@ -295,7 +295,7 @@ def head_from(ckpt: dict, source: str | Path) -> nn.Module:
             raise GeoconceptError(f"{source}: its concept list does not match its "
                                   f"{len(basis)} concept weights")  # fmt: skip
         try:
-            head: nn.Module = ConceptAwareHead(basis)
+            head: RetrievalHead = ConceptAwareHead(basis)
         except GeoconceptError as exc:
             raise GeoconceptError(f"{source}: {exc}") from None
     else:
@@ -304,7 +304,7 @@ def head_from(ckpt: dict, source: str | Path) -> nn.Module:
     return head
 
 
-def load_weights(head: nn.Module, state: dict, source: str | Path) -> None:
+def load_weights(head: RetrievalHead, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """``head.load_state_dict(state)``, refused in one line when the weights do not fit."""
     expected = head.state_dict()
     problems = []
@@ -332,14 +332,15 @@ def load_weights(head: nn.Module, state: dict, source: str | Path) -> None:
     head.load_state_dict(state)
 
 
-def load_head(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_head(path: str | Path, device: str | torch.device = "cpu"
+              ) -> tuple[RetrievalHead, dict[str, Any]]:  # fmt: skip
     """The trained head of a run folder, checkpoint file or exported bundle (eval mode), with
     its checkpoint dict."""
     ckpt = read_model(path)
     return head_from(ckpt, path).eval().to(device), ckpt
 
 
-def check_trained_on(ckpt: dict, clip: ClipId, what: object, hint: bool = False) -> None:
+def check_trained_on(ckpt: dict[str, Any], clip: ClipId, what: object, hint: bool = False) -> None:
     """Refuse to use a checkpoint with image features of another CLIP model or weights;
     ``hint`` adds the CLIP options that would match (where the user chooses the model)."""
     trained = ClipId.from_meta(ckpt.get("clip") or {}, prefix="")

@@ -8,7 +8,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -53,11 +53,14 @@ CacheDir = Annotated[
 ]
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: TextIO | None = None, line: str | None = None
+                      ) -> None:  # fmt: skip
     err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
-def cli_command(fn: Callable | None = None, *, on_interrupt: str = "") -> Callable:
+def cli_command(fn: Callable[..., Any] | None = None, *, on_interrupt: str = ""
+                ) -> Callable[..., Any]:  # fmt: skip
     """Run a command with one-line warnings; bad input (GeoconceptError, or a path the system
     refuses: an --out that is a file, a read-only folder) becomes 'error: ...' + exit 2.
     Ctrl-C prints ``on_interrupt`` (how to continue) and exits 130."""
@@ -65,7 +68,7 @@ def cli_command(fn: Callable | None = None, *, on_interrupt: str = "") -> Callab
         return functools.partial(cli_command, on_interrupt=on_interrupt)
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         warnings.showwarning = _one_line_warning
         logging.getLogger().setLevel(logging.ERROR)  # open_clip logs chatter on the root logger
         try:
@@ -124,7 +127,7 @@ def predict(
     _print_probabilities(result)
 
 
-def _print_probabilities(result: dict) -> None:
+def _print_probabilities(result: dict[str, Any]) -> None:
     """Whether the probabilities are calibrated, and the confidence region if there is one."""
     stdout.print(f"[dim]{result['probabilities']['note']}[/]", highlight=False)
     region = result.get("region")
@@ -138,7 +141,7 @@ def _print_probabilities(result: dict) -> None:
         )
 
 
-def _print_explanation(exp: dict) -> None:
+def _print_explanation(exp: dict[str, Any]) -> None:
     """The terminal view of one explanation: locations table, concept bars, reasons."""
     from rich.table import Table
 
@@ -154,7 +157,7 @@ def _print_explanation(exp: dict) -> None:
                  f"{spread['mean_to_top1_km']:.0f} km from #1", highlight=False)  # fmt: skip
     _print_probabilities(exp)
 
-    def bars(title: str, entries: list[dict], source: str | None) -> None:
+    def bars(title: str, entries: list[dict[str, Any]], source: str | None) -> None:
         if not entries:
             return
         stdout.print(f"\n[bold]{title}[/] [dim]({source})[/]" if source else f"\n[bold]{title}[/]")
@@ -257,7 +260,8 @@ def explain(
 
     if (true_lat is None) != (true_lon is None):
         raise GeoconceptError("--true-lat and --true-lon go together")
-    if true_lat is not None and not valid_latlon([true_lat], [true_lon])[0]:
+    if (true_lat is not None and true_lon is not None
+            and not valid_latlon([true_lat], [true_lon])[0]):  # fmt: skip
         raise GeoconceptError(f"--true-lat {true_lat} --true-lon {true_lon}: not a location")
     for path in (out, map_png):  # fail fast, before loading any model
         if path is not None:
@@ -270,7 +274,8 @@ def explain(
             checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,
             cache_dir, device, advance, concept_advance,
         )  # fmt: skip
-    opts = dict(top_k=top_k, n_concepts=n_concepts, check=check, m=m, draws=draws)
+    opts: dict[str, Any] = dict(top_k=top_k, n_concepts=n_concepts, check=check, m=m,
+                                draws=draws)  # fmt: skip
     if not batch:
         feats = explainer.predictor.image_features([load_image(target)])
         exp = {"image": str(target), **explainer.explain_features(feats, **opts)}
@@ -283,7 +288,8 @@ def explain(
             from .maps import render_map
             from .service import probability_heat
 
-            truth = (true_lat, true_lon) if true_lat is not None else photo_gps(target)
+            truth = ((true_lat, true_lon) if true_lat is not None and true_lon is not None
+                     else photo_gps(target))
             render_map(exp, explainer.predictor.gallery_gps, map_png, truth,
                        probability_heat(explainer.predictor, feats))  # fmt: skip
         return
@@ -301,6 +307,7 @@ def explain(
     if failed and not rows:
         hint = "; --images names the manifest's photo folder" if not target.is_dir() else ""
         raise GeoconceptError(f"none of the {len(failed)} photos could be read{hint}")
+    assert out is not None  # batch mode requires --out (checked first)
     rows_to_parquet(rows, out)
     stdout.print(f"{len(rows)} photos explained -> {out}; {len(failed)} missing or unreadable")
 
@@ -457,6 +464,7 @@ def atlas(
     from .checkpoints import load_head
     from .explain import default_concepts_path
     from .gallery import load_gallery
+    from .model import ConceptAwareHead
 
     if out.exists() and not out.is_dir():
         raise GeoconceptError(f"--out {out}: a file; give a folder")
@@ -464,6 +472,7 @@ def atlas(
     if ckpt["kind"] != "concept":
         raise GeoconceptError(f"{checkpoint}: a plain GeoCLIP run (train --concepts none) has "
                               "no concepts to map; give a concept-aware run")  # fmt: skip
+    assert isinstance(head, ConceptAwareHead)  # what a "concept" checkpoint builds
     asked = [c.strip() for c in concepts.split(",") if c.strip()] if concepts else None
     if asked:
         named_concepts(asked, ckpt["concepts"]["concepts"])  # before minutes of work
@@ -739,7 +748,7 @@ def train(
     )  # fmt: skip
     procs = check_processes(gpus, nproc)
     if launched_externally():  # torchrun / SLURM started this process as one rank
-        last = train_worker(cfg, resume)
+        last: dict[str, Any] | None = train_worker(cfg, resume)
     else:
         last = check_run(cfg, resume, procs * nnodes)  # user errors here, not in N tracebacks
     if last is None and (procs > 1 or nnodes > 1):

@@ -11,6 +11,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -68,7 +69,8 @@ def launched_externally() -> bool:
     return "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
-def init_distributed(use_cuda: bool, master_addr=None, master_port: int = 29500) -> DistInfo:
+def init_distributed(use_cuda: bool, master_addr: str | None = None, master_port: int = 29500
+                     ) -> DistInfo:  # fmt: skip
     """Join the process group if this process is one of several; else a single-process info."""
     _adopt_slurm_env(master_addr, master_port)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -89,12 +91,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        return cast(int, sock.getsockname()[1])  # (host, port) for IPv4; typed Any
 
 
 def launch(
-    fn: Callable,
-    args: tuple,
+    fn: Callable[..., object],
+    args: tuple[Any, ...],
     nproc: int,
     nnodes: int = 1,
     node_rank: int = 0,

@@ -16,8 +16,10 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
@@ -154,12 +156,14 @@ class DownstreamTable:
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
 
 
-def parse_numbers(values: pd.Series) -> np.ndarray:
+def parse_numbers(values: pd.Series) -> npt.NDArray[np.float64]:
     """Numbers, numeric strings or strings with thousands separators -> float64 (NaN if not)."""
+    # pandas is untyped here: to_numpy(dtype=np.float64) is a float64 array
     if pd.api.types.is_numeric_dtype(values):
-        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+        return cast(npt.NDArray[np.float64], values.to_numpy(dtype=np.float64, na_value=np.nan))
     text = values.astype("string").str.strip().str.replace(_THOUSANDS, "", regex=True)
-    return pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return cast(npt.NDArray[np.float64],
+                pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan))
 
 
 def _column(df: pd.DataFrame, name: str, what: str, source: str) -> str:
@@ -377,7 +381,7 @@ class ProbeResults:
             return f"{kind} {self.folds}-fold CV (seed {self.seed})"
         return f"{self.folds}-fold CV over {self.spatial_block_deg:g}-degree lat/lon blocks"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-able: table counts, protocol, and per-fold, mean and std of every metric."""
         t = self.table
         return {

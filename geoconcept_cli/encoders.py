@@ -14,10 +14,11 @@ import importlib.util
 import json
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ from torch.nn.modules.module import (
 )
 
 from .errors import GeoconceptError, first_line, require_file
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DEFAULT_CLIP_MODEL = "ViT-L-14"
 DEFAULT_CLIP_PRETRAINED = "openai"
@@ -88,7 +92,7 @@ class LocationBranch(nn.Module):
         self.head = nn.Sequential(nn.Linear(1024, 512))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.capsule(x))
+        return cast(torch.Tensor, self.head(self.capsule(x)))  # Module calls return Any
 
 
 class LocationEncoder(nn.Module):
@@ -108,7 +112,7 @@ class LocationEncoder(nn.Module):
             x = equal_earth_projection(latlon.float())
             out = torch.zeros(x.shape[0], 512, device=x.device, dtype=x.dtype)
             for i in range(self.n):
-                out = out + self._modules[f"LocEnc{i}"](x)
+                out = out + cast(nn.Module, self._modules[f"LocEnc{i}"])(x)
         return out
 
 
@@ -132,7 +136,7 @@ class GeoCLIPHead(nn.Module):
     gallery cache and the evaluator work unchanged for GeoCLIP and the concept-aware model.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.image_mlp = image_mlp()
         self.location_encoder = LocationEncoder()
@@ -146,7 +150,8 @@ class GeoCLIPHead(nn.Module):
         """(B, 2) degrees -> L2-normalised location embeddings (B, 512)."""
         return F.normalize(self.location_encoder(latlon), dim=1)
 
-    def embed(self, clip_features: torch.Tensor, latlon: torch.Tensor):
+    def embed(self, clip_features: torch.Tensor, latlon: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Both embeddings of a training step (image, location)."""
         return self.embed_images(clip_features), self.embed_locations(latlon)
 
@@ -155,7 +160,7 @@ def load_geoclip_head(device: str | torch.device = "cpu") -> GeoCLIPHead:
     """GeoCLIP's released weights, read from the installed wheel (eval mode)."""
     weights = geoclip_package_dir() / "weights"
 
-    def load(name: str):
+    def load(name: str) -> Any:
         return torch.load(weights / name, map_location="cpu", weights_only=True)
 
     head = GeoCLIPHead()
@@ -190,11 +195,11 @@ class ClipId:
         return cls(name, pretrained, hashlib.sha256(cfg.encode()).hexdigest()[:16])
 
     @classmethod
-    def from_meta(cls, meta: dict, prefix: str = "clip_") -> ClipId:
+    def from_meta(cls, meta: dict[str, Any], prefix: str = "clip_") -> ClipId:
         """Read from a meta dict (``clip_model``...) or, with ``prefix=""``, a checkpoint's."""
         return cls(*(meta.get(prefix + k) for k in ("model", "pretrained", "config")))
 
-    def as_meta(self, prefix: str = "clip_") -> dict:
+    def as_meta(self, prefix: str = "clip_") -> dict[str, str | None]:
         return {prefix + k: getattr(self, k) for k in ("model", "pretrained", "config")}
 
     def differs(self, other: ClipId) -> bool:
@@ -227,12 +232,12 @@ class ClipBackbone:
     """A frozen open_clip model with its preprocessing transform and tokenizer."""
 
     model: nn.Module
-    preprocess: object
-    tokenizer: object
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    tokenizer: Callable[[list[str]], torch.Tensor]
     identity: ClipId
 
     @property
-    def model_name(self) -> str:
+    def model_name(self) -> str | None:
         return self.identity.model
 
     @property
@@ -241,18 +246,22 @@ class ClipBackbone:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.visual.output_dim)
+        model: Any = self.model  # open_clip's CLIP: members torch's Module type does not know
+        return int(model.visual.output_dim)
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Projected, unnormalised image embeddings (what GeoCLIP's MLP consumes)."""
-        return self.model.encode_image(pixels.to(self.device, non_blocking=True)).float()
+        model: Any = self.model  # open_clip's CLIP (untyped)
+        encoded = model.encode_image(pixels.to(self.device, non_blocking=True))
+        return cast(torch.Tensor, encoded).float()
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Projected, unnormalised text embeddings."""
         tokens = self.tokenizer(texts).to(self.device)
-        return self.model.encode_text(tokens).float()
+        model: Any = self.model  # open_clip's CLIP (untyped)
+        return cast(torch.Tensor, model.encode_text(tokens)).float()
 
 
 def resolve_model_name(name: str) -> str:
@@ -363,7 +372,9 @@ def _weights_on_meta() -> Iterator[dict[tuple[nn.Module, str], torch.Tensor]]:
         if buffer is not None and not buffer.is_meta:
             buffers[(module, name)] = buffer
 
-    hooks = (register_module_parameter_registration_hook(param_to_meta),
+    # torch annotates hooks as returning None, but registers the parameter a hook returns
+    hooks = (register_module_parameter_registration_hook(cast("Callable[..., None]",
+                                                              param_to_meta)),
              register_module_buffer_registration_hook(keep_buffer))  # fmt: skip
     try:
         yield buffers
@@ -372,7 +383,9 @@ def _weights_on_meta() -> Iterator[dict[tuple[nn.Module, str], torch.Tensor]]:
             h.remove()
 
 
-def _build_from_file(name: str, path: str, device: str | torch.device) -> tuple[nn.Module, object]:
+def _build_from_file(
+    name: str, path: str, device: str | torch.device
+) -> tuple[nn.Module, Callable[[Image.Image], torch.Tensor]]:
     """open_clip's model and transform with weights from a local file, built on the meta
     device and loaded in place (open_clip's own checkpoint conversion, strict: every weight
     must come from the file), instead of randomly initialised and then overwritten."""
@@ -386,13 +399,13 @@ def _build_from_file(name: str, path: str, device: str | torch.device) -> tuple[
     finally:
         del model.load_state_dict
     for (module, key), value in computed.items():
-        if key in module._buffers and module._buffers[key] is not None \
-                and module._buffers[key].is_meta:  # fmt: skip
+        current = module._buffers.get(key)
+        if current is not None and current.is_meta:
             module._buffers[key] = value
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left:
         raise GeoconceptError(f"{path} lacks weights of {name}: {', '.join(left[:5])}")
-    return model.to(device), preprocess
+    return model.to(device), cast("Callable[[Image.Image], torch.Tensor]", preprocess)
 
 
 def load_clip(

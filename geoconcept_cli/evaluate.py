@@ -11,14 +11,16 @@ any retrieval model. Per-photo results go to ``--predictions-out``.
 from __future__ import annotations
 
 import warnings
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import torch
-from torch import nn
 
 from .calibration import (
     Calibration,
@@ -45,11 +47,12 @@ from .geo import (
 from .geocode import Places, reverse_geocode
 from .interpretability import explanation_metrics
 from .metrics import admin_matches, geoscore, location_metrics, reliability
-from .model import ConceptAwareHead
+from .model import ConceptAwareHead, RetrievalHead
 from .predict import Predictor
 
 
-def nearest_gallery_km(test_latlon: torch.Tensor, gallery: torch.Tensor, chunk=4096) -> np.ndarray:
+def nearest_gallery_km(test_latlon: torch.Tensor, gallery: torch.Tensor, chunk: int = 4096
+                       ) -> npt.NDArray[np.float64]:  # fmt: skip
     """Distance from each test point to its nearest gallery point (max dot on the sphere)."""
     g = unit_vectors(gallery)
     best = []
@@ -60,7 +63,7 @@ def nearest_gallery_km(test_latlon: torch.Tensor, gallery: torch.Tensor, chunk=4
     return np.concatenate(best)
 
 
-def summarize(dist_km: np.ndarray) -> dict:
+def summarize(dist_km: np.ndarray) -> dict[str, float]:
     """Accuracy at each threshold (%), median error (km) and the count."""
     return {
         **accuracy_at_thresholds(dist_km),
@@ -78,9 +81,10 @@ AREAS_KM2 = tuple(float(f"{m}e{e}") for e in range(2, 9) for m in (1, 3))[:-1]  
 class Evaluation:
     """An evaluation: the JSON summary, one row per photo and model, reliability bins."""
 
-    summary: dict
+    summary: dict[str, Any]
     predictions: pd.DataFrame
-    reliability: dict[str, dict[str, dict[str, dict]]]  # model -> event -> probabilities -> bins
+    # model -> event -> probabilities -> bins
+    reliability: dict[str, dict[str, dict[str, dict[str, Any]]]]
 
 
 @torch.no_grad()
@@ -129,17 +133,18 @@ def score_photos(
 
 
 def evaluate_models(
-    heads: dict[str, nn.Module],
+    heads: dict[str, RetrievalHead],
     feats: torch.Tensor,
     truth: torch.Tensor,
     gallery: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    progress=None,
-    gallery_progress=None,
+    progress: Callable[[str], object] | None = None,
+    gallery_progress: Callable[[str], AbstractContextManager[Callable[[int, int], None]]]
+    | None = None,
     ids: list[str] | None = None,
     calibrations: dict[str, Path] | None = None,
     clip: ClipId | None = None,
-    explanations: dict | None = None,
+    explanations: dict[str, Any] | None = None,
 ) -> Evaluation:
     """Every metric of each named head, the gallery ceiling, and one row per photo and model.
 
@@ -194,8 +199,8 @@ def evaluate_models(
     return Evaluation(summary, pd.concat(frames, ignore_index=True), bins)
 
 
-def evaluate_heads(heads: dict[str, nn.Module], feats: torch.Tensor, truth: torch.Tensor,
-                   gallery: str | Path | None = None, **kw) -> dict:  # fmt: skip
+def evaluate_heads(heads: dict[str, RetrievalHead], feats: torch.Tensor, truth: torch.Tensor,
+                   gallery: str | Path | None = None, **kw: Any) -> dict[str, Any]:  # fmt: skip
     """The JSON summary of ``evaluate_models``."""
     return evaluate_models(heads, feats, truth, gallery, **kw).summary
 
@@ -205,12 +210,13 @@ def gallery_places_at(places: Places, rows: np.ndarray) -> Places:
     return Places(*(getattr(places, f.name)[rows] for f in fields(Places)))
 
 
-def _probability_summary(cal: Calibration | None, bins: dict, res: dict) -> dict:
+def _probability_summary(cal: Calibration | None, bins: dict[str, dict[str, dict[str, Any]]],
+                         res: dict[str, np.ndarray]) -> dict[str, Any]:  # fmt: skip
     """ECE of each event before and after calibration, and the conformal region's coverage,
     mean area and recall against area."""
-    out: dict = {"calibrated": cal is not None,
-                 "ece": {event: {kind: b["ece"] for kind, b in by_kind.items()}
-                         for event, by_kind in bins.items()}}  # fmt: skip
+    out: dict[str, Any] = {"calibrated": cal is not None,
+                           "ece": {event: {kind: b["ece"] for kind, b in by_kind.items()}
+                                   for event, by_kind in bins.items()}}  # fmt: skip
     if cal is None:
         return out
     area = res["region_km2"]
@@ -225,7 +231,8 @@ def _probability_summary(cal: Calibration | None, bins: dict, res: dict) -> dict
 
 
 def _prediction_rows(name: str, ids: list[str], truth: np.ndarray, pred: np.ndarray,
-                     dist: np.ndarray, res: dict, places: Places, pred_places: Places,
+                     dist: np.ndarray, res: dict[str, np.ndarray], places: Places,
+                     pred_places: Places,
                      cal: Calibration | None) -> pd.DataFrame:  # fmt: skip
     """One row per photo for --predictions-out (schema in the README)."""
     kind = "calibrated" if cal else "uncalibrated"
@@ -243,14 +250,15 @@ def _prediction_rows(name: str, ids: list[str], truth: np.ndarray, pred: np.ndar
 
 
 def heads_to_evaluate(
-    checkpoints: list[str | Path], geoclip: bool = True, device="cpu", features_meta=None
-):
+    checkpoints: Sequence[str | Path], geoclip: bool = True, device: str | torch.device = "cpu",
+    features_meta: dict[str, Any] | None = None,
+) -> dict[str, RetrievalHead]:
     """GeoCLIP's pretrained head (optional) and each checkpoint's, keyed by a display name.
 
     With ``features_meta`` (the test features' meta.json), a checkpoint trained on features
     of another CLIP model is refused.
     """
-    heads = {GEOCLIP_NAME: load_geoclip_head(device)} if geoclip else {}
+    heads: dict[str, RetrievalHead] = {GEOCLIP_NAME: load_geoclip_head(device)} if geoclip else {}
     meta = features_meta or {}
     for ck in checkpoints:
         head, ckpt = load_head(ck, device)
@@ -265,7 +273,7 @@ def heads_to_evaluate(
 
 
 def calibration_files(
-    heads: dict[str, nn.Module], clip: ClipId, gallery: str | Path | None = None,
+    heads: dict[str, RetrievalHead], clip: ClipId, gallery: str | Path | None = None,
     cache_dir: str | Path | None = None,
 ) -> dict[str, Path]:  # fmt: skip
     """Where each head's calibration would be: pretrained GeoCLIP's in the cache (for this
@@ -275,7 +283,7 @@ def calibration_files(
             else run_calibration_path(name) for name, head in heads.items()}  # fmt: skip
 
 
-def markdown_table(result: dict) -> str:
+def markdown_table(result: dict[str, Any]) -> str:
     """The evaluation as Markdown: distances and places per model (then the gallery
     ceiling), accuracy per continent, and the probabilities' calibration."""
     cols = [f"{t}km" for t in result["thresholds_km"]]

@@ -17,10 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -41,7 +44,8 @@ FAITHFUL_SHARE = 0.95  # the explanation's removal must hurt more than 95% of ra
 MIN_DRAWS = 20  # fewer random draws cannot tell 95% apart from "all of them"
 
 
-def faithfulness(top_drop: float, top_rank: int, rand_drops, rand_ranks) -> dict:
+def faithfulness(top_drop: float, top_rank: int, rand_drops: npt.ArrayLike,
+                 rand_ranks: npt.ArrayLike) -> dict[str, Any]:  # fmt: skip
     """Verdict of the deletion test: is removing the explaining concepts worse than chance?
 
     Faithful when the score falls (top_drop > 0), by more than under at least FAITHFUL_SHARE
@@ -91,10 +95,10 @@ class ConceptSet:
                    df["subcategory"].tolist(), regions)  # fmt: skip
 
     @classmethod
-    def from_meta(cls, meta: dict) -> ConceptSet:
+    def from_meta(cls, meta: dict[str, Any]) -> ConceptSet:
         return cls(meta["concepts"], meta["categories"], meta["subcategories"])
 
-    def entry(self, i: int, weight: float) -> dict:
+    def entry(self, i: int, weight: float | torch.Tensor) -> dict[str, Any]:
         return {
             "concept": self.names[i],
             "category": self.categories[i],
@@ -102,7 +106,8 @@ class ConceptSet:
             "weight": round(float(weight), 5),
         }
 
-    def top(self, values, n: int, where: torch.Tensor | None = None) -> list[dict]:
+    def top(self, values: torch.Tensor | npt.NDArray[np.float64], n: int,
+            where: torch.Tensor | None = None) -> list[dict[str, Any]]:  # fmt: skip
         """The ``n`` largest values as entries; with ``where``, only those concepts, if > 0."""
         values = torch.as_tensor(values)
         if where is not None:
@@ -110,7 +115,7 @@ class ConceptSet:
         idx = values.argsort(descending=True)[:n]
         return [self.entry(int(i), values[i]) for i in idx if values[i] > -torch.inf]
 
-    def place_weights(self, lat: float, lon: float) -> np.ndarray:
+    def place_weights(self, lat: float, lon: float) -> npt.NDArray[np.float64]:
         """Salience of each concept for a place: its country's weight, else its continent's."""
         cc, continent = country_and_continent(lat, lon)
         return np.array([max(r.get(cc, 0.0), r.get(continent, 0.0)) for r in self.regions or []])
@@ -119,11 +124,11 @@ class ConceptSet:
 def remove_concepts(z: torch.Tensor, basis: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
     """``z`` minus its least-squares component in the span of the given basis rows."""
     rows = basis[concepts]
-    coef = torch.linalg.lstsq(rows.T, z.unsqueeze(1)).solution
+    coef: torch.Tensor = torch.linalg.lstsq(rows.T, z.unsqueeze(1)).solution
     return z - (rows.T @ coef).squeeze(1)
 
 
-def spread_km(cands: list[Candidate]) -> dict:
+def spread_km(cands: list[Candidate]) -> dict[str, float]:
     """How far apart the top-k candidates are: a confidence cue (small = consistent)."""
     lat = np.array([c.lat for c in cands])
     lon = np.array([c.lon for c in cands])
@@ -150,7 +155,7 @@ class Explainer:
         self.text = F.normalize(text_embeddings.float(), dim=1) if text_embeddings is not None \
             else None  # fmt: skip
 
-    def explain(self, path: str | Path, **kw) -> dict:
+    def explain(self, path: str | Path, **kw: Any) -> dict[str, Any]:
         """Explain one photo file (GeoconceptError on an unreadable file)."""
         feats = self.predictor.image_features([load_image(path)])
         return {"image": str(path), **self.explain_features(feats, **kw)}
@@ -159,15 +164,16 @@ class Explainer:
     def explain_features(
         self, feats: torch.Tensor, top_k: int = 5, n_concepts: int = 8, check: bool = False,
         m: int = 3, draws: int = 20, seed: int = 0,
-    ) -> dict:  # fmt: skip
+    ) -> dict[str, Any]:  # fmt: skip
         """The full explanation of one photo's CLIP features (1, D) as a JSON-able dict."""
         p = self.predictor
         probs, idx = p.topk(feats, max(top_k, 200))
         cands = p.candidates(probs[0, :top_k], idx[0, :top_k])
         mode = "concept-aware checkpoint" if self.concept_aware else (
             "GeoCLIP checkpoint, zero-shot concepts" if self.retrained_geoclip else "zero-shot")
-        out = {"mode": mode, "predictions": [c.to_dict() for c in cands],
-               "spread": spread_km(cands), "probabilities": p.calibration_note()}  # fmt: skip
+        out: dict[str, Any] = {"mode": mode, "predictions": [c.to_dict() for c in cands],
+                               "spread": spread_km(cands),
+                               "probabilities": p.calibration_note()}  # fmt: skip
         if p.calibration is not None:
             out["region"] = p.regions(feats)[0]
         if self.concept_aware:
@@ -181,13 +187,15 @@ class Explainer:
                 out["note"] += "; --check needs a concept-aware checkpoint too"
         return out
 
-    def _decompose(self, feats, top: Candidate, idx: torch.Tensor, n: int):
+    def _decompose(self, feats: torch.Tensor, top: Candidate, idx: torch.Tensor, n: int
+                   ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:  # fmt: skip
         """Photo/place concepts, per-concept score terms, contrast with the runner-up.
 
         Reasons only name concepts the photo shows (positive image activation): a term is
         also positive when both activations are negative, which is no reason to name it.
         """
         head, p, cs = self.predictor.head, self.predictor, self.concepts
+        assert isinstance(head, ConceptAwareHead)  # called for a concept-aware head only
         a_img = head.image_concepts(feats.to(p.device).float())[0].cpu()
         unit = a_img / a_img.norm()
         shown = unit > 0
@@ -199,7 +207,7 @@ class Explainer:
         others = [int(i) for i, d in zip(idx.tolist(), far, strict=True) if d >= RUNNER_UP_MIN_KM]
         place_act = head.location_concepts(gps[top.gallery_index : top.gallery_index + 1]
                                            .to(p.device))[0].cpu()  # fmt: skip
-        out = {
+        out: dict[str, Any] = {
             "photo_concepts": cs.top(a_img, n),
             "photo_concepts_source": "image activations in the learned concept space",
             "place_concepts": cs.top(place_act, n),
@@ -230,7 +238,8 @@ class Explainer:
                 )
         return out, terms, unit
 
-    def _check(self, feats, terms, unit, top: Candidate, m: int, draws: int, seed: int) -> dict:
+    def _check(self, feats: torch.Tensor, terms: torch.Tensor, unit: torch.Tensor,
+               top: Candidate, m: int, draws: int, seed: int) -> dict[str, Any]:  # fmt: skip
         """Deletion test in the photo's latent: project out the concepts' text directions.
 
         The photo's unit vector z loses its components along the removed concepts' basis
@@ -238,6 +247,7 @@ class Explainer:
         outcome is not fixed by the decomposition that chose the concepts.
         """
         head, p = self.predictor.head, self.predictor
+        assert isinstance(head, ConceptAwareHead)  # called for a concept-aware head only
         k = len(unit)
         if not 1 <= m < k:
             raise GeoconceptError(f"--m must be between 1 and {k - 1}")
@@ -267,11 +277,11 @@ class Explainer:
                            [r for _, r in rand]),
         }  # fmt: skip
 
-    def _zero_shot(self, feats, top: Candidate, n: int) -> dict:
+    def _zero_shot(self, feats: torch.Tensor, top: Candidate, n: int) -> dict[str, Any]:
         cs = self.concepts
         why = ("a plain GeoCLIP checkpoint (train --concepts none)" if self.retrained_geoclip
                else "no concept-aware checkpoint")  # fmt: skip
-        out: dict = {
+        out: dict[str, Any] = {
             "note": f"{why}: GeoCLIP's score has no concept decomposition (pass a concept-aware "
             "--checkpoint for why-here, rather-than and --check)"
         }
@@ -299,8 +309,8 @@ def load_explainer(
     gallery: str | Path | None = None,
     cache_dir: str | Path | None = None,
     device: str = "cpu",
-    progress=None,
-    concept_progress=None,
+    progress: Callable[[int, int], None] | None = None,
+    concept_progress: Callable[[int, int], None] | None = None,
 ) -> Explainer:
     """A ready explainer: a checkpoint's concept space, or zero-shot over a concept set.
 
@@ -321,6 +331,7 @@ def load_explainer(
         return Explainer(predictor, ConceptSet.from_meta(ckpt["concepts"]))
     concepts = Path(concepts) if concepts else default_concepts_path()
     cset = ConceptSet.from_parquet(concepts)
+    assert predictor.clip is not None  # Predictor.load always loads the CLIP backbone
     if concept_embeddings:
         emb = load_concept_embeddings(concept_embeddings, predictor.clip.identity)
     else:
@@ -334,7 +345,7 @@ def load_explainer(
     return Explainer(predictor, cset, emb.embeddings, retrained_geoclip=retrained)
 
 
-def explanation_row(exp: dict) -> dict:
+def explanation_row(exp: dict[str, Any]) -> dict[str, Any]:
     """One flat row of a batch run (top-k as JSON, top concepts, the rule)."""
     top = exp["predictions"][0]
     return {
@@ -351,7 +362,7 @@ ROW_COLUMNS = ["image", "lat", "lon", "prob", "place", "mode", "top_k", "photo_c
                "why_here", "rule"]  # fmt: skip
 
 
-def rows_to_parquet(rows: list[dict], path: str | Path) -> None:
+def rows_to_parquet(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Write batch rows atomically (the documented columns even when there are none)."""
     from .artifacts import atomic_path
 

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import save_file
 
@@ -48,7 +49,8 @@ EVAL_NAME = "eval.json"
 _LOCAL_PATHS = ("features", "concepts")  # options that name files on the trainer's machine
 
 
-def export_model(source: str | Path, out: str | Path, evaluation: str | Path | None = None) -> dict:
+def export_model(source: str | Path, out: str | Path, evaluation: str | Path | None = None
+                 ) -> dict[str, Any]:  # fmt: skip
     """Write ``source`` (a run folder, checkpoint file or bundle) as a bundle in ``out``;
     returns its config. ``evaluation`` is an ``evaluate --json-out`` file holding the run's
     figures (default: ``eval.json`` in or beside the run, if it names the run)."""
@@ -126,8 +128,8 @@ def _replace_folder(new: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
-def bundle_config(ckpt: dict, weights_sha256: str, evaluation: dict | None,
-                  calibration: Calibration | None = None) -> dict:  # fmt: skip
+def bundle_config(ckpt: dict[str, Any], weights_sha256: str, evaluation: dict[str, Any] | None,
+                  calibration: Calibration | None = None) -> dict[str, Any]:  # fmt: skip
     """The bundle's config.json: what the model is, what made it, how it scored."""
     training = {k: v for k, v in ckpt["config"].items() if k != "out"}
     for key in _LOCAL_PATHS:  # the trainer's paths mean nothing elsewhere: keep their names
@@ -152,7 +154,7 @@ def bundle_config(ckpt: dict, weights_sha256: str, evaluation: dict | None,
 
 
 # ------------------------------------------------------------------------------ figures
-def find_evaluation(source: Path, given: str | Path | None) -> dict | None:
+def find_evaluation(source: Path, given: str | Path | None) -> dict[str, Any] | None:
     """This run's figures from an ``evaluate --json-out`` file, with the baselines and the
     gallery ceiling measured in the same evaluation. ``given`` must name the run; the default
     places (``eval.json`` in the run folder, then beside it) are used only if they do."""
@@ -175,7 +177,7 @@ def find_evaluation(source: Path, given: str | Path | None) -> dict | None:
     return None
 
 
-def _figures_for(data: dict, run: Path, path: Path) -> dict | None:
+def _figures_for(data: dict[str, Any], run: Path, path: Path) -> dict[str, Any] | None:
     """The entry of ``data['models']`` that names ``run`` (by path, else by folder name)."""
     models = data.get("models")
     if not isinstance(models, dict):
@@ -203,7 +205,7 @@ def _figures_for(data: dict, run: Path, path: Path) -> dict | None:
     }
 
 
-def _scores(entry: object, path: Path) -> dict:
+def _scores(entry: object, path: Path) -> dict[str, float]:
     """Accuracy per threshold (%), median km and n of one evaluated model, as numbers."""
     keys = [f"{t}km" for t in THRESHOLDS_KM]
     if not isinstance(entry, dict):
@@ -218,7 +220,7 @@ def _scores(entry: object, path: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------ model card
-def model_card(config: dict, name: str) -> str:
+def model_card(config: dict[str, Any], name: str) -> str:
     """README.md of a bundle: what the model is, its data and figures, use, limits, privacy."""
     clip, training = config["clip"], config["training"]
     concept_aware = config["kind"] == "concept"
@@ -288,7 +290,7 @@ def model_card(config: dict, name: str) -> str:
     return "\n".join(lines)
 
 
-def _calibration_line(cal: dict | None) -> str:
+def _calibration_line(cal: dict[str, Any] | None) -> str:
     if not cal:
         return "The probabilities are uncalibrated (`geoconcept calibrate` fits them)."
     return (f"The probabilities are calibrated (temperature {cal['temperature']:.3g}, fitted "
@@ -297,7 +299,7 @@ def _calibration_line(cal: dict | None) -> str:
             "km of one of its places), for photos like the calibration ones.")
 
 
-def _training_lines(config: dict, training: dict) -> list[str]:
+def _training_lines(config: dict[str, Any], training: dict[str, Any]) -> list[str]:
     features = config.get("features") or {}
     step, total = config.get("step"), config.get("total_steps")
     lines = [
@@ -316,7 +318,7 @@ def _training_lines(config: dict, training: dict) -> list[str]:
     return lines
 
 
-def _evaluation_lines(evaluation: dict | None) -> list[str]:
+def _evaluation_lines(evaluation: dict[str, Any] | None) -> list[str]:
     if not evaluation:
         return ["No evaluation was found beside the run. `geoconcept evaluate FEATURES RUN "
                 "--json-out RUN/eval.json`, then export again, adds the figures here."]

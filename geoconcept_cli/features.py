@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,9 @@ from .errors import GeoconceptError
 from .gallery import find_column, latlon_columns, latlon_names, read_table
 from .geo import valid_latlon
 from .images import load_image
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 FEATURES_FORMAT = "geoconcept-features/1"
 # Image columns of label files as they ship: Im2GPS/Im2GPS3k/YFCC4k's IMG_ID, OSV-5M's id
@@ -84,7 +88,9 @@ def image_path(base: Path, image_id: str) -> Path:
     return path
 
 
-def split_preprocess(preprocess):
+def split_preprocess(
+    preprocess: Callable[[Image.Image], torch.Tensor],
+) -> tuple[Callable[[Image.Image], Any], Callable[[torch.Tensor], torch.Tensor] | None]:
     """Split open_clip's transform into (PIL part, Normalize) so workers can ship uint8.
 
     Decoding workers then send 4x fewer bytes and the float conversion and normalisation run
@@ -116,16 +122,16 @@ def subset_manifest(path: str | Path, fraction: float, out: str | Path, seed: in
     return len(part)
 
 
-class _Images(Dataset):
+class _Images(Dataset[tuple[int, torch.Tensor | str]]):
     """Decodes photos in DataLoader workers (uint8 CHW when possible); errors become strings."""
 
-    def __init__(self, paths: list[str], transform, as_uint8: bool):
+    def __init__(self, paths: list[str], transform: Callable[[Image.Image], Any], as_uint8: bool):
         self.paths, self.transform, self.as_uint8 = paths, transform, as_uint8
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
         try:
             img = self.transform(load_image(self.paths[i]))
         except GeoconceptError as exc:
@@ -135,7 +141,8 @@ class _Images(Dataset):
         return i, img
 
 
-def _collate(batch):
+def _collate(batch: list[tuple[int, torch.Tensor | str]]
+             ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:  # fmt: skip
     good = [(i, x) for i, x in batch if isinstance(x, torch.Tensor)]
     bad = [(i, x) for i, x in batch if not isinstance(x, torch.Tensor)]
     pixels = torch.stack([x for _, x in good]) if good else None
@@ -143,7 +150,8 @@ def _collate(batch):
 
 
 def _encode_shard(part: pd.DataFrame, clip: ClipBackbone, batch_size: int, workers: int,
-                  progress=None) -> tuple[torch.Tensor, list[int], list]:  # fmt: skip
+                  progress: Callable[[int], object] | None = None
+                  ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:  # fmt: skip
     """CLIP features of one shard's rows: (features, kept row positions, [(id, error)])."""
     pil_part, normalize = split_preprocess(clip.preprocess)
     # Small loader batches reach the model quickly; the model sees ``batch_size`` at once.
@@ -152,7 +160,10 @@ def _encode_shard(part: pd.DataFrame, clip: ClipBackbone, batch_size: int, worke
         batch_size=min(16, batch_size), num_workers=workers, collate_fn=_collate,
         pin_memory=clip.device.type == "cuda", prefetch_factor=4 if workers else None,
     )  # fmt: skip
-    feats, keep, bad, pending = [], [], [], []
+    feats: list[torch.Tensor] = []
+    keep: list[int] = []
+    bad: list[tuple[str, str]] = []
+    pending: list[torch.Tensor] = []
 
     def flush() -> None:  # progress counts images encoded, not merely decoded
         if pending:
@@ -186,7 +197,7 @@ def shard_path(out_dir: Path, index: int) -> Path:
 
 def write_shard(
     out_dir: Path, index: int, ids: list[str], features: torch.Tensor, latlon: torch.Tensor,
-    skipped: list | None = None,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> None:  # fmt: skip
     """Atomically write one feature shard (see the module docstring for the layout)."""
     tensors = {"features": features.float().contiguous(), "latlon": latlon.float().contiguous()}
@@ -197,7 +208,7 @@ def write_shard(
 
 def save_features(
     out_dir: str | Path, ids: list[str], features: torch.Tensor, latlon: torch.Tensor,
-    shard_size: int = 4096, **meta,
+    shard_size: int = 4096, **meta: Any,
 ) -> None:  # fmt: skip
     """Write features computed elsewhere in the embed-images layout (tests, converters)."""
     out_dir = Path(out_dir)
@@ -213,7 +224,7 @@ def save_features(
 
 def check_feature_folder(
     manifest: Manifest, out_dir: str | Path, clip: ClipId, shard_size: int
-) -> tuple[dict, list[int]]:
+) -> tuple[dict[str, Any], list[int]]:
     """(meta, shards still to write) of an output folder; reads only.
 
     A folder of features from another CLIP model, manifest or set of existing images is
@@ -259,7 +270,7 @@ def check_feature_folder(
 
 def start_feature_folder(
     manifest: Manifest, out_dir: str | Path, clip: ClipId, shard_size: int, rank: int = 0
-) -> tuple[dict, list[int]]:
+) -> tuple[dict[str, Any], list[int]]:
     """``check_feature_folder``, then rank 0 writes meta.json if absent (before any shard)."""
     meta, pending = check_feature_folder(manifest, out_dir, clip, shard_size)
     if rank == 0 and not (Path(out_dir) / "meta.json").is_file():
@@ -283,7 +294,7 @@ def embed_images(
     rank: int = 0,
     world_size: int = 1,
     progress: Callable[[int], None] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Write the missing feature shards (this rank's share: shard i goes to rank i % world_size).
 
     ``progress(n)`` gets the images of each batch encoded; finished shards are not reported."""
@@ -304,7 +315,7 @@ def embed_images(
 def embed_images_worker(
     manifest: str, images: str | None, out: str, clip_model: str, clip_pretrained: str,
     device: str, batch_size: int, shard_size: int, workers: int,
-) -> dict:  # fmt: skip
+) -> dict[str, Any]:  # fmt: skip
     """One process of embed-images (picklable for the launcher): its share of the shards.
 
     Rank 0 shows progress over its own unfinished shards (with N ranks, about 1/N of the
@@ -353,7 +364,7 @@ def check_features_clip(folder: str | Path, clip: ClipId) -> None:
     check_same_clip(made, clip, f"{folder} holds features of", hint=True)
 
 
-def feature_summary(folder: str | Path) -> tuple[dict, list[str], int]:
+def feature_summary(folder: str | Path) -> tuple[dict[str, Any], list[str], int]:
     """(meta, row ids, feature width) of a feature folder, read from shard headers only."""
     folder = Path(folder)
     meta = _read_meta(folder)
@@ -367,11 +378,11 @@ def feature_summary(folder: str | Path) -> tuple[dict, list[str], int]:
     return meta, ids, dim
 
 
-def _read_meta(folder: Path) -> dict:
+def _read_meta(folder: Path) -> dict[str, Any]:
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         raise GeoconceptError(f"{folder}: no meta.json, not an embed-images folder")
-    return json.loads(meta_path.read_text())
+    return cast(dict[str, Any], json.loads(meta_path.read_text()))
 
 
 def _existing_shard(folder: Path, index: int) -> Path:
@@ -388,7 +399,7 @@ class Features:
     ids: list[str]
     features: torch.Tensor
     latlon: torch.Tensor
-    meta: dict
+    meta: dict[str, Any]
 
 
 def load_features(folder: str | Path) -> Features:

@@ -14,12 +14,13 @@ import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from .artifacts import (
     GALLERY_CACHE_GB,
@@ -31,6 +32,9 @@ from .artifacts import (
 from .encoders import geoclip_package_dir
 from .errors import GeoconceptError, require_file
 from .geo import valid_latlon
+
+if TYPE_CHECKING:
+    from .model import RetrievalHead
 
 # Column names that label files use as they ship (any case): Im2GPS/Im2GPS3k/YFCC4k's LAT, LON;
 # OSV-5M's latitude, longitude; GPS-prefixed exports.
@@ -56,7 +60,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 def find_column(df: pd.DataFrame, names: tuple[str, ...], what: str, path: str | Path) -> str:
     """The one column of ``df`` whose lower-cased name is in ``names``; two are ambiguous."""
-    found = [col for col in df.columns if str(col).lower() in names]
+    found: list[str] = [col for col in df.columns if str(col).lower() in names]
     if len(found) > 1:
         raise GeoconceptError(f"{path}: columns {' and '.join(map(str, found))} could each be "
                               f"the {what}; keep one (rename the others)")  # fmt: skip
@@ -71,7 +75,8 @@ def latlon_names(df: pd.DataFrame, path: str | Path) -> tuple[str, str]:
     return lat, find_column(df, LON_NAMES, "longitude", path)
 
 
-def latlon_columns(df: pd.DataFrame, path) -> tuple[np.ndarray, np.ndarray]:
+def latlon_columns(df: pd.DataFrame, path: str | Path
+                   ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:  # fmt: skip
     """Latitude and longitude as float arrays; non-numeric cells become NaN (invalid)."""
     cols = latlon_names(df, path)
     lat, lon = (pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64) for c in cols)
@@ -94,7 +99,7 @@ def load_gallery(path: str | Path | None = None) -> torch.Tensor:
 @torch.no_grad()
 def encode_locations(
     gps: torch.Tensor,
-    head: nn.Module,
+    head: RetrievalHead,
     batch_size: int = 8192,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
@@ -114,7 +119,7 @@ def encode_locations(
 
 def cached_gallery_embeddings(
     gps: torch.Tensor,
-    head: nn.Module,
+    head: RetrievalHead,
     cache_dir: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:

@@ -8,15 +8,18 @@ only for points right at a threshold.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 EARTH_RADIUS_KM = 6371.0088
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
 
 
-def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
+def haversine_km(lat1: npt.ArrayLike, lon1: npt.ArrayLike, lat2: npt.ArrayLike,
+                 lon2: npt.ArrayLike) -> npt.NDArray[np.float64]:  # fmt: skip
     """Great-circle distance in km between points given in degrees (numpy broadcasting)."""
     lat1, lon1, lat2, lon2 = (
         np.radians(np.asarray(a, dtype=np.float64)) for a in (lat1, lon1, lat2, lon2)
@@ -25,7 +28,8 @@ def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
         np.sin((lat2 - lat1) / 2) ** 2
         + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
     )
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    return cast(npt.NDArray[np.float64],  # numpy's stubs lose the dtype of a rebound argument
+                2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0))))
 
 
 def unit_vectors(latlon: torch.Tensor) -> torch.Tensor:
@@ -34,16 +38,18 @@ def unit_vectors(latlon: torch.Tensor) -> torch.Tensor:
     return torch.stack((lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()), dim=1)
 
 
-def accuracy_at_thresholds(dist_km: np.ndarray, thresholds=THRESHOLDS_KM) -> dict[str, float]:
+def accuracy_at_thresholds(dist_km: np.ndarray, thresholds: tuple[float, ...] = THRESHOLDS_KM
+                           ) -> dict[str, float]:  # fmt: skip
     """Percentage of distances within each threshold, keyed like '25km'."""
     dist_km = np.asarray(dist_km)
     return {f"{t}km": float(100.0 * np.mean(dist_km <= t)) for t in thresholds}
 
 
-def valid_latlon(lat, lon) -> np.ndarray:
+def valid_latlon(lat: npt.ArrayLike, lon: npt.ArrayLike) -> npt.NDArray[np.bool_]:
     """Mask of finite coordinates inside [-90, 90] x [-180, 180]."""
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-    return np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180)
+    return cast(npt.NDArray[np.bool_],  # numpy's stubs lose the dtype of a rebound argument
+                np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180))
 
 
 @lru_cache(maxsize=4096)

@@ -55,8 +55,7 @@ def _decode(source: Path | BinaryIO, name: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+                return _to_rgb(ImageOps.exif_transpose(img))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise GeoconceptError(
             f"{name}: image too large (over {Image.MAX_IMAGE_PIXELS:,} pixels); downscale it first"

@@ -13,6 +13,9 @@ photo shows, as ``explain`` names them):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -40,8 +43,8 @@ def _concepts_carrying(terms: torch.Tensor, share: float) -> int:
 @torch.no_grad()
 def explanation_metrics(
     predictor: Predictor, feats: torch.Tensor, m: int = 3, draws: int = 20,
-    photos: int = 200, seed: int = 0, progress=None,
-) -> dict:  # fmt: skip
+    photos: int = 200, seed: int = 0, progress: Callable[[int], object] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Deletion, insertion and sparsity of a concept-aware head's explanations, averaged over
     at most ``photos`` of ``feats`` (a seeded sample beyond that)."""
     head = predictor.head
@@ -91,7 +94,7 @@ def explanation_metrics(
     return summarize_explanations(rows, m, draws)
 
 
-def summarize_explanations(rows: list[dict], m: int, draws: int) -> dict:
+def summarize_explanations(rows: list[dict[str, Any]], m: int, draws: int) -> dict[str, Any]:
     """The averages ``evaluate --explanations`` reports (m and draws stated with them)."""
 
     def mean(key: str) -> float:

@@ -68,7 +68,8 @@ def median_sigma(z: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
         return _median_sq_distance(_sq_dists(torch.cat([z, loc]))).sqrt()
 
 
-def mmd2(z: torch.Tensor, loc: torch.Tensor, sigma: float | torch.Tensor | None = None):
+def mmd2(z: torch.Tensor, loc: torch.Tensor, sigma: float | torch.Tensor | None = None
+         ) -> torch.Tensor:  # fmt: skip
     """Gaussian-kernel MMD^2 between two samples; ``sigma=None`` uses the median heuristic.
 
     One pooled distance matrix K serves the bandwidth and all three kernel means, which are
@@ -92,7 +93,8 @@ def log_kernel_divergence(z: torch.Tensor, loc: torch.Tensor, sigma: float) -> t
     return -gamma * (zz + ll - 2 * zl)
 
 
-def mean_divergence(z: torch.Tensor, loc: torch.Tensor, sigma: float | None = None):
+def mean_divergence(z: torch.Tensor, loc: torch.Tensor, sigma: float | torch.Tensor | None = None
+                    ) -> torch.Tensor:  # fmt: skip
     """||mean(z) - mean(loc)||^2 / sigma^2 (sigma: median heuristic when None)."""
     sigma = median_sigma(z, loc) if sigma is None else torch.as_tensor(sigma, device=z.device)
     return (z.mean(0) - loc.mean(0)).pow(2).sum() / sigma**2

@@ -6,9 +6,13 @@ retrieval gallery is drawn over it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from matplotlib.collections import PathCollection
 
 MAP_SIZE_PX = (1400, 560)  # width, height of the PNG
 DPI = 100
@@ -18,8 +22,8 @@ CATEGORY_COLOURS = {"natural": "#1f77b4", "human": "#ff7f0e"}
 
 
 def render_map(
-    exp: dict, gallery_gps: torch.Tensor, path: str | Path, true_latlon=None,
-    heat: list[list[float]] | None = None,
+    exp: dict[str, Any], gallery_gps: torch.Tensor, path: str | Path,
+    true_latlon: tuple[float, float] | None = None, heat: list[list[float]] | None = None,
 ) -> Path:  # fmt: skip
     """Write the explanation's map and concept bars to ``path`` (PNG), atomically; ``heat``
     ([lat, lon, probability] rows) is drawn as the probability heatmap, on a log scale."""
@@ -42,11 +46,12 @@ def render_map(
         ax.scatter(gallery_gps[:, 1], gallery_gps[:, 0], s=3, c="#6f6f6f", linewidths=0,
                    rasterized=True, label=label)  # fmt: skip
     if heat:
-        lat, lon, prob = (np.asarray(v) for v in zip(*heat[::-1], strict=True))  # top on top
-        shown = ax.scatter(lon, lat, s=4, c=prob, cmap="inferno_r", linewidths=0, zorder=1.5,
-                           norm=LogNorm(vmin=prob.min(), vmax=max(prob.max(), prob.min() * 1.01)),
-                           rasterized=True)  # fmt: skip
-        fig.colorbar(shown, cax=fig.add_axes((0.64, 0.1, 0.008, 0.8)), label="probability")
+        rows = np.asarray(heat[::-1], dtype=np.float64)  # the most probable drawn last, on top
+        prob = rows[:, 2]
+        dots = ax.scatter(rows[:, 1], rows[:, 0], s=4, c=prob, cmap="inferno_r", linewidths=0,
+                          zorder=1.5, rasterized=True,
+                          norm=LogNorm(vmin=prob.min(), vmax=max(prob.max(), prob.min() * 1.01)))
+        fig.colorbar(dots, cax=fig.add_axes((0.64, 0.1, 0.008, 0.8)), label="probability")
     region = exp.get("region")
     if region and region["points"]:
         lat, lon = zip(*region["points"], strict=True)
@@ -70,7 +75,9 @@ def render_map(
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
     for handle in ax.legend(loc="lower left", fontsize=8).legend_handles:
-        handle.set_sizes([40])  # the key, not the top prediction's probability-sized marker
+        # the key, not the top prediction's probability-sized marker (every labelled artist
+        # here is a scatter, whose legend key is a PathCollection)
+        cast("PathCollection", handle).set_sizes([40])
     ax.set_title(f"{Path(exp['image']).name}  ({exp['mode']})", fontsize=9)
 
     bars = fig.add_axes((0.78, 0.1, 0.2, 0.8))
@@ -93,7 +100,7 @@ def render_map(
 
 
 def render_heatmap(scores: torch.Tensor, gallery_gps: torch.Tensor, path: str | Path,
-                   title: str, marks: list[dict] | None = None) -> Path:  # fmt: skip
+                   title: str, marks: list[dict[str, Any]] | None = None) -> Path:  # fmt: skip
     """A world map of one score per gallery point (probability or activation), brightest
     where it is highest, over the 100K-point world, with ``marks`` (lat, lon, place) named."""
     import matplotlib

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .geo import accuracy_at_thresholds
@@ -38,7 +40,7 @@ def distance_metrics(dist_km: np.ndarray) -> dict[str, float]:
             "n": int(len(d))}  # fmt: skip
 
 
-def per_continent(dist_km: np.ndarray, truth: Places) -> dict[str, dict]:
+def per_continent(dist_km: np.ndarray, truth: Places) -> dict[str, dict[str, float]]:
     """Accuracy at each threshold (%) and count, per continent of the true location."""
     out = {}
     for continent in sorted(set(truth.continent) - {""}):
@@ -47,7 +49,7 @@ def per_continent(dist_km: np.ndarray, truth: Places) -> dict[str, dict]:
     return out
 
 
-def location_metrics(dist_km: np.ndarray, truth: Places, pred: Places) -> dict:
+def location_metrics(dist_km: np.ndarray, truth: Places, pred: Places) -> dict[str, Any]:
     """Everything evaluate reports for one model that needs no probabilities."""
     matches = admin_matches(truth, pred)
     return {
@@ -57,7 +59,8 @@ def location_metrics(dist_km: np.ndarray, truth: Places, pred: Places) -> dict:
     }
 
 
-def reliability(confidence: np.ndarray, outcome: np.ndarray, bins: int = ECE_BINS) -> dict:
+def reliability(confidence: np.ndarray, outcome: np.ndarray, bins: int = ECE_BINS
+                ) -> dict[str, Any]:  # fmt: skip
     """Equal-width bins of confidence: per bin the mean confidence, the observed frequency and
     the count; ``ece`` is the count-weighted mean gap |frequency - confidence|."""
     conf = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)

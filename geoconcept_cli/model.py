@@ -17,12 +17,13 @@ per-concept terms s * a_img[c] * a_loc[c] / (|a_img| |a_loc|): the explanation o
 from __future__ import annotations
 
 import math
+from typing import TypeAlias, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import LocationEncoder, image_mlp, load_geoclip_head
+from .encoders import GeoCLIPHead, LocationEncoder, image_mlp, load_geoclip_head
 from .errors import GeoconceptError
 
 LOCATION_TRAINABLE = ("none", "partial", "all")
@@ -30,6 +31,8 @@ LOCATION_TRAINABLE = ("none", "partial", "all")
 
 class ConceptAwareHead(nn.Module):
     """GeoCLIP's image MLP and location encoder, projected onto a learnable concept basis."""
+
+    concept_embeddings: torch.Tensor  # a buffer (E), registered in __init__
 
     def __init__(self, concept_embeddings: torch.Tensor, clip_dim: int = 768):
         super().__init__()
@@ -78,11 +81,14 @@ class ConceptAwareHead(nn.Module):
     # positive scale) is skipped, and W_loc is folded into the basis, (W_loc l) B^T =
     # l (B W_loc)^T: one product over the GPS batch and queue instead of two. Training a step
     # is launch-bound on GPU and FLOP-bound on CPU; both counts drop.
-    def _image_activations(self, clip_features: torch.Tensor, basis: torch.Tensor):
+    def _image_activations(self, clip_features: torch.Tensor, basis: torch.Tensor
+                           ) -> torch.Tensor:  # fmt: skip
         return self._image_direction(clip_features) @ basis.T
 
-    def _location_activations(self, latlon: torch.Tensor, basis: torch.Tensor):
-        return self.location_encoder(latlon) @ (basis @ self.location_proj.weight).T
+    def _location_activations(self, latlon: torch.Tensor, basis: torch.Tensor
+                              ) -> torch.Tensor:  # fmt: skip
+        encoded = cast(torch.Tensor, self.location_encoder(latlon))  # Module calls return Any
+        return encoded @ (basis @ self.location_proj.weight).T
 
     def embed_images(self, clip_features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self._image_activations(clip_features, self.basis), dim=1)
@@ -90,12 +96,19 @@ class ConceptAwareHead(nn.Module):
     def embed_locations(self, latlon: torch.Tensor) -> torch.Tensor:
         return F.normalize(self._location_activations(latlon, self.basis), dim=1)
 
-    def embed(self, clip_features: torch.Tensor, latlon: torch.Tensor):
+    def embed(self, clip_features: torch.Tensor, latlon: torch.Tensor
+              ) -> tuple[torch.Tensor, ...]:  # fmt: skip
         """Both embeddings of a training step, normalised together."""
         basis = self.basis
         both = torch.cat([self._image_activations(clip_features, basis),
                           self._location_activations(latlon, basis)])  # fmt: skip
-        return F.normalize(both, dim=1).split([len(clip_features), len(latlon)])
+        parts = F.normalize(both, dim=1).split([len(clip_features), len(latlon)])
+        return cast(tuple[torch.Tensor, ...], parts)  # Tensor.split is unannotated
+
+
+# Any retrieval head: both offer embed_images, embed_locations, embed, logit_scale, image_mlp
+# and location_encoder, so the predictor, the gallery cache and the evaluator take either.
+RetrievalHead: TypeAlias = ConceptAwareHead | GeoCLIPHead
 
 
 def same_basis(embeddings: torch.Tensor, stored: torch.Tensor) -> bool:
@@ -104,7 +117,7 @@ def same_basis(embeddings: torch.Tensor, stored: torch.Tensor) -> bool:
     return unit.shape == stored.shape and torch.allclose(unit, stored, atol=1e-6)
 
 
-def init_from_geoclip(head: nn.Module) -> nn.Module:
+def init_from_geoclip(head: ConceptAwareHead) -> ConceptAwareHead:
     """Copy GeoCLIP's pretrained MLP, location encoder and logit scale into ``head``."""
     ref = load_geoclip_head()
     head.image_mlp.load_state_dict(ref.image_mlp.state_dict())
@@ -114,7 +127,7 @@ def init_from_geoclip(head: nn.Module) -> nn.Module:
     return head
 
 
-def set_location_trainable(head: nn.Module, mode: str) -> None:
+def set_location_trainable(head: RetrievalHead, mode: str) -> None:
     """Which location-encoder layers train: none, partial (each branch's last layers), all."""
     if mode not in LOCATION_TRAINABLE:
         raise GeoconceptError(f"--train-location must be one of {', '.join(LOCATION_TRAINABLE)}")
@@ -128,7 +141,7 @@ def set_location_trainable(head: nn.Module, mode: str) -> None:
             p.requires_grad_(mode == "all")
 
 
-def build_head(concept_embeddings: torch.Tensor | None) -> nn.Module:
+def build_head(concept_embeddings: torch.Tensor | None) -> RetrievalHead:
     """A GeoCLIP-initialised head: concept-aware with embeddings, plain GeoCLIP with None."""
     if concept_embeddings is None:
         return load_geoclip_head().train()

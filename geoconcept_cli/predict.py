@@ -6,12 +6,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch import nn
 
 from .calibration import (
     Calibration,
@@ -34,6 +34,9 @@ from .geo import place_name
 from .geocode import reverse_geocode
 from .images import load_image
 
+if TYPE_CHECKING:
+    from .model import RetrievalHead
+
 
 @dataclass
 class Candidate:
@@ -46,7 +49,7 @@ class Candidate:
     gallery_index: int
     place: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -56,7 +59,7 @@ class Predictor:
 
     def __init__(
         self,
-        head: nn.Module,
+        head: RetrievalHead,
         gallery_gps: torch.Tensor,
         gallery_emb: torch.Tensor,
         clip: ClipBackbone | None = None,
@@ -85,7 +88,7 @@ class Predictor:
         clip_model: str = DEFAULT_CLIP_MODEL,
         clip_pretrained: str = DEFAULT_CLIP_PRETRAINED,
         gallery: str | Path | None = None,
-        head: nn.Module | None = None,
+        head: RetrievalHead | None = None,
         cache_dir: str | Path | None = None,
         device: str = "cpu",
         progress: Callable[[int, int], None] | None = None,
@@ -166,7 +169,7 @@ class Predictor:
         return [[round(a, 5), round(b, 5), float(v)]
                 for (a, b), v in zip(gps, top.values.tolist(), strict=True)]  # fmt: skip
 
-    def calibration_note(self) -> dict:
+    def calibration_note(self) -> dict[str, Any]:
         """What the probabilities are: calibrated (by what) or not."""
         cal = self.calibration
         if cal is None:
@@ -177,7 +180,8 @@ class Predictor:
                         f"fitted on {cal.photos} photos)"}  # fmt: skip
 
     @torch.no_grad()
-    def regions(self, clip_features: torch.Tensor, max_points: int = 500) -> list[dict]:
+    def regions(self, clip_features: torch.Tensor, max_points: int = 500
+                ) -> list[dict[str, Any]]:  # fmt: skip
         """Each photo's conformal confidence region (needs a calibration): its coverage, area
         (km²), places, the countries it spans by probability mass, and its most probable
         points (at most ``max_points``, for a map)."""
@@ -207,12 +211,12 @@ class Predictor:
             })  # fmt: skip
         return out
 
-    def describe(self, path: str | Path, top_k: int = 5) -> dict:
+    def describe(self, path: str | Path, top_k: int = 5) -> dict[str, Any]:
         """Top-k candidates of one photo file, what their probabilities are and, for a
         calibrated model, the conformal region (JSON-able)."""
         return self.describe_features(self.image_features([load_image(path)]), top_k)
 
-    def describe_features(self, feats: torch.Tensor, top_k: int = 5) -> dict:
+    def describe_features(self, feats: torch.Tensor, top_k: int = 5) -> dict[str, Any]:
         """:meth:`describe` of one photo's CLIP features (1, D)."""
         probs, idx = self.topk(feats, top_k)
         out = {"predictions": [c.to_dict() for c in self.candidates(probs[0], idx[0])],
@@ -236,7 +240,7 @@ def load_run(
     cache_dir: str | Path | None = None,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[Predictor, dict]:
+) -> tuple[Predictor, dict[str, Any]]:
     """A predictor of a trained run (its head and calibration) or, without ``checkpoint``,
     of pretrained GeoCLIP, with the run's checkpoint dict ({} for GeoCLIP). A run trained on
     features of another CLIP is refused, naming the options that would match."""
@@ -244,7 +248,8 @@ def load_run(
     from .checkpoints import check_trained_on, load_head
     from .encoders import ClipId
 
-    head, ckpt = None, {}
+    head: RetrievalHead | None = None
+    ckpt: dict[str, Any] = {}
     if checkpoint:
         head, ckpt = load_head(checkpoint, device)
         check_trained_on(ckpt, ClipId.of(clip_model, clip_pretrained), checkpoint, hint=True)

@@ -13,9 +13,17 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from types import SimpleNamespace
+from typing import Any, cast
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 LOG_EVERY_S = 60.0
@@ -28,7 +36,7 @@ class _RateColumn(ProgressColumn):
         super().__init__()
         self.unit = unit
 
-    def render(self, task) -> Text:
+    def render(self, task: Task) -> Text:
         return Text(f"{task.speed:,.0f} {self.unit}/s" if task.speed else "")
 
 
@@ -38,14 +46,15 @@ class _LogLines:
     Rate and time left are measured from the first report, so work found done at the start
     (a resumed run reports its step at once) does not count as speed."""
 
-    def __init__(self, description: str, total: int, fields: str, unit: str, values: dict):
+    def __init__(self, description: str, total: int, fields: str, unit: str,
+                 values: dict[str, Any]):  # fmt: skip
         self.description, self.total, self.fields, self.unit = description, total, fields, unit
         self.values, self.done, self.last_tenth = values, 0, 0
         self.last_time = time.monotonic()
         self.base: tuple[int, float] | None = None  # (done, time) at the first report
 
     def update(self, advance: int = 0, *, completed: int | None = None,
-               total: int | None = None, **values) -> None:  # fmt: skip
+               total: int | None = None, **values: Any) -> None:  # fmt: skip
         self.done = completed if completed is not None else self.done + advance
         self.total = total if total is not None else self.total
         self.values.update(values)
@@ -62,6 +71,7 @@ class _LogLines:
             parts[0] += f"/{self.total:,} ({100 * self.done // self.total}%)"
         if self.fields:
             parts.append(self.fields.format(task=SimpleNamespace(fields=self.values)).strip())
+        assert self.base is not None  # set by update, which calls this
         done0, time0 = self.base
         rate = (self.done - done0) / (now - time0) if now > time0 else 0.0
         if self.unit and rate > 0:
@@ -101,5 +111,6 @@ def progress_bar(
     with Progress(TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.completed:,}/{task.total:,}"), TimeRemainingColumn(),
                   *extra, console=console, transient=True) as bar:  # fmt: skip
-        task = bar.add_task(description, total=total, **initial)
+        # the fields' names are not add_task's own parameters (start, completed, visible)
+        task = bar.add_task(description, total=total, **cast(dict[str, Any], initial))
         yield lambda n, **kw: bar.update(task, advance=n, **kw)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from .artifacts import atomic_path
 
 
-def plot_reliability(bins: dict[str, dict[str, dict]], model: str, folder: str | Path) -> Path:
+def plot_reliability(bins: dict[str, dict[str, dict[str, Any]]], model: str, folder: str | Path
+                     ) -> Path:  # fmt: skip
     """One PNG per model in ``folder``: a panel per event, a line per kind of probability
     (``bins[event][kind]`` as ``metrics.reliability`` returns), the diagonal for reference."""
     import matplotlib

@@ -17,8 +17,10 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +47,14 @@ from .encoders import ClipId, check_feature_dim
 from .errors import GeoconceptError
 from .features import feature_summary, load_features
 from .losses import DIVERGENCES, info_nce
-from .model import LOCATION_TRAINABLE, build_head, same_basis, set_location_trainable
+from .model import (
+    LOCATION_TRAINABLE,
+    ConceptAwareHead,
+    RetrievalHead,
+    build_head,
+    same_basis,
+    set_location_trainable,
+)
 
 KM_PER_DEGREE = 111.195
 
@@ -115,7 +124,7 @@ class TrainConfig:
         return total
 
 
-def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict | None:
+def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict[str, Any] | None:
     """Validate a run before any process starts; ``{"step", "done"}`` if it already finished.
 
     A checkpoint in ``--out`` is only continued with the same options, the same feature rows and
@@ -188,7 +197,7 @@ _COMPARED_BY_CONTENT = ("features", "out", "concepts", "log_every", "save_every"
 _OPTION_NAMES = {"lambda_div": "--lambda", "device": "--gpus"}
 
 
-def _changed_options(saved: dict, cfg: TrainConfig) -> list[str]:
+def _changed_options(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """Options of ``cfg`` that differ from a checkpoint's config (a missing key: its default)."""
     changed = [
         f"{_OPTION_NAMES.get(f.name, '--' + f.name.replace('_', '-'))} "
@@ -202,7 +211,7 @@ def _changed_options(saved: dict, cfg: TrainConfig) -> list[str]:
     return changed
 
 
-def features_identity(ids: list[str]) -> dict:
+def features_identity(ids: list[str]) -> dict[str, Any]:
     """What a resumed run checks its features against: the row count and a digest of the ids."""
     return {"rows": len(ids), "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
 
@@ -228,10 +237,10 @@ class GPSQueue:
         self.ptr = int((self.ptr + len(gps)) % size)
         self.count = min(size, self.count + len(gps))
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         return {"gps": self.gps.cpu(), "count": self.count, "ptr": self.ptr}
 
-    def load(self, state: dict) -> None:
+    def load(self, state: dict[str, Any]) -> None:
         gps = state["gps"].to(self.gps.device, copy=True)
         self.gps, self.count, self.ptr = gps, state["count"], state["ptr"]
 
@@ -253,18 +262,20 @@ def jitter(gps: torch.Tensor, metres: float, gen: torch.Generator) -> torch.Tens
 class _Forward(nn.Module):
     """One forward for DDP: image embeddings, batch GPS embeddings, queue GPS embeddings."""
 
-    def __init__(self, head: nn.Module):
+    def __init__(self, head: RetrievalHead):
         super().__init__()
         self.head = head
 
-    def forward(self, feats, gps, queue_gps):
+    def forward(self, feats: torch.Tensor, gps: torch.Tensor, queue_gps: torch.Tensor
+                ) -> tuple[torch.Tensor, ...]:  # fmt: skip
         img, loc = self.head.embed(feats, torch.cat([gps, queue_gps]))
         return img, *loc.split([len(gps), len(queue_gps)])
 
 
 def step_loss(
-    model: nn.Module, head: nn.Module, feats, gps, queue_gps, cfg: TrainConfig, info: DistInfo
-) -> tuple[torch.Tensor, dict]:
+    model: nn.Module, head: RetrievalHead, feats: torch.Tensor, gps: torch.Tensor,
+    queue_gps: torch.Tensor, cfg: TrainConfig, info: DistInfo,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
     """The training objective on this rank's share of one global batch."""
     img, loc, qemb = model(feats, gps, queue_gps)
     loc_all = all_gather_with_grad(loc, info)
@@ -277,11 +288,13 @@ def step_loss(
         loss = loss + cfg.lambda_div * div
         parts["divergence"] = div.detach()
     if cfg.concepts and cfg.delta_weight > 0:
+        assert isinstance(head, ConceptAwareHead)  # --concepts builds a concept-aware head
         loss = loss + cfg.delta_weight * head.delta.pow(2).sum()
     return loss, parts
 
 
-def prepare(head: nn.Module, cfg: TrainConfig, info: DistInfo):
+def prepare(head: RetrievalHead, cfg: TrainConfig, info: DistInfo
+            ) -> tuple[nn.Module, list[nn.Parameter], torch.optim.AdamW]:  # fmt: skip
     """The forward module (DDP-wrapped over several ranks), trainable parameters and AdamW."""
     set_location_trainable(head, cfg.train_location)
     params = [p for p in head.parameters() if p.requires_grad]
@@ -296,9 +309,10 @@ def prepare(head: nn.Module, cfg: TrainConfig, info: DistInfo):
 
 
 def optimisation_step(
-    model: nn.Module, head: nn.Module, opt, params: list, batch: tuple, cfg: TrainConfig,
+    model: nn.Module, head: RetrievalHead, opt: torch.optim.Optimizer,
+    params: list[nn.Parameter], batch: tuple[torch.Tensor, ...], cfg: TrainConfig,
     info: DistInfo,
-) -> tuple[torch.Tensor, dict]:  # fmt: skip
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
     """Forward (AMP on GPU), backward, clipping and the optimiser update on one batch.
 
     ``batch`` is this rank's (features, jittered GPS) and the jittered queue GPS, on any device.
@@ -340,8 +354,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def train(
-    cfg: TrainConfig, resume: bool = False, info: DistInfo | None = None, progress=None
-) -> dict:
+    cfg: TrainConfig, resume: bool = False, info: DistInfo | None = None,
+    progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Run (or, with ``resume``, continue) training; returns the last metrics. Every rank calls it.
 
     A finished run is not redone: a rerun returns at once with ``done`` set.
@@ -409,13 +424,14 @@ def train(
             )  # fmt: skip
             (out / LEGACY_NAME).unlink(missing_ok=True)  # converted: one checkpoint per run
 
-    last: dict = {}
+    last: dict[str, Any] = {}
     t0, seen = time.perf_counter(), 0
     order_epoch, order = -1, None
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order_epoch, order = epoch, epoch_order(n, cfg.seed, epoch).to(device)
+        assert order is not None  # drawn at the first step: order_epoch starts at -1
         idx = order[in_epoch * cfg.batch_size : (in_epoch + 1) * cfg.batch_size]
         gen = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)
         gps_global = jitter(latlon[idx], cfg.batch_noise_m, gen)
@@ -452,7 +468,9 @@ def train(
     return last
 
 
-def _load_training_state(ckpt: dict, opt, sched, queue: GPSQueue, source: Path | None) -> None:
+def _load_training_state(ckpt: dict[str, Any], opt: torch.optim.Optimizer,
+                         sched: torch.optim.lr_scheduler.LRScheduler, queue: GPSQueue,
+                         source: Path | None) -> None:  # fmt: skip
     """Optimizer, schedule and GPS queue of a resumed run; one line if they do not fit it."""
     try:
         opt.load_state_dict(ckpt["optimizer"])
@@ -465,7 +483,7 @@ def _load_training_state(ckpt: dict, opt, sched, queue: GPSQueue, source: Path |
         ) from None
 
 
-def train_worker(cfg: TrainConfig, resume: bool = False) -> dict:
+def train_worker(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Entry point of each training process (picklable for the elastic launcher)."""
     from .progress import progress_bar
 
@@ -475,7 +493,7 @@ def train_worker(cfg: TrainConfig, resume: bool = False) -> dict:
     fields = "{task.fields[loss]} {task.fields[rate]}"  # empty until the first log step
     with progress_bar("training", 1, fields, loss="", rate="") as bar:
 
-        def report(step: int, total: int, last: dict) -> None:
+        def report(step: int, total: int, last: dict[str, Any]) -> None:
             loss = f"loss {last['loss']:.4f}" if "loss" in last else ""
             rate = f"{last['samples_per_s']:,.0f} samples/s" if last else ""
             bar(0, completed=step, total=total, loss=loss, rate=rate)
@@ -483,7 +501,7 @@ def train_worker(cfg: TrainConfig, resume: bool = False) -> dict:
         return train(cfg, resume, info, report)
 
 
-def _metric_lines(path: Path) -> list[dict]:
+def _metric_lines(path: Path) -> list[dict[str, Any]]:
     """Decodable lines of a metrics.jsonl (a kill can leave the last one half-written)."""
     rows = []
     for line in path.read_text().splitlines() if path.is_file() else []:
@@ -494,7 +512,7 @@ def _metric_lines(path: Path) -> list[dict]:
     return rows
 
 
-def last_metrics(out: str | Path) -> dict:
+def last_metrics(out: str | Path) -> dict[str, Any]:
     """The last line of a run's metrics.jsonl ({} if none)."""
     rows = _metric_lines(Path(out) / "metrics.jsonl")
     return rows[-1] if rows else {}

@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .concepts.regions import country_and_continent
-from .model import ConceptAwareHead
+from .model import ConceptAwareHead, RetrievalHead
 
 COLOURS = {"image": "#1f77b4", "location": "#d62728", "concept": "#2ca02c"}
 
 
 @torch.no_grad()
-def latents(head: nn.Module, feats: torch.Tensor, latlon: torch.Tensor) -> dict[str, np.ndarray]:
+def latents(head: RetrievalHead, feats: torch.Tensor, latlon: torch.Tensor
+            ) -> dict[str, np.ndarray]:  # fmt: skip
     """Unit vectors of images, locations and (concept-aware) the basis, in one space."""
     if isinstance(head, ConceptAwareHead):
         return {"image": head.image_latent(feats).numpy(),
@@ -42,7 +42,8 @@ def modality_gap(z: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def plot_umap(
-    z: dict[str, np.ndarray], path: str | Path, latlon=None, by_continent: bool = False, seed=0
+    z: dict[str, np.ndarray], path: str | Path, latlon: torch.Tensor | None = None,
+    by_continent: bool = False, seed: int = 0,
 ) -> Path:
     """One UMAP of all vectors, coloured by modality (markers by continent if asked)."""
     import matplotlib

@@ -15,6 +15,10 @@ activation (concept modes) over their gallery points.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -32,30 +36,32 @@ ZERO_SHOT_NOTE = ("approximate: the text's CLIP embedding is scored as if it wer
 
 
 @torch.no_grad()
-def text_features(predictor: Predictor, text: str, templates=DEFAULT_TEMPLATES) -> torch.Tensor:
+def text_features(predictor: Predictor, text: str, templates: Sequence[str] = DEFAULT_TEMPLATES
+                  ) -> torch.Tensor:  # fmt: skip
     """(1, D) prompt-ensembled CLIP text embedding, at the mean norm of its unnormalised
     template embeddings (the MLP expects CLIP's scale, not unit vectors)."""
     if predictor.clip is None:
         raise GeoconceptError("a text query needs the CLIP backbone")
     raw = predictor.clip.encode_texts([t.format(text) for t in templates])
     unit = F.normalize(F.normalize(raw, dim=1).mean(0, keepdim=True), dim=1)  # as embed-concepts
-    return unit * raw.norm(dim=1).mean()
+    return unit * cast(torch.Tensor, raw.norm(dim=1)).mean()  # Tensor.norm is unannotated
 
 
 class Locator:
     """Answers `where` queries for one predictor, keeping what every query reuses: the
     gallery's countries and, for a concept-aware head, its concept activations."""
 
-    def __init__(self, predictor: Predictor, concepts: list[str] | None = None, progress=None):
+    def __init__(self, predictor: Predictor, concepts: list[str] | None = None,
+                 progress: Callable[[int, int], None] | None = None):  # fmt: skip
         self.predictor = predictor
         self.concepts = concepts if isinstance(predictor.head, ConceptAwareHead) else None
         self.plain_run = False  # a `train --concepts none` head: zero-shot, labelled so
         self.acts = None  # (N, k) every concept over the gallery, for the concept modes
-        if self.concepts is not None:
+        if self.concepts is not None and isinstance(predictor.head, ConceptAwareHead):
             latents = location_latents(predictor.head, predictor.gallery_gps, progress=progress)
             self.acts = latents @ predictor.head.basis.detach().cpu().T
 
-    def _places(self, scores: torch.Tensor, k: int) -> list[dict]:
+    def _places(self, scores: torch.Tensor, k: int) -> list[dict[str, Any]]:
         p = self.predictor
         rows = p.places.cpu()
         top = scores[rows].topk(min(k, len(rows)))
@@ -67,7 +73,7 @@ class Locator:
                         "gallery_index": int(i), "place": place_name(lat, lon)})  # fmt: skip
         return out
 
-    def _countries(self, scores: torch.Tensor, how: str, k: int) -> list[dict]:
+    def _countries(self, scores: torch.Tensor, how: str, k: int) -> list[dict[str, Any]]:
         series = pd.Series(scores.double().numpy(), index=self.predictor.gallery_countries)
         agg = series.groupby(level=0).sum() if how == "sum" else series.groupby(level=0).mean()
         agg = agg.drop(index="", errors="ignore").sort_values(ascending=False)
@@ -75,7 +81,7 @@ class Locator:
 
     @torch.no_grad()
     def where(self, text: str, top_k: int = 10, n_countries: int = 10
-              ) -> tuple[dict, torch.Tensor]:  # fmt: skip
+              ) -> tuple[dict[str, Any], torch.Tensor]:  # fmt: skip
         """Where ``text`` points: (JSON-able answer, (N,) score of every gallery row)."""
         text = text.strip()
         if not text:
@@ -89,6 +95,7 @@ class Locator:
                 note = "exact: the run's own location activation of this concept"
             else:
                 head = p.head
+                assert isinstance(head, ConceptAwareHead)  # self.acts: a concept-aware head
                 feats = text_features(p, text).to(head.delta.device)
                 weights = F.normalize(feats.float(), dim=1)[0] @ F.normalize(head.basis, dim=1).T
                 scores = self.acts @ weights.cpu()
@@ -108,9 +115,11 @@ class Locator:
 
 
 def load_locator(
-    checkpoint=None, clip_model: str = DEFAULT_CLIP_MODEL,
-    clip_pretrained: str = DEFAULT_CLIP_PRETRAINED, gallery=None, cache_dir=None,
-    device: str = "cpu", progress=None, concept_progress=None,
+    checkpoint: str | Path | None = None, clip_model: str = DEFAULT_CLIP_MODEL,
+    clip_pretrained: str = DEFAULT_CLIP_PRETRAINED, gallery: str | Path | None = None,
+    cache_dir: str | Path | None = None, device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    concept_progress: Callable[[int, int], None] | None = None,
 ) -> Locator:  # fmt: skip
     """A ready locator: pretrained GeoCLIP, or a run's head (a plain GeoCLIP run answers
     zero-shot, and says so). ``progress`` reports gallery encoding, ``concept_progress`` the

@@ -9,6 +9,7 @@ explain) does not import the network clients (openai, wikipedia-api, SPARQLWrapp
 """
 
 from importlib import import_module
+from typing import Any
 
 _EXPORTS = {
     "BuildReport": "build", "build_candidates": "build", "default_sources_cache": "build",
@@ -22,7 +23,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = import_module(f".{_EXPORTS[name]}", __name__)

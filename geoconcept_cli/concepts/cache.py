@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..artifacts import atomic_path
 from ..errors import GeoconceptError
@@ -47,7 +47,7 @@ class ResponseCache:
         """The stored response for this request, or None (an unreadable entry counts as none)."""
         path = self.path(service, request_key(service, endpoint, params))
         try:
-            return json.loads(path.read_text(encoding="utf-8"))["response"]
+            return cast(Response, json.loads(path.read_text(encoding="utf-8"))["response"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
 

@@ -10,8 +10,10 @@ another model or another concept set.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,18 +37,18 @@ class ConceptEmbeddings:
     """The basis E (k x d) with what made it."""
 
     embeddings: torch.Tensor
-    meta: dict
+    meta: dict[str, Any]
 
     @property
     def concepts(self) -> list[str]:
-        return self.meta["concepts"]
+        return cast(list[str], self.meta["concepts"])
 
 
 def sidecar(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def check_templates(templates) -> None:
+def check_templates(templates: Sequence[str]) -> None:
     """Each prompt template holds the concept once, as ``{}``: a template without it gives
     every concept the same embedding (a degenerate basis that trains to NaN)."""
     for t in templates:
@@ -57,8 +59,8 @@ def check_templates(templates) -> None:
 
 @torch.no_grad()
 def encode_concepts(
-    names: list[str], clip: ClipBackbone, templates=DEFAULT_TEMPLATES, batch_size: int = 256,
-    progress=None,
+    names: list[str], clip: ClipBackbone, templates: Sequence[str] = DEFAULT_TEMPLATES,
+    batch_size: int = 256, progress: Callable[[int], object] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Prompt-ensembled, L2-normalised text embeddings (k x d)."""
     out = []
@@ -77,8 +79,8 @@ def embed_concepts(
     concepts_path: str | Path,
     clip: ClipBackbone,
     out: str | Path,
-    templates=DEFAULT_TEMPLATES,
-    progress=None,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[ConceptEmbeddings, bool]:
     """Embed a concepts.parquet; returns (embeddings, computed). Skips work when unchanged."""
     df = load_concepts(concepts_path)
@@ -102,7 +104,8 @@ def embed_concepts(
     return ConceptEmbeddings(emb, meta), True
 
 
-def save_concept_embeddings(path: str | Path, embeddings: torch.Tensor, meta: dict) -> Path:
+def save_concept_embeddings(path: str | Path, embeddings: torch.Tensor, meta: dict[str, Any]
+                            ) -> Path:  # fmt: skip
     """Write the basis and its sidecar (the sidecar last: it marks the pair complete)."""
     path = Path(path).with_suffix(".safetensors")
     with atomic_path(path) as tmp:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import httpx
 
@@ -44,7 +44,8 @@ class RetryPolicy:
         """Seconds to wait after failed try number ``attempt`` (1-based)."""
         if retry_after is not None:
             return max(0.0, min(retry_after, self.max_retry_after))
-        return min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
+        # int ** int is typed Any (a negative exponent makes a float); attempt >= 1: an int
+        return cast(float, min(self.base_delay * 2 ** (attempt - 1), self.max_delay))
 
 
 def with_retries(fn: Callable[[], T], *, what: str, policy: RetryPolicy) -> T:

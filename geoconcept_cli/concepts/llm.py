@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import openai
 
@@ -187,7 +187,8 @@ class LLMConcepts:
             what=what,
         )
         try:
-            return json.loads(stored["body"])["choices"][0]["message"]["content"]
+            content = json.loads(stored["body"])["choices"][0]["message"]["content"]
+            return cast(str | None, content)  # the API's message content: a string or null
         except (ValueError, KeyError, IndexError, TypeError):
             return None
 

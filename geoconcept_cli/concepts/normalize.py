@@ -298,6 +298,7 @@ def normalize_candidates(
         name = normalize_name(c.concept)
         if not name or len(name) > 60 or name.count(" ") > 5:
             continue
+        typed: tuple[str, str] | None  # the source's type, else the keyword table's, if any
         typed = (c.category, c.subcategory)
         if not is_valid_type(*typed):
             typed = classify(name)

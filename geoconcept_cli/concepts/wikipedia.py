@@ -158,7 +158,7 @@ def fetch_article(wiki: wikipediaapi.Wikipedia, region: Region) -> Article | Non
 
 def sentences(text: str) -> list[str]:
     """Split text into sentences (per paragraph, on . ! ? followed by a capital or digit)."""
-    out = []
+    out: list[str] = []
     for paragraph in text.split("\n"):
         paragraph = _SPACE.sub(" ", paragraph).strip()
         if paragraph:

@@ -27,8 +27,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--device", default=default_device())
-    ap.add_argument("--images", type=Path, default=IM2GPS / "images",
-                    help="photo folder (default Im2GPS3k's); fewer than --n are repeated")
+    ap.add_argument(
+        "--images",
+        type=Path,
+        default=IM2GPS / "images",
+        help="photo folder (default Im2GPS3k's); fewer than --n are repeated",
+    )
     args = ap.parse_args()
     gpu = args.device.startswith("cuda")
     n = args.n or (3000 if gpu else 96)
@@ -72,8 +76,10 @@ def main() -> None:
     if gpu:
         torch.cuda.synchronize()
     bare = max(1, n // batch) * batch / (time.perf_counter() - t)
-    print(f"device {args.device}, {args.model}, batch {batch}, workers {workers}, {n} photos "
-          f"({len(set(files))} distinct)")
+    print(
+        f"device {args.device}, {args.model}, batch {batch}, workers {workers}, {n} photos "
+        f"({len(set(files))} distinct)"
+    )
     print(f"embed-images      : {ours:9.1f} images/s")
     print(f"bare CLIP forward : {bare:9.1f} images/s")
     print(f"ratio: {ours / bare:.2f}x  (target >= 0.9x)")

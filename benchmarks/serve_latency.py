@@ -114,8 +114,9 @@ def main() -> None:
     print(f"concurrent throughput  : {concurrent:8.2f} requests/s ({total} requests, "
           f"{args.clients} clients)")  # fmt: skip
     print(f"ratio HTTP / in-process p50 : {p50_http / p50_local:.3f}x  (target <= 1.15x)")
-    print(f"ratio {args.clients} clients / serial    : {concurrent / serial:.3f}x  "
-          "(target >= 1.0x)")
+    print(
+        f"ratio {args.clients} clients / serial    : {concurrent / serial:.3f}x  (target >= 1.0x)"
+    )
 
 
 if __name__ == "__main__":

@@ -171,8 +171,10 @@ def report_markdown(summary: dict[str, Any], run: str) -> str:
              "auroc_random_basis": "random basis, same size"}  # fmt: skip
     for col, label in names.items():
         lines.append(f"| {label} | {summary[col]['mean']:.3f} | {summary[col]['median']:.3f} |")
-    for title, key in (("Most grounded", "most_grounded"),
-                       ("Least grounded (candidates for the review file)", "least_grounded")):
+    for title, key in (
+        ("Most grounded", "most_grounded"),
+        ("Least grounded (candidates for the review file)", "least_grounded"),
+    ):
         lines += ["", f"## {title}", "", "| concept | category | regions | AUROC |",
                   "|---|---|---|---|"]  # fmt: skip
         lines += [f"| {r['concept']} | {r['category']} | {r['regions']} | {r['auroc']:.3f} |"

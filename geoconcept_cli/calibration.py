@@ -168,7 +168,8 @@ def pairs_within(tree: cKDTree, points: torch.Tensor, radius_km: float
     lists = tree.query_ball_point(unit_vectors(points).numpy(), chord)
     rows = np.repeat(np.arange(len(lists)), [len(x) for x in lists])
     cols: npt.NDArray[np.int64] | list[int] = (
-        np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else [])
+        np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else []
+    )
     return torch.from_numpy(rows), torch.as_tensor(cols, dtype=torch.int64)
 
 

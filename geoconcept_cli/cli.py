@@ -137,7 +137,8 @@ def _print_probabilities(result: dict[str, Any]) -> None:
             f"{region['coverage']:.0%} confidence region (true location within "
             f"{region['radius_km']:g} km of one of its places): {region['places']:,} places, "
             f"{region['area_km2']:,.0f} km²; countries by probability: {spans}",
-            highlight=False, soft_wrap=True,
+            highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -207,9 +208,7 @@ def explain(
     target: Annotated[
         Path, typer.Argument(help="A photo, or a folder / manifest (CSV/Parquet) for batch mode.")
     ],
-    checkpoint: Annotated[
-        Path | None, typer.Option(help=f"Trained run: {MODEL_PATHS}.")
-    ] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help=f"Trained run: {MODEL_PATHS}.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
     n_concepts: Annotated[int, typer.Option("--concepts-shown", min=1)] = 8,
     check: Annotated[bool, typer.Option("--check", help="Deletion test vs random.")] = False,
@@ -218,8 +217,8 @@ def explain(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     map_png: Annotated[Path | None, typer.Option("--map", help="Write a world map PNG.")] = None,
     true_lat: Annotated[
-        float | None, typer.Option(help="True latitude, for the map (default: the photo's EXIF "
-                                   "GPS, if any).")
+        float | None,
+        typer.Option(help="True latitude, for the map (default: the photo's EXIF GPS, if any)."),
     ] = None,  # fmt: skip
     true_lon: Annotated[float | None, typer.Option(help="True longitude, for the map.")] = None,
     out: Annotated[Path | None, typer.Option(help="Batch mode: results.parquet.")] = None,
@@ -288,8 +287,11 @@ def explain(
             from .maps import render_map
             from .service import probability_heat
 
-            truth = ((true_lat, true_lon) if true_lat is not None and true_lon is not None
-                     else photo_gps(target))
+            truth = (
+                (true_lat, true_lon)
+                if true_lat is not None and true_lon is not None
+                else photo_gps(target)
+            )
             render_map(exp, explainer.predictor.gallery_gps, map_png, truth,
                        probability_heat(explainer.predictor, feats))  # fmt: skip
         return
@@ -375,21 +377,31 @@ def serve(
         Path | None, typer.Option(help=f"Trained run: {MODEL_PATHS} (default: GeoCLIP).")
     ] = None,
     host: Annotated[
-        str, typer.Option(help="Address to bind. Anything but 127.0.0.1/localhost is "
-                          "reachable from other machines: set an --api-key.")
+        str,
+        typer.Option(
+            help="Address to bind. Anything but 127.0.0.1/localhost is "
+            "reachable from other machines: set an --api-key."
+        ),
     ] = "127.0.0.1",  # fmt: skip
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     api_key: Annotated[
-        str | None, typer.Option(envvar="GEOCONCEPT_API_KEY", show_envvar=True,
-                                 help="Require 'Authorization: Bearer KEY' on every endpoint "
-                                 "but /healthz and the page's static files.")
+        str | None,
+        typer.Option(
+            envvar="GEOCONCEPT_API_KEY",
+            show_envvar=True,
+            help="Require 'Authorization: Bearer KEY' on every endpoint "
+            "but /healthz and the page's static files.",
+        ),
     ] = None,  # fmt: skip
     max_upload_mb: Annotated[
         float, typer.Option(min=0.01, help="Largest photo upload accepted (413 above).")
     ] = 20.0,
     tiles: Annotated[
-        str | None, typer.Option(help="Optional map tile URL template for online users, e.g. "
-                                 "'https://tile.openstreetmap.org/{z}/{x}/{y}.png'.")
+        str | None,
+        typer.Option(
+            help="Optional map tile URL template for online users, e.g. "
+            "'https://tile.openstreetmap.org/{z}/{x}/{y}.png'."
+        ),
     ] = None,  # fmt: skip
     concepts: Annotated[
         Path | None, typer.Option(help="concepts.parquet (default: the shipped set).")
@@ -439,12 +451,16 @@ def atlas(
     checkpoint: Annotated[Path, typer.Option(help=f"Concept-aware run: {MODEL_PATHS}.")],
     out: Annotated[Path, typer.Option(help="Folder for atlas.parquet, grounding, maps.")],
     concepts: Annotated[
-        str | None, typer.Option(help="Concepts to map, comma-separated (default: the 6 best "
-                                 "and 6 worst grounded).")
+        str | None,
+        typer.Option(
+            help="Concepts to map, comma-separated (default: the 6 best and 6 worst grounded)."
+        ),
     ] = None,  # fmt: skip
     concept_set: Annotated[
-        Path | None, typer.Option(help="concepts.parquet with the region associations "
-                                  "(default: the shipped set).")
+        Path | None,
+        typer.Option(
+            help="concepts.parquet with the region associations (default: the shipped set)."
+        ),
     ] = None,  # fmt: skip
     gallery: Gallery = None,
     seed: Annotated[int, typer.Option(help="Seed of the random-basis control.")] = 0,
@@ -487,13 +503,17 @@ def atlas(
                                       out / "maps.png", result.grounding))  # fmt: skip
     s = result.summary
     if not s["with_regions"]:
-        warnings.warn("no concept of this run has region associations in the concept set: "
-                      "give --concept-set the concepts.parquet it was built from", stacklevel=1)
+        warnings.warn(
+            "no concept of this run has region associations in the concept set: "
+            "give --concept-set the concepts.parquet it was built from",
+            stacklevel=1,
+        )
     stdout.print(
         f"grounding AUROC over {s['with_regions']} of {s['concepts']} concepts with regions: "
         f"trained {s['auroc']['mean']:.3f} (median {s['auroc']['median']:.3f}), step 0 "
         f"{s['auroc_step0']['mean']:.3f}, random basis {s['auroc_random_basis']['mean']:.3f}",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )
     stdout.print("wrote " + ", ".join(map(str, paths)), highlight=False, soft_wrap=True)
 
@@ -688,8 +708,10 @@ def embed_images_cmd(
 
 
 @app.command()
-@cli_command(on_interrupt="rerun the same command with --resume to continue from the last "
-             "checkpoint (written every --save-every steps and at each epoch end)")
+@cli_command(
+    on_interrupt="rerun the same command with --resume to continue from the last "
+    "checkpoint (written every --save-every steps and at each epoch end)"
+)
 def train(
     features: Annotated[Path, typer.Argument(help="Feature folder from embed-images.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint, config, metrics.")],
@@ -783,8 +805,11 @@ def evaluate(
         Path | None, typer.Option(help="Folder for reliability diagrams (PNG, one per model).")
     ] = None,
     explanations: Annotated[
-        bool, typer.Option("--explanations", help="Also measure concept-aware models' "
-                           "explanations: deletion, insertion, sparsity.")
+        bool,
+        typer.Option(
+            "--explanations",
+            help="Also measure concept-aware models' explanations: deletion, insertion, sparsity.",
+        ),
     ] = False,
     m: Annotated[int, typer.Option(min=1, help="--explanations: concepts per explanation.")] = 3,
     draws: Annotated[
@@ -843,8 +868,11 @@ def evaluate(
 @cli_command
 def calibrate(
     features: Annotated[
-        Path, typer.Argument(help="Calibration feature folder from embed-images: held-out "
-                             "photos with GPS, not the test set.")
+        Path,
+        typer.Argument(
+            help="Calibration feature folder from embed-images: held-out "
+            "photos with GPS, not the test set."
+        ),
     ],
     checkpoints: Annotated[
         list[Path] | None, typer.Argument(help=f"Trained runs, each a {MODEL_PATHS}.")
@@ -885,7 +913,8 @@ def calibrate(
             f"{name}: temperature {cal.temperature:.3g} (NLL {cal.nll_before:.3f} -> "
             f"{cal.nll_after:.3f} on {cal.photos} photos); {1 - alpha:.0%} region within "
             f"{radius_km:g} km: mass threshold {cal.threshold:.4g} -> {files[name]}",
-            highlight=False, soft_wrap=True,
+            highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -934,8 +963,11 @@ def ablate(
 @cli_command
 def downstream(
     table: Annotated[
-        Path, typer.Argument(help="CSV/Parquet with latitude, longitude, target (or, with "
-                             "--preset, the downstream data folder).")
+        Path,
+        typer.Argument(
+            help="CSV/Parquet with latitude, longitude, target (or, with "
+            "--preset, the downstream data folder)."
+        ),
     ],
     target: Annotated[str | None, typer.Option(help="Target column.")] = None,
     preset: Annotated[
@@ -1025,8 +1057,11 @@ def export(
     ],
     evaluation: Annotated[
         Path | None,
-        typer.Option("--eval", help="evaluate --json-out file with this run's figures "
-                     "(default: eval.json in or beside the run, if it names the run)."),
+        typer.Option(
+            "--eval",
+            help="evaluate --json-out file with this run's figures "
+            "(default: eval.json in or beside the run, if it names the run).",
+        ),
     ] = None,  # fmt: skip
 ) -> None:
     """Export a trained run as a model folder to share, with a model card.

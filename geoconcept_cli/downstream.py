@@ -162,8 +162,10 @@ def parse_numbers(values: pd.Series) -> npt.NDArray[np.float64]:
     if pd.api.types.is_numeric_dtype(values):
         return cast(npt.NDArray[np.float64], values.to_numpy(dtype=np.float64, na_value=np.nan))
     text = values.astype("string").str.strip().str.replace(_THOUSANDS, "", regex=True)
-    return cast(npt.NDArray[np.float64],
-                pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan))
+    return cast(
+        npt.NDArray[np.float64],
+        pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan),
+    )
 
 
 def _column(df: pd.DataFrame, name: str, what: str, source: str) -> str:

@@ -250,7 +250,9 @@ def _prediction_rows(name: str, ids: list[str], truth: np.ndarray, pred: np.ndar
 
 
 def heads_to_evaluate(
-    checkpoints: Sequence[str | Path], geoclip: bool = True, device: str | torch.device = "cpu",
+    checkpoints: Sequence[str | Path],
+    geoclip: bool = True,
+    device: str | torch.device = "cpu",
     features_meta: dict[str, Any] | None = None,
 ) -> dict[str, RetrievalHead]:
     """GeoCLIP's pretrained head (optional) and each checkpoint's, keyed by a display name.
@@ -299,8 +301,13 @@ def markdown_table(result: dict[str, Any]) -> str:
                            ("mean_km", "geoscore", "country", "region", "city"))  # fmt: skip
         lines.append(f"| {name} | {cells} | {r['median_km']:.1f} | {extra} |")
     if any(r.get("per_continent") for r in models.values()):
-        lines += ["", "| model | continent | n | " + " | ".join(
-            f"{t} km" for t in result["thresholds_km"]) + " |", "|---" * (len(cols) + 3) + "|"]
+        lines += [
+            "",
+            "| model | continent | n | "
+            + " | ".join(f"{t} km" for t in result["thresholds_km"])
+            + " |",
+            "|---" * (len(cols) + 3) + "|",
+        ]
         for name, r in models.items():
             for continent, c in r.get("per_continent", {}).items():
                 cells = " | ".join(f"{c[k]:.1f}" for k in cols)

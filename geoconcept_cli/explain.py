@@ -169,8 +169,13 @@ class Explainer:
         p = self.predictor
         probs, idx = p.topk(feats, max(top_k, 200))
         cands = p.candidates(probs[0, :top_k], idx[0, :top_k])
-        mode = "concept-aware checkpoint" if self.concept_aware else (
-            "GeoCLIP checkpoint, zero-shot concepts" if self.retrained_geoclip else "zero-shot")
+        mode = (
+            "concept-aware checkpoint"
+            if self.concept_aware
+            else (
+                "GeoCLIP checkpoint, zero-shot concepts" if self.retrained_geoclip else "zero-shot"
+            )
+        )
         out: dict[str, Any] = {"mode": mode, "predictions": [c.to_dict() for c in cands],
                                "spread": spread_km(cands),
                                "probabilities": p.calibration_note()}  # fmt: skip

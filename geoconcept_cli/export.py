@@ -293,10 +293,12 @@ def model_card(config: dict[str, Any], name: str) -> str:
 def _calibration_line(cal: dict[str, Any] | None) -> str:
     if not cal:
         return "The probabilities are uncalibrated (`geoconcept calibrate` fits them)."
-    return (f"The probabilities are calibrated (temperature {cal['temperature']:.3g}, fitted "
-            f"on {cal['photos']} held-out photos), and each prediction comes with a "
-            f"{1 - cal['alpha']:.0%} confidence region (the truth within {cal['radius_km']:g} "
-            "km of one of its places), for photos like the calibration ones.")
+    return (
+        f"The probabilities are calibrated (temperature {cal['temperature']:.3g}, fitted "
+        f"on {cal['photos']} held-out photos), and each prediction comes with a "
+        f"{1 - cal['alpha']:.0%} confidence region (the truth within {cal['radius_km']:g} "
+        "km of one of its places), for photos like the calibration ones."
+    )
 
 
 def _training_lines(config: dict[str, Any], training: dict[str, Any]) -> list[str]:
@@ -320,8 +322,10 @@ def _training_lines(config: dict[str, Any], training: dict[str, Any]) -> list[st
 
 def _evaluation_lines(evaluation: dict[str, Any] | None) -> list[str]:
     if not evaluation:
-        return ["No evaluation was found beside the run. `geoconcept evaluate FEATURES RUN "
-                "--json-out RUN/eval.json`, then export again, adds the figures here."]
+        return [
+            "No evaluation was found beside the run. `geoconcept evaluate FEATURES RUN "
+            "--json-out RUN/eval.json`, then export again, adds the figures here."
+        ]
     rows = {"this model": evaluation["model"], **evaluation.get("baselines", {})}
     if evaluation.get("ceiling"):
         rows["gallery ceiling"] = evaluation["ceiling"]
@@ -334,4 +338,3 @@ def _evaluation_lines(evaluation: dict[str, Any] | None) -> list[str]:
         median = f"{r['median_km']:.1f}" if "median_km" in r else ""
         lines.append(f"| {name} | {cells} | {median} |")
     return lines
-

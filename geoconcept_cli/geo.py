@@ -28,8 +28,10 @@ def haversine_km(lat1: npt.ArrayLike, lon1: npt.ArrayLike, lat2: npt.ArrayLike,
         np.sin((lat2 - lat1) / 2) ** 2
         + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
     )
-    return cast(npt.NDArray[np.float64],  # numpy's stubs lose the dtype of a rebound argument
-                2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0))))
+    return cast(
+        npt.NDArray[np.float64],  # numpy's stubs lose the dtype of a rebound argument
+        2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0))),
+    )
 
 
 def unit_vectors(latlon: torch.Tensor) -> torch.Tensor:
@@ -48,8 +50,10 @@ def accuracy_at_thresholds(dist_km: np.ndarray, thresholds: tuple[float, ...] = 
 def valid_latlon(lat: npt.ArrayLike, lon: npt.ArrayLike) -> npt.NDArray[np.bool_]:
     """Mask of finite coordinates inside [-90, 90] x [-180, 180]."""
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-    return cast(npt.NDArray[np.bool_],  # numpy's stubs lose the dtype of a rebound argument
-                np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180))
+    return cast(
+        npt.NDArray[np.bool_],  # numpy's stubs lose the dtype of a rebound argument
+        np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180),
+    )
 
 
 @lru_cache(maxsize=4096)
@@ -60,4 +64,3 @@ def place_name(lat: float, lon: float) -> str:
     hit = reverse_geocode.get((lat, lon))
     parts = [hit.get("city"), hit.get("state"), hit.get("country_code")]
     return ", ".join(p for p in parts if p)
-

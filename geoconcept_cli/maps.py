@@ -48,17 +48,27 @@ def render_map(
     if heat:
         rows = np.asarray(heat[::-1], dtype=np.float64)  # the most probable drawn last, on top
         prob = rows[:, 2]
-        dots = ax.scatter(rows[:, 1], rows[:, 0], s=4, c=prob, cmap="inferno_r", linewidths=0,
-                          zorder=1.5, rasterized=True,
-                          norm=LogNorm(vmin=prob.min(), vmax=max(prob.max(), prob.min() * 1.01)))
+        dots = ax.scatter(
+            rows[:, 1],
+            rows[:, 0],
+            s=4,
+            c=prob,
+            cmap="inferno_r",
+            linewidths=0,
+            zorder=1.5,
+            rasterized=True,
+            norm=LogNorm(vmin=prob.min(), vmax=max(prob.max(), prob.min() * 1.01)),
+        )
         fig.colorbar(dots, cax=fig.add_axes((0.64, 0.1, 0.008, 0.8)), label="probability")
     region = exp.get("region")
     if region and region["points"]:
         lat, lon = zip(*region["points"], strict=True)
         shown = len(region["points"])
-        label = (f"{region['coverage']:.0%} region ({region['area_km2']:.3g} km², "
-                 f"{region['places']:,} places" + (f"; the {shown} most probable drawn)"
-                                                   if shown < region["places"] else ")"))
+        label = (
+            f"{region['coverage']:.0%} region ({region['area_km2']:.3g} km², "
+            f"{region['places']:,} places"
+            + (f"; the {shown} most probable drawn)" if shown < region["places"] else ")")
+        )
         ax.scatter(lon, lat, s=4, c="#ff9f1c", linewidths=0, zorder=2, label=label)
     preds = exp["predictions"]
     ax.scatter([p["lon"] for p in preds], [p["lat"] for p in preds],

@@ -72,4 +72,3 @@ def reliability(confidence: np.ndarray, outcome: np.ndarray, bins: int = ECE_BIN
     ece = float((count * np.abs(freq - mean_conf)).sum() / max(len(conf), 1))
     return {"ece": ece, "confidence": mean_conf.tolist(), "frequency": freq.tolist(),
             "count": count.tolist()}  # fmt: skip
-

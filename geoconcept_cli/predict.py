@@ -173,8 +173,10 @@ class Predictor:
         """What the probabilities are: calibrated (by what) or not."""
         cal = self.calibration
         if cal is None:
-            return {"calibrated": False,
-                    "note": "probabilities uncalibrated (geoconcept calibrate fits them)"}
+            return {
+                "calibrated": False,
+                "note": "probabilities uncalibrated (geoconcept calibrate fits them)",
+            }
         return {"calibrated": True, "temperature": cal.temperature, "photos": cal.photos,
                 "note": f"probabilities calibrated (temperature {cal.temperature:.3g}, "
                         f"fitted on {cal.photos} photos)"}  # fmt: skip

@@ -100,8 +100,12 @@ class GeoService:
         """``geoconcept explain --json`` of one photo, plus its map."""
         feats = self._features(photo)
         with self._lock:
-            out = {"image": photo.name, **self.explainer.explain_features(
-                feats, top_k=top_k, n_concepts=n_concepts, check=check, m=m, draws=draws)}
+            out = {
+                "image": photo.name,
+                **self.explainer.explain_features(
+                    feats, top_k=top_k, n_concepts=n_concepts, check=check, m=m, draws=draws
+                ),
+            }
             out["map"] = self._map(feats, out, photo)
         return out
 
@@ -122,8 +126,12 @@ class GeoService:
         truth = photo_gps(photo.data)
         if truth is not None:
             top = answer["predictions"][0]
-            out["truth"] = {"lat": truth[0], "lon": truth[1], "place": place_name(*truth),
-                            "error_km": float(haversine_km(top["lat"], top["lon"], *truth))}
+            out["truth"] = {
+                "lat": truth[0],
+                "lon": truth[1],
+                "place": place_name(*truth),
+                "error_km": float(haversine_km(top["lat"], top["lon"], *truth)),
+            }
         return out
 
 
@@ -139,4 +147,3 @@ def _names(points: list[list[float]]) -> list[str]:
         return []
     city = reverse_geocode(np.asarray([p[:2] for p in points])).city
     return [", ".join(reversed([part for part in c.split("/") if part])) for c in city]
-

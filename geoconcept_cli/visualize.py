@@ -42,8 +42,11 @@ def modality_gap(z: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def plot_umap(
-    z: dict[str, np.ndarray], path: str | Path, latlon: torch.Tensor | None = None,
-    by_continent: bool = False, seed: int = 0,
+    z: dict[str, np.ndarray],
+    path: str | Path,
+    latlon: torch.Tensor | None = None,
+    by_continent: bool = False,
+    seed: int = 0,
 ) -> Path:
     """One UMAP of all vectors, coloured by modality (markers by continent if asked)."""
     import matplotlib

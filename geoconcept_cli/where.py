@@ -100,14 +100,19 @@ class Locator:
                 weights = F.normalize(feats.float(), dim=1)[0] @ F.normalize(head.basis, dim=1).T
                 scores = self.acts @ weights.cpu()
                 mode = "projected onto the concept basis"
-                note = (f"not a concept of this run: its similarity to each of the "
-                        f"{len(self.concepts)} concepts weights their activations")
+                note = (
+                    f"not a concept of this run: its similarity to each of the "
+                    f"{len(self.concepts)} concepts weights their activations"
+                )
             return {"query": text, "mode": mode, "note": note, "score": "activation",
                     "places": self._places(scores, top_k),
                     "countries": self._countries(scores, "mean", n_countries)}, scores  # fmt: skip
         scores = p.probabilities(text_features(p, text))[0].cpu()
-        note = ("a plain GeoCLIP run (train --concepts none) has no concept axes; "
-                if self.plain_run else "") + ZERO_SHOT_NOTE
+        note = (
+            "a plain GeoCLIP run (train --concepts none) has no concept axes; "
+            if self.plain_run
+            else ""
+        ) + ZERO_SHOT_NOTE
         return {"query": text, "mode": "zero-shot text as image", "note": note,
                 "score": "probability", "probabilities": p.calibration_note(),
                 "places": self._places(scores, top_k),

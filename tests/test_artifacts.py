@@ -52,4 +52,6 @@ def test_artifacts_get_ordinary_permissions_whoever_writes_them(tmp_path):
     finally:
         os.umask(umask)
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {
-        "t.safetensors": "0o644", "m.json": "0o644"}
+        "t.safetensors": "0o644",
+        "m.json": "0o644",
+    }

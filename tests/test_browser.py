@@ -103,7 +103,8 @@ def test_page_locates_and_explains_an_uploaded_photo(browser, base_url, tmp_path
         "const c = document.getElementById('map'), r = c.getBoundingClientRect();"
         "const h = window.geoconcept.hits().find(h => h.label.startsWith('#1 '));"
         "return [h.x * r.width / c.width - r.width / 2, h.y * r.height / c.height - r.height / 2,"
-        " h.label];")
+        " h.label];"
+    )
     ActionChains(browser).move_to_element_with_offset(canvas, hit[0], hit[1]).perform()
     tip = browser.find_element(By.ID, "tooltip")
     wait_for(browser, lambda d: tip.is_displayed(), timeout=10)

@@ -207,15 +207,20 @@ def test_the_model_card_names_data_and_figures(world, tmp_path):
     res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "model")])
     assert res.exit_code == 0, res.output
     assert "other files" in _one_line_error(
-        runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "runs")]))
+        runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "runs")])
+    )
     hub = tmp_path / "hub_model"  # a folder that merely looks like an export
     hub.mkdir()
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         (hub / name).write_text("{}")
     assert "other files" in _one_line_error(
-        runner.invoke(app, ["export", str(run), "--out", str(hub)]))
-    assert sorted(p.name for p in hub.iterdir()) == ["config.json", "model.safetensors",
-                                                     "tokenizer.json"]
+        runner.invoke(app, ["export", str(run), "--out", str(hub)])
+    )
+    assert sorted(p.name for p in hub.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
     assert "no figures for" in _one_line_error(runner.invoke(app, [
         "export", str(world["run"]), "--out", str(tmp_path / "m2"), "--eval",
         str(run.parent / "eval.json")]))  # fmt: skip
@@ -248,8 +253,11 @@ def test_malformed_checkpoints_and_bundles_are_one_line_errors(world, photo, tmp
                     model={k: v for k, v in model.items() if k != "delta"})  # fmt: skip
     checkpoint_case("shape", "of another shape (e.g. image_mlp.0.weight: (768, 700)",
                     model={**model, "image_mlp.0.weight": torch.zeros(768, 700)})  # fmt: skip
-    checkpoint_case("nan", "not finite numbers",
-                    model={**model, "delta": torch.full_like(model["delta"], float("nan"))})
+    checkpoint_case(
+        "nan",
+        "not finite numbers",
+        model={**model, "delta": torch.full_like(model["delta"], float("nan"))},
+    )
     checkpoint_case("names", "concept list does not match its 40 concept weights",
                     concepts={k: v[:-1] for k, v in ckpt["concepts"].items()})  # fmt: skip
 
@@ -293,8 +301,11 @@ def test_malformed_checkpoints_and_bundles_are_one_line_errors(world, photo, tmp
     cases["bundle version"] = (version, "model format geoconcept-model/2, but this geoconcept")
     backbone = _bundle(world, tmp_path, "b_backbone")
     _edit_json(backbone / "config.json", clip={"model": "ViT-B-32", "pretrained": "openai"})
-    cases["bundle backbone"] = (backbone, "was trained on features of CLIP ViT-B-32 (openai), "
-                                          "not tiny-clip-768 (none); pass --clip-model ViT-B-32")
+    cases["bundle backbone"] = (
+        backbone,
+        "was trained on features of CLIP ViT-B-32 (openai), "
+        "not tiny-clip-768 (none); pass --clip-model ViT-B-32",
+    )
     typed = _bundle(world, tmp_path, "b_types")
     _edit_json(typed / "config.json", total_steps="x", features=[1])
     cases["bundle field types"] = (typed, "damaged checkpoint (kind, weights, config, steps")
@@ -303,8 +314,19 @@ def test_malformed_checkpoints_and_bundles_are_one_line_errors(world, photo, tmp
     cases["bundle config"] = (no_json, "config.json: not valid JSON")
 
     for name, (path, message) in cases.items():
-        res = runner.invoke(app, ["explain", str(photo), "--checkpoint", str(path),
-                                  "--clip-model", tiny_clip, "--clip-pretrained", "none"])
+        res = runner.invoke(
+            app,
+            [
+                "explain",
+                str(photo),
+                "--checkpoint",
+                str(path),
+                "--clip-model",
+                tiny_clip,
+                "--clip-pretrained",
+                "none",
+            ],
+        )
         line = _one_line_error(res)
         assert message in line, (name, line)
 

@@ -101,7 +101,8 @@ def test_faithfulness_needs_more_than_beating_the_random_mean():
     assert faithfulness(6.0, 7, drops, ranks)["faithful"]  # beats every draw, rank 7 >= 2
     # the score falls most, yet random removals push the place further down: not faithful
     assert faithfulness(6.0, 3, drops, [10] * 20)["unmet"] == [
-        "the place stays higher in the ranking than under the median draw"]
+        "the place stays higher in the ranking than under the median draw"
+    ]
     assert faithfulness(6.0, 10, drops, [10] * 20)["faithful"]
     # removing the explanation raises the score, random removals raise it more: not faithful
     assert faithfulness(-0.5, 7, [-1.0] * 20, ranks)["unmet"] == ["the score does not fall"]
@@ -172,8 +173,11 @@ def test_map_draws_the_world_whatever_the_retrieval_gallery(tmp_path):
 def test_map_draws_the_probability_heatmap(tmp_path):
     from geoconcept_cli.gallery import load_gallery
 
-    exp = {"image": "x.jpg", "mode": "zero-shot",
-           "predictions": [{"lat": 48.8, "lon": 2.3, "prob": 0.5, "place": "Paris"}]}
+    exp = {
+        "image": "x.jpg",
+        "mode": "zero-shot",
+        "predictions": [{"lat": 48.8, "lon": 2.3, "prob": 0.5, "place": "Paris"}],
+    }
     rng = np.random.default_rng(0)  # 300 points around Nairobi, far from the prediction
     heat = [[-1.3 + rng.normal(0, 3), 36.8 + rng.normal(0, 3), float(p)]
             for p in np.sort(rng.uniform(1e-5, 1e-2, 300))[::-1]]  # fmt: skip
@@ -203,7 +207,7 @@ def test_cli_map_marks_the_exif_location(tmp_path, run_dir, tiny_clip, small_gal
     ])  # fmt: skip
     assert res.exit_code == 0, res.output
     px = np.asarray(Image.open(tmp_path / "m.png").convert("RGB")).astype(int)
-    star = (np.abs(px - [44, 160, 44]).max(axis=2) <= 10)  # the true-location marker
+    star = np.abs(px - [44, 160, 44]).max(axis=2) <= 10  # the true-location marker
     ys, xs = np.nonzero(star)
     assert len(xs) > 30
     # Sydney: 151.2 E, 33.9 S on the map axes (x from 0.05 to 0.63 of the width)
@@ -214,8 +218,9 @@ def test_cli_map_marks_the_exif_location(tmp_path, run_dir, tiny_clip, small_gal
 
 def test_cli_checkpoint_options_name_the_fix(tiny_clip, small_gallery, run_dir):
     photo = sorted(shared_data("im2gps3k", "images").iterdir())[1]
-    res = runner.invoke(app, ["explain", str(photo), "--checkpoint", str(run_dir),
-                              "--gallery", str(small_gallery)])  # default CLIP: ViT-L-14 (openai)
+    res = runner.invoke(
+        app, ["explain", str(photo), "--checkpoint", str(run_dir), "--gallery", str(small_gallery)]
+    )  # default CLIP: ViT-L-14 (openai)
     assert res.exit_code == 2
     assert "pass --clip-model tiny-clip-768 --clip-pretrained none" in res.stderr
     res = runner.invoke(app, ["explain", str(photo), "--checkpoint", str(run_dir), "--concepts",

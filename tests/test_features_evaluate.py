@@ -126,12 +126,34 @@ def test_features_of_another_model_are_refused(manifest, tmp_path, tiny_clip):
                               "--clip-pretrained", "none"])  # fmt: skip
     assert res.exit_code == 2 and "feats holds features of CLIP tiny-clip-768 (none), not " \
         "other-768 (none); use a new folder" in res.stderr  # fmt: skip
-    res = runner.invoke(app, ["embed-images", str(manifest), "--out", str(tmp_path / "b32"),
-                              "--clip-model", "ViT-B-32", "--clip-pretrained", "none"])
+    res = runner.invoke(
+        app,
+        [
+            "embed-images",
+            str(manifest),
+            "--out",
+            str(tmp_path / "b32"),
+            "--clip-model",
+            "ViT-B-32",
+            "--clip-pretrained",
+            "none",
+        ],
+    )
     assert res.exit_code == 2 and "512-d image features, but GeoCLIP's" in res.stderr
     assert not (tmp_path / "b32").exists()
-    res = runner.invoke(app, ["embed-images", str(manifest), "--out", str(out), "--clip-model",
-                              tiny_clip, "--clip-pretrained", "none"])  # default shard size
+    res = runner.invoke(
+        app,
+        [
+            "embed-images",
+            str(manifest),
+            "--out",
+            str(out),
+            "--clip-model",
+            tiny_clip,
+            "--clip-pretrained",
+            "none",
+        ],
+    )  # default shard size
     assert res.exit_code == 2 and "embedded with --shard-size 8; repeat it" in res.stderr
 
 
@@ -162,9 +184,7 @@ def test_a_model_config_of_the_same_name_but_other_content_is_another_model(
                      ClipId.of(str(twin), "none"), "run")  # fmt: skip
 
 
-def test_embed_concepts_skips_when_unchanged_and_refuses_mismatch(
-    tmp_path, tiny_clip, monkeypatch
-):
+def test_embed_concepts_skips_when_unchanged_and_refuses_mismatch(tmp_path, tiny_clip, monkeypatch):
     from geoconcept_cli.concepts.embed import load_concept_embeddings
 
     monkeypatch.chdir(tmp_path)  # the shipped concept set is found from any folder

@@ -176,9 +176,23 @@ def test_embed_images_says_which_columns_it_used(tmp_path, tiny_clip):
     _photos(tmp_path / "img", ["1234567890.jpg"])
     (tmp_path / "test.csv").write_text("id,latitude,longitude,lon_bin,lat_bin,country\n"
                                        "1234567890,48.85,2.35,5,6,FR\n")  # fmt: skip
-    res = runner.invoke(app, ["embed-images", str(tmp_path / "test.csv"), "--images",
-                              str(tmp_path / "img"), "--out", str(tmp_path / "f"), "--workers",
-                              "0", "--clip-model", tiny_clip, "--clip-pretrained", "none"])
+    res = runner.invoke(
+        app,
+        [
+            "embed-images",
+            str(tmp_path / "test.csv"),
+            "--images",
+            str(tmp_path / "img"),
+            "--out",
+            str(tmp_path / "f"),
+            "--workers",
+            "0",
+            "--clip-model",
+            tiny_clip,
+            "--clip-pretrained",
+            "none",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "image ids from column id, coordinates from latitude, longitude" in res.stderr
     assert "1 images embedded" in res.stdout
@@ -233,8 +247,19 @@ def test_calibrate_then_evaluate_report_and_write_everything(world, tmp_path):
     df = pd.read_parquet(tmp_path / "preds.parquet")
     assert len(df) == 2 * 8 * 16 and set(df["model"]) == {"GeoCLIP (pretrained)",
                                                           str(run)}  # fmt: skip
-    for col in ("id", "true_lat", "pred_lat", "distance_km", "prob", "true_country",
-                "pred_country", "true_region", "pred_city", "in_region", "region_area_km2"):
+    for col in (
+        "id",
+        "true_lat",
+        "pred_lat",
+        "distance_km",
+        "prob",
+        "true_country",
+        "pred_country",
+        "true_region",
+        "pred_city",
+        "in_region",
+        "region_area_km2",
+    ):
         assert col in df, col
     ours = df[df["model"] == str(run)]
     assert ours["in_region"].mean() == pytest.approx(probs["coverage"])
@@ -253,14 +278,37 @@ def test_explain_and_predict_say_whether_probabilities_are_calibrated(world, tmp
     photo = tmp_path / "p.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
                     ).save(photo)  # fmt: skip
-    args = ["explain", str(photo), "--checkpoint", str(run), "--clip-model", tiny_clip,
-            "--clip-pretrained", "none", "--gallery", str(world["gallery"]), "--json"]
+    args = [
+        "explain",
+        str(photo),
+        "--checkpoint",
+        str(run),
+        "--clip-model",
+        tiny_clip,
+        "--clip-pretrained",
+        "none",
+        "--gallery",
+        str(world["gallery"]),
+        "--json",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     exp = json.loads(res.stdout)
     assert exp["probabilities"]["calibrated"] is False and "region" not in exp
-    assert runner.invoke(app, ["calibrate", str(world["train"]), str(run), "--no-geoclip",
-                               "--gallery", str(world["gallery"])]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            [
+                "calibrate",
+                str(world["train"]),
+                str(run),
+                "--no-geoclip",
+                "--gallery",
+                str(world["gallery"]),
+            ],
+        ).exit_code
+        == 0
+    )
     exp = json.loads(runner.invoke(app, args).stdout)
     assert exp["probabilities"]["calibrated"] is True
     region = exp["region"]
@@ -285,8 +333,20 @@ def test_explain_and_predict_say_whether_probabilities_are_calibrated(world, tmp
 def test_a_calibration_for_another_model_gallery_or_clip_is_refused(world, tmp_path, tiny_clip):
     run = tmp_path / "run"
     shutil.copytree(world["run"], run)
-    assert runner.invoke(app, ["calibrate", str(world["train"]), str(run), "--no-geoclip",
-                               "--gallery", str(world["gallery"])]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            [
+                "calibrate",
+                str(world["train"]),
+                str(run),
+                "--no-geoclip",
+                "--gallery",
+                str(world["gallery"]),
+            ],
+        ).exit_code
+        == 0
+    )
     other = tmp_path / "other"
     train(TrainConfig(features=str(world["train"]), out=str(other), concepts=None, max_steps=2,
                       batch_size=32, warmup_steps=1, queue_size=32))  # fmt: skip

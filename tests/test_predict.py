@@ -248,6 +248,7 @@ def test_gallery_cache_keeps_the_most_recently_used_within_its_bound(
     monkeypatch.setenv("GEOCONCEPT_GALLERY_CACHE_GB", "0")  # the entry just written stays
     cached_gallery_embeddings(gps, heads[1], tmp_path)
     assert entries() == b
+
     # a read-only shared cache: the hit cannot be stamped, and is still used
     def read_only(*args):
         raise PermissionError("read-only file system")
@@ -271,8 +272,11 @@ def test_cache_command_shows_and_clears_only_the_embeddings(tmp_path):
     res = CliRunner().invoke(app, ["cache", "--cache-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith(f"cache {tmp_path} (gallery embeddings kept within ")
-    assert res.stdout.splitlines()[1:] == ["concept-sources: 1 files, 0 MB",
-                                       "concepts: 1 files, 2 MB", "gallery: 1 files, 3 MB"]
+    assert res.stdout.splitlines()[1:] == [
+        "concept-sources: 1 files, 0 MB",
+        "concepts: 1 files, 2 MB",
+        "gallery: 1 files, 3 MB",
+    ]
     res = CliRunner().invoke(app, ["cache", "--clear", "--cache-dir", str(tmp_path)])
     assert res.exit_code == 0 and f"removed 2 files (5 MB) from {tmp_path}" in res.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["concept-sources"]

@@ -20,8 +20,9 @@ def test_a_line_at_each_tenth_of_the_work_with_rate_and_time_left(capsys):
             advance(1)
     lines = _lines(capsys)
     assert [_percent(x) for x in lines] == list(range(10, 101, 10)), lines
-    assert re.fullmatch(r"embedding images: 4/40 \(10%\), [\d,]+ images/s, 0:00:\d\d left",
-                        lines[0])  # fmt: skip (the rate runs from the first report, at 1)
+    assert re.fullmatch(
+        r"embedding images: 4/40 \(10%\), [\d,]+ images/s, 0:00:\d\d left", lines[0]
+    )  # fmt: skip (the rate runs from the first report, at 1)
     assert re.fullmatch(r"embedding images: 40/40 \(100%\), [\d,]+ images/s", lines[-1])
 
 

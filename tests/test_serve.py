@@ -67,8 +67,9 @@ def test_healthz_says_what_is_loaded(client):
 
 
 def test_explain_is_the_cli_json_plus_the_map(client, service, photos):
-    r = client.post("/explain?top_k=4&concepts_shown=5", files=upload(photos[0].read_bytes(),
-                                                                       photos[0].name))
+    r = client.post(
+        "/explain?top_k=4&concepts_shown=5", files=upload(photos[0].read_bytes(), photos[0].name)
+    )
     assert r.status_code == 200
     got = r.json()
     want = service.explainer.explain(photos[0], top_k=4, n_concepts=5)
@@ -98,7 +99,8 @@ def test_exif_gps_gives_the_true_location_and_the_error(client):
     assert (truth["lat"], truth["lon"]) == pytest.approx((-33.867778, 151.21), abs=1e-5)
     assert "AU" in truth["place"]
     assert truth["error_km"] == pytest.approx(
-        float(haversine_km(top["lat"], top["lon"], truth["lat"], truth["lon"])), rel=1e-9)
+        float(haversine_km(top["lat"], top["lon"], truth["lat"], truth["lon"])), rel=1e-9
+    )
 
 
 def bomb() -> bytes:
@@ -254,8 +256,20 @@ def test_concurrent_clients_good_and_bad_mixed(service, photos):
 
 def test_cli_serve_starts_answers_and_stops_cleanly_on_ctrl_c(tmp_path, small_gallery):
     port = 18000 + os.getpid() % 1000
-    cmd = [sys.executable, "-m", "geoconcept_cli", "serve", "--clip-model", TINY_CLIP,
-           "--clip-pretrained", "none", "--gallery", str(small_gallery), "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "geoconcept_cli",
+        "serve",
+        "--clip-model",
+        TINY_CLIP,
+        "--clip-pretrained",
+        "none",
+        "--gallery",
+        str(small_gallery),
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -42,9 +42,15 @@ def planted(tmp_path_factory):
     mix = world["mixtures"].numpy()
     regions = [[{"region": str(country[r]), "weight": 1.0} for r in np.nonzero(mix[:, c])[0]]
                for c in range(mix.shape[1])]  # fmt: skip
-    pd.DataFrame({"concept": world["concept_names"], "category": "natural",
-                  "subcategory": "terrain", "regions": regions,
-                  "sources": [["planted"]] * len(regions)}).to_parquet(root / "set.parquet")
+    pd.DataFrame(
+        {
+            "concept": world["concept_names"],
+            "category": "natural",
+            "subcategory": "terrain",
+            "regions": regions,
+            "sources": [["planted"]] * len(regions),
+        }
+    ).to_parquet(root / "set.parquet")
     world.update(run=root / "run", concept_set=root / "set.parquet", regions=regions)
     return world
 
@@ -114,8 +120,9 @@ def test_explanation_metrics_agree_with_explain_check_photo_by_photo(planted):
         metrics = explanation_metrics(predictor, test.features[i : i + 1], photos=1)
         assert metrics["faithful_share"] == float(check["faithful"])
         d = metrics["deletion"]
-        assert d["score_drop_top"] == pytest.approx(check["top_concepts_removed"]["score_drop"],
-                                                    rel=1e-5)  # one batched product
+        assert d["score_drop_top"] == pytest.approx(
+            check["top_concepts_removed"]["score_drop"], rel=1e-5
+        )  # one batched product
         assert d["rank_after_top"] == check["top_concepts_removed"]["rank_after"]
         assert d["score_drop_random"] == pytest.approx(
             check["random_concepts_removed"]["score_drop"], rel=1e-5)  # fmt: skip
@@ -129,23 +136,53 @@ def test_explanation_metrics_agree_with_explain_check_photo_by_photo(planted):
 
 def test_cli_where_atlas_and_evaluate_explanations(planted, tmp_path, tiny_clip, small_gallery):
     clip = ["--clip-model", tiny_clip, "--clip-pretrained", "none"]
-    res = runner.invoke(app, ["where", "rice terraces", *clip, "--gallery", str(small_gallery),
-                              "--json", "--top-k", "3", "--map", str(tmp_path / "m.png")])
+    res = runner.invoke(
+        app,
+        [
+            "where",
+            "rice terraces",
+            *clip,
+            "--gallery",
+            str(small_gallery),
+            "--json",
+            "--top-k",
+            "3",
+            "--map",
+            str(tmp_path / "m.png"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     answer = json.loads(res.stdout)  # zero-shot: GeoCLIP's real MLP and gallery, random CLIP
     assert answer["mode"] == "zero-shot text as image" and "approximate" in answer["note"]
     assert len(answer["places"]) == 3 and answer["countries"][0]["score"] > 0
     assert (tmp_path / "m.png").stat().st_size > 10_000
     out = tmp_path / "atlas"
-    res = runner.invoke(app, ["atlas", "--checkpoint", str(planted["run"]), "--out", str(out),
-                              "--concept-set", str(planted["concept_set"]), "--gallery",
-                              str(planted["gallery"]), "--concepts", "concept 0,concept 5"])
+    res = runner.invoke(
+        app,
+        [
+            "atlas",
+            "--checkpoint",
+            str(planted["run"]),
+            "--out",
+            str(out),
+            "--concept-set",
+            str(planted["concept_set"]),
+            "--gallery",
+            str(planted["gallery"]),
+            "--concepts",
+            "concept 0,concept 5",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir()) == ["atlas.parquet", "grounding.csv",
-                                                     "grounding.json", "maps.png", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "atlas.parquet",
+        "grounding.csv",
+        "grounding.json",
+        "maps.png",
+        "report.md",
+    ]
     report = json.loads((out / "grounding.json").read_text())
-    assert len(report["concepts"]) == 24 and set(report["summary"]["auroc"]) == {"mean",
-                                                                                "median"}
+    assert len(report["concepts"]) == 24 and set(report["summary"]["auroc"]) == {"mean", "median"}
     assert "Least grounded (candidates for the review file)" in (out / "report.md").read_text()
     res = runner.invoke(app, ["evaluate", str(planted["test"]), str(planted["run"]),
                               "--no-geoclip", "--gallery", str(planted["gallery"]),

@@ -45,9 +45,10 @@ def render_map(
         label = f"retrieval gallery ({len(gallery_gps):,} points)"
         ax.scatter(gallery_gps[:, 1], gallery_gps[:, 0], s=3, c="#6f6f6f", linewidths=0,
                    rasterized=True, label=label)  # fmt: skip
-    if heat:
-        rows = np.asarray(heat[::-1], dtype=np.float64)  # the most probable drawn last, on top
-        prob = rows[:, 2]
+    rows = np.asarray(heat or [], dtype=np.float64).reshape(-1, 3)[::-1]  # top drawn last
+    if (rows[:, 2] > 0).any():  # a log scale needs a positive floor: underflowed rows sit on it
+        low = rows[:, 2][rows[:, 2] > 0].min()
+        prob = rows[:, 2].clip(min=low)
         dots = ax.scatter(
             rows[:, 1],
             rows[:, 0],
@@ -57,7 +58,7 @@ def render_map(
             linewidths=0,
             zorder=1.5,
             rasterized=True,
-            norm=LogNorm(vmin=prob.min(), vmax=max(prob.max(), prob.min() * 1.01)),
+            norm=LogNorm(vmin=low, vmax=max(prob.max(), low * 1.01)),
         )
         fig.colorbar(dots, cax=fig.add_axes((0.64, 0.1, 0.008, 0.8)), label="probability")
     region = exp.get("region")

@@ -181,6 +181,7 @@ def test_map_draws_the_probability_heatmap(tmp_path):
     rng = np.random.default_rng(0)  # 300 points around Nairobi, far from the prediction
     heat = [[-1.3 + rng.normal(0, 3), 36.8 + rng.normal(0, 3), float(p)]
             for p in np.sort(rng.uniform(1e-5, 1e-2, 300))[::-1]]  # fmt: skip
+    heat += [[-1.3, 36.8, 0.0]] * 3  # underflowed probabilities: on the log scale's floor
     render_map(exp, load_gallery(), tmp_path / "plain.png")
     render_map(exp, load_gallery(), tmp_path / "heat.png", heat=heat)
     plain, hot = (np.asarray(Image.open(tmp_path / f).convert("RGB")).astype(int)

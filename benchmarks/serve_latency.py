@@ -2,7 +2,8 @@
 
 A real server (a `geoconcept serve` subprocess on a free local port) with a random ViT-L/14
 (no CLIP weights are obtainable offline), GeoCLIP's real head and 100K gallery. The peer is
-`Explainer.explain` of the same photo in this process, warm, measured while the server idles.
+`Explainer.explain` of the same photo in this process, warm, alternated with the requests
+(each side idles while the other works).
 
     python benchmarks/serve_latency.py [--requests 20] [--photo PATH] [--checkpoint RUN]
 """
@@ -69,14 +70,6 @@ def main() -> None:
 
         explainer = load_explainer(args.checkpoint, clip_pretrained=args.clip_pretrained,
                                    device=args.device)  # fmt: skip
-        explainer.explain(photo)  # warm-up
-        local = []
-        for _ in range(args.requests):
-            t = time.perf_counter()
-            explainer.explain(photo)
-            local.append(time.perf_counter() - t)
-        del explainer
-
         url = f"http://127.0.0.1:{port}/explain"
         files = {"image": (photo.name, data, "image/jpeg")}
 
@@ -85,9 +78,17 @@ def main() -> None:
             http.post(url, files=files, timeout=600).raise_for_status()
             return time.perf_counter() - t
 
+        def in_process() -> float:
+            t = time.perf_counter()
+            explainer.explain(photo)
+            return time.perf_counter() - t
+
+        local, remote = [], []
         with httpx.Client() as http:
-            request(http)  # warm-up
-            remote = [request(http) for _ in range(args.requests)]
+            in_process(), request(http)  # warm-up
+            for _ in range(args.requests):  # alternated: both see the same machine state
+                local.append(in_process())
+                remote.append(request(http))
 
         def client_run(n: int) -> None:
             with httpx.Client() as http:

@@ -152,14 +152,14 @@ def create_app(
         return service.health()
 
     @app.get("/world", summary="Points that draw the world offline, and the optional tile URL")
-    def world() -> dict[str, Any]:
-        return {"points": service.world, "tiles": tiles}
+    def world() -> JSONResponse:
+        return JSONResponse({"points": service.world, "tiles": tiles})
 
     @app.post("/predict", openapi_extra={"requestBody": IMAGE_BODY},
               summary="Top-k places: `geoconcept predict --json`, plus `map`")  # fmt: skip
-    async def predict(request: Request, top_k: TopK = 5) -> dict[str, Any]:
+    async def predict(request: Request, top_k: TopK = 5) -> JSONResponse:
         photo = await read_photo(request, limit)
-        return await run_in_threadpool(service.predict, photo, top_k)
+        return JSONResponse(await run_in_threadpool(service.predict, photo, top_k))
 
     @app.post("/explain", openapi_extra={"requestBody": IMAGE_BODY},
               summary="Where and why: `geoconcept explain --json`, plus `map`")  # fmt: skip
@@ -170,18 +170,20 @@ def create_app(
         check: Annotated[bool, Query(description="Deletion test against random.")] = False,
         m: Annotated[int, Query(ge=1, description="Concepts removed by check.")] = 3,
         draws: Annotated[int, Query(ge=MIN_DRAWS, le=1000)] = MIN_DRAWS,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         photo = await read_photo(request, limit)
-        return await run_in_threadpool(service.explain, photo, top_k, concepts_shown, check,
-                                       m, draws)  # fmt: skip
+        answer = await run_in_threadpool(
+            service.explain, photo, top_k, concepts_shown, check, m, draws
+        )
+        return JSONResponse(answer)
 
     @app.get("/where", summary="Where a text or concept points: `geoconcept where --json`")
     def where(
         text: Annotated[str, Query(min_length=1, max_length=300)],
         top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 10,
         countries: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 10,
-    ) -> dict[str, Any]:
-        return service.where(text, top_k, countries)
+    ) -> JSONResponse:
+        return JSONResponse(service.where(text, top_k, countries))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

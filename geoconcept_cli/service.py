@@ -7,7 +7,8 @@ for the page: the most probable places as heatmap points, named, and the true lo
 the error when the photo's EXIF records one.
 
 Model calls hold one lock. On a CPU torch already spreads one photo over every core, so
-running two at once only makes both slower; decoding uploads and writing JSON stay outside it.
+running two at once only makes both slower; decoding and resizing uploads, naming the
+heatmap's places and writing JSON stay outside it, so concurrent clients overlap those.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import GeoconceptError
 from .explain import Explainer
 from .gallery import load_gallery
 from .geo import haversine_km, place_name
@@ -81,16 +83,21 @@ class GeoService:
         return (cells * WORLD_CELL_DEG).tolist()  # type: ignore[no-any-return]
 
     def _features(self, photo: Photo) -> torch.Tensor:
-        image = decode_image(photo.data, photo.name)
+        """CLIP features of a photo: decoded and preprocessed outside the lock (no weights)."""
+        clip = self.predictor.clip
+        if clip is None:
+            raise GeoconceptError("this predictor has no CLIP backbone to read photos with")
+        pixels = torch.stack([clip.preprocess(decode_image(photo.data, photo.name))])
         with self._lock:
-            return self.predictor.image_features([image])
+            return clip.encode_images(pixels)
 
     def predict(self, photo: Photo, top_k: int = 5) -> dict[str, Any]:
         """``geoconcept predict --json`` of one photo, plus its map."""
         feats = self._features(photo)
         with self._lock:
             out = {"image": photo.name, **self.predictor.describe_features(feats, top_k)}
-            out["map"] = self._map(feats, out, photo)
+            heat = probability_heat(self.predictor, feats)
+        out["map"] = _photo_map(heat, out, photo)
         return out
 
     def explain(
@@ -106,7 +113,8 @@ class GeoService:
                     feats, top_k=top_k, n_concepts=n_concepts, check=check, m=m, draws=draws
                 ),
             }
-            out["map"] = self._map(feats, out, photo)
+            heat = probability_heat(self.predictor, feats)
+        out["map"] = _photo_map(heat, out, photo)
         return out
 
     def where(self, text: str, top_k: int = 10, n_countries: int = 10) -> dict[str, Any]:
@@ -118,21 +126,21 @@ class GeoService:
             heat = self.predictor.strongest(scores, HEAT_POINTS)
         return {**answer, "map": {"heat": heat, "names": _names(heat)}}
 
-    def _map(self, feats: torch.Tensor, answer: dict[str, Any], photo: Photo) -> dict[str, Any]:
-        """Heatmap points over the gallery, their names, and the EXIF truth when there is one."""
-        heat = probability_heat(self.predictor, feats)
-        out: dict[str, Any] = {"heat": heat, "names": _names(heat),
-                               "heat_mass": float(sum(h[2] for h in heat))}  # fmt: skip
-        truth = photo_gps(photo.data)
-        if truth is not None:
-            top = answer["predictions"][0]
-            out["truth"] = {
-                "lat": truth[0],
-                "lon": truth[1],
-                "place": place_name(*truth),
-                "error_km": float(haversine_km(top["lat"], top["lon"], *truth)),
-            }
-        return out
+
+def _photo_map(heat: list[list[float]], answer: dict[str, Any], photo: Photo) -> dict[str, Any]:
+    """The heatmap points, their names, and the EXIF truth (with the error) when there is one."""
+    out: dict[str, Any] = {"heat": heat, "names": _names(heat),
+                           "heat_mass": float(sum(h[2] for h in heat))}  # fmt: skip
+    truth = photo_gps(photo.data)
+    if truth is not None:
+        top = answer["predictions"][0]
+        out["truth"] = {
+            "lat": truth[0],
+            "lon": truth[1],
+            "place": place_name(*truth),
+            "error_km": float(haversine_km(top["lat"], top["lon"], *truth)),
+        }
+    return out
 
 
 def probability_heat(predictor: Predictor, feats: torch.Tensor) -> list[list[float]]:

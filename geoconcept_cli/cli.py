@@ -97,26 +97,47 @@ def main() -> None:
 @app.command()
 @cli_command
 def predict(
-    image: Annotated[Path, typer.Argument(help="Photo to locate (JPEG, PNG, WebP, TIFF...).")],
+    image: Annotated[
+        Path,
+        typer.Argument(
+            help="Photo to locate (JPEG, PNG, WebP, TIFF...), or an "
+            "embed-images feature folder for batch prediction (with --out)."
+        ),
+    ],  # fmt: skip
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many candidates.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help=f"Trained run: {MODEL_PATHS} (default: GeoCLIP).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Batch mode: folder of Parquet parts (results.parquet).")
+    ] = None,
+    gpus: Annotated[int, typer.Option(min=0, help="Batch mode: split shards over N GPUs.")] = 0,
     clip_model: ClipModel = "ViT-L-14",
     clip_pretrained: ClipPretrained = "openai",
     gallery: Gallery = None,
     device: Device = "cpu",
     cache_dir: CacheDir = None,
 ) -> None:
-    """Predict where a photo was taken: top-k GPS candidates with probabilities and place names."""
+    """Predict where a photo was taken: top-k GPS candidates with probabilities and place names.
+
+    Given a feature folder from embed-images and --out, predicts every photo in it at
+    matrix-product speed (no CLIP runs), split over --gpus or torchrun/SLURM ranks."""
+    if image.is_dir():
+        if as_json:
+            raise GeoconceptError("--json is for one photo; batch mode writes --out")
+        _predict_features(image, out, checkpoint, top_k, gpus, gallery, device, cache_dir)
+        return
+    if out is not None or gpus:
+        raise GeoconceptError("--out and --gpus are for a feature folder (batch mode)")
     from .images import load_image
 
     load_image(image)  # a bad file fails in a second: before torch and the models load
-    from .predict import Predictor
+    from .predict import load_predictor
 
     with lazy_progress_bar("encoding gallery (once; cached)", "points") as advance:
-        predictor = Predictor.load(
-            clip_model, clip_pretrained, gallery, cache_dir=cache_dir, device=device,
-            progress=advance,
-        )  # fmt: skip
+        predictor = load_predictor(checkpoint, clip_model, clip_pretrained, gallery, cache_dir,
+                                   device, advance)  # fmt: skip
     result = predictor.describe(image, top_k)
     if as_json:
         stdout.print_json(json.dumps({"image": str(image), **result}))
@@ -125,6 +146,36 @@ def predict(
         stdout.print(f"{c['rank']}  {c['lat']:.2f}, {c['lon']:.2f}  p={c['prob']:.3g}  "
                      f"{c['place']}", highlight=False)  # fmt: skip
     _print_probabilities(result)
+
+
+def _predict_features(
+    features: Path, out: Path | None, checkpoint: Path | None, top_k: int, gpus: int,
+    gallery: Path | None, device: str, cache_dir: Path | None,
+) -> None:  # fmt: skip
+    """predict's batch mode: every photo of a feature folder into a folder of Parquet parts."""
+    from .batch_predict import predict_features_worker, summary
+    from .distributed import check_processes, is_main_process, launch, launched_externally
+    from .features import read_meta
+
+    if out is None:
+        raise GeoconceptError(
+            f"{features} is a folder: batch prediction needs --out results.parquet"
+        )
+    read_meta(features)  # not a feature folder: one line, before any model loads
+    check_processes(gpus)
+    if gpus > 0 and not device.startswith("cuda"):
+        device = "cuda"
+    args = (str(features), str(out), str(checkpoint) if checkpoint else None,
+            str(gallery) if gallery else None, str(cache_dir) if cache_dir else None, device,
+            top_k)  # fmt: skip
+    if gpus > 1 and not launched_externally():
+        launch(predict_features_worker, args, nproc=gpus)
+    else:
+        predict_features_worker(*args)
+    if is_main_process():
+        photos, median = summary(out)
+        stdout.print(f"{photos} photos predicted -> {out} (median error {median:.1f} km)",
+                     highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def _print_probabilities(result: dict[str, Any]) -> None:

@@ -402,14 +402,25 @@ class Features:
     meta: dict[str, Any]
 
 
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """A feature folder's meta.json (its CLIP, shard count...), or a one-line error."""
+    return _read_meta(Path(folder))
+
+
+def read_shard(folder: str | Path, index: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(ids, features, latlon) of one shard of an ``embed-images`` folder."""
+    with safe_open(str(_existing_shard(Path(folder), index)), "pt") as f:
+        return json.loads(f.metadata()["ids"]), f.get_tensor("features"), f.get_tensor("latlon")
+
+
 def load_features(folder: str | Path) -> Features:
     """Read every shard of an ``embed-images`` folder (one-line error if incomplete)."""
-    folder = Path(folder)
-    meta = _read_meta(folder)
-    ids, feats, latlon = [], [], []
+    meta = _read_meta(Path(folder))
+    ids: list[str] = []
+    feats, latlon = [], []
     for s in range(meta["shards"]):
-        with safe_open(str(_existing_shard(folder, s)), "pt") as f:
-            ids += json.loads(f.metadata()["ids"])
-            feats.append(f.get_tensor("features"))
-            latlon.append(f.get_tensor("latlon"))
+        shard_ids, shard_feats, shard_latlon = read_shard(folder, s)
+        ids += shard_ids
+        feats.append(shard_feats)
+        latlon.append(shard_latlon)
     return Features(ids, torch.cat(feats), torch.cat(latlon), meta)

@@ -24,6 +24,7 @@ from .encoders import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_PRETRAINED,
     ClipBackbone,
+    ClipId,
     check_feature_dim,
     load_clip,
     load_geoclip_head,
@@ -93,22 +94,28 @@ class Predictor:
         device: str = "cpu",
         progress: Callable[[int, int], None] | None = None,
         calibration: str | Path | None = None,
+        features_of: ClipId | None = None,
     ) -> Predictor:
         """GeoCLIP's pretrained head (unless ``head`` is given) over a cached gallery.
 
         Probabilities are calibrated by the ``calibration`` file of a trained head, or, for
         pretrained GeoCLIP, by its calibration for this gallery in the cache, where one exists;
-        a calibration made for another model, gallery or CLIP is refused."""
-        clip = load_clip(clip_model, clip_pretrained, device)
-        check_feature_dim(clip.embed_dim, f"CLIP {clip.model_name}")
+        a calibration made for another model, gallery or CLIP is refused. ``features_of``
+        (for features embedded before, by that CLIP) skips loading the CLIP weights."""
+        clip = None
+        if features_of is None:
+            clip = load_clip(clip_model, clip_pretrained, device)
+            check_feature_dim(clip.embed_dim, f"CLIP {clip.model_name}")
+        identity = clip.identity if clip is not None else features_of
+        assert identity is not None
         pretrained = head is None
         head = (head or load_geoclip_head()).to(device)
         gps = load_gallery(gallery)
         if pretrained:
-            calibration = geoclip_calibration_path(gps, head, clip.identity, cache_dir)
+            calibration = geoclip_calibration_path(gps, head, identity, cache_dir)
         cal = read_calibration(calibration) if calibration else None
         if cal is not None:
-            cal.check_for(head, gps, clip.identity, calibration)
+            cal.check_for(head, gps, identity, calibration)
         emb = cached_gallery_embeddings(gps, head, cache_dir, progress=progress)
         return cls(head, gps, emb, clip, cal, cache_dir)
 
@@ -242,22 +249,24 @@ def load_run(
     cache_dir: str | Path | None = None,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    features_of: ClipId | None = None,
 ) -> tuple[Predictor, dict[str, Any]]:
     """A predictor of a trained run (its head and calibration) or, without ``checkpoint``,
     of pretrained GeoCLIP, with the run's checkpoint dict ({} for GeoCLIP). A run trained on
-    features of another CLIP is refused, naming the options that would match."""
+    features of another CLIP is refused, naming the options that would match. With
+    ``features_of`` (the CLIP of features embedded before) no CLIP weights are loaded."""
     from .calibration import run_calibration_path
     from .checkpoints import check_trained_on, load_head
-    from .encoders import ClipId
 
     head: RetrievalHead | None = None
     ckpt: dict[str, Any] = {}
     if checkpoint:
         head, ckpt = load_head(checkpoint, device)
-        check_trained_on(ckpt, ClipId.of(clip_model, clip_pretrained), checkpoint, hint=True)
+        given = features_of or ClipId.of(clip_model, clip_pretrained)
+        check_trained_on(ckpt, given, checkpoint, hint=features_of is None)
     calibration = run_calibration_path(checkpoint) if checkpoint else None
     predictor = Predictor.load(clip_model, clip_pretrained, gallery, head, cache_dir, device,
-                               progress, calibration)  # fmt: skip
+                               progress, calibration, features_of)  # fmt: skip
     return predictor, ckpt
 
 

@@ -1,0 +1,186 @@
+"""Batch prediction from ``embed-images`` features: many photos at matrix-product speed.
+
+``predict FEATS --out OUT`` writes ``OUT`` as a Parquet dataset folder: one
+``part-NNNNN.parquet`` per feature shard (``pd.read_parquet(OUT)`` reads them as one table)
+and ``_geoconcept.json`` saying which model, gallery and top-k made it. Shards are split over
+ranks as embed-images splits them (shard i on rank i % world size, under torchrun or SLURM),
+and a rerun skips the parts already written.
+
+Scores go to distinct places only: GeoCLIP's gallery repeats 5,900 of its 100K points, and a
+repeated point has the same logit at each copy, so the softmax over all rows is the softmax
+over places with each place's logit counted ``multiplicity`` times. That is exactly the
+probability `predict` gives, for 6% fewer products.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .artifacts import atomic_path, hash_state_dict, hash_tensors, write_json
+from .errors import GeoconceptError
+from .features import read_meta, read_shard
+from .geo import haversine_km
+from .geocode import reverse_geocode
+from .predict import Predictor
+
+RESULTS_FORMAT = "geoconcept-predictions/1"
+META_NAME = "_geoconcept.json"  # Parquet readers skip files starting with "_"
+COLUMNS = ["id", "true_lat", "true_lon", "lat", "lon", "prob", "error_km", "country",
+           "top_lat", "top_lon", "top_prob"]  # fmt: skip
+
+
+class PlaceScorer:
+    """Top-k distinct places of CLIP features, scoring each place once (module docstring)."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        gps = predictor.gallery_gps
+        _, inverse, counts = gps.unique(dim=0, return_inverse=True, return_counts=True)
+        rows = predictor.places
+        self.rows = rows
+        self.emb = predictor.gallery_emb[rows]
+        self.log_count = counts[inverse[rows.cpu()]].double().log().to(rows.device)
+        head = predictor.head
+        self.scale = float(head.logit_scale.detach().exp()) / predictor.temperature
+
+    @torch.no_grad()
+    def topk(self, feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, gallery rows), each (B, k): as ``Predictor.topk``."""
+        p = self.predictor
+        z = self.scale * (p.head.embed_images(feats.to(p.device).float()) @ self.emb.T)
+        lse = torch.logsumexp(z.double() + self.log_count, dim=1)
+        top = z.topk(max(1, min(k, z.shape[1])), dim=1)
+        probs = (top.values.double() - lse[:, None]).exp().float()
+        return probs.cpu(), self.rows[top.indices].cpu()
+
+
+def results_meta(predictor: Predictor, features: Path, top_k: int) -> dict[str, Any]:
+    """What a results folder was made from: rerunning with another model, gallery, top-k or
+    feature folder must not mix parts."""
+    meta = read_meta(features)
+    return {
+        "format": RESULTS_FORMAT, "features": str(features.resolve()),
+        "feature_rows": meta["rows"], "shards": meta["shards"], "top_k": top_k,
+        "head": hash_state_dict(predictor.head), "gallery": hash_tensors(predictor.gallery_gps),
+        "temperature": predictor.temperature,
+    }  # fmt: skip
+
+
+def part_path(out: Path, index: int) -> Path:
+    return out / f"part-{index:05d}.parquet"
+
+
+def start_results(out: Path, meta: dict[str, Any], write: bool = True) -> list[int]:
+    """The shards still to predict into ``out``; refuses a folder made otherwise. ``write``
+    (one rank) records ``meta`` there."""
+    if out.exists() and not out.is_dir():
+        raise GeoconceptError(f"--out {out}: a file; batch prediction writes a folder of parts")
+    old_path = out / META_NAME
+    if old_path.is_file():
+        import json
+
+        old = json.loads(old_path.read_text())
+        changed = [k for k in ("features", "shards", "top_k", "head", "gallery", "temperature")
+                   if old.get(k) != meta[k]]  # fmt: skip
+        if changed:
+            raise GeoconceptError(
+                f"--out {out} holds predictions made with another {', '.join(changed)}; "
+                "give another --out (or delete it)"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise GeoconceptError(f"--out {out}: a folder holding other files; give a new folder")
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(old_path, meta)
+    return missing_parts(out, meta["shards"])
+
+
+def missing_parts(out: Path, shards: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The shards of ``rank`` whose part is not written yet."""
+    return [s for s in range(rank, shards, world_size) if not part_path(out, s).is_file()]
+
+
+def predict_shard(scorer: PlaceScorer, ids: list[str], feats: torch.Tensor,
+                  latlon: torch.Tensor, top_k: int, chunk: int = 4096) -> pd.DataFrame:  # fmt: skip
+    """One row per photo: the top-1 place, its probability, error and country, and the top-k."""
+    gps = scorer.predictor.gallery_gps
+    probs, rows = zip(*(scorer.topk(feats[s : s + chunk], top_k)
+                        for s in range(0, len(feats), chunk)), strict=True)  # fmt: skip
+    prob, row = torch.cat(probs).numpy(), torch.cat(rows)
+    top = gps[row].double().numpy()  # (B, k, 2)
+    truth = latlon.double().numpy()
+    err = haversine_km(truth[:, 0], truth[:, 1], top[:, 0, 0], top[:, 0, 1])
+    return pd.DataFrame({
+        "id": ids, "true_lat": truth[:, 0], "true_lon": truth[:, 1],
+        "lat": top[:, 0, 0], "lon": top[:, 0, 1], "prob": prob[:, 0], "error_km": err,
+        "country": reverse_geocode(top[:, 0]).country.astype(str),
+        "top_lat": list(top[:, :, 0]), "top_lon": list(top[:, :, 1]), "top_prob": list(prob),
+    }, columns=COLUMNS)  # fmt: skip
+
+
+def predict_features(
+    predictor: Predictor, features: str | Path, out: str | Path, top_k: int = 5,
+    rank: int = 0, world_size: int = 1, progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Write this rank's missing parts of ``out`` (see the module docstring); returns the
+    results meta. ``progress(n)`` gets the photos of each part written."""
+    features, out = Path(features), Path(out)
+    meta = results_meta(predictor, features, top_k)
+    pending = start_results(out, meta, write=rank == 0)
+    scorer = PlaceScorer(predictor)
+    for s in pending:
+        if s % world_size != rank:
+            continue
+        ids, feats, latlon = read_shard(features, s)
+        frame = predict_shard(scorer, ids, feats, latlon, top_k)
+        with atomic_path(part_path(out, s)) as tmp:
+            frame.to_parquet(tmp, index=False)
+        if progress:
+            progress(len(ids))
+    return meta
+
+
+def predict_features_worker(
+    features: str, out: str, checkpoint: str | None, gallery: str | None,
+    cache_dir: str | None, device: str, top_k: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One process of batch prediction (picklable for the launcher): its share of shards.
+    No CLIP weights are loaded: the features were embedded by the CLIP their folder records."""
+    from contextlib import nullcontext
+
+    from .distributed import init_distributed
+    from .encoders import ClipId
+    from .predict import load_run
+    from .progress import progress_bar
+
+    info = init_distributed(device.startswith("cuda"))
+    fmeta = read_meta(features)
+    clip = ClipId.from_meta(fmeta)
+    predictor, _ = load_run(checkpoint, gallery=gallery, cache_dir=cache_dir,
+                            device=str(info.device) if device.startswith("cuda") else device,
+                            features_of=clip)  # fmt: skip
+    if info.world_size > 1 and info.is_main:
+        start_results(Path(out), results_meta(predictor, Path(features), top_k))
+    if info.world_size > 1:
+        torch.distributed.barrier()  # _geoconcept.json exists before any rank writes a part
+    mine = missing_parts(Path(out), fmeta["shards"], info.rank, info.world_size)
+    todo = sum(min(fmeta["shard_size"], fmeta["rows"] - s * fmeta["shard_size"]) for s in mine)
+    bar = progress_bar("predicting", todo, unit="photos") if info.is_main else nullcontext()
+    with bar as advance:
+        meta = predict_features(predictor, features, out, top_k, info.rank, info.world_size,
+                                advance)  # fmt: skip
+    if info.world_size > 1:
+        torch.distributed.barrier()  # every part is written before any rank reports
+    return meta
+
+
+def summary(out: str | Path) -> tuple[int, float]:
+    """(photos, median error in km) of a finished results folder."""
+    table = pd.read_parquet(Path(out), columns=["error_km"])
+    return len(table), float(np.median(table["error_km"])) if len(table) else float("nan")

@@ -1,0 +1,114 @@
+"""Batch prediction from feature folders: exact against `predict`, resumable, split by rank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from geoconcept_cli.batch_predict import PlaceScorer, part_path, predict_features
+from geoconcept_cli.cli import app
+from geoconcept_cli.encoders import ClipId
+from geoconcept_cli.features import save_features
+from geoconcept_cli.gallery import load_gallery
+from geoconcept_cli.geo import haversine_km
+from geoconcept_cli.predict import load_run
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return load_run(features_of=ClipId("ViT-L-14", "openai"))[0]  # no CLIP weights needed
+
+
+@pytest.fixture(scope="module")
+def feats(tmp_path_factory):
+    """120 random 768-d features in 3 shards, located at real gallery points."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 768, generator=gen)
+    gps = load_gallery()
+    latlon = gps[torch.randint(len(gps), (120,), generator=gen)]
+    folder = tmp_path_factory.mktemp("feats") / "test"
+    ids = [f"photo-{i}" for i in range(120)]
+    save_features(folder, ids, x, latlon, shard_size=40, clip_model="ViT-L-14",
+                  clip_pretrained="openai")  # fmt: skip
+    return folder, ids, x, latlon
+
+
+def test_scoring_places_once_gives_predicts_probabilities(predictor):
+    x = torch.randn(64, 768, generator=torch.Generator().manual_seed(1))
+    probs, rows = PlaceScorer(predictor).topk(x, 10)
+    want_probs, want_rows = predictor.topk(x, 10)
+    assert torch.equal(rows, want_rows)
+    # predict's softmax sums 100K float32 terms; this one sums in float64: 1e-5 apart
+    assert torch.allclose(probs, want_probs, rtol=1e-4, atol=0)
+    # the gallery does repeat places, so the multiplicities were needed
+    assert len(predictor.places) < len(predictor.gallery_gps)
+
+
+def test_cli_predicts_a_feature_folder_into_parquet_parts(tmp_path, feats, predictor):
+    folder, ids, x, latlon = feats
+    out = tmp_path / "results.parquet"
+    res = runner.invoke(app, ["predict", str(folder), "--out", str(out), "--top-k", "3"])
+    assert res.exit_code == 0, res.output
+    assert "120 photos predicted" in res.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_geoconcept.json",
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
+    table = pd.read_parquet(out)
+    assert table["id"].tolist() == ids
+    probs, rows = predictor.topk(x, 3)
+    top = predictor.gallery_gps[rows]
+    assert np.allclose(table["lat"], top[:, 0, 0]) and np.allclose(table["lon"], top[:, 0, 1])
+    assert np.allclose(table["prob"], probs[:, 0], rtol=1e-4)
+    assert np.allclose(np.stack(table["top_prob"]), probs, rtol=1e-4)
+    assert np.stack(table["top_lat"]).shape == (120, 3)
+    err = haversine_km(latlon[:, 0], latlon[:, 1], table["lat"], table["lon"])
+    assert np.allclose(table["error_km"], err)
+    assert table["country"].str.fullmatch(r"[A-Z]{2}|").all()
+
+    # a rerun writes only what is missing
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")}
+    part_path(out, 1).unlink()
+    res = runner.invoke(app, ["predict", str(folder), "--out", str(out), "--top-k", "3"])
+    assert res.exit_code == 0, res.output
+    assert out.joinpath("part-00000.parquet").stat().st_mtime_ns == stamps["part-00000.parquet"]
+    assert pd.read_parquet(out).equals(table)
+
+    # other options would mix parts of two predictions: refused
+    res = runner.invoke(app, ["predict", str(folder), "--out", str(out), "--top-k", "5"])
+    assert res.exit_code == 2 and "another top_k" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_ranks_split_the_shards_and_together_write_the_single_run(tmp_path, feats, predictor):
+    folder, *_ = feats
+    single, split = tmp_path / "single", tmp_path / "split"
+    predict_features(predictor, folder, single, top_k=2)
+    predict_features(predictor, folder, split, top_k=2, rank=0, world_size=2)  # writes the meta
+    assert sorted(p.name for p in split.glob("part-*")) == ["part-00000.parquet",
+                                                            "part-00002.parquet"]  # fmt: skip
+    predict_features(predictor, folder, split, top_k=2, rank=1, world_size=2)
+    assert pd.read_parquet(split).equals(pd.read_parquet(single))
+
+
+def test_cli_batch_mode_refuses_bad_input_in_one_line(tmp_path, feats):
+    folder, *_ = feats
+    cases = [
+        (["predict", str(folder)], "needs --out"),
+        (["predict", str(tmp_path), "--out", str(tmp_path / "o")], "not an embed-images folder"),
+        (["predict", str(folder), "--out", str(tmp_path / "o"), "--json"], "--json is for one"),
+    ]
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    cases.append((["predict", str(folder), "--out", str(tmp_path / "busy")], "other files"))
+    for args, message in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and message in res.output, (args, res.output)
+        assert len(res.output.strip().splitlines()) == 1

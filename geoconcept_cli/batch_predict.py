@@ -36,7 +36,13 @@ COLUMNS = ["id", "true_lat", "true_lon", "lat", "lon", "prob", "error_km", "coun
 
 
 class PlaceScorer:
-    """Top-k distinct places of CLIP features, scoring each place once (module docstring)."""
+    """Top-k distinct places of CLIP features, scoring each place once (module docstring).
+
+    The (photos x places) logits are never held whole: blocks of BLOCK x BLOCK stay in the
+    CPU's cache while their softmax denominator (an online log-sum-exp, as in flash attention)
+    and top-k are taken, so the work is one product and no pass over a 100K-wide matrix."""
+
+    BLOCK = 1024
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
@@ -44,20 +50,41 @@ class PlaceScorer:
         _, inverse, counts = gps.unique(dim=0, return_inverse=True, return_counts=True)
         rows = predictor.places
         self.rows = rows
-        self.emb = predictor.gallery_emb[rows]
-        self.log_count = counts[inverse[rows.cpu()]].double().log().to(rows.device)
-        head = predictor.head
-        self.scale = float(head.logit_scale.detach().exp()) / predictor.temperature
+        self.emb = predictor.gallery_emb[rows].contiguous()
+        self.log_count = counts[inverse[rows.cpu()]].float().log().to(rows.device)
+        self.logit_scale = float(predictor.head.logit_scale.detach().exp())
+        self.temperature = predictor.temperature
 
     @torch.no_grad()
     def topk(self, feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities, gallery rows), each (B, k): as ``Predictor.topk``."""
         p = self.predictor
-        z = self.scale * (p.head.embed_images(feats.to(p.device).float()) @ self.emb.T)
-        lse = torch.logsumexp(z.double() + self.log_count, dim=1)
-        top = z.topk(max(1, min(k, z.shape[1])), dim=1)
-        probs = (top.values.double() - lse[:, None]).exp().float()
-        return probs.cpu(), self.rows[top.indices].cpu()
+        img = p.head.embed_images(feats.to(p.device).float())
+        k = max(1, min(k, len(self.rows)))
+        probs, idx = zip(*(self._block_rows(img[r : r + self.BLOCK], k)
+                           for r in range(0, len(img), self.BLOCK)), strict=True)  # fmt: skip
+        return torch.cat(probs).cpu(), self.rows[torch.cat(idx)].cpu()
+
+    def _block_rows(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n, dev = len(q), q.device
+        high = torch.full((n,), -torch.inf, device=dev)  # running max of each row's logits
+        total = torch.zeros(n, dtype=torch.float64, device=dev)  # sum of exp(logit - high)
+        best = torch.empty(n, 0, device=dev)
+        best_idx = torch.empty(n, 0, dtype=torch.long, device=dev)
+        for c in range(0, len(self.emb), self.BLOCK):
+            # the rounding of Predictor.logits / temperature, so that near-ties rank alike
+            z = (self.logit_scale * (q @ self.emb[c : c + self.BLOCK].T)) / self.temperature
+            new_high = torch.maximum(high, z.max(dim=1).values)
+            weighted = torch.exp(z + self.log_count[c : c + self.BLOCK] - new_high[:, None])
+            total = total * torch.exp(high - new_high).double() + weighted.sum(1).double()
+            high = new_high
+            top = z.topk(min(k, z.shape[1]), dim=1)
+            values = torch.cat([best, top.values], 1)
+            where = torch.cat([best_idx, top.indices + c], 1)
+            keep = values.topk(min(k, values.shape[1]), dim=1)
+            best, best_idx = keep.values, where.gather(1, keep.indices)
+        lse = high.double() + total.log()
+        return (best.double() - lse[:, None]).exp().float(), best_idx
 
 
 def results_meta(predictor: Predictor, features: Path, top_k: int) -> dict[str, Any]:

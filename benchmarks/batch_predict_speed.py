@@ -1,0 +1,74 @@
+"""Batch prediction from features (`predict FEATS --out`) against a bare product + top-k.
+
+Both over GeoCLIP's 100K gallery from its cached embeddings, for the same random 768-d
+features. Ours reads the shards, runs the image MLP, scores places, writes the Parquet parts
+(top-1, probability, error, country, top-k); the peer is (N x 512) @ (512 x 100K) and a top-k,
+in chunks of the same size, from features already in memory. Throughput ratio: target >= 0.8x.
+
+    python benchmarks/batch_predict_speed.py [--photos 20000] [--top-k 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import default_device
+
+from geoconcept_cli.batch_predict import predict_features
+from geoconcept_cli.encoders import ClipId
+from geoconcept_cli.features import save_features
+from geoconcept_cli.predict import load_run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--photos", type=int, default=20000)
+    ap.add_argument("--top-k", type=int, default=5)
+    ap.add_argument("--device", default=default_device())
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    predictor = load_run(device=args.device, features_of=ClipId("ViT-L-14", "openai"))[0]
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(args.photos, 768, generator=gen)
+    gps = predictor.gallery_gps
+    latlon = gps[torch.randint(len(gps), (args.photos,), generator=gen)]
+    sync = args.device.startswith("cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "feats"
+        save_features(folder, [str(i) for i in range(args.photos)], feats, latlon,
+                      clip_model="ViT-L-14", clip_pretrained="openai")  # fmt: skip
+        predict_features(predictor, folder, Path(tmp) / "warm", args.top_k)  # warm-up
+        shutil.rmtree(Path(tmp) / "warm")
+        t = time.perf_counter()
+        predict_features(predictor, folder, Path(tmp) / "out", args.top_k)
+        if sync:
+            torch.cuda.synchronize()
+        ours = time.perf_counter() - t
+
+    q = torch.nn.functional.normalize(torch.randn(args.photos, 512, device=args.device), dim=1)
+    g = predictor.gallery_emb
+
+    def bare() -> None:
+        for s in range(0, len(q), 4096):
+            (q[s : s + 4096] @ g.T).topk(args.top_k, dim=1).indices.cpu()
+
+    bare()
+    t = time.perf_counter()
+    bare()
+    if sync:
+        torch.cuda.synchronize()
+    peer = time.perf_counter() - t
+    print(f"device {args.device}: {args.photos:,} photos x {len(gps):,} gallery points, "
+          f"top-{args.top_k}")  # fmt: skip
+    print(f"predict FEATS --out : {ours:7.2f} s  ({args.photos / ours:9.0f} photos/s)")
+    print(f"bare product + top-k: {peer:7.2f} s  ({args.photos / peer:9.0f} photos/s)")
+    print(f"throughput ratio: {peer / ours:.2f}x  (target >= 0.8x)")
+
+
+if __name__ == "__main__":
+    main()

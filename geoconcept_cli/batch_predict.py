@@ -113,7 +113,8 @@ def start_results(out: Path, meta: dict[str, Any], write: bool = True) -> list[i
         import json
 
         old = json.loads(old_path.read_text())
-        changed = [k for k in ("features", "shards", "top_k", "head", "gallery", "temperature")
+        keys = ("features", "feature_rows", "shards", "top_k", "head", "gallery", "temperature")
+        changed = [k for k in keys
                    if old.get(k) != meta[k]]  # fmt: skip
         if changed:
             raise GeoconceptError(
@@ -136,6 +137,8 @@ def missing_parts(out: Path, shards: int, rank: int = 0, world_size: int = 1) ->
 def predict_shard(scorer: PlaceScorer, ids: list[str], feats: torch.Tensor,
                   latlon: torch.Tensor, top_k: int, chunk: int = 4096) -> pd.DataFrame:  # fmt: skip
     """One row per photo: the top-1 place, its probability, error and country, and the top-k."""
+    if len(ids) == 0:  # a shard whose every image failed to decode
+        return pd.DataFrame(columns=COLUMNS)
     gps = scorer.predictor.gallery_gps
     probs, rows = zip(*(scorer.topk(feats[s : s + chunk], top_k)
                         for s in range(0, len(feats), chunk)), strict=True)  # fmt: skip
@@ -182,12 +185,14 @@ def predict_features_worker(
     from contextlib import nullcontext
 
     from .distributed import init_distributed
-    from .encoders import ClipId
+    from .encoders import ClipId, check_feature_dim
+    from .features import feature_summary
     from .predict import load_run
     from .progress import progress_bar
 
     info = init_distributed(device.startswith("cuda"))
-    fmeta = read_meta(features)
+    fmeta, _, dim = feature_summary(features)
+    check_feature_dim(dim, f"{features} (features of CLIP {fmeta.get('clip_model')})")
     clip = ClipId.from_meta(fmeta)
     predictor, _ = load_run(checkpoint, gallery=gallery, cache_dir=cache_dir,
                             device=str(info.device) if device.startswith("cuda") else device,

@@ -470,8 +470,10 @@ def serve(
 
     Loads everything once, prints the URL, and answers until Ctrl-C. The page (at /) works
     offline; the API is described at /openapi.json and in the README."""
-    if tiles is not None and not all(f"{{{v}}}" in tiles for v in "zxy"):
-        raise GeoconceptError(f"--tiles {tiles}: a tile URL needs {{z}}, {{x}} and {{y}}")
+    if tiles is not None and not (
+        tiles.startswith(("http://", "https://")) and all(f"{{{v}}}" in tiles for v in "zxy")
+    ):
+        raise GeoconceptError(f"--tiles {tiles}: an http(s) tile URL with {{z}}, {{x}} and {{y}}")
     if host not in {"127.0.0.1", "localhost", "::1"}:
         warnings.warn(f"--host {host}: the server is reachable from other machines"
                       + ("" if api_key else "; anyone who can reach it can use it (set "

@@ -405,7 +405,8 @@ def _build_from_file(
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left:
         raise GeoconceptError(f"{path} lacks weights of {name}: {', '.join(left[:5])}")
-    return model.to(device), cast("Callable[[Image.Image], torch.Tensor]", preprocess)
+    # assigned tensors keep the file's dtype: a float16 file must still give open_clip's fp32
+    return model.float().to(device), cast("Callable[[Image.Image], torch.Tensor]", preprocess)
 
 
 def load_clip(

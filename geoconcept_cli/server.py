@@ -31,7 +31,7 @@ from .explain import MIN_DRAWS
 from .service import GeoService, Photo
 
 STATIC = Path(__file__).parent / "static"
-PUBLIC = ("/healthz", "/", "/static/", "/favicon.ico")  # need no key: they hold no data
+PUBLIC = ("/healthz", "/")  # and /static/...: they need no key, they hold no data
 MAX_TOP_K = 100
 log = logging.getLogger("geoconcept.serve")
 
@@ -68,7 +68,9 @@ class _ApiKey(BaseHTTPMiddleware):
         public = path in PUBLIC or path.startswith("/static/")
         given = request.headers.get("authorization", "").encode()
         if not public and not secrets.compare_digest(given, self.expected):
-            return _error(401, "this server wants an API key: Authorization: Bearer <key>")
+            response = _error(401, "this server wants an API key: Authorization: Bearer <key>")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
         return await call_next(request)
 
 
@@ -130,7 +132,9 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+        response = _error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # 405's Allow
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

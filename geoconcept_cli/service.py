@@ -30,6 +30,7 @@ from .images import decode_image, photo_gps
 from .predict import Predictor
 from .where import Locator
 
+DECODING_AT_ONCE = 2  # a photo at PIL's 89 Mpx limit takes ~1 GB to decode: bound how many
 HEAT_POINTS = 2000  # most probable places sent for the heatmap (the rest carry little mass)
 WORLD_CELL_DEG = 0.5  # the page draws the world as GeoCLIP's gallery on this grid
 
@@ -49,16 +50,21 @@ class GeoService:
         self.explainer = explainer
         self.predictor = explainer.predictor
         self._lock = threading.Lock()
+        self._decoding = threading.BoundedSemaphore(DECODING_AT_ONCE)
+        self._locator_lock = threading.Lock()
+        self._locator: Locator | None = None
 
-    @cached_property
+    @property
     def locator(self) -> Locator:
         """`where` over the same model; a concept-aware head's gallery activations are computed
-        on the first text query, not at start-up."""
-        names = self.explainer.concepts.names if self.explainer.concept_aware else None
-        with self._lock:
-            locator = Locator(self.predictor, names)
-        locator.plain_run = self.explainer.retrained_geoclip
-        return locator
+        on the first text query, not at start-up, and once however many queries arrive."""
+        with self._locator_lock:
+            if self._locator is None:
+                names = self.explainer.concepts.names if self.explainer.concept_aware else None
+                with self._lock:
+                    self._locator = Locator(self.predictor, names)
+                self._locator.plain_run = self.explainer.retrained_geoclip
+            return self._locator
 
     def health(self) -> dict[str, Any]:
         """What is loaded: the mode, the CLIP model, the gallery and the concept set."""
@@ -87,7 +93,8 @@ class GeoService:
         clip = self.predictor.clip
         if clip is None:
             raise GeoconceptError("this predictor has no CLIP backbone to read photos with")
-        pixels = torch.stack([clip.preprocess(decode_image(photo.data, photo.name))])
+        with self._decoding:
+            pixels = torch.stack([clip.preprocess(decode_image(photo.data, photo.name))])
         with self._lock:
             return clip.encode_images(pixels)
 

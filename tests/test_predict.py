@@ -104,6 +104,19 @@ def test_local_checkpoint_loads(tiny_clip, tmp_path, suffix):
     assert not ours.training and not any(p.requires_grad for p in ours.parameters())
 
 
+def test_a_half_precision_weights_file_gives_a_float32_model(tiny_clip, tmp_path):
+    from safetensors.torch import save_file
+
+    with pytest.warns(RandomWeightsWarning):
+        ref = load_clip(tiny_clip, "none")
+    half = {k: v.half() if v.is_floating_point() else v for k, v in ref.model.state_dict().items()}
+    save_file(half, str(tmp_path / "half.safetensors"))
+    clip = load_clip(tiny_clip, str(tmp_path / "half.safetensors"))
+    assert {t.dtype for t in clip.model.parameters()} == {torch.float32}
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.allclose(clip.encode_images(x), ref.encode_images(x), atol=0.05, rtol=0.05)
+
+
 def test_a_checkpoint_missing_weights_is_refused_in_one_line(tiny_clip, tmp_path):
     from safetensors.torch import save_file
 

@@ -173,14 +173,38 @@ def test_no_endpoint_takes_a_server_path(client):
             assert not {"path", "file", "filename"} & set(names), (path, names)
     body = spec["paths"]["/explain"]["post"]["requestBody"]["content"]
     assert body["multipart/form-data"]["schema"]["properties"]["image"]["format"] == "binary"
-    assert client.get("/static/../server.py").status_code == 404
+    for sneaky in ("/static/%2e%2e/server.py", "/static/..%2fserver.py", "/static/%2e%2e%2fcli.py"):
+        r = client.get(sneaky)  # percent-encoded: httpx would resolve a plain "../" itself
+        assert r.status_code == 404 and "def " not in r.text
     assert client.get("/docs").status_code == 404  # Swagger UI would need a CDN
 
 
 def test_unknown_paths_and_methods_answer_json(client):
     assert client.get("/nowhere").json() == {"error": "Not Found"}
     r = client.get("/explain")
-    assert r.status_code == 405 and list(r.json()) == ["error"]
+    assert r.status_code == 405 and list(r.json()) == ["error"] and r.headers["allow"] == "POST"
+
+
+def test_the_upload_limit_is_counted_as_the_body_arrives(client):
+    """No Content-Length to trust (chunked), or one within the multipart allowance: the
+    bytes themselves are counted (the limit here is 1 MB)."""
+    boundary = "b0undary"
+
+    def chunked(size: int):
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+            f'filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        ).encode()
+        for _ in range(size // 65536):
+            yield b"\0" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    r = client.post("/explain", content=chunked(3 * 2**20), headers=headers)
+    assert r.status_code == 413 and "--max-upload-mb" in r.json()["error"]
+    just_over = upload(os.urandom(2**20 + 10_000))  # passes the header check, not the count
+    r = client.post("/explain", files=just_over)
+    assert r.status_code == 413 and "--max-upload-mb" in r.json()["error"]
 
 
 def test_api_key_guards_every_endpoint_but_healthz_and_the_page(service):
@@ -191,6 +215,7 @@ def test_api_key_guards_every_endpoint_but_healthz_and_the_page(service):
                          ("get", "/world"), ("get", "/openapi.json")):  # fmt: skip
         r = getattr(c, method)(path)
         assert r.status_code == 401 and "API key" in r.json()["error"]
+        assert r.headers["www-authenticate"] == "Bearer"
         wrong = getattr(c, method)(path, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
     ok = c.post("/predict", files=upload(jpeg()), headers={"Authorization": "Bearer s3cret"})
@@ -300,3 +325,5 @@ def test_cli_serve_refuses_bad_options_in_one_line():
     r = CliRunner().invoke(app, ["serve", "--tiles", "https://example.org/tile.png"])
     assert r.exit_code == 2 and "{z}, {x} and {y}" in r.output
     assert len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(app, ["serve", "--tiles", "/tiles/{z}/{x}/{y}.png"])
+    assert r.exit_code == 2 and "http(s)" in r.output

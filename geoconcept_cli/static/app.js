@@ -119,9 +119,12 @@ function draw() {
   }
   if (map && map.heat.length) {
     const values = map.heat.map((h) => h[2]);
-    const hi = Math.max(...values), lo = Math.min(...values);
-    const log = state.kind === "probability" && lo > 0;
-    const scaleOf = (v) => log ? (Math.log(v) - Math.log(lo)) / (Math.log(hi) - Math.log(lo) || 1)
+    const positive = values.filter((v) => v > 0);
+    const hi = Math.max(...values);
+    // probabilities on a log scale whose floor is the smallest positive one (some underflow)
+    const log = state.kind === "probability" && positive.length > 0;
+    const lo = log ? Math.min(...positive) : Math.min(...values);
+    const scaleOf = (v) => log ? (Math.log(Math.max(v, lo)) - Math.log(lo)) / (Math.log(hi) - Math.log(lo) || 1)
                                : (v - lo) / (hi - lo || 1);
     for (let i = map.heat.length - 1; i >= 0; i--) {  // strongest drawn last, on top
       const [lat, lon, v] = map.heat[i];
@@ -190,7 +193,7 @@ function legend() {
     parts.push(`heat: the ${a.map.heat.length} highest ${state.kind === "probability" ? "probabilities" : "scores"} (dark = highest${state.kind === "probability" ? ", log scale" : ""})`);
   }
   if (a && a.region) parts.push(`blue: ${Math.round(a.region.coverage * 100)}% confidence region`);
-  if (state.tiles) parts.push("tiles: " + new URL(state.tiles.replace(/[{}]/g, "")).host);
+  if (state.tiles) parts.push("tiles: " + new URL(state.tiles.replace(/[{}]/g, ""), location.href).host);
   $("legend").textContent = parts.join(" · ");
 }
 

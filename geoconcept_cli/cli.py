@@ -44,6 +44,10 @@ Gallery = Annotated[
     typer.Option(help="CSV/Parquet of lat/lon gallery points (default: GeoCLIP's 100K)."),
 ]
 MODEL_PATHS = "run folder, checkpoint file or exported model folder"
+Concepts = Annotated[Path | None, typer.Option(help="concepts.parquet (default: the shipped set).")]
+ConceptEmbeddings = Annotated[
+    Path | None, typer.Option(help="embed-concepts output (default: computed and cached).")
+]
 Device = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")]
 CacheDir = Annotated[
     Path | None,
@@ -276,12 +280,8 @@ def explain(
     images: Annotated[
         Path | None, typer.Option(help="Manifest mode: folder its ids are relative to.")
     ] = None,
-    concepts: Annotated[
-        Path | None, typer.Option(help="concepts.parquet (default: the shipped set).")
-    ] = None,
-    concept_embeddings: Annotated[
-        Path | None, typer.Option(help="embed-concepts output (default: computed and cached).")
-    ] = None,
+    concepts: Concepts = None,
+    concept_embeddings: ConceptEmbeddings = None,
     clip_model: ClipModel = "ViT-L-14",
     clip_pretrained: ClipPretrained = "openai",
     gallery: Gallery = None,
@@ -454,12 +454,8 @@ def serve(
             "'https://tile.openstreetmap.org/{z}/{x}/{y}.png'."
         ),
     ] = None,  # fmt: skip
-    concepts: Annotated[
-        Path | None, typer.Option(help="concepts.parquet (default: the shipped set).")
-    ] = None,
-    concept_embeddings: Annotated[
-        Path | None, typer.Option(help="embed-concepts output (default: computed and cached).")
-    ] = None,
+    concepts: Concepts = None,
+    concept_embeddings: ConceptEmbeddings = None,
     clip_model: ClipModel = "ViT-L-14",
     clip_pretrained: ClipPretrained = "openai",
     gallery: Gallery = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -271,6 +272,13 @@ def test_calibrate_then_evaluate_report_and_write_everything(world, tmp_path):
     assert "calibrated (T" in text and "GeoScore | country | region | city |" in text
 
 
+def calibrate_run(world: dict, run: Path) -> int:
+    """Exit code of `calibrate` fitting ``run`` on the planted world's training features."""
+    args = ["calibrate", str(world["train"]), str(run), "--no-geoclip", "--gallery",
+            str(world["gallery"])]  # fmt: skip
+    return runner.invoke(app, args).exit_code
+
+
 def test_explain_and_predict_say_whether_probabilities_are_calibrated(world, tmp_path,
                                                                       tiny_clip):  # fmt: skip
     run = tmp_path / "run"
@@ -295,20 +303,7 @@ def test_explain_and_predict_say_whether_probabilities_are_calibrated(world, tmp
     assert res.exit_code == 0, res.output
     exp = json.loads(res.stdout)
     assert exp["probabilities"]["calibrated"] is False and "region" not in exp
-    assert (
-        runner.invoke(
-            app,
-            [
-                "calibrate",
-                str(world["train"]),
-                str(run),
-                "--no-geoclip",
-                "--gallery",
-                str(world["gallery"]),
-            ],
-        ).exit_code
-        == 0
-    )
+    assert calibrate_run(world, run) == 0
     exp = json.loads(runner.invoke(app, args).stdout)
     assert exp["probabilities"]["calibrated"] is True
     region = exp["region"]
@@ -333,20 +328,7 @@ def test_explain_and_predict_say_whether_probabilities_are_calibrated(world, tmp
 def test_a_calibration_for_another_model_gallery_or_clip_is_refused(world, tmp_path, tiny_clip):
     run = tmp_path / "run"
     shutil.copytree(world["run"], run)
-    assert (
-        runner.invoke(
-            app,
-            [
-                "calibrate",
-                str(world["train"]),
-                str(run),
-                "--no-geoclip",
-                "--gallery",
-                str(world["gallery"]),
-            ],
-        ).exit_code
-        == 0
-    )
+    assert calibrate_run(world, run) == 0
     other = tmp_path / "other"
     train(TrainConfig(features=str(world["train"]), out=str(other), concepts=None, max_steps=2,
                       batch_size=32, warmup_steps=1, queue_size=32))  # fmt: skip

@@ -317,6 +317,24 @@ def test_cli_serve_starts_answers_and_stops_cleanly_on_ctrl_c(tmp_path, small_ga
     assert f"http://127.0.0.1:{port}/" in out
 
 
+def test_cli_serve_warns_when_bound_beyond_this_machine(small_gallery):
+    """The warning comes first, before the models load; the test stops it there."""
+    cmd = [sys.executable, "-m", "geoconcept_cli", "serve", "--host", "0.0.0.0",
+           "--port", "1", "--clip-model", TINY_CLIP, "--clip-pretrained", "none",
+           "--gallery", str(small_gallery)]  # fmt: skip
+    env = {**os.environ, "GEOCONCEPT_API_KEY": ""}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert "--host 0.0.0.0: the server is reachable from other machines" in line
+    assert "--api-key" in line
+
+
 def test_cli_serve_refuses_bad_options_in_one_line():
     from typer.testing import CliRunner
 

@@ -186,7 +186,7 @@ def predict_features_worker(
 
     from .distributed import init_distributed
     from .encoders import ClipId, check_feature_dim
-    from .features import feature_summary
+    from .features import feature_summary, shard_size_of
     from .predict import load_run
     from .progress import progress_bar
 
@@ -202,7 +202,7 @@ def predict_features_worker(
     if info.world_size > 1:
         torch.distributed.barrier()  # _geoconcept.json exists before any rank writes a part
     mine = missing_parts(Path(out), fmeta["shards"], info.rank, info.world_size)
-    todo = sum(min(fmeta["shard_size"], fmeta["rows"] - s * fmeta["shard_size"]) for s in mine)
+    todo = sum(shard_size_of(features, s) for s in mine)  # photos left out are not there
     bar = progress_bar("predicting", todo, unit="photos") if info.is_main else nullcontext()
     with bar as advance:
         meta = predict_features(predictor, features, out, top_k, info.rank, info.world_size,

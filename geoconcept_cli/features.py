@@ -402,6 +402,12 @@ class Features:
     meta: dict[str, Any]
 
 
+def shard_size_of(folder: str | Path, index: int) -> int:
+    """How many photos shard ``index`` holds (its header only)."""
+    with safe_open(str(_existing_shard(Path(folder), index)), "pt") as f:
+        return int(f.get_slice("features").get_shape()[0])
+
+
 def read_meta(folder: str | Path) -> dict[str, Any]:
     """A feature folder's meta.json (its CLIP, shard count...), or a one-line error."""
     return _read_meta(Path(folder))

@@ -59,6 +59,7 @@ def test_cli_predicts_a_feature_folder_into_parquet_parts(tmp_path, feats, predi
     res = runner.invoke(app, ["predict", str(folder), "--out", str(out), "--top-k", "3"])
     assert res.exit_code == 0, res.output
     assert "120 photos predicted" in res.output
+    assert "predicting: 120/120 (100%)" in res.output  # progress counts the photos there are
     assert sorted(p.name for p in out.iterdir()) == [
         "_geoconcept.json",
         "part-00000.parquet",

@@ -14,6 +14,7 @@ probability `predict` gives, for 6% fewer products.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,8 @@ class PlaceScorer:
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
-        gps = predictor.gallery_gps
-        _, inverse, counts = gps.unique(dim=0, return_inverse=True, return_counts=True)
-        rows = predictor.places
-        self.rows = rows
-        self.emb = predictor.gallery_emb[rows].contiguous()
-        self.log_count = counts[inverse[rows.cpu()]].float().log().to(rows.device)
+        self.emb = predictor.gallery_emb[predictor.places].contiguous()
+        self.log_count = predictor.place_copies.float().log()
         self.logit_scale = float(predictor.head.logit_scale.detach().exp())
         self.temperature = predictor.temperature
 
@@ -60,10 +57,10 @@ class PlaceScorer:
         """(probabilities, gallery rows), each (B, k): as ``Predictor.topk``."""
         p = self.predictor
         img = p.head.embed_images(feats.to(p.device).float())
-        k = max(1, min(k, len(self.rows)))
+        k = max(1, min(k, len(self.emb)))
         probs, idx = zip(*(self._block_rows(img[r : r + self.BLOCK], k)
                            for r in range(0, len(img), self.BLOCK)), strict=True)  # fmt: skip
-        return torch.cat(probs).cpu(), self.rows[torch.cat(idx)].cpu()
+        return torch.cat(probs).cpu(), self.predictor.places[torch.cat(idx)].cpu()
 
     def _block_rows(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         n, dev = len(q), q.device
@@ -110,8 +107,6 @@ def start_results(out: Path, meta: dict[str, Any], write: bool = True) -> list[i
         raise GeoconceptError(f"--out {out}: a file; batch prediction writes a folder of parts")
     old_path = out / META_NAME
     if old_path.is_file():
-        import json
-
         old = json.loads(old_path.read_text())
         keys = ("features", "feature_rows", "shards", "top_k", "head", "gallery", "temperature")
         changed = [k for k in keys

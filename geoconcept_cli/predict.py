@@ -77,11 +77,13 @@ class Predictor:
         self.gallery_emb = gallery_emb.to(self.device)
         # GeoCLIP's 100K gallery repeats 5,900 points; a place is ranked once, at the first
         # row that holds it (its copies score the same): top-k lists distinct places
-        _, place_of = gallery_gps.unique(dim=0, return_inverse=True)
+        _, place_of, copies = gallery_gps.unique(dim=0, return_inverse=True, return_counts=True)
         first = torch.full((int(place_of.max()) + 1,), len(gallery_gps)).scatter_reduce_(
             0, place_of, torch.arange(len(gallery_gps)), "amin"
         )
-        self.places = first.sort().values.to(self.device)  # gallery rows, one per place
+        places = first.sort().values
+        self.places = places.to(self.device)  # gallery rows, one per place
+        self.place_copies = copies[place_of[places]].to(self.device)  # rows holding each
 
     @classmethod
     def load(

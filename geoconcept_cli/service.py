@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -86,7 +86,7 @@ class GeoService:
         """GeoCLIP's 100K gallery on a WORLD_CELL_DEG grid, one [lat, lon] per inhabited cell:
         the page's offline world map, as the PNG maps draw it."""
         cells = torch.unique(torch.round(load_gallery() / WORLD_CELL_DEG), dim=0)
-        return (cells * WORLD_CELL_DEG).tolist()  # type: ignore[no-any-return]
+        return cast("list[list[float]]", (cells * WORLD_CELL_DEG).tolist())
 
     def _features(self, photo: Photo) -> torch.Tensor:
         """CLIP features of a photo: decoded and preprocessed outside the lock (no weights)."""

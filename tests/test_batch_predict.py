@@ -51,6 +51,7 @@ def test_scoring_places_once_gives_predicts_probabilities(predictor):
     assert (rows == want_rows).float().mean() > 0.99
     # the gallery does repeat places, so the multiplicities were needed
     assert len(predictor.places) < len(predictor.gallery_gps)
+    assert int(predictor.place_copies.sum()) == len(predictor.gallery_gps)
 
 
 def test_cli_predicts_a_feature_folder_into_parquet_parts(tmp_path, feats, predictor):

@@ -688,8 +688,23 @@ def subset(
 @app.command("embed-images")
 @cli_command(on_interrupt="finished shards are kept: rerun the same command to continue")
 def embed_images_cmd(
-    manifest: Annotated[Path, typer.Argument(help="CSV/Parquet with image id/path, LAT, LON.")],
-    images: Annotated[Path | None, typer.Option(help="Folder the ids are relative to.")] = None,
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="A manifest (CSV/Parquet: image id/path, LAT, LON), or WebDataset .tar shards "
+            "whose samples hold KEY.jpg + KEY.json with the coordinates. Quoted patterns "
+            "('shards/*.tar') are expanded.",
+            show_default=False,
+        ),
+    ],
+    images: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Where the manifest's photos are: a folder (default: the manifest's), or "
+            "archives read in place (.zip, .tar, .msg msgpack shards); repeat it, or quote a "
+            "pattern ('mp16/*.msg')."
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output folder of feature shards.")] = Path("features"),
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     shard_size: Annotated[int, typer.Option(min=1, help="Images per shard.")] = 4096,
@@ -699,13 +714,14 @@ def embed_images_cmd(
     clip_pretrained: ClipPretrained = "openai",
     device: Device = "cpu",
 ) -> None:
-    """Run the frozen CLIP backbone once over a manifest; write resumable feature shards."""
+    """Run the frozen CLIP backbone once over a manifest's photos (in a folder or in archives,
+    never extracted) or over WebDataset shards; write resumable feature shards."""
     from .distributed import check_processes, is_main_process, launch, launched_externally
     from .encoders import ClipId, check_feature_dim, clip_embed_dim
     from .features import (
         check_feature_folder,
         embed_images_worker,
-        read_manifest,
+        read_sources,
         shard_rows,
         undecodable,
     )
@@ -713,16 +729,14 @@ def embed_images_cmd(
     check_processes(gpus)
     if gpus > 0 and not device.startswith("cuda"):
         device = "cuda"
-    if images is not None and not images.is_dir():
-        raise GeoconceptError(f"--images {images}: not a folder")
     if out.exists() and not out.is_dir():
         raise GeoconceptError(f"--out {out}: a file; give a folder for the feature shards")
-    m = read_manifest(manifest, images)
-    err.print(f"{manifest}: image ids from column {m.columns[0]}, coordinates from "
-              f"{m.columns[1]}, {m.columns[2]}", highlight=False, soft_wrap=True)  # fmt: skip
+    m = read_sources(sources, images)
+    label = sources[0] if len(sources) == 1 else f"{len(m.rows) + len(m.skipped)} samples"
+    err.print(f"{label}: image ids from {m.source}", highlight=False, soft_wrap=True)
     if m.rows.empty:
         raise GeoconceptError(
-            f"{manifest}: none of its {len(m.skipped)} rows is usable (first: "
+            f"{label}: none of its {len(m.skipped)} rows is usable (first: "
             f"{m.skipped[0][1] if m.skipped else 'no rows'}); check --images"
         )
     for ident, reason in m.skipped[:10]:
@@ -733,7 +747,7 @@ def embed_images_cmd(
     check_feature_dim(clip_embed_dim(clip_model), f"--clip-model {clip_model}")
     meta, pending = check_feature_folder(m, out, ClipId.of(clip_model, clip_pretrained), shard_size)
     if pending:
-        args = (str(manifest), str(images) if images else None, str(out), clip_model,
+        args = ([str(s) for s in sources], [str(i) for i in images or []], str(out), clip_model,
                 clip_pretrained, device, batch_size, shard_size, workers)  # fmt: skip
         if gpus > 1 and not launched_externally():
             launch(embed_images_worker, args, nproc=gpus)

@@ -27,11 +27,11 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
 from .artifacts import atomic_path, write_json
+from .containers import COMPRESSED_TAR, ArchiveIndex, Photo, expand, open_photo, read_webdataset
 from .encoders import ClipBackbone, ClipId, check_same_clip
 from .errors import GeoconceptError
 from .gallery import find_column, latlon_columns, latlon_names, read_table
 from .geo import valid_latlon
-from .images import load_image
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -45,38 +45,82 @@ ID_NAMES = ("img_id", "id", "image", "image_id", "img", "path", "image_path", "i
 
 @dataclass
 class Manifest:
-    """Usable rows of a manifest, and the ones skipped with their reason."""
+    """Usable rows of a manifest (or of WebDataset shards), and the ones skipped with why."""
 
-    rows: pd.DataFrame  # id, path, lat, lon
+    rows: pd.DataFrame  # id, photo (a file path or a containers.Entry), lat, lon
     skipped: list[tuple[str, str]] = field(default_factory=list)
     sha256: str = ""
-    columns: tuple[str, str, str] = ("id", "lat", "lon")  # the table's id, lat, lon columns
+    source: str = "column id, coordinates from lat, lon"  # where ids and coordinates came from
 
 
-def read_manifest(path: str | Path, images_dir: str | Path | None = None) -> Manifest:
-    """Read a CSV/Parquet manifest (image id/path + LAT/LON); bad rows are skipped, not fatal."""
+def read_sources(sources: list[Path], images: list[Path] | None = None) -> Manifest:
+    """The photos to embed: one manifest (CSV/Parquet) whose ids name photos in ``images`` (a
+    folder, or archives: .zip, .tar, .msg), or WebDataset .tar shards that carry their own
+    coordinates. Shell patterns (quoted) are expanded."""
+    sources, images = expand(sources), expand(images or [])
+    if not all(s.name.lower().endswith((".tar", *COMPRESSED_TAR)) for s in sources):
+        if len(sources) > 1:
+            raise GeoconceptError("give one manifest (CSV/Parquet), or WebDataset .tar shards")
+        return read_manifest(sources[0], images)
+    if images:
+        raise GeoconceptError("--images is for a manifest; WebDataset shards hold their photos")
+    found = read_webdataset(sources)
+    rows = pd.DataFrame({"id": found.ids, "photo": pd.Series(found.photos, dtype=object),
+                         "lat": found.lat, "lon": found.lon})  # fmt: skip
+    return Manifest(rows, found.skipped, found.sha256,
+                    "sample keys, coordinates from each sample's .json")  # fmt: skip
+
+
+def read_manifest(path: str | Path, images: str | Path | list[Path] | None = None) -> Manifest:
+    """Read a CSV/Parquet manifest (image id/path + LAT/LON); bad rows are skipped, not fatal.
+
+    The ids name files in the ``images`` folder (default: the manifest's), or photos inside
+    ``images`` archives (see :mod:`containers`), read in place."""
     df = read_table(path)
     id_col = find_column(df, ID_NAMES, "image id/path", path)
     lat_col, lon_col = latlon_names(df, path)
     lat, lon = latlon_columns(df, path)
-    base = Path(images_dir) if images_dir else Path(path).parent
+    find, skipped = _photo_finder(path, images)
     ids = df[id_col].astype(str).tolist()
-    paths = [image_path(base, i) for i in ids]
+    photos = [find(i) for i in ids]
     ok_coords = valid_latlon(lat, lon)
-    keep, skipped = [], []
-    for n, (i, p) in enumerate(zip(ids, paths, strict=True)):
+    keep = []
+    for n, (i, p) in enumerate(zip(ids, photos, strict=True)):
         if not ok_coords[n]:
             skipped.append((i, "invalid coordinates"))
-        elif not p.is_file():
+        elif p is None:
             skipped.append((i, "missing image"))
         else:
             keep.append(n)
     rows = pd.DataFrame(
-        {"id": [ids[n] for n in keep], "path": [str(paths[n]) for n in keep],
+        {"id": [ids[n] for n in keep], "photo": pd.Series([photos[n] for n in keep], dtype=object),
          "lat": lat[keep], "lon": lon[keep]}
     )  # fmt: skip
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    return Manifest(rows, skipped, digest, (str(id_col), str(lat_col), str(lon_col)))
+    return Manifest(rows, skipped, digest,
+                    f"column {id_col}, coordinates from {lat_col}, {lon_col}")  # fmt: skip
+
+
+def _photo_finder(
+    manifest: str | Path, images: str | Path | list[Path] | None
+) -> tuple[Callable[[str], Photo | None], list[tuple[str, str]]]:
+    """(id -> the photo it names or None, [(archive, why it is unreadable)]): photos in a
+    folder, or in archives indexed once; a truncated archive keeps what precedes the damage."""
+    places = [Path(images)] if isinstance(images, (str, Path)) else list(images or [])
+    if not places:
+        places = [Path(manifest).parent]
+    if len(places) == 1 and places[0].is_dir():
+        base = places[0]
+
+        def in_folder(image_id: str) -> Photo | None:
+            path = image_path(base, image_id)
+            return str(path) if path.is_file() else None
+
+        return in_folder, []
+    if any(p.is_dir() for p in places):
+        raise GeoconceptError("--images takes one folder, or archives (.zip, .tar, .msg)")
+    index = ArchiveIndex(places)
+    return index.find, index.unreadable
 
 
 def image_path(base: Path, image_id: str) -> Path:
@@ -125,15 +169,16 @@ def subset_manifest(path: str | Path, fraction: float, out: str | Path, seed: in
 class _Images(Dataset[tuple[int, torch.Tensor | str]]):
     """Decodes photos in DataLoader workers (uint8 CHW when possible); errors become strings."""
 
-    def __init__(self, paths: list[str], transform: Callable[[Image.Image], Any], as_uint8: bool):
-        self.paths, self.transform, self.as_uint8 = paths, transform, as_uint8
+    def __init__(self, photos: list[Photo], transform: Callable[[Image.Image], Any],
+                 as_uint8: bool):  # fmt: skip
+        self.photos, self.transform, self.as_uint8 = photos, transform, as_uint8
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.photos)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
         try:
-            img = self.transform(load_image(self.paths[i]))
+            img = self.transform(open_photo(self.photos[i]))
         except GeoconceptError as exc:
             return i, str(exc)
         if self.as_uint8:
@@ -156,7 +201,7 @@ def _encode_shard(part: pd.DataFrame, clip: ClipBackbone, batch_size: int, worke
     pil_part, normalize = split_preprocess(clip.preprocess)
     # Small loader batches reach the model quickly; the model sees ``batch_size`` at once.
     loader = DataLoader(
-        _Images(part["path"].tolist(), pil_part, normalize is not None),
+        _Images(part["photo"].tolist(), pil_part, normalize is not None),
         batch_size=min(16, batch_size), num_workers=workers, collate_fn=_collate,
         pin_memory=clip.device.type == "cuda", prefetch_factor=4 if workers else None,
     )  # fmt: skip
@@ -313,7 +358,7 @@ def embed_images(
 
 
 def embed_images_worker(
-    manifest: str, images: str | None, out: str, clip_model: str, clip_pretrained: str,
+    sources: list[str], images: list[str], out: str, clip_model: str, clip_pretrained: str,
     device: str, batch_size: int, shard_size: int, workers: int,
 ) -> dict[str, Any]:  # fmt: skip
     """One process of embed-images (picklable for the launcher): its share of the shards.
@@ -325,7 +370,7 @@ def embed_images_worker(
     from .progress import progress_bar
 
     info = init_distributed(device.startswith("cuda"))
-    m = read_manifest(manifest, images)
+    m = read_sources([Path(s) for s in sources], [Path(i) for i in images])
     meta, pending = start_feature_folder(
         m, out, ClipId.of(clip_model, clip_pretrained), shard_size, info.rank
     )

@@ -306,7 +306,7 @@ def test_embed_images_bad_input_is_one_line_and_writes_nothing(manifest, tmp_pat
     args = ["embed-images", str(manifest), "--out", str(out), "--clip-model", tiny_clip,
             "--clip-pretrained", "none"]  # fmt: skip
     res = runner.invoke(app, [*args, "--images", str(tmp_path / "typo")])
-    assert res.exit_code == 2 and "typo: not a folder" in res.stderr
+    assert res.exit_code == 2 and "typo: no such folder or archive" in res.stderr
     res = runner.invoke(app, ["embed-images", str(tmp_path), *args[2:]])  # a folder, not a table
     assert res.exit_code == 2 and "is a folder, expected a CSV or Parquet table" in res.stderr
     (tmp_path / "elsewhere").mkdir()  # a real folder without the photos: every row missing

@@ -163,10 +163,11 @@ def test_label_files_as_they_ship(tmp_path):
                              ("yfcc4k_places365.csv", ("IMG_ID", "LAT", "LON"), 1),
                              ("test.csv", ("id", "latitude", "longitude"), 1)):  # fmt: skip
         m = read_manifest(tmp_path / name, tmp_path / "img")
-        assert m.columns == columns and len(m.rows) == n and not m.skipped, name
+        assert m.source == "column {}, coordinates from {}, {}".format(*columns), name
+        assert len(m.rows) == n and not m.skipped, name
         assert m.rows["lat"].iloc[0] == 48.85 and m.rows["lon"].iloc[0] == 2.35
     osv_row = read_manifest(tmp_path / "test.csv", tmp_path / "img").rows.iloc[0]
-    assert osv_row["path"].endswith("1234567890.jpg")  # OSV-5M ids name <id>.jpg
+    assert osv_row["photo"].endswith("1234567890.jpg")  # OSV-5M ids name <id>.jpg
     (tmp_path / "both.csv").write_text("IMG_ID,lat,latitude,LON\na.jpg,1,1,2\n")
     with pytest.raises(GeoconceptError, match="columns lat and latitude could each be the "
                                               "latitude; keep one"):  # fmt: skip

@@ -28,6 +28,7 @@ bench: setup
 	$(BIN)/python benchmarks/evaluate_speed.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/embed_images_throughput.py
+	$(BIN)/python benchmarks/embed_images_containers.py
 	$(BIN)/python benchmarks/where_atlas_speed.py
 	$(BIN)/python benchmarks/serve_latency.py
 	$(BIN)/python benchmarks/cold_start.py

@@ -23,24 +23,24 @@ from geoconcept_cli.train import TrainConfig, train
 from geoconcept_cli.where import Locator
 
 runner = CliRunner()
-# Paris, Tokyo, Nairobi, Lima, Sydney, Chicago, Cairo, Delhi: eight countries on five continents
-CITIES = [(48.85, 2.35), (35.68, 139.69), (-1.29, 36.82), (-12.05, -77.04), (-33.87, 151.21),
-          (41.88, -87.63), (30.04, 31.24), (28.61, 77.21)]  # fmt: skip
+CONTINENTS = ["Africa", "Asia", "Europe", "North America", "Oceania", "South America"]
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """Concepts with known regions: each city's photos mix three of them; the concept set
-    associates each concept with the countries of the cities whose photos show it."""
+    """Concepts with known regions: photos anywhere on a continent's land mix three of its
+    concepts, and the concept set associates each concept with the continents whose photos
+    show it. (Seed 1: with seed 0 the planted embeddings would be ``torch.randn`` seed 0, the
+    very draw of the atlas's random-basis control.) lr 3e-4: at 3e-3 this world collapses
+    both modalities onto one common concept vector."""
     root = tmp_path_factory.mktemp("planted")
-    world = make_world(root, n_regions=8, per_region=48, k=24, clip_model="tiny-clip-768",
-                       centers=CITIES, gallery_per_center=8)  # fmt: skip
+    world = make_world(root, per_region=48, k=24, clip_model="tiny-clip-768", seed=1,
+                       continents=CONTINENTS, gallery_per_center=32)  # fmt: skip
     train(TrainConfig(features=str(world["train"]), out=str(root / "run"),
-                      concepts=str(world["concepts"]), epochs=6, batch_size=32, lr=3e-3,
+                      concepts=str(world["concepts"]), epochs=10, batch_size=32, lr=3e-4,
                       warmup_steps=3, queue_size=32))  # fmt: skip
-    country = reverse_geocode(np.asarray(CITIES)).country
     mix = world["mixtures"].numpy()
-    regions = [[{"region": str(country[r]), "weight": 1.0} for r in np.nonzero(mix[:, c])[0]]
+    regions = [[{"region": CONTINENTS[r], "weight": 1.0} for r in np.nonzero(mix[:, c])[0]]
                for c in range(mix.shape[1])]  # fmt: skip
     pd.DataFrame(
         {
@@ -92,18 +92,52 @@ def test_auroc_counts_the_pairs_it_orders():
 
 
 def test_grounding_beats_its_controls(planted):
-    """Measured here: trained 0.60, step 0 0.54, random basis 0.47 (mean AUROC); the issue
-    asks > 0.9 for the trained head, which this planted world does not reach (see README)."""
+    """Measured here: mean AUROC trained 0.97, step 0 0.51, random basis 0.56; every
+    planted concept's strongest gallery point lies on one of its continents."""
     head, ckpt = load_head(planted["run"])
-    atlas = build_atlas(head, ckpt, load_gallery(planted["gallery"]), planted["concept_set"])
+    gps = load_gallery(planted["gallery"])
+    atlas = build_atlas(head, ckpt, gps, planted["concept_set"])
     s = atlas.summary
-    assert s["with_regions"] == sum(bool(r) for r in planted["regions"])
+    assert s["with_regions"] == sum(bool(r) for r in planted["regions"]) >= 10
+    assert s["auroc"]["mean"] > 0.9, s
     assert abs(s["auroc_random_basis"]["mean"] - 0.5) < 0.15, s
-    assert s["auroc"]["mean"] > s["auroc_step0"]["mean"] > 0.4, s
+    assert abs(s["auroc_step0"]["mean"] - 0.5) < 0.15, s
+    continent = reverse_geocode(gps.numpy()).continent
+    peaks = [continent[int(atlas.acts[:, c].argmax())] in {r["region"] for r in regions}
+             for c, regions in enumerate(planted["regions"]) if regions]  # fmt: skip
+    assert np.mean(peaks) >= 0.9, peaks  # where a planted concept is strongest: its region
     table = atlas.table
     assert set(table.columns) == {"concept", "country", "continent", "mean_activation", "rank"}
     assert len(table) == 24 * table["country"].nunique()
     assert (table.groupby("concept")["rank"].min() == 1).all()
+
+
+def test_explanation_metrics_separate_the_trained_head_from_the_untrained(planted):
+    """Both heads' explanations are faithful to their own scores (deleting the top concepts
+    costs far more than random ones), but the trained head locates the photos and its
+    decisions rest on more concepts: keeping only the top 3 no longer keeps its top place.
+    Measured here: faithful 0.92 / 0.97, concepts for 90% 7.3 / 4.4, top-1 kept 0.14 / 0.79,
+    continent accuracy 0.96 / 0.22 (trained / step 0)."""
+    from geoconcept_cli.atlas import build_head_at_step0
+    from geoconcept_cli.interpretability import explanation_metrics
+
+    head, ckpt = load_head(planted["run"])
+    gps = load_gallery(planted["gallery"])
+    test = load_features(planted["test"])
+    truth = reverse_geocode(test.latlon.numpy()).continent
+    found = {}
+    for name, h in (("trained", head), ("step 0", build_head_at_step0(head, ckpt))):
+        predictor = Predictor(h, gps, cached_gallery_embeddings(gps, h))
+        top = gps[predictor.topk(test.features, 1)[1][:, 0]].numpy()
+        accuracy = float(np.mean(reverse_geocode(top).continent == truth))
+        found[name] = accuracy, explanation_metrics(predictor, test.features, photos=72)
+    (acc, trained), (acc0, step0) = found["trained"], found["step 0"]
+    assert acc > 0.8 and acc0 < 0.5, (acc, acc0)
+    for m in (trained, step0):
+        assert m["faithful_share"] > 0.8, m
+        assert m["deletion"]["score_drop_top"] > 3 * m["deletion"]["score_drop_random"], m
+    assert trained["sparsity"]["concepts_for_90pct"] > step0["sparsity"]["concepts_for_90pct"] + 1
+    assert trained["insertion"]["still_top1_share"] < step0["insertion"]["still_top1_share"] - 0.3
 
 
 def test_explanation_metrics_agree_with_explain_check_photo_by_photo(planted):

@@ -22,10 +22,11 @@ import json
 import os
 import tarfile
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 import numpy as np
@@ -34,6 +35,9 @@ from .errors import GeoconceptError
 from .gallery import LAT_NAMES, LON_NAMES
 from .geo import valid_latlon
 from .images import IMAGE_SUFFIXES, decode_image, load_image
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".msg")
 COMPRESSED_TAR = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
@@ -152,22 +156,35 @@ def _msgpack_entries(path: Path) -> Iterator[Entry]:
         start = 0
         for record in unpacker:
             end = unpacker.tell()
-            if isinstance(record, dict) and isinstance(record.get("image"), bytes):
-                yield Entry(str(path), str(record.get("id")), start, end - start)
+            if (isinstance(record, dict) and isinstance(record.get("image"), bytes)
+                    and isinstance(record.get("id"), str)):  # fmt: skip
+                yield Entry(str(path), record["id"], start, end - start)
             start = end
 
 
-_handles: dict[tuple[int, str], Any] = {}  # per process: workers never share a file offset
+# Open archives, per process (workers never share a file offset), the most recently used
+# last; bounded, so thousands of shards do not exhaust the file descriptors.
+_handles: OrderedDict[tuple[int, str], Any] = OrderedDict()
+MAX_OPEN = 128
 
 
 def _handle(archive: str) -> Any:
     key = (os.getpid(), archive)
-    if key not in _handles:
-        if archive.lower().endswith(".zip"):
-            _handles[key] = zipfile.ZipFile(archive)
+    if key in _handles:
+        _handles.move_to_end(key)
+        return _handles[key]
+    while len(_handles) >= MAX_OPEN:
+        (pid, _), old = _handles.popitem(last=False)
+        if pid != os.getpid():  # a parent's handles are the parent's to close
+            continue
+        if isinstance(old, zipfile.ZipFile):
+            old.close()
         else:
-            _handles[key] = os.open(archive, os.O_RDONLY)
-    return _handles[key]
+            os.close(old)
+    handle = zipfile.ZipFile(archive) if archive.lower().endswith(".zip") else os.open(
+        archive, os.O_RDONLY)  # fmt: skip
+    _handles[key] = handle
+    return handle
 
 
 def read_bytes(entry: Entry) -> bytes:
@@ -186,7 +203,7 @@ def read_bytes(entry: Entry) -> bytes:
         raise GeoconceptError(f"{entry}: cannot read it from the archive ({exc})") from None
 
 
-def open_photo(photo: Photo) -> Any:
+def open_photo(photo: Photo) -> Image.Image:
     """Decode a photo wherever it lies into an upright RGB image (or a one-line error)."""
     if isinstance(photo, Entry):
         return decode_image(read_bytes(photo), str(photo))

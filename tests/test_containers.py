@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from conftest import shared_data
 from typer.testing import CliRunner
 
+from geoconcept_cli import containers
 from geoconcept_cli.cli import app
 from geoconcept_cli.containers import ArchiveIndex, Entry, open_photo, read_webdataset
 from geoconcept_cli.features import load_features, shard_path
@@ -148,6 +150,21 @@ def test_truncated_archives_keep_what_precedes_the_damage(packed, tmp_path, tiny
     assert "missing image" in res.stderr
     embedded = len(load_features(tmp_path / "f").ids)
     assert embedded == sum(e.offset + e.size <= len(raw) // 2 for e in index.entries.values())
+
+
+def test_archives_beyond_the_open_handle_bound_are_reopened(packed, tmp_path, monkeypatch):
+    root, _ = packed
+    monkeypatch.setattr(containers, "MAX_OPEN", 1)
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as zf:  # names of its own: z/...
+        for path in sorted((root / "folder").iterdir())[:16]:
+            zf.write(path, f"z/{path.name}")
+    index = ArchiveIndex([root / "shard_0.msg", root / "photos.tar", tmp_path / "z.zip"])
+    entries = list(index.entries.values())
+    assert len({e.archive for e in entries}) == 3 and len(entries) == 32 + N + 16
+    for e in entries[::5] + entries[::-7]:  # back and forth between the three archives
+        name = e.name.rsplit("/", 1)[-1]
+        assert open_photo(e).tobytes() == open_photo(str(root / "folder" / name)).tobytes()
+    assert sum(pid == os.getpid() for pid, _ in containers._handles) <= 1
 
 
 def test_a_photo_cut_short_inside_an_archive_is_a_one_line_error(tmp_path):

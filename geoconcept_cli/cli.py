@@ -261,7 +261,11 @@ def _print_explanation(exp: dict[str, Any]) -> None:
 @cli_command
 def explain(
     target: Annotated[
-        Path, typer.Argument(help="A photo, or a folder / manifest (CSV/Parquet) for batch mode.")
+        Path,
+        typer.Argument(
+            help="A photo; or, for batch mode, a folder of photos, a manifest (CSV/Parquet), "
+            "or an embed-images feature folder (explained from its features: no CLIP runs)."
+        ),
     ],
     checkpoint: Annotated[Path | None, typer.Option(help=f"Trained run: {MODEL_PATHS}.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
@@ -305,8 +309,22 @@ def explain(
     if not batch:
         load_image(target)  # a bad photo fails in a second: before torch and the models load
     from .artifacts import writable_file
-    from .explain import batch_photos, explanation_row, load_explainer, rows_to_parquet
+    from .encoders import ClipId, check_feature_dim
+    from .explain import (
+        batch_photos,
+        explain_feature_folder,
+        explanation_row,
+        load_explainer,
+        rows_to_parquet,
+    )
+    from .features import feature_summary
     from .geo import valid_latlon
+
+    features_of, n_features = None, 0  # a feature folder: explained from its features
+    if target.is_dir() and (target / "meta.json").is_file():
+        fmeta, ids, dim = feature_summary(target)
+        check_feature_dim(dim, f"{target} (features of CLIP {fmeta.get('clip_model')})")
+        features_of, n_features = ClipId.from_meta(fmeta), len(ids)
 
     if (true_lat is None) != (true_lon is None):
         raise GeoconceptError("--true-lat and --true-lon go together")
@@ -322,7 +340,7 @@ def explain(
     ):
         explainer = load_explainer(
             checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,
-            cache_dir, device, advance, concept_advance,
+            cache_dir, device, advance, concept_advance, features_of,
         )  # fmt: skip
     opts: dict[str, Any] = dict(top_k=top_k, n_concepts=n_concepts, check=check, m=m,
                                 draws=draws)  # fmt: skip
@@ -346,6 +364,13 @@ def explain(
             render_map(exp, explainer.predictor.gallery_gps, map_png, truth,
                        probability_heat(explainer.predictor, feats))  # fmt: skip
         return
+    assert out is not None  # batch mode requires --out (checked first)
+    if features_of is not None:
+        with progress_bar("explaining", n_features, unit="photos") as advance:
+            rows = explain_feature_folder(explainer, target, advance, **opts)
+        rows_to_parquet(rows, out)
+        stdout.print(f"{len(rows)} photos explained from their features -> {out}")
+        return
     paths, failed = batch_photos(target, images)
     rows = []
     with progress_bar("explaining", len(paths), unit="photos") as advance:
@@ -360,7 +385,6 @@ def explain(
     if failed and not rows:
         hint = "; --images names the manifest's photo folder" if not target.is_dir() else ""
         raise GeoconceptError(f"none of the {len(failed)} photos could be read{hint}")
-    assert out is not None  # batch mode requires --out (checked first)
     rows_to_parquet(rows, out)
     stdout.print(f"{len(rows)} photos explained -> {out}; {len(failed)} missing or unreadable")
 

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +32,7 @@ from .artifacts import default_cache_dir
 from .concepts.embed import embed_concepts, load_concept_embeddings
 from .concepts.regions import country_and_continent
 from .concepts.review import load_concepts
-from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipBackbone, ClipId
 from .errors import GeoconceptError
 from .geo import haversine_km, place_name
 from .images import load_image
@@ -316,16 +316,19 @@ def load_explainer(
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     concept_progress: Callable[[int, int], None] | None = None,
+    features_of: ClipId | None = None,
 ) -> Explainer:
     """A ready explainer: a checkpoint's concept space, or zero-shot over a concept set.
 
     In zero-shot mode the concept text embeddings come from ``concept_embeddings`` or are
     computed once with the CLIP model's text encoder and cached (``embed-concepts``; minutes
     for ViT-L/14 on a CPU). ``progress(n, total)`` reports gallery encoding and
-    ``concept_progress(n, total)`` concept embedding, each only when it is not cached.
+    ``concept_progress(n, total)`` concept embedding, each only when it is not cached. With
+    ``features_of`` (the CLIP of features embedded before) no CLIP weights are loaded, so
+    zero-shot mode then needs ``concept_embeddings``.
     """
     predictor, ckpt = load_run(checkpoint, clip_model, clip_pretrained, gallery, cache_dir,
-                               device, progress)  # fmt: skip
+                               device, progress, features_of)  # fmt: skip
     if ckpt.get("kind") == "concept":
         if concepts or concept_embeddings:
             warnings.warn(
@@ -336,9 +339,14 @@ def load_explainer(
         return Explainer(predictor, ConceptSet.from_meta(ckpt["concepts"]))
     concepts = Path(concepts) if concepts else default_concepts_path()
     cset = ConceptSet.from_parquet(concepts)
-    assert predictor.clip is not None  # Predictor.load always loads the CLIP backbone
     if concept_embeddings:
-        emb = load_concept_embeddings(concept_embeddings, predictor.clip.identity)
+        clip = features_of or cast(ClipBackbone, predictor.clip).identity
+        emb = load_concept_embeddings(concept_embeddings, clip)
+    elif predictor.clip is None:
+        raise GeoconceptError(
+            "explaining stored features without a concept-aware --checkpoint needs "
+            "--concept-embeddings made with their CLIP (embed-concepts)"
+        )
     else:
         key = hashlib.sha256(json.dumps([predictor.clip.identity.as_meta(), cset.names]).encode())
         out = Path(cache_dir or default_cache_dir()) / "concepts" / key.hexdigest()[:16]
@@ -373,6 +381,24 @@ def rows_to_parquet(rows: list[dict[str, Any]], path: str | Path) -> None:
 
     with atomic_path(path) as tmp:
         pd.DataFrame(rows, columns=ROW_COLUMNS).to_parquet(tmp, index=False)
+
+
+def explain_feature_folder(
+    explainer: Explainer, folder: str | Path, progress: Callable[[int], object],
+    **opts: Any,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Batch rows of every photo of an embed-images folder (``image`` holds its id), from the
+    stored features: no CLIP runs, one explanation per photo as for a photo file."""
+    from .features import read_meta, read_shard
+
+    rows = []
+    for s in range(read_meta(folder)["shards"]):
+        ids, feats, _ = read_shard(folder, s)
+        for i, ident in enumerate(ids):
+            exp = explainer.explain_features(feats[i : i + 1], **opts)
+            rows.append(explanation_row({"image": ident, **exp}))
+            progress(1)
+    return rows
 
 
 def batch_photos(

@@ -130,3 +130,38 @@ def test_cli_batch_mode_refuses_bad_input_in_one_line(tmp_path, feats):
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and message in res.output, (args, res.output)
         assert len(res.output.strip().splitlines()) == 1
+
+
+def test_cli_explains_a_feature_folder_without_clip(tmp_path):
+    """explain FEATS --out: every photo of an embed-images folder, from its features, with
+    the rows `explain` gives each (no CLIP weights: the tiny CLIP here was never built)."""
+    from synthetic import tiny_trained_world
+
+    from geoconcept_cli.explain import explanation_row, load_explainer
+    from geoconcept_cli.features import load_features
+
+    world = tiny_trained_world(tmp_path)
+    out = tmp_path / "explained.parquet"
+    args = ["explain", str(world["test"]), "--checkpoint", str(world["run"]), "--gallery",
+            str(world["gallery"]), "--out", str(out), "--top-k", "3"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    test = load_features(world["test"])
+    assert f"{len(test.ids)} photos explained from their features" in res.stdout
+    assert "random weights" not in res.stderr  # no CLIP was built
+    table = pd.read_parquet(out)
+    assert table["image"].tolist() == test.ids
+    explainer = load_explainer(world["run"], gallery=world["gallery"],
+                               features_of=ClipId("tiny-clip-768", "none"))  # fmt: skip
+    for i in (0, 11, len(test.ids) - 1):
+        exp = explainer.explain_features(test.features[i : i + 1], top_k=3)
+        want = explanation_row({"image": test.ids[i], **exp})
+        row = table.iloc[i]
+        assert (row["lat"], row["lon"], row["place"]) == (want["lat"], want["lon"], want["place"])
+        assert row["prob"] == pytest.approx(want["prob"])
+        assert list(row["why_here"]) == want["why_here"] and row["rule"] == want["rule"]
+    # zero-shot needs concept embeddings of the features' CLIP: it cannot embed the concepts
+    res = runner.invoke(app, [*args[:2], "--gallery", str(world["gallery"]), "--out",
+                              str(tmp_path / "zs.parquet")])  # fmt: skip
+    assert res.exit_code == 2 and "needs --concept-embeddings made with their CLIP" in res.stderr
+    assert not (tmp_path / "zs.parquet").exists()

@@ -96,6 +96,18 @@ def load_gallery(path: str | Path | None = None) -> torch.Tensor:
     return torch.tensor(np.stack([lat, lon], axis=1), dtype=torch.float32)
 
 
+def distinct_places(gps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gallery rows that hold each distinct point once (the first row that holds it,
+    ascending) and how many rows hold each: GeoCLIP's 100K gallery repeats 5,900 points, whose
+    copies score the same, so top-k lists places, not rows."""
+    _, place_of, copies = gps.unique(dim=0, return_inverse=True, return_counts=True)
+    first = torch.full((int(place_of.max()) + 1,), len(gps)).scatter_reduce_(
+        0, place_of, torch.arange(len(gps)), "amin"
+    )
+    places = first.sort().values
+    return places, copies[place_of[places]]
+
+
 @torch.no_grad()
 def encode_locations(
     gps: torch.Tensor,
@@ -137,7 +149,7 @@ def cached_gallery_embeddings(
         with contextlib.suppress(OSError):  # a read-only shared cache is still a cache
             os.utime(path)  # recently used: the last entry pruning removes
         return emb
-    limit = _cache_limit_bytes()
+    limit = cache_limit_bytes()
     emb = encode_locations(gps, head, progress=progress)
     with atomic_path(path) as tmp:
         save_file({"embeddings": emb.contiguous(), "gps": gps.contiguous()}, str(tmp))
@@ -145,7 +157,7 @@ def cached_gallery_embeddings(
     return emb
 
 
-def _cache_limit_bytes() -> float:
+def cache_limit_bytes() -> float:
     value = os.environ.get("GEOCONCEPT_GALLERY_CACHE_GB", str(GALLERY_CACHE_GB))
     try:
         gb = float(value)
@@ -158,19 +170,24 @@ def _cache_limit_bytes() -> float:
 
 
 def prune_gallery_cache(folder: Path, limit_bytes: float, keep: Path | None = None) -> None:
-    """Delete the least recently used gallery embeddings until ``folder`` fits the limit;
-    ``keep`` (the entry just written) always stays."""
-    entries = []
-    for entry in folder.glob("*.safetensors"):
-        try:
-            st = entry.stat()
-        except FileNotFoundError:  # pruned by another process meanwhile
-            continue
-        entries.append((st.st_mtime, st.st_size, entry))
-    total = sum(size for _, size, _ in entries)
-    for _, size, entry in sorted(entries):
+    """Delete the least recently used gallery entries until ``folder`` fits the limit; an
+    entry is every file of one key (a large gallery's embeddings and index go together), used
+    when its newest file was. ``keep`` (the entry just written) always stays."""
+    entries: dict[str, list[tuple[float, int, Path]]] = {}
+    for pattern in ("*.safetensors", "*.faiss"):
+        for entry in folder.glob(pattern):
+            try:
+                st = entry.stat()
+            except FileNotFoundError:  # pruned by another process meanwhile
+                continue
+            key = entry.name.split(".")[0]
+            entries.setdefault(key, []).append((st.st_mtime, st.st_size, entry))
+    total = sum(size for files in entries.values() for _, size, _ in files)
+    kept = keep.name.split(".")[0] if keep else None
+    for key, files in sorted(entries.items(), key=lambda item: max(f[0] for f in item[1])):
         if total <= limit_bytes:
             break
-        if entry != keep:
-            entry.unlink(missing_ok=True)
-            total -= size
+        if key != kept:
+            for _, size, entry in files:
+                entry.unlink(missing_ok=True)
+                total -= size

@@ -129,6 +129,11 @@ def encode_locations(
     return torch.cat(out)
 
 
+def gallery_key(gps: torch.Tensor, head: RetrievalHead) -> str:
+    """The cache key of a gallery's embeddings: its coordinates and the encoder's weights."""
+    return hash_tensors(gps, extra=f"{type(head).__name__}:{hash_state_dict(head)}")
+
+
 def cached_gallery_embeddings(
     gps: torch.Tensor,
     head: RetrievalHead,
@@ -137,8 +142,7 @@ def cached_gallery_embeddings(
 ) -> torch.Tensor:
     """Gallery embeddings under ``head``, computed once per (gallery, weights) pair."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = hash_tensors(gps, extra=f"{type(head).__name__}:{hash_state_dict(head)}")
-    path = cache_dir / "gallery" / f"{key}.safetensors"
+    path = cache_dir / "gallery" / f"{gallery_key(gps, head)}.safetensors"
     emb = None
     if path.is_file():
         try:

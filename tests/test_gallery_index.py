@@ -185,8 +185,15 @@ def test_predict_says_what_the_probabilities_are_normalised_over(big, big_galler
         "whole gallery"  # fmt: skip
 
 
-def test_commands_that_score_every_point_refuse_a_large_gallery(big):
-    with pytest.raises(GeoconceptError, match=r"calibrate scores every gallery point; this "
-                       r"gallery has 200,000 \(from 200,000"):  # fmt: skip
-        gallery_index.refuse_large(big.gallery_gps, "calibrate")
-    gallery_index.refuse_large(big.gallery_gps[: ROWS - 1], "calibrate")  # one fewer: exact
+def test_commands_that_score_every_point_refuse_a_large_gallery(big_gallery, tmp_path):
+    world = make_world(tmp_path / "world", n_regions=3, per_region=8, clip_model="tiny-clip-768")
+    args = ["calibrate", str(world["train"]), "--gallery", str(big_gallery)]
+    res = CliRunner().invoke(app, [*args, "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert "calibrate scores every gallery point; this gallery has 200,000 (from 200,000" \
+        in res.stderr  # fmt: skip
+    assert not (tmp_path / "cache" / "gallery").exists()  # refused before any encoding
+    gps = load_gallery(big_gallery)
+    with pytest.raises(GeoconceptError, match="evaluate scores every gallery point"):
+        gallery_index.refuse_large(gps, "evaluate")
+    gallery_index.refuse_large(gps[: ROWS - 1], "evaluate")  # one fewer: served exactly

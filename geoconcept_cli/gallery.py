@@ -5,7 +5,8 @@ normalised embeddings are computed once and stored as safetensors, keyed by a ha
 gallery coordinates and of the encoder weights, so a changed gallery or a retrained encoder
 never reuses stale embeddings. Each trained checkpoint adds an entry (200-260 MB for the 100K
 gallery), so the least recently used entries go once the folder passes
-$GEOCONCEPT_GALLERY_CACHE_GB (default 4).
+$GEOCONCEPT_GALLERY_CACHE_GB (default 4). Galleries of 200K+ points are stored and searched
+otherwise (gallery_index), under the same key and bound.
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ def cached_gallery_embeddings(
 
 
 def cache_limit_bytes() -> float:
+    """$GEOCONCEPT_GALLERY_CACHE_GB in bytes (a one-line error for a value that is no size)."""
     value = os.environ.get("GEOCONCEPT_GALLERY_CACHE_GB", str(GALLERY_CACHE_GB))
     try:
         gb = float(value)

@@ -41,13 +41,15 @@ class PlaceScorer:
 
     The (photos x places) logits are never held whole: blocks of BLOCK x BLOCK stay in the
     CPU's cache while their softmax denominator (an online log-sum-exp, as in flash attention)
-    and top-k are taken, so the work is one product and no pass over a 100K-wide matrix."""
+    and top-k are taken, so the work is one product and no pass over a 100K-wide matrix. An
+    indexed gallery is searched in its index instead (``Predictor.topk``)."""
 
     BLOCK = 1024
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
-        self.emb = predictor.gallery_emb[predictor.places].contiguous()
+        exact = predictor.index is None  # an indexed gallery is not copied: topk searches it
+        self.emb = predictor.gallery_emb[predictor.places].contiguous() if exact else torch.empty(0)
         self.log_count = predictor.place_copies.float().log()
         self.logit_scale = float(predictor.head.logit_scale.detach().exp())
         self.temperature = predictor.temperature
@@ -56,6 +58,8 @@ class PlaceScorer:
     def topk(self, feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities, gallery rows), each (B, k): as ``Predictor.topk``."""
         p = self.predictor
+        if p.index is not None:
+            return p.topk(feats, k)
         img = p.head.embed_images(feats.to(p.device).float())
         k = max(1, min(k, len(self.emb)))
         probs, idx = zip(*(self._block_rows(img[r : r + self.BLOCK], k)
@@ -93,6 +97,7 @@ def results_meta(predictor: Predictor, features: Path, top_k: int) -> dict[str, 
         "feature_rows": meta["rows"], "shards": meta["shards"], "top_k": top_k,
         "head": hash_state_dict(predictor.head), "gallery": hash_tensors(predictor.gallery_gps),
         "temperature": predictor.temperature,
+        **({"normalised_over": predictor.index.note()} if predictor.index else {}),
     }  # fmt: skip
 
 

@@ -378,10 +378,12 @@ def calibrate_heads(
     from contextlib import nullcontext
 
     from .gallery import cached_gallery_embeddings, load_gallery
+    from .gallery_index import refuse_large
     from .predict import Predictor
 
     check_options(alpha, radius_km)  # before any gallery is encoded
     gps = load_gallery(gallery)
+    refuse_large(gps, "calibrate")
     out = {}
     for name, head in heads.items():
         with gallery_progress(name) if gallery_progress else nullcontext() as advance:

@@ -41,7 +41,10 @@ ClipPretrained = Annotated[
 ]
 Gallery = Annotated[
     Path | None,
-    typer.Option(help="CSV/Parquet of lat/lon gallery points (default: GeoCLIP's 100K)."),
+    typer.Option(
+        help="CSV/Parquet of lat/lon gallery points (default: GeoCLIP's 100K); from "
+        "200K points indexed (predict, explain; evaluate/calibrate refuse it)."
+    ),
 ]
 MODEL_PATHS = "run folder, checkpoint file or exported model folder"
 Concepts = Annotated[Path | None, typer.Option(help="concepts.parquet (default: the shipped set).")]

@@ -38,6 +38,7 @@ from .checkpoints import check_trained_on, load_head
 from .encoders import ClipId, check_feature_dim, load_geoclip_head
 from .errors import GeoconceptError
 from .gallery import cached_gallery_embeddings, load_gallery
+from .gallery_index import refuse_large
 from .geo import (
     THRESHOLDS_KM,
     accuracy_at_thresholds,
@@ -158,6 +159,7 @@ def evaluate_models(
         raise GeoconceptError("no test features to evaluate")
     check_feature_dim(feats.shape[1], "test features")
     gps = load_gallery(gallery)
+    refuse_large(gps, "evaluate")
     ids = ids if ids is not None else [str(i) for i in range(len(feats))]
     truth_np = truth.double().numpy()
     places = reverse_geocode(truth_np)

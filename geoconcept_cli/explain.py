@@ -205,7 +205,7 @@ class Explainer:
         unit = a_img / a_img.norm()
         shown = unit > 0
         scale = float(head.logit_scale.exp())
-        loc1 = p.gallery_emb[top.gallery_index].cpu()
+        loc1 = p.gallery_emb[top.gallery_index].float().cpu()
         terms = scale * unit * loc1
         gps = p.gallery_gps
         far = haversine_km(top.lat, top.lon, gps[idx, 0].numpy(), gps[idx, 1].numpy())
@@ -222,7 +222,7 @@ class Explainer:
         }
         if others:
             j = others[0]
-            gap = scale * unit * (loc1 - p.gallery_emb[j].cpu())
+            gap = scale * unit * (loc1 - p.gallery_emb[j].float().cpu())
             lat2, lon2 = (float(v) for v in gps[j])
             runner = {"lat": lat2, "lon": lon2, "place": place_name(lat2, lon2),
                       "gallery_index": j, "logit_gap": float(gap.sum())}  # fmt: skip
@@ -266,11 +266,11 @@ class Explainer:
 
         def after_removing(concepts: torch.Tensor) -> tuple[float, int]:
             a = remove_concepts(z, basis, concepts) @ basis.T
-            logits = scale * (p.gallery_emb @ F.normalize(a, dim=0))
+            logits = scale * p.gallery_cosines(F.normalize(a, dim=0)[None])[0]
             score = float(logits[target])
             return score, int((logits[p.places] > score).sum()) + 1  # rank among places
 
-        base = float(scale * unit.to(p.device) @ p.gallery_emb[target])
+        base = float(scale * unit.to(p.device) @ p.gallery_emb[target].float())
         shown_terms = torch.where(unit > 0, terms, torch.tensor(-torch.inf))
         top_score, top_rank = after_removing(shown_terms.argsort(descending=True)[:m])
         gen = torch.Generator().manual_seed(seed)

@@ -5,7 +5,8 @@ normalised embeddings are computed once and stored as safetensors, keyed by a ha
 gallery coordinates and of the encoder weights, so a changed gallery or a retrained encoder
 never reuses stale embeddings. Each trained checkpoint adds an entry (200-260 MB for the 100K
 gallery), so the least recently used entries go once the folder passes
-$GEOCONCEPT_GALLERY_CACHE_GB (default 4).
+$GEOCONCEPT_GALLERY_CACHE_GB (default 4). Galleries of 200K+ points are stored and searched
+otherwise (gallery_index), under the same key and bound.
 """
 
 from __future__ import annotations
@@ -96,6 +97,18 @@ def load_gallery(path: str | Path | None = None) -> torch.Tensor:
     return torch.tensor(np.stack([lat, lon], axis=1), dtype=torch.float32)
 
 
+def distinct_places(gps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gallery rows that hold each distinct point once (the first row that holds it,
+    ascending) and how many rows hold each: GeoCLIP's 100K gallery repeats 5,900 points, whose
+    copies score the same, so top-k lists places, not rows."""
+    _, place_of, copies = gps.unique(dim=0, return_inverse=True, return_counts=True)
+    first = torch.full((int(place_of.max()) + 1,), len(gps)).scatter_reduce_(
+        0, place_of, torch.arange(len(gps)), "amin"
+    )
+    places = first.sort().values
+    return places, copies[place_of[places]]
+
+
 @torch.no_grad()
 def encode_locations(
     gps: torch.Tensor,
@@ -117,6 +130,11 @@ def encode_locations(
     return torch.cat(out)
 
 
+def gallery_key(gps: torch.Tensor, head: RetrievalHead) -> str:
+    """The cache key of a gallery's embeddings: its coordinates and the encoder's weights."""
+    return hash_tensors(gps, extra=f"{type(head).__name__}:{hash_state_dict(head)}")
+
+
 def cached_gallery_embeddings(
     gps: torch.Tensor,
     head: RetrievalHead,
@@ -125,8 +143,7 @@ def cached_gallery_embeddings(
 ) -> torch.Tensor:
     """Gallery embeddings under ``head``, computed once per (gallery, weights) pair."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = hash_tensors(gps, extra=f"{type(head).__name__}:{hash_state_dict(head)}")
-    path = cache_dir / "gallery" / f"{key}.safetensors"
+    path = cache_dir / "gallery" / f"{gallery_key(gps, head)}.safetensors"
     emb = None
     if path.is_file():
         try:
@@ -137,7 +154,7 @@ def cached_gallery_embeddings(
         with contextlib.suppress(OSError):  # a read-only shared cache is still a cache
             os.utime(path)  # recently used: the last entry pruning removes
         return emb
-    limit = _cache_limit_bytes()
+    limit = cache_limit_bytes()
     emb = encode_locations(gps, head, progress=progress)
     with atomic_path(path) as tmp:
         save_file({"embeddings": emb.contiguous(), "gps": gps.contiguous()}, str(tmp))
@@ -145,7 +162,8 @@ def cached_gallery_embeddings(
     return emb
 
 
-def _cache_limit_bytes() -> float:
+def cache_limit_bytes() -> float:
+    """$GEOCONCEPT_GALLERY_CACHE_GB in bytes (a one-line error for a value that is no size)."""
     value = os.environ.get("GEOCONCEPT_GALLERY_CACHE_GB", str(GALLERY_CACHE_GB))
     try:
         gb = float(value)
@@ -158,19 +176,24 @@ def _cache_limit_bytes() -> float:
 
 
 def prune_gallery_cache(folder: Path, limit_bytes: float, keep: Path | None = None) -> None:
-    """Delete the least recently used gallery embeddings until ``folder`` fits the limit;
-    ``keep`` (the entry just written) always stays."""
-    entries = []
-    for entry in folder.glob("*.safetensors"):
-        try:
-            st = entry.stat()
-        except FileNotFoundError:  # pruned by another process meanwhile
-            continue
-        entries.append((st.st_mtime, st.st_size, entry))
-    total = sum(size for _, size, _ in entries)
-    for _, size, entry in sorted(entries):
+    """Delete the least recently used gallery entries until ``folder`` fits the limit; an
+    entry is every file of one key (a large gallery's embeddings and index go together), used
+    when its newest file was. ``keep`` (the entry just written) always stays."""
+    entries: dict[str, list[tuple[float, int, Path]]] = {}
+    for pattern in ("*.safetensors", "*.faiss"):
+        for entry in folder.glob(pattern):
+            try:
+                st = entry.stat()
+            except FileNotFoundError:  # pruned by another process meanwhile
+                continue
+            key = entry.name.split(".")[0]
+            entries.setdefault(key, []).append((st.st_mtime, st.st_size, entry))
+    total = sum(size for files in entries.values() for _, size, _ in files)
+    kept = keep.name.split(".")[0] if keep else None
+    for key, files in sorted(entries.items(), key=lambda item: max(f[0] for f in item[1])):
         if total <= limit_bytes:
             break
-        if entry != keep:
-            entry.unlink(missing_ok=True)
-            total -= size
+        if key != kept:
+            for _, size, entry in files:
+                entry.unlink(missing_ok=True)
+                total -= size

@@ -30,7 +30,8 @@ from .encoders import (
     load_geoclip_head,
 )
 from .errors import GeoconceptError
-from .gallery import cached_gallery_embeddings, load_gallery
+from .gallery import cached_gallery_embeddings, distinct_places, load_gallery
+from .gallery_index import GalleryIndex, indexed_gallery, is_large
 from .geo import place_name
 from .geocode import reverse_geocode
 from .images import load_image
@@ -56,7 +57,10 @@ class Candidate:
 
 class Predictor:
     """Retrieval over a GPS gallery with any head that has ``embed_images``,
-    ``embed_locations`` and ``logit_scale`` (GeoCLIP's, or a trained concept-aware one)."""
+    ``embed_locations`` and ``logit_scale`` (GeoCLIP's, or a trained concept-aware one).
+
+    A large gallery comes with its ``index`` (see gallery_index): top-k is searched there, and
+    ``gallery_emb`` is its memory-mapped float16 embeddings, multiplied in chunks."""
 
     def __init__(
         self,
@@ -66,6 +70,7 @@ class Predictor:
         clip: ClipBackbone | None = None,
         calibration: Calibration | None = None,
         cache_dir: str | Path | None = None,
+        index: GalleryIndex | None = None,
     ):
         self.head = head.eval()
         self.clip = clip
@@ -75,15 +80,10 @@ class Predictor:
         self.device = next(head.parameters()).device
         self.gallery_gps = gallery_gps
         self.gallery_emb = gallery_emb.to(self.device)
-        # GeoCLIP's 100K gallery repeats 5,900 points; a place is ranked once, at the first
-        # row that holds it (its copies score the same): top-k lists distinct places
-        _, place_of, copies = gallery_gps.unique(dim=0, return_inverse=True, return_counts=True)
-        first = torch.full((int(place_of.max()) + 1,), len(gallery_gps)).scatter_reduce_(
-            0, place_of, torch.arange(len(gallery_gps)), "amin"
-        )
-        places = first.sort().values
+        self.index = index
+        places, copies = (index.places, index.copies) if index else distinct_places(gallery_gps)
         self.places = places.to(self.device)  # gallery rows, one per place
-        self.place_copies = copies[place_of[places]].to(self.device)  # rows holding each
+        self.place_copies = copies.to(self.device)  # rows holding each
 
     @classmethod
     def load(
@@ -118,6 +118,9 @@ class Predictor:
         cal = read_calibration(calibration) if calibration else None
         if cal is not None:
             cal.check_for(head, gps, identity, calibration)
+        if is_large(gps):
+            emb, index = indexed_gallery(gps, head, cache_dir, progress=progress)
+            return cls(head, gps, emb, clip, cal, cache_dir, index)
         emb = cached_gallery_embeddings(gps, head, cache_dir, progress=progress)
         return cls(head, gps, emb, clip, cal, cache_dir)
 
@@ -131,7 +134,17 @@ class Predictor:
     @torch.no_grad()
     def cosines(self, clip_features: torch.Tensor) -> torch.Tensor:
         """(B, N) cosine similarity of each image to each gallery location."""
-        return self.head.embed_images(clip_features.to(self.device).float()) @ self.gallery_emb.T
+        return self.gallery_cosines(self.head.embed_images(clip_features.to(self.device).float()))
+
+    @torch.no_grad()
+    def gallery_cosines(self, unit: torch.Tensor) -> torch.Tensor:
+        """(B, N) products of unit embeddings (B, D) with every gallery row; a float16 gallery
+        is taken in float32 chunks, never copied whole."""
+        if self.gallery_emb.dtype == unit.dtype:
+            return unit @ self.gallery_emb.T
+        step = 65_536
+        return torch.cat([unit @ self.gallery_emb[s : s + step].to(unit.dtype).T
+                          for s in range(0, len(self.gallery_emb), step)], dim=1)  # fmt: skip
 
     @torch.no_grad()
     def logits(self, clip_features: torch.Tensor) -> torch.Tensor:
@@ -155,7 +168,12 @@ class Predictor:
     @torch.no_grad()
     def topk(self, clip_features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The k most probable distinct places as (probabilities, gallery rows), each (B, k) (k
-        at most the number of places), under the softmax over all gallery rows, as GeoCLIP's."""
+        at most the number of places), under the softmax over all gallery rows, as GeoCLIP's;
+        for an indexed gallery, over the candidates it retrieves."""
+        if self.index is not None:
+            img = self.head.embed_images(clip_features.to(self.device).float())
+            scale = float(self.head.logit_scale.exp())
+            return self.index.topk(img, k, scale, self.temperature)
         probs = self.probabilities(clip_features)[:, self.places]
         top = probs.topk(max(1, min(k, probs.shape[1])), dim=-1)
         return top.values.cpu(), self.places[top.indices].cpu()
@@ -181,12 +199,14 @@ class Predictor:
     def calibration_note(self) -> dict[str, Any]:
         """What the probabilities are: calibrated (by what) or not."""
         cal = self.calibration
+        over = {"normalised_over": self.index.note()} if self.index else {}
         if cal is None:
             return {
                 "calibrated": False,
                 "note": "probabilities uncalibrated (geoconcept calibrate fits them)",
+                **over,
             }
-        return {"calibrated": True, "temperature": cal.temperature, "photos": cal.photos,
+        return {**over, "calibrated": True, "temperature": cal.temperature, "photos": cal.photos,
                 "note": f"probabilities calibrated (temperature {cal.temperature:.3g}, "
                         f"fitted on {cal.photos} photos)"}  # fmt: skip
 

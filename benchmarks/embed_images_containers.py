@@ -99,8 +99,10 @@ def main() -> None:
           f"{args.batch_size}, {args.workers} workers, median of {args.repeats}")  # fmt: skip
     for kind, t in times.items():
         ratio = times["folder"] / t
-        print(f"{kind:10s}: {args.n / t:8.1f} images/s   {ratio:.2f}x the folder"
-              + ("" if kind == "folder" else "  (target >= 0.95x)"))
+        print(
+            f"{kind:10s}: {args.n / t:8.1f} images/s   {ratio:.2f}x the folder"
+            + ("" if kind == "folder" else "  (target >= 0.95x)")
+        )
 
 
 if __name__ == "__main__":

@@ -701,7 +701,7 @@ def embed_images_cmd(
 ) -> None:
     """Run the frozen CLIP backbone once over a manifest; write resumable feature shards."""
     from .distributed import check_processes, is_main_process, launch, launched_externally
-    from .encoders import ClipId, check_feature_dim, clip_embed_dim
+    from .encoders import ClipId
     from .features import (
         check_feature_folder,
         embed_images_worker,
@@ -729,8 +729,6 @@ def embed_images_cmd(
         err.print(f"skipped {ident}: {reason}", highlight=False, soft_wrap=True)
     if len(m.skipped) > 10:
         err.print(f"... and {len(m.skipped) - 10} more skipped rows (listed in meta.json)")
-    # features GeoCLIP's image MLP cannot take would cost a whole CLIP pass for nothing
-    check_feature_dim(clip_embed_dim(clip_model), f"--clip-model {clip_model}")
     meta, pending = check_feature_folder(m, out, ClipId.of(clip_model, clip_pretrained), shard_size)
     if pending:
         args = (str(manifest), str(images) if images else None, str(out), clip_model,
@@ -886,7 +884,8 @@ def evaluate(
     if plots is not None and plots.exists() and not plots.is_dir():
         raise GeoconceptError(f"--plots {plots}: a file; give a folder")
     data = load_features(features)
-    heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta)
+    heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta,
+                              data.features.shape[1])  # fmt: skip
     if not heads:
         raise GeoconceptError("nothing to evaluate: give checkpoints or keep --geoclip")
     result = evaluate_models(
@@ -947,7 +946,8 @@ def calibrate(
     from .features import load_features
 
     data = load_features(features)
-    heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta)
+    heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta,
+                              data.features.shape[1])  # fmt: skip
     if not heads:
         raise GeoconceptError("nothing to calibrate: give checkpoints or keep --geoclip")
     files = calibration_files(heads, ClipId.from_meta(data.meta), gallery, cache_dir)

@@ -242,16 +242,20 @@ def check_same_clip(
 GEOCLIP_CLIP = ClipId(DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED)  # GeoCLIP's MLP learned on it
 
 
-def check_geoclip_takes(width: int, clip: ClipId | None, source: object) -> None:
+def check_geoclip_width(width: int, source: object) -> None:
     """Pretrained GeoCLIP (no trained run) takes ViT-L/14's 768-d features only: another
-    width is refused in one line; another 768-d CLIP is warned about, its features lie in
-    another space (random weights are warned about already)."""
+    width is refused in one line."""
     if width != GEOCLIP_FEATURE_DIM:
         raise GeoconceptError(
             f"{source}: {width}-d image features, but pretrained GeoCLIP's image MLP takes "
             f"{GEOCLIP_FEATURE_DIM}-d ones of CLIP {GEOCLIP_CLIP}; {TRAIN_FIRST}"
         )
-    if clip is not None and clip.differs(GEOCLIP_CLIP) and str(clip.pretrained).lower() != "none":
+
+
+def warn_unless_geoclip_clip(clip: ClipId) -> None:
+    """Pretrained GeoCLIP on another 768-d CLIP runs, but its features lie in another space
+    than the MLP learned on: say so (random weights are warned about already)."""
+    if clip.differs(GEOCLIP_CLIP) and str(clip.pretrained).lower() != "none":
         warnings.warn(
             f"pretrained GeoCLIP's image MLP learned on CLIP {GEOCLIP_CLIP} features; those of "
             f"{clip} have their width but lie in another space, so its predictions are "

@@ -35,7 +35,13 @@ from .calibration import (
     run_calibration_path,
 )
 from .checkpoints import check_trained_on, load_head
-from .encoders import GEOCLIP_FEATURE_DIM, ClipId, check_geoclip_takes, load_geoclip_head
+from .encoders import (
+    GEOCLIP_FEATURE_DIM,
+    ClipId,
+    check_geoclip_width,
+    load_geoclip_head,
+    warn_unless_geoclip_clip,
+)
 from .errors import GeoconceptError
 from .gallery import cached_gallery_embeddings, load_gallery
 from .geo import (
@@ -270,9 +276,10 @@ def heads_to_evaluate(
         warnings.warn(f"{GEOCLIP_NAME} left out: its image MLP takes {GEOCLIP_FEATURE_DIM}-d "
                       f"image features, these are {features_dim}-d", stacklevel=2)  # fmt: skip
     elif geoclip:
+        clip = ClipId.from_meta(meta)
         if features_dim is not None:
-            check_geoclip_takes(features_dim, ClipId.from_meta(meta),
-                                f"features of CLIP {ClipId.from_meta(meta)}")  # fmt: skip
+            check_geoclip_width(features_dim, f"features of CLIP {clip}")
+        warn_unless_geoclip_clip(clip)
         heads[GEOCLIP_NAME] = load_geoclip_head(device)
     for ck in checkpoints:
         head, ckpt = load_head(ck, device)

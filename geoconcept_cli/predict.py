@@ -25,10 +25,11 @@ from .encoders import (
     DEFAULT_CLIP_PRETRAINED,
     ClipBackbone,
     ClipId,
-    check_geoclip_takes,
+    check_geoclip_width,
     clip_embed_dim,
     load_clip,
     load_geoclip_head,
+    warn_unless_geoclip_clip,
 )
 from .errors import GeoconceptError
 from .gallery import cached_gallery_embeddings, load_gallery
@@ -108,16 +109,18 @@ class Predictor:
         (for ``features_dim``-d features embedded before, by that CLIP) skips loading the CLIP
         weights. Pretrained GeoCLIP refuses a CLIP of another width than ViT-L/14's."""
         pretrained = head is None
-        if pretrained:  # refused before minutes of CLIP loading
-            width = clip_embed_dim(clip_model) if features_of is None else features_dim
-            given = features_of or ClipId.of(clip_model, clip_pretrained)
-            if width is not None:
-                check_geoclip_takes(width, given, f"CLIP {given}")
+        width = clip_embed_dim(clip_model) if features_of is None else features_dim
+        if pretrained and width is not None:  # refused before minutes of CLIP loading
+            check_geoclip_width(
+                width, f"CLIP {features_of or ClipId.of(clip_model, clip_pretrained)}"
+            )
         clip = None
         if features_of is None:
             clip = load_clip(clip_model, clip_pretrained, device)
         identity = clip.identity if clip is not None else features_of
         assert identity is not None
+        if pretrained:
+            warn_unless_geoclip_clip(identity)
         head = (head or load_geoclip_head()).to(device)
         gps = load_gallery(gallery)
         if pretrained:

@@ -132,7 +132,7 @@ def test_evaluate_explain_predict_serve_atlas_and_export_accept_such_runs(pipeli
                                         gallery=gallery))  # fmt: skip
     answer = service.explain(Photo(pipeline["photo"].read_bytes(), "p0.jpg"), top_k=3)
     assert answer["mode"] == "concept-aware checkpoint" and len(answer["predictions"]) == 3
-    assert service.where("rice terraces")["mode"] == "projected onto the concept basis"
+    assert service.where("a harbour at dawn")["mode"] == "projected onto the concept basis"
     _ok(["atlas", "--checkpoint", run, "--out", str(tmp_path / "atlas"), "--gallery", gallery])
     grounding = pd.read_csv(tmp_path / "atlas" / "grounding.csv")
     assert list(grounding["concept"]) == read_model(run)["concepts"]["concepts"]

@@ -185,18 +185,17 @@ def predict_features_worker(
     from contextlib import nullcontext
 
     from .distributed import init_distributed
-    from .encoders import ClipId, check_feature_dim
+    from .encoders import ClipId
     from .features import feature_summary, shard_size_of
     from .predict import load_run
     from .progress import progress_bar
 
     info = init_distributed(device.startswith("cuda"))
     fmeta, _, dim = feature_summary(features)
-    check_feature_dim(dim, f"{features} (features of CLIP {fmeta.get('clip_model')})")
     clip = ClipId.from_meta(fmeta)
     predictor, _ = load_run(checkpoint, gallery=gallery, cache_dir=cache_dir,
                             device=str(info.device) if device.startswith("cuda") else device,
-                            features_of=clip)  # fmt: skip
+                            features_of=clip, features_dim=dim)  # fmt: skip
     if info.world_size > 1 and info.is_main:
         start_results(Path(out), results_meta(predictor, Path(features), top_k))
     if info.world_size > 1:

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from .artifacts import atomic_path
 from .concepts.review import concept_set_hash
-from .encoders import ClipId, GeoCLIPHead, check_same_clip
+from .encoders import GEOCLIP_FEATURE_DIM, ClipId, GeoCLIPHead, check_same_clip, image_mlp_record
 from .errors import GeoconceptError, first_line, require_file
 from .model import ConceptAwareHead, RetrievalHead
 
@@ -51,9 +51,11 @@ _DECODE_ERRORS = (SafetensorError, KeyError, TypeError, ValueError, RecursionErr
 # ------------------------------------------------------------------------------ writing
 def save_checkpoint(path: str | Path, head: RetrievalHead, config: dict[str, Any],
                     **state: Any) -> None:  # fmt: skip
-    """Atomically write a run checkpoint: weights, the config that made it, training state."""
+    """Atomically write a run checkpoint: weights, the config that made it, its image MLP (the
+    features' width, GeoCLIP's MLP or a fresh one), training state."""
     write_checkpoint(path, {"kind": "concept" if isinstance(head, ConceptAwareHead) else "geoclip",
-                            "model": head.state_dict(), "config": config, **state})  # fmt: skip
+                            "model": head.state_dict(), "config": config,
+                            "image_mlp": image_mlp_record(head.image_width), **state})  # fmt: skip
 
 
 def write_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
@@ -109,7 +111,8 @@ def run_checkpoint(folder: str | Path) -> Path | None:
 
 def read_model(path: str | Path) -> dict[str, Any]:
     """A run folder, a checkpoint file or an exported bundle, as a checkpoint dict:
-    ``kind``, ``model`` (weights), ``config`` (training options), ``clip``, ``concepts``,
+    ``kind``, ``model`` (weights), ``config`` (training options), ``clip``, ``image_mlp``
+    (absent before backbones other than ViT-L/14: see ``image_mlp_of``), ``concepts``,
     ``step``, ``total_steps``, ``features`` (and the training state, for a run)."""
     path = Path(path)
     if path.is_dir():
@@ -205,10 +208,25 @@ def _check_contents(ckpt: Any, path: Path) -> None:
           and isinstance(ckpt.get("total_steps", 0), int)
           and all(isinstance(ckpt.get(k) or {}, dict) for k in ("clip", "concepts", "features"))
           and all(isinstance(v, str | None)
-                  for v in (ckpt.get("clip") or {}).values()))  # fmt: skip
+                  for v in (ckpt.get("clip") or {}).values())
+          and _image_mlp_ok(ckpt.get("image_mlp", image_mlp_record(GEOCLIP_FEATURE_DIM)))
+          )  # fmt: skip
     if not ok:
-        raise GeoconceptError(f"{path}: damaged checkpoint (kind, weights, config, steps or "
-                              "provenance missing or of the wrong type)")  # fmt: skip
+        raise GeoconceptError(f"{path}: damaged checkpoint (kind, weights, config, steps, image "
+                              "MLP or provenance missing or of the wrong type)")  # fmt: skip
+
+
+def _image_mlp_ok(record: Any) -> bool:
+    """An ``image_mlp`` record: a positive width, and GeoCLIP's MLP (768 only) or a fresh one."""
+    return (isinstance(record, dict) and isinstance(record.get("width"), int)
+            and not isinstance(record["width"], bool) and record["width"] > 0
+            and record.get("init") == image_mlp_record(record["width"])["init"])  # fmt: skip
+
+
+def image_mlp_of(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The image MLP a checkpoint records; one written before other backbones were accepted
+    records none, and had GeoCLIP's on ViT-L/14's 768-d features."""
+    return dict(ckpt.get("image_mlp") or image_mlp_record(GEOCLIP_FEATURE_DIM))
 
 
 def read_bundle(folder: str | Path) -> dict[str, Any]:
@@ -242,7 +260,8 @@ def read_bundle(folder: str | Path) -> dict[str, Any]:
     ckpt = {"format": BUNDLE_FORMAT, "kind": config.get("kind"), "model": model,
             "config": config.get("training"), "clip": config.get("clip"), "concepts": concepts,
             "step": config.get("step"), "total_steps": config.get("total_steps"),
-            "features": config.get("features"), "bundle": config}  # fmt: skip
+            "features": config.get("features"), "image_mlp": config.get("image_mlp"),
+            "bundle": config}  # fmt: skip
     ckpt = {k: v for k, v in ckpt.items() if v is not None}  # absent, as in a run's checkpoint
     _check_contents(ckpt, folder)
     return ckpt
@@ -283,8 +302,10 @@ def concept_list_hash(concepts: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------ heads
 def head_from(ckpt: dict[str, Any], source: str | Path) -> RetrievalHead:
-    """The head a checkpoint dict describes, with its weights (one line if they do not fit)."""
+    """The head a checkpoint dict describes, with its weights (one line if they do not fit):
+    its image MLP takes the width the checkpoint records."""
     sd = ckpt["model"]
+    width = image_mlp_of(ckpt)["width"]
     if ckpt["kind"] == "concept":
         basis = sd.get("concept_embeddings")
         if basis is None or basis.ndim != 2 or not basis.is_floating_point():
@@ -295,11 +316,11 @@ def head_from(ckpt: dict[str, Any], source: str | Path) -> RetrievalHead:
             raise GeoconceptError(f"{source}: its concept list does not match its "
                                   f"{len(basis)} concept weights")  # fmt: skip
         try:
-            head: RetrievalHead = ConceptAwareHead(basis)
+            head: RetrievalHead = ConceptAwareHead(basis, clip_dim=width)
         except GeoconceptError as exc:
             raise GeoconceptError(f"{source}: {exc}") from None
     else:
-        head = GeoCLIPHead()
+        head = GeoCLIPHead(width)
     load_weights(head, sd, source)
     return head
 

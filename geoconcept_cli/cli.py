@@ -312,7 +312,7 @@ def explain(
     if not batch:
         load_image(target)  # a bad photo fails in a second: before torch and the models load
     from .artifacts import writable_file
-    from .encoders import ClipId, check_feature_dim
+    from .encoders import ClipId
     from .explain import (
         batch_photos,
         explain_feature_folder,
@@ -323,10 +323,9 @@ def explain(
     from .features import feature_summary
     from .geo import valid_latlon
 
-    features_of, n_features = None, 0  # a feature folder: explained from its features
+    features_of, dim, n_features = None, None, 0  # a feature folder: explained from features
     if target.is_dir() and (target / "meta.json").is_file():
         fmeta, ids, dim = feature_summary(target)
-        check_feature_dim(dim, f"{target} (features of CLIP {fmeta.get('clip_model')})")
         features_of, n_features = ClipId.from_meta(fmeta), len(ids)
 
     if (true_lat is None) != (true_lon is None):
@@ -343,7 +342,7 @@ def explain(
     ):
         explainer = load_explainer(
             checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,
-            cache_dir, device, advance, concept_advance, features_of,
+            cache_dir, device, advance, concept_advance, features_of, dim,
         )  # fmt: skip
     opts: dict[str, Any] = dict(top_k=top_k, n_concepts=n_concepts, check=check, m=m,
                                 draws=draws)  # fmt: skip
@@ -744,7 +743,7 @@ def embed_images_cmd(
     """Run the frozen CLIP backbone once over a manifest's photos (in a folder or in archives,
     never extracted) or over WebDataset shards; write resumable feature shards."""
     from .distributed import check_processes, is_main_process, launch, launched_externally
-    from .encoders import ClipId, check_feature_dim, clip_embed_dim
+    from .encoders import ClipId
     from .features import (
         check_feature_folder,
         embed_images_worker,
@@ -770,8 +769,6 @@ def embed_images_cmd(
         err.print(f"skipped {ident}: {reason}", highlight=False, soft_wrap=True)
     if len(m.skipped) > 10:
         err.print(f"... and {len(m.skipped) - 10} more skipped rows (listed in meta.json)")
-    # features GeoCLIP's image MLP cannot take would cost a whole CLIP pass for nothing
-    check_feature_dim(clip_embed_dim(clip_model), f"--clip-model {clip_model}")
     meta, pending = check_feature_folder(m, out, ClipId.of(clip_model, clip_pretrained), shard_size)
     if pending:
         args = ([str(s) for s in sources], [str(i) for i in images or []], str(out), clip_model,
@@ -927,7 +924,8 @@ def evaluate(
     if plots is not None and plots.exists() and not plots.is_dir():
         raise GeoconceptError(f"--plots {plots}: a file; give a folder")
     data = load_features(features)
-    heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta)
+    heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta,
+                              data.features.shape[1])  # fmt: skip
     if not heads:
         raise GeoconceptError("nothing to evaluate: give checkpoints or keep --geoclip")
     result = evaluate_models(
@@ -988,7 +986,8 @@ def calibrate(
     from .features import load_features
 
     data = load_features(features)
-    heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta)
+    heads = heads_to_evaluate(checkpoints or [], geoclip, device, data.meta,
+                              data.features.shape[1])  # fmt: skip
     if not heads:
         raise GeoconceptError("nothing to calibrate: give checkpoints or keep --geoclip")
     files = calibration_files(heads, ClipId.from_meta(data.meta), gallery, cache_dir)

@@ -1,7 +1,9 @@
 """Model factory: frozen open_clip backbones, and GeoCLIP's pretrained heads from its wheel.
 
 GeoCLIP's image MLP (768->768->512), location encoder and logit scale are read from the
-weights files inside the installed ``geoclip`` package, never from a hub. The location encoder
+weights files inside the installed ``geoclip`` package, never from a hub. That MLP was trained
+on CLIP ViT-L/14 (openai) features only: a backbone of another width gets a fresh MLP of the
+same shape (width->768->512), which only a trained run has. The location encoder
 is re-implemented here (same parameter names, loaded with ``strict=True``) so that importing
 geoconcept does not import ``transformers`` through ``geoclip/__init__``.
 """
@@ -36,19 +38,17 @@ if TYPE_CHECKING:
 DEFAULT_CLIP_MODEL = "ViT-L-14"
 DEFAULT_CLIP_PRETRAINED = "openai"
 GEOCLIP_FEATURE_DIM = 768  # GeoCLIP's image MLP expects ViT-L/14's projected embedding.
-
-
-def check_feature_dim(dim: int, source: object) -> None:
-    """GeoCLIP's image MLP takes ViT-L/14's 768-d projected embedding, nothing else."""
-    if dim != GEOCLIP_FEATURE_DIM:
-        raise GeoconceptError(
-            f"{source}: {dim}-d image features, but GeoCLIP's image MLP takes "
-            f"{GEOCLIP_FEATURE_DIM}-d ones (ViT-L/14's embedding width)"
-        )
+GEOCLIP_HIDDEN_DIM = 768  # the MLP's hidden width, kept for any backbone (GeoCLIP's shape)
+TRAIN_FIRST = "train a run on these features first (train FEATURES --concepts none trains " \
+    "GeoCLIP's shape with a fresh image MLP) and pass it as --checkpoint"  # fmt: skip
 
 
 class RandomWeightsWarning(UserWarning):
     """CLIP runs with random weights: the mechanics work, the predictions mean nothing."""
+
+
+class ForeignBackboneWarning(UserWarning):
+    """Pretrained GeoCLIP fed 768-d features of another CLIP than ViT-L/14 (openai)."""
 
 
 # ---------------------------------------------------------------- GeoCLIP location encoder
@@ -116,9 +116,16 @@ class LocationEncoder(nn.Module):
         return out
 
 
-def image_mlp() -> nn.Sequential:
-    """GeoCLIP's image head: Linear(768, 768) - ReLU - Linear(768, 512)."""
-    return nn.Sequential(nn.Linear(768, 768), nn.ReLU(), nn.Linear(768, 512))
+def image_mlp(width: int = GEOCLIP_FEATURE_DIM) -> nn.Sequential:
+    """GeoCLIP's image head shape: Linear(width, 768) - ReLU - Linear(768, 512)."""
+    return nn.Sequential(nn.Linear(width, GEOCLIP_HIDDEN_DIM), nn.ReLU(),
+                         nn.Linear(GEOCLIP_HIDDEN_DIM, 512))  # fmt: skip
+
+
+def image_mlp_record(width: int) -> dict[str, Any]:
+    """The one place that decides the image MLP of a head on ``width``-d features, as
+    checkpoints record it: GeoCLIP's pretrained one for its 768, else fresh (seeded), trained."""
+    return {"width": width, "init": "geoclip" if width == GEOCLIP_FEATURE_DIM else "fresh"}
 
 
 def geoclip_package_dir() -> Path:
@@ -136,14 +143,19 @@ class GeoCLIPHead(nn.Module):
     gallery cache and the evaluator work unchanged for GeoCLIP and the concept-aware model.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = GEOCLIP_FEATURE_DIM) -> None:
         super().__init__()
-        self.image_mlp = image_mlp()
+        self.image_mlp = image_mlp(width)
         self.location_encoder = LocationEncoder()
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
+    @property
+    def image_width(self) -> int:
+        """The width of the CLIP image features this head takes."""
+        return cast(nn.Linear, self.image_mlp[0]).in_features
+
     def embed_images(self, clip_features: torch.Tensor) -> torch.Tensor:
-        """CLIP image features (B, 768) -> L2-normalised GeoCLIP image embeddings (B, 512)."""
+        """CLIP image features (B, width) -> L2-normalised GeoCLIP image embeddings (B, 512)."""
         return F.normalize(self.image_mlp(clip_features), dim=1)
 
     def embed_locations(self, latlon: torch.Tensor) -> torch.Tensor:
@@ -227,6 +239,32 @@ def check_same_clip(
     raise GeoconceptError(f"{subject} {what}" + "".join(f"; {a}" for a in [*advice, fix] if a))
 
 
+GEOCLIP_CLIP = ClipId(DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED)  # GeoCLIP's MLP learned on it
+
+
+def check_geoclip_width(width: int, source: object) -> None:
+    """Pretrained GeoCLIP (no trained run) takes ViT-L/14's 768-d features only: another
+    width is refused in one line."""
+    if width != GEOCLIP_FEATURE_DIM:
+        raise GeoconceptError(
+            f"{source}: {width}-d image features, but pretrained GeoCLIP's image MLP takes "
+            f"{GEOCLIP_FEATURE_DIM}-d ones of CLIP {GEOCLIP_CLIP}; {TRAIN_FIRST}"
+        )
+
+
+def warn_unless_geoclip_clip(clip: ClipId) -> None:
+    """Pretrained GeoCLIP on another 768-d CLIP runs, but its features lie in another space
+    than the MLP learned on: say so (random weights are warned about already)."""
+    if clip.differs(GEOCLIP_CLIP) and str(clip.pretrained).lower() != "none":
+        warnings.warn(
+            f"pretrained GeoCLIP's image MLP learned on CLIP {GEOCLIP_CLIP} features; those of "
+            f"{clip} have their width but lie in another space, so its predictions are "
+            f"unreliable: {TRAIN_FIRST}",
+            ForeignBackboneWarning,
+            stacklevel=2,
+        )
+
+
 @dataclass
 class ClipBackbone:
     """A frozen open_clip model with its preprocessing transform and tokenizer."""
@@ -246,8 +284,11 @@ class ClipBackbone:
 
     @property
     def embed_dim(self) -> int:
-        model: Any = self.model  # open_clip's CLIP: members torch's Module type does not know
-        return int(model.visual.output_dim)
+        """The width of its image (and text) embeddings, from the model's config: timm-built
+        towers (SigLIP, EVA) have no ``output_dim``."""
+        import open_clip
+
+        return int(open_clip.get_model_config(self.model_name)["embed_dim"])
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -459,5 +500,23 @@ def load_clip(
         raise GeoconceptError(f"could not load CLIP {name} from {tag}: {first_line(exc)}") \
             from None  # fmt: skip
     model.eval().requires_grad_(False)
-    tokenizer = open_clip.get_tokenizer(name)
-    return ClipBackbone(model, preprocess, tokenizer, ClipId.of(model_name, pretrained))
+    return ClipBackbone(model, preprocess, lazy_tokenizer(name), ClipId.of(model_name, pretrained))
+
+
+def lazy_tokenizer(name: str) -> Callable[[list[str]], torch.Tensor]:
+    """open_clip's tokenizer of ``name``, loaded at its first use: embedding images needs none,
+    and some (SigLIP's, from the Hugging Face hub) cannot load on a machine without internet."""
+
+    @functools.cache
+    def load() -> Callable[[list[str]], torch.Tensor]:
+        import open_clip
+
+        try:
+            return cast("Callable[[list[str]], torch.Tensor]", open_clip.get_tokenizer(name))
+        except Exception as exc:  # transformers raises OSError, ValueError... when offline
+            raise GeoconceptError(
+                f"could not load the text tokenizer of CLIP {name} ({first_line(exc)}); run once "
+                "on a machine with internet to fill the Hugging Face cache"
+            ) from None
+
+    return lambda texts: load()(texts)

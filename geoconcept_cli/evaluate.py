@@ -35,7 +35,13 @@ from .calibration import (
     run_calibration_path,
 )
 from .checkpoints import check_trained_on, load_head
-from .encoders import ClipId, check_feature_dim, load_geoclip_head
+from .encoders import (
+    GEOCLIP_FEATURE_DIM,
+    ClipId,
+    check_geoclip_width,
+    load_geoclip_head,
+    warn_unless_geoclip_clip,
+)
 from .errors import GeoconceptError
 from .gallery import cached_gallery_embeddings, load_gallery
 from .gallery_index import refuse_large
@@ -48,7 +54,7 @@ from .geo import (
 from .geocode import Places, reverse_geocode
 from .interpretability import explanation_metrics
 from .metrics import admin_matches, geoscore, location_metrics, reliability
-from .model import ConceptAwareHead, RetrievalHead
+from .model import ConceptAwareHead, RetrievalHead, check_head_takes
 from .predict import Predictor
 
 
@@ -157,7 +163,8 @@ def evaluate_models(
     that head's gallery (on a cache miss)."""
     if len(feats) == 0:
         raise GeoconceptError("no test features to evaluate")
-    check_feature_dim(feats.shape[1], "test features")
+    for name, head in heads.items():
+        check_head_takes(head, feats.shape[1], name)
     gps = load_gallery(gallery)
     refuse_large(gps, "evaluate")
     ids = ids if ids is not None else [str(i) for i in range(len(feats))]
@@ -256,14 +263,26 @@ def heads_to_evaluate(
     geoclip: bool = True,
     device: str | torch.device = "cpu",
     features_meta: dict[str, Any] | None = None,
+    features_dim: int | None = None,
 ) -> dict[str, RetrievalHead]:
     """GeoCLIP's pretrained head (optional) and each checkpoint's, keyed by a display name.
 
     With ``features_meta`` (the test features' meta.json), a checkpoint trained on features
-    of another CLIP model is refused.
+    of another CLIP model is refused. With ``features_dim``, pretrained GeoCLIP is left out
+    (with a warning) of features of another width than its 768 when checkpoints are given,
+    and refused when it is the only model.
     """
-    heads: dict[str, RetrievalHead] = {GEOCLIP_NAME: load_geoclip_head(device)} if geoclip else {}
     meta = features_meta or {}
+    heads: dict[str, RetrievalHead] = {}
+    if geoclip and checkpoints and features_dim not in (None, GEOCLIP_FEATURE_DIM):
+        warnings.warn(f"{GEOCLIP_NAME} left out: its image MLP takes {GEOCLIP_FEATURE_DIM}-d "
+                      f"image features, these are {features_dim}-d", stacklevel=2)  # fmt: skip
+    elif geoclip:
+        clip = ClipId.from_meta(meta)
+        if features_dim is not None:
+            check_geoclip_width(features_dim, f"features of CLIP {clip}")
+        warn_unless_geoclip_clip(clip)
+        heads[GEOCLIP_NAME] = load_geoclip_head(device)
     for ck in checkpoints:
         head, ckpt = load_head(ck, device)
         check_trained_on(ckpt, ClipId.from_meta(meta), ck)

@@ -317,6 +317,7 @@ def load_explainer(
     progress: Callable[[int, int], None] | None = None,
     concept_progress: Callable[[int, int], None] | None = None,
     features_of: ClipId | None = None,
+    features_dim: int | None = None,
 ) -> Explainer:
     """A ready explainer: a checkpoint's concept space, or zero-shot over a concept set.
 
@@ -324,11 +325,11 @@ def load_explainer(
     computed once with the CLIP model's text encoder and cached (``embed-concepts``; minutes
     for ViT-L/14 on a CPU). ``progress(n, total)`` reports gallery encoding and
     ``concept_progress(n, total)`` concept embedding, each only when it is not cached. With
-    ``features_of`` (the CLIP of features embedded before) no CLIP weights are loaded, so
-    zero-shot mode then needs ``concept_embeddings``.
+    ``features_of`` (the CLIP of ``features_dim``-d features embedded before) no CLIP weights
+    are loaded, so zero-shot mode then needs ``concept_embeddings``.
     """
     predictor, ckpt = load_run(checkpoint, clip_model, clip_pretrained, gallery, cache_dir,
-                               device, progress, features_of)  # fmt: skip
+                               device, progress, features_of, features_dim)  # fmt: skip
     if ckpt.get("kind") == "concept":
         if concepts or concept_embeddings:
             warnings.warn(

@@ -1,9 +1,10 @@
 """`export`: a trained run as a self-contained model folder to publish, with a model card.
 
 ``MODEL_DIR/`` holds ``model.safetensors`` (the head's weights), ``config.json`` (format, kind,
-CLIP backbone, concept-set hash, training options, step, the training features' identity, the
-weights' sha256 and, when found, the evaluation figures), ``concepts.json`` (concept-aware
-models) and ``README.md``, a model card generated from the same facts. No file is a pickle.
+CLIP backbone, its image MLP (width; GeoCLIP's or fresh), concept-set hash, training options,
+step, the training features' identity, the weights' sha256 and, when found, the evaluation
+figures), ``concepts.json`` (concept-aware models) and ``README.md``, a model card generated
+from the same facts. No file is a pickle.
 The folder is written under a temporary name beside ``MODEL_DIR`` and renamed into place, so
 a crash never leaves half a bundle.
 """
@@ -39,6 +40,7 @@ from .checkpoints import (
     concept_list_hash,
     file_sha256,
     head_from,
+    image_mlp_of,
     read_json,
     read_model,
 )
@@ -140,6 +142,7 @@ def bundle_config(ckpt: dict[str, Any], weights_sha256: str, evaluation: dict[st
         "format": BUNDLE_FORMAT,
         "kind": ckpt["kind"],
         "clip": ckpt.get("clip") or {},
+        "image_mlp": image_mlp_of(ckpt),
         "concept_set": {"count": len(concepts["concepts"]),
                         "sha256": concept_list_hash(concepts)} if concepts else None,
         "training": training,
@@ -250,6 +253,8 @@ def model_card(config: dict[str, Any], name: str) -> str:
         + "; geoconcept refuses others. Loading this folder runs no code: weights are "
         "safetensors, everything else JSON.",
         "",
+        _image_mlp_line(config["image_mlp"]),
+        "",
         "## Training",
         "",
         *_training_lines(config, training),
@@ -288,6 +293,17 @@ def model_card(config: dict[str, Any], name: str) -> str:
         "",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _image_mlp_line(record: dict[str, Any]) -> str:
+    """Where the image MLP's weights started: GeoCLIP's (ViT-L/14 only) or fresh."""
+    start = ("GeoCLIP's pretrained one" if record["init"] == "geoclip" else
+             "a fresh, seeded one of GeoCLIP's shape (GeoCLIP's own exists for ViT-L/14's "
+             "768-d features only)")  # fmt: skip
+    return (
+        f"Image MLP: {record['width']} -> 768 -> 512, trained from {start}; GeoCLIP's "
+        "pretrained location encoder is its location branch's start."
+    )
 
 
 def _calibration_line(cal: dict[str, Any] | None) -> str:

@@ -3,8 +3,10 @@
 Projection (the paper leaves it open; this is the choice, and why):
 - concept basis  B = E + Delta, E (k x d) the frozen L2-normalised CLIP text embeddings of
   the concepts, Delta learnable (zero at start);
-- image   z_img = norm( norm(x) + W_img MLP(x) ),  x the 768-d CLIP image embedding, MLP
-  GeoCLIP's pretrained image MLP (768->768->512), W_img (512->d) initialised at ZERO. At
+- image   z_img = norm( norm(x) + W_img MLP(x) ),  x the d-d CLIP image embedding (d = the
+  text width: one open_clip model embeds both), MLP GeoCLIP's pretrained image MLP
+  (768->768->512) for ViT-L/14's d = 768, else a fresh, seeded one of its shape
+  (d->768->512), W_img (512->d) initialised at ZERO. At
   step 0 the image activations are exactly CLIP's zero-shot image-concept similarities, so
   concepts mean what their names say from the start; training only adds a correction;
 - location z_loc = norm( W_loc LocEnc(g) ), LocEnc GeoCLIP's pretrained location encoder
@@ -23,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import GeoCLIPHead, LocationEncoder, image_mlp, load_geoclip_head
+from .encoders import (
+    GEOCLIP_FEATURE_DIM,
+    GeoCLIPHead,
+    LocationEncoder,
+    image_mlp,
+    image_mlp_record,
+    load_geoclip_head,
+)
 from .errors import GeoconceptError
 
 LOCATION_TRAINABLE = ("none", "partial", "all")
@@ -34,22 +43,27 @@ class ConceptAwareHead(nn.Module):
 
     concept_embeddings: torch.Tensor  # a buffer (E), registered in __init__
 
-    def __init__(self, concept_embeddings: torch.Tensor, clip_dim: int = 768):
+    def __init__(self, concept_embeddings: torch.Tensor, clip_dim: int | None = None):
         super().__init__()
         k, d = concept_embeddings.shape
-        if d != clip_dim:
+        if clip_dim is not None and d != clip_dim:
             raise GeoconceptError(
                 f"concept embeddings are {d}-d but the CLIP image features are {clip_dim}-d: "
                 "embed the concepts with the same CLIP model as the images"
             )
         self.register_buffer("concept_embeddings", F.normalize(concept_embeddings.float(), dim=1))
         self.delta = nn.Parameter(torch.zeros(k, d))
-        self.image_mlp = image_mlp()
+        self.image_mlp = image_mlp(d)
         self.image_proj = nn.Linear(512, d, bias=False)
         nn.init.zeros_(self.image_proj.weight)
         self.location_encoder = LocationEncoder()
         self.location_proj = nn.Linear(512, d, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    @property
+    def image_width(self) -> int:
+        """The width of the CLIP image features this head takes (its basis's)."""
+        return int(self.concept_embeddings.shape[1])
 
     @property
     def basis(self) -> torch.Tensor:
@@ -106,8 +120,9 @@ class ConceptAwareHead(nn.Module):
         return cast(tuple[torch.Tensor, ...], parts)  # Tensor.split is unannotated
 
 
-# Any retrieval head: both offer embed_images, embed_locations, embed, logit_scale, image_mlp
-# and location_encoder, so the predictor, the gallery cache and the evaluator take either.
+# Any retrieval head: both offer embed_images, embed_locations, embed, logit_scale, image_mlp,
+# image_width and location_encoder, so the predictor, the gallery cache and the evaluator
+# take either.
 RetrievalHead: TypeAlias = ConceptAwareHead | GeoCLIPHead
 
 
@@ -117,14 +132,25 @@ def same_basis(embeddings: torch.Tensor, stored: torch.Tensor) -> bool:
     return unit.shape == stored.shape and torch.allclose(unit, stored, atol=1e-6)
 
 
-def init_from_geoclip(head: ConceptAwareHead) -> ConceptAwareHead:
-    """Copy GeoCLIP's pretrained MLP, location encoder and logit scale into ``head``."""
+def init_from_geoclip(head: RetrievalHead) -> RetrievalHead:
+    """Copy GeoCLIP's pretrained location encoder and logit scale into ``head``, and its image
+    MLP where ``image_mlp_record`` says so (ViT-L/14's width; else the head's stays fresh)."""
     ref = load_geoclip_head()
-    head.image_mlp.load_state_dict(ref.image_mlp.state_dict())
+    if image_mlp_record(head.image_width)["init"] == "geoclip":
+        head.image_mlp.load_state_dict(ref.image_mlp.state_dict())
     head.location_encoder.load_state_dict(ref.location_encoder.state_dict())
     with torch.no_grad():
         head.logit_scale.copy_(ref.logit_scale)
     return head
+
+
+def check_head_takes(head: RetrievalHead, width: int, source: object) -> None:
+    """Refuse, in one line, image features of another width than ``head`` takes."""
+    if head.image_width != width:
+        raise GeoconceptError(
+            f"{source} takes {head.image_width}-d image features, not {width}-d ones: features "
+            "of another CLIP than the one it was trained on"
+        )
 
 
 def set_location_trainable(head: RetrievalHead, mode: str) -> None:
@@ -141,8 +167,14 @@ def set_location_trainable(head: RetrievalHead, mode: str) -> None:
             p.requires_grad_(mode == "all")
 
 
-def build_head(concept_embeddings: torch.Tensor | None) -> RetrievalHead:
-    """A GeoCLIP-initialised head: concept-aware with embeddings, plain GeoCLIP with None."""
+def build_head(concept_embeddings: torch.Tensor | None, width: int | None = None
+               ) -> RetrievalHead:  # fmt: skip
+    """A GeoCLIP-initialised head on ``width``-d image features (default: the embeddings',
+    else ViT-L/14's 768): concept-aware with embeddings, plain GeoCLIP with None. A fresh
+    image MLP (``image_mlp_record``) draws its weights from torch's seed."""
     if concept_embeddings is None:
-        return load_geoclip_head().train()
-    return init_from_geoclip(ConceptAwareHead(concept_embeddings))
+        width = width or GEOCLIP_FEATURE_DIM
+        if image_mlp_record(width)["init"] == "geoclip":
+            return load_geoclip_head().train()
+        return init_from_geoclip(GeoCLIPHead(width)).train()
+    return init_from_geoclip(ConceptAwareHead(concept_embeddings, clip_dim=width))

@@ -25,9 +25,11 @@ from .encoders import (
     DEFAULT_CLIP_PRETRAINED,
     ClipBackbone,
     ClipId,
-    check_feature_dim,
+    check_geoclip_width,
+    clip_embed_dim,
     load_clip,
     load_geoclip_head,
+    warn_unless_geoclip_clip,
 )
 from .errors import GeoconceptError
 from .gallery import cached_gallery_embeddings, distinct_places, load_gallery
@@ -97,20 +99,28 @@ class Predictor:
         progress: Callable[[int, int], None] | None = None,
         calibration: str | Path | None = None,
         features_of: ClipId | None = None,
+        features_dim: int | None = None,
     ) -> Predictor:
         """GeoCLIP's pretrained head (unless ``head`` is given) over a cached gallery.
 
         Probabilities are calibrated by the ``calibration`` file of a trained head, or, for
         pretrained GeoCLIP, by its calibration for this gallery in the cache, where one exists;
         a calibration made for another model, gallery or CLIP is refused. ``features_of``
-        (for features embedded before, by that CLIP) skips loading the CLIP weights."""
+        (for ``features_dim``-d features embedded before, by that CLIP) skips loading the CLIP
+        weights. Pretrained GeoCLIP refuses a CLIP of another width than ViT-L/14's."""
+        pretrained = head is None
+        width = clip_embed_dim(clip_model) if features_of is None else features_dim
+        if pretrained and width is not None:  # refused before minutes of CLIP loading
+            check_geoclip_width(
+                width, f"CLIP {features_of or ClipId.of(clip_model, clip_pretrained)}"
+            )
         clip = None
         if features_of is None:
             clip = load_clip(clip_model, clip_pretrained, device)
-            check_feature_dim(clip.embed_dim, f"CLIP {clip.model_name}")
         identity = clip.identity if clip is not None else features_of
         assert identity is not None
-        pretrained = head is None
+        if pretrained:
+            warn_unless_geoclip_clip(identity)
         head = (head or load_geoclip_head()).to(device)
         gps = load_gallery(gallery)
         if pretrained:
@@ -272,13 +282,16 @@ def load_run(
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     features_of: ClipId | None = None,
+    features_dim: int | None = None,
 ) -> tuple[Predictor, dict[str, Any]]:
     """A predictor of a trained run (its head and calibration) or, without ``checkpoint``,
     of pretrained GeoCLIP, with the run's checkpoint dict ({} for GeoCLIP). A run trained on
-    features of another CLIP is refused, naming the options that would match. With
-    ``features_of`` (the CLIP of features embedded before) no CLIP weights are loaded."""
+    features of another CLIP (or width) is refused, naming the options that would match. With
+    ``features_of`` (the CLIP of ``features_dim``-d features embedded before) no CLIP weights
+    are loaded."""
     from .calibration import run_calibration_path
     from .checkpoints import check_trained_on, load_head
+    from .model import check_head_takes
 
     head: RetrievalHead | None = None
     ckpt: dict[str, Any] = {}
@@ -286,9 +299,12 @@ def load_run(
         head, ckpt = load_head(checkpoint, device)
         given = features_of or ClipId.of(clip_model, clip_pretrained)
         check_trained_on(ckpt, given, checkpoint, hint=features_of is None)
+        width = features_dim if features_of else clip_embed_dim(clip_model)
+        if width is not None:
+            check_head_takes(head, width, checkpoint)
     calibration = run_calibration_path(checkpoint) if checkpoint else None
     predictor = Predictor.load(clip_model, clip_pretrained, gallery, head, cache_dir, device,
-                               progress, calibration, features_of)  # fmt: skip
+                               progress, calibration, features_of, features_dim)  # fmt: skip
     return predictor, ckpt
 
 

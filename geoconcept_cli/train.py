@@ -43,7 +43,7 @@ from .distributed import (
     mean_across_ranks,
     same_on_all_ranks,
 )
-from .encoders import ClipId, check_feature_dim
+from .encoders import ClipId
 from .errors import GeoconceptError
 from .features import feature_summary, load_features
 from .losses import DIVERGENCES, info_nce
@@ -135,10 +135,15 @@ def check_run(cfg: TrainConfig, resume: bool, world_size: int = 1) -> dict[str, 
         raise GeoconceptError(f"--out {cfg.out} is a file; give a run folder")
     meta, ids, dim = feature_summary(cfg.features)
     n = len(ids)
-    check_feature_dim(dim, cfg.features)
     basis = None
     if cfg.concepts:
         basis = load_concept_embeddings(cfg.concepts, ClipId.from_meta(meta))
+        width = basis.embeddings.shape[1]
+        if width != dim:  # files that do not record their CLIP pass the check above
+            raise GeoconceptError(
+                f"{cfg.concepts}: {width}-d concept embeddings, but {cfg.features} holds "
+                f"{dim}-d image features: embed the concepts with the features' CLIP"
+            )
     if cfg.batch_size % world_size:
         raise GeoconceptError(f"--batch-size {cfg.batch_size} must divide by {world_size}")
     if n < cfg.batch_size:
@@ -376,7 +381,8 @@ def train(
 
     torch.manual_seed(cfg.seed)
     basis = load_concept_embeddings(cfg.concepts) if cfg.concepts else None
-    head = build_head(basis.embeddings if basis else None).to(device).train()
+    head = build_head(basis.embeddings if basis else None, data.features.shape[1])
+    head = head.to(device).train()
     provenance = {
         "features": features_identity(data.ids),
         "clip": ClipId.from_meta(data.meta).as_meta(prefix=""),

@@ -40,6 +40,7 @@ from .model import ConceptAwareHead
 from .predict import Candidate, Predictor, load_run
 
 RUNNER_UP_MIN_KM = 200.0  # the runner-up is the best *other place*, not a neighbouring point
+RANKED = 200  # places ranked per photo: the top-k, and the pool the runner-up is drawn from
 FAITHFUL_SHARE = 0.95  # the explanation's removal must hurt more than 95% of random removals
 MIN_DRAWS = 20  # fewer random draws cannot tell 95% apart from "all of them"
 
@@ -164,10 +165,13 @@ class Explainer:
     def explain_features(
         self, feats: torch.Tensor, top_k: int = 5, n_concepts: int = 8, check: bool = False,
         m: int = 3, draws: int = 20, seed: int = 0,
+        ranked: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        """The full explanation of one photo's CLIP features (1, D) as a JSON-able dict."""
+        """The full explanation of one photo's CLIP features (1, D) as a JSON-able dict.
+        ``ranked``: its (probabilities, gallery rows), (1, >= max(top_k, RANKED)), when a batch
+        has ranked many photos at once."""
         p = self.predictor
-        probs, idx = p.topk(feats, max(top_k, 200))
+        probs, idx = ranked if ranked is not None else p.topk(feats, max(top_k, RANKED))
         cands = p.candidates(probs[0, :top_k], idx[0, :top_k])
         mode = (
             "concept-aware checkpoint"
@@ -389,14 +393,19 @@ def explain_feature_folder(
     **opts: Any,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Batch rows of every photo of an embed-images folder (``image`` holds its id), from the
-    stored features: no CLIP runs, one explanation per photo as for a photo file."""
+    stored features: no CLIP runs; each shard's photos are ranked over the gallery at once, as
+    batch predict ranks them, then explained one by one."""
+    from .batch_predict import PlaceScorer
     from .features import read_meta, read_shard
 
+    scorer = PlaceScorer(explainer.predictor)
     rows = []
     for s in range(read_meta(folder)["shards"]):
         ids, feats, _ = read_shard(folder, s)
+        probs, idx = scorer.topk(feats, max(opts.get("top_k", 5), RANKED))
         for i, ident in enumerate(ids):
-            exp = explainer.explain_features(feats[i : i + 1], **opts)
+            ranked = (probs[i : i + 1], idx[i : i + 1])
+            exp = explainer.explain_features(feats[i : i + 1], ranked=ranked, **opts)
             rows.append(explanation_row({"image": ident, **exp}))
             progress(1)
     return rows

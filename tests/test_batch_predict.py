@@ -158,7 +158,8 @@ def test_cli_explains_a_feature_folder_without_clip(tmp_path):
         want = explanation_row({"image": test.ids[i], **exp})
         row = table.iloc[i]
         assert (row["lat"], row["lon"], row["place"]) == (want["lat"], want["lon"], want["place"])
-        assert row["prob"] == pytest.approx(want["prob"])
+        # ranked a shard at a time as batch predict ranks (its softmax sums in float64)
+        assert row["prob"] == pytest.approx(want["prob"], rel=1e-4)
         assert list(row["why_here"]) == want["why_here"] and row["rule"] == want["rule"]
     # zero-shot needs concept embeddings of the features' CLIP: it cannot embed the concepts
     res = runner.invoke(app, [*args[:2], "--gallery", str(world["gallery"]), "--out",

@@ -776,7 +776,7 @@ def embed_images_cmd(
         if gpus > 1 and not launched_externally():
             launch(embed_images_worker, args, nproc=gpus)
         else:
-            embed_images_worker(*args)
+            embed_images_worker(*args, manifest=m)  # the archives are indexed once
     if not is_main_process():  # under torchrun/SLURM every rank runs this: one reports
         return
     bad_in = undecodable(out)  # images that exist but did not decode, listed in their shards

@@ -360,8 +360,11 @@ def embed_images(
 def embed_images_worker(
     sources: list[str], images: list[str], out: str, clip_model: str, clip_pretrained: str,
     device: str, batch_size: int, shard_size: int, workers: int,
+    manifest: Manifest | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One process of embed-images (picklable for the launcher): its share of the shards.
+    ``manifest``: the sources as this process already read them (archives are then not
+    indexed again); launched processes read them themselves.
 
     Rank 0 shows progress over its own unfinished shards (with N ranks, about 1/N of the
     images); a rank 0 with none left shows none."""
@@ -370,7 +373,7 @@ def embed_images_worker(
     from .progress import progress_bar
 
     info = init_distributed(device.startswith("cuda"))
-    m = read_sources([Path(s) for s in sources], [Path(i) for i in images])
+    m = manifest or read_sources([Path(s) for s in sources], [Path(i) for i in images])
     meta, pending = start_feature_folder(
         m, out, ClipId.of(clip_model, clip_pretrained), shard_size, info.rank
     )

@@ -152,6 +152,22 @@ def test_truncated_archives_keep_what_precedes_the_damage(packed, tmp_path, tiny
     assert embedded == sum(e.offset + e.size <= len(raw) // 2 for e in index.entries.values())
 
 
+def test_one_process_indexes_each_archive_once(packed, tmp_path, tiny_clip, monkeypatch):
+    root, _ = packed
+    indexed = []
+    index = containers._index
+
+    def counted(path, bad):
+        indexed.append(path.name)
+        return index(path, bad)
+
+    monkeypatch.setattr(containers, "_index", counted)
+    res = _embed([root / "manifest.csv"], tmp_path / "f", tiny_clip, "--images",
+                 root / "shard_*.msg")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert sorted(indexed) == ["shard_0.msg", "shard_1.msg"]  # the CLI's read, reused
+
+
 def test_archives_beyond_the_open_handle_bound_are_reopened(packed, tmp_path, monkeypatch):
     root, _ = packed
     monkeypatch.setattr(containers, "MAX_OPEN", 1)

@@ -57,6 +57,12 @@ def wiki_extracts(titles: list[str]) -> dict[str, str]:
     return {t: records[t]["extract"] for t in titles if t in records}
 
 
+# The client deadline of the timeout tests. A real answer must arrive within it on a loaded
+# 2-core CI machine (rdflib's first query alone takes 0.2 s idle), and a "timeout" fault outlasts
+# it by a second. 0.3-0.5 s made those tests flaky.
+CLIENT_TIMEOUT = 2.0
+
+
 @dataclass
 class Fault:
     """``times`` requests of a service, after the first ``after`` ones, get this fault."""
@@ -65,7 +71,7 @@ class Fault:
     times: int
     after: int = 0
     retry_after: str | None = None
-    sleep: float = 1.5
+    sleep: float = CLIENT_TIMEOUT + 1.0
 
 
 class FakeServices:

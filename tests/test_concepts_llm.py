@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes import FakeServices, fast_policy
+from fakes import CLIENT_TIMEOUT, FakeServices, fast_policy
 
 from geoconcept_cli.concepts.cache import ResponseCache
 from geoconcept_cli.concepts.llm import LLMConcepts, extract_candidates, validate_reply
@@ -105,8 +105,8 @@ def test_validate_reply_checks_the_schema() -> None:
 
 @pytest.mark.parametrize("kind", ["429", "500", "timeout"])
 def test_transient_errors_are_retried(fake: FakeServices, tmp_path: Path, kind: str) -> None:
-    fake.inject("llm", kind, times=1, retry_after="1", sleep=1.0)
-    result = asker(fake, tmp_path, timeout=0.3).region(JAPAN)
+    fake.inject("llm", kind, times=1, retry_after="1")
+    result = asker(fake, tmp_path, timeout=CLIENT_TIMEOUT).region(JAPAN)
     assert result.error is None and len(result.concepts) == 2
     assert fake.requests["llm"] == 2
 

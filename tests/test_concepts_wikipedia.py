@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes import FakeServices, fast_policy, require_data, wiki_extracts
+from fakes import CLIENT_TIMEOUT, FakeServices, fast_policy, require_data, wiki_extracts
 
 from geoconcept_cli.concepts.cache import ResponseCache
 from geoconcept_cli.concepts.regions import Region, resolve_regions
@@ -122,9 +122,11 @@ def test_rate_limits_and_server_errors_are_retried(
 
 
 def test_timeouts_are_retried(fake: FakeServices, tmp_path: Path) -> None:
-    fake.inject("wikipedia", "timeout", times=1, sleep=1.0)
+    fake.inject("wikipedia", "timeout", times=1)
     policy, sleeps = fast_policy()
-    wiki = open_client(ResponseCache(tmp_path), policy, api_url=fake.wiki_api_url, timeout=0.3)
+    wiki = open_client(
+        ResponseCache(tmp_path), policy, api_url=fake.wiki_api_url, timeout=CLIENT_TIMEOUT
+    )
     article = fetch_article(wiki, REGIONS[0])
     assert article is not None and article.title == "Taiga"
     assert sleeps == [0.5]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import rdflib
-from fakes import FakeServices, fast_policy, require_data
+from fakes import CLIENT_TIMEOUT, FakeServices, fast_policy, require_data
 from rdflib.plugins.sparql.algebra import translateQuery
 from rdflib.plugins.sparql.parser import parseQuery
 
@@ -144,10 +144,10 @@ def test_rerun_and_offline_are_served_by_the_cache(fake: FakeServices, tmp_path:
 def test_transient_errors_are_retried(
     fake: FakeServices, tmp_path: Path, kind: str, retry_after: str | None, waits: list[float]
 ) -> None:
-    fake.inject("worldkg", kind, times=2, retry_after=retry_after, sleep=1.3)
+    fake.inject("worldkg", kind, times=2, retry_after=retry_after)
     policy, sleeps = fast_policy()
     got = fetch_classes(
-        FRANCE, ResponseCache(tmp_path), policy, endpoint=fake.sparql_url, timeout=0.5
+        FRANCE, ResponseCache(tmp_path), policy, endpoint=fake.sparql_url, timeout=CLIENT_TIMEOUT
     )
     assert got == [("Vineyard", "Landuse", 4), ("Mosque", "Building", 2)]
     assert sleeps == waits

@@ -45,6 +45,7 @@ class PlaceScorer:
     indexed gallery is searched in its index instead (``Predictor.topk``)."""
 
     BLOCK = 1024
+    OFFERED = 32  # offered logits a row, on average, that trigger a merge (raising the floor)
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
@@ -72,20 +73,58 @@ class PlaceScorer:
         total = torch.zeros(n, dtype=torch.float64, device=dev)  # sum of exp(logit - high)
         best = torch.empty(n, 0, device=dev)
         best_idx = torch.empty(n, 0, dtype=torch.long, device=dev)
-        for c in range(0, len(self.emb), self.BLOCK):
+        # once k are held, a block offers only the logits above a row's k-th best: a few,
+        # kept as (row, column, value) until they are merged, so a top-200 (explain's
+        # runner-up pool) costs about what a top-5 does
+        offered: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        buffer = torch.empty(n, self.BLOCK, device=dev)  # reused: a fresh 4 MB array a block
+        for c in range(0, len(self.emb), self.BLOCK):  # costs page faults that rival the exp
+            emb = self.emb[c : c + self.BLOCK]
+            z = buffer if len(emb) == self.BLOCK else torch.empty(n, len(emb), device=dev)
             # the rounding of Predictor.logits / temperature, so that near-ties rank alike
-            z = (self.logit_scale * (q @ self.emb[c : c + self.BLOCK].T)) / self.temperature
-            new_high = torch.maximum(high, z.max(dim=1).values)
-            weighted = torch.exp(z + self.log_count[c : c + self.BLOCK] - new_high[:, None])
+            torch.mm(q, emb.T, out=z).mul_(self.logit_scale).div_(self.temperature)
+            if best.shape[1] < k:
+                top = z.topk(min(k, z.shape[1]), dim=1)
+                best, best_idx = self._merge(best, best_idx, top.values, top.indices + c, k)
+            else:
+                rows, cols = (z > best[:, -1:]).nonzero(as_tuple=True)
+                offered.append((rows, cols + c, z[rows, cols]))
+                if sum(len(o[0]) for o in offered) >= n * self.OFFERED:
+                    best, best_idx = self._merge_offered(best, best_idx, offered, k)
+                    offered = []
+            new_high = torch.maximum(high, z.amax(1))
+            weighted = z.add_(self.log_count[c : c + self.BLOCK]).sub_(new_high[:, None]).exp_()
             total = total * torch.exp(high - new_high).double() + weighted.sum(1).double()
             high = new_high
-            top = z.topk(min(k, z.shape[1]), dim=1)
-            values = torch.cat([best, top.values], 1)
-            where = torch.cat([best_idx, top.indices + c], 1)
-            keep = values.topk(min(k, values.shape[1]), dim=1)
-            best, best_idx = keep.values, where.gather(1, keep.indices)
+        best, best_idx = self._merge_offered(best, best_idx, offered, k)
         lse = high.double() + total.log()
         return (best.double() - lse[:, None]).exp().float(), best_idx
+
+    @staticmethod
+    def _merge(best: torch.Tensor, best_idx: torch.Tensor, values: torch.Tensor,
+               columns: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """The top-k of the held and the (B, m) offered values, with their columns."""
+        held, rows = torch.cat([best, values], 1), torch.cat([best_idx, columns], 1)
+        keep = held.topk(min(k, held.shape[1]), dim=1)
+        return keep.values, rows.gather(1, keep.indices)
+
+    def _merge_offered(self, best: torch.Tensor, best_idx: torch.Tensor,
+                       offered: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], k: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """:meth:`_merge` of (row, column, value) triples, laid out a row each (-inf after a
+        row's last)."""
+        if not offered:
+            return best, best_idx
+        rows, cols, vals = (torch.cat(part) for part in zip(*offered, strict=True))
+        order = rows.argsort(stable=True)
+        rows, cols, vals = rows[order], cols[order], vals[order]
+        counts = torch.bincount(rows, minlength=len(best))
+        at = torch.arange(len(rows), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+        width = int(counts.max())
+        values = torch.full((len(best), width), -torch.inf, device=best.device)
+        columns = torch.zeros((len(best), width), dtype=torch.long, device=best.device)
+        values[rows, at], columns[rows, at] = vals, cols
+        return self._merge(best, best_idx, values, columns, k)
 
 
 def results_meta(predictor: Predictor, features: Path, top_k: int) -> dict[str, Any]:

@@ -109,12 +109,20 @@ class ConceptSet:
 
     def top(self, values: torch.Tensor | npt.NDArray[np.float64], n: int,
             where: torch.Tensor | None = None) -> list[dict[str, Any]]:  # fmt: skip
-        """The ``n`` largest values as entries; with ``where``, only those concepts, if > 0."""
-        values = torch.as_tensor(values)
+        """The ``n`` largest of (k,) values as entries; with ``where``, only those concepts,
+        if > 0."""
+        rows = torch.as_tensor(values)[None]
+        return self.top_rows(rows, n, None if where is None else where[None])[0]
+
+    def top_rows(self, values: torch.Tensor, n: int, where: torch.Tensor | None = None
+                 ) -> list[list[dict[str, Any]]]:  # fmt: skip
+        """:meth:`top` of each row of (B, k) values, in one top-k."""
         if where is not None:
             values = torch.where(where & (values > 0), values, torch.tensor(-torch.inf))
-        idx = values.argsort(descending=True)[:n]
-        return [self.entry(int(i), values[i]) for i in idx if values[i] > -torch.inf]
+        top = values.topk(min(n, values.shape[1]), dim=1)
+        rows = zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        return [[self.entry(i, v) for i, v in zip(idx, vals, strict=True) if v > -np.inf]
+                for idx, vals in rows]  # fmt: skip
 
     def place_weights(self, lat: float, lon: float) -> npt.NDArray[np.float64]:
         """Salience of each concept for a place: its country's weight, else its continent's."""
@@ -129,14 +137,14 @@ def remove_concepts(z: torch.Tensor, basis: torch.Tensor, concepts: torch.Tensor
     return z - (rows.T @ coef).squeeze(1)
 
 
-def spread_km(cands: list[Candidate]) -> dict[str, float]:
-    """How far apart the top-k candidates are: a confidence cue (small = consistent)."""
-    lat = np.array([c.lat for c in cands])
-    lon = np.array([c.lon for c in cands])
-    to_first = haversine_km(lat[0], lon[0], lat, lon)
-    pair = haversine_km(lat[:, None], lon[:, None], lat[None], lon[None])
-    return {"max_pairwise_km": float(pair.max()), "mean_to_top1_km": float(to_first[1:].mean())
-            if len(cands) > 1 else 0.0}  # fmt: skip
+def spread_km(latlon: torch.Tensor) -> list[dict[str, float]]:
+    """How far apart each photo's top-k candidates (B, k, 2) are: a confidence cue (small =
+    consistent)."""
+    lat, lon = latlon[..., 0].numpy(), latlon[..., 1].numpy()
+    pair = haversine_km(lat[:, :, None], lon[:, :, None], lat[:, None], lon[:, None])
+    to_first = pair[:, 0, 1:].mean(1) if lat.shape[1] > 1 else np.zeros(len(lat))
+    return [{"max_pairwise_km": float(most), "mean_to_top1_km": float(first)}
+            for most, first in zip(pair.max((1, 2)), to_first, strict=True)]  # fmt: skip
 
 
 class Explainer:
@@ -161,94 +169,125 @@ class Explainer:
         feats = self.predictor.image_features([load_image(path)])
         return {"image": str(path), **self.explain_features(feats, **kw)}
 
-    @torch.no_grad()
+    @property
+    def mode(self) -> str:
+        """Where the concepts come from, as the JSON's ``mode`` says it."""
+        if self.concept_aware:
+            return "concept-aware checkpoint"
+        if self.retrained_geoclip:
+            return "GeoCLIP checkpoint, zero-shot concepts"
+        return "zero-shot"
+
     def explain_features(
         self, feats: torch.Tensor, top_k: int = 5, n_concepts: int = 8, check: bool = False,
         m: int = 3, draws: int = 20, seed: int = 0,
-        ranked: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        """The full explanation of one photo's CLIP features (1, D) as a JSON-able dict.
-        ``ranked``: its (probabilities, gallery rows), (1, >= max(top_k, RANKED)), when a batch
-        has ranked many photos at once."""
-        p = self.predictor
-        probs, idx = ranked if ranked is not None else p.topk(feats, max(top_k, RANKED))
-        cands = p.candidates(probs[0, :top_k], idx[0, :top_k])
-        mode = (
-            "concept-aware checkpoint"
-            if self.concept_aware
-            else (
-                "GeoCLIP checkpoint, zero-shot concepts" if self.retrained_geoclip else "zero-shot"
-            )
-        )
-        out: dict[str, Any] = {"mode": mode, "predictions": [c.to_dict() for c in cands],
-                               "spread": spread_km(cands),
-                               "probabilities": p.calibration_note()}  # fmt: skip
-        if p.calibration is not None:
-            out["region"] = p.regions(feats)[0]
-        if self.concept_aware:
-            parts, terms, unit = self._decompose(feats, cands[0], idx[0], n_concepts)
-            out.update(parts)
-            if check:
-                out["check"] = self._check(feats, terms, unit, cands[0], m, draws, seed)
-        else:
-            out.update(self._zero_shot(feats, cands[0], n_concepts))
-            if check:
-                out["note"] += "; --check needs a concept-aware checkpoint too"
+        """The full explanation of one photo's CLIP features (1, D) as a JSON-able dict: its
+        :meth:`explain_batch`, with the conformal region of a calibrated model."""
+        out = self.explain_batch(feats, top_k, n_concepts, check, m, draws, seed)[0]
+        if self.predictor.calibration is not None:
+            out["region"] = self.predictor.regions(feats)[0]
         return out
 
-    def _decompose(self, feats: torch.Tensor, top: Candidate, idx: torch.Tensor, n: int
-                   ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:  # fmt: skip
-        """Photo/place concepts, per-concept score terms, contrast with the runner-up.
+    @torch.no_grad()
+    def explain_batch(
+        self, feats: torch.Tensor, top_k: int = 5, n_concepts: int = 8, check: bool = False,
+        m: int = 3, draws: int = 20, seed: int = 0,
+        ranked: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Explanations of many photos' CLIP features (B, D), each step taken for all of them at
+        once (a batch costs about its ranking). ``ranked``: their (probabilities, gallery rows),
+        (B, >= max(top_k, RANKED)), when the caller has ranked them already."""
+        p = self.predictor
+        probs, idx = ranked if ranked is not None else p.topk(feats, max(top_k, RANKED))
+        cands = p.candidate_rows(probs[:, :top_k], idx[:, :top_k])
+        spreads = spread_km(p.gallery_gps[idx[:, :top_k]])
+        note = p.calibration_note()
+        outs: list[dict[str, Any]] = [
+            {"mode": self.mode, "predictions": [c.to_dict() for c in row], "spread": spread,
+             "probabilities": dict(note)}
+            for row, spread in zip(cands, spreads, strict=True)
+        ]  # fmt: skip
+        tops = [row[0] for row in cands]
+        if self.concept_aware:
+            parts, terms, unit = self._decompose(feats, tops, idx, n_concepts)
+        else:
+            parts = self._zero_shot(feats, tops, n_concepts)
+        for i, (out, part) in enumerate(zip(outs, parts, strict=True)):
+            out.update(part)
+            if check and self.concept_aware:
+                top = tops[i].gallery_index
+                out["check"] = self._check(feats[i : i + 1], terms[i], unit[i], top, m, draws,
+                                           seed)  # fmt: skip
+            elif check:
+                out["note"] += "; --check needs a concept-aware checkpoint too"
+        return outs
+
+    def _decompose(self, feats: torch.Tensor, tops: list[Candidate], idx: torch.Tensor, n: int
+                   ) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Photo/place concepts, per-concept score terms, contrast with the runner-up, for each
+        photo of a batch; with the terms and unit image activations, (B, k) each.
 
         Reasons only name concepts the photo shows (positive image activation): a term is
         also positive when both activations are negative, which is no reason to name it.
         """
         head, p, cs = self.predictor.head, self.predictor, self.concepts
         assert isinstance(head, ConceptAwareHead)  # called for a concept-aware head only
-        a_img = head.image_concepts(feats.to(p.device).float())[0].cpu()
-        unit = a_img / a_img.norm()
+        a_img = head.image_concepts(feats.to(p.device).float()).cpu()
+        unit = F.normalize(a_img, dim=1)
         shown = unit > 0
         scale = float(head.logit_scale.exp())
-        loc1 = p.gallery_emb[top.gallery_index].float().cpu()
+        top = torch.tensor([c.gallery_index for c in tops])
+        loc1 = p.gallery_emb[top].float().cpu()
         terms = scale * unit * loc1
         gps = p.gallery_gps
-        far = haversine_km(top.lat, top.lon, gps[idx, 0].numpy(), gps[idx, 1].numpy())
-        others = [int(i) for i, d in zip(idx.tolist(), far, strict=True) if d >= RUNNER_UP_MIN_KM]
-        place_act = head.location_concepts(gps[top.gallery_index : top.gallery_index + 1]
-                                           .to(p.device))[0].cpu()  # fmt: skip
-        out: dict[str, Any] = {
-            "photo_concepts": cs.top(a_img, n),
-            "photo_concepts_source": "image activations in the learned concept space",
-            "place_concepts": cs.top(place_act, n),
-            "place_concepts_source": "location-encoder activations in the learned concept space",
-            "score_logit": float(terms.sum()),
-            "why_here": cs.top(terms, n, where=shown),
-        }
-        if others:
-            j = others[0]
-            gap = scale * unit * (loc1 - p.gallery_emb[j].float().cpu())
-            lat2, lon2 = (float(v) for v in gps[j])
-            runner = {"lat": lat2, "lon": lon2, "place": place_name(lat2, lon2),
-                      "gallery_index": j, "logit_gap": float(gap.sum())}  # fmt: skip
-            pro, con = cs.top(gap, 3, where=shown), cs.top(-gap, 2, where=shown)
-            for e in con:
-                e["weight"] = -e["weight"]
-            out["rather_than"] = {"runner_up": runner, "for": pro, "against": con}
-            if pro:
-                names = " + ".join(e["concept"] for e in pro[:2])
-                gap_txt = f"logit gap {runner['logit_gap']:+.3g}"
-                out["rule"] = (
-                    f"IF the photo shows {names} THEN {top.place} rather than {runner['place']} "
-                    f"({gap_txt})"
-                )
-            else:
-                out["rule"] = (
-                    f"no concept shown in the photo favours {top.place} over {runner['place']}"
-                )
-        return out, terms, unit
+        km = haversine_km(gps[top, 0, None], gps[top, 1, None], gps[idx, 0], gps[idx, 1])
+        far = km >= RUNNER_UP_MIN_KM  # the first such place of the ranking is the runner-up
+        runner = idx[torch.arange(len(idx)), torch.as_tensor(far.argmax(1))]
+        places, each = top.unique(return_inverse=True)  # photos often share their top place
+        place_act = head.location_concepts(gps[places].to(p.device)).cpu()[each]
+        gap = scale * unit * (loc1 - p.gallery_emb[runner].float().cpu())
+        lists = zip(cs.top_rows(a_img, n), cs.top_rows(place_act, n),
+                    cs.top_rows(terms, n, where=shown), cs.top_rows(gap, 3, where=shown),
+                    cs.top_rows(-gap, 2, where=shown), strict=True)  # fmt: skip
+        outs = []
+        for i, (photo, place, why, pro, con) in enumerate(lists):
+            out: dict[str, Any] = {
+                "photo_concepts": photo,
+                "photo_concepts_source": "image activations in the learned concept space",
+                "place_concepts": place,
+                "place_concepts_source": "location-encoder activations in the learned concept "
+                "space",
+                "score_logit": float(terms[i].sum()),
+                "why_here": why,
+            }
+            if far[i].any():
+                out.update(self._rather_than(tops[i], int(runner[i]), float(gap[i].sum()),
+                                             pro, con))  # fmt: skip
+            outs.append(out)
+        return outs, terms, unit
+
+    def _rather_than(self, top: Candidate, j: int, gap: float, pro: list[dict[str, Any]],
+                     con: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+        """The contrast with the runner-up (gallery row ``j``) and its IF-THEN rule."""
+        lat2, lon2 = (float(v) for v in self.predictor.gallery_gps[j])
+        runner = {"lat": lat2, "lon": lon2, "place": place_name(lat2, lon2), "gallery_index": j,
+                  "logit_gap": gap}  # fmt: skip
+        for e in con:
+            e["weight"] = -e["weight"]
+        out: dict[str, Any] = {"rather_than": {"runner_up": runner, "for": pro, "against": con}}
+        if pro:
+            names = " + ".join(e["concept"] for e in pro[:2])
+            out["rule"] = (f"IF the photo shows {names} THEN {top.place} rather than "
+                           f"{runner['place']} (logit gap {gap:+.3g})")  # fmt: skip
+        else:
+            out["rule"] = (
+                f"no concept shown in the photo favours {top.place} over {runner['place']}"
+            )
+        return out
 
     def _check(self, feats: torch.Tensor, terms: torch.Tensor, unit: torch.Tensor,
-               top: Candidate, m: int, draws: int, seed: int) -> dict[str, Any]:  # fmt: skip
+               target: int, m: int, draws: int, seed: int) -> dict[str, Any]:  # fmt: skip
         """Deletion test in the photo's latent: project out the concepts' text directions.
 
         The photo's unit vector z loses its components along the removed concepts' basis
@@ -266,7 +305,6 @@ class Explainer:
         z = head.image_latent(feats.to(p.device).float())[0]
         basis = head.basis
         scale = head.logit_scale.exp()
-        target = top.gallery_index
 
         def after_removing(concepts: torch.Tensor) -> tuple[float, int]:
             a = remove_concepts(z, basis, concepts) @ basis.T
@@ -286,27 +324,31 @@ class Explainer:
                            [r for _, r in rand]),
         }  # fmt: skip
 
-    def _zero_shot(self, feats: torch.Tensor, top: Candidate, n: int) -> dict[str, Any]:
+    def _zero_shot(self, feats: torch.Tensor, tops: list[Candidate], n: int
+                   ) -> list[dict[str, Any]]:  # fmt: skip
+        """Each photo's CLIP zero-shot concepts and its top place's region associations."""
         cs = self.concepts
         why = ("a plain GeoCLIP checkpoint (train --concepts none)" if self.retrained_geoclip
                else "no concept-aware checkpoint")  # fmt: skip
-        out: dict[str, Any] = {
-            "note": f"{why}: GeoCLIP's score has no concept decomposition (pass a concept-aware "
-            "--checkpoint for why-here, rather-than and --check)"
-        }
+        note = (f"{why}: GeoCLIP's score has no concept decomposition (pass a concept-aware "
+                "--checkpoint for why-here, rather-than and --check)")  # fmt: skip
+        outs: list[dict[str, Any]] = [{"note": note} for _ in tops]
         photo = None
         if self.text is not None:
-            photo = F.normalize(feats.float().cpu(), dim=1)[0] @ self.text.T
-            out["photo_concepts"] = cs.top(photo, n)
-            out["photo_concepts_source"] = "CLIP zero-shot image-text similarity"
+            photo = F.normalize(feats.float().cpu(), dim=1) @ self.text.T
+            for out, shown in zip(outs, cs.top_rows(photo, n), strict=True):
+                out["photo_concepts"] = shown
+                out["photo_concepts_source"] = "CLIP zero-shot image-text similarity"
         if cs.regions:
-            w = cs.place_weights(top.lat, top.lon)
-            out["place_concepts"] = [e for e in cs.top(w, n) if e["weight"] > 0]
-            out["place_concepts_source"] = "concept set region associations"
+            w = torch.as_tensor(np.stack([cs.place_weights(t.lat, t.lon) for t in tops]))
+            for out, known in zip(outs, cs.top_rows(w, n), strict=True):
+                out["place_concepts"] = [e for e in known if e["weight"] > 0]
+                out["place_concepts_source"] = "concept set region associations"
             if photo is not None:
-                both = torch.as_tensor(w, dtype=torch.float32) * photo.clamp_min(0)
-                out["overlap"] = [e for e in cs.top(both, n) if e["weight"] > 0]
-        return out
+                both = w.float() * photo.clamp_min(0)
+                for out, overlap in zip(outs, cs.top_rows(both, n), strict=True):
+                    out["overlap"] = [e for e in overlap if e["weight"] > 0]
+        return outs
 
 
 def load_explainer(
@@ -393,8 +435,8 @@ def explain_feature_folder(
     **opts: Any,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Batch rows of every photo of an embed-images folder (``image`` holds its id), from the
-    stored features: no CLIP runs; each shard's photos are ranked over the gallery at once, as
-    batch predict ranks them, then explained one by one."""
+    stored features: no CLIP runs; a block of photos is ranked over the gallery at once, as
+    batch predict ranks them, then explained at once (:meth:`Explainer.explain_batch`)."""
     from .batch_predict import PlaceScorer
     from .features import read_meta, read_shard
 
@@ -402,12 +444,13 @@ def explain_feature_folder(
     rows = []
     for s in range(read_meta(folder)["shards"]):
         ids, feats, _ = read_shard(folder, s)
-        probs, idx = scorer.topk(feats, max(opts.get("top_k", 5), RANKED))
-        for i, ident in enumerate(ids):
-            ranked = (probs[i : i + 1], idx[i : i + 1])
-            exp = explainer.explain_features(feats[i : i + 1], ranked=ranked, **opts)
-            rows.append(explanation_row({"image": ident, **exp}))
-            progress(1)
+        for b in range(0, len(ids), scorer.BLOCK):  # bounds the (photos x concepts) arrays
+            block = feats[b : b + scorer.BLOCK]
+            ranked = scorer.topk(block, max(opts.get("top_k", 5), RANKED))
+            exps = explainer.explain_batch(block, ranked=ranked, **opts)
+            named = zip(ids[b : b + scorer.BLOCK], exps, strict=True)
+            rows += [explanation_row({"image": ident, **exp}) for ident, exp in named]
+            progress(len(exps))
     return rows
 
 

@@ -335,3 +335,36 @@ def test_a_plain_geoclip_checkpoint_is_named_as_such(run_dir, tiny_clip, small_g
     out = explainer.explain_features(torch.randn(1, 768))
     assert out["mode"] == "GeoCLIP checkpoint, zero-shot concepts"
     assert out["note"].startswith("a plain GeoCLIP checkpoint (train --concepts none)")
+
+
+@pytest.mark.parametrize("which", ["concept_explainer", "zero_shot_explainer"])
+def test_a_batch_explains_each_photo_as_it_alone(which, request):
+    """explain_batch takes every step for all photos at once (batch explain of a feature
+    folder); each photo's explanation must be the one it gets on its own."""
+    explainer = request.getfixturevalue(which)
+    torch.manual_seed(1)
+    feats = torch.randn(24, 768) * 3
+    batch = explainer.explain_batch(feats, top_k=5, check=which == "concept_explainer", draws=20)
+    alone = [explainer.explain_features(feats[i : i + 1], top_k=5, check=which ==
+                                        "concept_explainer", draws=20) for i in range(24)]  # fmt: skip
+    assert_same(batch, alone)
+    shown = {json.dumps(e["photo_concepts"]) for e in batch}  # 24 different photos, not one
+    assert len(shown) == 24 and len({e["predictions"][0]["place"] for e in batch}) > 1
+
+
+def assert_same(got, want, where="") -> None:
+    """Equal JSON, floats to 2e-5: a product over a batch rounds unlike one over one row (and
+    weights are rounded to 1e-5)."""
+    assert type(got) is type(want), where
+    if isinstance(got, dict):
+        assert list(got) == list(want), where
+        for key in got:
+            assert_same(got[key], want[key], f"{where}.{key}")
+    elif isinstance(got, list):
+        assert len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert_same(a, b, f"{where}[{i}]")
+    elif isinstance(got, float):
+        assert got == pytest.approx(want, rel=1e-5, abs=2e-5), where
+    else:
+        assert got == want, where

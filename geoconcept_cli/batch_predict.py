@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from .artifacts import atomic_path, hash_state_dict, hash_tensors, write_json
 from .errors import GeoconceptError
@@ -45,6 +46,7 @@ class PlaceScorer:
     indexed gallery is searched in its index instead (``Predictor.topk``)."""
 
     BLOCK = 1024
+    RUN = 32  # columns summarised by their max, so that only runs above the floor are read
     OFFERED = 32  # offered logits a row, on average, that trigger a merge (raising the floor)
 
     def __init__(self, predictor: Predictor):
@@ -82,17 +84,26 @@ class PlaceScorer:
             emb = self.emb[c : c + self.BLOCK]
             z = buffer if len(emb) == self.BLOCK else torch.empty(n, len(emb), device=dev)
             # the rounding of Predictor.logits / temperature, so that near-ties rank alike
-            torch.mm(q, emb.T, out=z).mul_(self.logit_scale).div_(self.temperature)
+            torch.mm(q, emb.T, out=z).mul_(self.logit_scale)
+            if self.temperature != 1.0:
+                z.div_(self.temperature)
+            whole = z if len(emb) % self.RUN == 0 else F.pad(z, (0, -len(emb) % self.RUN),
+                                                             value=-torch.inf)  # fmt: skip
+            runs = whole.view(n, -1, self.RUN)
+            run_max = runs.amax(2)  # each run of columns' max: most runs cannot enter
             if best.shape[1] < k:
                 top = z.topk(min(k, z.shape[1]), dim=1)
                 best, best_idx = self._merge(best, best_idx, top.values, top.indices + c, k)
             else:
-                rows, cols = (z > best[:, -1:]).nonzero(as_tuple=True)
+                floor = best[:, -1:]
+                rows, at = (run_max > floor).nonzero(as_tuple=True)  # the runs that can
+                pick, within = (runs[rows, at] > floor[rows]).nonzero(as_tuple=True)
+                rows, cols = rows[pick], at[pick] * self.RUN + within
                 offered.append((rows, cols + c, z[rows, cols]))
                 if sum(len(o[0]) for o in offered) >= n * self.OFFERED:
                     best, best_idx = self._merge_offered(best, best_idx, offered, k)
                     offered = []
-            new_high = torch.maximum(high, z.amax(1))
+            new_high = torch.maximum(high, run_max.amax(1))
             weighted = z.add_(self.log_count[c : c + self.BLOCK]).sub_(new_high[:, None]).exp_()
             total = total * torch.exp(high - new_high).double() + weighted.sum(1).double()
             high = new_high

@@ -34,7 +34,7 @@ from .concepts.regions import country_and_continent
 from .concepts.review import load_concepts
 from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipBackbone, ClipId
 from .errors import GeoconceptError
-from .geo import haversine_km, place_name
+from .geo import haversine_km, place_names
 from .images import load_image
 from .model import ConceptAwareHead
 from .predict import Candidate, Predictor, load_run
@@ -193,11 +193,13 @@ class Explainer:
     def explain_batch(
         self, feats: torch.Tensor, top_k: int = 5, n_concepts: int = 8, check: bool = False,
         m: int = 3, draws: int = 20, seed: int = 0,
-        ranked: tuple[torch.Tensor, torch.Tensor] | None = None,
+        ranked: tuple[torch.Tensor, torch.Tensor] | None = None, place_concepts: bool = True,
     ) -> list[dict[str, Any]]:  # fmt: skip
         """Explanations of many photos' CLIP features (B, D), each step taken for all of them at
         once (a batch costs about its ranking). ``ranked``: their (probabilities, gallery rows),
-        (B, >= max(top_k, RANKED)), when the caller has ranked them already."""
+        (B, >= max(top_k, RANKED)), when the caller has ranked them already. Without
+        ``place_concepts`` a concept-aware explanation leaves out what the top place is known
+        for: a location-encoder pass per distinct top place, for rows that do not show it."""
         p = self.predictor
         probs, idx = ranked if ranked is not None else p.topk(feats, max(top_k, RANKED))
         cands = p.candidate_rows(probs[:, :top_k], idx[:, :top_k])
@@ -210,7 +212,7 @@ class Explainer:
         ]  # fmt: skip
         tops = [row[0] for row in cands]
         if self.concept_aware:
-            parts, terms, unit = self._decompose(feats, tops, idx, n_concepts)
+            parts, terms, unit = self._decompose(feats, tops, idx, n_concepts, place_concepts)
         else:
             parts = self._zero_shot(feats, tops, n_concepts)
         for i, (out, part) in enumerate(zip(outs, parts, strict=True)):
@@ -223,8 +225,9 @@ class Explainer:
                 out["note"] += "; --check needs a concept-aware checkpoint too"
         return outs
 
-    def _decompose(self, feats: torch.Tensor, tops: list[Candidate], idx: torch.Tensor, n: int
-                   ) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]:  # fmt: skip
+    def _decompose(self, feats: torch.Tensor, tops: list[Candidate], idx: torch.Tensor, n: int,
+                   place_concepts: bool) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor
+                                                  ]:  # fmt: skip
         """Photo/place concepts, per-concept score terms, contrast with the runner-up, for each
         photo of a batch; with the terms and unit image activations, (B, k) each.
 
@@ -242,37 +245,44 @@ class Explainer:
         terms = scale * unit * loc1
         gps = p.gallery_gps
         km = haversine_km(gps[top, 0, None], gps[top, 1, None], gps[idx, 0], gps[idx, 1])
-        far = km >= RUNNER_UP_MIN_KM  # the first such place of the ranking is the runner-up
+        far = np.asarray(km >= RUNNER_UP_MIN_KM)  # the first such place ranked is the runner-up
         runner = idx[torch.arange(len(idx)), torch.as_tensor(far.argmax(1))]
-        places, each = top.unique(return_inverse=True)  # photos often share their top place
-        place_act = head.location_concepts(gps[places].to(p.device)).cpu()[each]
+        known: list[list[dict[str, Any]] | None] = [None] * len(tops)
+        if place_concepts:
+            places, each = top.unique(return_inverse=True)  # photos often share a top place
+            known = list(cs.top_rows(head.location_concepts(gps[places].to(p.device)).cpu(), n))
+            known = [known[j] for j in each.tolist()]
         gap = scale * unit * (loc1 - p.gallery_emb[runner].float().cpu())
-        lists = zip(cs.top_rows(a_img, n), cs.top_rows(place_act, n),
-                    cs.top_rows(terms, n, where=shown), cs.top_rows(gap, 3, where=shown),
-                    cs.top_rows(-gap, 2, where=shown), strict=True)  # fmt: skip
+        rivals = cast(list[bool], far.any(1).tolist())  # a runner-up within the ranked pool
+        runner_gps = gps[runner].tolist()
+        runners = [{"lat": lat, "lon": lon, "place": name, "gallery_index": j, "logit_gap": g}
+                   for (lat, lon), name, j, g in zip(runner_gps, place_names(runner_gps),
+                                                     runner.tolist(), gap.sum(1).tolist(),
+                                                     strict=True)]  # fmt: skip
+        lists = zip(cs.top_rows(a_img, n), known, cs.top_rows(terms, n, where=shown),
+                    cs.top_rows(gap, 3, where=shown), cs.top_rows(-gap, 2, where=shown),
+                    terms.sum(1).tolist(), rivals, runners, strict=True)  # fmt: skip
         outs = []
-        for i, (photo, place, why, pro, con) in enumerate(lists):
+        for i, (photo, place, why, pro, con, score, rival, runner_up) in enumerate(lists):
             out: dict[str, Any] = {
                 "photo_concepts": photo,
                 "photo_concepts_source": "image activations in the learned concept space",
-                "place_concepts": place,
-                "place_concepts_source": "location-encoder activations in the learned concept "
-                "space",
-                "score_logit": float(terms[i].sum()),
-                "why_here": why,
             }
-            if far[i].any():
-                out.update(self._rather_than(tops[i], int(runner[i]), float(gap[i].sum()),
-                                             pro, con))  # fmt: skip
+            if place is not None:
+                out["place_concepts"] = place
+                out["place_concepts_source"] = ("location-encoder activations in the learned "
+                                                "concept space")  # fmt: skip
+            out |= {"score_logit": score, "why_here": why}
+            if rival:
+                out.update(self._rather_than(tops[i], runner_up, pro, con))
             outs.append(out)
         return outs, terms, unit
 
-    def _rather_than(self, top: Candidate, j: int, gap: float, pro: list[dict[str, Any]],
+    @staticmethod
+    def _rather_than(top: Candidate, runner: dict[str, Any], pro: list[dict[str, Any]],
                      con: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
-        """The contrast with the runner-up (gallery row ``j``) and its IF-THEN rule."""
-        lat2, lon2 = (float(v) for v in self.predictor.gallery_gps[j])
-        runner = {"lat": lat2, "lon": lon2, "place": place_name(lat2, lon2), "gallery_index": j,
-                  "logit_gap": gap}  # fmt: skip
+        """The contrast with the runner-up and its IF-THEN rule."""
+        gap = runner["logit_gap"]
         for e in con:
             e["weight"] = -e["weight"]
         out: dict[str, Any] = {"rather_than": {"runner_up": runner, "for": pro, "against": con}}
@@ -436,7 +446,8 @@ def explain_feature_folder(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Batch rows of every photo of an embed-images folder (``image`` holds its id), from the
     stored features: no CLIP runs; a block of photos is ranked over the gallery at once, as
-    batch predict ranks them, then explained at once (:meth:`Explainer.explain_batch`)."""
+    batch predict ranks them, then explained at once (:meth:`Explainer.explain_batch`, without
+    the place's concepts, which rows do not show)."""
     from .batch_predict import PlaceScorer
     from .features import read_meta, read_shard
 
@@ -447,7 +458,7 @@ def explain_feature_folder(
         for b in range(0, len(ids), scorer.BLOCK):  # bounds the (photos x concepts) arrays
             block = feats[b : b + scorer.BLOCK]
             ranked = scorer.topk(block, max(opts.get("top_k", 5), RANKED))
-            exps = explainer.explain_batch(block, ranked=ranked, **opts)
+            exps = explainer.explain_batch(block, ranked=ranked, place_concepts=False, **opts)
             named = zip(ids[b : b + scorer.BLOCK], exps, strict=True)
             rows += [explanation_row({"image": ident, **exp}) for ident, exp in named]
             progress(len(exps))

@@ -7,6 +7,7 @@ only for points right at a threshold.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import cast
 
@@ -59,8 +60,15 @@ def valid_latlon(lat: npt.ArrayLike, lon: npt.ArrayLike) -> npt.NDArray[np.bool_
 @lru_cache(maxsize=4096)
 def place_name(lat: float, lon: float) -> str:
     """Nearest populated place as 'City, State, CC' (offline, GeoNames cities of 1000+)."""
+    return place_names([(lat, lon)])[0]
+
+
+def place_names(latlon: Sequence[Sequence[float]]) -> list[str]:
+    """:func:`place_name` of each (lat, lon), in one search of the gazetteer."""
     import reverse_geocode
 
-    hit = reverse_geocode.get((lat, lon))
-    parts = [hit.get("city"), hit.get("state"), hit.get("country_code")]
-    return ", ".join(p for p in parts if p)
+    if not len(latlon):
+        return []
+    hits = reverse_geocode.search([(float(a), float(b)) for a, b in latlon])
+    return [", ".join(p for p in (h.get("city"), h.get("state"), h.get("country_code")) if p)
+            for h in hits]  # fmt: skip

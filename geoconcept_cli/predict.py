@@ -34,7 +34,7 @@ from .encoders import (
 from .errors import GeoconceptError
 from .gallery import cached_gallery_embeddings, distinct_places, load_gallery
 from .gallery_index import GalleryIndex, indexed_gallery, is_large
-from .geo import place_name
+from .geo import place_names
 from .geocode import reverse_geocode
 from .images import load_image
 
@@ -194,9 +194,12 @@ class Predictor:
 
     def candidate_rows(self, probs: torch.Tensor, idx: torch.Tensor) -> list[list[Candidate]]:
         """Turn each row of :meth:`topk`'s (B, k) into named candidates."""
-        rows = zip(self.gallery_gps[idx].tolist(), probs.tolist(), idx.tolist(), strict=True)
-        return [[Candidate(rank, lat, lon, p, i, place_name(lat, lon))
-                 for rank, ((lat, lon), p, i) in enumerate(zip(*row, strict=True), start=1)]
+        places, each = idx.unique(return_inverse=True)  # each place named once
+        names = np.array(place_names(self.gallery_gps[places].tolist()), dtype=object)[each.numpy()]
+        rows = zip(self.gallery_gps[idx].tolist(), probs.tolist(), idx.tolist(), names.tolist(),
+                   strict=True)  # fmt: skip
+        return [[Candidate(rank, lat, lon, p, i, name)
+                 for rank, ((lat, lon), p, i, name) in enumerate(zip(*row, strict=True), start=1)]
                 for row in rows]  # fmt: skip
 
     def strongest(self, scores: torch.Tensor, n: int) -> list[list[float]]:

@@ -22,6 +22,26 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def assert_close_json(got, want, abs: float, rel: float = 0.0, skip: tuple[str, ...] = (),
+                      path: str = "") -> None:  # fmt: skip
+    """Equal JSON trees: the same keys and lengths, floats within ``abs``/``rel``; the paths in
+    ``skip`` (as ``.key[i]``) are not compared."""
+    if path in skip:
+        return
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), path
+        for k in want:
+            assert_close_json(got[k], want[k], abs, rel, skip, f"{path}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), path
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert_close_json(a, b, abs, rel, skip, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=rel, abs=abs), path
+    else:
+        assert got == want, path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory) -> Path:
     """One cache for the whole run, so GeoCLIP's 100K gallery is encoded at most once."""

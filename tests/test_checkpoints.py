@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import assert_close_json
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -156,7 +157,7 @@ def test_a_run_folder_a_checkpoint_file_and_a_bundle_explain_alike(
         results.append(explainer.explain(photo, top_k=5, check=True, draws=20))
     assert results[1]["mode"] == "concept-aware checkpoint"
     for other in results[2:]:
-        _assert_close_trees(results[1], other)
+        assert_close_json(other, results[1], abs=1e-6, skip=(".image",))
 
     test = load_features(world["test"])
     heads = heads_to_evaluate([world["run"], bundle], geoclip=False)
@@ -166,21 +167,6 @@ def test_a_run_folder_a_checkpoint_file_and_a_bundle_explain_alike(
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
-
-
-def _assert_close_trees(a, b, path="") -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _assert_close_trees(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_close_trees(x, y, f"{path}[{i}]")
-    elif isinstance(a, float):
-        assert b == pytest.approx(a, abs=1e-6), path
-    elif path != ".image":
-        assert a == b, path
 
 
 def test_the_model_card_names_data_and_figures(world, tmp_path):

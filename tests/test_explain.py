@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import shared_data
+from conftest import assert_close_json, shared_data
 from PIL import ExifTags, Image
 from synthetic import tiny_trained_world
 from typer.testing import CliRunner
@@ -348,29 +348,12 @@ def test_a_batch_explains_each_photo_as_it_alone(which, request):
     batch = explainer.explain_batch(feats, top_k=5, check=check, draws=20)
     alone = [explainer.explain_features(feats[i : i + 1], top_k=5, check=check, draws=20)
              for i in range(24)]  # fmt: skip
-    assert_same(batch, alone)
+    # a product over a batch rounds unlike one over one row, and weights are rounded to 1e-5
+    assert_close_json(batch, alone, abs=2e-5, rel=1e-5)
     lean = explainer.explain_batch(feats, top_k=5, check=check, draws=20, place_concepts=False)
     if which == "concept_explainer":  # rows leave out the place's concepts: its encoder pass
         drop = ("place_concepts", "place_concepts_source")
         alone = [{k: v for k, v in e.items() if k not in drop} for e in alone]
-    assert_same(lean, alone)
+    assert_close_json(lean, alone, abs=2e-5, rel=1e-5)
     shown = {json.dumps(e["photo_concepts"]) for e in batch}  # 24 different photos, not one
     assert len(shown) == 24 and len({e["predictions"][0]["place"] for e in batch}) > 1
-
-
-def assert_same(got, want, where="") -> None:
-    """Equal JSON, floats to 2e-5: a product over a batch rounds unlike one over one row (and
-    weights are rounded to 1e-5)."""
-    assert type(got) is type(want), where
-    if isinstance(got, dict):
-        assert list(got) == list(want), where
-        for key in got:
-            assert_same(got[key], want[key], f"{where}.{key}")
-    elif isinstance(got, list):
-        assert len(got) == len(want), where
-        for i, (a, b) in enumerate(zip(got, want, strict=True)):
-            assert_same(a, b, f"{where}[{i}]")
-    elif isinstance(got, float):
-        assert got == pytest.approx(want, rel=1e-5, abs=2e-5), where
-    else:
-        assert got == want, where

@@ -79,8 +79,10 @@ class PlaceScorer:
         # kept as (row, column, value) until they are merged, so a top-200 (explain's
         # runner-up pool) costs about what a top-5 does
         offered: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        buffer = torch.empty(n, self.BLOCK, device=dev)  # reused: a fresh 4 MB array a block
-        for c in range(0, len(self.emb), self.BLOCK):  # costs page faults that rival the exp
+        pending = torch.zeros(n, dtype=torch.long, device=dev)  # offered, per row
+        # reused: a fresh 4 MB array a block costs page faults that rival the exp
+        buffer = torch.empty(n, self.BLOCK, device=dev)
+        for c in range(0, len(self.emb), self.BLOCK):
             emb = self.emb[c : c + self.BLOCK]
             z = buffer if len(emb) == self.BLOCK else torch.empty(n, len(emb), device=dev)
             # the rounding of Predictor.logits / temperature, so that near-ties rank alike
@@ -100,9 +102,13 @@ class PlaceScorer:
                 pick, within = (runs[rows, at] > floor[rows]).nonzero(as_tuple=True)
                 rows, cols = rows[pick], at[pick] * self.RUN + within
                 offered.append((rows, cols + c, z[rows, cols]))
-                if sum(len(o[0]) for o in offered) >= n * self.OFFERED:
+                pending += torch.bincount(rows, minlength=n)
+                # merge when a row averages OFFERED, or one row a block: the merge's width
+                # (the busiest row's) stays under 2 blocks, whatever order the gallery is in
+                if int(pending.sum()) >= n * self.OFFERED or int(pending.max()) >= self.BLOCK:
                     best, best_idx = self._merge_offered(best, best_idx, offered, k)
                     offered = []
+                    pending.zero_()
             new_high = torch.maximum(high, run_max.amax(1))
             weighted = z.add_(self.log_count[c : c + self.BLOCK]).sub_(new_high[:, None]).exp_()
             total = total * torch.exp(high - new_high).double() + weighted.sum(1).double()

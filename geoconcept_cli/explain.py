@@ -107,16 +107,10 @@ class ConceptSet:
             "weight": round(float(weight), 5),
         }
 
-    def top(self, values: torch.Tensor | npt.NDArray[np.float64], n: int,
-            where: torch.Tensor | None = None) -> list[dict[str, Any]]:  # fmt: skip
-        """The ``n`` largest of (k,) values as entries; with ``where``, only those concepts,
-        if > 0."""
-        rows = torch.as_tensor(values)[None]
-        return self.top_rows(rows, n, None if where is None else where[None])[0]
-
     def top_rows(self, values: torch.Tensor, n: int, where: torch.Tensor | None = None
                  ) -> list[list[dict[str, Any]]]:  # fmt: skip
-        """:meth:`top` of each row of (B, k) values, in one top-k."""
+        """The ``n`` largest of each row of (B, k) values as entries, in one top-k; with
+        ``where``, only those concepts, if > 0."""
         if where is not None:
             values = torch.where(where & (values > 0), values, torch.tensor(-torch.inf))
         top = values.topk(min(n, values.shape[1]), dim=1)
@@ -199,7 +193,8 @@ class Explainer:
         once (a batch costs about its ranking). ``ranked``: their (probabilities, gallery rows),
         (B, >= max(top_k, RANKED)), when the caller has ranked them already. Without
         ``place_concepts`` a concept-aware explanation leaves out what the top place is known
-        for: a location-encoder pass per distinct top place, for rows that do not show it."""
+        for: a location-encoder pass per distinct top place, for rows that do not show it.
+        No conformal region: :meth:`explain_features` adds one photo's."""
         p = self.predictor
         probs, idx = ranked if ranked is not None else p.topk(feats, max(top_k, RANKED))
         cands = p.candidate_rows(probs[:, :top_k], idx[:, :top_k])
@@ -240,7 +235,7 @@ class Explainer:
         unit = F.normalize(a_img, dim=1)
         shown = unit > 0
         scale = float(head.logit_scale.exp())
-        top = torch.tensor([c.gallery_index for c in tops])
+        top = idx[:, 0]  # the gallery rows of tops
         loc1 = p.gallery_emb[top].float().cpu()
         terms = scale * unit * loc1
         gps = p.gallery_gps

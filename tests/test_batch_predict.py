@@ -14,7 +14,7 @@ from geoconcept_cli.encoders import ClipId
 from geoconcept_cli.features import save_features
 from geoconcept_cli.gallery import load_gallery
 from geoconcept_cli.geo import haversine_km
-from geoconcept_cli.predict import load_run
+from geoconcept_cli.predict import Predictor, load_run
 
 runner = CliRunner()
 
@@ -52,6 +52,44 @@ def test_scoring_places_once_gives_predicts_probabilities(predictor):
     # the gallery does repeat places, so the multiplicities were needed
     assert len(predictor.places) < len(predictor.gallery_gps)
     assert int(predictor.place_copies.sum()) == len(predictor.gallery_gps)
+
+
+@pytest.mark.parametrize("k", [200, 1500])  # explain's runner-up pool; more than a block
+def test_a_deep_top_k_matches_predict(predictor, k):
+    """Past the first block only logits above a row's k-th best are offered and merged."""
+    x = torch.randn(64, 768, generator=torch.Generator().manual_seed(2))
+    probs, rows = PlaceScorer(predictor).topk(x, k)
+    want_probs, want_rows = predictor.topk(x, k)
+    assert torch.allclose(probs, want_probs, rtol=1e-4, atol=0)
+    assert all(len(set(r)) == k for r in rows.tolist())  # distinct places
+    assert [set(r) for r in rows[:, : k - 10].tolist()] <= [set(r) for r in want_rows.tolist()]
+    assert (rows == want_rows).float().mean() > 0.99  # near-ties may swap
+
+
+def test_a_gallery_in_rising_order_keeps_merges_narrow(predictor):
+    """A photo whose logits rise along the gallery offers every logit of every block, while
+    the others, whose best places come first, offer none: the merges must still stay under
+    two blocks wide (they once grew with the gallery, to 32K columns at 1,024 photos)."""
+    gen = torch.Generator().manual_seed(3)
+    emb = torch.nn.functional.normalize(torch.randn(12_000, 512, generator=gen), dim=1)
+    rising = torch.nn.functional.normalize(torch.randn(512, generator=gen), dim=0)
+    emb = emb[(emb @ rising).argsort()]
+    gps = torch.rand(12_000, 2, generator=gen) * torch.tensor([170.0, 350.0]) - torch.tensor(
+        [85.0, 175.0]
+    )
+    scorer = PlaceScorer(Predictor(predictor.head, gps, emb))
+    widths = []
+    merge = scorer._merge
+    scorer._merge = lambda b, i, v, c, k: widths.append(v.shape[1]) or merge(b, i, v, c, k)
+    q = torch.stack([rising] + [-rising] * (PlaceScorer.BLOCK - 1))  # in embedding space
+    probs, cols = scorer._block_rows(q, 200)
+    z = scorer.logit_scale * (q[:2] @ scorer.emb.T)
+    want = z.topk(200, dim=1)
+    lse = torch.logsumexp(z.double() + scorer.log_count.double(), dim=1)
+    assert torch.equal(cols[:2], want.indices)
+    assert torch.allclose(probs[:2].double(), (want.values.double() - lse[:, None]).exp(),
+                          rtol=1e-4)  # fmt: skip
+    assert max(widths) < 2 * PlaceScorer.BLOCK and len(widths) > 12_000 // PlaceScorer.BLOCK
 
 
 def test_cli_predicts_a_feature_folder_into_parquet_parts(tmp_path, feats, predictor):

@@ -62,7 +62,9 @@ def test_a_deep_top_k_matches_predict(predictor, k):
     want_probs, want_rows = predictor.topk(x, k)
     assert torch.allclose(probs, want_probs, rtol=1e-4, atol=0)
     assert all(len(set(r)) == k for r in rows.tolist())  # distinct places
-    assert [set(r) for r in rows[:, : k - 10].tolist()] <= [set(r) for r in want_rows.tolist()]
+    # all but the last few (where near-ties may cross the cut) are among predict's top-k
+    assert all(set(got[: k - 10]) <= set(want) for got, want in
+               zip(rows.tolist(), want_rows.tolist(), strict=True))  # fmt: skip
     assert (rows == want_rows).float().mean() > 0.99  # near-ties may swap
 
 

@@ -162,7 +162,7 @@ def gallery_tree(gps: torch.Tensor) -> cKDTree:
 
 
 def pairs_within(tree: cKDTree, points: torch.Tensor, radius_km: float
-                 ) -> tuple[torch.Tensor, ...]:  # fmt: skip
+                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(query index, gallery row) of every gallery row within ``radius_km`` of each point."""
     chord = 2 * math.sin(radius_km / EARTH_RADIUS_KM / 2)
     lists = tree.query_ball_point(unit_vectors(points).numpy(), chord)
@@ -173,13 +173,11 @@ def pairs_within(tree: cKDTree, points: torch.Tensor, radius_km: float
     return torch.from_numpy(rows), torch.as_tensor(cols, dtype=torch.int64)
 
 
-def best_near(probs: torch.Tensor, tree: cKDTree, truth: torch.Tensor, radius_km: float
-              ) -> torch.Tensor:  # fmt: skip
-    """Per photo, the probability of the most probable gallery row within ``radius_km`` of
-    the true location (-inf where no row is that near); ``tree`` is ``gallery_tree``'s."""
-    r, c = (t.to(probs.device) for t in pairs_within(tree, truth, radius_km))
+def best_near(probs: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Per photo, the probability of its most probable gallery row among the (photo, row)
+    pairs ``pairs_within`` gave for the true locations (-inf where a photo has none)."""
     best = torch.full((len(probs),), -torch.inf, dtype=probs.dtype, device=probs.device)
-    return best.scatter_reduce_(0, r, probs[r, c], "amax")
+    return best.scatter_reduce_(0, rows, probs[rows, cols], "amax")
 
 
 def mass_above(probs: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
@@ -189,9 +187,10 @@ def mass_above(probs: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(best), above, torch.inf)
 
 
-def covered(probs: torch.Tensor, best: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Whether the region holds a place within the radius of the truth (never where none is)."""
-    return torch.isfinite(best) & (mass_above(probs, best) <= threshold + TOLERANCE)
+def covered(best: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+    """Whether the region (``probs >= cut``, see ``region_cut``) holds a place within the
+    radius of the truth, that is its most probable one, ``best`` (never where none is)."""
+    return torch.isfinite(best) & (best >= cut)
 
 
 def conformal_threshold(scores: npt.ArrayLike, alpha: float) -> float:
@@ -201,34 +200,40 @@ def conformal_threshold(scores: npt.ArrayLike, alpha: float) -> float:
     return float(scores[k - 1]) if k <= len(scores) else math.inf
 
 
-def region_cut(probs: torch.Tensor, threshold: float, bins: int = 2048) -> torch.Tensor:
+def region_cut(probs: torch.Tensor, threshold: float, keys: torch.Tensor | None = None,
+               bins: int = 2048) -> torch.Tensor:  # fmt: skip
     """Per row, the lowest probability still in the conformal region (rows whose mass
     strictly above is at most ``threshold``), so that the region is ``probs >= cut``.
 
-    Exact without sorting whole rows: a histogram of log-probabilities locates the one bin
-    where the mass from the top crosses the threshold, and only that bin's rows are sorted."""
+    Exact without sorting whole rows: a histogram over ``keys`` (any values that order each
+    row as ``probs`` does, such as the logits the softmax made them from; log-probabilities
+    by default) locates the one bin where the mass from the top crosses the threshold, and
+    only that bin's values are sorted."""
     b, n = probs.shape
     limit = threshold + TOLERANCE
     if math.isinf(threshold) or limit >= 1:
         return probs.min(dim=1).values
-    logp = probs.float().clamp_min(1e-38).log_()  # for binning only
-    lo, hi = logp.aminmax(dim=1)
-    scale = bins / (hi - lo).clamp_min(1e-12)
-    which = ((logp - lo[:, None]) * scale[:, None]).clamp_(0, bins - 1).to(torch.int32)
-    del logp
-    flat = which + (bins * torch.arange(b, device=probs.device, dtype=torch.int32))[:, None]
-    mass = torch.bincount(flat.flatten(), weights=probs.flatten().double(),
-                          minlength=b * bins).view(b, bins)  # fmt: skip
+    if keys is None:
+        keys = probs.float().clamp_min(1e-38).log_()
+    lo, hi = keys.amin(dim=1, keepdim=True), keys.amax(dim=1, keepdim=True)
+    scale = (bins - 1) / (hi - lo).clamp_min(1e-30)  # (keys - lo) * scale lies in [0, bins)
+    which = (keys - lo).mul_(scale).long()  # monotone in keys
+    mass = torch.zeros(b, bins, dtype=torch.float64, device=probs.device)
+    mass.scatter_add_(1, which, probs.double())
     upto = mass.flip(1).cumsum(1).flip(1)  # mass in bins >= each bin
     above = upto - mass  # mass in bins strictly above
-    crossing = ((above <= limit) & (upto > limit)).long().argmax(dim=1)
-    cut = torch.empty(b, dtype=probs.dtype, device=probs.device)
-    for i in range(b):  # only the crossing bin's values need ordering
-        values = probs[i][which[i] == crossing[i]].sort(descending=True).values
-        wide = values.double()
-        inside = above[i, crossing[i]] + wide.cumsum(0) - wide <= limit
-        cut[i] = values[inside].min() if bool(inside.any()) else values[0]
-    return cut
+    crossing = ((upto > limit).sum(dim=1) - 1).clamp_min_(0)  # upto falls; bin 0 if none
+    rows, cols = (which == crossing[:, None]).nonzero(as_tuple=True)
+    values = probs[rows, cols]  # each row's crossing bin (never empty), in row order
+    order = values.sort(descending=True, stable=True).indices
+    order = order[rows[order].sort(stable=True).indices]  # by row, then falling value
+    values, wide = values[order], values[order].double()
+    count = torch.bincount(rows, minlength=b)
+    first = count.cumsum(0) - count
+    run = wide.cumsum(0) - wide  # mass before each value, from its row's first one on
+    before = run + (above.gather(1, crossing[:, None])[:, 0] - run[first])[rows]
+    inside = torch.bincount(rows, weights=(before <= limit).double(), minlength=b).long()
+    return values[first + inside.clamp_min(1) - 1]  # the region is a prefix of each row
 
 
 def region_mask(probs: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -348,7 +353,8 @@ def calibrate_predictor(
     scores = []
     for s in range(half, len(logits), chunk):
         probs = (logits[s : s + chunk] / temperature).softmax(dim=1)
-        scores.append(mass_above(probs, best_near(probs, tree, truth[s : s + chunk], radius_km)))
+        near = pairs_within(tree, truth[s : s + chunk], radius_km)
+        scores.append(mass_above(probs, best_near(probs, *near)))
     threshold = conformal_threshold(torch.cat(scores).numpy(), alpha)
     if math.isinf(threshold):
         warnings.warn(

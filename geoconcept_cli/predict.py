@@ -142,24 +142,26 @@ class Predictor:
         return self.clip.encode_images(pixels)
 
     @torch.no_grad()
-    def cosines(self, clip_features: torch.Tensor) -> torch.Tensor:
-        """(B, N) cosine similarity of each image to each gallery location."""
-        return self.gallery_cosines(self.head.embed_images(clip_features.to(self.device).float()))
-
-    @torch.no_grad()
-    def gallery_cosines(self, unit: torch.Tensor) -> torch.Tensor:
-        """(B, N) products of unit embeddings (B, D) with every gallery row; a float16 gallery
-        is taken in float32 chunks, never copied whole."""
+    def gallery_cosines(self, unit: torch.Tensor, out: torch.Tensor | None = None
+                        ) -> torch.Tensor:  # fmt: skip
+        """(B, N) products of embeddings (B, D) with every gallery row (cosines for unit ones),
+        into ``out`` if given; a float16 gallery is taken in float32 chunks, never copied
+        whole."""
         if self.gallery_emb.dtype == unit.dtype:
-            return unit @ self.gallery_emb.T
+            return torch.mm(unit, self.gallery_emb.T, out=out)
         step = 65_536
         return torch.cat([unit @ self.gallery_emb[s : s + step].to(unit.dtype).T
-                          for s in range(0, len(self.gallery_emb), step)], dim=1)  # fmt: skip
+                          for s in range(0, len(self.gallery_emb), step)], dim=1,
+                         out=out)  # fmt: skip
 
     @torch.no_grad()
-    def logits(self, clip_features: torch.Tensor) -> torch.Tensor:
-        """(B, N) gallery logits: logit_scale.exp() * cosine(image, location)."""
-        return self.head.logit_scale.exp() * self.cosines(clip_features)
+    def logits(self, clip_features: torch.Tensor, out: torch.Tensor | None = None
+               ) -> torch.Tensor:  # fmt: skip
+        """(B, N) gallery logits: logit_scale.exp() * cosine(image, location), the scale taken
+        on the image side (a pass less over the product); into ``out`` if given (a buffer
+        reused over batches spares mapping fresh memory for each)."""
+        img = self.head.embed_images(clip_features.to(self.device).float())
+        return self.gallery_cosines(self.head.logit_scale.exp() * img, out)
 
     @cached_property
     def gallery_countries(self) -> np.ndarray:

@@ -205,7 +205,7 @@ def test_ceiling_matches_brute_force(rng):
     test = torch.tensor(np.c_[rng.uniform(-90, 90, 200), rng.uniform(-180, 180, 200)])
     t, g = test.numpy(), gallery.numpy()
     brute = haversine_km(t[:, 0, None], t[:, 1, None], g[None, :, 0], g[None, :, 1]).min(1)
-    np.testing.assert_allclose(nearest_gallery_km(test, gallery, chunk=64), brute, rtol=1e-9)
+    np.testing.assert_allclose(nearest_gallery_km(test, gallery), brute, rtol=1e-9)
 
 
 def test_evaluate_cli_geoclip_and_checkpoint(tmp_path, small_gallery):

@@ -16,7 +16,10 @@ from PIL import Image
 from synthetic import make_world
 from typer.testing import CliRunner
 
+from geoconcept_cli import evaluate
 from geoconcept_cli.calibration import (
+    TOLERANCE,
+    Calibration,
     best_near,
     conformal_threshold,
     covered,
@@ -28,11 +31,13 @@ from geoconcept_cli.calibration import (
     region_mask,
 )
 from geoconcept_cli.cli import app
+from geoconcept_cli.encoders import load_geoclip_head
 from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.features import read_manifest
 from geoconcept_cli.geo import haversine_km
 from geoconcept_cli.geocode import reverse_geocode
 from geoconcept_cli.metrics import admin_matches, distance_metrics, geoscore, reliability
+from geoconcept_cli.predict import Predictor
 from geoconcept_cli.train import TrainConfig, train
 
 runner = CliRunner()
@@ -93,11 +98,13 @@ def _planted(n: int, n_gallery: int, seed: int, sharpness: float = 3.0):
 def test_conformal_regions_cover_as_promised(alpha):
     logits, probs, gps, truth, _ = _planted(4000, 1500, seed=1)
     tree = gallery_tree(gps)
-    best = best_near(probs, tree, truth, 25.0)
+    best = best_near(probs, *pairs_within(tree, truth, 25.0))
     q = conformal_threshold(mass_above(probs[:2000], best[:2000]).numpy(), alpha)
-    hit = covered(probs[2000:], best[2000:], q).numpy()
+    hit = covered(best[2000:], region_cut(probs[2000:], q)).numpy()
     sd = math.sqrt(alpha * (1 - alpha) / 2000)
     assert abs(hit.mean() - (1 - alpha)) < 4 * sd + 1 / 2000, hit.mean()
+    # covered means: the mass ranked strictly above the best place near the truth is <= q
+    assert (hit == (mass_above(probs[2000:], best[2000:]) <= q + TOLERANCE).numpy()).all()
     # the region as a set of places holds a place within 25 km of the truth exactly then
     mask = region_mask(probs[2000:], q)
     r, c = pairs_within(tree, truth[2000:], 25.0)
@@ -105,23 +112,88 @@ def test_conformal_regions_cover_as_promised(alpha):
     near[r, c] = True
     assert ((mask & near).any(dim=1).numpy() == hit).all()
     far = torch.tensor([-torch.inf])  # no gallery place near the truth: never covered
-    assert not bool(covered(probs[:1], far, math.inf))
+    assert not bool(covered(far, region_cut(probs[:1], math.inf)))
     # a threshold equal to a photo's own score keeps that photo covered
     scores = mass_above(probs[:50], best[:50])
     for i in range(50):
-        assert bool(covered(probs[i : i + 1], best[i : i + 1], float(scores[i])))
+        assert bool(covered(best[i : i + 1], region_cut(probs[i : i + 1], float(scores[i]))))
         place = probs[i] == best[i]  # the most probable place near the truth is in the region
         assert bool(region_mask(probs[i : i + 1], float(scores[i]))[0][place].all())
 
 
 def test_region_cut_is_the_sorted_answer():
     for sharpness in (0.05, 3.0, 30.0):
-        _, probs, *_ = _planted(40, 20000, seed=2, sharpness=sharpness)
+        logits, probs, *_ = _planted(40, 20000, seed=2, sharpness=sharpness)
         for q in (0.0, 0.5, 0.95):
-            cut = region_cut(probs, q)
-            for row, c in zip(probs, cut, strict=True):
+            cuts = [
+                region_cut(probs, q, keys=keys, bins=bins)  # binned on either; 3 bins
+                for keys in (None, logits)
+                for bins in (2048, 3)
+            ]  # hold wide spreads
+            for i, row in enumerate(probs):
                 values = row.double().sort(descending=True).values
-                assert float(c) == float(values[(values.cumsum(0) - values) <= q].min())
+                sorted_cut = float(values[(values.cumsum(0) - values) <= q].min())
+                assert [float(c[i]) for c in cuts] == [sorted_cut] * 4
+
+
+@pytest.mark.parametrize("temperature,threshold", [(1.0, 0.5), (0.4, 0.9), (50.0, 0.3)])
+def test_score_photos_equals_its_dense_definition(temperature, threshold, monkeypatch):
+    """evaluate's blocked statistics, against each one written densely over the gallery."""
+    head = load_geoclip_head()
+    gen = torch.Generator().manual_seed(4)
+    gps = torch.stack([torch.rand(3000, generator=gen) * 100 - 40,
+                       torch.rand(3000, generator=gen) * 300 - 150], dim=1)  # fmt: skip
+    gps[1000:1040] = gps[1000] + 0.02 * torch.randn(40, 2, generator=gen)  # a dense spot
+    country = np.unique(reverse_geocode(gps.numpy()).country.astype(str), return_inverse=True)[1]
+    grouped = torch.from_numpy(np.argsort(country, kind="stable"))
+    gps, country = gps[grouped], torch.from_numpy(country)[grouped]
+    cal = Calibration(temperature, 0.1, 25.0, threshold, 100, 0.0, 0.0, "m", "g", {})
+    predictor = Predictor(head, gps, head.embed_locations(gps), calibration=cal)
+    areas = torch.rand(3000, generator=gen) * 1000
+    feats = torch.randn(45, 768, generator=gen)
+    truth = gps[torch.randint(3000, (45,), generator=gen)] + 0.05 * torch.randn(
+        45, 2, generator=gen
+    )
+    monkeypatch.setattr(evaluate, "BLOCK_ELEMENTS", 3000 * 7)  # blocks of 7 photos
+    res = evaluate.score_photos(predictor, feats, truth, country, areas, chunk=16)
+
+    logits = torch.cat([predictor.logits(feats[s : s + 16]) for s in range(0, 45, 16)])
+    top = logits.argmax(dim=1)
+    assert (res["top1"] == top.numpy()).all()
+    dist_top = torch.from_numpy(haversine_km(gps[top][:, None, 0], gps[top][:, None, 1],
+                                             gps[None, :, 0], gps[None, :, 1]))  # fmt: skip
+    dist_truth = torch.from_numpy(haversine_km(truth[:, None, 0], truth[:, None, 1],
+                                               gps[None, :, 0], gps[None, :, 1]))  # fmt: skip
+    for name, t in (("uncalibrated", 1.0), ("calibrated", temperature)):
+        p = (logits / t).softmax(dim=1)
+        expect = {
+            "prob": p.gather(1, top[:, None])[:, 0],
+            "conf25": (p * (dist_top <= 25)).sum(1),
+            "confcountry": (p * (country[None, :] == country[top][:, None])).sum(1),
+        }
+        for key, value in expect.items():
+            assert res[f"{key}_{name}"] == pytest.approx(value.numpy(), rel=1e-4, abs=1e-7)
+    near = dist_truth <= 25
+    best = torch.where(near, p, -1).amax(1)
+    has = near.any(1)
+    ranked = p.double().sort(dim=1, descending=True).values
+    cut = torch.where(ranked.cumsum(1) - ranked <= threshold, ranked, 2).amin(1).float()
+    assert (res["in_region"] == (has & (best >= cut)).numpy()).all()
+    assert res["region_km2"] == pytest.approx(((p >= cut[:, None]) * areas).sum(1).numpy(),
+                                              rel=1e-4)  # fmt: skip
+    to_truth = torch.where(has, ((p >= best[:, None]) * areas).sum(1), torch.inf)
+    assert res["area_to_truth_km2"] == pytest.approx(to_truth.numpy(), rel=1e-4)
+    assert 0 < res["in_region"].sum() < 45 or threshold == 0.9  # both outcomes are exercised
+    with pytest.raises(ValueError, match="grouped by country"):
+        evaluate.score_photos(predictor, feats, truth, country.flip(0), areas)
+
+
+def test_argmax_rows_is_argmax():
+    gen = torch.Generator().manual_seed(5)
+    for n in (1, 255, 256, 257, 1000, 100_000):
+        ties = torch.randint(0, 7, (9, n), generator=gen).float()  # the first of equal maxima
+        for x in (ties, torch.randn(9, n, generator=gen)):
+            assert torch.equal(evaluate.argmax_rows(x), x.argmax(dim=1)), n
 
 
 def test_temperature_undoes_planted_overconfidence():

@@ -14,18 +14,26 @@ IM2GPS = ROOT.parent / "shared" / "data" / "im2gps3k"
 
 def median_time(fn, repeats: int, warmup: int = 1, sync: bool = False) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    return median_times({"fn": fn}, repeats, warmup, sync)["fn"]
+
+
+def median_times(fns: dict, repeats: int, warmup: int = 1, sync: bool = False) -> dict:
+    """Median wall time of each ``fns[name]()``, the runs interleaved (one of each in turn), so
+    that a slow spell of the machine falls on all of them alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict = {name: [] for name in fns}
     for _ in range(repeats):
-        if sync:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if sync:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if sync:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            if sync:
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def photos(

@@ -12,17 +12,16 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
 import tarfile
 import tempfile
-import time
 import warnings
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import msgpack
 import pandas as pd
-from common import ROOT, default_device, photos
+from common import ROOT, default_device, median_times, photos
 
 
 def pack(files: list[Path], root: Path) -> dict[str, tuple[list[Path], list[Path]]]:
@@ -95,13 +94,8 @@ def main() -> None:
             embedded = len(feature_summary(run(kind))[1])
             if embedded != args.n:
                 raise SystemExit(f"{kind}: only {embedded} of {args.n} photos embedded")
-        runs_of: dict[str, list[float]] = {kind: [] for kind in kinds}
-        for _ in range(args.repeats):  # interleaved, so a slow spell of the machine is shared
-            for kind in kinds:
-                t = time.perf_counter()
-                run(kind)
-                runs_of[kind].append(time.perf_counter() - t)
-        times = {kind: statistics.median(t) for kind, t in runs_of.items()}
+        times = median_times({kind: partial(run, kind) for kind in kinds}, args.repeats,
+                             warmup=0)  # fmt: skip
     print(f"{Path(args.model).name}, device {args.device}, {args.n} photos, batch "
           f"{args.batch_size}, {args.workers} workers, median of {args.repeats}")  # fmt: skip
     for kind, t in times.items():

@@ -139,7 +139,7 @@ def score_photos(
             country = country_of[top.cpu()]
             spans = list(zip(starts[country].tolist(), ends[country].tolist(), strict=True))
             add("top1", top)
-            for name, t in temps.items():
+            for name, t in temps.items():  # z is divided in place: T=1 first
                 p = (z.div_(t) if t != 1 else z).softmax(dim=1)
                 add(f"prob_{name}", p.gather(1, top[:, None])[:, 0])
                 add(f"conf25_{name}", torch.zeros(len(p), device=dev).index_add_(
@@ -148,14 +148,14 @@ def score_photos(
                     f"confcountry_{name}",
                     torch.stack([p[i, a:b].sum() for i, (a, b) in enumerate(spans)]),
                 )
-            if near_truth is not None and cal is not None and areas is not None:
-                best = best_near(p, *near_truth.block(first, len(z)))  # p, z: calibrated
-                cut = region_cut(p, cal.threshold, keys=z)
-                add("in_region", covered(best, cut))
-                add("region_km2", torch.ge(p, cut[:, None], out=torch.empty_like(p)) @ areas)
-                down_to_truth = torch.ge(p, best[:, None], out=torch.empty_like(p)) @ areas
-                add("area_to_truth_km2", torch.where(torch.isfinite(best), down_to_truth,
-                                                     torch.inf))  # fmt: skip
+                if name == "calibrated" and cal and near_truth and areas is not None:
+                    best = best_near(p, *near_truth.block(first, len(z)))
+                    cut = region_cut(p, cal.threshold, keys=z)  # z: the calibrated logits
+                    add("in_region", covered(best, cut))
+                    area = torch.ge(p, cut[:, None], out=torch.empty_like(p)) @ areas
+                    add("region_km2", area)
+                    reach = torch.ge(p, best[:, None], out=torch.empty_like(p)) @ areas
+                    add("area_to_truth_km2", reach.where(torch.isfinite(best), torch.inf))
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 

@@ -142,15 +142,15 @@ class Predictor:
         return self.clip.encode_images(pixels)
 
     @torch.no_grad()
-    def gallery_cosines(self, unit: torch.Tensor, out: torch.Tensor | None = None
+    def gallery_cosines(self, embeddings: torch.Tensor, out: torch.Tensor | None = None
                         ) -> torch.Tensor:  # fmt: skip
         """(B, N) products of embeddings (B, D) with every gallery row (cosines for unit ones),
         into ``out`` if given; a float16 gallery is taken in float32 chunks, never copied
         whole."""
-        if self.gallery_emb.dtype == unit.dtype:
-            return torch.mm(unit, self.gallery_emb.T, out=out)
+        if self.gallery_emb.dtype == embeddings.dtype:
+            return torch.mm(embeddings, self.gallery_emb.T, out=out)
         step = 65_536
-        return torch.cat([unit @ self.gallery_emb[s : s + step].to(unit.dtype).T
+        return torch.cat([embeddings @ self.gallery_emb[s : s + step].to(embeddings.dtype).T
                           for s in range(0, len(self.gallery_emb), step)], dim=1,
                          out=out)  # fmt: skip
 

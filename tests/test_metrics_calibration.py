@@ -17,6 +17,7 @@ from synthetic import make_world
 from typer.testing import CliRunner
 
 from geoconcept_cli import evaluate
+from geoconcept_cli.artifacts import hash_state_dict, hash_tensors
 from geoconcept_cli.calibration import (
     TOLERANCE,
     Calibration,
@@ -27,13 +28,16 @@ from geoconcept_cli.calibration import (
     gallery_tree,
     mass_above,
     pairs_within,
+    place_areas,
     region_cut,
     region_mask,
+    save_calibration,
 )
 from geoconcept_cli.cli import app
-from geoconcept_cli.encoders import load_geoclip_head
+from geoconcept_cli.encoders import ClipId, load_geoclip_head
 from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.features import read_manifest
+from geoconcept_cli.gallery import load_gallery
 from geoconcept_cli.geo import haversine_km
 from geoconcept_cli.geocode import reverse_geocode
 from geoconcept_cli.metrics import admin_matches, distance_metrics, geoscore, reliability
@@ -154,6 +158,7 @@ def test_score_photos_equals_its_dense_definition(temperature, threshold, monkey
     truth = gps[torch.randint(3000, (45,), generator=gen)] + 0.05 * torch.randn(
         45, 2, generator=gen
     )
+    truth[40:, 1] = 175.0  # beyond the gallery's longitudes: no place within 25 km
     monkeypatch.setattr(evaluate, "BLOCK_ELEMENTS", 3000 * 7)  # blocks of 7 photos
     res = evaluate.score_photos(predictor, feats, truth, country, areas, chunk=16)
 
@@ -183,9 +188,52 @@ def test_score_photos_equals_its_dense_definition(temperature, threshold, monkey
                                               rel=1e-4)  # fmt: skip
     to_truth = torch.where(has, ((p >= best[:, None]) * areas).sum(1), torch.inf)
     assert res["area_to_truth_km2"] == pytest.approx(to_truth.numpy(), rel=1e-4)
-    assert 0 < res["in_region"].sum() < 45 or threshold == 0.9  # both outcomes are exercised
+    assert 0 < res["in_region"].sum() < 40 or threshold == 0.9  # both outcomes are exercised
+    assert not has[40:].any() and np.isinf(res["area_to_truth_km2"][40:]).all()
     with pytest.raises(ValueError, match="grouped by country"):
         evaluate.score_photos(predictor, feats, truth, country.flip(0), areas)
+
+
+def test_evaluate_maps_its_country_grouped_gallery_back(tmp_path):
+    """evaluate groups the gallery by country inside: its rows and areas come back to the
+    gallery's own order (a shuffled gallery, against dense statistics in that order)."""
+    head = load_geoclip_head()
+    gen = torch.Generator().manual_seed(6)
+    gps = torch.stack([torch.rand(2000, generator=gen) * 100 - 40,
+                       torch.rand(2000, generator=gen) * 300 - 150], dim=1)  # fmt: skip
+    pd.DataFrame({"lat": gps[:, 0], "lon": gps[:, 1]}).to_csv(tmp_path / "g.csv", index=False)
+    gps = load_gallery(tmp_path / "g.csv")
+    cal = Calibration(0.5, 0.1, 25.0, 0.6, 100, 0.0, 0.0, hash_state_dict(head),
+                      hash_tensors(gps), ClipId(None, None).as_meta(prefix=""))  # fmt: skip
+    save_calibration(tmp_path / "cal.json", cal)
+    feats = torch.randn(30, 768, generator=gen)
+    truth = gps[torch.randint(2000, (30,), generator=gen)] + 0.05 * torch.randn(
+        30, 2, generator=gen
+    )
+    got = evaluate.evaluate_models(
+        {"m": head},
+        feats,
+        truth,
+        tmp_path / "g.csv",
+        tmp_path,
+        calibrations={"m": tmp_path / "cal.json"},
+    ).predictions
+    logits = Predictor(head, gps, head.embed_locations(gps)).logits(feats)
+    p = (logits / 0.5).softmax(dim=1)
+    top = logits.argmax(dim=1)
+    assert got["pred_lat"].to_numpy() == pytest.approx(gps[top, 0].double().numpy())
+    assert got["pred_lon"].to_numpy() == pytest.approx(gps[top, 1].double().numpy())
+    assert got["prob"].to_numpy() == pytest.approx(p.gather(1, top[:, None])[:, 0].numpy(),
+                                                   rel=1e-4)  # fmt: skip
+    ranked = p.double().sort(dim=1, descending=True).values
+    cut = torch.where(ranked.cumsum(1) - ranked <= 0.6, ranked, 2).amin(1).float()
+    areas = place_areas(gps, 25.0, tmp_path)
+    expect = ((p >= cut[:, None]) * areas).sum(1)
+    assert got["region_area_km2"].to_numpy() == pytest.approx(expect.numpy(), rel=1e-4)
+    near = torch.from_numpy(haversine_km(truth[:, None, 0], truth[:, None, 1],
+                                         gps[None, :, 0], gps[None, :, 1]) <= 25)  # fmt: skip
+    best = torch.where(near, p, -1).amax(1)
+    assert (got["in_region"].to_numpy() == (near.any(1) & (best >= cut)).numpy()).all()
 
 
 def test_argmax_rows_is_argmax():

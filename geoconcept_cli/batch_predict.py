@@ -71,6 +71,7 @@ class PlaceScorer:
 
     def _block_rows(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         n, dev = len(q), q.device
+        q = q * self.logit_scale  # the rounding of Predictor.logits, so that near-ties rank alike
         high = torch.full((n,), -torch.inf, device=dev)  # running max of each row's logits
         total = torch.zeros(n, dtype=torch.float64, device=dev)  # sum of exp(logit - high)
         best = torch.empty(n, 0, device=dev)
@@ -85,9 +86,8 @@ class PlaceScorer:
         for c in range(0, len(self.emb), self.BLOCK):
             emb = self.emb[c : c + self.BLOCK]
             z = buffer if len(emb) == self.BLOCK else torch.empty(n, len(emb), device=dev)
-            # the rounding of Predictor.logits / temperature, so that near-ties rank alike
-            torch.mm(q, emb.T, out=z).mul_(self.logit_scale)
-            if self.temperature != 1.0:
+            torch.mm(q, emb.T, out=z)
+            if self.temperature != 1.0:  # as Predictor.probabilities divides
                 z.div_(self.temperature)
             whole = z if len(emb) % self.RUN == 0 else F.pad(z, (0, -len(emb) % self.RUN),
                                                              value=-torch.inf)  # fmt: skip

@@ -27,7 +27,7 @@ from .atlas import location_latents
 from .concepts.embed import DEFAULT_TEMPLATES
 from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from .errors import GeoconceptError
-from .geo import place_name
+from .geo import place_names
 from .model import ConceptAwareHead
 from .predict import Predictor, load_run
 
@@ -65,13 +65,13 @@ class Locator:
         p = self.predictor
         rows = p.places.cpu()
         top = scores[rows].topk(min(k, len(rows)))
-        out = []
-        for rank, (value, i) in enumerate(zip(top.values.tolist(), rows[top.indices].tolist(),
-                                              strict=True), start=1):  # fmt: skip
-            lat, lon = (float(v) for v in p.gallery_gps[i])
-            out.append({"rank": rank, "lat": lat, "lon": lon, "score": round(value, 6),
-                        "gallery_index": int(i), "place": place_name(lat, lon)})  # fmt: skip
-        return out
+        picked = rows[top.indices]
+        points = p.gallery_gps[picked].tolist()
+        rows_out = zip(top.values.tolist(), picked.tolist(), points, place_names(points),
+                       strict=True)  # fmt: skip
+        return [{"rank": rank, "lat": float(lat), "lon": float(lon), "score": round(value, 6),
+                 "gallery_index": int(i), "place": name}
+                for rank, (value, i, (lat, lon), name) in enumerate(rows_out, start=1)]  # fmt: skip
 
     def _countries(self, scores: torch.Tensor, how: str, k: int) -> list[dict[str, Any]]:
         series = pd.Series(scores.double().numpy(), index=self.predictor.gallery_countries)

@@ -117,8 +117,9 @@ def score_photos(
     areas = areas.to(dev) if areas is not None else None
     gps = predictor.gallery_gps
     tree = gallery_tree(gps)
-    ends = torch.bincount(country_of).cumsum(0)
-    starts = ends - torch.bincount(country_of)
+    sizes = torch.bincount(country_of)
+    ends = sizes.cumsum(0)
+    starts = ends - sizes
     temps = {"uncalibrated": 1.0} | ({"calibrated": cal.temperature} if cal else {})
     rows = max(1, BLOCK_ELEMENTS // len(gps))
     out: dict[str, list[torch.Tensor]] = {}
@@ -224,7 +225,7 @@ def evaluate_models(
     gallery_places = reverse_geocode(gps.numpy())
     codes, country_of = np.unique(gallery_places.country.astype(str), return_inverse=True)
     grouped = torch.from_numpy(np.argsort(country_of, kind="stable"))  # gallery by country
-    gps_grouped = gps[grouped]
+    gps_grouped, country_grouped = gps[grouped], torch.from_numpy(country_of)[grouped]
     rows, frames, bins = {}, [], {}
     for name, head in heads.items():
         path = (calibrations or {}).get(name)
@@ -236,8 +237,7 @@ def evaluate_models(
         predictor = Predictor(head, gps_grouped, emb[grouped], calibration=cal,
                               cache_dir=cache_dir)  # fmt: skip
         areas = place_areas(gps, cal.radius_km, cache_dir)[grouped] if cal else None
-        res = score_photos(predictor, feats, truth, torch.from_numpy(country_of)[grouped],
-                           areas)  # fmt: skip
+        res = score_photos(predictor, feats, truth, country_grouped, areas)
         top1 = grouped[res["top1"]].numpy()
         pred = gps[top1].double().numpy()
         dist = haversine_km(truth_np[:, 0], truth_np[:, 1], pred[:, 0], pred[:, 1])

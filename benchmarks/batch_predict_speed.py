@@ -4,10 +4,10 @@ Both over GeoCLIP's 100K gallery from its cached embeddings, for the same random
 features. Ours reads the shards, runs the image MLP, scores places, writes the Parquet parts
 (top-1, probability, error, country, top-k); the peer is (N x 512) @ (512 x 100K) and a top-k,
 in chunks of the same size, from features already in memory. Throughput ratio: target >= 0.8x.
-Then `explain FEATS --out` (``explain_feature_folder``) on the first ``--explain`` photos, with
-a concept-aware head on 645 random concept embeddings (not trained: the cost is the same),
-against the bare product + top-k of that head's own 645-d embeddings (photos already embedded,
-all 100K gallery rows), timed in the same way.
+Then `explain FEATS --out` (``explain_feature_folder``, its Parquet parts included) on the
+first ``--explain`` photos, with a concept-aware head on 645 random concept embeddings (not
+trained: the cost is the same), against the bare product + top-k of that head's own 645-d
+embeddings (photos already embedded, all 100K gallery rows), timed in the same way.
 
     python benchmarks/batch_predict_speed.py [--photos 20000] [--top-k 5] [--explain 2048]
 """
@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 from common import default_device
 
+from geoconcept_cli.batch_explain import explain_feature_folder
 from geoconcept_cli.batch_predict import predict_features
 from geoconcept_cli.encoders import ClipId
-from geoconcept_cli.explain import ConceptSet, Explainer, explain_feature_folder
+from geoconcept_cli.explain import ConceptSet, Explainer
 from geoconcept_cli.features import save_features
 from geoconcept_cli.gallery import cached_gallery_embeddings
 from geoconcept_cli.model import build_head
@@ -71,11 +72,11 @@ def main() -> None:
         save_features(few, [str(i) for i in range(n)], feats[:n], latlon[:n],
                       clip_model="ViT-L-14", clip_pretrained="openai")  # fmt: skip
         img = head.embed_images(feats[:n].to(args.device))
-        explain_feature_folder(explainer, few, lambda n: None, top_k=args.top_k)  # warm-up
+        explain_feature_folder(explainer, few, Path(tmp) / "explained", args.top_k)  # warm-up
         times, peers = [], []
-        for _ in range(args.repeats):  # interleaved: this machine's speed drifts
+        for r in range(args.repeats):  # interleaved: this machine's speed drifts
             t = time.perf_counter()
-            explain_feature_folder(explainer, few, lambda n: None, top_k=args.top_k)
+            explain_feature_folder(explainer, few, Path(tmp) / f"explained-{r}", args.top_k)
             if sync:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import atomic_path, hash_state_dict, hash_tensors, write_json
+from .encoders import ClipId
 from .errors import GeoconceptError
 from .features import read_meta, read_shard
 from .geo import haversine_km
@@ -144,15 +145,16 @@ class PlaceScorer:
         return self._merge(best, best_idx, values, columns, k)
 
 
-def results_meta(predictor: Predictor, features: Path, top_k: int) -> dict[str, Any]:
-    """What a results folder was made from: rerunning with another model, gallery, top-k or
-    feature folder must not mix parts."""
+def results_meta(predictor: Predictor, features: Path, top_k: int,
+                 fmt: str = RESULTS_FORMAT, **made_with: Any) -> dict[str, Any]:  # fmt: skip
+    """What a results folder was made from: rerunning with another model, gallery, top-k,
+    feature folder or ``made_with`` setting must not mix parts."""
     meta = read_meta(features)
     return {
-        "format": RESULTS_FORMAT, "features": str(features.resolve()),
+        "format": fmt, "features": str(features.resolve()),
         "feature_rows": meta["rows"], "shards": meta["shards"], "top_k": top_k,
         "head": hash_state_dict(predictor.head), "gallery": hash_tensors(predictor.gallery_gps),
-        "temperature": predictor.temperature,
+        "temperature": predictor.temperature, **made_with,
         **({"normalised_over": predictor.index.note()} if predictor.index else {}),
     }  # fmt: skip
 
@@ -161,20 +163,18 @@ def part_path(out: Path, index: int) -> Path:
     return out / f"part-{index:05d}.parquet"
 
 
-def start_results(out: Path, meta: dict[str, Any], write: bool = True) -> list[int]:
-    """The shards still to predict into ``out``; refuses a folder made otherwise. ``write``
-    (one rank) records ``meta`` there."""
+def start_results(out: Path, meta: dict[str, Any], write: bool = True) -> None:
+    """Refuse an ``out`` made otherwise; ``write`` (one rank) records ``meta`` there."""
     if out.exists() and not out.is_dir():
-        raise GeoconceptError(f"--out {out}: a file; batch prediction writes a folder of parts")
+        raise GeoconceptError(f"--out {out}: a file; a feature folder's results are a folder "
+                              "of parts")  # fmt: skip
     old_path = out / META_NAME
     if old_path.is_file():
         old = json.loads(old_path.read_text())
-        keys = ("features", "feature_rows", "shards", "top_k", "head", "gallery", "temperature")
-        changed = [k for k in keys
-                   if old.get(k) != meta[k]]  # fmt: skip
+        changed = [k for k in meta if k != "normalised_over" and old.get(k) != meta[k]]
         if changed:
             raise GeoconceptError(
-                f"--out {out} holds predictions made with another {', '.join(changed)}; "
+                f"--out {out} holds results made with another {', '.join(changed)}; "
                 "give another --out (or delete it)"
             )
     elif out.exists() and any(out.iterdir()):
@@ -182,7 +182,6 @@ def start_results(out: Path, meta: dict[str, Any], write: bool = True) -> list[i
     if write:
         out.mkdir(parents=True, exist_ok=True)
         write_json(old_path, meta)
-    return missing_parts(out, meta["shards"])
 
 
 def missing_parts(out: Path, shards: int, rank: int = 0, world_size: int = 1) -> list[int]:
@@ -210,25 +209,67 @@ def predict_shard(scorer: PlaceScorer, ids: list[str], feats: torch.Tensor,
     }, columns=COLUMNS)  # fmt: skip
 
 
+ShardFrame = Callable[[list[str], torch.Tensor, torch.Tensor], pd.DataFrame]
+
+
+def write_parts(features: Path, out: Path, frame_of: ShardFrame, rank: int = 0,
+                world_size: int = 1, progress: Callable[[int], object] | None = None,
+                ) -> None:  # fmt: skip
+    """Write this rank's missing parts of a started ``out``: ``frame_of(ids, features,
+    latlon)`` of each shard, atomically. ``progress(n)`` gets the photos of each part."""
+    for s in missing_parts(out, read_meta(features)["shards"], rank, world_size):
+        ids, feats, latlon = read_shard(features, s)
+        frame = frame_of(ids, feats, latlon)
+        with atomic_path(part_path(out, s)) as tmp:
+            frame.to_parquet(tmp, index=False)
+        if progress:
+            progress(len(ids))
+
+
 def predict_features(
     predictor: Predictor, features: str | Path, out: str | Path, top_k: int = 5,
-    rank: int = 0, world_size: int = 1, progress: Callable[[int], None] | None = None,
+    rank: int = 0, world_size: int = 1, progress: Callable[[int], object] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Write this rank's missing parts of ``out`` (see the module docstring); returns the
     results meta. ``progress(n)`` gets the photos of each part written."""
     features, out = Path(features), Path(out)
     meta = results_meta(predictor, features, top_k)
-    pending = start_results(out, meta, write=rank == 0)
+    start_results(out, meta, write=rank == 0)
     scorer = PlaceScorer(predictor)
-    for s in pending:
-        if s % world_size != rank:
-            continue
-        ids, feats, latlon = read_shard(features, s)
-        frame = predict_shard(scorer, ids, feats, latlon, top_k)
-        with atomic_path(part_path(out, s)) as tmp:
-            frame.to_parquet(tmp, index=False)
-        if progress:
-            progress(len(ids))
+    write_parts(features, out, lambda ids, feats, latlon: predict_shard(
+        scorer, ids, feats, latlon, top_k), rank, world_size, progress)  # fmt: skip
+    return meta
+
+
+def run_on_ranks(
+    features: str, out: str, device: str, label: str,
+    load: Callable[[str, ClipId, int], tuple[dict[str, Any], ShardFrame]],
+) -> dict[str, Any]:  # fmt: skip
+    """One process of a batch run over a feature folder (torchrun, SLURM, ``launch`` or
+    alone): ``load(device, clip, width)`` gives the results meta and the frame of a shard;
+    this rank then writes its missing parts. No CLIP weights are loaded: the features were
+    embedded by the CLIP their folder records."""
+    from contextlib import nullcontext
+
+    from .distributed import init_distributed
+    from .features import feature_summary, shard_size_of
+    from .progress import progress_bar
+
+    info = init_distributed(device.startswith("cuda"))
+    fmeta, _, dim = feature_summary(features)
+    meta, frame_of = load(str(info.device) if device.startswith("cuda") else device,
+                          ClipId.from_meta(fmeta), dim)  # fmt: skip
+    if info.is_main:
+        start_results(Path(out), meta)
+    if info.world_size > 1:
+        torch.distributed.barrier()  # _geoconcept.json exists before any rank writes a part
+    mine = missing_parts(Path(out), fmeta["shards"], info.rank, info.world_size)
+    todo = sum(shard_size_of(features, s) for s in mine)  # photos left out are not there
+    bar = progress_bar(label, todo, unit="photos") if info.is_main else nullcontext()
+    with bar as advance:
+        write_parts(Path(features), Path(out), frame_of, info.rank, info.world_size, advance)
+    if info.world_size > 1:
+        torch.distributed.barrier()  # every part is written before any rank reports
     return meta
 
 
@@ -236,35 +277,18 @@ def predict_features_worker(
     features: str, out: str, checkpoint: str | None, gallery: str | None,
     cache_dir: str | None, device: str, top_k: int,
 ) -> dict[str, Any]:  # fmt: skip
-    """One process of batch prediction (picklable for the launcher): its share of shards.
-    No CLIP weights are loaded: the features were embedded by the CLIP their folder records."""
-    from contextlib import nullcontext
-
-    from .distributed import init_distributed
-    from .encoders import ClipId
-    from .features import feature_summary, shard_size_of
+    """One process of batch prediction (picklable for the launcher): its share of shards."""
     from .predict import load_run
-    from .progress import progress_bar
 
-    info = init_distributed(device.startswith("cuda"))
-    fmeta, _, dim = feature_summary(features)
-    clip = ClipId.from_meta(fmeta)
-    predictor, _ = load_run(checkpoint, gallery=gallery, cache_dir=cache_dir,
-                            device=str(info.device) if device.startswith("cuda") else device,
-                            features_of=clip, features_dim=dim)  # fmt: skip
-    if info.world_size > 1 and info.is_main:
-        start_results(Path(out), results_meta(predictor, Path(features), top_k))
-    if info.world_size > 1:
-        torch.distributed.barrier()  # _geoconcept.json exists before any rank writes a part
-    mine = missing_parts(Path(out), fmeta["shards"], info.rank, info.world_size)
-    todo = sum(shard_size_of(features, s) for s in mine)  # photos left out are not there
-    bar = progress_bar("predicting", todo, unit="photos") if info.is_main else nullcontext()
-    with bar as advance:
-        meta = predict_features(predictor, features, out, top_k, info.rank, info.world_size,
-                                advance)  # fmt: skip
-    if info.world_size > 1:
-        torch.distributed.barrier()  # every part is written before any rank reports
-    return meta
+    def load(device: str, clip: ClipId, dim: int) -> tuple[dict[str, Any], ShardFrame]:
+        predictor, _ = load_run(checkpoint, gallery=gallery, cache_dir=cache_dir,
+                                device=device, features_of=clip, features_dim=dim)  # fmt: skip
+        scorer = PlaceScorer(predictor)
+        return results_meta(predictor, Path(features), top_k), (
+            lambda ids, feats, latlon: predict_shard(scorer, ids, feats, latlon, top_k)
+        )
+
+    return run_on_ranks(features, out, device, "predicting", load)
 
 
 def summary(out: str | Path) -> tuple[int, float]:

@@ -161,28 +161,38 @@ def _predict_features(
 ) -> None:  # fmt: skip
     """predict's batch mode: every photo of a feature folder into a folder of Parquet parts."""
     from .batch_predict import predict_features_worker, summary
-    from .distributed import check_processes, is_main_process, launch, launched_externally
-    from .features import read_meta
 
     if out is None:
         raise GeoconceptError(
             f"{features} is a folder: batch prediction needs --out results.parquet"
         )
+    args = (str(features), str(out), str(checkpoint) if checkpoint else None,
+            str(gallery) if gallery else None, str(cache_dir) if cache_dir else None)  # fmt: skip
+    if _run_batch(predict_features_worker, features, args, gpus, device, (top_k,)):
+        photos, median = summary(out)
+        stdout.print(f"{photos} photos predicted -> {out} (median error {median:.1f} km)",
+                     highlight=False, soft_wrap=True)  # fmt: skip
+
+
+def _run_batch(
+    worker: Callable[..., object], features: Path, args: tuple[Any, ...], gpus: int,
+    device: str, options: tuple[Any, ...],
+) -> bool:  # fmt: skip
+    """Run a batch worker ``worker(*args, device, *options)`` over a feature folder: in this
+    process, in ``gpus`` launched ones, or as this rank of torchrun / SLURM. Whether this
+    process should report (the main one)."""
+    from .distributed import check_processes, is_main_process, launch, launched_externally
+    from .features import read_meta
+
     read_meta(features)  # not a feature folder: one line, before any model loads
     check_processes(gpus)
     if gpus > 0 and not device.startswith("cuda"):
         device = "cuda"
-    args = (str(features), str(out), str(checkpoint) if checkpoint else None,
-            str(gallery) if gallery else None, str(cache_dir) if cache_dir else None, device,
-            top_k)  # fmt: skip
     if gpus > 1 and not launched_externally():
-        launch(predict_features_worker, args, nproc=gpus)
+        launch(worker, (*args, device, *options), nproc=gpus)
     else:
-        predict_features_worker(*args)
-    if is_main_process():
-        photos, median = summary(out)
-        stdout.print(f"{photos} photos predicted -> {out} (median error {median:.1f} km)",
-                     highlight=False, soft_wrap=True)  # fmt: skip
+        worker(*args, device, *options)
+    return is_main_process()
 
 
 def _print_probabilities(result: dict[str, Any]) -> None:
@@ -283,7 +293,15 @@ def explain(
         typer.Option(help="True latitude, for the map (default: the photo's EXIF GPS, if any)."),
     ] = None,  # fmt: skip
     true_lon: Annotated[float | None, typer.Option(help="True longitude, for the map.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Batch mode: results.parquet.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Batch mode: results.parquet (a folder of Parquet parts for a feature folder)."
+        ),
+    ] = None,
+    gpus: Annotated[
+        int, typer.Option(min=0, help="Feature-folder batch mode: split shards over N GPUs.")
+    ] = 0,
     images: Annotated[
         Path | None, typer.Option(help="Manifest mode: folder its ids are relative to.")
     ] = None,
@@ -311,22 +329,16 @@ def explain(
         raise GeoconceptError("--out is for batch mode (a folder or manifest); use --json")
     if not batch:
         load_image(target)  # a bad photo fails in a second: before torch and the models load
+    if target.is_dir() and (target / "meta.json").is_file():  # explained from its features
+        assert out is not None  # batch mode requires --out (checked first)
+        _explain_features(target, out, checkpoint, top_k, n_concepts, gpus, concepts,
+                          concept_embeddings, gallery, device, cache_dir)  # fmt: skip
+        return
+    if gpus:
+        raise GeoconceptError("--gpus is for an embed-images feature folder")
     from .artifacts import writable_file
-    from .encoders import ClipId
-    from .explain import (
-        batch_photos,
-        explain_feature_folder,
-        explanation_row,
-        load_explainer,
-        rows_to_parquet,
-    )
-    from .features import feature_summary
+    from .explain import batch_photos, explanation_row, load_explainer, rows_to_parquet
     from .geo import valid_latlon
-
-    features_of, dim, n_features = None, None, 0  # a feature folder: explained from features
-    if target.is_dir() and (target / "meta.json").is_file():
-        fmeta, ids, dim = feature_summary(target)
-        features_of, n_features = ClipId.from_meta(fmeta), len(ids)
 
     if (true_lat is None) != (true_lon is None):
         raise GeoconceptError("--true-lat and --true-lon go together")
@@ -342,7 +354,7 @@ def explain(
     ):
         explainer = load_explainer(
             checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,
-            cache_dir, device, advance, concept_advance, features_of, dim,
+            cache_dir, device, advance, concept_advance,
         )  # fmt: skip
     opts: dict[str, Any] = dict(top_k=top_k, n_concepts=n_concepts, check=check, m=m,
                                 draws=draws)  # fmt: skip
@@ -367,12 +379,6 @@ def explain(
                        probability_heat(explainer.predictor, feats))  # fmt: skip
         return
     assert out is not None  # batch mode requires --out (checked first)
-    if features_of is not None:
-        with progress_bar("explaining", n_features, unit="photos") as advance:
-            rows = explain_feature_folder(explainer, target, advance, **opts)
-        rows_to_parquet(rows, out)
-        stdout.print(f"{len(rows)} photos explained from their features -> {out}")
-        return
     paths, failed = batch_photos(target, images)
     rows = []
     with progress_bar("explaining", len(paths), unit="photos") as advance:
@@ -389,6 +395,24 @@ def explain(
         raise GeoconceptError(f"none of the {len(failed)} photos could be read{hint}")
     rows_to_parquet(rows, out)
     stdout.print(f"{len(rows)} photos explained -> {out}; {len(failed)} missing or unreadable")
+
+
+def _explain_features(
+    features: Path, out: Path, checkpoint: Path | None, top_k: int, n_concepts: int, gpus: int,
+    concepts: Path | None, concept_embeddings: Path | None, gallery: Path | None, device: str,
+    cache_dir: Path | None,
+) -> None:  # fmt: skip
+    """explain's feature-folder mode: every photo into a folder of Parquet parts, no CLIP."""
+    import pandas as pd
+
+    from .batch_explain import explain_features_worker
+
+    args = tuple(str(a) if a is not None else None for a in (
+        features, out, checkpoint, concepts, concept_embeddings, gallery, cache_dir))  # fmt: skip
+    if _run_batch(explain_features_worker, features, args, gpus, device, (top_k, n_concepts)):
+        photos = len(pd.read_parquet(out, columns=["image"]))
+        stdout.print(f"{photos} photos explained from their features -> {out}",
+                     highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @app.command("where")

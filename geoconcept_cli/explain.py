@@ -435,31 +435,6 @@ def rows_to_parquet(rows: list[dict[str, Any]], path: str | Path) -> None:
         pd.DataFrame(rows, columns=ROW_COLUMNS).to_parquet(tmp, index=False)
 
 
-def explain_feature_folder(
-    explainer: Explainer, folder: str | Path, progress: Callable[[int], object],
-    **opts: Any,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """Batch rows of every photo of an embed-images folder (``image`` holds its id), from the
-    stored features: no CLIP runs; a block of photos is ranked over the gallery at once, as
-    batch predict ranks them, then explained at once (:meth:`Explainer.explain_batch`, without
-    the place's concepts, which rows do not show)."""
-    from .batch_predict import PlaceScorer
-    from .features import read_meta, read_shard
-
-    scorer = PlaceScorer(explainer.predictor)
-    rows = []
-    for s in range(read_meta(folder)["shards"]):
-        ids, feats, _ = read_shard(folder, s)
-        for b in range(0, len(ids), scorer.BLOCK):  # bounds the (photos x concepts) arrays
-            block = feats[b : b + scorer.BLOCK]
-            ranked = scorer.topk(block, max(opts.get("top_k", 5), RANKED))
-            exps = explainer.explain_batch(block, ranked=ranked, place_concepts=False, **opts)
-            named = zip(ids[b : b + scorer.BLOCK], exps, strict=True)
-            rows += [explanation_row({"image": ident, **exp}) for ident, exp in named]
-            progress(len(exps))
-    return rows
-
-
 def batch_photos(
     target: str | Path, images_dir: str | Path | None = None
 ) -> tuple[list[Path], list[str]]:

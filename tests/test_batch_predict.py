@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -172,28 +174,43 @@ def test_cli_batch_mode_refuses_bad_input_in_one_line(tmp_path, feats):
         assert len(res.output.strip().splitlines()) == 1
 
 
-def test_cli_explains_a_feature_folder_without_clip(tmp_path):
+def test_cli_explains_a_feature_folder_into_parts_without_clip(tmp_path):
     """explain FEATS --out: every photo of an embed-images folder, from its features, with
-    the rows `explain` gives each (no CLIP weights: the tiny CLIP here was never built)."""
+    the rows `explain` gives each (no CLIP weights: the tiny CLIP here was never built), into
+    parts as batch predict writes them: resumable, refusing other options, split by rank."""
     from synthetic import tiny_trained_world
 
+    from geoconcept_cli.batch_explain import explain_feature_folder
     from geoconcept_cli.explain import explanation_row, load_explainer
     from geoconcept_cli.features import load_features
 
     world = tiny_trained_world(tmp_path)
+    test = load_features(world["test"])
+    folder = tmp_path / "shards"  # the test photos again, in 3 shards
+    save_features(folder, test.ids, test.features, test.latlon, shard_size=16,
+                  clip_model="tiny-clip-768", clip_pretrained="none")  # fmt: skip
     out = tmp_path / "explained.parquet"
-    args = ["explain", str(world["test"]), "--checkpoint", str(world["run"]), "--gallery",
+    args = ["explain", str(folder), "--checkpoint", str(world["run"]), "--gallery",
             str(world["gallery"]), "--out", str(out), "--top-k", "3"]  # fmt: skip
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    test = load_features(world["test"])
     assert f"{len(test.ids)} photos explained from their features" in res.stdout
+    assert f"explaining: {len(test.ids)}/{len(test.ids)} (100%)" in res.output
     assert "random weights" not in res.stderr  # no CLIP was built
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_geoconcept.json",
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
+    meta = json.loads((out / "_geoconcept.json").read_text())
+    assert meta["format"] == "geoconcept-explanations/1" and meta["concepts_shown"] == 8
+    assert meta["mode"] == "concept-aware checkpoint" and meta["top_k"] == 3
     table = pd.read_parquet(out)
     assert table["image"].tolist() == test.ids
     explainer = load_explainer(world["run"], gallery=world["gallery"],
                                features_of=ClipId("tiny-clip-768", "none"))  # fmt: skip
-    for i in (0, 11, len(test.ids) - 1):
+    for i in (0, 17, len(test.ids) - 1):
         exp = explainer.explain_features(test.features[i : i + 1], top_k=3)
         want = explanation_row({"image": test.ids[i], **exp})
         row = table.iloc[i]
@@ -201,8 +218,33 @@ def test_cli_explains_a_feature_folder_without_clip(tmp_path):
         # ranked a shard at a time as batch predict ranks (its softmax sums in float64)
         assert row["prob"] == pytest.approx(want["prob"], rel=1e-4)
         assert list(row["why_here"]) == want["why_here"] and row["rule"] == want["rule"]
+        assert list(row["photo_concepts"]) == [e["concept"] for e in exp["photo_concepts"]]
+
+    # a rerun writes only what is missing
+    stamp = part_path(out, 0).stat().st_mtime_ns
+    part_path(out, 1).unlink()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert part_path(out, 0).stat().st_mtime_ns == stamp
+    assert pd.read_parquet(out).equals(table)
+    # other options would mix parts of two runs: refused in one line
+    res = runner.invoke(app, [*args, "--concepts-shown", "4"])
+    assert res.exit_code == 2 and "another concepts_shown" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+    # two ranks together write the single run
+    split = tmp_path / "split"
+    explain_feature_folder(explainer, folder, split, top_k=3, rank=0, world_size=2)
+    assert sorted(p.name for p in split.glob("part-*")) == ["part-00000.parquet",
+                                                            "part-00002.parquet"]  # fmt: skip
+    explain_feature_folder(explainer, folder, split, top_k=3, rank=1, world_size=2)
+    assert pd.read_parquet(split).equals(table)
+
     # zero-shot needs concept embeddings of the features' CLIP: it cannot embed the concepts
     res = runner.invoke(app, [*args[:2], "--gallery", str(world["gallery"]), "--out",
                               str(tmp_path / "zs.parquet")])  # fmt: skip
     assert res.exit_code == 2 and "needs --concept-embeddings made with their CLIP" in res.stderr
     assert not (tmp_path / "zs.parquet").exists()
+    res = runner.invoke(app, ["explain", str(tmp_path), "--out", str(tmp_path / "x.parquet"),
+                              "--gpus", "2"])  # fmt: skip
+    assert res.exit_code == 2 and "--gpus is for an embed-images feature folder" in res.stderr

@@ -1,0 +1,99 @@
+"""Batch explanation from ``embed-images`` features: every photo explained at about ranking speed.
+
+``explain FEATS --out OUT`` writes ``OUT`` as batch predict does (see ``batch_predict``): a
+folder of ``part-NNNNN.parquet``, one per feature shard, each row ``explain``'s batch row
+(``image`` holding the photo's id), and ``_geoconcept.json`` (format
+``geoconcept-explanations/1``) saying which model, gallery, concepts and options made it.
+Shards are split over ranks (torchrun, SLURM, ``--gpus``) and a rerun skips finished parts.
+A shard is ranked in blocks with batch predict's ``PlaceScorer`` and each block explained at
+once (:meth:`Explainer.explain_batch`, without the place's concepts, which rows do not show).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .artifacts import hash_tensors
+from .batch_predict import (
+    PlaceScorer,
+    ShardFrame,
+    results_meta,
+    run_on_ranks,
+    start_results,
+    write_parts,
+)
+from .encoders import ClipId
+from .explain import RANKED, ROW_COLUMNS, Explainer, explanation_row
+
+EXPLANATIONS_FORMAT = "geoconcept-explanations/1"
+
+
+def explanations_meta(explainer: Explainer, features: Path, top_k: int, n_concepts: int
+                      ) -> dict[str, Any]:  # fmt: skip
+    """``results_meta`` plus what else shapes the rows: the concepts (names, and the text
+    embeddings of zero-shot mode), how many are shown, and the mode."""
+    text = [explainer.text] if explainer.text is not None else []
+    concepts = hash_tensors(*text, extra="\n".join(explainer.concepts.names))
+    return results_meta(explainer.predictor, features, top_k, fmt=EXPLANATIONS_FORMAT,
+                        concepts=concepts, concepts_shown=n_concepts,
+                        mode=explainer.mode)  # fmt: skip
+
+
+def explain_shard(explainer: Explainer, scorer: PlaceScorer, ids: list[str],
+                  feats: torch.Tensor, top_k: int, n_concepts: int) -> pd.DataFrame:  # fmt: skip
+    """One row per photo of a shard, ranked and explained a block at a time (the block
+    bounds the (photos x concepts) arrays)."""
+    rows = []
+    for b in range(0, len(ids), scorer.BLOCK):
+        block = feats[b : b + scorer.BLOCK]
+        ranked = scorer.topk(block, max(top_k, RANKED))
+        exps = explainer.explain_batch(block, top_k, n_concepts, ranked=ranked,
+                                       place_concepts=False)  # fmt: skip
+        named = zip(ids[b : b + scorer.BLOCK], exps, strict=True)
+        rows += [explanation_row({"image": ident, **exp}) for ident, exp in named]
+    return pd.DataFrame(rows, columns=ROW_COLUMNS)
+
+
+def _shard_frame(explainer: Explainer, top_k: int, n_concepts: int) -> ShardFrame:
+    scorer = PlaceScorer(explainer.predictor)
+    return lambda ids, feats, _latlon: explain_shard(explainer, scorer, ids, feats, top_k,
+                                                     n_concepts)  # fmt: skip
+
+
+def explain_feature_folder(
+    explainer: Explainer, features: str | Path, out: str | Path, top_k: int = 5,
+    n_concepts: int = 8, rank: int = 0, world_size: int = 1,
+    progress: Callable[[int], object] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Write this rank's missing parts of ``out`` (see the module docstring); returns the
+    results meta. ``progress(n)`` gets the photos of each part written."""
+    features, out = Path(features), Path(out)
+    meta = explanations_meta(explainer, features, top_k, n_concepts)
+    start_results(out, meta, write=rank == 0)
+    write_parts(
+        features, out, _shard_frame(explainer, top_k, n_concepts), rank, world_size, progress
+    )
+    return meta
+
+
+def explain_features_worker(
+    features: str, out: str, checkpoint: str | None, concepts: str | None,
+    concept_embeddings: str | None, gallery: str | None, cache_dir: str | None, device: str,
+    top_k: int, n_concepts: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One process of batch explanation (picklable for the launcher): its share of shards."""
+    from .explain import load_explainer
+
+    def load(device: str, clip: ClipId, dim: int) -> tuple[dict[str, Any], ShardFrame]:
+        explainer = load_explainer(checkpoint, concepts, concept_embeddings, gallery=gallery,
+                                   cache_dir=cache_dir, device=device, features_of=clip,
+                                   features_dim=dim)  # fmt: skip
+        meta = explanations_meta(explainer, Path(features), top_k, n_concepts)
+        return meta, _shard_frame(explainer, top_k, n_concepts)
+
+    return run_on_ranks(features, out, device, "explaining", load)

@@ -49,6 +49,7 @@ class PlaceScorer:
     BLOCK = 1024
     RUN = 32  # columns summarised by their max, so that only runs above the floor are read
     OFFERED = 32  # offered logits a row, on average, that trigger a merge (raising the floor)
+    WARM = 64  # the first span of columns holds WARM x k of them (see _block_rows)
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
@@ -84,8 +85,11 @@ class PlaceScorer:
         pending = torch.zeros(n, dtype=torch.long, device=dev)  # offered, per row
         # reused: a fresh 4 MB array a block costs page faults that rival the exp
         buffer = torch.empty(n, self.BLOCK, device=dev)
-        for c in range(0, len(self.emb), self.BLOCK):
-            emb = self.emb[c : c + self.BLOCK]
+        # the first span holds WARM x k columns: the k-th best of so many sits near where it
+        # ends, so later blocks offer about k ln(N / (WARM k)) values a row, not k ln(N / k)
+        first = self.BLOCK * max(1, -(-self.WARM * k // self.BLOCK))
+        for c, end in self._spans(first):
+            emb = self.emb[c:end]
             z = buffer if len(emb) == self.BLOCK else torch.empty(n, len(emb), device=dev)
             torch.mm(q, emb.T, out=z)
             if self.temperature != 1.0:  # as Predictor.probabilities divides
@@ -111,12 +115,18 @@ class PlaceScorer:
                     offered = []
                     pending.zero_()
             new_high = torch.maximum(high, run_max.amax(1))
-            weighted = z.add_(self.log_count[c : c + self.BLOCK]).sub_(new_high[:, None]).exp_()
+            weighted = z.add_(self.log_count[c:end]).sub_(new_high[:, None]).exp_()
             total = total * torch.exp(high - new_high).double() + weighted.sum(1).double()
             high = new_high
         best, best_idx = self._merge_offered(best, best_idx, offered, k)
         lse = high.double() + total.log()
         return (best.double() - lse[:, None]).exp().float(), best_idx
+
+    def _spans(self, first: int) -> list[tuple[int, int]]:
+        """Column spans of the places: ``first`` wide, then blocks."""
+        n = len(self.emb)
+        starts = [0, *range(first, n, self.BLOCK)] if first < n else [0]
+        return [(c, min(n, first if c == 0 else c + self.BLOCK)) for c in starts]
 
     @staticmethod
     def _merge(best: torch.Tensor, best_idx: torch.Tensor, values: torch.Tensor,

@@ -28,7 +28,7 @@ from .batch_predict import (
     write_parts,
 )
 from .encoders import ClipId
-from .explain import RANKED, ROW_COLUMNS, Explainer, explanation_row
+from .explain import RANKED, ROW_COLUMNS, ROW_SCHEMA, Explainer, explanation_row
 
 EXPLANATIONS_FORMAT = "geoconcept-explanations/1"
 
@@ -75,9 +75,8 @@ def explain_feature_folder(
     features, out = Path(features), Path(out)
     meta = explanations_meta(explainer, features, top_k, n_concepts)
     start_results(out, meta, write=rank == 0)
-    write_parts(
-        features, out, _shard_frame(explainer, top_k, n_concepts), rank, world_size, progress
-    )
+    write_parts(features, out, _shard_frame(explainer, top_k, n_concepts), ROW_SCHEMA, rank,
+                world_size, progress)  # fmt: skip
     return meta
 
 
@@ -96,4 +95,4 @@ def explain_features_worker(
         meta = explanations_meta(explainer, Path(features), top_k, n_concepts)
         return meta, _shard_frame(explainer, top_k, n_concepts)
 
-    return run_on_ranks(features, out, device, "explaining", load)
+    return run_on_ranks(features, out, device, "explaining", ROW_SCHEMA, load)

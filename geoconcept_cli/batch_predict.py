@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -34,8 +35,16 @@ from .predict import Predictor
 
 RESULTS_FORMAT = "geoconcept-predictions/1"
 META_NAME = "_geoconcept.json"  # Parquet readers skip files starting with "_"
-COLUMNS = ["id", "true_lat", "true_lon", "lat", "lon", "prob", "error_km", "country",
-           "top_lat", "top_lon", "top_prob"]  # fmt: skip
+# every part is written with the same schema: an empty shard's part would otherwise hold null
+# columns, and a folder whose first part does so cannot be read as one table
+SCHEMA = pa.schema([
+    ("id", pa.large_string()), ("true_lat", pa.float64()), ("true_lon", pa.float64()),
+    ("lat", pa.float64()), ("lon", pa.float64()), ("prob", pa.float32()),
+    ("error_km", pa.float64()), ("country", pa.large_string()),
+    ("top_lat", pa.list_(pa.float64())), ("top_lon", pa.list_(pa.float64())),
+    ("top_prob", pa.list_(pa.float32())),
+])  # fmt: skip
+COLUMNS = SCHEMA.names
 
 
 class PlaceScorer:
@@ -43,13 +52,15 @@ class PlaceScorer:
 
     The (photos x places) logits are never held whole: blocks of BLOCK x BLOCK stay in the
     CPU's cache while their softmax denominator (an online log-sum-exp, as in flash attention)
-    and top-k are taken, so the work is one product and no pass over a 100K-wide matrix. An
-    indexed gallery is searched in its index instead (``Predictor.topk``)."""
+    and top-k are taken, so the work is one product and no pass over a 100K-wide matrix (a
+    top-k deeper than 16 starts from one wider span, at most WARM_BLOCKS blocks). An indexed
+    gallery is searched in its index instead (``Predictor.topk``)."""
 
     BLOCK = 1024
     RUN = 32  # columns summarised by their max, so that only runs above the floor are read
     OFFERED = 32  # offered logits a row, on average, that trigger a merge (raising the floor)
     WARM = 64  # the first span of columns holds WARM x k of them (see _block_rows)
+    WARM_BLOCKS = 16  # and at most this many blocks' worth: 64 MB of logits for 1,024 photos
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
@@ -85,9 +96,10 @@ class PlaceScorer:
         pending = torch.zeros(n, dtype=torch.long, device=dev)  # offered, per row
         # reused: a fresh 4 MB array a block costs page faults that rival the exp
         buffer = torch.empty(n, self.BLOCK, device=dev)
-        # the first span holds WARM x k columns: the k-th best of so many sits near where it
-        # ends, so later blocks offer about k ln(N / (WARM k)) values a row, not k ln(N / k)
-        first = self.BLOCK * max(1, -(-self.WARM * k // self.BLOCK))
+        # the first span holds WARM x k columns (at most WARM_BLOCKS blocks): the k-th best of
+        # so many sits near where it ends, so later blocks offer about k ln(N / (WARM k))
+        # values a row, not k ln(N / k)
+        first = self.BLOCK * min(self.WARM_BLOCKS, max(1, -(-self.WARM * k // self.BLOCK)))
         for c, end in self._spans(first):
             emb = self.emb[c:end]
             z = buffer if len(emb) == self.BLOCK else torch.empty(n, len(emb), device=dev)
@@ -173,11 +185,19 @@ def part_path(out: Path, index: int) -> Path:
     return out / f"part-{index:05d}.parquet"
 
 
-def start_results(out: Path, meta: dict[str, Any], write: bool = True) -> None:
-    """Refuse an ``out`` made otherwise; ``write`` (one rank) records ``meta`` there."""
+def check_out(out: Path) -> None:
+    """Refuse an ``out`` that cannot hold results: a file, or a folder of other files (checked
+    again by ``start_results``; first before any model loads)."""
     if out.exists() and not out.is_dir():
         raise GeoconceptError(f"--out {out}: a file; a feature folder's results are a folder "
                               "of parts")  # fmt: skip
+    if out.is_dir() and not (out / META_NAME).is_file() and any(out.iterdir()):
+        raise GeoconceptError(f"--out {out}: a folder holding other files; give a new folder")
+
+
+def start_results(out: Path, meta: dict[str, Any], write: bool = True) -> None:
+    """Refuse an ``out`` made otherwise; ``write`` (one rank) records ``meta`` there."""
+    check_out(out)
     old_path = out / META_NAME
     if old_path.is_file():
         old = json.loads(old_path.read_text())
@@ -187,8 +207,6 @@ def start_results(out: Path, meta: dict[str, Any], write: bool = True) -> None:
                 f"--out {out} holds results made with another {', '.join(changed)}; "
                 "give another --out (or delete it)"
             )
-    elif out.exists() and any(out.iterdir()):
-        raise GeoconceptError(f"--out {out}: a folder holding other files; give a new folder")
     if write:
         out.mkdir(parents=True, exist_ok=True)
         write_json(old_path, meta)
@@ -222,16 +240,17 @@ def predict_shard(scorer: PlaceScorer, ids: list[str], feats: torch.Tensor,
 ShardFrame = Callable[[list[str], torch.Tensor, torch.Tensor], pd.DataFrame]
 
 
-def write_parts(features: Path, out: Path, frame_of: ShardFrame, rank: int = 0,
-                world_size: int = 1, progress: Callable[[int], object] | None = None,
-                ) -> None:  # fmt: skip
+def write_parts(features: Path, out: Path, frame_of: ShardFrame, schema: pa.Schema,
+                rank: int = 0, world_size: int = 1,
+                progress: Callable[[int], object] | None = None) -> None:  # fmt: skip
     """Write this rank's missing parts of a started ``out``: ``frame_of(ids, features,
-    latlon)`` of each shard, atomically. ``progress(n)`` gets the photos of each part."""
+    latlon)`` of each shard, atomically, in ``schema``. ``progress(n)`` gets the photos of
+    each part."""
     for s in missing_parts(out, read_meta(features)["shards"], rank, world_size):
         ids, feats, latlon = read_shard(features, s)
         frame = frame_of(ids, feats, latlon)
         with atomic_path(part_path(out, s)) as tmp:
-            frame.to_parquet(tmp, index=False)
+            frame.to_parquet(tmp, index=False, schema=schema)
         if progress:
             progress(len(ids))
 
@@ -245,20 +264,24 @@ def predict_features(
     features, out = Path(features), Path(out)
     meta = results_meta(predictor, features, top_k)
     start_results(out, meta, write=rank == 0)
-    scorer = PlaceScorer(predictor)
-    write_parts(features, out, lambda ids, feats, latlon: predict_shard(
-        scorer, ids, feats, latlon, top_k), rank, world_size, progress)  # fmt: skip
+    write_parts(features, out, _shard_frame(predictor, top_k), SCHEMA, rank, world_size,
+                progress)  # fmt: skip
     return meta
 
 
+def _shard_frame(predictor: Predictor, top_k: int) -> ShardFrame:
+    scorer = PlaceScorer(predictor)
+    return lambda ids, feats, latlon: predict_shard(scorer, ids, feats, latlon, top_k)
+
+
 def run_on_ranks(
-    features: str, out: str, device: str, label: str,
+    features: str, out: str, device: str, label: str, schema: pa.Schema,
     load: Callable[[str, ClipId, int], tuple[dict[str, Any], ShardFrame]],
 ) -> dict[str, Any]:  # fmt: skip
     """One process of a batch run over a feature folder (torchrun, SLURM, ``launch`` or
     alone): ``load(device, clip, width)`` gives the results meta and the frame of a shard;
-    this rank then writes its missing parts. No CLIP weights are loaded: the features were
-    embedded by the CLIP their folder records."""
+    this rank then writes its missing parts in ``schema``. No CLIP weights are loaded: the
+    features were embedded by the CLIP their folder records."""
     from contextlib import nullcontext
 
     from .distributed import init_distributed
@@ -277,7 +300,8 @@ def run_on_ranks(
     todo = sum(shard_size_of(features, s) for s in mine)  # photos left out are not there
     bar = progress_bar(label, todo, unit="photos") if info.is_main else nullcontext()
     with bar as advance:
-        write_parts(Path(features), Path(out), frame_of, info.rank, info.world_size, advance)
+        write_parts(Path(features), Path(out), frame_of, schema, info.rank, info.world_size,
+                    advance)  # fmt: skip
     if info.world_size > 1:
         torch.distributed.barrier()  # every part is written before any rank reports
     return meta
@@ -293,12 +317,9 @@ def predict_features_worker(
     def load(device: str, clip: ClipId, dim: int) -> tuple[dict[str, Any], ShardFrame]:
         predictor, _ = load_run(checkpoint, gallery=gallery, cache_dir=cache_dir,
                                 device=device, features_of=clip, features_dim=dim)  # fmt: skip
-        scorer = PlaceScorer(predictor)
-        return results_meta(predictor, Path(features), top_k), (
-            lambda ids, feats, latlon: predict_shard(scorer, ids, feats, latlon, top_k)
-        )
+        return results_meta(predictor, Path(features), top_k), _shard_frame(predictor, top_k)
 
-    return run_on_ranks(features, out, device, "predicting", load)
+    return run_on_ranks(features, out, device, "predicting", SCHEMA, load)
 
 
 def summary(out: str | Path) -> tuple[int, float]:

@@ -166,32 +166,35 @@ def _predict_features(
         raise GeoconceptError(
             f"{features} is a folder: batch prediction needs --out results.parquet"
         )
-    args = (str(features), str(out), str(checkpoint) if checkpoint else None,
-            str(gallery) if gallery else None, str(cache_dir) if cache_dir else None)  # fmt: skip
-    if _run_batch(predict_features_worker, features, args, gpus, device, (top_k,)):
+    paths = (str(checkpoint) if checkpoint else None, str(gallery) if gallery else None,
+             str(cache_dir) if cache_dir else None)  # fmt: skip
+    if _run_batch(predict_features_worker, features, out, paths, gpus, device, (top_k,)):
         photos, median = summary(out)
         stdout.print(f"{photos} photos predicted -> {out} (median error {median:.1f} km)",
                      highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def _run_batch(
-    worker: Callable[..., object], features: Path, args: tuple[Any, ...], gpus: int,
-    device: str, options: tuple[Any, ...],
+    worker: Callable[..., object], features: Path, out: Path, paths: tuple[str | None, ...],
+    gpus: int, device: str, options: tuple[Any, ...],
 ) -> bool:  # fmt: skip
-    """Run a batch worker ``worker(*args, device, *options)`` over a feature folder: in this
-    process, in ``gpus`` launched ones, or as this rank of torchrun / SLURM. Whether this
-    process should report (the main one)."""
+    """Run a batch worker ``worker(features, out, *paths, device, *options)`` over a feature
+    folder: in this process, in ``gpus`` launched ones, or as this rank of torchrun / SLURM.
+    Whether this process should report (the main one)."""
+    from .batch_predict import check_out
     from .distributed import check_processes, is_main_process, launch, launched_externally
     from .features import read_meta
 
-    read_meta(features)  # not a feature folder: one line, before any model loads
+    read_meta(features)  # not a feature folder, or no place for results: one line, before
+    check_out(out)  # any model loads
     check_processes(gpus)
     if gpus > 0 and not device.startswith("cuda"):
         device = "cuda"
+    args = (str(features), str(out), *paths, device, *options)
     if gpus > 1 and not launched_externally():
-        launch(worker, (*args, device, *options), nproc=gpus)
+        launch(worker, args, nproc=gpus)
     else:
-        worker(*args, device, *options)
+        worker(*args)
     return is_main_process()
 
 
@@ -407,9 +410,12 @@ def _explain_features(
 
     from .batch_explain import explain_features_worker
 
-    args = tuple(str(a) if a is not None else None for a in (
-        features, out, checkpoint, concepts, concept_embeddings, gallery, cache_dir))  # fmt: skip
-    if _run_batch(explain_features_worker, features, args, gpus, device, (top_k, n_concepts)):
+    paths = tuple(
+        str(a) if a is not None else None
+        for a in (checkpoint, concepts, concept_embeddings, gallery, cache_dir)
+    )
+    options = (top_k, n_concepts)
+    if _run_batch(explain_features_worker, features, out, paths, gpus, device, options):
         photos = len(pd.read_parquet(out, columns=["image"]))
         stdout.print(f"{photos} photos explained from their features -> {out}",
                      highlight=False, soft_wrap=True)  # fmt: skip

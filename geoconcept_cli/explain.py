@@ -25,6 +25,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -423,8 +424,14 @@ def explanation_row(exp: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-ROW_COLUMNS = ["image", "lat", "lon", "prob", "place", "mode", "top_k", "photo_concepts",
-               "why_here", "rule"]  # fmt: skip
+# one schema for every file or part of rows (an empty part's columns would otherwise be null)
+ROW_SCHEMA = pa.schema([
+    ("image", pa.large_string()), ("lat", pa.float64()), ("lon", pa.float64()),
+    ("prob", pa.float64()), ("place", pa.large_string()), ("mode", pa.large_string()),
+    ("top_k", pa.large_string()), ("photo_concepts", pa.list_(pa.large_string())),
+    ("why_here", pa.list_(pa.large_string())), ("rule", pa.large_string()),
+])  # fmt: skip
+ROW_COLUMNS = ROW_SCHEMA.names
 
 
 def rows_to_parquet(rows: list[dict[str, Any]], path: str | Path) -> None:
@@ -432,7 +439,7 @@ def rows_to_parquet(rows: list[dict[str, Any]], path: str | Path) -> None:
     from .artifacts import atomic_path
 
     with atomic_path(path) as tmp:
-        pd.DataFrame(rows, columns=ROW_COLUMNS).to_parquet(tmp, index=False)
+        pd.DataFrame(rows, columns=ROW_COLUMNS).to_parquet(tmp, index=False, schema=ROW_SCHEMA)
 
 
 def batch_photos(

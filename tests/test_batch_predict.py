@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from geoconcept_cli.batch_predict import PlaceScorer, part_path, predict_features
 from geoconcept_cli.cli import app
 from geoconcept_cli.encoders import ClipId
-from geoconcept_cli.features import save_features
+from geoconcept_cli.features import save_features, write_shard
 from geoconcept_cli.gallery import load_gallery
 from geoconcept_cli.geo import haversine_km
 from geoconcept_cli.predict import Predictor, load_run
@@ -58,7 +58,7 @@ def test_scoring_places_once_gives_predicts_probabilities(predictor):
 
 @pytest.mark.parametrize("k", [200, 1500])  # explain's runner-up pool; more than a block
 def test_a_deep_top_k_matches_predict(predictor, k):
-    """Past the first block only logits above a row's k-th best are offered and merged."""
+    """Past the first span only logits above a row's k-th best are offered and merged."""
     x = torch.randn(64, 768, generator=torch.Generator().manual_seed(2))
     probs, rows = PlaceScorer(predictor).topk(x, k)
     want_probs, want_rows = predictor.topk(x, k)
@@ -148,12 +148,29 @@ def test_ranks_split_the_shards_and_together_write_the_single_run(tmp_path, feat
     assert pd.read_parquet(split).equals(pd.read_parquet(single))
 
 
-def test_a_shard_with_no_photo_left_gives_an_empty_part(tmp_path, predictor):
+def emptied_first_shard(folder, feats: torch.Tensor, latlon: torch.Tensor, **meta) -> list[str]:
+    """A feature folder of two shards whose first lost every photo (as embed-images leaves
+    one whose images all failed to decode); the ids that are left."""
+    ids = [f"photo-{i}" for i in range(len(feats))]
+    save_features(folder, ids, feats, latlon, shard_size=len(feats) // 2, **meta)
+    write_shard(folder, 0, [], feats[:0], latlon[:0])
+    return ids[len(feats) // 2 :]
+
+
+def test_a_shard_with_no_photo_left_gives_an_empty_part(tmp_path, feats, predictor):
+    """Every part has the one schema, so a folder whose first part is empty still reads as
+    one table (its columns would otherwise be null, and the next part's not castable)."""
     folder = tmp_path / "feats"
     save_features(folder, [], torch.zeros(0, 768), torch.zeros(0, 2), clip_model="ViT-L-14",
                   clip_pretrained="openai")  # fmt: skip
     predict_features(predictor, folder, tmp_path / "out")
     assert pd.read_parquet(tmp_path / "out").empty
+    _, _, x, latlon = feats
+    left = emptied_first_shard(tmp_path / "gappy", x[:6], latlon[:6], clip_model="ViT-L-14",
+                               clip_pretrained="openai")  # fmt: skip
+    predict_features(predictor, tmp_path / "gappy", tmp_path / "gappy-out", top_k=2)
+    table = pd.read_parquet(tmp_path / "gappy-out")
+    assert table["id"].tolist() == left and np.stack(table["top_prob"]).shape == (3, 2)
 
 
 def test_cli_batch_mode_refuses_bad_input_in_one_line(tmp_path, feats):
@@ -241,6 +258,13 @@ def test_cli_explains_a_feature_folder_into_parts_without_clip(tmp_path):
                                                             "part-00002.parquet"]  # fmt: skip
     explain_feature_folder(explainer, folder, split, top_k=3, rank=1, world_size=2)
     assert pd.read_parquet(split).equals(table)
+
+    # a first part with no photo keeps the schema of the others
+    gappy = tmp_path / "gappy"
+    left = emptied_first_shard(gappy, test.features[:8], test.latlon[:8],
+                               clip_model="tiny-clip-768", clip_pretrained="none")  # fmt: skip
+    explain_feature_folder(explainer, gappy, tmp_path / "gappy-out", top_k=3)
+    assert pd.read_parquet(tmp_path / "gappy-out")["image"].tolist() == left
 
     # zero-shot needs concept embeddings of the features' CLIP: it cannot embed the concepts
     res = runner.invoke(app, [*args[:2], "--gallery", str(world["gallery"]), "--out",

@@ -20,6 +20,7 @@ import torch
 
 from .artifacts import hash_tensors
 from .batch_predict import (
+    GalleryProgress,
     PlaceScorer,
     ShardFrame,
     results_meta,
@@ -88,10 +89,11 @@ def explain_features_worker(
     """One process of batch explanation (picklable for the launcher): its share of shards."""
     from .explain import load_explainer
 
-    def load(device: str, clip: ClipId, dim: int) -> tuple[dict[str, Any], ShardFrame]:
+    def load(device: str, clip: ClipId, dim: int, progress: GalleryProgress
+             ) -> tuple[dict[str, Any], ShardFrame]:  # fmt: skip
         explainer = load_explainer(checkpoint, concepts, concept_embeddings, gallery=gallery,
-                                   cache_dir=cache_dir, device=device, features_of=clip,
-                                   features_dim=dim)  # fmt: skip
+                                   cache_dir=cache_dir, device=device, progress=progress,
+                                   features_of=clip, features_dim=dim)  # fmt: skip
         meta = explanations_meta(explainer, Path(features), top_k, n_concepts)
         return meta, _shard_frame(explainer, top_k, n_concepts)
 

@@ -238,6 +238,7 @@ def predict_shard(scorer: PlaceScorer, ids: list[str], feats: torch.Tensor,
 
 
 ShardFrame = Callable[[list[str], torch.Tensor, torch.Tensor], pd.DataFrame]
+GalleryProgress = Callable[[int, int], None] | None  # (points encoded, of total)
 
 
 def write_parts(features: Path, out: Path, frame_of: ShardFrame, schema: pa.Schema,
@@ -276,22 +277,26 @@ def _shard_frame(predictor: Predictor, top_k: int) -> ShardFrame:
 
 def run_on_ranks(
     features: str, out: str, device: str, label: str, schema: pa.Schema,
-    load: Callable[[str, ClipId, int], tuple[dict[str, Any], ShardFrame]],
+    load: Callable[[str, ClipId, int, GalleryProgress], tuple[dict[str, Any], ShardFrame]],
 ) -> dict[str, Any]:  # fmt: skip
     """One process of a batch run over a feature folder (torchrun, SLURM, ``launch`` or
-    alone): ``load(device, clip, width)`` gives the results meta and the frame of a shard;
-    this rank then writes its missing parts in ``schema``. No CLIP weights are loaded: the
-    features were embedded by the CLIP their folder records."""
+    alone): ``load(device, clip, width, progress)`` gives the results meta and the frame of a
+    shard (``progress`` reports gallery encoding, on the main rank); this rank then writes its
+    missing parts in ``schema``. No CLIP weights are loaded: the features were embedded by
+    the CLIP their folder records."""
     from contextlib import nullcontext
 
     from .distributed import init_distributed
     from .features import feature_summary, shard_size_of
-    from .progress import progress_bar
+    from .progress import lazy_progress_bar, progress_bar
 
     info = init_distributed(device.startswith("cuda"))
     fmeta, _, dim = feature_summary(features)
-    meta, frame_of = load(str(info.device) if device.startswith("cuda") else device,
-                          ClipId.from_meta(fmeta), dim)  # fmt: skip
+    encoding = (lazy_progress_bar("encoding gallery (once; cached)", "points") if info.is_main
+                else nullcontext(None))  # fmt: skip
+    with encoding as gallery_progress:
+        meta, frame_of = load(str(info.device) if device.startswith("cuda") else device,
+                              ClipId.from_meta(fmeta), dim, gallery_progress)  # fmt: skip
     if info.is_main:
         start_results(Path(out), meta)
     if info.world_size > 1:
@@ -314,9 +319,11 @@ def predict_features_worker(
     """One process of batch prediction (picklable for the launcher): its share of shards."""
     from .predict import load_run
 
-    def load(device: str, clip: ClipId, dim: int) -> tuple[dict[str, Any], ShardFrame]:
+    def load(device: str, clip: ClipId, dim: int, progress: GalleryProgress
+             ) -> tuple[dict[str, Any], ShardFrame]:  # fmt: skip
         predictor, _ = load_run(checkpoint, gallery=gallery, cache_dir=cache_dir,
-                                device=device, features_of=clip, features_dim=dim)  # fmt: skip
+                                device=device, progress=progress, features_of=clip,
+                                features_dim=dim)  # fmt: skip
         return results_meta(predictor, Path(features), top_k), _shard_frame(predictor, top_k)
 
     return run_on_ranks(features, out, device, "predicting", SCHEMA, load)

@@ -215,6 +215,7 @@ def test_cli_explains_a_feature_folder_into_parts_without_clip(tmp_path):
     assert res.exit_code == 0, res.output
     assert f"{len(test.ids)} photos explained from their features" in res.stdout
     assert f"explaining: {len(test.ids)}/{len(test.ids)} (100%)" in res.output
+    assert "encoding gallery (once; cached)" in res.output  # a new head's gallery, on rank 0
     assert "random weights" not in res.stderr  # no CLIP was built
     assert sorted(p.name for p in out.iterdir()) == [
         "_geoconcept.json",
@@ -244,6 +245,7 @@ def test_cli_explains_a_feature_folder_into_parts_without_clip(tmp_path):
     part_path(out, 1).unlink()
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
+    assert "encoding gallery" not in res.output  # cached
     assert part_path(out, 0).stat().st_mtime_ns == stamp
     assert pd.read_parquet(out).equals(table)
     # other options would mix parts of two runs: refused in one line

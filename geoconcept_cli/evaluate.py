@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -57,11 +57,16 @@ from .metrics import admin_matches, geoscore, location_metrics, reliability
 from .model import ConceptAwareHead, RetrievalHead, check_head_takes
 from .predict import Predictor
 
+if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
 
-def nearest_gallery_km(test_latlon: torch.Tensor, gallery: torch.Tensor
-                       ) -> npt.NDArray[np.float64]:  # fmt: skip
-    """Distance from each test point to its nearest gallery point (a KD-tree on the sphere)."""
-    j = torch.from_numpy(gallery_tree(gallery).query(unit_vectors(test_latlon).numpy())[1])
+
+def nearest_gallery_km(test_latlon: torch.Tensor, gallery: torch.Tensor,
+                       tree: cKDTree | None = None) -> npt.NDArray[np.float64]:  # fmt: skip
+    """Distance from each test point to its nearest gallery point (a KD-tree on the sphere:
+    ``tree``, ``gallery_tree(gallery)``'s, when the caller has one)."""
+    tree = gallery_tree(gallery) if tree is None else tree
+    j = torch.from_numpy(tree.query(unit_vectors(test_latlon).numpy())[1])
     return haversine_km(test_latlon[:, 0], test_latlon[:, 1], gallery[j, 0], gallery[j, 1])
 
 
@@ -95,7 +100,7 @@ BLOCK_ELEMENTS = 1 << 21  # per-photo statistics in blocks this small: the alloc
 @torch.no_grad()
 def score_photos(
     predictor: Predictor, feats: torch.Tensor, truth: torch.Tensor, country_of: torch.Tensor,
-    areas: torch.Tensor | None = None, chunk: int = 1024,
+    areas: torch.Tensor | None = None, chunk: int = 1024, tree: cKDTree | None = None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """Per photo: the top-1 gallery row; under the softmax at T=1 ("uncalibrated") and at the
     calibrated T, the top-1 probability and the probability mass within CONFIDENCE_KM of the
@@ -107,7 +112,8 @@ def score_photos(
     country makes a country's mass the sum of a slice. Logits come ``chunk`` photos at a time
     (one product with the gallery); the statistics then go through a few photos at a time,
     whose temporaries stay small enough for the allocator to reuse (mapping fresh ones cost
-    more than the arithmetic, on a 100K gallery)."""
+    more than the arithmetic, on a 100K gallery). ``tree``: the gallery's ``gallery_tree``,
+    when the caller has one."""
     if bool((country_of[1:] < country_of[:-1]).any()):
         raise ValueError("score_photos wants the gallery grouped by country")
     cal = predictor.calibration
@@ -116,7 +122,7 @@ def score_photos(
     dev = predictor.device
     areas = areas.to(dev) if areas is not None else None
     gps = predictor.gallery_gps
-    tree = gallery_tree(gps)
+    tree = gallery_tree(gps) if tree is None else tree
     sizes = torch.bincount(country_of)
     ends = sizes.cumsum(0)
     starts = ends - sizes
@@ -149,7 +155,8 @@ def score_photos(
                     f"confcountry_{name}",
                     torch.stack([p[i, a:b].sum() for i, (a, b) in enumerate(spans)]),
                 )
-                if name == "calibrated" and cal and near_truth and areas is not None:
+                if name == "calibrated":
+                    assert cal and near_truth and areas is not None  # made with the calibration
                     best = best_near(p, *near_truth.block(first, len(z)))
                     cut = region_cut(p, cal.threshold, keys=z)  # z: the calibrated logits
                     add("in_region", covered(best, cut))
@@ -226,6 +233,7 @@ def evaluate_models(
     codes, country_of = np.unique(gallery_places.country.astype(str), return_inverse=True)
     grouped = torch.from_numpy(np.argsort(country_of, kind="stable"))  # gallery by country
     gps_grouped, country_grouped = gps[grouped], torch.from_numpy(country_of)[grouped]
+    tree = gallery_tree(gps_grouped)  # one for every model and for the ceiling
     rows, frames, bins = {}, [], {}
     for name, head in heads.items():
         path = (calibrations or {}).get(name)
@@ -237,7 +245,7 @@ def evaluate_models(
         predictor = Predictor(head, gps_grouped, emb[grouped], calibration=cal,
                               cache_dir=cache_dir)  # fmt: skip
         areas = place_areas(gps, cal.radius_km, cache_dir)[grouped] if cal else None
-        res = score_photos(predictor, feats, truth, country_grouped, areas)
+        res = score_photos(predictor, feats, truth, country_grouped, areas, tree=tree)
         top1 = grouped[res["top1"]].numpy()
         pred = gps[top1].double().numpy()
         dist = haversine_km(truth_np[:, 0], truth_np[:, 1], pred[:, 0], pred[:, 1])
@@ -260,7 +268,7 @@ def evaluate_models(
     summary = {
         "thresholds_km": list(THRESHOLDS_KM),
         "models": rows,
-        "ceiling": summarize(nearest_gallery_km(truth, gps)),
+        "ceiling": summarize(nearest_gallery_km(truth, gps_grouped, tree)),
     }
     return Evaluation(summary, pd.concat(frames, ignore_index=True), bins)
 

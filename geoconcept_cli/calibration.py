@@ -39,6 +39,7 @@ from .artifacts import atomic_path, default_cache_dir, hash_state_dict, hash_ten
 from .encoders import ClipId, check_same_clip
 from .errors import GeoconceptError
 from .geo import EARTH_RADIUS_KM, unit_vectors
+from .scratch import Scratch
 
 if TYPE_CHECKING:
     from scipy.spatial import cKDTree
@@ -201,29 +202,34 @@ def conformal_threshold(scores: npt.ArrayLike, alpha: float) -> float:
 
 
 def region_cut(probs: torch.Tensor, threshold: float, keys: torch.Tensor | None = None,
-               bins: int = 2048) -> torch.Tensor:  # fmt: skip
+               bins: int = 2048, scratch: Scratch | None = None) -> torch.Tensor:  # fmt: skip
     """Per row, the lowest probability still in the conformal region (rows whose mass
     strictly above is at most ``threshold``), so that the region is ``probs >= cut``.
 
     Exact without sorting whole rows: a histogram over ``keys`` (any values that order each
     row as ``probs`` does, such as the logits the softmax made them from; log-probabilities
     by default) locates the one bin where the mass from the top crosses the threshold, and
-    only that bin's values are sorted."""
+    only that bin's values are sorted. A loop over blocks passes its ``scratch``, where the
+    (B, N) temporaries are kept from one block to the next."""
     b, n = probs.shape
     limit = threshold + TOLERANCE
     if math.isinf(threshold) or limit >= 1:
         return probs.min(dim=1).values
+    scratch = scratch or Scratch()
+    dev = probs.device
     if keys is None:
-        keys = probs.float().clamp_min(1e-38).log_()
+        keys = torch.clamp_min(probs, 1e-38, out=scratch("keys", (b, n), probs.dtype, dev)).log_()
     lo, hi = keys.amin(dim=1, keepdim=True), keys.amax(dim=1, keepdim=True)
     scale = (bins - 1) / (hi - lo).clamp_min(1e-30)  # (keys - lo) * scale lies in [0, bins)
-    which = (keys - lo).mul_(scale).long()  # monotone in keys
-    mass = torch.zeros(b, bins, dtype=torch.float64, device=probs.device)
-    mass.scatter_add_(1, which, probs.double())
+    spread = torch.sub(keys, lo, out=scratch("spread", (b, n), keys.dtype, dev)).mul_(scale)
+    which = scratch("which", (b, n), torch.long, dev).copy_(spread)  # monotone in keys
+    mass = torch.zeros(b, bins, dtype=torch.float64, device=dev)
+    mass.scatter_add_(1, which, scratch("wide", (b, n), torch.float64, dev).copy_(probs))
     upto = mass.flip(1).cumsum(1).flip(1)  # mass in bins >= each bin
     above = upto - mass  # mass in bins strictly above
     crossing = ((upto > limit).sum(dim=1) - 1).clamp_min_(0)  # upto falls; bin 0 if none
-    rows, cols = (which == crossing[:, None]).nonzero(as_tuple=True)
+    in_bin = torch.eq(which, crossing[:, None], out=scratch("in_bin", (b, n), torch.bool, dev))
+    rows, cols = in_bin.nonzero(as_tuple=True)
     values = probs[rows, cols]  # each row's crossing bin (never empty), in row order
     order = values.sort(descending=True, stable=True).indices
     order = order[rows[order].sort(stable=True).indices]  # by row, then falling value

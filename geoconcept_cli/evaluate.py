@@ -56,6 +56,7 @@ from .interpretability import explanation_metrics
 from .metrics import admin_matches, geoscore, location_metrics, reliability
 from .model import ConceptAwareHead, RetrievalHead, check_head_takes
 from .predict import Predictor
+from .scratch import Scratch
 
 if TYPE_CHECKING:
     from scipy.spatial import cKDTree
@@ -134,6 +135,7 @@ def score_photos(
         out.setdefault(key, []).append(value.cpu())
 
     buffer = torch.empty(min(chunk, len(feats)), len(gps), device=dev)
+    scratch = Scratch()  # the blocks' (rows x gallery) temporaries
     for s in range(0, len(feats), chunk):
         logits = predictor.logits(feats[s : s + chunk], out=buffer[: len(feats[s : s + chunk])])
         tops = argmax_rows(logits)
@@ -147,7 +149,8 @@ def score_photos(
             spans = list(zip(starts[country].tolist(), ends[country].tolist(), strict=True))
             add("top1", top)
             for name, t in temps.items():  # z is divided in place: T=1 first
-                p = (z.div_(t) if t != 1 else z).softmax(dim=1)
+                p = torch.softmax(z.div_(t) if t != 1 else z, dim=1,
+                                  out=scratch("probs", z.shape, z.dtype, dev))  # fmt: skip
                 add(f"prob_{name}", p.gather(1, top[:, None])[:, 0])
                 add(f"conf25_{name}", torch.zeros(len(p), device=dev).index_add_(
                     0, near[0], p[near]))  # fmt: skip
@@ -158,11 +161,12 @@ def score_photos(
                 if name == "calibrated":
                     assert cal and near_truth and areas is not None  # made with the calibration
                     best = best_near(p, *near_truth.block(first, len(z)))
-                    cut = region_cut(p, cal.threshold, keys=z)  # z: the calibrated logits
+                    # z: the calibrated logits
+                    cut = region_cut(p, cal.threshold, keys=z, scratch=scratch)
                     add("in_region", covered(best, cut))
-                    area = torch.ge(p, cut[:, None], out=torch.empty_like(p)) @ areas
-                    add("region_km2", area)
-                    reach = torch.ge(p, best[:, None], out=torch.empty_like(p)) @ areas
+                    mask = scratch("mask", p.shape, p.dtype, dev)
+                    add("region_km2", torch.ge(p, cut[:, None], out=mask) @ areas)
+                    reach = torch.ge(p, best[:, None], out=mask) @ areas
                     add("area_to_truth_km2", reach.where(torch.isfinite(best), torch.inf))
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 

@@ -42,6 +42,7 @@ from geoconcept_cli.geo import haversine_km
 from geoconcept_cli.geocode import reverse_geocode
 from geoconcept_cli.metrics import admin_matches, distance_metrics, geoscore, reliability
 from geoconcept_cli.predict import Predictor
+from geoconcept_cli.scratch import Scratch
 from geoconcept_cli.train import TrainConfig, train
 
 runner = CliRunner()
@@ -126,6 +127,7 @@ def test_conformal_regions_cover_as_promised(alpha):
 
 
 def test_region_cut_is_the_sorted_answer():
+    scratch = Scratch()  # shared by every call: blocks of other sizes, left-over contents
     for sharpness in (0.05, 3.0, 30.0):
         logits, probs, *_ = _planted(40, 20000, seed=2, sharpness=sharpness)
         for q in (0.0, 0.5, 0.95):
@@ -134,10 +136,14 @@ def test_region_cut_is_the_sorted_answer():
                 for keys in (None, logits)
                 for bins in (2048, 3)
             ]  # hold wide spreads
+            cuts.append(torch.cat([
+                region_cut(probs[:7], q, scratch=scratch),
+                region_cut(probs[7:], q, keys=logits[7:], scratch=scratch),  # a larger block
+            ]))  # fmt: skip
             for i, row in enumerate(probs):
                 values = row.double().sort(descending=True).values
                 sorted_cut = float(values[(values.cumsum(0) - values) <= q].min())
-                assert [float(c[i]) for c in cuts] == [sorted_cut] * 4
+                assert [float(c[i]) for c in cuts] == [sorted_cut] * 5
 
 
 @pytest.mark.parametrize("temperature,threshold", [(1.0, 0.5), (0.4, 0.9), (50.0, 0.3)])

@@ -32,6 +32,7 @@ from .features import read_meta, read_shard
 from .geo import haversine_km
 from .geocode import reverse_geocode
 from .predict import Predictor
+from .scratch import Scratch
 
 RESULTS_FORMAT = "geoconcept-predictions/1"
 META_NAME = "_geoconcept.json"  # Parquet readers skip files starting with "_"
@@ -64,11 +65,13 @@ class PlaceScorer:
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
-        exact = predictor.index is None  # an indexed gallery is not copied: topk searches it
-        self.emb = predictor.gallery_emb[predictor.places].contiguous() if exact else torch.empty(0)
+        exact = predictor.index is None  # an indexed gallery: topk searches its index
+        self.emb = predictor.place_emb if exact else torch.empty(0)
         self.log_count = predictor.place_copies.float().log()
         self.logit_scale = float(predictor.head.logit_scale.detach().exp())
         self.temperature = predictor.temperature
+        # a span's logits: a fresh array each span costs page faults that rival the exp
+        self.scratch = Scratch()
 
     @torch.no_grad()
     def topk(self, feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,16 +97,13 @@ class PlaceScorer:
         # runner-up pool) costs about what a top-5 does
         offered: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         pending = torch.zeros(n, dtype=torch.long, device=dev)  # offered, per row
-        # reused: a fresh 4 MB array a block costs page faults that rival the exp
-        buffer = torch.empty(n, self.BLOCK, device=dev)
         # the first span holds WARM x k columns (at most WARM_BLOCKS blocks): the k-th best of
         # so many sits near where it ends, so later blocks offer about k ln(N / (WARM k))
         # values a row, not k ln(N / k)
         first = self.BLOCK * min(self.WARM_BLOCKS, max(1, -(-self.WARM * k // self.BLOCK)))
         for c, end in self._spans(first):
             emb = self.emb[c:end]
-            z = buffer if len(emb) == self.BLOCK else torch.empty(n, len(emb), device=dev)
-            torch.mm(q, emb.T, out=z)
+            z = torch.mm(q, emb.T, out=self.scratch("logits", (n, len(emb)), q.dtype, dev))
             if self.temperature != 1.0:  # as Predictor.probabilities divides
                 z.div_(self.temperature)
             whole = z if len(emb) % self.RUN == 0 else F.pad(z, (0, -len(emb) % self.RUN),

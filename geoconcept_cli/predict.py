@@ -164,6 +164,12 @@ class Predictor:
         return self.gallery_cosines(self.head.logit_scale.exp() * img, out)
 
     @cached_property
+    def place_emb(self) -> torch.Tensor:
+        """(places, D) embeddings, one row per distinct place, contiguous: made once, for
+        the batch runs that score places (copying 100K rows costs a 2,048-photo batch 5%)."""
+        return self.gallery_emb[self.places].contiguous()
+
+    @cached_property
     def gallery_countries(self) -> np.ndarray:
         """ISO country code of each gallery row ('' at sea), reverse-geocoded once."""
         return reverse_geocode(self.gallery_gps.numpy()).country.astype(str)

@@ -93,7 +93,7 @@ class PlaceScorer:
         best = torch.empty(n, 0, device=dev)
         best_idx = torch.empty(n, 0, dtype=torch.long, device=dev)
         # once k are held, a block offers only the logits above a row's k-th best: a few,
-        # kept as (row, column, value) until they are merged, so a top-200 (explain's
+        # kept as (row, column, value) until they are merged, so a top-32 (explain's
         # runner-up pool) costs about what a top-5 does
         offered: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         pending = torch.zeros(n, dtype=torch.long, device=dev)  # offered, per row

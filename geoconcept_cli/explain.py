@@ -41,7 +41,8 @@ from .model import ConceptAwareHead
 from .predict import Candidate, Predictor, load_run
 
 RUNNER_UP_MIN_KM = 200.0  # the runner-up is the best *other place*, not a neighbouring point
-RANKED = 200  # places ranked per photo: the top-k, and the pool the runner-up is drawn from
+RANKED = 32  # places ranked per photo: the top-k, and the pool the runner-up is looked for in
+RANKED_DEEP = 200  # photos with no runner-up in that pool have this many ranked (then none)
 FAITHFUL_SHARE = 0.95  # the explanation's removal must hurt more than 95% of random removals
 MIN_DRAWS = 20  # fewer random draws cannot tell 95% apart from "all of them"
 
@@ -240,16 +241,13 @@ class Explainer:
         loc1 = p.gallery_emb[top].float().cpu()
         terms = scale * unit * loc1
         gps = p.gallery_gps
-        km = haversine_km(gps[top, 0, None], gps[top, 1, None], gps[idx, 0], gps[idx, 1])
-        far = np.asarray(km >= RUNNER_UP_MIN_KM)  # the first such place ranked is the runner-up
-        runner = idx[torch.arange(len(idx)), torch.as_tensor(far.argmax(1))]
+        runner, rivals = self._runner_ups(feats, idx)
         known: list[list[dict[str, Any]] | None] = [None] * len(tops)
         if place_concepts:
             places, each = top.unique(return_inverse=True)  # photos often share a top place
             known = list(cs.top_rows(head.location_concepts(gps[places].to(p.device)).cpu(), n))
             known = [known[j] for j in each.tolist()]
         gap = scale * unit * (loc1 - p.gallery_emb[runner].float().cpu())
-        rivals = cast(list[bool], far.any(1).tolist())  # a runner-up within the ranked pool
         runner_gps = gps[runner].tolist()
         runners = [{"lat": lat, "lon": lon, "place": name, "gallery_index": j, "logit_gap": g}
                    for (lat, lon), name, j, g in zip(runner_gps, place_names(runner_gps),
@@ -273,6 +271,28 @@ class Explainer:
                 out.update(self._rather_than(tops[i], runner_up, pro, con))
             outs.append(out)
         return outs, terms, unit
+
+    def _runner_ups(self, feats: torch.Tensor, idx: torch.Tensor
+                    ) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
+        """Each photo's runner-up: the first place ranked at least RUNNER_UP_MIN_KM from its
+        top one, in its ranked ``idx`` (B, >= 1) or, for photos with none there (a few: their
+        top places are neighbours), among their RANKED_DEEP most probable places; and
+        whether it has one."""
+        gps = self.predictor.gallery_gps
+
+        def first_far(ranked: torch.Tensor, top: torch.Tensor
+                      ) -> tuple[torch.Tensor, npt.NDArray[np.bool_]]:  # fmt: skip
+            km = haversine_km(gps[top, 0], gps[top, 1], gps[ranked, 0], gps[ranked, 1])
+            far = np.asarray(km >= RUNNER_UP_MIN_KM)
+            at = torch.as_tensor(far.argmax(1))
+            return ranked[torch.arange(len(ranked)), at], np.asarray(far.any(1))
+
+        runner, found = first_far(idx, idx[:, :1])
+        if not found.all() and idx.shape[1] < RANKED_DEEP:
+            rows = torch.as_tensor(~found).nonzero()[:, 0]
+            deep = self.predictor.topk(feats[rows], RANKED_DEEP)[1]
+            runner[rows], found[rows.numpy()] = first_far(deep, idx[rows, :1])
+        return runner, cast(list[bool], found.tolist())
 
     @staticmethod
     def _rather_than(top: Candidate, runner: dict[str, Any], pro: list[dict[str, Any]],

@@ -29,7 +29,7 @@ from .batch_predict import (
     write_parts,
 )
 from .encoders import ClipId
-from .explain import RANKED, ROW_COLUMNS, ROW_SCHEMA, Explainer, explanation_row
+from .explain import ROW_COLUMNS, ROW_SCHEMA, Explainer, explanation_row
 
 EXPLANATIONS_FORMAT = "geoconcept-explanations/1"
 
@@ -52,8 +52,7 @@ def explain_shard(explainer: Explainer, scorer: PlaceScorer, ids: list[str],
     rows = []
     for b in range(0, len(ids), scorer.BLOCK):
         block = feats[b : b + scorer.BLOCK]
-        ranked = scorer.topk(block, max(top_k, RANKED))
-        exps = explainer.explain_batch(block, top_k, n_concepts, ranked=ranked,
+        exps = explainer.explain_batch(block, top_k, n_concepts, rank=scorer.topk,
                                        place_concepts=False)  # fmt: skip
         named = zip(ids[b : b + scorer.BLOCK], exps, strict=True)
         rows += [explanation_row({"image": ident, **exp}) for ident, exp in named]

@@ -43,6 +43,7 @@ from .predict import Candidate, Predictor, load_run
 RUNNER_UP_MIN_KM = 200.0  # the runner-up is the best *other place*, not a neighbouring point
 RANKED = 32  # places ranked per photo: the top-k, and the pool the runner-up is looked for in
 RANKED_DEEP = 200  # photos with no runner-up in that pool have this many ranked (then none)
+Rank = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]  # Predictor.topk's
 FAITHFUL_SHARE = 0.95  # the explanation's removal must hurt more than 95% of random removals
 MIN_DRAWS = 20  # fewer random draws cannot tell 95% apart from "all of them"
 
@@ -189,16 +190,17 @@ class Explainer:
     def explain_batch(
         self, feats: torch.Tensor, top_k: int = 5, n_concepts: int = 8, check: bool = False,
         m: int = 3, draws: int = 20, seed: int = 0,
-        ranked: tuple[torch.Tensor, torch.Tensor] | None = None, place_concepts: bool = True,
+        rank: Rank | None = None, place_concepts: bool = True,
     ) -> list[dict[str, Any]]:  # fmt: skip
         """Explanations of many photos' CLIP features (B, D), each step taken for all of them at
-        once (a batch costs about its ranking). ``ranked``: their (probabilities, gallery rows),
-        (B, >= max(top_k, RANKED)), when the caller has ranked them already. Without
+        once (a batch costs about its ranking). ``rank(feats, k)``: their k most probable places
+        as (probabilities, gallery rows), each (B, k); ``Predictor.topk`` by default. Without
         ``place_concepts`` a concept-aware explanation leaves out what the top place is known
         for: a location-encoder pass per distinct top place, for rows that do not show it.
         No conformal region: :meth:`explain_features` adds one photo's."""
         p = self.predictor
-        probs, idx = ranked if ranked is not None else p.topk(feats, max(top_k, RANKED))
+        rank = rank or p.topk
+        probs, idx = rank(feats, max(top_k, RANKED))
         cands = p.candidate_rows(probs[:, :top_k], idx[:, :top_k])
         spreads = spread_km(p.gallery_gps[idx[:, :top_k]])
         note = p.calibration_note()
@@ -209,7 +211,8 @@ class Explainer:
         ]  # fmt: skip
         tops = [row[0] for row in cands]
         if self.concept_aware:
-            parts, terms, unit = self._decompose(feats, tops, idx, n_concepts, place_concepts)
+            parts, terms, unit = self._decompose(feats, tops, idx, n_concepts, place_concepts,
+                                                 rank)  # fmt: skip
         else:
             parts = self._zero_shot(feats, tops, n_concepts)
         for i, (out, part) in enumerate(zip(outs, parts, strict=True)):
@@ -223,10 +226,11 @@ class Explainer:
         return outs
 
     def _decompose(self, feats: torch.Tensor, tops: list[Candidate], idx: torch.Tensor, n: int,
-                   place_concepts: bool) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor
-                                                  ]:  # fmt: skip
+                   place_concepts: bool, rank: Rank
+                   ) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]:  # fmt: skip
         """Photo/place concepts, per-concept score terms, contrast with the runner-up, for each
-        photo of a batch; with the terms and unit image activations, (B, k) each.
+        photo of a batch ranked by ``rank`` (``idx``); with the terms and unit image
+        activations, (B, k) each.
 
         Reasons only name concepts the photo shows (positive image activation): a term is
         also positive when both activations are negative, which is no reason to name it.
@@ -241,7 +245,7 @@ class Explainer:
         loc1 = p.gallery_emb[top].float().cpu()
         terms = scale * unit * loc1
         gps = p.gallery_gps
-        runner, rivals = self._runner_ups(feats, idx)
+        runner, rivals = self._runner_ups(feats, idx, rank)
         known: list[list[dict[str, Any]] | None] = [None] * len(tops)
         if place_concepts:
             places, each = top.unique(return_inverse=True)  # photos often share a top place
@@ -272,12 +276,12 @@ class Explainer:
             outs.append(out)
         return outs, terms, unit
 
-    def _runner_ups(self, feats: torch.Tensor, idx: torch.Tensor
+    def _runner_ups(self, feats: torch.Tensor, idx: torch.Tensor, rank: Rank
                     ) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
         """Each photo's runner-up: the first place ranked at least RUNNER_UP_MIN_KM from its
         top one, in its ranked ``idx`` (B, >= 1) or, for photos with none there (a few: their
-        top places are neighbours), among their RANKED_DEEP most probable places; and
-        whether it has one."""
+        top places are neighbours), among their RANKED_DEEP most probable places by the
+        same ``rank``; and whether it has one."""
         gps = self.predictor.gallery_gps
 
         def first_far(ranked: torch.Tensor, top: torch.Tensor
@@ -288,9 +292,10 @@ class Explainer:
             return ranked[torch.arange(len(ranked)), at], np.asarray(far.any(1))
 
         runner, found = first_far(idx, idx[:, :1])
-        if not found.all() and idx.shape[1] < RANKED_DEEP:
+        deeper = min(RANKED_DEEP, len(self.predictor.places)) > idx.shape[1]
+        if deeper and not found.all():
             rows = torch.as_tensor(~found).nonzero()[:, 0]
-            deep = self.predictor.topk(feats[rows], RANKED_DEEP)[1]
+            deep = rank(feats[rows], RANKED_DEEP)[1]
             runner[rows], found[rows.numpy()] = first_far(deep, idx[rows, :1])
         return runner, cast(list[bool], found.tolist())
 

@@ -15,6 +15,7 @@ from synthetic import tiny_trained_world
 from typer.testing import CliRunner
 
 from geoconcept_cli import explain
+from geoconcept_cli.batch_predict import PlaceScorer
 from geoconcept_cli.cli import app
 from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.explain import faithfulness, load_explainer, remove_concepts
@@ -77,16 +78,19 @@ def test_terms_sum_to_the_models_own_score(concept_explainer):
 def test_photos_without_a_runner_up_in_the_ranked_pool_are_ranked_deeper(concept_explainer,
                                                                           monkeypatch):  # fmt: skip
     """A pool of one place (the top one, 0 km away) never holds the runner-up: every photo is
-    then ranked RANKED_DEEP deep, and gets what a pool that deep gives at once."""
+    then ranked RANKED_DEEP deep by the same ranker (Predictor.topk, or batch explain's
+    PlaceScorer), and gets what a pool that deep gives at once."""
     torch.manual_seed(1)
     feats = torch.randn(24, 768) * 3
     contrasts = {}
-    for pool in (explain.RANKED_DEEP, 1):
-        monkeypatch.setattr(explain, "RANKED", pool)
-        exps = concept_explainer.explain_batch(feats, top_k=1)
-        contrasts[pool] = [(e.get("rather_than"), e["rule"]) for e in exps]
-    assert contrasts[1] == contrasts[explain.RANKED_DEEP]
-    assert sum(c is not None for c, _ in contrasts[1]) >= 20
+    for ranker in (None, PlaceScorer(concept_explainer.predictor).topk):
+        for pool in (explain.RANKED_DEEP, 1):
+            monkeypatch.setattr(explain, "RANKED", pool)
+            exps = concept_explainer.explain_batch(feats, top_k=1, rank=ranker)
+            contrasts[ranker is None, pool] = [(e.get("rather_than"), e["rule"]) for e in exps]
+    deep = contrasts[True, explain.RANKED_DEEP]
+    assert all(c == deep for c in contrasts.values())
+    assert sum(c is not None for c, _ in deep) >= 20
 
 
 def test_faithfulness_check_reports_both_interventions(concept_explainer):

@@ -218,7 +218,8 @@ def region_cut(probs: torch.Tensor, threshold: float, keys: torch.Tensor | None 
     scratch = scratch or Scratch()
     dev = probs.device
     if keys is None:
-        keys = torch.clamp_min(probs, 1e-38, out=scratch("keys", (b, n), probs.dtype, dev)).log_()
+        at_least_32 = torch.promote_types(probs.dtype, torch.float32)  # 1e-38 is 0 in halves
+        keys = scratch("keys", (b, n), at_least_32, dev).copy_(probs).clamp_min_(1e-38).log_()
     lo, hi = keys.amin(dim=1, keepdim=True), keys.amax(dim=1, keepdim=True)
     scale = (bins - 1) / (hi - lo).clamp_min(1e-30)  # (keys - lo) * scale lies in [0, bins)
     spread = torch.sub(keys, lo, out=scratch("spread", (b, n), keys.dtype, dev)).mul_(scale)

@@ -25,6 +25,8 @@ class Scratch:
         size = math.prod(shape)
         buf = self._buffers.get(name)
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # as tensors say: "cuda:0"
+            device = torch.device("cuda", torch.cuda.current_device())
         if buf is None or buf.numel() < size or buf.dtype != dtype or buf.device != device:
             buf = self._buffers[name] = torch.empty(size, dtype=dtype, device=device)
         return buf[:size].view(shape)

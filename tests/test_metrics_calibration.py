@@ -146,6 +146,15 @@ def test_region_cut_is_the_sorted_answer():
                 assert [float(c[i]) for c in cuts] == [sorted_cut] * 5
 
 
+def test_region_cut_of_half_precision_probabilities():
+    _, probs, *_ = _planted(8, 5000, seed=3, sharpness=3.0)
+    half = probs.half()  # its log-probability keys are taken in float32: 1e-38 is 0 in half
+    cut = region_cut(half, 0.5)
+    for i, row in enumerate(half):
+        values = row.double().sort(descending=True).values
+        assert float(cut[i]) == float(values[(values.cumsum(0) - values) <= 0.5].min())
+
+
 @pytest.mark.parametrize("temperature,threshold", [(1.0, 0.5), (0.4, 0.9), (50.0, 0.3)])
 def test_score_photos_equals_its_dense_definition(temperature, threshold, monkeypatch):
     """evaluate's blocked statistics, against each one written densely over the gallery."""

@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-stdout = Console()
+stdout = Console(soft_wrap=True)  # lines whole off a terminal too: scripts read them
 err = Console(stderr=True)
 
 # ------------------------------------------------------------------ shared options

@@ -95,7 +95,7 @@ class Evaluation:
     reliability: dict[str, dict[str, dict[str, dict[str, Any]]]]
 
 
-BLOCK_ELEMENTS = 1 << 21  # per-photo statistics in blocks this small: the allocator reuses them
+BLOCK_ELEMENTS = 1 << 21  # per-photo statistics in blocks this small (8 MB of float32)
 
 
 @torch.no_grad()
@@ -112,8 +112,8 @@ def score_photos(
     ``country_of`` is each gallery row's country index, in rising order: a gallery grouped by
     country makes a country's mass the sum of a slice. Logits come ``chunk`` photos at a time
     (one product with the gallery); the statistics then go through a few photos at a time,
-    whose temporaries stay small enough for the allocator to reuse (mapping fresh ones cost
-    more than the arithmetic, on a 100K gallery). ``tree``: the gallery's ``gallery_tree``,
+    whose temporaries live in one ``Scratch`` (mapping fresh ones cost more than the
+    arithmetic, on a 100K gallery). ``tree``: the gallery's ``gallery_tree``,
     when the caller has one."""
     if bool((country_of[1:] < country_of[:-1]).any()):
         raise ValueError("score_photos wants the gallery grouped by country")

@@ -56,7 +56,7 @@ def test_scoring_places_once_gives_predicts_probabilities(predictor):
     assert int(predictor.place_copies.sum()) == len(predictor.gallery_gps)
 
 
-@pytest.mark.parametrize("k", [200, 1500])  # explain's runner-up pool; more than a block
+@pytest.mark.parametrize("k", [200, 1500])  # explain's deep runner-up pool; over a block
 def test_a_deep_top_k_matches_predict(predictor, k):
     """Past the first span only logits above a row's k-th best are offered and merged."""
     x = torch.randn(64, 768, generator=torch.Generator().manual_seed(2))

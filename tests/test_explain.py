@@ -20,6 +20,7 @@ from geoconcept_cli.cli import app
 from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.explain import faithfulness, load_explainer, remove_concepts
 from geoconcept_cli.maps import MAP_SIZE_PX, render_map
+from geoconcept_cli.predict import Predictor
 from geoconcept_cli.train import TrainConfig, train
 
 runner = CliRunner()
@@ -91,6 +92,24 @@ def test_photos_without_a_runner_up_in_the_ranked_pool_are_ranked_deeper(concept
     deep = contrasts[True, explain.RANKED_DEEP]
     assert all(c == deep for c in contrasts.values())
     assert sum(c is not None for c, _ in deep) >= 20
+
+
+def test_no_deeper_ranking_when_the_pool_holds_every_place(concept_explainer):
+    """Twenty places within 50 km of Paris: no runner-up anywhere, and no second ranking to
+    look for one, since the pool of RANKED already holds them all."""
+    p = concept_explainer.predictor
+    gen = torch.Generator().manual_seed(4)
+    gps = torch.tensor([48.85, 2.35]) + (torch.rand(20, 2, generator=gen) - 0.5) * 0.6
+    emb = torch.nn.functional.normalize(torch.randn(20, p.gallery_emb.shape[1], generator=gen))
+    few = explain.Explainer(Predictor(p.head, gps, emb), concept_explainer.concepts)
+    calls = []
+
+    def rank(feats, k):
+        calls.append(k)
+        return few.predictor.topk(feats, k)
+
+    exps = few.explain_batch(torch.randn(4, 768, generator=gen), top_k=1, rank=rank)
+    assert calls == [explain.RANKED] and not any("rather_than" in e for e in exps)
 
 
 def test_faithfulness_check_reports_both_interventions(concept_explainer):

@@ -5,13 +5,15 @@ folder of ``part-NNNNN.parquet``, one per feature shard, each row ``explain``'s 
 (``image`` holding the photo's id), and ``_geoconcept.json`` (format
 ``geoconcept-explanations/1``) saying which model, gallery, concepts and options made it.
 Shards are split over ranks (torchrun, SLURM, ``--gpus``) and a rerun skips finished parts.
-A shard is ranked in blocks with batch predict's ``PlaceScorer`` and each block explained at
-once (:meth:`Explainer.explain_batch`, without the place's concepts, which rows do not show).
+A shard is explained BLOCK photos at once (:meth:`Explainer.explain_batch`, ranked by batch
+predict's ``PlaceScorer``, without the place's concepts, which rows do not show).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,10 @@ from .encoders import ClipId
 from .explain import ROW_COLUMNS, ROW_SCHEMA, Explainer, explanation_row
 
 EXPLANATIONS_FORMAT = "geoconcept-explanations/1"
+# photos explained at once: the few whose runner-up lies deeper than explain's pool are ranked
+# again together, one more pass over the gallery a block; its (photos x concepts) arrays stay
+# ~10 MB each for 645 concepts
+BLOCK = 4096
 
 
 def explanations_meta(explainer: Explainer, features: Path, top_k: int, n_concepts: int
@@ -47,16 +53,29 @@ def explanations_meta(explainer: Explainer, features: Path, top_k: int, n_concep
 
 def explain_shard(explainer: Explainer, scorer: PlaceScorer, ids: list[str],
                   feats: torch.Tensor, top_k: int, n_concepts: int) -> pd.DataFrame:  # fmt: skip
-    """One row per photo of a shard, ranked and explained a block at a time (the block
-    bounds the (photos x concepts) arrays)."""
+    """One row per photo of a shard, ranked and explained BLOCK photos at a time."""
     rows = []
-    for b in range(0, len(ids), scorer.BLOCK):
-        block = feats[b : b + scorer.BLOCK]
-        exps = explainer.explain_batch(block, top_k, n_concepts, rank=scorer.topk,
-                                       place_concepts=False)  # fmt: skip
-        named = zip(ids[b : b + scorer.BLOCK], exps, strict=True)
-        rows += [explanation_row({"image": ident, **exp}) for ident, exp in named]
+    with _collector_paused():
+        for b in range(0, len(ids), BLOCK):
+            exps = explainer.explain_batch(feats[b : b + BLOCK], top_k, n_concepts,
+                                           rank=scorer.topk, place_concepts=False)  # fmt: skip
+            named = zip(ids[b : b + BLOCK], exps, strict=True)
+            rows += [explanation_row({"image": ident, **exp}) for ident, exp in named]
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while a shard's rows are built: their ~100K dicts and
+    lists hold no cycles (reference counting frees them), yet they set off collections that
+    walk every object of the process, torch's included (0.1 ms a photo)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _shard_frame(explainer: Explainer, top_k: int, n_concepts: int) -> ShardFrame:

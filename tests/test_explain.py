@@ -112,6 +112,49 @@ def test_no_deeper_ranking_when_the_pool_holds_every_place(concept_explainer):
     assert calls == [explain.RANKED] and not any("rather_than" in e for e in exps)
 
 
+def test_batch_explain_ranks_a_blocks_deep_photos_together_with_the_collector_paused(
+    concept_explainer, monkeypatch
+):
+    """Batch explain (`explain FEATS --out`) takes a shard BLOCK photos at a time: with a pool
+    of one place every photo needs the deep pass, ranked once a block, not once per scorer
+    block of 1,024. Python's cycle collector is off while rows are built and back on after,
+    even when explaining fails; smaller blocks give the same rows."""
+    import gc
+
+    from geoconcept_cli import batch_explain
+
+    monkeypatch.setattr(explain, "RANKED", 1)
+    scorer = PlaceScorer(concept_explainer.predictor)
+    gen = torch.Generator().manual_seed(5)
+    feats = torch.randn(1100, 768, generator=gen) * 3  # over one scorer block
+    ids = [f"p{i}" for i in range(len(feats))]
+    calls = []
+    topk = scorer.topk
+
+    def rank(x, k):
+        calls.append((len(x), k, gc.isenabled()))
+        return topk(x, k)
+
+    monkeypatch.setattr(scorer, "topk", rank)
+    whole = batch_explain.explain_shard(concept_explainer, scorer, ids, feats, 1, 8)
+    assert [c[:2] for c in calls] == [(1100, 1), (1100, explain.RANKED_DEEP)]
+    assert not any(c[2] for c in calls) and gc.isenabled()
+    assert whole["rule"].str.startswith("IF the photo shows").mean() > 0.9
+
+    monkeypatch.setattr(batch_explain, "BLOCK", 500)
+    calls.clear()
+    assert batch_explain.explain_shard(concept_explainer, scorer, ids, feats, 1, 8).equals(whole)
+    assert [c[0] for c in calls] == [500, 500, 500, 500, 100, 100]
+
+    def fail(x, k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(scorer, "topk", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        batch_explain.explain_shard(concept_explainer, scorer, ids, feats, 1, 8)
+    assert gc.isenabled()
+
+
 def test_faithfulness_check_reports_both_interventions(concept_explainer):
     feats = torch.randn(1, 768) * 3
     exp = concept_explainer.explain_features(feats, check=True, m=3, draws=25)

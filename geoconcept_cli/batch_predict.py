@@ -297,6 +297,12 @@ def run_on_ranks(
     with encoding as gallery_progress:
         meta, frame_of = load(str(info.device) if device.startswith("cuda") else device,
                               ClipId.from_meta(fmeta), dim, gallery_progress)  # fmt: skip
+    # every rank checks --out, so that all refuse it alike: had rank 0 refused alone, the
+    # others would wait at the barrier (NCCL: until the group's timeout; gloo: a traceback
+    # when it leaves), as srun stops no one
+    start_results(Path(out), meta, write=False)
+    if info.world_size > 1:
+        torch.distributed.barrier()  # all have checked before rank 0 writes into --out
     if info.is_main:
         start_results(Path(out), meta)
     if info.world_size > 1:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -146,6 +149,35 @@ def test_ranks_split_the_shards_and_together_write_the_single_run(tmp_path, feat
                                                             "part-00002.parquet"]  # fmt: skip
     predict_features(predictor, folder, split, top_k=2, rank=1, world_size=2)
     assert pd.read_parquet(split).equals(pd.read_parquet(single))
+
+
+def test_slurm_ranks_all_refuse_an_out_made_otherwise(tmp_path, feats, predictor):
+    """Under srun (SLURM's variables; no torchrun to stop the others when one fails) every
+    rank refuses an --out made with other options in one line. Before, rank 0 alone refused
+    and rank 1 waited at the barrier: a gloo traceback here, a hang until the timeout on
+    NCCL."""
+    from geoconcept_cli.distributed import free_port
+
+    folder, *_ = feats
+    out = tmp_path / "out"
+    predict_features(predictor, folder, out, top_k=5)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}  # fmt: skip
+    env |= {"SLURM_NTASKS": "2", "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port())}  # fmt: skip
+    cmd = [sys.executable, "-m", "geoconcept_cli", "predict", str(folder), "--out", str(out),
+           "--top-k", "3"]  # fmt: skip
+    procs = [subprocess.Popen(cmd, env={**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]  # fmt: skip
+    try:
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, err in zip(procs, errs, strict=True):
+        assert p.returncode == 2 and "another top_k" in err, err[-3000:]
+        assert len(err.strip().splitlines()) == 1, err[-3000:]
 
 
 def emptied_first_shard(folder, feats: torch.Tensor, latlon: torch.Tensor, **meta) -> list[str]:

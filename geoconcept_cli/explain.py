@@ -35,7 +35,8 @@ from .concepts.regions import country_and_continent
 from .concepts.review import load_concepts
 from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipBackbone, ClipId
 from .errors import GeoconceptError
-from .geo import haversine_km, place_names
+from .geo import haversine_km
+from .geocode import place_names
 from .images import load_image
 from .model import ConceptAwareHead
 from .predict import Candidate, Predictor, load_run

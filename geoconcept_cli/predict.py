@@ -34,8 +34,7 @@ from .encoders import (
 from .errors import GeoconceptError
 from .gallery import cached_gallery_embeddings, distinct_places, load_gallery
 from .gallery_index import GalleryIndex, indexed_gallery, is_large
-from .geo import place_names
-from .geocode import reverse_geocode
+from .geocode import place_names, reverse_geocode
 from .images import load_image
 
 if TYPE_CHECKING:

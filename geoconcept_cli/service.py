@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, cast
 
-import numpy as np
 import torch
 
 from .errors import GeoconceptError
 from .explain import Explainer
 from .gallery import load_gallery
-from .geo import haversine_km, place_name
-from .geocode import reverse_geocode
+from .geo import haversine_km
+from .geocode import place_name, place_names
 from .images import decode_image, photo_gps
 from .predict import Predictor
 from .where import Locator
@@ -156,9 +155,6 @@ def probability_heat(predictor: Predictor, feats: torch.Tensor) -> list[list[flo
     return predictor.strongest(predictor.probabilities(feats)[0], HEAT_POINTS)
 
 
-def _names(points: list[list[float]]) -> list[str]:
-    """'place, region, CC' of each [lat, lon, ...] point ('' out at sea), all at once."""
-    if not points:
-        return []
-    city = reverse_geocode(np.asarray([p[:2] for p in points])).city
-    return [", ".join(reversed([part for part in c.split("/") if part])) for c in city]
+def _names(heat: list[list[float]]) -> list[str]:
+    """The place name of each [lat, lon, value] heat point, in one search."""
+    return place_names([p[:2] for p in heat])

@@ -27,7 +27,7 @@ from .atlas import location_latents
 from .concepts.embed import DEFAULT_TEMPLATES
 from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from .errors import GeoconceptError
-from .geo import place_names
+from .geocode import place_names
 from .model import ConceptAwareHead
 from .predict import Predictor, load_run
 

@@ -4,10 +4,10 @@ import torch
 from geoconcept_cli.geo import (
     accuracy_at_thresholds,
     haversine_km,
-    place_name,
     unit_vectors,
     valid_latlon,
 )
+from geoconcept_cli.geocode import place_name, place_names, reverse_geocode
 
 
 def test_paris_london_distance():
@@ -43,3 +43,17 @@ def test_valid_latlon():
 def test_place_name_offline():
     assert place_name(48.8566, 2.3522).endswith("FR")
     assert "Hawaii, US" in place_name(22.07, -159.32)
+
+
+def test_place_names_come_from_the_one_gazetteer_searched_on_the_sphere():
+    """Names are the nearest settlement on the sphere, as the countries of batch predict and
+    the page's heatmap: the package's own search, in raw degrees, names Ørnes here (18.7 km
+    away) for Glomfjord (15.8 km). A point with no town within 200 km gets its coordinates."""
+    north = (66.70136, 13.732452)
+    assert place_name(*north) == "Glomfjord, Nordland, NO"
+    assert 15 < float(reverse_geocode(np.array([north])).place_km[0]) < 16.5
+    assert place_names([north, (0.0, -140.0)]) == [
+        "Glomfjord, Nordland, NO",
+        "0.00, -140.00 (no town within 200 km)",
+    ]
+    assert place_names([]) == []

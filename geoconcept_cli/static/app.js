@@ -132,7 +132,7 @@ function draw() {
       ctx.fillStyle = heatColour(scaleOf(v));
       ctx.fillRect(x - 2.5, y - 2.5, 5, 5);
       const what = state.kind === "probability" ? `p = ${fmt(v)}` : `${state.kind} ${fmt(v)}`;
-      state.hits.push({ x, y, r: 4, label: `${map.names[i] || `${lat.toFixed(2)}, ${lon.toFixed(2)}`} · ${what}`, priority: 2 });
+      state.hits.push({ x, y, r: 4, label: `${map.names[i]} · ${what}`, priority: 2 });
       drawn.heat++;
     }
   }
@@ -324,7 +324,7 @@ function show(answer, kind) {
   const list = $("candidates");
   list.replaceChildren();
   for (const c of answer.predictions || answer.places || []) {
-    const li = el("li", `${c.place || "(at sea)"} `);
+    const li = el("li", `${c.place} `);
     const v = c.prob !== undefined ? `p = ${fmt(c.prob)}` : `${kind} ${fmt(c.score)}`;
     li.append(el("span", `${c.lat.toFixed(2)}, ${c.lon.toFixed(2)} · ${v}`));
     list.append(li);

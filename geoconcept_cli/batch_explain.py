@@ -61,14 +61,15 @@ def explain_shard(explainer: Explainer, scorer: PlaceScorer, ids: list[str],
                                            rank=scorer.topk, place_concepts=False)  # fmt: skip
             named = zip(ids[b : b + BLOCK], exps, strict=True)
             rows += [explanation_row({"image": ident, **exp}) for ident, exp in named]
-    return pd.DataFrame(rows, columns=ROW_COLUMNS)
+        return pd.DataFrame(rows, columns=ROW_COLUMNS)
 
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
-    """Python's cycle collector off while a shard's rows are built: their ~100K dicts and
-    lists hold no cycles (reference counting frees them), yet they set off collections that
-    walk every object of the process, torch's included (0.1 ms a photo)."""
+    """Python's cycle collector off while a shard is explained into rows: their ~100K dicts
+    and lists hold no cycles (reference counting frees them), yet they set off collections
+    that walk every object of the process, torch's included (0.1 ms a photo). Left off if it
+    was off."""
     was = gc.isenabled()
     gc.disable()
     try:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .concepts.regions import country_and_continent
+from .geocode import reverse_geocode
 from .model import ConceptAwareHead, RetrievalHead
 
 COLOURS = {"image": "#1f77b4", "location": "#d62728", "concept": "#2ca02c"}
@@ -67,7 +67,7 @@ def plot_umap(
         part = xy[start : start + len(z[name])]
         start += len(z[name])
         if by_continent and name != "concept" and latlon is not None:
-            conts = [country_and_continent(float(a), float(b))[1] or "?" for a, b in latlon]
+            conts = [c or "?" for c in reverse_geocode(latlon.numpy()).continent]
             for i, c in enumerate(sorted(set(conts))):
                 sel = np.array([x == c for x in conts])
                 ax.scatter(part[sel, 0], part[sel, 1], s=6, marker="os^vD<>p*"[i % 9],

@@ -153,6 +153,13 @@ def test_batch_explain_ranks_a_blocks_deep_photos_together_with_the_collector_pa
     with pytest.raises(RuntimeError, match="out of memory"):
         batch_explain.explain_shard(concept_explainer, scorer, ids, feats, 1, 8)
     assert gc.isenabled()
+    gc.disable()  # a caller's choice is kept
+    try:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            batch_explain.explain_shard(concept_explainer, scorer, ids, feats, 1, 8)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_faithfulness_check_reports_both_interventions(concept_explainer):

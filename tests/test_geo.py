@@ -57,3 +57,6 @@ def test_place_names_come_from_the_one_gazetteer_searched_on_the_sphere():
         "0.00, -140.00 (no town within 200 km)",
     ]
     assert place_names([]) == []
+    # a place or region whose own name holds a '/' keeps it whole
+    assert place_name(46.59, 14.7989) == "Bleiburg/Pliberk, Carinthia, AT"
+    assert place_name(10.6525, -61.3888) == "Tunapuna, Tunapuna/Piarco, TT"

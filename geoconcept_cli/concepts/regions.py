@@ -72,11 +72,14 @@ CONTINENT_OF: dict[str, str] = {
 
 @lru_cache(maxsize=4096)
 def country_and_continent(lat: float, lon: float) -> tuple[str, str]:
-    """Region keys of a point: its nearest place's ISO country code and that continent."""
-    import reverse_geocode
+    """Region keys of a point: the ISO country code and continent ``geocode`` gives it (its
+    nearest settlement's; none with no town within 200 km)."""
+    import numpy as np
 
-    cc = reverse_geocode.get((lat, lon)).get("country_code", "")
-    return cc, CONTINENT_OF.get(cc, "")
+    from ..geocode import reverse_geocode  # which imports this module
+
+    place = reverse_geocode(np.array([[lat, lon]]))
+    return str(place.country[0]), str(place.continent[0])
 
 
 RegionKind = Literal["continent", "country", "zone"]

@@ -208,8 +208,13 @@ def start_results(out: Path, meta: dict[str, Any], write: bool = True) -> None:
                 "give another --out (or delete it)"
             )
     if write:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(old_path, meta)
+        record_meta(out, meta)
+
+
+def record_meta(out: Path, meta: dict[str, Any]) -> None:
+    """Write ``meta`` into ``out`` (made if need be), before any part."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / META_NAME, meta)
 
 
 def missing_parts(out: Path, shards: int, rank: int = 0, world_size: int = 1) -> list[int]:
@@ -300,12 +305,12 @@ def run_on_ranks(
     # every rank checks --out, so that all refuse it alike: had rank 0 refused alone, the
     # others would wait at the barrier (NCCL: until the group's timeout; gloo: a traceback
     # when it leaves), as srun stops no one
-    start_results(Path(out), meta, write=False)
-    if info.world_size > 1:
+    alone = info.world_size == 1
+    start_results(Path(out), meta, write=alone)
+    if not alone:
         torch.distributed.barrier()  # all have checked before rank 0 writes into --out
-    if info.is_main:
-        start_results(Path(out), meta)
-    if info.world_size > 1:
+        if info.is_main:
+            record_meta(Path(out), meta)
         torch.distributed.barrier()  # _geoconcept.json exists before any rank writes a part
     mine = missing_parts(Path(out), fmeta["shards"], info.rank, info.world_size)
     todo = sum(shard_size_of(features, s) for s in mine)  # photos left out are not there

@@ -134,10 +134,11 @@ def score_photos(
     def add(key: str, value: torch.Tensor) -> None:
         out.setdefault(key, []).append(value.cpu())
 
-    buffer = torch.empty(min(chunk, len(feats)), len(gps), device=dev)
-    scratch = Scratch()  # the blocks' (rows x gallery) temporaries
+    scratch = Scratch()  # the chunk's logits, and the blocks' (rows x gallery) temporaries
     for s in range(0, len(feats), chunk):
-        logits = predictor.logits(feats[s : s + chunk], out=buffer[: len(feats[s : s + chunk])])
+        part = feats[s : s + chunk]
+        logits = predictor.logits(part, out=scratch("logits", (len(part), len(gps)),
+                                                    torch.float32, dev))  # fmt: skip
         tops = argmax_rows(logits)
         near_top = Pairs(pairs_within(tree, gps[tops.cpu()], CONFIDENCE_KM), dev)
         near_truth = Pairs(pairs_within(tree, truth[s : s + chunk], cal.radius_km), dev) \

@@ -291,7 +291,7 @@ def run_on_ranks(
     the CLIP their folder records."""
     from contextlib import nullcontext
 
-    from .distributed import init_distributed
+    from .distributed import all_or_none, init_distributed
     from .features import feature_summary, shard_size_of
     from .progress import lazy_progress_bar, progress_bar
 
@@ -299,27 +299,23 @@ def run_on_ranks(
     fmeta, _, dim = feature_summary(features)
     encoding = (lazy_progress_bar("encoding gallery (once; cached)", "points") if info.is_main
                 else nullcontext(None))  # fmt: skip
-    with encoding as gallery_progress:
+    with all_or_none(info, "loading the model"), encoding as gallery_progress:
         meta, frame_of = load(str(info.device) if device.startswith("cuda") else device,
                               ClipId.from_meta(fmeta), dim, gallery_progress)  # fmt: skip
-    # every rank checks --out, so that all refuse it alike: had rank 0 refused alone, the
-    # others would wait at the barrier (NCCL: until the group's timeout; gloo: a traceback
-    # when it leaves), as srun stops no one
+    # every rank checks --out, so that all refuse it alike, and then rank 0 writes its record
     alone = info.world_size == 1
-    start_results(Path(out), meta, write=alone)
+    with all_or_none(info, "checking --out"):
+        start_results(Path(out), meta, write=alone)
     if not alone:
-        torch.distributed.barrier()  # all have checked before rank 0 writes into --out
-        if info.is_main:
-            record_meta(Path(out), meta)
-        torch.distributed.barrier()  # _geoconcept.json exists before any rank writes a part
-    mine = missing_parts(Path(out), fmeta["shards"], info.rank, info.world_size)
-    todo = sum(shard_size_of(features, s) for s in mine)  # photos left out are not there
-    bar = progress_bar(label, todo, unit="photos") if info.is_main else nullcontext()
-    with bar as advance:
-        write_parts(Path(features), Path(out), frame_of, schema, info.rank, info.world_size,
-                    advance)  # fmt: skip
-    if info.world_size > 1:
-        torch.distributed.barrier()  # every part is written before any rank reports
+        with all_or_none(info, "recording --out"):  # before any rank writes a part
+            if info.is_main:
+                record_meta(Path(out), meta)
+    with all_or_none(info, "writing parts"):  # every part is written before any report
+        mine = missing_parts(Path(out), fmeta["shards"], info.rank, info.world_size)
+        todo = sum(shard_size_of(features, s) for s in mine)  # photos left out are not there
+        with progress_bar(label, todo, unit="photos") if info.is_main else nullcontext() as bar:
+            write_parts(Path(features), Path(out), frame_of, schema, info.rank,
+                        info.world_size, bar)  # fmt: skip
     return meta
 
 

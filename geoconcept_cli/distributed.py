@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -181,3 +182,28 @@ def same_on_all_ranks(value: int, info: DistInfo) -> bool:
     t = torch.tensor([value, -value], dtype=torch.int64, device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)  # (max, -min)
     return int(t[0]) == -int(t[1])
+
+
+@contextmanager
+def all_or_none(info: DistInfo, doing: str) -> Iterator[None]:
+    """A step that every rank takes, and that fails on all ranks when it fails on one: each
+    rank then says whether it got through, so none waits at a later collective for a rank
+    that has left (srun stops no one; NCCL would wait until the group's timeout). The step's
+    end is a barrier. Every rank takes the same steps in the same order, and a step holds no
+    collective of its own (a rank failing before it would meet the others at another call)."""
+    if info.world_size == 1:
+        yield
+        return
+    try:
+        yield
+    except Exception:  # not Ctrl-C: srun and torchrun pass that to every rank themselves
+        _all_ok(False, info)
+        raise
+    if not _all_ok(True, info):
+        raise GeoconceptError(f"another rank failed while {doing}; its error is in its output")
+
+
+def _all_ok(ok: bool, info: DistInfo) -> bool:
+    t = torch.tensor([int(ok)], dtype=torch.int64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())

@@ -368,31 +368,30 @@ def embed_images_worker(
 
     Rank 0 shows progress over its own unfinished shards (with N ranks, about 1/N of the
     images); a rank 0 with none left shows none."""
-    from .distributed import init_distributed
+    from .distributed import all_or_none, init_distributed
     from .encoders import load_clip
     from .progress import progress_bar
 
     info = init_distributed(device.startswith("cuda"))
-    m = manifest or read_sources([Path(s) for s in sources], [Path(i) for i in images])
-    meta, pending = start_feature_folder(
-        m, out, ClipId.of(clip_model, clip_pretrained), shard_size, info.rank
-    )
-    if info.world_size > 1:
-        torch.distributed.barrier()  # meta.json exists before any rank writes a shard
+    with all_or_none(info, "starting --out"):  # meta.json exists before any rank writes a shard
+        m = manifest or read_sources([Path(s) for s in sources], [Path(i) for i in images])
+        meta, pending = start_feature_folder(
+            m, out, ClipId.of(clip_model, clip_pretrained), shard_size, info.rank
+        )
     mine = [s for s in range(info.rank, meta["shards"], info.world_size) if s in pending]
-    if mine:  # else no need to load CLIP
-        clip = load_clip(clip_model, clip_pretrained, info.device if device.startswith("cuda")
-                         else device)  # fmt: skip
-        label = "embedding images" + (f" (rank 0: {len(mine)} of {meta['shards']} shards)"
-                                      if info.world_size > 1 else "")  # fmt: skip
-        total = sum(len(shard_rows(m, shard_size, s)) for s in mine)
-        with progress_bar(label, total, unit="images") if info.is_main else nullcontext() as bar:
-            embed_images(
-                m, out, clip, shard_size=shard_size, batch_size=batch_size, workers=workers,
-                rank=info.rank, world_size=info.world_size, progress=bar,
-            )  # fmt: skip
-    if info.world_size > 1:
-        torch.distributed.barrier()  # every shard is written before any rank reports
+    with all_or_none(info, "embedding images"):  # every shard is written before any report
+        if mine:  # else no need to load CLIP
+            clip = load_clip(clip_model, clip_pretrained,
+                             info.device if device.startswith("cuda") else device)  # fmt: skip
+            label = "embedding images" + (f" (rank 0: {len(mine)} of {meta['shards']} shards)"
+                                          if info.world_size > 1 else "")  # fmt: skip
+            total = sum(len(shard_rows(m, shard_size, s)) for s in mine)
+            bar = progress_bar(label, total, unit="images") if info.is_main else nullcontext()
+            with bar as advance:
+                embed_images(
+                    m, out, clip, shard_size=shard_size, batch_size=batch_size,
+                    workers=workers, rank=info.rank, world_size=info.world_size, progress=advance,
+                )  # fmt: skip
     return meta
 
 

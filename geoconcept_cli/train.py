@@ -39,6 +39,7 @@ from .concepts.embed import load_concept_embeddings
 from .distributed import (
     DistInfo,
     all_gather_with_grad,
+    all_or_none,
     init_distributed,
     mean_across_ranks,
     same_on_all_ranks,
@@ -397,15 +398,17 @@ def train(
         ckpt = read_checkpoint(found, resume=True)
         load_weights(head, ckpt["model"], found)  # before DDP, which broadcasts rank 0's
         step = ckpt["step"]
-    elif info.is_main:
-        write_json(out / "config.json", asdict(cfg))
-    if info.is_main:  # a checkpoint cut by a kill leaves a checkpoint-sized temporary
-        remove_stale_temporaries(ckpt_path)
-        stale = run_calibration_path(out)
-        if stale.is_file():  # made for the weights this run is about to change
-            stale.unlink()
-            warnings.warn(f"removed {stale}: it was made for the weights before this resume; "
-                          "calibrate again when the run ends", stacklevel=1)  # fmt: skip
+    with all_or_none(info, "starting the run"):
+        if info.is_main:
+            if found is None:
+                write_json(out / "config.json", asdict(cfg))
+            remove_stale_temporaries(ckpt_path)  # a checkpoint cut by a kill leaves one
+            stale = run_calibration_path(out)
+            if stale.is_file():  # made for the weights this run is about to change
+                stale.unlink()
+                warnings.warn(f"removed {stale}: it was made for the weights before this "
+                              "resume; calibrate again when the run ends",
+                              stacklevel=1)  # fmt: skip
     if not same_on_all_ranks(step, info):
         raise GeoconceptError(
             f"the ranks see different checkpoints in {cfg.out}: --out must be on a filesystem "
@@ -418,17 +421,19 @@ def train(
         _load_training_state(ckpt, opt, sched, queue, found)
 
     metrics_path = out / "metrics.jsonl"
-    if info.is_main:
-        _truncate_metrics(metrics_path, step)
+    with all_or_none(info, "starting metrics.jsonl"):
+        if info.is_main:
+            _truncate_metrics(metrics_path, step)
 
     def save() -> None:
-        if info.is_main:
-            save_checkpoint(
-                ckpt_path, head, asdict(cfg), optimizer=opt.state_dict(),
-                scheduler=sched.state_dict(), queue=queue.state(), step=step,
-                total_steps=total, **provenance,
-            )  # fmt: skip
-            (out / LEGACY_NAME).unlink(missing_ok=True)  # converted: one checkpoint per run
+        with all_or_none(info, "saving the checkpoint"):
+            if info.is_main:
+                save_checkpoint(
+                    ckpt_path, head, asdict(cfg), optimizer=opt.state_dict(),
+                    scheduler=sched.state_dict(), queue=queue.state(), step=step,
+                    total_steps=total, **provenance,
+                )  # fmt: skip
+                (out / LEGACY_NAME).unlink(missing_ok=True)  # converted: one per run
 
     last: dict[str, Any] = {}
     t0, seen = time.perf_counter(), 0
@@ -464,9 +469,10 @@ def train(
                 **{k: mean_across_ranks(float(v), info) for k, v in parts.items()},
                 "lr": lr, "samples_per_s": seen / (time.perf_counter() - t0),
             }  # fmt: skip
-            if info.is_main:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(last) + "\n")
+            with all_or_none(info, "logging metrics"):
+                if info.is_main:
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(last) + "\n")
         if progress and info.is_main:
             progress(step, total, last)
         if checkpoint:

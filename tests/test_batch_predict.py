@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from slurm import srun
 from typer.testing import CliRunner
 
 from geoconcept_cli.batch_predict import PlaceScorer, part_path, predict_features
@@ -152,32 +150,32 @@ def test_ranks_split_the_shards_and_together_write_the_single_run(tmp_path, feat
 
 
 def test_slurm_ranks_all_refuse_an_out_made_otherwise(tmp_path, feats, predictor):
-    """Under srun (SLURM's variables; no torchrun to stop the others when one fails) every
-    rank refuses an --out made with other options in one line. Before, rank 0 alone refused
-    and rank 1 waited at the barrier: a gloo traceback here, a hang until the timeout on
-    NCCL."""
-    from geoconcept_cli.distributed import free_port
-
+    """Every rank refuses an --out made with other options in one line. Before, rank 0 alone
+    refused and rank 1 waited at the barrier: a gloo traceback here, a hang until the timeout
+    on NCCL."""
     folder, *_ = feats
     out = tmp_path / "out"
     predict_features(predictor, folder, out, top_k=5)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}  # fmt: skip
-    env |= {"SLURM_NTASKS": "2", "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1",
-            "MASTER_PORT": str(free_port())}  # fmt: skip
-    cmd = [sys.executable, "-m", "geoconcept_cli", "predict", str(folder), "--out", str(out),
-           "--top-k", "3"]  # fmt: skip
-    procs = [subprocess.Popen(cmd, env={**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r in (0, 1)]  # fmt: skip
-    try:
-        errs = [p.communicate(timeout=300)[1] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, err in zip(procs, errs, strict=True):
-        assert p.returncode == 2 and "another top_k" in err, err[-3000:]
+    for code, err in srun(["predict", str(folder), "--out", str(out), "--top-k", "3"]):
+        assert code == 2 and "another top_k" in err, err[-3000:]
         assert len(err.strip().splitlines()) == 1, err[-3000:]
+
+
+def test_slurm_ranks_all_stop_when_one_fails_to_write_its_parts(tmp_path, feats, predictor):
+    """Rank 0 cannot write part 2 (a folder holds its name), so it fails; rank 1 writes part
+    1 and then stops too, in one line, where it waited at the last barrier before."""
+    folder, ids, *_ = feats
+    out = tmp_path / "out"
+    predict_features(predictor, folder, out)
+    for s in (1, 2):
+        part_path(out, s).unlink()
+    part_path(out, 2).mkdir()
+    (code0, err0), (code1, err1) = srun(["predict", str(folder), "--out", str(out)])
+    assert code0 == 2 and "part-00002.parquet: is a folder" in err0, err0[-3000:]
+    assert len(err0.strip().splitlines()) == 1, err0[-3000:]
+    assert code1 == 2 and err1.strip() == ("error: another rank failed while writing parts; "
+                                           "its error is in its output"), err1[-3000:]  # fmt: skip
+    assert pd.read_parquet(part_path(out, 1))["id"].tolist() == ids[40:80]
 
 
 def emptied_first_shard(folder, feats: torch.Tensor, latlon: torch.Tensor, **meta) -> list[str]:

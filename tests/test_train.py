@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from slurm import srun
 from synthetic import make_world
 
 from geoconcept_cli.checkpoints import load_head, read_checkpoint, write_checkpoint
@@ -207,6 +208,48 @@ def test_ranks_agree_whether_they_resume_from_one_step(tmp_path, steps):
     launch(_same_step, (steps, str(tmp_path)), nproc=2)
     want = str(steps[0] == steps[1])
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == [want, want]
+
+
+def _step_failing_on(rank: int, out_dir: str) -> None:
+    """A step that raises on ``rank`` (-1: none); each rank writes what it got."""
+    from geoconcept_cli.distributed import all_or_none, init_distributed
+
+    info = init_distributed(False)
+    try:
+        with all_or_none(info, "writing a part"):
+            if info.rank == rank:
+                raise OSError("No space left on device")
+        got = "ok"
+    except Exception as exc:  # the launcher stops every rank at the first that raises
+        got = f"{type(exc).__name__}: {exc}"
+    Path(out_dir, f"rank{info.rank}").write_text(got)
+
+
+@pytest.mark.parametrize("failing", [-1, 0, 1])
+def test_a_step_that_fails_on_one_rank_fails_on_every_rank(tmp_path, failing):
+    launch(_step_failing_on, (failing, str(tmp_path)), nproc=2)
+    want = ["ok", "ok"]
+    for r in (0, 1):
+        if failing >= 0:
+            want[r] = ("OSError: No space left on device" if r == failing else
+                       "GeoconceptError: another rank failed while writing a part; its error "
+                       "is in its output")  # fmt: skip
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == want
+
+
+def test_slurm_ranks_all_stop_when_rank_0_cannot_log(world, tmp_path):
+    """Rank 0 cannot append to metrics.jsonl (a folder holds its name) at the first log step;
+    rank 1 stops too, in one line, where it waited in the next step's all-reduce before."""
+    out = tmp_path / "run"
+    (out / "metrics.jsonl").mkdir(parents=True)
+    (code0, err0), (code1, err1) = srun([
+        "train", str(world["train"]), "--out", str(out), "--concepts", str(world["concepts"]),
+        "--epochs", "1", "--batch-size", "32", "--queue-size", "32", "--warmup-steps", "2",
+        "--log-every", "2",
+    ])  # fmt: skip
+    assert code0 == 2 and "metrics.jsonl" in err0 and len(err0.strip().splitlines()) == 1, err0
+    assert code1 == 2 and err1.strip() == ("error: another rank failed while logging metrics; "
+                                           "its error is in its output"), err1[-3000:]  # fmt: skip
 
 
 def _one_step(cfg_dict: dict, out_file: str) -> None:

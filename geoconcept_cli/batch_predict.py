@@ -296,10 +296,10 @@ def run_on_ranks(
     from .progress import lazy_progress_bar, progress_bar
 
     info = init_distributed(device.startswith("cuda"))
-    fmeta, _, dim = feature_summary(features)
     encoding = (lazy_progress_bar("encoding gallery (once; cached)", "points") if info.is_main
                 else nullcontext(None))  # fmt: skip
     with all_or_none(info, "loading the model"), encoding as gallery_progress:
+        fmeta, _, dim = feature_summary(features)
         meta, frame_of = load(str(info.device) if device.startswith("cuda") else device,
                               ClipId.from_meta(fmeta), dim, gallery_progress)  # fmt: skip
     # every rank checks --out, so that all refuse it alike, and then rank 0 writes its record

@@ -196,8 +196,9 @@ def all_or_none(info: DistInfo, doing: str) -> Iterator[None]:
         return
     try:
         yield
-    except Exception:  # not Ctrl-C: srun and torchrun pass that to every rank themselves
-        _all_ok(False, info)
+    except BaseException as exc:
+        if not isinstance(exc, KeyboardInterrupt):  # srun and torchrun pass Ctrl-C to all
+            _all_ok(False, info)
         raise
     if not _all_ok(True, info):
         raise GeoconceptError(f"another rank failed while {doing}; its error is in its output")

@@ -371,34 +371,34 @@ def train(
     info = info or init_distributed(use_cuda)
     device = info.device if use_cuda else torch.device(cfg.device)
     out = Path(cfg.out)
-    finished = check_run(cfg, resume, info.world_size)
-    if finished:
-        return finished
-    data = load_features(cfg.features)
-    n = len(data.ids)
-    local_b = cfg.batch_size // info.world_size
-    steps_per_epoch = n // cfg.batch_size
-    total = cfg.total_steps(n)
+    with all_or_none(info, "starting the run"):  # loading may fail on one rank alone too
+        finished = check_run(cfg, resume, info.world_size)
+        if finished:
+            return finished
+        data = load_features(cfg.features)
+        n = len(data.ids)
+        local_b = cfg.batch_size // info.world_size
+        steps_per_epoch = n // cfg.batch_size
+        total = cfg.total_steps(n)
 
-    torch.manual_seed(cfg.seed)
-    basis = load_concept_embeddings(cfg.concepts) if cfg.concepts else None
-    head = build_head(basis.embeddings if basis else None, data.features.shape[1])
-    head = head.to(device).train()
-    provenance = {
-        "features": features_identity(data.ids),
-        "clip": ClipId.from_meta(data.meta).as_meta(prefix=""),
-        "concepts": {k: basis.meta[k] for k in ("concepts", "categories", "subcategories")}
-        if basis else None,
-    }  # fmt: skip
-    features, latlon = resident(data.features, device), data.latlon.to(device)
-    del data  # the host copy, where the features moved to the GPU
-    step, ckpt, ckpt_path = 0, None, cfg.checkpoint_path()
-    found = run_checkpoint(out)
-    if found is not None:  # check_run has vetted it: same run, unfinished, --resume
-        ckpt = read_checkpoint(found, resume=True)
-        load_weights(head, ckpt["model"], found)  # before DDP, which broadcasts rank 0's
-        step = ckpt["step"]
-    with all_or_none(info, "starting the run"):
+        torch.manual_seed(cfg.seed)
+        basis = load_concept_embeddings(cfg.concepts) if cfg.concepts else None
+        head = build_head(basis.embeddings if basis else None, data.features.shape[1])
+        head = head.to(device).train()
+        provenance = {
+            "features": features_identity(data.ids),
+            "clip": ClipId.from_meta(data.meta).as_meta(prefix=""),
+            "concepts": {k: basis.meta[k] for k in ("concepts", "categories", "subcategories")}
+            if basis else None,
+        }  # fmt: skip
+        features, latlon = resident(data.features, device), data.latlon.to(device)
+        del data  # the host copy, where the features moved to the GPU
+        step, ckpt, ckpt_path = 0, None, cfg.checkpoint_path()
+        found = run_checkpoint(out)
+        if found is not None:  # check_run has vetted it: same run, unfinished, --resume
+            ckpt = read_checkpoint(found, resume=True)
+            load_weights(head, ckpt["model"], found)  # before DDP, which broadcasts rank 0's
+            step = ckpt["step"]
         if info.is_main:
             if found is None:
                 write_json(out / "config.json", asdict(cfg))

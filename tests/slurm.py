@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 
 def srun(args: list[str]) -> list[tuple[int, str]]:
@@ -16,13 +17,20 @@ def srun(args: list[str]) -> list[tuple[int, str]]:
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}  # fmt: skip
     env |= {"SLURM_NTASKS": "2", "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1",
             "MASTER_PORT": str(free_port())}  # fmt: skip
+    logs = [tempfile.TemporaryFile("w+") for _ in range(2)]  # files: no pipe fills and stalls
     procs = [subprocess.Popen([sys.executable, "-m", "geoconcept_cli", *args],
                               env={**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=logs[r], text=True)
              for r in (0, 1)]  # fmt: skip
     try:
-        errs = [p.communicate(timeout=300)[1] for p in procs]
+        for p in procs:
+            p.wait(timeout=300)
     finally:
         for p in procs:
             p.kill()
+    errs = []
+    for log in logs:
+        log.seek(0)
+        errs.append(log.read())
+        log.close()
     return [(p.returncode, err) for p, err in zip(procs, errs, strict=True)]

@@ -151,8 +151,8 @@ def test_ranks_split_the_shards_and_together_write_the_single_run(tmp_path, feat
 
 def test_slurm_ranks_all_refuse_an_out_made_otherwise(tmp_path, feats, predictor):
     """Every rank refuses an --out made with other options in one line. Before, rank 0 alone
-    refused and rank 1 waited at the barrier: a gloo traceback here, a hang until the timeout
-    on NCCL."""
+    refused, and rank 1 at the barrier got a gloo traceback (on NCCL: a wait until the
+    group's timeout)."""
     folder, *_ = feats
     out = tmp_path / "out"
     predict_features(predictor, folder, out, top_k=5)
@@ -163,7 +163,8 @@ def test_slurm_ranks_all_refuse_an_out_made_otherwise(tmp_path, feats, predictor
 
 def test_slurm_ranks_all_stop_when_one_fails_to_write_its_parts(tmp_path, feats, predictor):
     """Rank 0 cannot write part 2 (a folder holds its name), so it fails; rank 1 writes part
-    1 and then stops too, in one line, where it waited at the last barrier before."""
+    1 and then stops too, in one line, where before it got a gloo traceback at the last
+    barrier (on NCCL: a wait until the group's timeout)."""
     folder, ids, *_ = feats
     out = tmp_path / "out"
     predict_features(predictor, folder, out)

@@ -239,7 +239,8 @@ def test_a_step_that_fails_on_one_rank_fails_on_every_rank(tmp_path, failing):
 
 def test_slurm_ranks_all_stop_when_rank_0_cannot_log(world, tmp_path):
     """Rank 0 cannot append to metrics.jsonl (a folder holds its name) at the first log step;
-    rank 1 stops too, in one line, where it waited in the next step's all-reduce before."""
+    rank 1 stops too, in one line, where before it got a gloo traceback in the next step's
+    all-reduce (on NCCL: a wait until the group's timeout)."""
     out = tmp_path / "run"
     (out / "metrics.jsonl").mkdir(parents=True)
     (code0, err0), (code1, err1) = srun([

@@ -526,28 +526,29 @@ def serve(
         tiles.startswith(("http://", "https://")) and all(f"{{{v}}}" in tiles for v in "zxy")
     ):
         raise GeoconceptError(f"--tiles {tiles}: an http(s) tile URL with {{z}}, {{x}} and {{y}}")
-    if host not in {"127.0.0.1", "localhost", "::1"}:
-        warnings.warn(f"--host {host}: the server is reachable from other machines"
-                      + ("" if api_key else "; anyone who can reach it can use it (set "
-                         "--api-key or $GEOCONCEPT_API_KEY)"), stacklevel=1)  # fmt: skip
     from .explain import load_explainer
-    from .server import create_app, run_server
+    from .server import bind, create_app, run_server
     from .service import GeoService
 
-    with (
-        lazy_progress_bar("encoding gallery (once; cached)", "points") as advance,
-        lazy_progress_bar("embedding concepts (once; cached)", "concepts") as concept_advance,
-    ):
-        explainer = load_explainer(
-            checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,
-            cache_dir, device, advance, concept_advance,
-        )  # fmt: skip
-    service = GeoService(explainer)
-    app_ = create_app(service, api_key, max_upload_mb, tiles)
-    shown = f"[{host}]" if ":" in host else host
-    stdout.print(f"geoconcept serving {service.health()['mode']} at http://{shown}:{port}/ "
-                 "(Ctrl-C stops)", highlight=False, soft_wrap=True)  # fmt: skip
-    run_server(app_, host, port)
+    with bind(host, port) as sock:  # a port in use stops us before the loading
+        if host not in {"127.0.0.1", "localhost", "::1"}:
+            warnings.warn(f"--host {host}: the server is reachable from other machines"
+                          + ("" if api_key else "; anyone who can reach it can use it (set "
+                             "--api-key or $GEOCONCEPT_API_KEY)"), stacklevel=1)  # fmt: skip
+        with (
+            lazy_progress_bar("encoding gallery (once; cached)", "points") as advance,
+            lazy_progress_bar("embedding concepts (once; cached)", "concepts") as concept_advance,
+        ):
+            explainer = load_explainer(
+                checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,
+                cache_dir, device, advance, concept_advance,
+            )  # fmt: skip
+        service = GeoService(explainer)
+        app_ = create_app(service, api_key, max_upload_mb, tiles)
+        shown = f"[{host}]" if ":" in host else host
+        stdout.print(f"geoconcept serving {service.health()['mode']} at http://{shown}:{port}/ "
+                     "(Ctrl-C stops)", highlight=False, soft_wrap=True)  # fmt: skip
+        run_server(app_, sock)
 
 
 @app.command()

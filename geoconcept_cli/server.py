@@ -8,8 +8,10 @@ photos arrive as bytes, and the page is the package's own static files.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
+import socket
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Annotated, Any
@@ -197,8 +199,32 @@ def create_app(
     return app
 
 
-def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until Ctrl-C (uvicorn, one process: the models are loaded once)."""
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, taken before the models load, so that an address in
+    use is refused at once, in one line, not after the loading."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise GeoconceptError(f"--host {host}: not an address of this machine ({exc.strerror})"
+                              ) from None  # fmt: skip
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise GeoconceptError(f"cannot listen on {host}:{port} ({exc.strerror}); give another "
+                              "--port, or stop what holds it") from None  # fmt: skip
+    return sock
+
+
+def run_server(app: FastAPI, sock: socket.socket) -> None:
+    """Serve on a :func:`bind` socket until Ctrl-C (uvicorn, one process: the models are
+    loaded once)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops: exit 0
+        uvicorn.Server(config).run(sockets=[sock])

@@ -335,6 +335,33 @@ def test_cli_serve_warns_when_bound_beyond_this_machine(small_gallery):
     assert "--api-key" in line
 
 
+def test_cli_serve_refuses_a_port_in_use_before_loading_anything(monkeypatch):
+    """Before, uvicorn found the port taken only after the models had loaded, and said so
+    among its own log lines with exit code 3."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    import geoconcept_cli.explain
+    from geoconcept_cli.cli import app
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded the models for a port it cannot listen on")
+
+    monkeypatch.setattr(geoconcept_cli.explain, "load_explainer", no_loading)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = CliRunner().invoke(app, ["serve", "--port", str(port)])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == (f"error: cannot listen on 127.0.0.1:{port} (Address already in "
+                                "use); give another --port, or stop what holds it")  # fmt: skip
+    r = CliRunner().invoke(app, ["serve", "--host", "no-such-host.invalid"])
+    assert r.exit_code == 2 and r.output.startswith("error: --host no-such-host.invalid: not an")
+    assert len(r.output.strip().splitlines()) == 1
+
+
 def test_cli_serve_refuses_bad_options_in_one_line():
     from typer.testing import CliRunner
 

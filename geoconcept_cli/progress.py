@@ -1,8 +1,9 @@
 """Progress on stderr, shared by the CLI and by worker processes it launches.
 
 In a terminal it is a rich bar; elsewhere (SLURM or nohup logs, pipes, CI) a bar would never
-be drawn, so it is plain lines instead: one at every tenth of the work, and one whenever
-``LOG_EVERY_S`` seconds have passed since the last line (checked as work is reported).
+be drawn, so it is plain lines instead: one at the first report (the work has begun), one at
+every tenth of the work, and one whenever ``LOG_EVERY_S`` seconds have passed since the last
+line (checked as work is reported).
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ class _LogLines:
         self.total = total if total is not None else self.total
         self.values.update(values)
         now = time.monotonic()
+        first = self.base is None
         self.base = self.base or (self.done, now)
         tenth = 10 * self.done // self.total if self.total > 0 else 0
-        if tenth > self.last_tenth or now - self.last_time >= LOG_EVERY_S:
+        if first or tenth > self.last_tenth or now - self.last_time >= LOG_EVERY_S:
             self.last_tenth, self.last_time = tenth, now
             print(self.line(now), file=sys.stderr, flush=True)
 

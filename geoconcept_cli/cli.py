@@ -168,25 +168,29 @@ def _predict_features(
         )
     paths = (str(checkpoint) if checkpoint else None, str(gallery) if gallery else None,
              str(cache_dir) if cache_dir else None)  # fmt: skip
-    if _run_batch(predict_features_worker, features, out, paths, gpus, device, (top_k,)):
+    missing = _run_batch(predict_features_worker, features, out, paths, gpus, device, (top_k,))
+    if missing is not None:
         photos, median = summary(out)
-        stdout.print(f"{photos} photos predicted -> {out} (median error {median:.1f} km)",
-                     highlight=False, soft_wrap=True)  # fmt: skip
+        done = (f"{photos} photos predicted -> {out}" if missing else
+                f"{out} is complete: {photos} photos; nothing to predict")  # fmt: skip
+        stdout.print(f"{done} (median error {median:.1f} km)", highlight=False, soft_wrap=True)
 
 
 def _run_batch(
     worker: Callable[..., object], features: Path, out: Path, paths: tuple[str | None, ...],
     gpus: int, device: str, options: tuple[Any, ...],
-) -> bool:  # fmt: skip
+) -> int | None:  # fmt: skip
     """Run a batch worker ``worker(features, out, *paths, device, *options)`` over a feature
     folder: in this process, in ``gpus`` launched ones, or as this rank of torchrun / SLURM.
-    Whether this process should report (the main one)."""
-    from .batch_predict import check_out
+    On the process that reports (the main one), how many parts were missing before (0: a
+    rerun found the results complete); None on the others."""
+    from .batch_predict import check_out, missing_parts
     from .distributed import check_processes, is_main_process, launch, launched_externally
     from .features import read_meta
 
-    read_meta(features)  # not a feature folder, or no place for results: one line, before
-    check_out(out)  # any model loads
+    shards = read_meta(features)["shards"]  # not a feature folder, or no place for results:
+    check_out(out)  # one line, before any model loads
+    missing = len(missing_parts(out, shards))
     check_processes(gpus)
     if gpus > 0 and not device.startswith("cuda"):
         device = "cuda"
@@ -195,7 +199,7 @@ def _run_batch(
         launch(worker, args, nproc=gpus)
     else:
         worker(*args)
-    return is_main_process()
+    return missing if is_main_process() else None
 
 
 def _print_probabilities(result: dict[str, Any]) -> None:
@@ -415,9 +419,11 @@ def _explain_features(
         for a in (checkpoint, concepts, concept_embeddings, gallery, cache_dir)
     )
     options = (top_k, n_concepts)
-    if _run_batch(explain_features_worker, features, out, paths, gpus, device, options):
+    missing = _run_batch(explain_features_worker, features, out, paths, gpus, device, options)
+    if missing is not None:
         photos = len(pd.read_parquet(out, columns=["image"]))
-        stdout.print(f"{photos} photos explained from their features -> {out}",
+        stdout.print(f"{photos} photos explained from their features -> {out}" if missing else
+                     f"{out} is complete: {photos} photos; nothing to explain",
                      highlight=False, soft_wrap=True)  # fmt: skip
 
 

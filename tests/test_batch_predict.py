@@ -131,6 +131,10 @@ def test_cli_predicts_a_feature_folder_into_parquet_parts(tmp_path, feats, predi
     assert res.exit_code == 0, res.output
     assert out.joinpath("part-00000.parquet").stat().st_mtime_ns == stamps["part-00000.parquet"]
     assert pd.read_parquet(out).equals(table)
+    assert "120 photos predicted" in res.output
+    res = runner.invoke(app, ["predict", str(folder), "--out", str(out), "--top-k", "3"])
+    assert res.exit_code == 0, res.output  # and it says it did nothing, not that it predicted
+    assert f"{out} is complete: 120 photos; nothing to predict (median error" in res.stdout
 
     # other options would mix parts of two predictions: refused
     res = runner.invoke(app, ["predict", str(folder), "--out", str(out), "--top-k", "5"])
@@ -254,6 +258,9 @@ def test_cli_explains_a_feature_folder_into_parts_without_clip(tmp_path):
         "part-00001.parquet",
         "part-00002.parquet",
     ]
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert f"{out} is complete: {len(test.ids)} photos; nothing to explain" in again.stdout
     meta = json.loads((out / "_geoconcept.json").read_text())
     assert meta["format"] == "geoconcept-explanations/1" and meta["concepts_shown"] == 8
     assert meta["mode"] == "concept-aware checkpoint" and meta["top_k"] == 3

@@ -150,7 +150,7 @@ def predict(
         stdout.print_json(json.dumps({"image": str(image), **result}))
         return
     for c in result["predictions"]:
-        stdout.print(f"{c['rank']}  {c['lat']:.2f}, {c['lon']:.2f}  p={c['prob']:.3g}  "
+        stdout.print(f"{c['rank']}  {_latlon(c)}  p={c['prob']:.3g}  "
                      f"{c['place']}", highlight=False)  # fmt: skip
     _print_probabilities(result)
 
@@ -202,6 +202,12 @@ def _run_batch(
     return missing if is_main_process() else None
 
 
+def _latlon(place: dict[str, Any]) -> str:
+    """A candidate's coordinates to 4 decimals (~10 m): distinct gallery places often share
+    a town and the first 2 decimals, and would look like one place repeated."""
+    return f"{place['lat']:.4f}, {place['lon']:.4f}"
+
+
 def _print_probabilities(result: dict[str, Any]) -> None:
     """Whether the probabilities are calibrated, and the confidence region if there is one."""
     stdout.print(f"[dim]{result['probabilities']['note']}[/]", highlight=False)
@@ -225,7 +231,7 @@ def _print_explanation(exp: dict[str, Any]) -> None:
     for col in ("#", "lat, lon", "p", "place"):
         table.add_column(col)
     for p in exp["predictions"]:
-        table.add_row(str(p["rank"]), f"{p['lat']:.2f}, {p['lon']:.2f}", f"{p['prob']:.3g}",
+        table.add_row(str(p["rank"]), _latlon(p), f"{p['prob']:.3g}",
                       p["place"])  # fmt: skip
     stdout.print(table)
     spread = exp["spread"]
@@ -469,7 +475,7 @@ def where_cmd(
         stdout.print(f"[bold]{answer['query']}[/]  [dim]({answer['mode']}; {answer['note']})[/]",
                      highlight=False, soft_wrap=True)  # fmt: skip
         for p in answer["places"]:
-            stdout.print(f"{p['rank']}  {p['lat']:.2f}, {p['lon']:.2f}  {answer['score']} "
+            stdout.print(f"{p['rank']}  {_latlon(p)}  {answer['score']} "
                          f"{p['score']:.3g}  {p['place']}", highlight=False)  # fmt: skip
         how = "summed probability" if answer["score"] == "probability" else "mean activation"
         stdout.print(f"countries by {how}: " + ", ".join(

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from geoconcept_cli.cli import app
 
 runner = CliRunner()
-LINE = re.compile(r"^(\d+)  (-?\d+\.\d\d), (-?\d+\.\d\d)  p=(\S+)  (.+)$")
+LINE = re.compile(r"^(\d+)  (-?\d+\.\d{4}), (-?\d+\.\d{4})  p=(\S+)  (.+)$")
 
 
 @pytest.fixture
@@ -40,6 +40,8 @@ def test_text_output(photo, model_args):
     assert [LINE.match(ln).group(1) for ln in lines] == ["1", "2", "3"]
     probs = [float(LINE.match(ln).group(4)) for ln in lines]  # 3 significant digits, never 0.00
     assert probs == sorted(probs, reverse=True) and all(0 < p <= 1 for p in probs)
+    # distinct places print as distinct coordinates (2 decimals made neighbours look repeated)
+    assert len({LINE.match(ln).group(2, 3) for ln in lines}) == 3
     assert "random weights" in res.stderr
 
 

@@ -21,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # a docstring's paragraph reflows to the terminal's width
 )
 stdout = Console(soft_wrap=True)  # lines whole off a terminal too: scripts read them
 err = Console(stderr=True)

@@ -93,3 +93,15 @@ def test_console_script_no_traceback(tmp_path):
     )  # fmt: skip
     assert res.returncode == 2
     assert res.stderr.strip().startswith("error:") and "Traceback" not in res.stderr
+
+
+def test_help_paragraphs_reflow_to_the_terminals_width():
+    """A docstring's paragraph is wrapped to the terminal, not at its source line breaks
+    (at 80 columns those left one-word lines: '... predicts every photo in it' / 'at')."""
+    res = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    start = next(i for i, ln in enumerate(lines) if "Given a feature folder" in ln)
+    end = next(i for i in range(start, len(lines)) if not lines[i].strip())
+    paragraph = lines[start:end]
+    assert len(paragraph) == 3 and all(len(ln.strip()) >= 70 for ln in paragraph[:-1]), paragraph

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import default_cache_dir
-from .concepts.embed import embed_concepts, load_concept_embeddings
+from .concepts.embed import embed_concepts, load_concept_embeddings, sidecar
 from .concepts.regions import country_and_continent
 from .concepts.review import load_concepts
 from .encoders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipBackbone, ClipId
@@ -383,6 +383,13 @@ class Explainer:
         return outs
 
 
+def concept_cache_path(clip: ClipId, names: list[str], cache_dir: str | Path | None) -> Path:
+    """Where zero-shot explain caches a concept set's embeddings by a CLIP (the sidecar marks
+    them complete); stored features of that CLIP find them there too."""
+    key = hashlib.sha256(json.dumps([clip.as_meta(), names]).encode()).hexdigest()[:16]
+    return (Path(cache_dir or default_cache_dir()) / "concepts" / key).with_suffix(".safetensors")
+
+
 def load_explainer(
     checkpoint: str | Path | None = None,
     concepts: str | Path | None = None,
@@ -421,14 +428,19 @@ def load_explainer(
     if concept_embeddings:
         clip = features_of or cast(ClipBackbone, predictor.clip).identity
         emb = load_concept_embeddings(concept_embeddings, clip)
-    elif predictor.clip is None:
-        raise GeoconceptError(
-            "explaining stored features without a concept-aware --checkpoint needs "
-            "--concept-embeddings made with their CLIP (embed-concepts)"
-        )
+    elif predictor.clip is None:  # stored features: their CLIP's embeddings, if cached
+        assert features_of is not None  # no CLIP is loaded only for stored features
+        cached = concept_cache_path(features_of, cset.names, cache_dir)
+        if not sidecar(cached).is_file():
+            raise GeoconceptError(
+                "explaining stored features without a concept-aware --checkpoint needs the "
+                f"concepts embedded by their CLIP, {features_of}: give --concept-embeddings "
+                "(embed-concepts), or explain one photo zero-shot with that CLIP first, which "
+                f"caches them in {cached.parent}"
+            )
+        emb = load_concept_embeddings(cached, features_of)
     else:
-        key = hashlib.sha256(json.dumps([predictor.clip.identity.as_meta(), cset.names]).encode())
-        out = Path(cache_dir or default_cache_dir()) / "concepts" / key.hexdigest()[:16]
+        out = concept_cache_path(predictor.clip.identity, cset.names, cache_dir)
         report = (lambda n: concept_progress(n, len(cset.names))) if concept_progress else None
         emb, _ = embed_concepts(concepts, predictor.clip, out, progress=report)
     if emb.concepts != cset.names:

@@ -208,6 +208,43 @@ def test_a_shard_with_no_photo_left_gives_an_empty_part(tmp_path, feats, predict
     assert table["id"].tolist() == left and np.stack(table["top_prob"]).shape == (3, 2)
 
 
+def test_zero_shot_explain_of_stored_features_finds_their_clips_cached_concepts(
+    tmp_path, tiny_clip, small_gallery
+):
+    """A user who explained a photo zero-shot has the concepts embedded by that CLIP in the
+    cache; explaining that CLIP's stored features then uses them, where it used to refuse
+    and ask for --concept-embeddings (embed-concepts: minutes of ViT-L/14 on a CPU)."""
+    from PIL import Image
+
+    from geoconcept_cli.explain import ConceptSet, concept_cache_path, default_concepts_path
+
+    clip = ClipId.of(tiny_clip, "none")
+    ids = [f"photo-{i}" for i in range(8)]
+    gen = torch.Generator().manual_seed(0)
+    folder = tmp_path / "feats"  # as embed-images with that CLIP records it
+    save_features(folder, ids, torch.randn(8, 768, generator=gen), load_gallery(small_gallery)[:8],
+                  **clip.as_meta())  # fmt: skip
+    cache = tmp_path / "cache"
+    common = ["--gallery", str(small_gallery), "--cache-dir", str(cache)]
+    args = ["explain", str(folder), "--out", str(tmp_path / "zs.parquet"), *common]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "explain one photo zero-shot with that CLIP first" in res.stderr
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(photo)
+    res = runner.invoke(app, ["explain", str(photo), "--clip-model", tiny_clip,
+                              "--clip-pretrained", "none", *common])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    table = pd.read_parquet(tmp_path / "zs.parquet")
+    assert table["image"].tolist() == ids and (table["mode"] == "zero-shot").all()
+    names = ConceptSet.from_parquet(default_concepts_path()).names
+    named = ["explain", str(folder), "--out", str(tmp_path / "named.parquet"), *common,
+             "--concept-embeddings", str(concept_cache_path(clip, names, cache))]  # fmt: skip
+    assert runner.invoke(app, named).exit_code == 0
+    assert pd.read_parquet(tmp_path / "named.parquet").equals(table)
+
+
 def test_cli_batch_mode_refuses_bad_input_in_one_line(tmp_path, feats):
     folder, *_ = feats
     narrow = tmp_path / "narrow"  # ViT-B/32 width: GeoCLIP's MLP takes 768
@@ -306,10 +343,11 @@ def test_cli_explains_a_feature_folder_into_parts_without_clip(tmp_path):
     explain_feature_folder(explainer, gappy, tmp_path / "gappy-out", top_k=3)
     assert pd.read_parquet(tmp_path / "gappy-out")["image"].tolist() == left
 
-    # zero-shot needs concept embeddings of the features' CLIP: it cannot embed the concepts
+    # zero-shot needs concept embeddings of the features' CLIP: it cannot embed the concepts,
+    # and none of this CLIP's are cached
     res = runner.invoke(app, [*args[:2], "--gallery", str(world["gallery"]), "--out",
                               str(tmp_path / "zs.parquet")])  # fmt: skip
-    assert res.exit_code == 2 and "needs --concept-embeddings made with their CLIP" in res.stderr
+    assert res.exit_code == 2 and "needs the concepts embedded by their CLIP" in res.stderr
     assert not (tmp_path / "zs.parquet").exists()
     res = runner.invoke(app, ["explain", str(tmp_path), "--out", str(tmp_path / "x.parquet"),
                               "--gpus", "2"])  # fmt: skip

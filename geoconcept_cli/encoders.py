@@ -254,15 +254,22 @@ def check_geoclip_width(width: int, source: object) -> None:
 
 def warn_unless_geoclip_clip(clip: ClipId) -> None:
     """Pretrained GeoCLIP on another 768-d CLIP runs, but its features lie in another space
-    than the MLP learned on: say so (random weights are warned about already)."""
-    if clip.differs(GEOCLIP_CLIP) and str(clip.pretrained).lower() != "none":
-        warnings.warn(
-            f"pretrained GeoCLIP's image MLP learned on CLIP {GEOCLIP_CLIP} features; those of "
-            f"{clip} have their width but lie in another space, so its predictions are "
-            f"unreliable: {TRAIN_FIRST}",
-            ForeignBackboneWarning,
-            stacklevel=2,
-        )
+    than the MLP learned on: say so (random weights are warned about already). A local file
+    of ViT-L/14 weights may be OpenAI's own, offline: then the warning says "if"."""
+    if not clip.differs(GEOCLIP_CLIP) or str(clip.pretrained).lower() == "none":
+        return
+    if clip.model == GEOCLIP_CLIP.model and Path(str(clip.pretrained)).suffix:  # a local file
+        why = (f"if {clip.pretrained} holds other weights than OpenAI's (which cannot be told "
+               "from the file), its predictions are unreliable")  # fmt: skip
+    else:
+        why = (f"those of {clip} have their width but lie in another space, so its "
+               "predictions are unreliable")  # fmt: skip
+    warnings.warn(
+        f"pretrained GeoCLIP's image MLP learned on CLIP {GEOCLIP_CLIP} features; {why}: "
+        f"{TRAIN_FIRST}",
+        ForeignBackboneWarning,
+        stacklevel=2,
+    )
 
 
 @dataclass

@@ -4,6 +4,7 @@ evaluates, explains and exports through the CLI; other backbones' artifacts are 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,19 @@ def test_a_planted_512_d_world_is_learned_with_and_without_concepts(tmp_path):
     for name, run in runs.items():
         acc = scores[str(run)]["25km"]
         assert acc > 5 * chance, (name, acc, chance)
+
+
+def test_a_local_vit_l14_file_is_warned_about_with_an_if():
+    """Offline, OpenAI's own ViT-L/14 weights come as a local file, which cannot be told from
+    other weights of that architecture: the warning says "if", not that they are foreign."""
+    from geoconcept_cli.encoders import ClipId, ForeignBackboneWarning, warn_unless_geoclip_clip
+
+    with pytest.warns(ForeignBackboneWarning, match=r"if /w/ViT-L-14\.pt holds other weights "
+                      r"than OpenAI's \(which cannot be told from the file\)"):  # fmt: skip
+        warn_unless_geoclip_clip(ClipId("ViT-L-14", "/w/ViT-L-14.pt"))
+    with pytest.warns(ForeignBackboneWarning, match=r"those of ViT-L-14 \(laion2b_s32b_b82k\) "
+                      "have their width but lie in another space"):  # fmt: skip
+        warn_unless_geoclip_clip(ClipId("ViT-L-14", "laion2b_s32b_b82k"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_unless_geoclip_clip(ClipId("ViT-L-14", "openai"))

@@ -207,8 +207,7 @@ def bind(host: str, port: int) -> socket.socket:
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
-        raise GeoconceptError(f"--host {host}: not an address of this machine ({exc.strerror})"
-                              ) from None  # fmt: skip
+        raise GeoconceptError(f"--host {host}: no such address ({exc.strerror})") from None
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does

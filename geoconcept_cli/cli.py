@@ -8,13 +8,16 @@ import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
 
 from .errors import GeoconceptError
 from .progress import lazy_progress_bar, progress_bar
+
+if TYPE_CHECKING:  # imported where used: a command loads only what it needs
+    from .explain import Explainer
 
 app = typer.Typer(
     help="Interpretable worldwide image geo-localization (concept-aware GeoCLIP).",
@@ -203,6 +206,22 @@ def _run_batch(
     return missing if is_main_process() else None
 
 
+def _explainer(checkpoint: Path | None, concepts: Path | None, concept_embeddings: Path | None,
+               clip_model: str, clip_pretrained: str, gallery: Path | None,
+               cache_dir: Path | None, device: str) -> Explainer:  # fmt: skip
+    """explain's and serve's explainer, with progress where the gallery or the concepts are
+    not cached yet."""
+    from .explain import load_explainer
+
+    with (
+        lazy_progress_bar("encoding gallery (once; cached)", "points") as advance,
+        lazy_progress_bar("embedding concepts (once; cached)", "concepts") as concept_advance,
+    ):
+        return load_explainer(checkpoint, concepts, concept_embeddings, clip_model,
+                              clip_pretrained, gallery, cache_dir, device, advance,
+                              concept_advance)  # fmt: skip
+
+
 def _latlon(place: dict[str, Any]) -> str:
     """A candidate's coordinates to 4 decimals (~10 m): distinct gallery places often share
     a town and the first 2 decimals, and would look like one place repeated."""
@@ -351,7 +370,7 @@ def explain(
     if gpus:
         raise GeoconceptError("--gpus is for an embed-images feature folder")
     from .artifacts import writable_file
-    from .explain import batch_photos, explanation_row, load_explainer, rows_to_parquet
+    from .explain import batch_photos, explanation_row, rows_to_parquet
     from .geo import valid_latlon
 
     if (true_lat is None) != (true_lon is None):
@@ -362,14 +381,8 @@ def explain(
     for path in (out, map_png):  # fail fast, before loading any model
         if path is not None:
             writable_file(path)
-    with (
-        lazy_progress_bar("encoding gallery (once; cached)", "points") as advance,
-        lazy_progress_bar("embedding concepts (once; cached)", "concepts") as concept_advance,
-    ):
-        explainer = load_explainer(
-            checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,
-            cache_dir, device, advance, concept_advance,
-        )  # fmt: skip
+    explainer = _explainer(checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained,
+                           gallery, cache_dir, device)  # fmt: skip
     opts: dict[str, Any] = dict(top_k=top_k, n_concepts=n_concepts, check=check, m=m,
                                 draws=draws)  # fmt: skip
     if not batch:
@@ -539,7 +552,6 @@ def serve(
         tiles.startswith(("http://", "https://")) and all(f"{{{v}}}" in tiles for v in "zxy")
     ):
         raise GeoconceptError(f"--tiles {tiles}: an http(s) tile URL with {{z}}, {{x}} and {{y}}")
-    from .explain import load_explainer
     from .server import bind, create_app, run_server
     from .service import GeoService
 
@@ -548,14 +560,8 @@ def serve(
             warnings.warn(f"--host {host}: the server is reachable from other machines"
                           + ("" if api_key else "; anyone who can reach it can use it (set "
                              "--api-key or $GEOCONCEPT_API_KEY)"), stacklevel=1)  # fmt: skip
-        with (
-            lazy_progress_bar("encoding gallery (once; cached)", "points") as advance,
-            lazy_progress_bar("embedding concepts (once; cached)", "concepts") as concept_advance,
-        ):
-            explainer = load_explainer(
-                checkpoint, concepts, concept_embeddings, clip_model, clip_pretrained, gallery,
-                cache_dir, device, advance, concept_advance,
-            )  # fmt: skip
+        explainer = _explainer(checkpoint, concepts, concept_embeddings, clip_model,
+                               clip_pretrained, gallery, cache_dir, device)  # fmt: skip
         service = GeoService(explainer)
         app_ = create_app(service, api_key, max_upload_mb, tiles)
         shown = f"[{host}]" if ":" in host else host

@@ -302,14 +302,11 @@ def run_on_ranks(
         fmeta, _, dim = feature_summary(features)
         meta, frame_of = load(str(info.device) if device.startswith("cuda") else device,
                               ClipId.from_meta(fmeta), dim, gallery_progress)  # fmt: skip
-    # every rank checks --out, so that all refuse it alike, and then rank 0 writes its record
-    alone = info.world_size == 1
-    with all_or_none(info, "checking --out"):
-        start_results(Path(out), meta, write=alone)
-    if not alone:
-        with all_or_none(info, "recording --out"):  # before any rank writes a part
-            if info.is_main:
-                record_meta(Path(out), meta)
+    with all_or_none(info, "checking --out"):  # every rank, so that all refuse it alike
+        start_results(Path(out), meta, write=False)
+    with all_or_none(info, "recording --out"):  # before any rank writes a part
+        if info.is_main:
+            record_meta(Path(out), meta)
     with all_or_none(info, "writing parts"):  # every part is written before any report
         mine = missing_parts(Path(out), fmeta["shards"], info.rank, info.world_size)
         todo = sum(shard_size_of(features, s) for s in mine)  # photos left out are not there

@@ -21,6 +21,7 @@ lint: setup
 	$(BIN)/ruff check geoconcept_cli tests benchmarks
 	$(BIN)/ruff format --check geoconcept_cli tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python benchmarks/predict_latency.py

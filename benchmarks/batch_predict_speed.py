@@ -24,14 +24,15 @@ from pathlib import Path
 import torch
 from common import default_device
 
-from geoconcept_cli.batch_explain import explain_feature_folder
-from geoconcept_cli.batch_predict import predict_features
-from geoconcept_cli.encoders import ClipId
-from geoconcept_cli.explain import ConceptSet, Explainer
-from geoconcept_cli.features import save_features
-from geoconcept_cli.gallery import cached_gallery_embeddings
-from geoconcept_cli.model import build_head
-from geoconcept_cli.predict import Predictor, load_run
+from geoconcept_cli.concepts.set import ConceptSet
+from geoconcept_cli.data.features import save_features
+from geoconcept_cli.gallery.store import cached_gallery_embeddings
+from geoconcept_cli.inference.batch.explain import explain_feature_folder
+from geoconcept_cli.inference.batch.predict import predict_features
+from geoconcept_cli.inference.explainer import Explainer
+from geoconcept_cli.inference.predictor import Predictor, load_run
+from geoconcept_cli.model.clip import ClipId
+from geoconcept_cli.model.concept_head import build_head
 
 
 def main() -> None:

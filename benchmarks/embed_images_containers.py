@@ -75,8 +75,10 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
 
-    from geoconcept_cli.encoders import load_clip
-    from geoconcept_cli.features import embed_images, feature_summary, read_sources
+    from geoconcept_cli.data.embedding import embed_images
+    from geoconcept_cli.data.features import feature_summary
+    from geoconcept_cli.data.manifests import read_sources
+    from geoconcept_cli.model.clip import load_clip
 
     clip = load_clip(args.model, "none", args.device)
     with tempfile.TemporaryDirectory() as tmp:

@@ -40,9 +40,11 @@ def main() -> None:
     workers = args.workers if args.workers is not None else (12 if gpu else 2)
     warnings.simplefilter("ignore")
 
-    from geoconcept_cli.encoders import load_clip
-    from geoconcept_cli.features import embed_images, feature_summary, read_manifest
-    from geoconcept_cli.images import load_image
+    from geoconcept_cli.data.embedding import embed_images
+    from geoconcept_cli.data.features import feature_summary
+    from geoconcept_cli.data.manifests import read_manifest
+    from geoconcept_cli.io.images import load_image
+    from geoconcept_cli.model.clip import load_clip
 
     clip = load_clip(args.model, "none", args.device)
     files = photos(n, args.images)

@@ -24,12 +24,14 @@ import pandas as pd
 import torch
 from common import IM2GPS, default_device, median_time, median_times
 
-from geoconcept_cli.calibration import calibrate_predictor, save_calibration
-from geoconcept_cli.encoders import ClipId, load_geoclip_head
-from geoconcept_cli.evaluate import evaluate_models, nearest_gallery_km, summarize
-from geoconcept_cli.gallery import cached_gallery_embeddings, load_gallery
-from geoconcept_cli.geo import haversine_km, unit_vectors
-from geoconcept_cli.predict import Predictor
+from geoconcept_cli.evaluation.calibrate import calibrate_predictor
+from geoconcept_cli.evaluation.evaluate import evaluate_models, nearest_gallery_km, summarize
+from geoconcept_cli.gallery.store import cached_gallery_embeddings, load_gallery
+from geoconcept_cli.geo.distance import haversine_km, unit_vectors
+from geoconcept_cli.inference.calibration import save_calibration
+from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.model.clip import ClipId
+from geoconcept_cli.model.geoclip import load_geoclip_head
 
 
 @torch.no_grad()

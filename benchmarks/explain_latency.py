@@ -28,9 +28,9 @@ def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_grad_enabled(False)
 
-    from geoconcept_cli.checkpoints import save_checkpoint
-    from geoconcept_cli.explain import load_explainer
-    from geoconcept_cli.model import ConceptAwareHead, init_from_geoclip
+    from geoconcept_cli.inference.explainer import load_explainer
+    from geoconcept_cli.model.checkpoints import save_checkpoint
+    from geoconcept_cli.model.concept_head import ConceptAwareHead, init_from_geoclip
 
     photo = photos(1)[0]
     zero = load_explainer(clip_model="ViT-L-14", clip_pretrained="none", device=dev)

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from geoconcept_cli.encoders import ClipId
-from geoconcept_cli.predict import Predictor
+from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.model.clip import ClipId
 
 WORK = Path("/tmp/geoconcept-bench-gallery")
 FEATURES = ClipId("ViT-L-14", "openai")  # features given directly: no CLIP weights loaded
@@ -57,7 +57,7 @@ def photo_features(photos: int) -> torch.Tensor:
 
 def load(points: int) -> Predictor:
     """The indexed predictor of the benchmark gallery (encoded and indexed on a cache miss)."""
-    from geoconcept_cli.progress import progress_bar
+    from geoconcept_cli.runtime.progress import progress_bar
 
     with progress_bar("encoding gallery (once; cached)", points, unit="points") as advance:
         return Predictor.load(gallery=gallery_file(points), cache_dir=WORK / "cache",
@@ -69,9 +69,9 @@ def fill_synthetic(points: int) -> None:
     vectors instead of encoded locations (written once, chunk by chunk)."""
     from safetensors.numpy import save_file
 
-    from geoconcept_cli.encoders import load_geoclip_head
-    from geoconcept_cli.gallery import gallery_key, load_gallery
-    from geoconcept_cli.gallery_index import EMB_FORMAT
+    from geoconcept_cli.gallery.index import EMB_FORMAT
+    from geoconcept_cli.gallery.store import gallery_key, load_gallery
+    from geoconcept_cli.model.geoclip import load_geoclip_head
 
     gps = load_gallery(gallery_file(points))
     path = WORK / "cache" / "gallery" / f"{gallery_key(gps, load_geoclip_head())}.f16.safetensors"

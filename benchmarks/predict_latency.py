@@ -34,8 +34,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
     print(f"photo: {photo}  device: {dev}  torch threads: {torch.get_num_threads()}")
 
-    from geoconcept_cli.images import load_image
-    from geoconcept_cli.predict import Predictor
+    from geoconcept_cli.inference.predictor import Predictor
+    from geoconcept_cli.io.images import load_image
 
     ours = Predictor.load("ViT-L-14", "none", device=dev)  # fills the gallery cache once
     t_ours = median_time(lambda: ours.predict(photo, 5), args.repeats, sync=sync)

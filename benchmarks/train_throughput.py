@@ -42,10 +42,11 @@ class OpCounter(TorchDispatchMode):
 
 def ops_per_step(concepts: Path | None, batch: int, queue: int) -> int:
     """Dispatched ops of one optimisation step of the real training code (CPU, foreach AdamW)."""
-    from geoconcept_cli.concepts.embed import load_concept_embeddings
-    from geoconcept_cli.distributed import DistInfo
-    from geoconcept_cli.model import build_head
-    from geoconcept_cli.train import TrainConfig, optimisation_step, prepare
+    from geoconcept_cli.model.concept_embeddings import load_concept_embeddings
+    from geoconcept_cli.model.concept_head import build_head
+    from geoconcept_cli.runtime.distributed import DistInfo
+    from geoconcept_cli.training.config import TrainConfig
+    from geoconcept_cli.training.train import optimisation_step, prepare
 
     cfg = TrainConfig(features="", out="", concepts=str(concepts) if concepts else None)
     head = build_head(load_concept_embeddings(concepts).embeddings if concepts else None).train()
@@ -81,7 +82,8 @@ def main() -> None:
 
     from synthetic import make_world
 
-    from geoconcept_cli.train import TrainConfig, train
+    from geoconcept_cli.training.config import TrainConfig
+    from geoconcept_cli.training.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

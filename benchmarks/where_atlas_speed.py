@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from common import default_device, median_time, photos
 
-from geoconcept_cli.atlas import atlas_table, country_means
-from geoconcept_cli.gallery import load_gallery
-from geoconcept_cli.geocode import reverse_geocode
-from geoconcept_cli.predict import Predictor
-from geoconcept_cli.where import Locator
+from geoconcept_cli.evaluation.atlas import atlas_table, country_means
+from geoconcept_cli.gallery.store import load_gallery
+from geoconcept_cli.geo.geocode import reverse_geocode
+from geoconcept_cli.inference.locator import Locator
+from geoconcept_cli.inference.predictor import Predictor
 
 
 def main() -> None:

@@ -15,21 +15,22 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import GeoconceptError
 
 if TYPE_CHECKING:
-    from .explain import Explainer, load_explainer
-    from .predict import Candidate, Predictor, load_predictor
-    from .service import GeoService, Photo
-    from .where import Locator, load_locator
+    from .inference.explainer import Explainer, load_explainer
+    from .inference.locator import Locator, load_locator
+    from .inference.predictor import Candidate, Predictor, load_predictor
+    from .serving.service import GeoService, Photo
 
-__version__ = "0.1.0"
 
 _LAZY = {
-    "Candidate": "predict", "Predictor": "predict", "load_predictor": "predict",
-    "Explainer": "explain", "load_explainer": "explain",
-    "Locator": "where", "load_locator": "where",
-    "GeoService": "service", "Photo": "service",
+    "Candidate": "inference.predictor", "Predictor": "inference.predictor",
+    "load_predictor": "inference.predictor",
+    "Explainer": "inference.explainer", "load_explainer": "inference.explainer",
+    "Locator": "inference.locator", "load_locator": "inference.locator",
+    "GeoService": "serving.service", "Photo": "serving.service",
 }  # fmt: skip
 __all__ = [
     "Candidate", "Explainer", "GeoService", "GeoconceptError", "Locator", "Photo", "Predictor",

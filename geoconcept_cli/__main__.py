@@ -1,5 +1,5 @@
 """``python -m geoconcept_cli`` runs the ``geoconcept`` command."""
 
-from .cli import app
+from .cli.app import app
 
 app(prog_name="geoconcept")

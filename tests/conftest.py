@@ -59,7 +59,7 @@ def tiny_clip() -> str:
 @pytest.fixture(scope="session")
 def small_gallery(tmp_path_factory) -> Path:
     """500 points of GeoCLIP's real gallery, as a CSV with lower-case headers."""
-    from geoconcept_cli.gallery import default_gallery_path
+    from geoconcept_cli.gallery.store import default_gallery_path
 
     df = pd.read_csv(default_gallery_path()).iloc[::200].reset_index(drop=True)
     path = tmp_path_factory.mktemp("gallery") / "gallery.csv"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import rdflib
 
-from geoconcept_cli.concepts.http import RetryPolicy
+from geoconcept_cli.concepts.mining.http import RetryPolicy
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WIKI_RECORDS = DATA_DIR / "concept_sources" / "wikipedia" / "vital_level4_summaries_geo_en.json"

@@ -11,7 +11,7 @@ import tempfile
 def srun(args: list[str]) -> list[tuple[int, str]]:
     """``geoconcept ARGS`` as the two tasks of an srun (SLURM's variables, no torchrun to stop
     the others when one fails): (exit code, stderr) of each."""
-    from geoconcept_cli.distributed import free_port
+    from geoconcept_cli.runtime.distributed import free_port
 
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}  # fmt: skip

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from geoconcept_cli.concepts.embed import save_concept_embeddings
-from geoconcept_cli.features import save_features
+from geoconcept_cli.data.features import save_features
+from geoconcept_cli.model.concept_embeddings import save_concept_embeddings
 
 
 def make_world(
@@ -85,7 +85,7 @@ def make_world(
 def land_points(continents: list[str], n_per: int, rng: np.random.Generator) -> np.ndarray:
     """``n_per`` points spread uniformly over the land of each continent, continent by
     continent (rejection sampling on the sphere, with the offline geocoder)."""
-    from geoconcept_cli.geocode import reverse_geocode
+    from geoconcept_cli.geo.geocode import reverse_geocode
 
     found: dict[str, list[np.ndarray]] = {c: [] for c in continents}
     while min(len(v) for v in found.values()) < n_per:
@@ -100,7 +100,8 @@ def land_points(continents: list[str], n_per: int, rng: np.random.Generator) -> 
 def tiny_trained_world(root: Path) -> dict:
     """A 6-region, 40-concept world of the tiny test CLIP's width and a concept-aware run
     trained on it for 4 steps (``world["run"]``, its config ``world["cfg"]``)."""
-    from geoconcept_cli.train import TrainConfig, train
+    from geoconcept_cli.training.config import TrainConfig
+    from geoconcept_cli.training.train import train
 
     world = make_world(root, n_regions=6, per_region=32, k=40, clip_model="tiny-clip-768")
     cfg = TrainConfig(features=str(world["train"]), out=str(root / "run"),

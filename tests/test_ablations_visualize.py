@@ -10,11 +10,12 @@ from PIL import Image
 from synthetic import make_world
 from typer.testing import CliRunner
 
-from geoconcept_cli.ablations import generic_set
-from geoconcept_cli.cli import app
-from geoconcept_cli.explain import default_concepts_path
-from geoconcept_cli.train import TrainConfig, train
-from geoconcept_cli.visualize import modality_gap
+from geoconcept_cli.cli.app import app
+from geoconcept_cli.concepts.set import default_concepts_path
+from geoconcept_cli.evaluation.ablations import generic_set
+from geoconcept_cli.plots.modality_gap import modality_gap
+from geoconcept_cli.training.config import TrainConfig
+from geoconcept_cli.training.train import train
 
 runner = CliRunner()
 

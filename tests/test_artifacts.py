@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from geoconcept_cli import artifacts
-from geoconcept_cli.artifacts import atomic_path, write_json
+from geoconcept_cli.io import artifacts as artifacts
+from geoconcept_cli.io.artifacts import atomic_path, write_json
 
 
 def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):

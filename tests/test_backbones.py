@@ -15,16 +15,17 @@ from PIL import Image
 from synthetic import make_world
 from typer.testing import CliRunner
 
-from geoconcept_cli.checkpoints import read_checkpoint, read_model, write_checkpoint
-from geoconcept_cli.cli import app
-from geoconcept_cli.encoders import load_geoclip_head
+from geoconcept_cli.cli.app import app
+from geoconcept_cli.data.features import load_features, save_features
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.evaluate import evaluate_heads, heads_to_evaluate
-from geoconcept_cli.explain import load_explainer
-from geoconcept_cli.features import load_features, save_features
-from geoconcept_cli.model import build_head
-from geoconcept_cli.service import GeoService, Photo
-from geoconcept_cli.train import TrainConfig, train
+from geoconcept_cli.evaluation.evaluate import evaluate_heads, heads_to_evaluate
+from geoconcept_cli.inference.explainer import load_explainer
+from geoconcept_cli.model.checkpoints import read_checkpoint, read_model, write_checkpoint
+from geoconcept_cli.model.concept_head import build_head
+from geoconcept_cli.model.geoclip import load_geoclip_head
+from geoconcept_cli.serving.service import GeoService, Photo
+from geoconcept_cli.training.config import TrainConfig
+from geoconcept_cli.training.train import train
 
 runner = CliRunner()
 TINY_512 = str(Path(__file__).resolve().parent / "data" / "tiny-clip-512.json")
@@ -239,7 +240,8 @@ def test_a_planted_512_d_world_is_learned_with_and_without_concepts(tmp_path):
 def test_a_local_vit_l14_file_is_warned_about_with_an_if():
     """Offline, OpenAI's own ViT-L/14 weights come as a local file, which cannot be told from
     other weights of that architecture: the warning says "if", not that they are foreign."""
-    from geoconcept_cli.encoders import ClipId, ForeignBackboneWarning, warn_unless_geoclip_clip
+    from geoconcept_cli.model.clip import ClipId
+    from geoconcept_cli.model.geoclip import ForeignBackboneWarning, warn_unless_geoclip_clip
 
     with pytest.warns(ForeignBackboneWarning, match=r"if /w/ViT-L-14\.pt holds other weights "
                       r"than OpenAI's \(which cannot be told from the file\)"):  # fmt: skip

@@ -11,13 +11,15 @@ import torch
 from slurm import srun
 from typer.testing import CliRunner
 
-from geoconcept_cli.batch_predict import PlaceScorer, part_path, predict_features
-from geoconcept_cli.cli import app
-from geoconcept_cli.encoders import ClipId
-from geoconcept_cli.features import save_features, write_shard
-from geoconcept_cli.gallery import load_gallery
-from geoconcept_cli.geo import haversine_km
-from geoconcept_cli.predict import Predictor, load_run
+from geoconcept_cli.cli.app import app
+from geoconcept_cli.data.features import save_features, write_shard
+from geoconcept_cli.gallery.store import load_gallery
+from geoconcept_cli.geo.distance import haversine_km
+from geoconcept_cli.inference.batch.predict import predict_features
+from geoconcept_cli.inference.batch.results import part_path
+from geoconcept_cli.inference.predictor import Predictor, load_run
+from geoconcept_cli.inference.scorer import PlaceScorer
+from geoconcept_cli.model.clip import ClipId
 
 runner = CliRunner()
 
@@ -216,7 +218,8 @@ def test_zero_shot_explain_of_stored_features_finds_their_clips_cached_concepts(
     and ask for --concept-embeddings (embed-concepts: minutes of ViT-L/14 on a CPU)."""
     from PIL import Image
 
-    from geoconcept_cli.explain import ConceptSet, concept_cache_path, default_concepts_path
+    from geoconcept_cli.concepts.set import ConceptSet, default_concepts_path
+    from geoconcept_cli.inference.explainer import concept_cache_path
 
     clip = ClipId.of(tiny_clip, "none")
     ids = [f"photo-{i}" for i in range(8)]
@@ -271,9 +274,9 @@ def test_cli_explains_a_feature_folder_into_parts_without_clip(tmp_path):
     parts as batch predict writes them: resumable, refusing other options, split by rank."""
     from synthetic import tiny_trained_world
 
-    from geoconcept_cli.batch_explain import explain_feature_folder
-    from geoconcept_cli.explain import explanation_row, load_explainer
-    from geoconcept_cli.features import load_features
+    from geoconcept_cli.data.features import load_features
+    from geoconcept_cli.inference.batch.explain import explain_feature_folder, explanation_row
+    from geoconcept_cli.inference.explainer import load_explainer
 
     world = tiny_trained_world(tmp_path)
     test = load_features(world["test"])

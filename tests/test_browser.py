@@ -13,7 +13,7 @@ from serving import live_server
 from synthetic import tiny_trained_world
 
 from geoconcept_cli import GeoService, load_explainer
-from geoconcept_cli.server import create_app
+from geoconcept_cli.serving.http import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

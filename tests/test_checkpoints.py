@@ -23,19 +23,19 @@ from safetensors.torch import load_file, save_file
 from synthetic import tiny_trained_world
 from typer.testing import CliRunner
 
-from geoconcept_cli.checkpoints import (
+from geoconcept_cli.cli.app import app
+from geoconcept_cli.data.features import load_features
+from geoconcept_cli.errors import GeoconceptError
+from geoconcept_cli.evaluation.evaluate import evaluate_heads, heads_to_evaluate
+from geoconcept_cli.inference.explainer import load_explainer
+from geoconcept_cli.model.checkpoints import (
     LEGACY_FORMAT,
     load_head,
     read_checkpoint,
     read_model,
     write_checkpoint,
 )
-from geoconcept_cli.cli import app
-from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.evaluate import evaluate_heads, heads_to_evaluate
-from geoconcept_cli.explain import load_explainer
-from geoconcept_cli.features import load_features
-from geoconcept_cli.train import train
+from geoconcept_cli.training.train import train
 
 runner = CliRunner()
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from geoconcept_cli.cli import app
+from geoconcept_cli.cli.app import app
 
 runner = CliRunner()
 LINE = re.compile(r"^(\d+)  (-?\d+\.\d{4}), (-?\d+\.\d{4})  p=(\S+)  (.+)$")

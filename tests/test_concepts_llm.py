@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from fakes import CLIENT_TIMEOUT, FakeServices, fast_policy
 
-from geoconcept_cli.concepts.cache import ResponseCache
-from geoconcept_cli.concepts.llm import LLMConcepts, extract_candidates, validate_reply
+from geoconcept_cli.concepts.mining.cache import ResponseCache
+from geoconcept_cli.concepts.mining.llm import LLMConcepts, extract_candidates, validate_reply
 from geoconcept_cli.concepts.regions import resolve_regions
 from geoconcept_cli.errors import GeoconceptError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geoconcept_cli.concepts.normalize import (
+from geoconcept_cli.concepts.mining.normalize import (
     KEYWORDS,
     PHRASES,
     SUBCATEGORIES,

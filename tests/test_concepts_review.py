@@ -11,17 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from geoconcept_cli import __version__
-from geoconcept_cli.concepts.normalize import Candidate, normalize_candidates
+from geoconcept_cli.concepts.mining.normalize import Candidate, normalize_candidates
 from geoconcept_cli.concepts.review import (
-    CONCEPTS_SCHEMA,
     REVIEW_COLUMNS,
-    concept_set_hash,
     finalize,
-    load_concepts,
     merge_review,
     read_review,
     write_review,
 )
+from geoconcept_cli.concepts.set import CONCEPTS_SCHEMA, concept_set_hash, load_concepts
 from geoconcept_cli.errors import GeoconceptError
 
 HEADER = ",".join(REVIEW_COLUMNS)

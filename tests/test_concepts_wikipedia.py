@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from fakes import CLIENT_TIMEOUT, FakeServices, fast_policy, require_data, wiki_extracts
 
-from geoconcept_cli.concepts.cache import ResponseCache
-from geoconcept_cli.concepts.regions import Region, resolve_regions
-from geoconcept_cli.concepts.wikipedia import (
+from geoconcept_cli.concepts.mining.cache import ResponseCache
+from geoconcept_cli.concepts.mining.wikipedia import (
     Article,
     cue_phrases,
     extract_candidates,
     fetch_article,
     open_client,
 )
+from geoconcept_cli.concepts.regions import Region, resolve_regions
 from geoconcept_cli.errors import GeoconceptError
 
 REGIONS = resolve_regions(["Taiga", "Savanna", "Japan", "Europe"])  # no record for "Europe"

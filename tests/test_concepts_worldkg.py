@@ -12,9 +12,8 @@ from fakes import CLIENT_TIMEOUT, FakeServices, fast_policy, require_data
 from rdflib.plugins.sparql.algebra import translateQuery
 from rdflib.plugins.sparql.parser import parseQuery
 
-from geoconcept_cli.concepts.cache import ResponseCache
-from geoconcept_cli.concepts.regions import Region, resolve_regions
-from geoconcept_cli.concepts.worldkg import (
+from geoconcept_cli.concepts.mining.cache import ResponseCache
+from geoconcept_cli.concepts.mining.worldkg import (
     TOP_CLASSES,
     WKGS,
     camel_to_text,
@@ -23,6 +22,7 @@ from geoconcept_cli.concepts.worldkg import (
     region_query,
     sparql_literal,
 )
+from geoconcept_cli.concepts.regions import Region, resolve_regions
 from geoconcept_cli.errors import GeoconceptError
 
 FRANCE, JAPAN, EUROPE = resolve_regions(["FR", "JP", "Europe"])

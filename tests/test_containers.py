@@ -16,10 +16,10 @@ import torch
 from conftest import shared_data
 from typer.testing import CliRunner
 
-from geoconcept_cli import containers
-from geoconcept_cli.cli import app
-from geoconcept_cli.containers import ArchiveIndex, Entry, open_photo, read_webdataset
-from geoconcept_cli.features import load_features, shard_path
+from geoconcept_cli.cli.app import app
+from geoconcept_cli.data.features import load_features, shard_path
+from geoconcept_cli.io import archives as containers
+from geoconcept_cli.io.archives import ArchiveIndex, Entry, open_photo, read_webdataset
 
 runner = CliRunner()
 N = 64

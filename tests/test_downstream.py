@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import shared_data
 
-from geoconcept_cli import downstream as ds
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.gallery import load_gallery
+from geoconcept_cli.evaluation import downstream as ds
+from geoconcept_cli.gallery.store import load_gallery
 
 
 def random_points(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -192,8 +192,9 @@ def test_cli_probes_a_checkpoint_beside_geoclip(tmp_path):
     from synthetic import make_world
     from typer.testing import CliRunner
 
-    from geoconcept_cli.cli import app
-    from geoconcept_cli.train import TrainConfig, train
+    from geoconcept_cli.cli.app import app
+    from geoconcept_cli.training.config import TrainConfig
+    from geoconcept_cli.training.train import train
 
     world = make_world(tmp_path, n_regions=4, per_region=16, k=12)
     run = tmp_path / "run"

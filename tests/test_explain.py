@@ -14,14 +14,15 @@ from PIL import ExifTags, Image
 from synthetic import tiny_trained_world
 from typer.testing import CliRunner
 
-from geoconcept_cli import explain
-from geoconcept_cli.batch_predict import PlaceScorer
-from geoconcept_cli.cli import app
+from geoconcept_cli.cli.app import app
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.explain import faithfulness, load_explainer, remove_concepts
-from geoconcept_cli.maps import MAP_SIZE_PX, render_map
-from geoconcept_cli.predict import Predictor
-from geoconcept_cli.train import TrainConfig, train
+from geoconcept_cli.inference import explainer as explain
+from geoconcept_cli.inference.explainer import faithfulness, load_explainer, remove_concepts
+from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.inference.scorer import PlaceScorer
+from geoconcept_cli.plots.maps import MAP_SIZE_PX, render_map
+from geoconcept_cli.training.config import TrainConfig
+from geoconcept_cli.training.train import train
 
 runner = CliRunner()
 CONCEPT_KEYS = {"mode", "predictions", "spread", "probabilities", "photo_concepts",
@@ -121,7 +122,7 @@ def test_batch_explain_ranks_a_blocks_deep_photos_together_with_the_collector_pa
     even when explaining fails; smaller blocks give the same rows."""
     import gc
 
-    from geoconcept_cli import batch_explain
+    from geoconcept_cli.inference.batch import explain as batch_explain
 
     monkeypatch.setattr(explain, "RANKED", 1)
     scorer = PlaceScorer(concept_explainer.predictor)
@@ -260,7 +261,7 @@ def test_map_draws_the_world_whatever_the_retrieval_gallery(tmp_path):
 
 
 def test_map_draws_the_probability_heatmap(tmp_path):
-    from geoconcept_cli.gallery import load_gallery
+    from geoconcept_cli.gallery.store import load_gallery
 
     exp = {
         "image": "x.jpg",

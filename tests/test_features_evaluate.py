@@ -16,13 +16,13 @@ from conftest import shared_data
 from PIL import Image
 from typer.testing import CliRunner
 
-from geoconcept_cli.checkpoints import check_trained_on
-from geoconcept_cli.cli import app
-from geoconcept_cli.encoders import ClipId
+from geoconcept_cli.cli.app import app
+from geoconcept_cli.data.features import check_features_clip, load_features, shard_path
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.evaluate import nearest_gallery_km, summarize
-from geoconcept_cli.features import check_features_clip, load_features, shard_path
-from geoconcept_cli.geo import haversine_km
+from geoconcept_cli.evaluation.evaluate import nearest_gallery_km, summarize
+from geoconcept_cli.geo.distance import haversine_km
+from geoconcept_cli.model.checkpoints import check_trained_on
+from geoconcept_cli.model.clip import ClipId
 
 runner = CliRunner()
 
@@ -64,8 +64,8 @@ def test_embed_images_shards_skips_and_resumes(manifest, tmp_path, tiny_clip):
     labels = pd.read_csv(manifest).set_index("IMG_ID")
     assert data.latlon[3].tolist() == pytest.approx(labels.loc[data.ids[3], ["LAT", "LON"]])
     # the uint8 worker path gives exactly the features of open_clip's own preprocessing
-    from geoconcept_cli.encoders import load_clip
-    from geoconcept_cli.images import load_image
+    from geoconcept_cli.io.images import load_image
+    from geoconcept_cli.model.clip import load_clip
 
     with pytest.warns(UserWarning):
         clip = load_clip(tiny_clip, "none")
@@ -96,7 +96,7 @@ def test_embed_images_shards_skips_and_resumes(manifest, tmp_path, tiny_clip):
 def test_two_torchrun_ranks_split_the_shards_and_match_one_process(manifest, tmp_path, tiny_clip):
     """embed-images started by torchrun (gloo on CPU): rank 0 writes shards 0 and 2, rank 1
     shard 1; together the features of one process, and one rank reports."""
-    from geoconcept_cli.distributed import free_port
+    from geoconcept_cli.runtime.distributed import free_port
 
     one, two = tmp_path / "one", tmp_path / "two"
     assert _embed(manifest, one, tiny_clip).exit_code == 0
@@ -170,7 +170,7 @@ def test_a_model_config_of_the_same_name_but_other_content_is_another_model(
 
 
 def test_embed_concepts_skips_when_unchanged_and_refuses_mismatch(tmp_path, tiny_clip, monkeypatch):
-    from geoconcept_cli.concepts.embed import load_concept_embeddings
+    from geoconcept_cli.model.concept_embeddings import load_concept_embeddings
 
     monkeypatch.chdir(tmp_path)  # the shipped concept set is found from any folder
     out = tmp_path / "basis.safetensors"
@@ -211,7 +211,8 @@ def test_ceiling_matches_brute_force(rng):
 def test_evaluate_cli_geoclip_and_checkpoint(tmp_path, small_gallery):
     from synthetic import make_world
 
-    from geoconcept_cli.train import TrainConfig, train
+    from geoconcept_cli.training.config import TrainConfig
+    from geoconcept_cli.training.train import train
 
     world = make_world(tmp_path, n_regions=4, per_region=16, k=12)
     train(TrainConfig(features=str(world["train"]), out=str(tmp_path / "run"),
@@ -244,7 +245,8 @@ def test_subset_is_seeded_and_sized(manifest, tmp_path):
 def test_evaluate_refuses_features_of_another_clip_model(tmp_path):
     from synthetic import make_world
 
-    from geoconcept_cli.train import TrainConfig, train
+    from geoconcept_cli.training.config import TrainConfig
+    from geoconcept_cli.training.train import train
 
     world = make_world(tmp_path / "a", n_regions=4, per_region=16, k=12)
     other = make_world(tmp_path / "b", n_regions=4, per_region=16, k=12, clip_model="ViT-B-32")
@@ -265,7 +267,7 @@ def test_predict_refuses_a_backbone_of_another_width(tmp_path):
 
 
 def test_non_numeric_coordinates_are_invalid_rows(tmp_path):
-    from geoconcept_cli.gallery import load_gallery
+    from geoconcept_cli.gallery.store import load_gallery
 
     pd.DataFrame({"LAT": ["abc", "10"], "LON": ["1", "2"]}).to_csv(tmp_path / "g.csv", index=False)
     with pytest.raises(GeoconceptError, match="invalid coordinates"):

@@ -15,14 +15,15 @@ from safetensors import safe_open
 from synthetic import make_world
 from typer.testing import CliRunner
 
-from geoconcept_cli import gallery as gallery_mod
-from geoconcept_cli import gallery_index
-from geoconcept_cli.batch_predict import predict_features
-from geoconcept_cli.cli import app
-from geoconcept_cli.encoders import ClipId, load_geoclip_head
+from geoconcept_cli.cli.app import app
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.gallery import load_gallery
-from geoconcept_cli.predict import Predictor
+from geoconcept_cli.gallery import index as gallery_index
+from geoconcept_cli.gallery import store as gallery_mod
+from geoconcept_cli.gallery.store import load_gallery
+from geoconcept_cli.inference.batch.predict import predict_features
+from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.model.clip import ClipId
+from geoconcept_cli.model.geoclip import load_geoclip_head
 
 ROWS = 200_000
 REPEATED = 1_000  # the last rows repeat the first ones: 199,000 places
@@ -161,7 +162,7 @@ def test_batch_prediction_searches_the_index(big, tmp_path):
     meta = predict_features(big, world["test"], tmp_path / "out", top_k=3)
     assert "not the whole gallery" in meta["normalised_over"]
     table = pd.read_parquet(tmp_path / "out")
-    from geoconcept_cli.features import read_shard
+    from geoconcept_cli.data.features import read_shard
 
     _, feats, _ = read_shard(world["test"], 0)
     probs, rows = big.topk(feats, 3)

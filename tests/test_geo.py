@@ -1,13 +1,13 @@
 import numpy as np
 import torch
 
-from geoconcept_cli.geo import (
+from geoconcept_cli.geo.distance import (
     accuracy_at_thresholds,
     haversine_km,
     unit_vectors,
     valid_latlon,
 )
-from geoconcept_cli.geocode import place_name, place_names, reverse_geocode
+from geoconcept_cli.geo.geocode import place_name, place_names, reverse_geocode
 
 
 def test_paris_london_distance():

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.images import load_image
+from geoconcept_cli.io.images import load_image
 
 
 def _jpeg(path, size=(64, 48), color=(200, 30, 30)):

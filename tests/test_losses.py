@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from geoconcept_cli.losses import (
+from geoconcept_cli.model.losses import (
     info_nce,
     log_kernel_divergence,
     mean_divergence,
@@ -75,7 +75,7 @@ def test_mmd_matches_the_textbook_formula():
 
 
 def test_location_encoder_is_float32_under_autocast():
-    from geoconcept_cli.encoders import load_geoclip_head
+    from geoconcept_cli.model.geoclip import load_geoclip_head
 
     head = load_geoclip_head()
     latlon = torch.tensor([[48.85, 2.35], [-33.9, 151.2], [35.7, 139.7], [0.1, -78.5]])
@@ -104,7 +104,7 @@ def test_losses_stay_float32_under_autocast(device):
 
 
 def test_pooled_distances_have_an_exact_zero_diagonal():
-    from geoconcept_cli.losses import _sq_dists
+    from geoconcept_cli.model.losses import _sq_dists
 
     torch.manual_seed(0)
     x = torch.randn(50, 33) * 7
@@ -114,7 +114,7 @@ def test_pooled_distances_have_an_exact_zero_diagonal():
 
 
 def test_concept_head_joint_embedding_equals_the_per_modality_ones():
-    from geoconcept_cli.model import ConceptAwareHead
+    from geoconcept_cli.model.concept_head import ConceptAwareHead
 
     torch.manual_seed(0)
     head = ConceptAwareHead(torch.randn(20, 768))

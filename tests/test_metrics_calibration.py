@@ -16,9 +16,15 @@ from PIL import Image
 from synthetic import make_world
 from typer.testing import CliRunner
 
-from geoconcept_cli import evaluate
-from geoconcept_cli.artifacts import hash_state_dict, hash_tensors
-from geoconcept_cli.calibration import (
+from geoconcept_cli.cli.app import app
+from geoconcept_cli.data.manifests import read_manifest
+from geoconcept_cli.errors import GeoconceptError
+from geoconcept_cli.evaluation import evaluate as evaluate
+from geoconcept_cli.evaluation.metrics import admin_matches, distance_metrics, geoscore, reliability
+from geoconcept_cli.gallery.store import load_gallery
+from geoconcept_cli.geo.distance import haversine_km
+from geoconcept_cli.geo.geocode import reverse_geocode
+from geoconcept_cli.inference.calibration import (
     TOLERANCE,
     Calibration,
     best_near,
@@ -33,17 +39,13 @@ from geoconcept_cli.calibration import (
     region_mask,
     save_calibration,
 )
-from geoconcept_cli.cli import app
-from geoconcept_cli.encoders import ClipId, load_geoclip_head
-from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.features import read_manifest
-from geoconcept_cli.gallery import load_gallery
-from geoconcept_cli.geo import haversine_km
-from geoconcept_cli.geocode import reverse_geocode
-from geoconcept_cli.metrics import admin_matches, distance_metrics, geoscore, reliability
-from geoconcept_cli.predict import Predictor
-from geoconcept_cli.scratch import Scratch
-from geoconcept_cli.train import TrainConfig, train
+from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.io.artifacts import hash_state_dict, hash_tensors
+from geoconcept_cli.model.clip import ClipId
+from geoconcept_cli.model.geoclip import load_geoclip_head
+from geoconcept_cli.runtime.scratch import Scratch
+from geoconcept_cli.training.config import TrainConfig
+from geoconcept_cli.training.train import train
 
 runner = CliRunner()
 PARIS, LYON = (48.8566, 2.3522), (45.7640, 4.8357)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from geoconcept_cli.encoders import load_geoclip_head
-from geoconcept_cli.gallery import cached_gallery_embeddings, load_gallery
-from geoconcept_cli.predict import Predictor
+from geoconcept_cli.gallery.store import cached_gallery_embeddings, load_gallery
+from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.model.geoclip import load_geoclip_head
 
 
 class _FixedFeatures(torch.nn.Module):

@@ -10,16 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from geoconcept_cli import gallery as gallery_mod
-from geoconcept_cli.encoders import (
-    RandomWeightsWarning,
-    check_weights_reachable,
-    load_clip,
-    load_geoclip_head,
-)
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.gallery import cached_gallery_embeddings, load_gallery
-from geoconcept_cli.predict import Predictor
+from geoconcept_cli.gallery import store as gallery_mod
+from geoconcept_cli.gallery.store import cached_gallery_embeddings, load_gallery
+from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.model.clip import RandomWeightsWarning, check_weights_reachable, load_clip
+from geoconcept_cli.model.geoclip import load_geoclip_head
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +88,7 @@ def test_local_checkpoint_loads(tiny_clip, tmp_path, suffix):
     # buffers no checkpoint holds (the text tower's causal mask) included
     import open_clip
 
-    from geoconcept_cli.encoders import resolve_model_name
+    from geoconcept_cli.model.clip import resolve_model_name
 
     theirs = open_clip.create_model(resolve_model_name(tiny_clip), pretrained=str(path)).eval()
     ours = loaded.model
@@ -153,7 +149,7 @@ def unreachable_hub(tmp_path, monkeypatch):
     """An empty Hugging Face cache and a hub endpoint where nothing listens."""
     from huggingface_hub import constants
 
-    from geoconcept_cli.distributed import free_port
+    from geoconcept_cli.runtime.distributed import free_port
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -277,7 +273,7 @@ def test_gallery_cache_keeps_the_most_recently_used_within_its_bound(
 def test_cache_command_shows_and_clears_only_the_embeddings(tmp_path):
     from typer.testing import CliRunner
 
-    from geoconcept_cli.cli import app
+    from geoconcept_cli.cli.app import app
 
     for part, size in (("gallery", 3_000_000), ("concepts", 2_000_000), ("concept-sources", 700)):
         (tmp_path / part / "x").mkdir(parents=True)

@@ -3,8 +3,8 @@ and on a timer."""
 
 import re
 
-from geoconcept_cli import progress
-from geoconcept_cli.progress import lazy_progress_bar, progress_bar
+from geoconcept_cli.runtime import progress as progress
+from geoconcept_cli.runtime.progress import lazy_progress_bar, progress_bar
 
 
 def _lines(capsys) -> list[str]:
@@ -87,8 +87,8 @@ def test_lazy_progress_shows_nothing_without_work(capsys):
 def test_concept_embedding_says_it_has_begun_and_reports_every_64(capsys, tiny_clip):
     """A batch of ViT-L/14 text takes ~45 s on a 2-core CPU: the log says at once that the
     work began, then comes a line about every tenth (before, the first came at 39%)."""
-    from geoconcept_cli.concepts.embed import encode_concepts
-    from geoconcept_cli.encoders import load_clip
+    from geoconcept_cli.model.clip import load_clip
+    from geoconcept_cli.model.concept_embeddings import encode_concepts
 
     clip = load_clip(tiny_clip, "none")
     with lazy_progress_bar("embedding concepts", "concepts") as advance:

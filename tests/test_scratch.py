@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from geoconcept_cli.scratch import Scratch
+from geoconcept_cli.runtime.scratch import Scratch
 
 
 def test_scratch_reuses_a_buffer_and_grows_it_when_asked_for_more():

@@ -21,8 +21,8 @@ from PIL import ExifTags, Image
 from serving import live_server
 
 from geoconcept_cli import GeoService, Photo, load_explainer
-from geoconcept_cli.geo import haversine_km
-from geoconcept_cli.server import create_app
+from geoconcept_cli.geo.distance import haversine_km
+from geoconcept_cli.serving.http import create_app
 
 
 @pytest.fixture(scope="module")
@@ -342,13 +342,13 @@ def test_cli_serve_refuses_a_port_in_use_before_loading_anything(monkeypatch):
 
     from typer.testing import CliRunner
 
-    import geoconcept_cli.explain
-    from geoconcept_cli.cli import app
+    import geoconcept_cli.inference.explainer
+    from geoconcept_cli.cli.app import app
 
     def no_loading(*args, **kwargs):
         raise AssertionError("loaded the models for a port it cannot listen on")
 
-    monkeypatch.setattr(geoconcept_cli.explain, "load_explainer", no_loading)
+    monkeypatch.setattr(geoconcept_cli.inference.explainer, "load_explainer", no_loading)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -367,7 +367,7 @@ def test_cli_serve_refuses_a_port_in_use_before_loading_anything(monkeypatch):
 def test_cli_serve_refuses_bad_options_in_one_line():
     from typer.testing import CliRunner
 
-    from geoconcept_cli.cli import app
+    from geoconcept_cli.cli.app import app
 
     r = CliRunner().invoke(app, ["serve", "--tiles", "https://example.org/tile.png"])
     assert r.exit_code == 2 and "{z}, {x} and {y}" in r.output

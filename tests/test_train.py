@@ -20,12 +20,13 @@ import torch
 from slurm import srun
 from synthetic import make_world
 
-from geoconcept_cli.checkpoints import load_head, read_checkpoint, write_checkpoint
-from geoconcept_cli.distributed import DistInfo, free_port, launch
+from geoconcept_cli.data.features import load_features
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.evaluate import evaluate_heads, heads_to_evaluate
-from geoconcept_cli.features import load_features
-from geoconcept_cli.train import TrainConfig, check_run, train
+from geoconcept_cli.evaluation.evaluate import evaluate_heads, heads_to_evaluate
+from geoconcept_cli.model.checkpoints import load_head, read_checkpoint, write_checkpoint
+from geoconcept_cli.runtime.distributed import DistInfo, free_port, launch
+from geoconcept_cli.training.config import TrainConfig
+from geoconcept_cli.training.train import check_run, train
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_gpu_run_resumes_exactly_with_features_on_either_side(world, tmp_path, m
     """On a GPU the batch gather, GPS noise and queue run on the device: a cut run resumes to
     the uninterrupted weights, and features too big for the GPU (left on the host) change
     nothing."""
-    import geoconcept_cli.train as train_module
+    import geoconcept_cli.training.train as train_module
 
     assert train_module.resident(torch.zeros(4), torch.device("cuda")).is_cuda  # small: moved
     cfg = _cfg(world, tmp_path / "a", max_steps=10, save_every=3, device="cuda")
@@ -170,8 +171,11 @@ def test_resume_checks_what_paths_hold_not_how_they_are_spelled(world, tmp_path,
 
 
 def test_resume_refuses_features_or_concepts_that_changed(world, tmp_path):
-    from geoconcept_cli.concepts.embed import load_concept_embeddings, save_concept_embeddings
-    from geoconcept_cli.features import save_features
+    from geoconcept_cli.data.features import save_features
+    from geoconcept_cli.model.concept_embeddings import (
+        load_concept_embeddings,
+        save_concept_embeddings,
+    )
 
     data, feats = load_features(world["train"]), tmp_path / "feats"
     meta = {k: data.meta[k] for k in ("clip_model", "clip_pretrained")}
@@ -196,7 +200,7 @@ def test_resume_refuses_features_or_concepts_that_changed(world, tmp_path):
 
 
 def _same_step(step_of_rank: list, out_dir: str) -> None:
-    from geoconcept_cli.distributed import init_distributed, same_on_all_ranks
+    from geoconcept_cli.runtime.distributed import init_distributed, same_on_all_ranks
 
     info = init_distributed(False)
     same = same_on_all_ranks(step_of_rank[info.rank], info)
@@ -212,7 +216,7 @@ def test_ranks_agree_whether_they_resume_from_one_step(tmp_path, steps):
 
 def _step_failing_on(rank: int, out_dir: str) -> None:
     """A step that raises on ``rank`` (-1: none); each rank writes what it got."""
-    from geoconcept_cli.distributed import all_or_none, init_distributed
+    from geoconcept_cli.runtime.distributed import all_or_none, init_distributed
 
     info = init_distributed(False)
     try:
@@ -257,10 +261,10 @@ def test_slurm_ranks_all_stop_when_rank_0_cannot_log(world, tmp_path):
 
 def _one_step(cfg_dict: dict, out_file: str) -> None:
     """Loss and gradients of one step on this rank (run under the launcher or alone)."""
-    from geoconcept_cli.concepts.embed import load_concept_embeddings
-    from geoconcept_cli.distributed import init_distributed, mean_across_ranks
-    from geoconcept_cli.model import build_head
-    from geoconcept_cli.train import prepare, step_loss
+    from geoconcept_cli.model.concept_embeddings import load_concept_embeddings
+    from geoconcept_cli.model.concept_head import build_head
+    from geoconcept_cli.runtime.distributed import init_distributed, mean_across_ranks
+    from geoconcept_cli.training.train import prepare, step_loss
 
     cfg = TrainConfig(**cfg_dict)
     info = init_distributed(False)
@@ -298,7 +302,7 @@ def test_ddp_two_gloo_processes_equal_one(world, tmp_path, divergence):
 def test_cli_trains_with_two_cpu_processes(world, tmp_path, capfd):
     from typer.testing import CliRunner
 
-    from geoconcept_cli.cli import app
+    from geoconcept_cli.cli.app import app
 
     out = tmp_path / "ddp"
     with _listening() as taken:  # one node picks a free port: a busy --master-port is no matter
@@ -401,7 +405,7 @@ def test_distinfo_defaults():
      ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, True)],
 )  # fmt: skip
 def test_the_main_process_is_known_under_torchrun_and_slurm(env, main, monkeypatch):
-    from geoconcept_cli.distributed import is_main_process
+    from geoconcept_cli.runtime.distributed import is_main_process
 
     for var in ("RANK", "SLURM_NTASKS", "SLURM_PROCID"):
         monkeypatch.delenv(var, raising=False)
@@ -426,7 +430,7 @@ def test_bad_options_are_one_line_errors(world, tmp_path, change, message):
 def test_cli_process_counts_and_out_paths_are_one_line_errors(world, tmp_path):
     from typer.testing import CliRunner
 
-    from geoconcept_cli.cli import app
+    from geoconcept_cli.cli.app import app
 
     (tmp_path / "file").write_text("")
     base = ["train", str(world["train"]), "--concepts", "none", "--batch-size", "32"]

@@ -12,15 +12,16 @@ import torch
 from synthetic import make_world
 from typer.testing import CliRunner
 
-from geoconcept_cli.atlas import build_atlas
-from geoconcept_cli.checkpoints import load_head
-from geoconcept_cli.cli import app
-from geoconcept_cli.features import load_features
-from geoconcept_cli.gallery import cached_gallery_embeddings, load_gallery
-from geoconcept_cli.geocode import reverse_geocode
-from geoconcept_cli.predict import Predictor
-from geoconcept_cli.train import TrainConfig, train
-from geoconcept_cli.where import Locator
+from geoconcept_cli.cli.app import app
+from geoconcept_cli.data.features import load_features
+from geoconcept_cli.evaluation.atlas import build_atlas
+from geoconcept_cli.gallery.store import cached_gallery_embeddings, load_gallery
+from geoconcept_cli.geo.geocode import reverse_geocode
+from geoconcept_cli.inference.locator import Locator
+from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.model.checkpoints import load_head
+from geoconcept_cli.training.config import TrainConfig
+from geoconcept_cli.training.train import train
 
 runner = CliRunner()
 CONTINENTS = ["Africa", "Asia", "Europe", "North America", "Oceania", "South America"]
@@ -56,7 +57,7 @@ def planted(tmp_path_factory):
 
 
 def test_where_a_concept_is_the_runs_own_axis(planted, tiny_clip):
-    from geoconcept_cli.encoders import load_clip
+    from geoconcept_cli.model.clip import load_clip
 
     head, ckpt = load_head(planted["run"])
     gps = load_gallery(planted["gallery"])
@@ -79,7 +80,7 @@ def test_where_a_concept_is_the_runs_own_axis(planted, tiny_clip):
 
 
 def test_auroc_counts_the_pairs_it_orders():
-    from geoconcept_cli.atlas import auroc_columns
+    from geoconcept_cli.evaluation.atlas import auroc_columns
 
     gen = torch.Generator().manual_seed(1)
     acts, inside = torch.randn(60, 4, generator=gen), torch.rand(60, 4, generator=gen) > 0.7
@@ -118,8 +119,8 @@ def test_explanation_metrics_separate_the_trained_head_from_the_untrained(plante
     decisions rest on more concepts: keeping only the top 3 no longer keeps its top place.
     Measured here: faithful 0.92 / 0.97, concepts for 90% 7.3 / 4.4, top-1 kept 0.14 / 0.79,
     continent accuracy 0.96 / 0.22 (trained / step 0)."""
-    from geoconcept_cli.atlas import build_head_at_step0
-    from geoconcept_cli.interpretability import explanation_metrics
+    from geoconcept_cli.evaluation.atlas import build_head_at_step0
+    from geoconcept_cli.evaluation.interpretability import explanation_metrics
 
     head, ckpt = load_head(planted["run"])
     gps = load_gallery(planted["gallery"])
@@ -141,8 +142,9 @@ def test_explanation_metrics_separate_the_trained_head_from_the_untrained(plante
 
 
 def test_explanation_metrics_agree_with_explain_check_photo_by_photo(planted):
-    from geoconcept_cli.explain import ConceptSet, Explainer
-    from geoconcept_cli.interpretability import explanation_metrics
+    from geoconcept_cli.concepts.set import ConceptSet
+    from geoconcept_cli.evaluation.interpretability import explanation_metrics
+    from geoconcept_cli.inference.explainer import Explainer
 
     head, ckpt = load_head(planted["run"])
     gps = load_gallery(planted["gallery"])
@@ -250,7 +252,7 @@ def test_where_and_atlas_refuse_or_label_what_they_cannot_do(planted, tmp_path, 
 
 
 def test_atlas_means_are_one_product_and_one_sum():
-    from geoconcept_cli.atlas import country_means
+    from geoconcept_cli.evaluation.atlas import country_means
 
     gen = torch.Generator().manual_seed(0)
     z, basis = torch.randn(500, 16, generator=gen), torch.randn(7, 16, generator=gen)

@@ -1,11 +1,9 @@
-"""Building the concept set: mine Wikipedia, WorldKG and an LLM per region, review, finalize.
+"""The concept set: the shipped set and its schema (``set``), the review file a person decides
+in (``review``), the regions mined for (``regions``), and the mining of candidates from
+Wikipedia, WorldKG and an LLM (``mining/``, merged by ``build``).
 
-``build_candidates`` writes ``candidates.parquet`` and merges it into the review CSV;
-``finalize`` turns the reviewed CSV into ``concepts.parquet``; ``load_concepts`` and
-``concept_set_hash`` serve later steps (embed-concepts).
-
-Names are imported lazily (PEP 562), so a stage that only reads concepts (training,
-explain) does not import the network clients (openai, wikipedia-api, SPARQLWrapper).
+Names are imported lazily (PEP 562), so a stage that only reads concepts (training, explain)
+does not import the network clients (openai, wikipedia-api, SPARQLWrapper).
 """
 
 from importlib import import_module
@@ -13,12 +11,13 @@ from typing import Any
 
 _EXPORTS = {
     "BuildReport": "build", "build_candidates": "build", "default_sources_cache": "build",
-    "ResponseCache": "cache", "RetryPolicy": "http", "DEFAULT_LLM_MODEL": "llm",
-    "SUBCATEGORIES": "normalize", "CONTINENTS": "regions", "DEFAULT_REGIONS": "regions",
+    "ResponseCache": "mining.cache", "RetryPolicy": "mining.http",
+    "DEFAULT_LLM_MODEL": "mining.llm", "SUBCATEGORIES": "mining.normalize",
+    "CONTINENTS": "regions", "DEFAULT_REGIONS": "regions",
     "Region": "regions", "resolve_regions": "regions", "REVIEW_COLUMNS": "review",
-    "concept_set_hash": "review", "finalize": "review", "load_concepts": "review",
+    "concept_set_hash": "set", "finalize": "review", "load_concepts": "set",
     "merge_review": "review", "read_review": "review", "write_review": "review",
-    "WORLDKG_ENDPOINT": "worldkg", "sparql_literal": "worldkg",
+    "WORLDKG_ENDPOINT": "mining.worldkg", "sparql_literal": "mining.worldkg",
 }  # fmt: skip
 __all__ = sorted(_EXPORTS)
 

@@ -18,14 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..artifacts import atomic_path, default_cache_dir
 from ..errors import GeoconceptError
-from . import llm as llm_source
-from . import wikipedia as wikipedia_source
-from . import worldkg as worldkg_source
-from .cache import ResponseCache
-from .http import RetryPolicy
-from .normalize import Candidate, normalize_candidates
+from ..io.artifacts import atomic_path, default_cache_dir
+from .mining import llm as llm_source
+from .mining import wikipedia as wikipedia_source
+from .mining import worldkg as worldkg_source
+from .mining.cache import ResponseCache
+from .mining.http import RetryPolicy
+from .mining.normalize import Candidate, normalize_candidates
 from .regions import DEFAULT_REGIONS, Region
 from .review import merge_review, read_review, write_review
 

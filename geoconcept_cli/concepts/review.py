@@ -19,11 +19,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import __version__
-from ..artifacts import atomic_path, write_json
+from .._version import __version__
 from ..errors import GeoconceptError
-from .normalize import SUBCATEGORIES, is_valid_type
-from .regions import CONTINENTS, is_region_key
+from ..geo.regions import CONTINENTS
+from ..io.artifacts import atomic_path, write_json
+from .mining.normalize import SUBCATEGORIES, is_valid_type
+from .regions import is_region_key
+from .set import CONCEPTS_SCHEMA, concept_set_hash, meta_path
 
 REVIEW_COLUMNS = [
     "concept",
@@ -37,19 +39,6 @@ REVIEW_COLUMNS = [
 ]
 DECISIONS = ("keep", "drop", "pending", "rename", "recategorise")
 MAX_EVIDENCE = 200
-
-CONCEPTS_SCHEMA = pa.schema(
-    [
-        ("concept", pa.string()),
-        ("category", pa.string()),
-        ("subcategory", pa.string()),
-        (
-            "regions",
-            pa.list_(pa.struct([("region", pa.string()), ("weight", pa.float32())])),
-        ),
-        ("sources", pa.list_(pa.string())),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -280,14 +269,6 @@ def kept_concepts(review: pd.DataFrame, source: str = "review file") -> pd.DataF
     )
 
 
-def concept_set_hash(df: pd.DataFrame) -> str:
-    """sha256 of the ordered (concept, category) pairs: identifies a concept set's content."""
-    h = hashlib.sha256()
-    for concept, category in zip(df["concept"], df["category"], strict=True):
-        h.update(f"{concept}\t{category}\n".encode())
-    return h.hexdigest()
-
-
 def finalize(review_path: str | Path, out_path: str | Path) -> pd.DataFrame:
     """Write ``concepts.parquet`` (kept rows only) and its ``.meta.json`` sidecar; return the set.
 
@@ -316,24 +297,3 @@ def finalize(review_path: str | Path, out_path: str | Path) -> pd.DataFrame:
         },
     )
     return concepts
-
-
-def meta_path(concepts_path: str | Path) -> Path:
-    """The sidecar beside a concept set: ``concepts.parquet`` -> ``concepts.meta.json``."""
-    path = Path(concepts_path)
-    return path.with_name(path.name.removesuffix(".parquet") + ".meta.json")
-
-
-def load_concepts(path: str | Path) -> pd.DataFrame:
-    """Read a concept set written by ``finalize`` (regions/sources as Python lists)."""
-    path = Path(path)
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise GeoconceptError(f"cannot read concept set {path}: {reason}") from err
-    missing = [c for c in CONCEPTS_SCHEMA.names if c not in table.column_names]
-    if missing:
-        raise GeoconceptError(f"{path} is not a concept set: missing column(s) {missing}")
-    records = table.select(CONCEPTS_SCHEMA.names).to_pylist()
-    return pd.DataFrame(records, columns=CONCEPTS_SCHEMA.names)

@@ -1,0 +1,112 @@
+"""The concept set: its Parquet file and schema, the shipped set, and the names, types and
+region associations that explanations show (``ConceptSet``)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ..errors import GeoconceptError
+from ..geo.geocode import country_and_continent
+
+
+def default_concepts_path() -> Path:
+    """The curated concept set shipped in the repository's ``concepts/`` folder."""
+    return Path(__file__).resolve().parents[2] / "concepts" / "concepts.parquet"
+
+
+@dataclass
+class ConceptSet:
+    """Concept names and types, with region associations when known (the shipped set)."""
+
+    names: list[str]
+    categories: list[str]
+    subcategories: list[str]
+    regions: list[dict[str, float]] | None = None
+
+    @classmethod
+    def from_parquet(cls, path: str | Path) -> ConceptSet:
+        df = load_concepts(path)
+        regions = [{r["region"]: float(r["weight"]) for r in rs} for rs in df["regions"]]
+        return cls(df["concept"].tolist(), df["category"].tolist(),
+                   df["subcategory"].tolist(), regions)  # fmt: skip
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> ConceptSet:
+        return cls(meta["concepts"], meta["categories"], meta["subcategories"])
+
+    def entry(self, i: int, weight: float | torch.Tensor) -> dict[str, Any]:
+        return {
+            "concept": self.names[i],
+            "category": self.categories[i],
+            "subcategory": self.subcategories[i],
+            "weight": round(float(weight), 5),
+        }
+
+    def top_rows(self, values: torch.Tensor, n: int, where: torch.Tensor | None = None
+                 ) -> list[list[dict[str, Any]]]:  # fmt: skip
+        """The ``n`` largest of each row of (B, k) values as entries, in one top-k; with
+        ``where``, only those concepts, if > 0."""
+        if where is not None:
+            values = torch.where(where & (values > 0), values, torch.tensor(-torch.inf))
+        top = values.topk(min(n, values.shape[1]), dim=1)
+        rows = zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        return [[self.entry(i, v) for i, v in zip(idx, vals, strict=True) if v > -np.inf]
+                for idx, vals in rows]  # fmt: skip
+
+    def place_weights(self, lat: float, lon: float) -> npt.NDArray[np.float64]:
+        """Salience of each concept for a place: its country's weight, else its continent's."""
+        cc, continent = country_and_continent(lat, lon)
+        return np.array([max(r.get(cc, 0.0), r.get(continent, 0.0)) for r in self.regions or []])
+
+
+CONCEPTS_SCHEMA = pa.schema(
+    [
+        ("concept", pa.string()),
+        ("category", pa.string()),
+        ("subcategory", pa.string()),
+        (
+            "regions",
+            pa.list_(pa.struct([("region", pa.string()), ("weight", pa.float32())])),
+        ),
+        ("sources", pa.list_(pa.string())),
+    ]
+)
+
+
+def concept_set_hash(df: pd.DataFrame) -> str:
+    """sha256 of the ordered (concept, category) pairs: identifies a concept set's content."""
+    h = hashlib.sha256()
+    for concept, category in zip(df["concept"], df["category"], strict=True):
+        h.update(f"{concept}\t{category}\n".encode())
+    return h.hexdigest()
+
+
+def meta_path(concepts_path: str | Path) -> Path:
+    """The sidecar beside a concept set: ``concepts.parquet`` -> ``concepts.meta.json``."""
+    path = Path(concepts_path)
+    return path.with_name(path.name.removesuffix(".parquet") + ".meta.json")
+
+
+def load_concepts(path: str | Path) -> pd.DataFrame:
+    """Read a concept set written by ``finalize`` (regions/sources as Python lists)."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise GeoconceptError(f"cannot read concept set {path}: {reason}") from err
+    missing = [c for c in CONCEPTS_SCHEMA.names if c not in table.column_names]
+    if missing:
+        raise GeoconceptError(f"{path} is not a concept set: missing column(s) {missing}")
+    records = table.select(CONCEPTS_SCHEMA.names).to_pylist()
+    return pd.DataFrame(records, columns=CONCEPTS_SCHEMA.names)

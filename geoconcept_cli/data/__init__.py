@@ -1,0 +1,1 @@
+"""Data: manifests of photos, the feature store of ``embed-images``, and the embedding itself."""

@@ -1,0 +1,2 @@
+"""Evaluation: metrics, evaluate, calibrate, interpretability, downstream probes, the atlas
+and the concept-set ablation."""

@@ -1,0 +1,126 @@
+"""`calibrate`: fit each model's temperature and conformal threshold on held-out photos and
+store them where predict, explain and evaluate find them (see ``inference.calibration``)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import GeoconceptError
+from ..geo.distance import unit_vectors
+from ..inference.calibration import (
+    MAX_CALIBRATION_PHOTOS,
+    MAX_RADIUS_KM,
+    Calibration,
+    _nll_derivatives,
+    best_near,
+    conformal_threshold,
+    fit_temperature,
+    gallery_tree,
+    mass_above,
+    pairs_within,
+    save_calibration,
+)
+from ..io.artifacts import (
+    hash_state_dict,
+    hash_tensors,
+)
+from ..model.clip import ClipId
+
+if TYPE_CHECKING:
+    from ..inference.predictor import Predictor
+    from ..model.concept_head import RetrievalHead
+
+
+# ------------------------------------------------------------------------------ calibrate
+def check_options(alpha: float, radius_km: float) -> None:
+    """One line for a miscoverage or radius that cannot make a region."""
+    if not 0 < alpha < 1:
+        raise GeoconceptError(f"--alpha {alpha:g}: must be between 0 and 1")
+    if not 0 < radius_km <= MAX_RADIUS_KM:
+        raise GeoconceptError(f"--radius-km {radius_km:g}: must be > 0 and at most "
+                              f"{MAX_RADIUS_KM:.0f} (half the Earth's circumference)")  # fmt: skip
+
+
+@torch.no_grad()
+def calibrate_predictor(
+    predictor: Predictor, feats: torch.Tensor, truth: torch.Tensor, clip: ClipId,
+    alpha: float = 0.1, radius_km: float = 25.0, seed: int = 0, chunk: int = 256,
+) -> Calibration:  # fmt: skip
+    """Fit the temperature and the conformal threshold of ``predictor``'s head and gallery on
+    calibration features (at most MAX_CALIBRATION_PHOTOS, a seeded sample beyond that)."""
+    check_options(alpha, radius_km)
+    if len(feats) < 20:
+        raise GeoconceptError(f"{len(feats)} calibration photos: too few (20 at least; "
+                              "hundreds for a useful region)")  # fmt: skip
+    order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed))
+    order = order[:MAX_CALIBRATION_PHOTOS]
+    half = len(order) // 2  # the temperature is fitted on one half, the threshold on the other
+    gps = predictor.gallery_gps
+    tree = gallery_tree(gps)
+    logits = torch.cat([predictor.logits(feats[order[s : s + chunk]]).cpu()
+                        for s in range(0, len(order), chunk)])  # fmt: skip
+    truth = truth[order]
+    target = torch.from_numpy(tree.query(unit_vectors(truth).numpy(), k=1)[1]).long()
+    temperature = fit_temperature(logits[:half], target[:half])
+
+    def nll(t: float, rows: slice) -> float:
+        z, y = logits[rows], target[rows]
+        parts = [_nll_derivatives(z[s : s + chunk], y[s : s + chunk], 1 / t)[0]
+                 * len(z[s : s + chunk]) for s in range(0, len(z), chunk)]  # fmt: skip
+        return float(sum(parts) / len(z))
+
+    scores = []
+    for s in range(half, len(logits), chunk):
+        probs = (logits[s : s + chunk] / temperature).softmax(dim=1)
+        near = pairs_within(tree, truth[s : s + chunk], radius_km)
+        scores.append(mass_above(probs, best_near(probs, *near)))
+    threshold = conformal_threshold(torch.cat(scores).numpy(), alpha)
+    if math.isinf(threshold):
+        warnings.warn(
+            f"{len(order) - half} photos set the region (half of those given): too few for "
+            f"--alpha {alpha} (or too many truths farther than {radius_km:g} km from every "
+            "gallery place), so the region is the whole gallery; give more photos",
+            stacklevel=2,
+        )
+    return Calibration(
+        temperature=temperature, alpha=alpha, radius_km=radius_km, threshold=threshold,
+        photos=len(order), nll_before=nll(1.0, slice(half, None)),
+        nll_after=nll(temperature, slice(half, None)),
+        model=hash_state_dict(predictor.head), gallery=hash_tensors(gps),
+        clip=clip.as_meta(prefix=""),
+    )  # fmt: skip
+
+
+def calibrate_heads(
+    heads: dict[str, RetrievalHead], files: dict[str, Path], feats: torch.Tensor,
+    truth: torch.Tensor, clip: ClipId, gallery: str | Path | None = None,
+    cache_dir: str | Path | None = None, alpha: float = 0.1, radius_km: float = 25.0,
+    gallery_progress: Callable[[str], AbstractContextManager[Callable[[int, int], None]]]
+    | None = None,
+) -> dict[str, Calibration]:  # fmt: skip
+    """Calibrate each named head over the gallery and store it at ``files[name]``.
+    ``gallery_progress(name)`` is a context manager yielding ``advance(n, total)``."""
+    from contextlib import nullcontext
+
+    from ..gallery.index import refuse_large
+    from ..gallery.store import cached_gallery_embeddings, load_gallery
+    from ..inference.predictor import Predictor
+
+    check_options(alpha, radius_km)  # before any gallery is encoded
+    gps = load_gallery(gallery)
+    refuse_large(gps, "calibrate")
+    out = {}
+    for name, head in heads.items():
+        with gallery_progress(name) if gallery_progress else nullcontext() as advance:
+            emb = cached_gallery_embeddings(gps, head, cache_dir, progress=advance)
+        predictor = Predictor(head, gps, emb, cache_dir=cache_dir)
+        out[name] = calibrate_predictor(predictor, feats, truth, clip, alpha, radius_km)
+        save_calibration(files[name], out[name])
+    return out

@@ -1,0 +1,432 @@
+"""`evaluate`: top-1 gallery retrieval scored as the field does (Im2GPS3k and OSV-5M).
+
+Several checkpoints and the pretrained GeoCLIP side by side: accuracy at 1/25/200/750/2500 km,
+mean and median error, GeoScore, country/region/city accuracy, the thresholds per continent,
+the calibration of the probabilities (ECE, with and without a ``calibrate`` temperature) and,
+for a calibrated model, the conformal region's coverage and area. Plus the gallery ceiling:
+the share of test points whose nearest gallery point is within each threshold, which bounds
+any retrieval model. Per-photo results go to ``--predictions-out``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import torch
+
+from ..errors import GeoconceptError
+from ..gallery.index import refuse_large
+from ..gallery.store import cached_gallery_embeddings, load_gallery
+from ..geo.distance import (
+    THRESHOLDS_KM,
+    accuracy_at_thresholds,
+    haversine_km,
+    unit_vectors,
+)
+from ..geo.geocode import Places, reverse_geocode
+from ..inference.calibration import (
+    Calibration,
+    best_near,
+    covered,
+    gallery_tree,
+    geoclip_calibration_path,
+    pairs_within,
+    place_areas,
+    read_calibration,
+    region_cut,
+)
+from ..inference.predictor import Predictor
+from ..model.checkpoints import check_trained_on, load_head, run_calibration_path
+from ..model.clip import ClipId
+from ..model.concept_head import ConceptAwareHead, RetrievalHead, check_head_takes
+from ..model.geoclip import (
+    GEOCLIP_FEATURE_DIM,
+    check_geoclip_width,
+    load_geoclip_head,
+    warn_unless_geoclip_clip,
+)
+from ..runtime.scratch import Scratch
+from .interpretability import explanation_metrics
+from .metrics import admin_matches, geoscore, location_metrics, reliability
+
+if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
+
+
+def nearest_gallery_km(test_latlon: torch.Tensor, gallery: torch.Tensor,
+                       tree: cKDTree | None = None) -> npt.NDArray[np.float64]:  # fmt: skip
+    """Distance from each test point to its nearest gallery point (a KD-tree on the sphere:
+    ``tree``, ``gallery_tree(gallery)``'s, when the caller has one)."""
+    tree = gallery_tree(gallery) if tree is None else tree
+    j = torch.from_numpy(tree.query(unit_vectors(test_latlon).numpy())[1])
+    return haversine_km(test_latlon[:, 0], test_latlon[:, 1], gallery[j, 0], gallery[j, 1])
+
+
+def summarize(dist_km: np.ndarray) -> dict[str, float]:
+    """Accuracy at each threshold (%), median error (km) and the count."""
+    return {
+        **accuracy_at_thresholds(dist_km),
+        "median_km": float(np.median(dist_km)),
+        "n": int(len(dist_km)),
+    }
+
+
+GEOCLIP_NAME = "GeoCLIP (pretrained)"
+CONFIDENCE_KM = 25.0  # the "top-1 within 25 km" event whose calibration is reported
+AREAS_KM2 = tuple(float(f"{m}e{e}") for e in range(2, 9) for m in (1, 3))[:-1]  # 1e2..1e8
+
+
+@dataclass
+class Evaluation:
+    """An evaluation: the JSON summary, one row per photo and model, reliability bins."""
+
+    summary: dict[str, Any]
+    predictions: pd.DataFrame
+    # model -> event -> probabilities -> bins
+    reliability: dict[str, dict[str, dict[str, dict[str, Any]]]]
+
+
+BLOCK_ELEMENTS = 1 << 21  # per-photo statistics in blocks this small (8 MB of float32)
+
+
+@torch.no_grad()
+def score_photos(
+    predictor: Predictor, feats: torch.Tensor, truth: torch.Tensor, country_of: torch.Tensor,
+    areas: torch.Tensor | None = None, chunk: int = 1024, tree: cKDTree | None = None,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per photo: the top-1 gallery row; under the softmax at T=1 ("uncalibrated") and at the
+    calibrated T, the top-1 probability and the probability mass within CONFIDENCE_KM of the
+    top-1 and in its country (the confidences of those two events); with a calibration, the
+    conformal region's membership of the truth, its area and the area of the most probable
+    places down to the truth (km²), from ``areas``, each gallery row's (``place_areas``).
+
+    ``country_of`` is each gallery row's country index, in rising order: a gallery grouped by
+    country makes a country's mass the sum of a slice. Logits come ``chunk`` photos at a time
+    (one product with the gallery); the statistics then go through a few photos at a time,
+    whose temporaries live in one ``Scratch`` (mapping fresh ones cost more than the
+    arithmetic, on a 100K gallery). ``tree``: the gallery's ``gallery_tree``,
+    when the caller has one."""
+    if bool((country_of[1:] < country_of[:-1]).any()):
+        raise ValueError("score_photos wants the gallery grouped by country")
+    cal = predictor.calibration
+    if cal is not None and areas is None:
+        raise ValueError("score_photos wants the place areas of a calibrated predictor")
+    dev = predictor.device
+    areas = areas.to(dev) if areas is not None else None
+    gps = predictor.gallery_gps
+    tree = gallery_tree(gps) if tree is None else tree
+    sizes = torch.bincount(country_of)
+    ends = sizes.cumsum(0)
+    starts = ends - sizes
+    temps = {"uncalibrated": 1.0} | ({"calibrated": cal.temperature} if cal else {})
+    rows = max(1, BLOCK_ELEMENTS // len(gps))
+    out: dict[str, list[torch.Tensor]] = {}
+
+    def add(key: str, value: torch.Tensor) -> None:
+        out.setdefault(key, []).append(value.cpu())
+
+    scratch = Scratch()  # the chunk's logits, and the blocks' (rows x gallery) temporaries
+    for s in range(0, len(feats), chunk):
+        part = feats[s : s + chunk]
+        logits = predictor.logits(part, out=scratch("logits", (len(part), len(gps)),
+                                                    torch.float32, dev))  # fmt: skip
+        tops = argmax_rows(logits)
+        near_top = Pairs(pairs_within(tree, gps[tops.cpu()], CONFIDENCE_KM), dev)
+        near_truth = Pairs(pairs_within(tree, truth[s : s + chunk], cal.radius_km), dev) \
+            if cal else None  # fmt: skip
+        for first in range(0, len(logits), rows):
+            z, top = logits[first : first + rows], tops[first : first + rows]
+            near = near_top.block(first, len(z))
+            country = country_of[top.cpu()]
+            spans = list(zip(starts[country].tolist(), ends[country].tolist(), strict=True))
+            add("top1", top)
+            for name, t in temps.items():  # z is divided in place: T=1 first
+                p = torch.softmax(z.div_(t) if t != 1 else z, dim=1,
+                                  out=scratch("probs", z.shape, z.dtype, dev))  # fmt: skip
+                add(f"prob_{name}", p.gather(1, top[:, None])[:, 0])
+                add(f"conf25_{name}", torch.zeros(len(p), device=dev).index_add_(
+                    0, near[0], p[near]))  # fmt: skip
+                add(
+                    f"confcountry_{name}",
+                    torch.stack([p[i, a:b].sum() for i, (a, b) in enumerate(spans)]),
+                )
+                if name == "calibrated":
+                    assert cal and near_truth and areas is not None  # made with the calibration
+                    best = best_near(p, *near_truth.block(first, len(z)))
+                    # z: the calibrated logits
+                    cut = region_cut(p, cal.threshold, keys=z, scratch=scratch)
+                    add("in_region", covered(best, cut))
+                    mask = scratch("mask", p.shape, p.dtype, dev)
+                    add("region_km2", torch.ge(p, cut[:, None], out=mask) @ areas)
+                    reach = torch.ge(p, best[:, None], out=mask) @ areas
+                    add("area_to_truth_km2", reach.where(torch.isfinite(best), torch.inf))
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def argmax_rows(x: torch.Tensor, run: int = 256) -> torch.Tensor:
+    """``x.argmax(dim=1)`` (the first of equal maxima) of a (B, N) tensor, found through the
+    maxima of runs of ``run`` columns: several times faster on CPU, whose argmax over long
+    rows is not vectorised as max is."""
+    b, n = x.shape
+    whole = n - n % run
+    if whole == 0:
+        return x.argmax(dim=1)
+    maxima: torch.Tensor = x[:, :whole].unflatten(1, (-1, run)).amax(dim=2)
+    if whole < n:
+        maxima = torch.cat([maxima, x[:, whole:].amax(dim=1, keepdim=True)], dim=1)
+    start = maxima.argmax(dim=1).mul_(run)  # the first run holding the maximum
+    cols = (start[:, None] + torch.arange(run, device=x.device)).clamp_max_(n - 1)
+    return start.add_(x.gather(1, cols).argmax(dim=1))  # a short last run repeats column n-1
+
+
+class Pairs:
+    """(photo, gallery row) pairs as ``pairs_within`` gives them (photos in order), taken a
+    block of photos at a time."""
+
+    def __init__(self, pairs: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> None:
+        self.rows, self.cols = (t.to(device) for t in pairs)
+
+    def block(self, first: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pairs of photos first..first+n-1, numbered from 0."""
+        lo, hi = torch.searchsorted(
+            self.rows, torch.tensor([first, first + n], device=self.rows.device)
+        ).tolist()
+        return self.rows[lo:hi] - first, self.cols[lo:hi]
+
+
+def evaluate_models(
+    heads: dict[str, RetrievalHead],
+    feats: torch.Tensor,
+    truth: torch.Tensor,
+    gallery: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[str], object] | None = None,
+    gallery_progress: Callable[[str], AbstractContextManager[Callable[[int, int], None]]]
+    | None = None,
+    ids: list[str] | None = None,
+    calibrations: dict[str, Path] | None = None,
+    clip: ClipId | None = None,
+    explanations: dict[str, Any] | None = None,
+) -> Evaluation:
+    """Every metric of each named head, the gallery ceiling, and one row per photo and model.
+
+    ``calibrations`` maps a head's name to its calibration file (used where it exists, refused
+    if made for another model, gallery or ``clip``). ``explanations`` (the keyword arguments
+    of ``explanation_metrics``: m, draws, photos) adds interpretability metrics for each
+    concept-aware head. ``progress(name)`` follows each head;
+    ``gallery_progress(name)`` is a context manager yielding ``advance(n, total)`` for encoding
+    that head's gallery (on a cache miss)."""
+    if len(feats) == 0:
+        raise GeoconceptError("no test features to evaluate")
+    for name, head in heads.items():
+        check_head_takes(head, feats.shape[1], name)
+    gps = load_gallery(gallery)
+    refuse_large(gps, "evaluate")
+    ids = ids if ids is not None else [str(i) for i in range(len(feats))]
+    truth_np = truth.double().numpy()
+    places = reverse_geocode(truth_np)
+    gallery_places = reverse_geocode(gps.numpy())
+    codes, country_of = np.unique(gallery_places.country.astype(str), return_inverse=True)
+    grouped = torch.from_numpy(np.argsort(country_of, kind="stable"))  # gallery by country
+    gps_grouped, country_grouped = gps[grouped], torch.from_numpy(country_of)[grouped]
+    tree = gallery_tree(gps_grouped)  # one for every model and for the ceiling
+    rows, frames, bins = {}, [], {}
+    for name, head in heads.items():
+        path = (calibrations or {}).get(name)
+        cal = read_calibration(path) if path else None
+        if cal is not None:
+            cal.check_for(head, gps, clip or ClipId(None, None), path)
+        with gallery_progress(name) if gallery_progress else nullcontext() as advance:
+            emb = cached_gallery_embeddings(gps, head, cache_dir, progress=advance)
+        predictor = Predictor(head, gps_grouped, emb[grouped], calibration=cal,
+                              cache_dir=cache_dir)  # fmt: skip
+        areas = place_areas(gps, cal.radius_km, cache_dir)[grouped] if cal else None
+        res = score_photos(predictor, feats, truth, country_grouped, areas, tree=tree)
+        top1 = grouped[res["top1"]].numpy()
+        pred = gps[top1].double().numpy()
+        dist = haversine_km(truth_np[:, 0], truth_np[:, 1], pred[:, 0], pred[:, 1])
+        pred_places = gallery_places_at(gallery_places, top1)
+        rows[name] = location_metrics(dist, places, pred_places)
+        matches = admin_matches(places, pred_places)
+        outcomes = {f"{CONFIDENCE_KM:g}km": dist <= CONFIDENCE_KM, "country": matches["country"]}
+        bins[name] = {event: {kind: reliability(res[f"conf{key}_{kind}"], hit)
+                              for kind in ("uncalibrated", "calibrated")
+                              if f"conf{key}_{kind}" in res}
+                      for (event, hit), key in zip(outcomes.items(), ("25", "country"),
+                                                   strict=True)}  # fmt: skip
+        rows[name]["probabilities"] = _probability_summary(cal, bins[name], res)
+        if explanations is not None and isinstance(head, ConceptAwareHead):
+            rows[name]["explanations"] = explanation_metrics(predictor, feats, **explanations)
+        frames.append(_prediction_rows(name, ids, truth_np, pred, dist, res, places,
+                                       pred_places, cal))  # fmt: skip
+        if progress:
+            progress(name)
+    summary = {
+        "thresholds_km": list(THRESHOLDS_KM),
+        "models": rows,
+        "ceiling": summarize(nearest_gallery_km(truth, gps_grouped, tree)),
+    }
+    return Evaluation(summary, pd.concat(frames, ignore_index=True), bins)
+
+
+def evaluate_heads(heads: dict[str, RetrievalHead], feats: torch.Tensor, truth: torch.Tensor,
+                   gallery: str | Path | None = None, **kw: Any) -> dict[str, Any]:  # fmt: skip
+    """The JSON summary of ``evaluate_models``."""
+    return evaluate_models(heads, feats, truth, gallery, **kw).summary
+
+
+def gallery_places_at(places: Places, rows: np.ndarray) -> Places:
+    """The reverse-geocoded places of the given gallery rows."""
+    return Places(*(getattr(places, f.name)[rows] for f in fields(Places)))
+
+
+def _probability_summary(cal: Calibration | None, bins: dict[str, dict[str, dict[str, Any]]],
+                         res: dict[str, np.ndarray]) -> dict[str, Any]:  # fmt: skip
+    """ECE of each event before and after calibration, and the conformal region's coverage,
+    mean area and recall against area."""
+    out: dict[str, Any] = {"calibrated": cal is not None,
+                           "ece": {event: {kind: b["ece"] for kind, b in by_kind.items()}
+                                   for event, by_kind in bins.items()}}  # fmt: skip
+    if cal is None:
+        return out
+    area = res["region_km2"]
+    reach = res["area_to_truth_km2"]
+    out |= {
+        "temperature": cal.temperature, "alpha": cal.alpha, "radius_km": cal.radius_km,
+        "target_coverage": 1 - cal.alpha, "coverage": float(res["in_region"].mean()),
+        "mean_area_km2": float(area.mean()), "median_area_km2": float(np.median(area)),
+        "recall_vs_area": {f"{a:.0e}": float((reach <= a).mean()) for a in AREAS_KM2},
+    }  # fmt: skip
+    return out
+
+
+def _prediction_rows(name: str, ids: list[str], truth: np.ndarray, pred: np.ndarray,
+                     dist: np.ndarray, res: dict[str, np.ndarray], places: Places,
+                     pred_places: Places,
+                     cal: Calibration | None) -> pd.DataFrame:  # fmt: skip
+    """One row per photo for --predictions-out (schema in the README)."""
+    kind = "calibrated" if cal else "uncalibrated"
+    df = pd.DataFrame({
+        "model": name, "id": ids, "true_lat": truth[:, 0], "true_lon": truth[:, 1],
+        "pred_lat": pred[:, 0], "pred_lon": pred[:, 1], "distance_km": dist,
+        "geoscore": geoscore(dist), "prob": res[f"prob_{kind}"], "calibrated": cal is not None,
+        **{f"{side}_{level}": getattr(p, level).astype(str)
+           for level in ("country", "region", "city", "continent")
+           for side, p in (("true", places), ("pred", pred_places))},
+    })  # fmt: skip
+    df["in_region"] = res["in_region"] if cal else None
+    df["region_area_km2"] = res["region_km2"] if cal else np.nan
+    return df
+
+
+def heads_to_evaluate(
+    checkpoints: Sequence[str | Path],
+    geoclip: bool = True,
+    device: str | torch.device = "cpu",
+    features_meta: dict[str, Any] | None = None,
+    features_dim: int | None = None,
+) -> dict[str, RetrievalHead]:
+    """GeoCLIP's pretrained head (optional) and each checkpoint's, keyed by a display name.
+
+    With ``features_meta`` (the test features' meta.json), a checkpoint trained on features
+    of another CLIP model is refused. With ``features_dim``, pretrained GeoCLIP is left out
+    (with a warning) of features of another width than its 768 when checkpoints are given,
+    and refused when it is the only model.
+    """
+    meta = features_meta or {}
+    heads: dict[str, RetrievalHead] = {}
+    if geoclip and checkpoints and features_dim not in (None, GEOCLIP_FEATURE_DIM):
+        warnings.warn(f"{GEOCLIP_NAME} left out: its image MLP takes {GEOCLIP_FEATURE_DIM}-d "
+                      f"image features, these are {features_dim}-d", stacklevel=2)  # fmt: skip
+    elif geoclip:
+        clip = ClipId.from_meta(meta)
+        if features_dim is not None:
+            check_geoclip_width(features_dim, f"features of CLIP {clip}")
+        warn_unless_geoclip_clip(clip)
+        heads[GEOCLIP_NAME] = load_geoclip_head(device)
+    for ck in checkpoints:
+        head, ckpt = load_head(ck, device)
+        check_trained_on(ckpt, ClipId.from_meta(meta), ck)
+        if ckpt.get("step", 0) < ckpt.get("total_steps", 0):
+            warnings.warn(
+                f"{ck} is an unfinished run (step {ckpt['step']} of {ckpt['total_steps']})",
+                stacklevel=2,
+            )
+        heads[str(ck)] = head
+    return heads
+
+
+def calibration_files(
+    heads: dict[str, RetrievalHead], clip: ClipId, gallery: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Path]:  # fmt: skip
+    """Where each head's calibration would be: pretrained GeoCLIP's in the cache (for this
+    gallery and CLIP backbone), a checkpoint's in its run folder or bundle."""
+    gps = load_gallery(gallery)
+    return {name: geoclip_calibration_path(gps, head, clip, cache_dir) if name == GEOCLIP_NAME
+            else run_calibration_path(name) for name, head in heads.items()}  # fmt: skip
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The evaluation as Markdown: distances and places per model (then the gallery
+    ceiling), accuracy per continent, and the probabilities' calibration."""
+    cols = [f"{t}km" for t in result["thresholds_km"]]
+    models = result["models"]
+    lines = [
+        "| model | " + " | ".join(f"{t} km" for t in result["thresholds_km"])
+        + " | median km | mean km | GeoScore | country | region | city |",
+        "|---" * (len(cols) + 7) + "|",
+    ]  # fmt: skip
+    for name, r in {**models, "gallery ceiling": result["ceiling"]}.items():
+        cells = " | ".join(f"{r[c]:.1f}" for c in cols)
+        extra = " | ".join(f"{r[k]:.1f}" if k in r else "" for k in
+                           ("mean_km", "geoscore", "country", "region", "city"))  # fmt: skip
+        lines.append(f"| {name} | {cells} | {r['median_km']:.1f} | {extra} |")
+    if any(r.get("per_continent") for r in models.values()):
+        lines += [
+            "",
+            "| model | continent | n | "
+            + " | ".join(f"{t} km" for t in result["thresholds_km"])
+            + " |",
+            "|---" * (len(cols) + 3) + "|",
+        ]
+        for name, r in models.items():
+            for continent, c in r.get("per_continent", {}).items():
+                cells = " | ".join(f"{c[k]:.1f}" for k in cols)
+                lines.append(f"| {name} | {continent} | {c['n']} | {cells} |")
+    probs = {name: r["probabilities"] for name, r in models.items() if "probabilities" in r}
+    if probs:
+        lines += ["", "| model | probabilities | ECE top-1 within 25 km | ECE right country "
+                  "| coverage (target) | mean area km² |", "|---" * 6 + "|"]  # fmt: skip
+        for name, p in probs.items():
+            ece = [" / ".join(f"{v:.3f}" for v in p["ece"][e].values()) for e in p["ece"]]
+            if p["calibrated"]:
+                kind = f"calibrated (T {p['temperature']:.3g})"
+                region = (f"{p['coverage']:.3f} ({p['target_coverage']:.2f}, "
+                          f"{p['radius_km']:g} km)", f"{p['mean_area_km2']:.3g}")  # fmt: skip
+            else:
+                kind, region = "uncalibrated", ("", "")
+            lines.append(f"| {name} | {kind} | {ece[0]} | {ece[1]} | {region[0]} | {region[1]} |")
+        lines.append("\nECE: uncalibrated / calibrated, 15 bins.")
+    expl = {name: r["explanations"] for name, r in models.items() if "explanations" in r}
+    for name, e in expl.items():
+        d, ins, sp = e["deletion"], e["insertion"], e["sparsity"]
+        lines += ["", f"Explanations of {name} over {e['photos']} photos (top m = {e['m']} "
+                  f"concepts, {e['draws']} random draws each):", "",
+                  "| faithful | score drop: top / random | rank after: top / random "
+                  "| insertion: score kept, rank | concepts for 50% / 90% |",
+                  "|---|---|---|---|---|",
+                  f"| {e['faithful_share']:.1%} | {d['score_drop_top']:.3g} / "
+                  f"{d['score_drop_random']:.3g} | {d['rank_after_top']:.1f} / "
+                  f"{d['rank_after_random_median']:.1f} | {ins['score_kept_share']:.1%}, "
+                  f"{ins['rank_after']:.1f} | {sp['concepts_for_50pct']:.1f} / "
+                  f"{sp['concepts_for_90pct']:.1f} |"]  # fmt: skip
+    return "\n".join(lines)

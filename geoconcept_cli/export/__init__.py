@@ -1,0 +1,1 @@
+"""Export: a trained run as a self-contained model folder with a model card."""

@@ -1,0 +1,136 @@
+"""`where`: where on Earth a text or a concept points, over the gallery.
+
+Three modes, and the output says which:
+- zero-shot (no checkpoint, or a plain GeoCLIP run): the text's CLIP embedding, prompt-
+  ensembled as ``embed-concepts`` does, goes through the image MLP as if it were a photo and
+  is scored over the gallery (the text query of the GeoCLIP paper). Approximate: CLIP's text
+  and image embeddings sit apart (the modality gap), and the MLP was trained on images;
+- a concept of a concept-aware run: that concept's location activation over the gallery, the
+  model's own concept axis (exact);
+- other text with a concept-aware run: the text's similarity to each of the run's concepts
+  weights their location activations (the text projected onto the concept basis).
+Places are distinct gallery points; countries aggregate probability (zero-shot) or average
+activation (concept modes) over their gallery points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..errors import GeoconceptError
+from ..geo.geocode import place_names
+from ..model.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+from ..model.concept_embeddings import DEFAULT_TEMPLATES
+from ..model.concept_head import ConceptAwareHead, location_latents
+from .predictor import Predictor, load_run
+
+ZERO_SHOT_NOTE = ("approximate: the text's CLIP embedding is scored as if it were a photo's, "
+                  "and CLIP's text and image embeddings sit apart (the modality gap)")  # fmt: skip
+
+
+@torch.no_grad()
+def text_features(predictor: Predictor, text: str, templates: Sequence[str] = DEFAULT_TEMPLATES
+                  ) -> torch.Tensor:  # fmt: skip
+    """(1, D) prompt-ensembled CLIP text embedding, at the mean norm of its unnormalised
+    template embeddings (the MLP expects CLIP's scale, not unit vectors)."""
+    if predictor.clip is None:
+        raise GeoconceptError("a text query needs the CLIP backbone")
+    raw = predictor.clip.encode_texts([t.format(text) for t in templates])
+    unit = F.normalize(F.normalize(raw, dim=1).mean(0, keepdim=True), dim=1)  # as embed-concepts
+    return unit * cast(torch.Tensor, raw.norm(dim=1)).mean()  # Tensor.norm is unannotated
+
+
+class Locator:
+    """Answers `where` queries for one predictor, keeping what every query reuses: the
+    gallery's countries and, for a concept-aware head, its concept activations."""
+
+    def __init__(self, predictor: Predictor, concepts: list[str] | None = None,
+                 progress: Callable[[int, int], None] | None = None):  # fmt: skip
+        self.predictor = predictor
+        self.concepts = concepts if isinstance(predictor.head, ConceptAwareHead) else None
+        self.plain_run = False  # a `train --concepts none` head: zero-shot, labelled so
+        self.acts = None  # (N, k) every concept over the gallery, for the concept modes
+        if self.concepts is not None and isinstance(predictor.head, ConceptAwareHead):
+            latents = location_latents(predictor.head, predictor.gallery_gps, progress=progress)
+            self.acts = latents @ predictor.head.basis.detach().cpu().T
+
+    def _places(self, scores: torch.Tensor, k: int) -> list[dict[str, Any]]:
+        p = self.predictor
+        rows = p.places.cpu()
+        top = scores[rows].topk(min(k, len(rows)))
+        picked = rows[top.indices]
+        points = p.gallery_gps[picked].tolist()
+        rows_out = zip(top.values.tolist(), picked.tolist(), points, place_names(points),
+                       strict=True)  # fmt: skip
+        return [{"rank": rank, "lat": float(lat), "lon": float(lon), "score": round(value, 6),
+                 "gallery_index": int(i), "place": name}
+                for rank, (value, i, (lat, lon), name) in enumerate(rows_out, start=1)]  # fmt: skip
+
+    def _countries(self, scores: torch.Tensor, how: str, k: int) -> list[dict[str, Any]]:
+        series = pd.Series(scores.double().numpy(), index=self.predictor.gallery_countries)
+        agg = series.groupby(level=0).sum() if how == "sum" else series.groupby(level=0).mean()
+        agg = agg.drop(index="", errors="ignore").sort_values(ascending=False)
+        return [{"country": c, "score": round(float(v), 6)} for c, v in agg.head(k).items()]
+
+    @torch.no_grad()
+    def where(self, text: str, top_k: int = 10, n_countries: int = 10
+              ) -> tuple[dict[str, Any], torch.Tensor]:  # fmt: skip
+        """Where ``text`` points: (JSON-able answer, (N,) score of every gallery row)."""
+        text = text.strip()
+        if not text:
+            raise GeoconceptError('give a text to locate, e.g. geoconcept where "rice terraces"')
+        p = self.predictor
+        if self.acts is not None and self.concepts is not None:
+            lowered = [c.lower() for c in self.concepts]
+            if text.lower() in lowered:
+                scores = self.acts[:, lowered.index(text.lower())]
+                mode = "concept axis"
+                note = "exact: the run's own location activation of this concept"
+            else:
+                head = p.head
+                assert isinstance(head, ConceptAwareHead)  # self.acts: a concept-aware head
+                feats = text_features(p, text).to(head.delta.device)
+                weights = F.normalize(feats.float(), dim=1)[0] @ F.normalize(head.basis, dim=1).T
+                scores = self.acts @ weights.cpu()
+                mode = "projected onto the concept basis"
+                note = (
+                    f"not a concept of this run: its similarity to each of the "
+                    f"{len(self.concepts)} concepts weights their activations"
+                )
+            return {"query": text, "mode": mode, "note": note, "score": "activation",
+                    "places": self._places(scores, top_k),
+                    "countries": self._countries(scores, "mean", n_countries)}, scores  # fmt: skip
+        scores = p.probabilities(text_features(p, text))[0].cpu()
+        note = (
+            "a plain GeoCLIP run (train --concepts none) has no concept axes; "
+            if self.plain_run
+            else ""
+        ) + ZERO_SHOT_NOTE
+        return {"query": text, "mode": "zero-shot text as image", "note": note,
+                "score": "probability", "probabilities": p.calibration_note(),
+                "places": self._places(scores, top_k),
+                "countries": self._countries(scores, "sum", n_countries)}, scores  # fmt: skip
+
+
+def load_locator(
+    checkpoint: str | Path | None = None, clip_model: str = DEFAULT_CLIP_MODEL,
+    clip_pretrained: str = DEFAULT_CLIP_PRETRAINED, gallery: str | Path | None = None,
+    cache_dir: str | Path | None = None, device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    concept_progress: Callable[[int, int], None] | None = None,
+) -> Locator:  # fmt: skip
+    """A ready locator: pretrained GeoCLIP, or a run's head (a plain GeoCLIP run answers
+    zero-shot, and says so). ``progress`` reports gallery encoding, ``concept_progress`` the
+    concept activations over the gallery (each only when it is computed)."""
+    predictor, ckpt = load_run(checkpoint, clip_model, clip_pretrained, gallery, cache_dir,
+                               device, progress)  # fmt: skip
+    concepts = ckpt["concepts"]["concepts"] if ckpt.get("kind") == "concept" else None
+    locator = Locator(predictor, concepts, progress=concept_progress)
+    locator.plain_run = ckpt.get("kind") == "geoclip"
+    return locator

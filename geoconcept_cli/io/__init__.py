@@ -1,0 +1,1 @@
+"""Files: atomic artifacts and the cache, photos, archives of photos, and tables."""

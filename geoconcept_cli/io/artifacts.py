@@ -1,0 +1,132 @@
+"""On-disk artifacts: atomic writes, content hashes and the config sidecar stored beside them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import GeoconceptError
+
+if TYPE_CHECKING:  # torch loads only where tensors are hashed: `geoconcept cache` stays quick
+    import torch
+
+
+def default_cache_dir() -> Path:
+    """Where derived data (gallery embeddings, source caches) goes: $GEOCONCEPT_CACHE or ~/.cache"""
+    env = os.environ.get("GEOCONCEPT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "geoconcept"
+
+
+DERIVED_CACHES = ("gallery", "concepts")  # embeddings, recomputed locally when missing
+GALLERY_CACHE_GB = 4.0  # default bound of the gallery embeddings ($GEOCONCEPT_GALLERY_CACHE_GB)
+
+
+def cache_usage(cache_dir: str | Path | None = None) -> dict[str, tuple[int, int]]:
+    """(files, bytes) under each top-level folder of the cache."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    usage = {}
+    for part in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        sizes = []
+        for f in part.rglob("*"):
+            with suppress(FileNotFoundError):  # pruned meanwhile
+                if f.is_file():
+                    sizes.append(f.stat().st_size)
+        usage[part.name] = (len(sizes), sum(sizes))
+    return usage
+
+
+def clear_cache(cache_dir: str | Path | None = None) -> tuple[int, int]:
+    """Delete the derived caches (gallery and concept embeddings); returns (files, bytes).
+    Fetched concept sources stay: refetching them needs the network."""
+    import shutil
+
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    usage = cache_usage(root)
+    for part in DERIVED_CACHES:
+        if (root / part).is_dir():
+            shutil.rmtree(root / part)  # a failure is an OSError the CLI reports in one line
+    gone = [usage[p] for p in DERIVED_CACHES if p in usage]
+    return sum(n for n, _ in gone), sum(b for _, b in gone)
+
+
+def writable_file(path: str | Path) -> Path:
+    """``path`` if a file may be written there (checked before long work, and by atomic_path)."""
+    path = Path(path)
+    if path.is_dir():
+        raise GeoconceptError(f"{path}: is a folder; give a file name to write")
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds.
+
+    A crash mid-write therefore never leaves a half-written artifact under the final name;
+    the data is fsynced before the rename and the folder after it, so a node losing power does
+    not either.
+    """
+    path = writable_file(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    umask = current_umask()
+    try:
+        yield tmp_path
+        # mkstemp makes 0600 and some writers recreate the file: ordinary permissions, so that
+        # other users and the other nodes of a shared filesystem can read the artifact
+        tmp_path.chmod(0o666 & ~umask)
+        with tmp_path.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        folder = os.open(path.parent, os.O_RDONLY)  # and the rename itself
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (reading it means setting it, so it is set back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Delete what a killed ``atomic_path(path)`` left behind; only for the file's sole writer."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data: object, sort_keys: bool = True) -> None:
+    """Write ``data`` as pretty JSON, atomically; keys sorted unless their order means something."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n")
+
+
+def hash_tensors(*tensors: torch.Tensor, extra: str = "") -> str:
+    """A short, stable content hash of tensors (dtype, shape and bytes) plus a string."""
+    import torch
+
+    h = hashlib.sha256(extra.encode())
+    for t in tensors:
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def hash_state_dict(module: torch.nn.Module) -> str:
+    """Fingerprint a module's weights, so caches derived from them invalidate when they change."""
+    sd = module.state_dict()
+    return hash_tensors(*(sd[k] for k in sorted(sd)), extra=",".join(sorted(sd)))

@@ -1,0 +1,1 @@
+"""Plots: world maps, reliability diagrams and the modality-gap UMAP (PNG, offline)."""

@@ -1,0 +1,1 @@
+"""Runtime: torch.distributed setup, where workers run, progress reports and reused buffers."""

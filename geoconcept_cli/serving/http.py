@@ -1,0 +1,229 @@
+"""`geoconcept serve`: HTTP over a :class:`~geoconcept_cli.service.GeoService`, and the page.
+
+Only HTTP lives here: reading uploads within a size limit, query options, the API key, and
+turning every failure into a 4xx (or, for a bug, 500) JSON ``{"error": "<one line>"}``. The
+answers are the service's, which are the CLI's JSON. No endpoint takes a path on the server:
+photos arrive as bytes, and the page is the package's own static files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import socket
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.responses import Response
+
+from .._version import __version__
+from ..errors import GeoconceptError, first_line
+from ..inference.explainer import MIN_DRAWS
+from .service import GeoService, Photo
+
+STATIC = Path(__file__).parent / "static"
+PUBLIC = ("/healthz", "/")  # and /static/...: they need no key, they hold no data
+MAX_TOP_K = 100
+log = logging.getLogger("geoconcept.serve")
+
+IMAGE_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["image"],
+        "properties": {"image": {"type": "string", "format": "binary",
+                                 "description": "the photo (JPEG, PNG, WebP, TIFF...)"}},
+    }}},
+}  # fmt: skip
+
+
+TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description="How many candidates.")]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class _ApiKey(BaseHTTPMiddleware):
+    """Every path but PUBLIC wants ``Authorization: Bearer <key>``."""
+
+    def __init__(self, app: Any, key: str):
+        super().__init__(app)
+        self.expected = f"Bearer {key}".encode()
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        path = request.url.path
+        public = path in PUBLIC or path.startswith("/static/")
+        given = request.headers.get("authorization", "").encode()
+        if not public and not secrets.compare_digest(given, self.expected):
+            response = _error(401, "this server wants an API key: Authorization: Bearer <key>")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        return await call_next(request)
+
+
+async def read_photo(request: Request, limit_bytes: int) -> Photo:
+    """The photo in the multipart field ``image``, refusing (4xx) a wrong content type, a
+    malformed body, a missing field or more than ``limit_bytes`` (counted as it arrives)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(415, "send the photo as multipart/form-data in the field 'image'")
+    too_large = f"upload over the server's limit of {limit_bytes / 2**20:g} MB (--max-upload-mb)"
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit_bytes + 2**16:  # allowance for the multipart
+        raise HTTPException(413, too_large)
+
+    async def counted() -> AsyncGenerator[bytes, None]:
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit_bytes + 2**16:
+                raise _TooLarge
+            yield chunk
+
+    parser = MultiPartParser(request.headers, counted(), max_files=1, max_fields=16)
+    try:
+        form = await parser.parse()
+    except _TooLarge:
+        raise HTTPException(413, too_large) from None
+    except MultiPartException as exc:
+        raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
+    try:
+        field = form.get("image")
+        if field is None:
+            raise HTTPException(400, "no field 'image': send the photo in the field 'image'")
+        if not isinstance(field, UploadFile):
+            raise HTTPException(400, "the field 'image' must be a file, not text")
+        data = await field.read()
+        if len(data) > limit_bytes:
+            raise HTTPException(413, too_large)
+        name = Path(field.filename or "upload").name[:200] or "upload"
+        return Photo(data, name)
+    finally:
+        await form.close()
+
+
+def create_app(
+    service: GeoService,
+    api_key: str | None = None,
+    max_upload_mb: float = 20,
+    tiles: str | None = None,
+) -> FastAPI:
+    """The ASGI app: the JSON API (documented at /openapi.json) and the page at /."""
+    # no /docs or /redoc: Swagger UI and ReDoc load their scripts from a CDN
+    app = FastAPI(
+        title="geoconcept", version=__version__, docs_url=None, redoc_url=None,
+        description="Where a photo was taken, and why. Errors are {\"error\": \"<one line>\"}.",
+    )  # fmt: skip
+    limit = int(max_upload_mb * 2**20)
+    if api_key:
+        app.add_middleware(_ApiKey, key=api_key)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        response = _error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # 405's Allow
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        e = exc.errors()[0]
+        where = ".".join(str(p) for p in e.get("loc", ())[1:]) or "request"
+        return _error(422, f"{where}: {e.get('msg', 'invalid')}")
+
+    @app.exception_handler(GeoconceptError)
+    async def refused(request: Request, exc: GeoconceptError) -> JSONResponse:
+        return _error(400, first_line(exc))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}); the server log has details")
+
+    @app.get("/healthz", summary="What is loaded (no key needed)")
+    def healthz() -> dict[str, Any]:
+        return service.health()
+
+    @app.get("/world", summary="Points that draw the world offline, and the optional tile URL")
+    def world() -> JSONResponse:
+        return JSONResponse({"points": service.world, "tiles": tiles})
+
+    @app.post("/predict", openapi_extra={"requestBody": IMAGE_BODY},
+              summary="Top-k places: `geoconcept predict --json`, plus `map`")  # fmt: skip
+    async def predict(request: Request, top_k: TopK = 5) -> JSONResponse:
+        photo = await read_photo(request, limit)
+        return JSONResponse(await run_in_threadpool(service.predict, photo, top_k))
+
+    @app.post("/explain", openapi_extra={"requestBody": IMAGE_BODY},
+              summary="Where and why: `geoconcept explain --json`, plus `map`")  # fmt: skip
+    async def explain(
+        request: Request,
+        top_k: TopK = 5,
+        concepts_shown: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 8,
+        check: Annotated[bool, Query(description="Deletion test against random.")] = False,
+        m: Annotated[int, Query(ge=1, description="Concepts removed by check.")] = 3,
+        draws: Annotated[int, Query(ge=MIN_DRAWS, le=1000)] = MIN_DRAWS,
+    ) -> JSONResponse:
+        photo = await read_photo(request, limit)
+        answer = await run_in_threadpool(
+            service.explain, photo, top_k, concepts_shown, check, m, draws
+        )
+        return JSONResponse(answer)
+
+    @app.get("/where", summary="Where a text or concept points: `geoconcept where --json`")
+    def where(
+        text: Annotated[str, Query(min_length=1, max_length=300)],
+        top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 10,
+        countries: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 10,
+    ) -> JSONResponse:
+        return JSONResponse(service.where(text, top_k, countries))
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, taken before the models load, so that an address in
+    use is refused at once, in one line, not after the loading."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise GeoconceptError(f"--host {host}: no such address ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise GeoconceptError(f"cannot listen on {host}:{port} ({exc.strerror}); give another "
+                              "--port, or stop what holds it") from None  # fmt: skip
+    return sock
+
+
+def run_server(app: FastAPI, sock: socket.socket) -> None:
+    """Serve on a :func:`bind` socket until Ctrl-C (uvicorn, one process: the models are
+    loaded once)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops: exit 0
+        uvicorn.Server(config).run(sockets=[sock])

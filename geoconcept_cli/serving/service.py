@@ -1,0 +1,153 @@
+"""A warm geo-localization service: models loaded once, then many photos and texts answered.
+
+This is everything `geoconcept serve` answers, with no HTTP in it, so a notebook can hold one
+too. A photo's answer is the CLI's own JSON (``Predictor.describe_features`` for predict,
+``Explainer.explain_features`` for explain: one schema, one piece of code) plus a ``map`` part
+for the page: the most probable places as heatmap points, named, and the true location with
+the error when the photo's EXIF records one.
+
+Model calls hold one lock. On a CPU torch already spreads one photo over every core, so
+running two at once only makes both slower; decoding and resizing uploads, naming the
+heatmap's places and writing JSON stay outside it, so concurrent clients overlap those.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, cast
+
+import torch
+
+from ..errors import GeoconceptError
+from ..gallery.store import load_gallery
+from ..geo.distance import haversine_km
+from ..geo.geocode import place_name, place_names
+from ..inference.explainer import Explainer
+from ..inference.heat import HEAT_POINTS, probability_heat
+from ..inference.locator import Locator
+from ..io.images import decode_image, photo_gps
+
+DECODING_AT_ONCE = 2  # a photo at PIL's 89 Mpx limit takes ~1 GB to decode: bound how many
+WORLD_CELL_DEG = 0.5  # the page draws the world as GeoCLIP's gallery on this grid
+
+
+@dataclass(frozen=True)
+class Photo:
+    """An uploaded photo: its bytes and the name its errors and answers use."""
+
+    data: bytes
+    name: str = "upload"
+
+
+class GeoService:
+    """One explainer (and its predictor) answering photos and texts, one model call at a time."""
+
+    def __init__(self, explainer: Explainer):
+        self.explainer = explainer
+        self.predictor = explainer.predictor
+        self._lock = threading.Lock()
+        self._decoding = threading.BoundedSemaphore(DECODING_AT_ONCE)
+        self._locator_lock = threading.Lock()
+        self._locator: Locator | None = None
+
+    @property
+    def locator(self) -> Locator:
+        """`where` over the same model; a concept-aware head's gallery activations are computed
+        on the first text query, not at start-up, and once however many queries arrive."""
+        with self._locator_lock:
+            if self._locator is None:
+                names = self.explainer.concepts.names if self.explainer.concept_aware else None
+                with self._lock:
+                    self._locator = Locator(self.predictor, names)
+                self._locator.plain_run = self.explainer.retrained_geoclip
+            return self._locator
+
+    def health(self) -> dict[str, Any]:
+        """What is loaded: the mode, the CLIP model, the gallery and the concept set."""
+        p, e = self.predictor, self.explainer
+        mode = "concept-aware checkpoint" if e.concept_aware else (
+            "GeoCLIP checkpoint" if e.retrained_geoclip else "zero-shot")  # fmt: skip
+        clip = p.clip.identity if p.clip is not None else None
+        return {
+            "status": "ok", "mode": mode,
+            "clip_model": clip.model if clip else None,
+            "clip_pretrained": clip.pretrained if clip else None,
+            "gallery_size": len(p.gallery_gps), "places": len(p.places),
+            "concepts": len(e.concepts.names), "calibrated": p.calibration is not None,
+            "device": str(p.device),
+        }  # fmt: skip
+
+    @cached_property
+    def world(self) -> list[list[float]]:
+        """GeoCLIP's 100K gallery on a WORLD_CELL_DEG grid, one [lat, lon] per inhabited cell:
+        the page's offline world map, as the PNG maps draw it."""
+        cells = torch.unique(torch.round(load_gallery() / WORLD_CELL_DEG), dim=0)
+        return cast("list[list[float]]", (cells * WORLD_CELL_DEG).tolist())
+
+    def _features(self, photo: Photo) -> torch.Tensor:
+        """CLIP features of a photo: decoded and preprocessed outside the lock (no weights)."""
+        clip = self.predictor.clip
+        if clip is None:
+            raise GeoconceptError("this predictor has no CLIP backbone to read photos with")
+        with self._decoding:
+            pixels = torch.stack([clip.preprocess(decode_image(photo.data, photo.name))])
+        with self._lock:
+            return clip.encode_images(pixels)
+
+    def predict(self, photo: Photo, top_k: int = 5) -> dict[str, Any]:
+        """``geoconcept predict --json`` of one photo, plus its map."""
+        feats = self._features(photo)
+        with self._lock:
+            out = {"image": photo.name, **self.predictor.describe_features(feats, top_k)}
+            heat = probability_heat(self.predictor, feats)
+        out["map"] = _photo_map(heat, out, photo)
+        return out
+
+    def explain(
+        self, photo: Photo, top_k: int = 5, n_concepts: int = 8, check: bool = False,
+        m: int = 3, draws: int = 20,
+    ) -> dict[str, Any]:  # fmt: skip
+        """``geoconcept explain --json`` of one photo, plus its map."""
+        feats = self._features(photo)
+        with self._lock:
+            out = {
+                "image": photo.name,
+                **self.explainer.explain_features(
+                    feats, top_k=top_k, n_concepts=n_concepts, check=check, m=m, draws=draws
+                ),
+            }
+            heat = probability_heat(self.predictor, feats)
+        out["map"] = _photo_map(heat, out, photo)
+        return out
+
+    def where(self, text: str, top_k: int = 10, n_countries: int = 10) -> dict[str, Any]:
+        """``geoconcept where --json`` of a text, plus its heatmap (scores, not probabilities,
+        for a concept axis)."""
+        locator = self.locator
+        with self._lock:
+            answer, scores = locator.where(text, top_k, n_countries)
+            heat = self.predictor.strongest(scores, HEAT_POINTS)
+        return {**answer, "map": {"heat": heat, "names": _names(heat)}}
+
+
+def _photo_map(heat: list[list[float]], answer: dict[str, Any], photo: Photo) -> dict[str, Any]:
+    """The heatmap points, their names, and the EXIF truth (with the error) when there is one."""
+    out: dict[str, Any] = {"heat": heat, "names": _names(heat),
+                           "heat_mass": float(sum(h[2] for h in heat))}  # fmt: skip
+    truth = photo_gps(photo.data)
+    if truth is not None:
+        top = answer["predictions"][0]
+        out["truth"] = {
+            "lat": truth[0],
+            "lon": truth[1],
+            "place": place_name(*truth),
+            "error_km": float(haversine_km(top["lat"], top["lon"], *truth)),
+        }
+    return out
+
+
+def _names(heat: list[list[float]]) -> list[str]:
+    """The place name of each [lat, lon, value] heat point, in one search."""
+    return place_names([p[:2] for p in heat])

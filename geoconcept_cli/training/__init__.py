@@ -1,0 +1,1 @@
+"""Training: the run's options (``TrainConfig``) and the loop, on one process or many."""

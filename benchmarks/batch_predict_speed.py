@@ -30,9 +30,12 @@ from geoconcept_cli.gallery.store import cached_gallery_embeddings
 from geoconcept_cli.inference.batch.explain import explain_feature_folder
 from geoconcept_cli.inference.batch.predict import predict_features
 from geoconcept_cli.inference.explainer import Explainer
-from geoconcept_cli.inference.predictor import Predictor, load_run
-from geoconcept_cli.model.clip import ClipId
+from geoconcept_cli.inference.factory import load_predictor
+from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.inference.request import Request
+from geoconcept_cli.model.clip_id import ClipId
 from geoconcept_cli.model.concept_head import build_head
+from geoconcept_cli.model.spec import ModelSpec, StoredFeatures
 
 
 def main() -> None:
@@ -44,7 +47,9 @@ def main() -> None:
     ap.add_argument("--device", default=default_device())
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    predictor = load_run(device=args.device, features_of=ClipId("ViT-L-14", "openai"))[0]
+    asked = Request(top_k=args.top_k)
+    stored = StoredFeatures(ClipId("ViT-L-14", "openai"), 768)
+    predictor = load_predictor(ModelSpec(device=args.device, features=stored))
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(args.photos, 768, generator=gen)
     gps = predictor.gallery_gps
@@ -54,10 +59,10 @@ def main() -> None:
         folder = Path(tmp) / "feats"
         save_features(folder, [str(i) for i in range(args.photos)], feats, latlon,
                       clip_model="ViT-L-14", clip_pretrained="openai")  # fmt: skip
-        predict_features(predictor, folder, Path(tmp) / "warm", args.top_k)  # warm-up
+        predict_features(predictor, folder, Path(tmp) / "warm", asked)  # warm-up
         shutil.rmtree(Path(tmp) / "warm")
         t = time.perf_counter()
-        predict_features(predictor, folder, Path(tmp) / "out", args.top_k)
+        predict_features(predictor, folder, Path(tmp) / "out", asked)
         if sync:
             torch.cuda.synchronize()
         ours = time.perf_counter() - t
@@ -73,11 +78,11 @@ def main() -> None:
         save_features(few, [str(i) for i in range(n)], feats[:n], latlon[:n],
                       clip_model="ViT-L-14", clip_pretrained="openai")  # fmt: skip
         img = head.embed_images(feats[:n].to(args.device))
-        explain_feature_folder(explainer, few, Path(tmp) / "explained", args.top_k)  # warm-up
+        explain_feature_folder(explainer, few, Path(tmp) / "explained", asked)  # warm-up
         times, peers = [], []
         for r in range(args.repeats):  # interleaved: this machine's speed drifts
             t = time.perf_counter()
-            explain_feature_folder(explainer, few, Path(tmp) / f"explained-{r}", args.top_k)
+            explain_feature_folder(explainer, few, Path(tmp) / f"explained-{r}", asked)
             if sync:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)

@@ -75,7 +75,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
 
-    from geoconcept_cli.data.embedding import embed_images
+    from geoconcept_cli.data.embedding import EmbedOptions, embed_shards
     from geoconcept_cli.data.features import feature_summary
     from geoconcept_cli.data.manifests import read_sources
     from geoconcept_cli.model.clip import load_clip
@@ -88,8 +88,7 @@ def main() -> None:
         def run(kind: str) -> Path:
             out = Path(tmp) / f"out-{next(runs)}"
             m = read_sources(*kinds[kind])  # indexing the archive is part of the cost
-            embed_images(m, out, clip, batch_size=args.batch_size, workers=args.workers,
-                         shard_size=4096)  # fmt: skip
+            embed_shards(m, out, clip, EmbedOptions(args.batch_size, 4096, args.workers))
             return out
 
         for kind in kinds:  # warm-up, and a check that every photo is read

@@ -40,7 +40,7 @@ def main() -> None:
     workers = args.workers if args.workers is not None else (12 if gpu else 2)
     warnings.simplefilter("ignore")
 
-    from geoconcept_cli.data.embedding import embed_images
+    from geoconcept_cli.data.embedding import EmbedOptions, embed_shards
     from geoconcept_cli.data.features import feature_summary
     from geoconcept_cli.data.manifests import read_manifest
     from geoconcept_cli.io.images import load_image
@@ -56,11 +56,10 @@ def main() -> None:
         m = read_manifest(manifest, "/")
         if m.skipped:  # a wrong folder would otherwise time the skipping of every row
             raise SystemExit(f"{len(m.skipped)} of {n} photos unusable, e.g. {m.skipped[0]}")
-        embed_images(m, Path(tmp) / "warm", clip, batch_size=batch, workers=workers,
-                     shard_size=batch)  # fmt: skip  # warm-up: kernels, page cache
+        # warm-up: kernels, page cache
+        embed_shards(m, Path(tmp) / "warm", clip, EmbedOptions(batch, batch, workers))
         t = time.perf_counter()
-        embed_images(m, Path(tmp) / "feats", clip, batch_size=batch, workers=workers,
-                     shard_size=4096)  # fmt: skip
+        embed_shards(m, Path(tmp) / "feats", clip, EmbedOptions(batch, 4096, workers))
         if gpu:
             torch.cuda.synchronize()
         ours = n / (time.perf_counter() - t)

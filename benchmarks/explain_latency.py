@@ -28,15 +28,18 @@ def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_grad_enabled(False)
 
-    from geoconcept_cli.inference.explainer import load_explainer
+    from geoconcept_cli.inference.factory import load_explainer
+    from geoconcept_cli.inference.request import Request
     from geoconcept_cli.model.checkpoints import save_checkpoint
     from geoconcept_cli.model.concept_head import ConceptAwareHead, init_from_geoclip
+    from geoconcept_cli.model.spec import ModelSpec
 
     photo = photos(1)[0]
-    zero = load_explainer(clip_model="ViT-L-14", clip_pretrained="none", device=dev)
+    zero = load_explainer(ModelSpec(clip_pretrained="none", device=dev))
     predictor = zero.predictor
-    t_pred = median_time(lambda: predictor.predict(photo, 5), args.repeats, sync=sync)
-    t_zero = median_time(lambda: zero.explain(photo, check=args.check), args.repeats, sync=sync)
+    asked = Request(check=args.check)
+    t_pred = median_time(lambda: predictor.predict(photo), args.repeats, sync=sync)
+    t_zero = median_time(lambda: zero.explain(photo, asked), args.repeats, sync=sync)
 
     with tempfile.TemporaryDirectory() as tmp:
         head = init_from_geoclip(ConceptAwareHead(zero.text))
@@ -44,10 +47,10 @@ def main() -> None:
                 "subcategories": zero.concepts.subcategories}  # fmt: skip
         ckpt = Path(tmp) / "checkpoint.safetensors"
         save_checkpoint(ckpt, head, {}, concepts=meta, step=0)
-        full = load_explainer(ckpt, clip_model="ViT-L-14", clip_pretrained="none", device=dev)
-        t_full = median_time(lambda: full.explain(photo, check=args.check), args.repeats,
+        full = load_explainer(ModelSpec(checkpoint=ckpt, clip_pretrained="none", device=dev))
+        t_full = median_time(lambda: full.explain(photo, asked), args.repeats,
                              sync=sync)  # fmt: skip
-        t_full_pred = median_time(lambda: full.predictor.predict(photo, 5), args.repeats,
+        t_full_pred = median_time(lambda: full.predictor.predict(photo), args.repeats,
                                   sync=sync)  # fmt: skip
 
     print(f"device {dev}, photo {photo.name}, check={args.check}")

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from geoconcept_cli.inference.predictor import Predictor
-from geoconcept_cli.model.clip import ClipId
+from geoconcept_cli.model.clip_id import ClipId
 
 WORK = Path("/tmp/geoconcept-bench-gallery")
 FEATURES = ClipId("ViT-L-14", "openai")  # features given directly: no CLIP weights loaded
@@ -57,11 +57,13 @@ def photo_features(photos: int) -> torch.Tensor:
 
 def load(points: int) -> Predictor:
     """The indexed predictor of the benchmark gallery (encoded and indexed on a cache miss)."""
-    from geoconcept_cli.runtime.progress import progress_bar
+    from geoconcept_cli.inference.factory import load_predictor
+    from geoconcept_cli.model.spec import ModelSpec, StoredFeatures
+    from geoconcept_cli.runtime.progress import lazy_progress_bar
 
-    with progress_bar("encoding gallery (once; cached)", points, unit="points") as advance:
-        return Predictor.load(gallery=gallery_file(points), cache_dir=WORK / "cache",
-                              features_of=FEATURES, progress=advance)  # fmt: skip
+    spec = ModelSpec(gallery=gallery_file(points), cache_dir=WORK / "cache",
+                     features=StoredFeatures(FEATURES, 768))  # fmt: skip
+    return load_predictor(spec, lazy_progress_bar)
 
 
 def fill_synthetic(points: int) -> None:

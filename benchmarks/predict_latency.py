@@ -34,11 +34,12 @@ def main() -> None:
     warnings.simplefilter("ignore")
     print(f"photo: {photo}  device: {dev}  torch threads: {torch.get_num_threads()}")
 
-    from geoconcept_cli.inference.predictor import Predictor
+    from geoconcept_cli.inference.factory import load_predictor
     from geoconcept_cli.io.images import load_image
+    from geoconcept_cli.model.spec import ModelSpec
 
-    ours = Predictor.load("ViT-L-14", "none", device=dev)  # fills the gallery cache once
-    t_ours = median_time(lambda: ours.predict(photo, 5), args.repeats, sync=sync)
+    ours = load_predictor(ModelSpec(clip_pretrained="none", device=dev))  # caches the gallery
+    t_ours = median_time(lambda: ours.predict(photo), args.repeats, sync=sync)
 
     pixels = ours.clip.preprocess(load_image(photo)).unsqueeze(0).to(dev)
     gallery = torch.nn.functional.normalize(torch.randn(100_000, 512, device=dev), dim=1)

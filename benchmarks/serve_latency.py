@@ -66,10 +66,10 @@ def main() -> None:
     port = free_port()
     server = start_server(args, port)  # loads (and caches) everything before we time anything
     try:
-        from geoconcept_cli import load_explainer
+        from geoconcept_cli import ModelSpec, load_explainer
 
-        explainer = load_explainer(args.checkpoint, clip_pretrained=args.clip_pretrained,
-                                   device=args.device)  # fmt: skip
+        explainer = load_explainer(ModelSpec(checkpoint=args.checkpoint, device=args.device,
+                                             clip_pretrained=args.clip_pretrained))  # fmt: skip
         url = f"http://127.0.0.1:{port}/explain"
         files = {"image": (photo.name, data, "image/jpeg")}
 

@@ -46,7 +46,7 @@ def ops_per_step(concepts: Path | None, batch: int, queue: int) -> int:
     from geoconcept_cli.model.concept_head import build_head
     from geoconcept_cli.runtime.distributed import DistInfo
     from geoconcept_cli.training.config import TrainConfig
-    from geoconcept_cli.training.train import optimisation_step, prepare
+    from geoconcept_cli.training.loop import optimisation_step, prepare
 
     cfg = TrainConfig(features="", out="", concepts=str(concepts) if concepts else None)
     head = build_head(load_concept_embeddings(concepts).embeddings if concepts else None).train()
@@ -83,7 +83,7 @@ def main() -> None:
     from synthetic import make_world
 
     from geoconcept_cli.training.config import TrainConfig
-    from geoconcept_cli.training.train import train
+    from geoconcept_cli.training.loop import train
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -22,8 +22,10 @@ from common import default_device, median_time, photos
 from geoconcept_cli.evaluation.atlas import atlas_table, country_means
 from geoconcept_cli.gallery.store import load_gallery
 from geoconcept_cli.geo.geocode import reverse_geocode
+from geoconcept_cli.inference.factory import load_predictor
 from geoconcept_cli.inference.locator import Locator
-from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.inference.request import Request
+from geoconcept_cli.model.spec import ModelSpec
 
 
 def main() -> None:
@@ -35,11 +37,12 @@ def main() -> None:
     torch.set_grad_enabled(False)
     warnings.simplefilter("ignore")
 
-    predictor = Predictor.load("ViT-L-14", "none", device=dev)
+    predictor = load_predictor(ModelSpec(clip_pretrained="none", device=dev))
     photo = photos(1)[0]
     locator = Locator(predictor)
-    t_predict = median_time(lambda: predictor.predict(photo, 5), args.repeats, sync=sync)
-    t_where = median_time(lambda: locator.where("rice terraces", 5), args.repeats, sync=sync)
+    t_predict = median_time(lambda: predictor.predict(photo), args.repeats, sync=sync)
+    t_where = median_time(lambda: locator.where("rice terraces", Request(top_k=5)), args.repeats,
+                          sync=sync)  # fmt: skip
     print(f"device {dev}; random ViT-L/14, GeoCLIP's 100K gallery")
     print(f"warm predict (one photo)        : {t_predict * 1000:8.1f} ms")
     print(f"warm where (zero-shot text)     : {t_where * 1000:8.1f} ms")

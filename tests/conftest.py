@@ -9,9 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from geoconcept_cli.model.spec import ModelSpec
+
 TESTS = Path(__file__).resolve().parent
 TINY_CLIP = str(TESTS / "data" / "tiny-clip-768.json")
 SHARED_DATA = TESTS.parent.parent / "shared" / "data"
+
+
+def tiny_spec(**fields) -> ModelSpec:
+    """A model reading photos with the tiny random CLIP (fields: the rest of the spec)."""
+    return ModelSpec(clip_model=TINY_CLIP, clip_pretrained="none", **fields)
 
 
 def shared_data(*parts: str) -> Path:

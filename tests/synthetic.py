@@ -101,7 +101,7 @@ def tiny_trained_world(root: Path) -> dict:
     """A 6-region, 40-concept world of the tiny test CLIP's width and a concept-aware run
     trained on it for 4 steps (``world["run"]``, its config ``world["cfg"]``)."""
     from geoconcept_cli.training.config import TrainConfig
-    from geoconcept_cli.training.train import train
+    from geoconcept_cli.training.loop import train
 
     world = make_world(root, n_regions=6, per_region=32, k=40, clip_model="tiny-clip-768")
     cfg = TrainConfig(features=str(world["train"]), out=str(root / "run"),

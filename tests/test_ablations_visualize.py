@@ -15,7 +15,7 @@ from geoconcept_cli.concepts.set import default_concepts_path
 from geoconcept_cli.evaluation.ablations import generic_set
 from geoconcept_cli.plots.modality_gap import modality_gap
 from geoconcept_cli.training.config import TrainConfig
-from geoconcept_cli.training.train import train
+from geoconcept_cli.training.loop import train
 
 runner = CliRunner()
 

@@ -18,14 +18,17 @@ from typer.testing import CliRunner
 from geoconcept_cli.cli.app import app
 from geoconcept_cli.data.features import load_features, save_features
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.evaluation.evaluate import evaluate_heads, heads_to_evaluate
-from geoconcept_cli.inference.explainer import load_explainer
+from geoconcept_cli.evaluation.scores import evaluate, evaluate_models
+from geoconcept_cli.inference.factory import load_explainer, load_heads
+from geoconcept_cli.inference.request import Request
 from geoconcept_cli.model.checkpoints import read_checkpoint, read_model, write_checkpoint
+from geoconcept_cli.model.clip_id import ClipId
 from geoconcept_cli.model.concept_head import build_head
 from geoconcept_cli.model.geoclip import load_geoclip_head
+from geoconcept_cli.model.spec import ModelSpec, StoredFeatures
 from geoconcept_cli.serving.service import GeoService, Photo
 from geoconcept_cli.training.config import TrainConfig
-from geoconcept_cli.training.train import train
+from geoconcept_cli.training.loop import train
 
 runner = CliRunner()
 TINY_512 = str(Path(__file__).resolve().parent / "data" / "tiny-clip-512.json")
@@ -130,9 +133,12 @@ def test_evaluate_explain_predict_serve_atlas_and_export_accept_such_runs(pipeli
     res = _ok(["predict", photo, "--checkpoint", plain, "--json", "--gallery", gallery,
                *CLIP_512])  # fmt: skip
     assert len(json.loads(res.stdout)["predictions"]) == 5
-    service = GeoService(load_explainer(run, clip_model=TINY_512, clip_pretrained="none",
-                                        gallery=gallery))  # fmt: skip
-    answer = service.explain(Photo(pipeline["photo"].read_bytes(), "p0.jpg"), top_k=3)
+    service = GeoService(
+        load_explainer(
+            ModelSpec(checkpoint=run, clip_model=TINY_512, clip_pretrained="none", gallery=gallery)
+        )
+    )
+    answer = service.explain(Photo(pipeline["photo"].read_bytes(), "p0.jpg"), Request(top_k=3))
     assert answer["mode"] == "concept-aware checkpoint" and len(answer["predictions"]) == 3
     assert service.where("a harbour at dawn")["mode"] == "projected onto the concept basis"
     _ok(["atlas", "--checkpoint", run, "--out", str(tmp_path / "atlas"), "--gallery", gallery])
@@ -194,9 +200,11 @@ def test_artifacts_of_different_backbones_are_refused_together(pipeline, tmp_pat
                       concepts=str(pipeline["basis"]), batch_size=8)  # fmt: skip
     with pytest.raises(GeoconceptError, match="512-d concept embeddings, but .* holds 768-d"):
         train(cfg)
-    heads = heads_to_evaluate([pipeline["plain"]], geoclip=False)
+    heads = load_heads([ModelSpec(checkpoint=pipeline["plain"])],
+                       StoredFeatures(ClipId(None, None), 768))  # fmt: skip
+    feats, truth, where = torch.randn(4, 768), torch.zeros(4, 2), ModelSpec(gallery=gallery)
     with pytest.raises(GeoconceptError, match="takes 512-d image features, not 768-d ones"):
-        evaluate_heads(heads, torch.randn(4, 768), torch.zeros(4, 2), gallery)
+        evaluate_models(heads, feats, truth, where)
 
 
 def test_a_checkpoint_whose_image_mlp_record_lies_is_refused(pipeline, tmp_path):
@@ -223,14 +231,13 @@ def test_another_768_d_backbone_is_named_when_pretrained_geoclip_reads_it(tmp_pa
 
 def test_a_planted_512_d_world_is_learned_with_and_without_concepts(tmp_path):
     world = make_world(tmp_path, n_regions=6, per_region=32, dim=512, clip_model="tiny-clip-512")
-    test = load_features(world["test"])
     base = dict(features=str(world["train"]), epochs=2, batch_size=32, lr=3e-3, warmup_steps=3,
                 queue_size=32)  # fmt: skip
     runs = {name: tmp_path / name for name in ("concepts", "plain")}
     train(TrainConfig(out=str(runs["concepts"]), concepts=str(world["concepts"]), **base))
     train(TrainConfig(out=str(runs["plain"]), concepts=None, **base))
-    scores = evaluate_heads(heads_to_evaluate(list(runs.values()), geoclip=False),
-                            test.features, test.latlon, world["gallery"])["models"]  # fmt: skip
+    runs_to_score = [ModelSpec(checkpoint=run, gallery=world["gallery"]) for run in runs.values()]
+    scores = evaluate(world["test"], runs_to_score).summary["models"]
     chance = 100 * len(world["centers"]) / (len(world["centers"]) + 300)
     for name, run in runs.items():
         acc = scores[str(run)]["25km"]
@@ -240,7 +247,7 @@ def test_a_planted_512_d_world_is_learned_with_and_without_concepts(tmp_path):
 def test_a_local_vit_l14_file_is_warned_about_with_an_if():
     """Offline, OpenAI's own ViT-L/14 weights come as a local file, which cannot be told from
     other weights of that architecture: the warning says "if", not that they are foreign."""
-    from geoconcept_cli.model.clip import ClipId
+    from geoconcept_cli.model.clip_id import ClipId
     from geoconcept_cli.model.geoclip import ForeignBackboneWarning, warn_unless_geoclip_clip
 
     with pytest.warns(ForeignBackboneWarning, match=r"if /w/ViT-L-14\.pt holds other weights "

@@ -17,16 +17,20 @@ from geoconcept_cli.gallery.store import load_gallery
 from geoconcept_cli.geo.distance import haversine_km
 from geoconcept_cli.inference.batch.predict import predict_features
 from geoconcept_cli.inference.batch.results import part_path
-from geoconcept_cli.inference.predictor import Predictor, load_run
+from geoconcept_cli.inference.factory import load_explainer, load_predictor
+from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.inference.request import Request
 from geoconcept_cli.inference.scorer import PlaceScorer
-from geoconcept_cli.model.clip import ClipId
+from geoconcept_cli.model.clip_id import ClipId
+from geoconcept_cli.model.spec import ModelSpec, StoredFeatures
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def predictor():
-    return load_run(features_of=ClipId("ViT-L-14", "openai"))[0]  # no CLIP weights needed
+    # stored features of GeoCLIP's CLIP: no CLIP weights needed
+    return load_predictor(ModelSpec(features=StoredFeatures(ClipId("ViT-L-14", "openai"), 768)))
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +151,12 @@ def test_cli_predicts_a_feature_folder_into_parquet_parts(tmp_path, feats, predi
 def test_ranks_split_the_shards_and_together_write_the_single_run(tmp_path, feats, predictor):
     folder, *_ = feats
     single, split = tmp_path / "single", tmp_path / "split"
-    predict_features(predictor, folder, single, top_k=2)
-    predict_features(predictor, folder, split, top_k=2, rank=0, world_size=2)  # writes the meta
+    predict_features(predictor, folder, single, Request(top_k=2))
+    # rank 0 writes the meta
+    predict_features(predictor, folder, split, Request(top_k=2), rank=0, world_size=2)
     assert sorted(p.name for p in split.glob("part-*")) == ["part-00000.parquet",
                                                             "part-00002.parquet"]  # fmt: skip
-    predict_features(predictor, folder, split, top_k=2, rank=1, world_size=2)
+    predict_features(predictor, folder, split, Request(top_k=2), rank=1, world_size=2)
     assert pd.read_parquet(split).equals(pd.read_parquet(single))
 
 
@@ -161,7 +166,7 @@ def test_slurm_ranks_all_refuse_an_out_made_otherwise(tmp_path, feats, predictor
     group's timeout)."""
     folder, *_ = feats
     out = tmp_path / "out"
-    predict_features(predictor, folder, out, top_k=5)
+    predict_features(predictor, folder, out, Request(top_k=5))
     for code, err in srun(["predict", str(folder), "--out", str(out), "--top-k", "3"]):
         assert code == 2 and "another top_k" in err, err[-3000:]
         assert len(err.strip().splitlines()) == 1, err[-3000:]
@@ -205,7 +210,7 @@ def test_a_shard_with_no_photo_left_gives_an_empty_part(tmp_path, feats, predict
     _, _, x, latlon = feats
     left = emptied_first_shard(tmp_path / "gappy", x[:6], latlon[:6], clip_model="ViT-L-14",
                                clip_pretrained="openai")  # fmt: skip
-    predict_features(predictor, tmp_path / "gappy", tmp_path / "gappy-out", top_k=2)
+    predict_features(predictor, tmp_path / "gappy", tmp_path / "gappy-out", Request(top_k=2))
     table = pd.read_parquet(tmp_path / "gappy-out")
     assert table["id"].tolist() == left and np.stack(table["top_prob"]).shape == (3, 2)
 
@@ -219,7 +224,7 @@ def test_zero_shot_explain_of_stored_features_finds_their_clips_cached_concepts(
     from PIL import Image
 
     from geoconcept_cli.concepts.set import ConceptSet, default_concepts_path
-    from geoconcept_cli.inference.explainer import concept_cache_path
+    from geoconcept_cli.inference.factory import concept_cache_path
 
     clip = ClipId.of(tiny_clip, "none")
     ids = [f"photo-{i}" for i in range(8)]
@@ -275,8 +280,8 @@ def test_cli_explains_a_feature_folder_into_parts_without_clip(tmp_path):
     from synthetic import tiny_trained_world
 
     from geoconcept_cli.data.features import load_features
-    from geoconcept_cli.inference.batch.explain import explain_feature_folder, explanation_row
-    from geoconcept_cli.inference.explainer import load_explainer
+    from geoconcept_cli.inference.batch.explain import explain_feature_folder
+    from geoconcept_cli.inference.batch.rows import explanation_row
 
     world = tiny_trained_world(tmp_path)
     test = load_features(world["test"])
@@ -306,17 +311,18 @@ def test_cli_explains_a_feature_folder_into_parts_without_clip(tmp_path):
     assert meta["mode"] == "concept-aware checkpoint" and meta["top_k"] == 3
     table = pd.read_parquet(out)
     assert table["image"].tolist() == test.ids
-    explainer = load_explainer(world["run"], gallery=world["gallery"],
-                               features_of=ClipId("tiny-clip-768", "none"))  # fmt: skip
+    stored = StoredFeatures(ClipId("tiny-clip-768", "none"), 768)
+    explainer = load_explainer(ModelSpec(checkpoint=world["run"], gallery=world["gallery"],
+                                         features=stored))  # fmt: skip
     for i in (0, 17, len(test.ids) - 1):
-        exp = explainer.explain_features(test.features[i : i + 1], top_k=3)
-        want = explanation_row({"image": test.ids[i], **exp})
+        exp = explainer.explain_features(test.features[i : i + 1], Request(top_k=3))
+        want = explanation_row(exp, test.ids[i])
         row = table.iloc[i]
         assert (row["lat"], row["lon"], row["place"]) == (want["lat"], want["lon"], want["place"])
         # ranked a shard at a time as batch predict ranks (its softmax sums in float64)
         assert row["prob"] == pytest.approx(want["prob"], rel=1e-4)
         assert list(row["why_here"]) == want["why_here"] and row["rule"] == want["rule"]
-        assert list(row["photo_concepts"]) == [e["concept"] for e in exp["photo_concepts"]]
+        assert list(row["photo_concepts"]) == [e["concept"] for e in exp.photo_concepts or []]
 
     # a rerun writes only what is missing
     stamp = part_path(out, 0).stat().st_mtime_ns
@@ -333,17 +339,17 @@ def test_cli_explains_a_feature_folder_into_parts_without_clip(tmp_path):
 
     # two ranks together write the single run
     split = tmp_path / "split"
-    explain_feature_folder(explainer, folder, split, top_k=3, rank=0, world_size=2)
+    explain_feature_folder(explainer, folder, split, Request(top_k=3), rank=0, world_size=2)
     assert sorted(p.name for p in split.glob("part-*")) == ["part-00000.parquet",
                                                             "part-00002.parquet"]  # fmt: skip
-    explain_feature_folder(explainer, folder, split, top_k=3, rank=1, world_size=2)
+    explain_feature_folder(explainer, folder, split, Request(top_k=3), rank=1, world_size=2)
     assert pd.read_parquet(split).equals(table)
 
     # a first part with no photo keeps the schema of the others
     gappy = tmp_path / "gappy"
     left = emptied_first_shard(gappy, test.features[:8], test.latlon[:8],
                                clip_model="tiny-clip-768", clip_pretrained="none")  # fmt: skip
-    explain_feature_folder(explainer, gappy, tmp_path / "gappy-out", top_k=3)
+    explain_feature_folder(explainer, gappy, tmp_path / "gappy-out", Request(top_k=3))
     assert pd.read_parquet(tmp_path / "gappy-out")["image"].tolist() == left
 
     # zero-shot needs concept embeddings of the features' CLIP: it cannot embed the concepts,

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CLIP, shared_data
+from conftest import shared_data, tiny_spec
 from serving import live_server
 from synthetic import tiny_trained_world
 
@@ -43,7 +43,7 @@ return [heat.length ? heat.filter(h => warm(h.x, h.y)).length / heat.length : 0,
 def base_url(tmp_path_factory):
     world = tiny_trained_world(tmp_path_factory.mktemp("browser"))
     with pytest.warns(UserWarning):  # random CLIP weights
-        explainer = load_explainer(world["run"], clip_model=TINY_CLIP, clip_pretrained="none")
+        explainer = load_explainer(tiny_spec(checkpoint=world["run"]))
     with live_server(create_app(GeoService(explainer))) as url:
         yield url
 

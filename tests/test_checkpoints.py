@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_close_json
+from conftest import assert_close_json, tiny_spec
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -24,10 +24,10 @@ from synthetic import tiny_trained_world
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
-from geoconcept_cli.data.features import load_features
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.evaluation.evaluate import evaluate_heads, heads_to_evaluate
-from geoconcept_cli.inference.explainer import load_explainer
+from geoconcept_cli.evaluation.scores import evaluate
+from geoconcept_cli.inference.factory import load_explainer
+from geoconcept_cli.inference.request import Request
 from geoconcept_cli.model.checkpoints import (
     LEGACY_FORMAT,
     load_head,
@@ -35,7 +35,8 @@ from geoconcept_cli.model.checkpoints import (
     read_model,
     write_checkpoint,
 )
-from geoconcept_cli.training.train import train
+from geoconcept_cli.model.spec import ModelSpec
+from geoconcept_cli.training.loop import run_training, train
 
 runner = CliRunner()
 
@@ -152,16 +153,14 @@ def test_a_run_folder_a_checkpoint_file_and_a_bundle_explain_alike(
     for source in (world["run"], world["run"], world["run"] / "checkpoint.safetensors", bundle,
                    bundle / "model.safetensors"):  # fmt: skip
         with pytest.warns(UserWarning):  # random CLIP weights
-            explainer = load_explainer(source, clip_model=tiny_clip, clip_pretrained="none",
-                                       gallery=small_gallery)  # fmt: skip
-        results.append(explainer.explain(photo, top_k=5, check=True, draws=20))
+            explainer = load_explainer(tiny_spec(checkpoint=source, gallery=small_gallery))
+        results.append(explainer.explain(photo, Request(top_k=5, check=True)).to_json())
     assert results[1]["mode"] == "concept-aware checkpoint"
     for other in results[2:]:
         assert_close_json(other, results[1], abs=1e-6, skip=(".image",))
 
-    test = load_features(world["test"])
-    heads = heads_to_evaluate([world["run"], bundle], geoclip=False)
-    scores = evaluate_heads(heads, test.features, test.latlon, world["gallery"])["models"]
+    runs = [ModelSpec(checkpoint=c, gallery=world["gallery"]) for c in (world["run"], bundle)]
+    scores = evaluate(world["test"], runs).summary["models"]
     assert scores[str(world["run"])] == scores[str(bundle)]
     a, b = read_model(world["run"]), read_model(bundle)
     assert a["model"].keys() == b["model"].keys()
@@ -327,7 +326,7 @@ def test_a_legacy_pickle_checkpoint_loads_safely_and_resume_converts_it(world, t
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, progress=crash_at_4)
+        run_training(cfg, progress=crash_at_4)
     new = read_checkpoint(cfg.checkpoint_path())
     torch.save({**new, "format": LEGACY_FORMAT}, tmp_path / "old" / "checkpoint.pt")
     cfg.checkpoint_path().unlink()

@@ -194,7 +194,7 @@ def test_cli_probes_a_checkpoint_beside_geoclip(tmp_path):
 
     from geoconcept_cli.cli.app import app
     from geoconcept_cli.training.config import TrainConfig
-    from geoconcept_cli.training.train import train
+    from geoconcept_cli.training.loop import train
 
     world = make_world(tmp_path, n_regions=4, per_region=16, k=12)
     run = tmp_path / "run"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_close_json, shared_data
+from conftest import assert_close_json, shared_data, tiny_spec
 from PIL import ExifTags, Image
 from synthetic import tiny_trained_world
 from typer.testing import CliRunner
@@ -17,12 +17,15 @@ from typer.testing import CliRunner
 from geoconcept_cli.cli.app import app
 from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.inference import explainer as explain
-from geoconcept_cli.inference.explainer import faithfulness, load_explainer, remove_concepts
+from geoconcept_cli.inference.explainer import faithfulness, remove_concepts
+from geoconcept_cli.inference.factory import load_explainer
 from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.inference.request import Request
+from geoconcept_cli.inference.results import Candidate, Explanation
 from geoconcept_cli.inference.scorer import PlaceScorer
 from geoconcept_cli.plots.maps import MAP_SIZE_PX, render_map
 from geoconcept_cli.training.config import TrainConfig
-from geoconcept_cli.training.train import train
+from geoconcept_cli.training.loop import train
 
 runner = CliRunner()
 CONCEPT_KEYS = {"mode", "predictions", "spread", "probabilities", "photo_concepts",
@@ -51,14 +54,13 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def concept_explainer(run_dir, tiny_clip, small_gallery):
     with pytest.warns(UserWarning):  # random CLIP weights
-        return load_explainer(run_dir, clip_model=tiny_clip, clip_pretrained="none",
-                              gallery=small_gallery)  # fmt: skip
+        return load_explainer(tiny_spec(checkpoint=run_dir, gallery=small_gallery))
 
 
 @pytest.fixture(scope="module")
 def zero_shot_explainer(tiny_clip, small_gallery):
     with pytest.warns(UserWarning):
-        return load_explainer(clip_model=tiny_clip, clip_pretrained="none", gallery=small_gallery)
+        return load_explainer(tiny_spec(gallery=small_gallery))
 
 
 def test_terms_sum_to_the_models_own_score(concept_explainer):
@@ -66,7 +68,7 @@ def test_terms_sum_to_the_models_own_score(concept_explainer):
     p = concept_explainer.predictor
     for _ in range(5):
         feats = torch.randn(1, 768) * 3
-        exp = concept_explainer.explain_features(feats, top_k=5)
+        exp = concept_explainer.explain_features(feats, Request(top_k=5)).to_json()
         logits = p.logits(feats)[0]
         top = exp["predictions"][0]["gallery_index"]
         assert exp["score_logit"] == pytest.approx(float(logits[top]), abs=1e-4)
@@ -88,8 +90,8 @@ def test_photos_without_a_runner_up_in_the_ranked_pool_are_ranked_deeper(concept
     for ranker in (None, PlaceScorer(concept_explainer.predictor).topk):
         for pool in (explain.RANKED_DEEP, 1):
             monkeypatch.setattr(explain, "RANKED", pool)
-            exps = concept_explainer.explain_batch(feats, top_k=1, rank=ranker)
-            contrasts[ranker is None, pool] = [(e.get("rather_than"), e["rule"]) for e in exps]
+            exps = concept_explainer.explain_batch(feats, Request(top_k=1), rank=ranker)
+            contrasts[ranker is None, pool] = [(e.rather_than, e.rule) for e in exps]
     deep = contrasts[True, explain.RANKED_DEEP]
     assert all(c == deep for c in contrasts.values())
     assert sum(c is not None for c, _ in deep) >= 20
@@ -109,8 +111,8 @@ def test_no_deeper_ranking_when_the_pool_holds_every_place(concept_explainer):
         calls.append(k)
         return few.predictor.topk(feats, k)
 
-    exps = few.explain_batch(torch.randn(4, 768, generator=gen), top_k=1, rank=rank)
-    assert calls == [explain.RANKED] and not any("rather_than" in e for e in exps)
+    exps = few.explain_batch(torch.randn(4, 768, generator=gen), Request(top_k=1), rank=rank)
+    assert calls == [explain.RANKED] and not any(e.rather_than for e in exps)
 
 
 def test_batch_explain_ranks_a_blocks_deep_photos_together_with_the_collector_paused(
@@ -137,14 +139,16 @@ def test_batch_explain_ranks_a_blocks_deep_photos_together_with_the_collector_pa
         return topk(x, k)
 
     monkeypatch.setattr(scorer, "topk", rank)
-    whole = batch_explain.explain_shard(concept_explainer, scorer, ids, feats, 1, 8)
+    whole = batch_explain.explain_shard(concept_explainer, scorer, ids, feats, Request(top_k=1))
     assert [c[:2] for c in calls] == [(1100, 1), (1100, explain.RANKED_DEEP)]
     assert not any(c[2] for c in calls) and gc.isenabled()
     assert whole["rule"].str.startswith("IF the photo shows").mean() > 0.9
 
     monkeypatch.setattr(batch_explain, "BLOCK", 500)
     calls.clear()
-    assert batch_explain.explain_shard(concept_explainer, scorer, ids, feats, 1, 8).equals(whole)
+    assert batch_explain.explain_shard(
+        concept_explainer, scorer, ids, feats, Request(top_k=1)
+    ).equals(whole)
     assert [c[0] for c in calls] == [500, 500, 500, 500, 100, 100]
 
     def fail(x, k):
@@ -152,12 +156,12 @@ def test_batch_explain_ranks_a_blocks_deep_photos_together_with_the_collector_pa
 
     monkeypatch.setattr(scorer, "topk", fail)
     with pytest.raises(RuntimeError, match="out of memory"):
-        batch_explain.explain_shard(concept_explainer, scorer, ids, feats, 1, 8)
+        batch_explain.explain_shard(concept_explainer, scorer, ids, feats, Request(top_k=1))
     assert gc.isenabled()
     gc.disable()  # a caller's choice is kept
     try:
         with pytest.raises(RuntimeError, match="out of memory"):
-            batch_explain.explain_shard(concept_explainer, scorer, ids, feats, 1, 8)
+            batch_explain.explain_shard(concept_explainer, scorer, ids, feats, Request(top_k=1))
         assert not gc.isenabled()
     finally:
         gc.enable()
@@ -165,7 +169,7 @@ def test_batch_explain_ranks_a_blocks_deep_photos_together_with_the_collector_pa
 
 def test_faithfulness_check_reports_both_interventions(concept_explainer):
     feats = torch.randn(1, 768) * 3
-    exp = concept_explainer.explain_features(feats, check=True, m=3, draws=25)
+    exp = concept_explainer.explain_features(feats, Request(check=True, m=3, draws=25)).to_json()
     c = exp["check"]
     assert c["score_before"] == pytest.approx(exp["score_logit"], abs=1e-4)
     top, rand = c["top_concepts_removed"], c["random_concepts_removed"]
@@ -173,9 +177,11 @@ def test_faithfulness_check_reports_both_interventions(concept_explainer):
     assert 0 <= c["beats_random_share"] <= 1 and rand["rank_after_median"] >= 1
     assert c["draws"] == 25
     with pytest.raises(GeoconceptError, match="--m"):
-        concept_explainer.explain_features(feats, check=True, m=0)
+        concept_explainer.explain_features(
+            feats, Request(check=True, m=len(concept_explainer.concepts.names))
+        )
     with pytest.raises(GeoconceptError, match="--draws must be at least 20"):
-        concept_explainer.explain_features(feats, check=True, draws=5)
+        concept_explainer.explain_features(feats, Request(check=True, draws=5))
 
 
 def test_faithfulness_needs_more_than_beating_the_random_mean():
@@ -214,7 +220,7 @@ def test_reasons_only_name_concepts_the_photo_shows(concept_explainer):
     head = concept_explainer.predictor.head
     for _ in range(10):
         feats = torch.randn(1, 768) * 3
-        exp = concept_explainer.explain_features(feats, n_concepts=10)
+        exp = concept_explainer.explain_features(feats, Request(concepts_shown=10)).to_json()
         act = dict(zip(concept_explainer.concepts.names, head.image_concepts(feats)[0].tolist(),
                        strict=True))  # fmt: skip
         named = exp["why_here"] + exp["rather_than"]["for"] + exp["rather_than"]["against"]
@@ -226,7 +232,7 @@ def test_reasons_only_name_concepts_the_photo_shows(concept_explainer):
 def test_zero_shot_on_real_photos(zero_shot_explainer):
     images = sorted(shared_data("im2gps3k", "images").iterdir())[:30]
     for path in images:
-        exp = zero_shot_explainer.explain(path, top_k=3, n_concepts=5)
+        exp = zero_shot_explainer.explain(path, Request(top_k=3, concepts_shown=5)).to_json()
         assert set(exp) == ZERO_SHOT_KEYS | {"image"}
         assert len(exp["predictions"]) == 3 and len(exp["photo_concepts"]) == 5
         assert exp["place_concepts"], f"no region knowledge for {exp['predictions'][0]['place']}"
@@ -248,11 +254,17 @@ def test_cli_single_photo_json_and_map(tmp_path, run_dir, tiny_clip, small_galle
         assert img.format == "PNG" and img.size == MAP_SIZE_PX
 
 
+def _paris(**fields) -> Explanation:
+    """A zero-shot explanation that names Paris, for a map."""
+    return Explanation(image="x.jpg", mode="zero-shot",
+                       predictions=[Candidate(1, 48.8, 2.3, 0.5, 0, "Paris")],
+                       spread={"max_pairwise_km": 0.0, "mean_to_top1_km": 0.0},
+                       probabilities={}, **fields)  # fmt: skip
+
+
 def test_map_draws_the_world_whatever_the_retrieval_gallery(tmp_path):
-    exp = {"image": "x.jpg", "mode": "zero-shot",
-           "predictions": [{"lat": 48.8, "lon": 2.3, "prob": 0.5, "place": "Paris"}],
-           "photo_concepts": [{"concept": "vineyard", "category": "natural",
-                               "weight": 0.3}]}  # fmt: skip
+    exp = _paris(photo_concepts=[{"concept": "vineyard", "category": "natural",
+                                  "subcategory": "agriculture", "weight": 0.3}])  # fmt: skip
     tiny = torch.tensor([[48.8, 2.3], [0.0, 0.0], [-33.9, 151.2]])
     render_map(exp, tiny, tmp_path / "map.png")
     pixels = np.asarray(Image.open(tmp_path / "map.png").convert("RGB")).astype(int)
@@ -263,17 +275,14 @@ def test_map_draws_the_world_whatever_the_retrieval_gallery(tmp_path):
 def test_map_draws_the_probability_heatmap(tmp_path):
     from geoconcept_cli.gallery.store import load_gallery
 
-    exp = {
-        "image": "x.jpg",
-        "mode": "zero-shot",
-        "predictions": [{"lat": 48.8, "lon": 2.3, "prob": 0.5, "place": "Paris"}],
-    }
+    exp = _paris()
     rng = np.random.default_rng(0)  # 300 points around Nairobi, far from the prediction
     heat = [[-1.3 + rng.normal(0, 3), 36.8 + rng.normal(0, 3), float(p)]
             for p in np.sort(rng.uniform(1e-5, 1e-2, 300))[::-1]]  # fmt: skip
     heat += [[-1.3, 36.8, 0.0]] * 3  # underflowed probabilities: on the log scale's floor
     render_map(exp, load_gallery(), tmp_path / "plain.png")
-    render_map(exp, load_gallery(), tmp_path / "heat.png", heat=heat)
+    exp.heat = heat
+    render_map(exp, load_gallery(), tmp_path / "heat.png")
     plain, hot = (np.asarray(Image.open(tmp_path / f).convert("RGB")).astype(int)
                   for f in ("plain.png", "heat.png"))  # fmt: skip
     changed = np.abs(plain - hot).max(axis=2) > 40
@@ -420,11 +429,12 @@ def test_a_plain_geoclip_checkpoint_is_named_as_such(run_dir, tiny_clip, small_g
     train(TrainConfig(features=str(run_dir.parent / "train"), out=str(plain), max_steps=2,
                       batch_size=32, warmup_steps=1, queue_size=32))  # fmt: skip
     with pytest.warns(UserWarning):
-        explainer = load_explainer(plain, clip_model=tiny_clip, clip_pretrained="none",
-                                   gallery=small_gallery)  # fmt: skip
+        explainer = load_explainer(tiny_spec(checkpoint=plain, gallery=small_gallery))
     out = explainer.explain_features(torch.randn(1, 768))
-    assert out["mode"] == "GeoCLIP checkpoint, zero-shot concepts"
-    assert out["note"].startswith("a plain GeoCLIP checkpoint (train --concepts none)")
+    assert out.mode == "GeoCLIP checkpoint, zero-shot concepts"
+    assert out.note is not None and out.note.startswith(
+        "a plain GeoCLIP checkpoint (train --concepts none)"
+    )
 
 
 @pytest.mark.parametrize("which", ["concept_explainer", "zero_shot_explainer"])
@@ -435,12 +445,12 @@ def test_a_batch_explains_each_photo_as_it_alone(which, request):
     torch.manual_seed(1)
     feats = torch.randn(24, 768) * 3
     check = which == "concept_explainer"  # --check needs a concept-aware head
-    batch = explainer.explain_batch(feats, top_k=5, check=check, draws=20)
-    alone = [explainer.explain_features(feats[i : i + 1], top_k=5, check=check, draws=20)
-             for i in range(24)]  # fmt: skip
+    asked = Request(top_k=5, check=check)
+    batch = [e.to_json() for e in explainer.explain_batch(feats, asked)]
+    alone = [explainer.explain_features(feats[i : i + 1], asked).to_json() for i in range(24)]
     # a product over a batch rounds unlike one over one row, and weights are rounded to 1e-5
     assert_close_json(batch, alone, abs=2e-5, rel=1e-5)
-    lean = explainer.explain_batch(feats, top_k=5, check=check, draws=20, place_concepts=False)
+    lean = [e.to_json() for e in explainer.explain_batch(feats, asked, place_concepts=False)]
     if which == "concept_explainer":  # rows leave out the place's concepts: its encoder pass
         drop = ("place_concepts", "place_concepts_source")
         alone = [{k: v for k, v in e.items() if k not in drop} for e in alone]

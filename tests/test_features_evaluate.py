@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 from geoconcept_cli.cli.app import app
 from geoconcept_cli.data.features import check_features_clip, load_features, shard_path
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.evaluation.evaluate import nearest_gallery_km, summarize
+from geoconcept_cli.evaluation.scores import nearest_gallery_km, summarize
 from geoconcept_cli.geo.distance import haversine_km
 from geoconcept_cli.model.checkpoints import check_trained_on
-from geoconcept_cli.model.clip import ClipId
+from geoconcept_cli.model.clip_id import ClipId
 
 runner = CliRunner()
 
@@ -212,7 +212,7 @@ def test_evaluate_cli_geoclip_and_checkpoint(tmp_path, small_gallery):
     from synthetic import make_world
 
     from geoconcept_cli.training.config import TrainConfig
-    from geoconcept_cli.training.train import train
+    from geoconcept_cli.training.loop import train
 
     world = make_world(tmp_path, n_regions=4, per_region=16, k=12)
     train(TrainConfig(features=str(world["train"]), out=str(tmp_path / "run"),
@@ -246,7 +246,7 @@ def test_evaluate_refuses_features_of_another_clip_model(tmp_path):
     from synthetic import make_world
 
     from geoconcept_cli.training.config import TrainConfig
-    from geoconcept_cli.training.train import train
+    from geoconcept_cli.training.loop import train
 
     world = make_world(tmp_path / "a", n_regions=4, per_region=16, k=12)
     other = make_world(tmp_path / "b", n_regions=4, per_region=16, k=12, clip_model="ViT-B-32")

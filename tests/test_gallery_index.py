@@ -21,13 +21,16 @@ from geoconcept_cli.gallery import index as gallery_index
 from geoconcept_cli.gallery import store as gallery_mod
 from geoconcept_cli.gallery.store import load_gallery
 from geoconcept_cli.inference.batch.predict import predict_features
+from geoconcept_cli.inference.factory import load_predictor
 from geoconcept_cli.inference.predictor import Predictor
-from geoconcept_cli.model.clip import ClipId
+from geoconcept_cli.inference.request import Request
+from geoconcept_cli.model.clip_id import ClipId
 from geoconcept_cli.model.geoclip import load_geoclip_head
+from geoconcept_cli.model.spec import ModelSpec, StoredFeatures
 
 ROWS = 200_000
 REPEATED = 1_000  # the last rows repeat the first ones: 199,000 places
-FEATURES = ClipId("ViT-L-14", "openai")  # features given directly: no CLIP is loaded
+FEATURES = StoredFeatures(ClipId("ViT-L-14", "openai"), 768)  # given directly: no CLIP loads
 
 
 def sphere_points(n: int, seed: int = 0) -> np.ndarray:
@@ -49,7 +52,7 @@ def big_gallery(tmp_path_factory):
 @pytest.fixture(scope="module")
 def big(big_gallery, session_cache):
     """The indexed predictor, encoded once into the session's cache (as the CLI finds it)."""
-    return Predictor.load(gallery=big_gallery, features_of=FEATURES)
+    return load_predictor(ModelSpec(gallery=big_gallery, features=FEATURES))
 
 
 def exact_place_probs(p: Predictor, feats: torch.Tensor) -> torch.Tensor:
@@ -115,7 +118,7 @@ def test_a_repeated_place_is_listed_once_and_weighted_by_its_copies(big):
 def test_a_large_gallery_is_read_back_from_the_cache(big_gallery, session_cache, monkeypatch):
     monkeypatch.setattr(gallery_index, "encode_locations", lambda *a, **k: pytest.fail("encoded"))
     monkeypatch.setattr(gallery_index, "build_index", lambda *a: pytest.fail("index rebuilt"))
-    p = Predictor.load(gallery=big_gallery, features_of=FEATURES)
+    p = load_predictor(ModelSpec(gallery=big_gallery, features=FEATURES))
     assert p.index is not None and p.index.index.ntotal == ROWS - REPEATED
     # the index lost (pruned by hand, or unreadable): rebuilt from the cached embeddings
     (index_file,) = (session_cache / "gallery").glob(f"*.{gallery_index.INDEX_KIND}.faiss")
@@ -123,7 +126,7 @@ def test_a_large_gallery_is_read_back_from_the_cache(big_gallery, session_cache,
     monkeypatch.undo()
     monkeypatch.setattr(gallery_index, "encode_locations", lambda *a, **k: pytest.fail("encoded"))
     feats = torch.randn(3, 768, generator=torch.Generator().manual_seed(0))
-    again = Predictor.load(gallery=big_gallery, features_of=FEATURES)
+    again = load_predictor(ModelSpec(gallery=big_gallery, features=FEATURES))
     assert again.index is not None and index_file.stat().st_size > 1e6
     assert torch.equal(again.topk(feats, 5)[1], p.topk(feats, 5)[1])
     assert not list(session_cache.rglob("*.tmp"))
@@ -159,7 +162,7 @@ def test_the_cache_key_and_bound_hold_for_indexed_galleries(small_gallery, tmp_p
 
 def test_batch_prediction_searches_the_index(big, tmp_path):
     world = make_world(tmp_path / "world", n_regions=3, per_region=8, clip_model="ViT-L-14")
-    meta = predict_features(big, world["test"], tmp_path / "out", top_k=3)
+    meta = predict_features(big, world["test"], tmp_path / "out", Request(top_k=3))
     assert "not the whole gallery" in meta["normalised_over"]
     table = pd.read_parquet(tmp_path / "out")
     from geoconcept_cli.data.features import read_shard

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from geoconcept_cli.cli.app import app
 from geoconcept_cli.data.manifests import read_manifest
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.evaluation import evaluate as evaluate
+from geoconcept_cli.evaluation import scores as evaluate
 from geoconcept_cli.evaluation.metrics import admin_matches, distance_metrics, geoscore, reliability
 from geoconcept_cli.gallery.store import load_gallery
 from geoconcept_cli.geo.distance import haversine_km
@@ -41,11 +41,12 @@ from geoconcept_cli.inference.calibration import (
 )
 from geoconcept_cli.inference.predictor import Predictor
 from geoconcept_cli.io.artifacts import hash_state_dict, hash_tensors
-from geoconcept_cli.model.clip import ClipId
+from geoconcept_cli.model.clip_id import ClipId
 from geoconcept_cli.model.geoclip import load_geoclip_head
+from geoconcept_cli.model.spec import ModelSpec
 from geoconcept_cli.runtime.scratch import Scratch
 from geoconcept_cli.training.config import TrainConfig
-from geoconcept_cli.training.train import train
+from geoconcept_cli.training.loop import train
 
 runner = CliRunner()
 PARIS, LYON = (48.8566, 2.3522), (45.7640, 4.8357)
@@ -231,8 +232,7 @@ def test_evaluate_maps_its_country_grouped_gallery_back(tmp_path):
         {"m": head},
         feats,
         truth,
-        tmp_path / "g.csv",
-        tmp_path,
+        ModelSpec(gallery=tmp_path / "g.csv", cache_dir=tmp_path),
         calibrations={"m": tmp_path / "cal.json"},
     ).predictions
     logits = Predictor(head, gps, head.embed_locations(gps)).logits(feats)

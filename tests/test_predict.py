@@ -13,21 +13,26 @@ from PIL import Image
 from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.gallery import store as gallery_mod
 from geoconcept_cli.gallery.store import cached_gallery_embeddings, load_gallery
+from geoconcept_cli.inference.factory import load_predictor
 from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.inference.request import Request
 from geoconcept_cli.model.clip import RandomWeightsWarning, check_weights_reachable, load_clip
 from geoconcept_cli.model.geoclip import load_geoclip_head
+from geoconcept_cli.model.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")
 def tiny_predictor(tiny_clip, small_gallery):
     with pytest.warns(RandomWeightsWarning):
-        return Predictor.load(tiny_clip, "none", small_gallery)
+        return load_predictor(
+            ModelSpec(clip_model=tiny_clip, clip_pretrained="none", gallery=small_gallery)
+        )
 
 
 def test_predict_photo(tiny_predictor, tmp_path):
     photo = tmp_path / "p.jpg"
     Image.new("RGB", (120, 80), (20, 140, 60)).save(photo)
-    cands = tiny_predictor.predict(photo, top_k=3)
+    cands = tiny_predictor.predict(photo, Request(top_k=3)).predictions
     assert [c.rank for c in cands] == [1, 2, 3]
     probs = [c.prob for c in cands]
     assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
@@ -88,7 +93,7 @@ def test_local_checkpoint_loads(tiny_clip, tmp_path, suffix):
     # buffers no checkpoint holds (the text tower's causal mask) included
     import open_clip
 
-    from geoconcept_cli.model.clip import resolve_model_name
+    from geoconcept_cli.model.clip_id import resolve_model_name
 
     theirs = open_clip.create_model(resolve_model_name(tiny_clip), pretrained=str(path)).eval()
     ours = loaded.model

@@ -15,12 +15,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import TINY_CLIP, shared_data
+from conftest import TINY_CLIP, shared_data, tiny_spec
 from fastapi.testclient import TestClient
 from PIL import ExifTags, Image
 from serving import live_server
 
-from geoconcept_cli import GeoService, Photo, load_explainer
+from geoconcept_cli import GeoService, Photo, Request, load_explainer
 from geoconcept_cli.geo.distance import haversine_km
 from geoconcept_cli.serving.http import create_app
 
@@ -28,7 +28,7 @@ from geoconcept_cli.serving.http import create_app
 @pytest.fixture(scope="module")
 def service() -> GeoService:
     with pytest.warns(UserWarning):  # random CLIP weights
-        return GeoService(load_explainer(clip_model=TINY_CLIP, clip_pretrained="none"))
+        return GeoService(load_explainer(tiny_spec()))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_explain_is_the_cli_json_plus_the_map(client, service, photos):
     )
     assert r.status_code == 200
     got = r.json()
-    want = service.explainer.explain(photos[0], top_k=4, n_concepts=5)
+    want = service.explainer.explain(photos[0], Request(top_k=4, concepts_shown=5)).to_json()
     want["image"] = photos[0].name  # the upload's name: the server has no path
     assert json.loads(json.dumps(without_map(got))) == json.loads(json.dumps(want))
     heat = np.array(got["map"]["heat"])
@@ -87,8 +87,8 @@ def test_explain_is_the_cli_json_plus_the_map(client, service, photos):
 
 def test_predict_is_the_cli_json_plus_the_map(client, service, photos):
     got = client.post("/predict?top_k=3", files=upload(photos[1].read_bytes())).json()
-    want = service.predictor.describe(photos[1], top_k=3)
-    assert without_map(got) == json.loads(json.dumps({"image": "photo.jpg", **want}))
+    want = service.predictor.predict(photos[1], Request(top_k=3)).to_json()
+    assert without_map(got) == json.loads(json.dumps({**want, "image": "photo.jpg"}))
     assert len(got["map"]["heat"]) == 2000
 
 
@@ -230,7 +230,7 @@ def test_concurrent_clients_good_and_bad_mixed(service, photos):
     """8 clients x 20 requests over real HTTP: every good answer is the serial one, every bad
     one a 4xx, no 5xx, and memory does not grow with the requests."""
     good = [p.read_bytes() for p in photos]
-    serial = [service.explain(Photo(d, "p.jpg"), top_k=3) for d in good]
+    serial = [service.explain(Photo(d, "p.jpg"), Request(top_k=3)) for d in good]
     bad = [(upload(b"not an image"), 400), (upload(os.urandom(1_200_000)), 413),
            ({"photo": ("p.jpg", good[0], "image/jpeg")}, 400)]  # fmt: skip
     results: list[tuple[str, int, object]] = []
@@ -342,13 +342,13 @@ def test_cli_serve_refuses_a_port_in_use_before_loading_anything(monkeypatch):
 
     from typer.testing import CliRunner
 
-    import geoconcept_cli.inference.explainer
+    import geoconcept_cli.serving.http
     from geoconcept_cli.cli.app import app
 
     def no_loading(*args, **kwargs):
         raise AssertionError("loaded the models for a port it cannot listen on")
 
-    monkeypatch.setattr(geoconcept_cli.inference.explainer, "load_explainer", no_loading)
+    monkeypatch.setattr(geoconcept_cli.serving.http, "load_explainer", no_loading)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

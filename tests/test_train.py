@@ -22,11 +22,12 @@ from synthetic import make_world
 
 from geoconcept_cli.data.features import load_features
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.evaluation.evaluate import evaluate_heads, heads_to_evaluate
+from geoconcept_cli.evaluation.scores import evaluate
 from geoconcept_cli.model.checkpoints import load_head, read_checkpoint, write_checkpoint
+from geoconcept_cli.model.spec import ModelSpec
 from geoconcept_cli.runtime.distributed import DistInfo, free_port, launch
 from geoconcept_cli.training.config import TrainConfig
-from geoconcept_cli.training.train import check_run, train
+from geoconcept_cli.training.loop import check_run, run_training, train
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +47,7 @@ def _cfg(world, out, **kw) -> TrainConfig:
 def test_learns_far_above_chance(world, tmp_path):
     out = tmp_path / "run"
     last = train(_cfg(world, out))
-    test = load_features(world["test"])
-    res = evaluate_heads(
-        heads_to_evaluate([out], geoclip=False), test.features, test.latlon, world["gallery"]
-    )
+    res = evaluate(world["test"], [ModelSpec(checkpoint=out, gallery=world["gallery"])]).summary
     acc = res["models"][str(out)]["25km"]
     n_gallery = len(world["centers"]) + 300
     chance = 100 * len(world["centers"]) / n_gallery  # a random gallery pick hits a region
@@ -77,10 +75,10 @@ def test_crash_and_resume_equals_uninterrupted(world, tmp_path):
     train(cfg)
     cfg_b = replace(cfg, out=str(tmp_path / "b"))
     with pytest.raises(KeyboardInterrupt):
-        train(cfg_b, progress=_crash_at_8)
+        run_training(cfg_b, progress=_crash_at_8)
     assert read_checkpoint(cfg_b.checkpoint_path())["step"] == 6
     with pytest.warns(UserWarning, match=r"unfinished run \(step 6 of 10\)"):
-        heads_to_evaluate([cfg_b.out], geoclip=False)
+        evaluate(world["test"], [ModelSpec(checkpoint=cfg_b.out, gallery=world["gallery"])])
     with pytest.raises(GeoconceptError, match="--resume"):
         train(cfg_b)
     cut = tmp_path / "b" / ".checkpoint.safetensors.x1y2.tmp"  # as a kill during a save leaves it
@@ -103,14 +101,14 @@ def test_gpu_run_resumes_exactly_with_features_on_either_side(world, tmp_path, m
     """On a GPU the batch gather, GPS noise and queue run on the device: a cut run resumes to
     the uninterrupted weights, and features too big for the GPU (left on the host) change
     nothing."""
-    import geoconcept_cli.training.train as train_module
+    import geoconcept_cli.training.loop as train_module
 
     assert train_module.resident(torch.zeros(4), torch.device("cuda")).is_cuda  # small: moved
     cfg = _cfg(world, tmp_path / "a", max_steps=10, save_every=3, device="cuda")
     train(cfg)
     cut = replace(cfg, out=str(tmp_path / "b"))
     with pytest.raises(KeyboardInterrupt):
-        train(cut, progress=_crash_at_8)
+        run_training(cut, progress=_crash_at_8)
     train(cut, resume=True)
     monkeypatch.setattr(train_module, "resident", lambda features, device: features)
     host = replace(cfg, out=str(tmp_path / "c"))
@@ -264,7 +262,7 @@ def _one_step(cfg_dict: dict, out_file: str) -> None:
     from geoconcept_cli.model.concept_embeddings import load_concept_embeddings
     from geoconcept_cli.model.concept_head import build_head
     from geoconcept_cli.runtime.distributed import init_distributed, mean_across_ranks
-    from geoconcept_cli.training.train import prepare, step_loss
+    from geoconcept_cli.training.loop import prepare, step_loss
 
     cfg = TrainConfig(**cfg_dict)
     info = init_distributed(False)
@@ -493,7 +491,7 @@ def test_half_written_metrics_line_does_not_break_resume(world, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, progress=crash_at_5)
+        run_training(cfg, progress=crash_at_5)
     with (tmp_path / "m" / "metrics.jsonl").open("a") as f:
         f.write('{"step": 6, "lo')  # killed mid-line
     assert train(cfg, resume=True)["step"] == 6

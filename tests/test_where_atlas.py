@@ -19,9 +19,10 @@ from geoconcept_cli.gallery.store import cached_gallery_embeddings, load_gallery
 from geoconcept_cli.geo.geocode import reverse_geocode
 from geoconcept_cli.inference.locator import Locator
 from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.inference.request import Request
 from geoconcept_cli.model.checkpoints import load_head
 from geoconcept_cli.training.config import TrainConfig
-from geoconcept_cli.training.train import train
+from geoconcept_cli.training.loop import train
 
 runner = CliRunner()
 CONTINENTS = ["Africa", "Asia", "Europe", "North America", "Oceania", "South America"]
@@ -67,14 +68,16 @@ def test_where_a_concept_is_the_runs_own_axis(planted, tiny_clip):
     locator = Locator(predictor, ckpt["concepts"]["concepts"])
     axis = head.location_concepts(gps).detach()
     for c in (0, 5, 17):
-        answer, scores = locator.where(f"Concept {c}", top_k=3)  # any case
+        found = locator.where(f"Concept {c}", Request(top_k=3))  # any case
+        answer, scores = found.to_json(), found.scores
         assert answer["mode"] == "concept axis" and answer["score"] == "activation"
         torch.testing.assert_close(scores, axis[:, c], rtol=0, atol=1e-6)
         best = int(predictor.places[scores[predictor.places].argmax()])
         assert answer["places"][0]["gallery_index"] == best
         assert [p["score"] for p in answer["places"]] == sorted(
             (p["score"] for p in answer["places"]), reverse=True)  # fmt: skip
-    other, scores = locator.where("a volcano at dusk")
+    found = locator.where("a volcano at dusk")
+    other, scores = found.to_json(), found.scores
     assert other["mode"] == "projected onto the concept basis" and "not a concept" in other["note"]
     assert scores.shape == (len(gps),)
 
@@ -152,7 +155,8 @@ def test_explanation_metrics_agree_with_explain_check_photo_by_photo(planted):
     explainer = Explainer(predictor, ConceptSet.from_meta(ckpt["concepts"]))
     test = load_features(planted["test"])
     for i in (0, 7, 30):
-        check = explainer.explain_features(test.features[i : i + 1], check=True)["check"]
+        check = explainer.explain_features(test.features[i : i + 1], Request(check=True)).check
+        assert check is not None
         metrics = explanation_metrics(predictor, test.features[i : i + 1], photos=1)
         assert metrics["faithful_share"] == float(check["faithful"])
         d = metrics["deletion"]

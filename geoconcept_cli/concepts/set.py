@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,15 @@ from ..geo.geocode import country_and_continent
 def default_concepts_path() -> Path:
     """The curated concept set shipped in the repository's ``concepts/`` folder."""
     return Path(__file__).resolve().parents[2] / "concepts" / "concepts.parquet"
+
+
+class ConceptWeight(TypedDict):
+    """A concept with the weight it has in a list (an activation, a score term...)."""
+
+    concept: str
+    category: str
+    subcategory: str
+    weight: float
 
 
 @dataclass
@@ -44,7 +53,7 @@ class ConceptSet:
     def from_meta(cls, meta: dict[str, Any]) -> ConceptSet:
         return cls(meta["concepts"], meta["categories"], meta["subcategories"])
 
-    def entry(self, i: int, weight: float | torch.Tensor) -> dict[str, Any]:
+    def entry(self, i: int, weight: float | torch.Tensor) -> ConceptWeight:
         return {
             "concept": self.names[i],
             "category": self.categories[i],
@@ -53,7 +62,7 @@ class ConceptSet:
         }
 
     def top_rows(self, values: torch.Tensor, n: int, where: torch.Tensor | None = None
-                 ) -> list[list[dict[str, Any]]]:  # fmt: skip
+                 ) -> list[list[ConceptWeight]]:  # fmt: skip
         """The ``n`` largest of each row of (B, k) values as entries, in one top-k; with
         ``where``, only those concepts, if > 0."""
         if where is not None:

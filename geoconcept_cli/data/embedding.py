@@ -3,8 +3,9 @@ in DataLoader workers, into the feature shards of ``data.features`` (this rank's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +19,19 @@ from ..io.archives import (
     Photo,
     open_photo,
 )
-from ..model.clip import ClipBackbone, ClipId
-from .features import shard_rows, start_feature_folder, write_shard
+from ..model.clip import ClipBackbone, load_clip
+from ..model.clip_id import ClipId
+from ..model.spec import ModelSpec
+from ..runtime.distributed import all_or_none, init_distributed, is_main_process
+from ..runtime.launch import Workers
+from ..runtime.progress import Log, progress_bar, quiet
+from .features import (
+    check_feature_folder,
+    shard_rows,
+    start_feature_folder,
+    undecodable,
+    write_shard,
+)
 from .manifests import Manifest, read_sources
 
 if TYPE_CHECKING:
@@ -116,27 +128,30 @@ def _encode_shard(part: pd.DataFrame, clip: ClipBackbone, batch_size: int, worke
     return (torch.cat(feats).cpu() if feats else torch.zeros(0, clip.embed_dim)), keep, bad
 
 
-def embed_images(
-    manifest: Manifest,
-    out_dir: str | Path,
-    clip: ClipBackbone,
-    *,
-    shard_size: int = 4096,
-    batch_size: int = 64,
-    workers: int = 2,
-    rank: int = 0,
-    world_size: int = 1,
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EmbedOptions:
+    """How photos are embedded: ``batch_size`` at once through CLIP, ``shard_size`` to a
+    shard (the unit a rerun skips), decoded by ``workers`` DataLoader processes."""
+
+    batch_size: int = 64
+    shard_size: int = 4096
+    workers: int = 2
+
+
+def embed_shards(manifest: Manifest, out_dir: str | Path, clip: ClipBackbone,
+                 options: EmbedOptions = EmbedOptions(), rank: int = 0, world_size: int = 1,
+                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Write the missing feature shards (this rank's share: shard i goes to rank i % world_size).
 
     ``progress(n)`` gets the images of each batch encoded; finished shards are not reported."""
-    meta, pending = start_feature_folder(manifest, out_dir, clip.identity, shard_size, rank)
+    size = options.shard_size
+    meta, pending = start_feature_folder(manifest, out_dir, clip.identity, size, rank)
     for s in range(rank, meta["shards"], world_size):
         if s not in pending:
             continue
-        part = shard_rows(manifest, shard_size, s)
-        feats, keep, bad = _encode_shard(part, clip, batch_size, workers, progress)
+        part = shard_rows(manifest, size, s)
+        feats, keep, bad = _encode_shard(part, clip, options.batch_size, options.workers,
+                                         progress)  # fmt: skip
         sel = part.iloc[keep]
         write_shard(
             Path(out_dir), s, sel["id"].tolist(), feats,
@@ -145,39 +160,92 @@ def embed_images(
     return meta
 
 
-def embed_images_worker(
-    sources: list[str], images: list[str], out: str, clip_model: str, clip_pretrained: str,
-    device: str, batch_size: int, shard_size: int, workers: int,
-    manifest: Manifest | None = None,
-) -> dict[str, Any]:  # fmt: skip
+def embed_images_worker(sources: list[str], images: list[str], out: str, spec: ModelSpec,
+                        options: EmbedOptions, manifest: Manifest | None = None
+                        ) -> dict[str, Any]:  # fmt: skip
     """One process of embed-images (picklable for the launcher): its share of the shards.
     ``manifest``: the sources as this process already read them (archives are then not
     indexed again); launched processes read them themselves.
 
     Rank 0 shows progress over its own unfinished shards (with N ranks, about 1/N of the
     images); a rank 0 with none left shows none."""
-    from ..model.clip import load_clip
-    from ..runtime.distributed import all_or_none, init_distributed
-    from ..runtime.progress import progress_bar
-
-    info = init_distributed(device.startswith("cuda"))
+    info = init_distributed(spec.device.startswith("cuda"))
     with all_or_none(info, "starting --out"):  # meta.json exists before any rank writes a shard
         m = manifest or read_sources([Path(s) for s in sources], [Path(i) for i in images])
         meta, pending = start_feature_folder(
-            m, out, ClipId.of(clip_model, clip_pretrained), shard_size, info.rank
-        )
+            m, out, ClipId.of(spec.clip_model, spec.clip_pretrained), options.shard_size,
+            info.rank,
+        )  # fmt: skip
     mine = [s for s in range(info.rank, meta["shards"], info.world_size) if s in pending]
     with all_or_none(info, "embedding images"):  # every shard is written before any report
         if mine:  # else no need to load CLIP
-            clip = load_clip(clip_model, clip_pretrained,
-                             info.device if device.startswith("cuda") else device)  # fmt: skip
+            device = info.device if spec.device.startswith("cuda") else spec.device
+            clip = load_clip(spec.clip_model, spec.clip_pretrained, device)
             label = "embedding images" + (f" (rank 0: {len(mine)} of {meta['shards']} shards)"
                                           if info.world_size > 1 else "")  # fmt: skip
-            total = sum(len(shard_rows(m, shard_size, s)) for s in mine)
+            total = sum(len(shard_rows(m, options.shard_size, s)) for s in mine)
             bar = progress_bar(label, total, unit="images") if info.is_main else nullcontext()
             with bar as advance:
-                embed_images(
-                    m, out, clip, shard_size=shard_size, batch_size=batch_size,
-                    workers=workers, rank=info.rank, world_size=info.world_size, progress=advance,
-                )  # fmt: skip
+                embed_shards(m, out, clip, options, info.rank, info.world_size, advance)
     return meta
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """What an ``embed_images`` run left in its folder: images stored there, of which embedded
+    by this run, its shards, the manifest rows skipped (missing, invalid coordinates,
+    undecodable), and whether this run wrote any shard (False: a rerun found it complete)."""
+
+    out: Path
+    stored: int
+    embedded: int
+    shards: int
+    skipped: int
+    wrote: bool
+
+
+def embed_images(
+    sources: Sequence[str | Path], out: str | Path, spec: ModelSpec = ModelSpec(),
+    images: Sequence[str | Path] = (), options: EmbedOptions = EmbedOptions(),
+    ranks: Workers = Workers(), log: Log = quiet,
+) -> EmbedResult | None:  # fmt: skip
+    """`geoconcept embed-images`: run ``spec``'s CLIP once over the photos of ``sources`` (a
+    manifest whose photos are in ``images``, a folder or archives, or WebDataset shards) into
+    the resumable feature folder ``out`` (see ``data.features``), here or over ``ranks``. What
+    was found and skipped is ``log``ged as it is read. The result on the process that
+    reports, None on the others."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GeoconceptError(f"--out {out}: a file; give a folder for the feature shards")
+    spec = replace(spec, device=ranks.device(spec.device))
+    ranks.per_node()  # impossible process counts are refused before any reading
+    m = read_sources([Path(s) for s in sources], [Path(i) for i in images])
+    label = sources[0] if len(sources) == 1 else f"{len(m.rows) + len(m.skipped)} samples"
+    log(f"{label}: image ids from {m.source}")
+    if m.rows.empty:
+        raise GeoconceptError(
+            f"{label}: none of its {len(m.skipped)} rows is usable (first: "
+            f"{m.skipped[0][1] if m.skipped else 'no rows'}); check --images"
+        )
+    _log_skipped(m.skipped, log, "skipped rows (listed in meta.json)")
+    clip = ClipId.of(spec.clip_model, spec.clip_pretrained)
+    meta, pending = check_feature_folder(m, out, clip, options.shard_size)
+    if pending:
+        ranks.run(embed_images_worker, ([str(s) for s in sources], [str(i) for i in images],
+                                        str(out), spec, options), manifest=m)  # fmt: skip
+    if not is_main_process():  # under torchrun/SLURM every rank runs this: one reports
+        return None
+    bad_in = undecodable(out)  # images that exist but did not decode, listed in their shards
+    bad = [b for shard in bad_in.values() for b in shard]
+    _log_skipped(bad, log, "undecodable images (listed in their shards)")
+    now = sum(len(shard_rows(m, options.shard_size, s)) - len(bad_in[s]) for s in pending)
+    return EmbedResult(out, len(m.rows) - len(bad), now, meta["shards"],
+                       len(m.skipped) + len(bad), bool(pending))  # fmt: skip
+
+
+def _log_skipped(skipped: list[tuple[str, str]], log: Log, what: str) -> None:
+    """The first ten skipped rows, each with why, and how many more there are."""
+    for ident, reason in skipped[:10]:
+        log(f"skipped {ident}: {reason}")
+    if len(skipped) > 10:
+        log(f"... and {len(skipped) - 10} more {what}")

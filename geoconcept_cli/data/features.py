@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from ..errors import GeoconceptError
 from ..io.artifacts import atomic_path, write_json
-from ..model.clip import ClipId, check_same_clip
+from ..model.clip_id import ClipId, check_same_clip
 from .manifests import Manifest
 
 if TYPE_CHECKING:

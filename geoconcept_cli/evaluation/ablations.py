@@ -8,7 +8,6 @@ features and evaluates them side by side with pretrained GeoCLIP.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..concepts.set import load_concepts
-from ..data.features import load_features
+from ..concepts.set import default_concepts_path, load_concepts
+from ..data.features import check_features_clip
 from ..io.artifacts import atomic_path, write_json
 from ..model.checkpoints import run_checkpoint
-from ..model.clip import ClipBackbone
+from ..model.clip import ClipBackbone, load_clip
+from ..model.clip_id import ClipId
 from ..model.concept_embeddings import (
     DEFAULT_TEMPLATES,
     encode_concepts,
     save_concept_embeddings,
 )
+from ..model.spec import ModelSpec
+from ..runtime.progress import Log, quiet
 from ..training.config import TrainConfig
-from ..training.train import train
-from .evaluate import evaluate_heads, heads_to_evaluate, markdown_table
+from ..training.loop import train
+from .scores import evaluate, markdown_table
 
 GENERIC_VOCABULARY = tuple(
     """
@@ -98,25 +100,21 @@ def run_grid(
     sets: dict[str, Path | None],
     out_dir: str | Path,
     base: TrainConfig,
-    gallery: str | Path | None = None,
-    progress: Callable[[str, str], object] | None = None,
+    spec: ModelSpec = ModelSpec(),
+    log: Log = quiet,
 ) -> dict[str, Any]:
-    """Train one model per concept set (finished runs are skipped) and evaluate them all.
-
-    ``progress(name, "trained" | "already trained")`` is told of each run.
-    """
+    """Train one model per concept set (finished runs are skipped) and evaluate them all over
+    ``spec``'s gallery, beside pretrained GeoCLIP. ``log`` is told of each run."""
     out_dir = Path(out_dir)
     runs = {}
     for name, emb in sets.items():
         cfg = replace(base, features=str(train_features), out=str(out_dir / name),
                       concepts=str(emb) if emb else None)  # fmt: skip
-        last = train(cfg, resume=run_checkpoint(cfg.out) is not None)
+        last = train(cfg, resume=run_checkpoint(cfg.out) is not None) or {}
         runs[name] = out_dir / name
-        if progress:
-            progress(name, "already trained" if last.get("loss") is None else "trained")
-    test = load_features(test_features)
-    heads = heads_to_evaluate([runs[n] for n in runs], geoclip=True)
-    result = evaluate_heads(heads, test.features, test.latlon, gallery)
+        log(f"{'already trained' if last.get('loss') is None else 'trained'}: {name}")
+    models = [replace(spec, checkpoint=None), *(replace(spec, checkpoint=r) for r in runs.values())]
+    result = evaluate(test_features, models).summary
     result["models"] = {
         {str(v): k for k, v in runs.items()}.get(name, name): row
         for name, row in result["models"].items()
@@ -125,3 +123,20 @@ def run_grid(
     with atomic_path(out_dir / "ablation.md") as tmp:
         tmp.write_text(markdown_table(result) + "\n")
     return result
+
+
+def ablate(train_features: str | Path, test_features: str | Path, out: str | Path,
+           config: TrainConfig, spec: ModelSpec = ModelSpec(), concepts: str | Path | None = None,
+           log: Log = quiet) -> dict[str, Any]:  # fmt: skip
+    """`geoconcept ablate`: the geography-driven ``concepts`` (default: the shipped set), a
+    generic vocabulary and a random basis of the same size, each embedded with ``spec``'s
+    CLIP, and no concepts, each trained on ``train_features`` with ``config``'s options and
+    evaluated on ``test_features`` (see ``run_grid``)."""
+    clip_id = ClipId.of(spec.clip_model, spec.clip_pretrained)
+    for folder in (train_features, test_features):  # before minutes of concept embedding
+        check_features_clip(folder, clip_id)
+    clip = load_clip(spec.clip_model, spec.clip_pretrained, spec.device)
+    sets = make_concept_sets(concepts or default_concepts_path(), clip, Path(out) / "concept_sets")
+    device = "cuda" if spec.device.startswith("cuda") else "cpu"
+    return run_grid(train_features, test_features, sets, out, replace(config, device=device),
+                    spec, log)  # fmt: skip

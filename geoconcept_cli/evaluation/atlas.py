@@ -14,7 +14,8 @@ fresh, seeded projection) and a random basis of the same size over the trained l
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..concepts.set import load_concepts
+from ..concepts.set import default_concepts_path, load_concepts
 from ..errors import GeoconceptError
+from ..gallery.store import load_gallery
 from ..geo.geocode import reverse_geocode
 from ..geo.regions import CONTINENT_OF
 from ..io.artifacts import atomic_path, write_json
+from ..model.checkpoints import load_head
 from ..model.concept_head import ConceptAwareHead, build_head, location_latents
+from ..model.spec import ModelSpec
+from ..runtime.progress import Report, silent
 
 MAPS_SHOWN = 12  # small multiples: the concepts asked for, or the 6 best and 6 worst grounded
 
@@ -233,3 +238,42 @@ def plot_small_multiples(acts: dict[str, torch.Tensor], gps: torch.Tensor, path:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def make_atlas(spec: ModelSpec, out: str | Path, concepts: Sequence[str] | None = None,
+               concept_set: str | Path | None = None, seed: int = 0, report: Report = silent
+               ) -> tuple[Atlas, list[Path]]:  # fmt: skip
+    """`geoconcept atlas`: every concept of ``spec``'s concept-aware run over its gallery,
+    written to ``out`` (the per-country atlas, the grounding against ``concept_set``'s
+    regions (default: the shipped set), a report, and the maps of ``concepts``, or of the 6
+    best and 6 worst grounded). Returns the atlas and the files written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GeoconceptError(f"--out {out}: a file; give a folder")
+    if spec.checkpoint is None:
+        raise GeoconceptError("the atlas maps a concept-aware run: give its --checkpoint")
+    head, ckpt = load_head(spec.checkpoint, spec.device)
+    if not isinstance(head, ConceptAwareHead):
+        raise GeoconceptError(f"{spec.checkpoint}: a plain GeoCLIP run (train --concepts none) "
+                              "has no concepts to map; give a concept-aware run")  # fmt: skip
+    names = ckpt["concepts"]["concepts"]
+    asked = list(concepts) if concepts else None
+    if asked:
+        named_concepts(asked, names)  # before minutes of work
+    gps = load_gallery(spec.gallery)
+    with report("location encoder over the gallery", "points") as advance:
+        progress = (lambda n, total: advance(n, 2 * total)) if advance else None
+        atlas = build_atlas(head, ckpt, gps, concept_set or default_concepts_path(), seed,
+                            progress)  # fmt: skip
+    picked = pick_concepts(atlas, asked)
+    index = {c: i for i, c in enumerate(names)}
+    paths = write_atlas(atlas, out, str(spec.checkpoint))
+    paths.append(plot_small_multiples({c: atlas.acts[:, index[c]] for c in picked}, gps,
+                                      out / "maps.png", atlas.grounding))  # fmt: skip
+    if not atlas.summary["with_regions"]:
+        warnings.warn(
+            "no concept of this run has region associations in the concept set: "
+            "give --concept-set the concepts.parquet it was built from",
+            stacklevel=2,
+        )
+    return atlas, paths

@@ -38,6 +38,8 @@ from ..io.tables import LAT_NAMES, LON_NAMES, find_column, read_table
 from ..model.checkpoints import load_head
 from ..model.concept_head import ConceptAwareHead
 from ..model.geoclip import load_geoclip_head
+from ..model.spec import ModelSpec
+from ..runtime.progress import Report, silent
 
 TASKS = ("regression", "classification")
 PROBES = ("linear", "mlp")
@@ -108,12 +110,11 @@ def default_embedders(device: str | torch.device = "cpu") -> dict[str, Embedder]
     return {"geoclip": geoclip_embedder(device=device), "coords": raw_coordinates_embedder()}
 
 
-def checkpoint_embedders(
-    checkpoint: str | Path, device: str | torch.device = "cpu"
-) -> dict[str, Embedder]:
+def checkpoint_embedders(spec: ModelSpec) -> dict[str, Embedder]:
     """A trained run's location features and, for a concept-aware head, its activations."""
-    head, _ = load_head(checkpoint, device)
-    name = Path(checkpoint).name
+    assert spec.checkpoint is not None  # a run's spec
+    head, _ = load_head(spec.checkpoint, spec.device)
+    device, name = spec.device, Path(spec.checkpoint).name
     if isinstance(head, ConceptAwareHead):
         return {f"{name}:features": batched_embedder(head.location_latent, device),
                 f"{name}:concepts": batched_embedder(head.location_concepts, device)}  # fmt: skip
@@ -232,6 +233,25 @@ def load_table(
 ) -> DownstreamTable:
     """A CSV/Parquet downstream table: rows with invalid coordinates or targets skipped."""
     return table_from_frame(read_table(path), target, lat, lon, task, source=str(path))
+
+
+PRESETS = ("air-temperature", "us-income")
+
+
+def downstream_table(path: str | Path, target: str | None = None, preset: str | None = None,
+                     lat: str | None = None, lon: str | None = None, task: str = "regression"
+                     ) -> DownstreamTable:  # fmt: skip
+    """The table to probe: a ``preset`` built from the downstream data folder ``path``, or
+    ``path`` itself with its ``target`` column (coordinates found, or named)."""
+    if preset == "air-temperature":
+        return air_temperature_table(path)
+    if preset == "us-income":
+        return us_county_income_table(path)
+    if preset is not None:
+        raise GeoconceptError(f"--preset must be {' or '.join(PRESETS)}")
+    if target is None:
+        raise GeoconceptError("give --target COLUMN (or a --preset)")
+    return load_table(path, target, lat, lon, task)
 
 
 def air_temperature_table(downstream_dir: str | Path) -> DownstreamTable:
@@ -418,6 +438,27 @@ class ProbeResults:
                 for r in self.rows
             ],
         }
+
+
+def probe_locations(
+    table: DownstreamTable, models: Sequence[ModelSpec], folds: int = 5, seed: int = 0,
+    spatial_block_deg: float | None = None, probes: Sequence[str] | None = None,
+    report: Report = silent,
+) -> ProbeResults:  # fmt: skip
+    """`geoconcept downstream`: embed the table's locations with each model's location encoder
+    (pretrained GeoCLIP's and raw coordinates for a spec without checkpoint, a run's features
+    and concept activations) and cross-validate each probe (default: all of PROBES) on each
+    (see ``run_probes``)."""
+    probes = tuple(probes or PROBES)
+    embedders: dict[str, Embedder] = {}
+    for spec in models:
+        embedders |= checkpoint_embedders(spec) if spec.checkpoint else default_embedders(
+            spec.device)  # fmt: skip
+    feats = compute_features(table.latlon, embedders)
+    with report("probing", "") as advance:
+        total = len(feats) * len(probes) * folds
+        return run_probes(table, feats, folds, seed, spatial_block_deg, probes,
+                          (lambda n: advance(n, total)) if advance else None)  # fmt: skip
 
 
 def run_probes(

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GeoconceptError
-from ..inference.explainer import MIN_DRAWS, faithfulness, remove_concepts
+from ..inference.explainer import faithfulness, remove_concepts
 from ..inference.predictor import Predictor
+from ..inference.request import MIN_DRAWS
 from ..model.concept_head import ConceptAwareHead
 
 

@@ -41,7 +41,7 @@ from ..io.artifacts import (
     hash_tensors,
     write_json,
 )
-from ..model.clip import ClipId, check_same_clip
+from ..model.clip_id import ClipId, check_same_clip
 from ..runtime.scratch import Scratch
 
 if TYPE_CHECKING:

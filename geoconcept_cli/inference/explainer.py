@@ -14,9 +14,6 @@ associations, and no decomposition is claimed.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -26,28 +23,21 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from ..concepts.set import ConceptSet, default_concepts_path
+from ..concepts.set import ConceptSet, ConceptWeight
 from ..errors import GeoconceptError
 from ..geo.distance import haversine_km
 from ..geo.geocode import place_names
-from ..io.artifacts import default_cache_dir
 from ..io.images import load_image
-from ..model.clip import (
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_CLIP_PRETRAINED,
-    ClipBackbone,
-    ClipId,
-)
-from ..model.concept_embeddings import embed_concepts, load_concept_embeddings, sidecar
 from ..model.concept_head import ConceptAwareHead
-from .predictor import Candidate, Predictor, load_run
+from .predictor import Predictor
+from .request import Request
+from .results import Candidate, Explanation, Spread
 
 RUNNER_UP_MIN_KM = 200.0  # the runner-up is the best *other place*, not a neighbouring point
 RANKED = 32  # places ranked per photo: the top-k, and the pool the runner-up is looked for in
 RANKED_DEEP = 200  # photos with no runner-up in that pool have this many ranked (then none)
 Rank = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]  # Predictor.topk's
 FAITHFUL_SHARE = 0.95  # the explanation's removal must hurt more than 95% of random removals
-MIN_DRAWS = 20  # fewer random draws cannot tell 95% apart from "all of them"
 
 
 def faithfulness(top_drop: float, top_rank: int, rand_drops: npt.ArrayLike,
@@ -86,7 +76,7 @@ def remove_concepts(z: torch.Tensor, basis: torch.Tensor, concepts: torch.Tensor
     return z - (rows.T @ coef).squeeze(1)
 
 
-def spread_km(latlon: torch.Tensor) -> list[dict[str, float]]:
+def spread_km(latlon: torch.Tensor) -> list[Spread]:
     """How far apart each photo's top-k candidates (B, k, 2) are: a confidence cue (small =
     consistent)."""
     lat, lon = latlon[..., 0].numpy(), latlon[..., 1].numpy()
@@ -113,10 +103,10 @@ class Explainer:
         self.text = F.normalize(text_embeddings.float(), dim=1) if text_embeddings is not None \
             else None  # fmt: skip
 
-    def explain(self, path: str | Path, **kw: Any) -> dict[str, Any]:
+    def explain(self, photo: str | Path, request: Request = Request()) -> Explanation:
         """Explain one photo file (GeoconceptError on an unreadable file)."""
-        feats = self.predictor.image_features([load_image(path)])
-        return {"image": str(path), **self.explain_features(feats, **kw)}
+        feats = self.predictor.image_features([load_image(photo)])
+        return self.explain_features(feats, request, image=str(photo))
 
     @property
     def mode(self) -> str:
@@ -127,62 +117,59 @@ class Explainer:
             return "GeoCLIP checkpoint, zero-shot concepts"
         return "zero-shot"
 
-    def explain_features(
-        self, feats: torch.Tensor, top_k: int = 5, n_concepts: int = 8, check: bool = False,
-        m: int = 3, draws: int = 20, seed: int = 0,
-    ) -> dict[str, Any]:  # fmt: skip
-        """The full explanation of one photo's CLIP features (1, D) as a JSON-able dict: its
-        :meth:`explain_batch`, with the conformal region of a calibrated model."""
-        out = self.explain_batch(feats, top_k, n_concepts, check, m, draws, seed)[0]
+    def explain_features(self, feats: torch.Tensor, request: Request = Request(),
+                         image: str | None = None) -> Explanation:  # fmt: skip
+        """The full explanation of one photo's CLIP features (1, D), ``image`` naming it: its
+        :meth:`explain_batch`, with the conformal region of a calibrated model and, if the
+        request asks, the heatmap."""
+        out = self.explain_batch(feats, request)[0]
+        out.image = image
         if self.predictor.calibration is not None:
-            out["region"] = self.predictor.regions(feats)[0]
+            out.region = self.predictor.regions(feats)[0]
+        if request.heat:
+            out.heat = self.predictor.heat(feats)
         return out
 
     @torch.no_grad()
-    def explain_batch(
-        self, feats: torch.Tensor, top_k: int = 5, n_concepts: int = 8, check: bool = False,
-        m: int = 3, draws: int = 20, seed: int = 0,
-        rank: Rank | None = None, place_concepts: bool = True,
-    ) -> list[dict[str, Any]]:  # fmt: skip
+    def explain_batch(self, feats: torch.Tensor, request: Request = Request(),
+                      rank: Rank | None = None, place_concepts: bool = True
+                      ) -> list[Explanation]:  # fmt: skip
         """Explanations of many photos' CLIP features (B, D), each step taken for all of them at
         once (a batch costs about its ranking). ``rank(feats, k)``: their k most probable places
         as (probabilities, gallery rows), each (B, k); ``Predictor.topk`` by default. Without
         ``place_concepts`` a concept-aware explanation leaves out what the top place is known
         for: a location-encoder pass per distinct top place, for rows that do not show it.
         No conformal region: :meth:`explain_features` adds one photo's."""
-        p = self.predictor
+        p, top_k = self.predictor, request.top_k
         rank = rank or p.topk
         probs, idx = rank(feats, max(top_k, RANKED))
         cands = p.candidate_rows(probs[:, :top_k], idx[:, :top_k])
         spreads = spread_km(p.gallery_gps[idx[:, :top_k]])
         note = p.calibration_note()
-        outs: list[dict[str, Any]] = [
-            {"mode": self.mode, "predictions": [c.to_dict() for c in row], "spread": spread,
-             "probabilities": dict(note)}
-            for row, spread in zip(cands, spreads, strict=True)
-        ]  # fmt: skip
+        outs = [Explanation(mode=self.mode, predictions=row, spread=spread,
+                            probabilities=dict(note))
+                for row, spread in zip(cands, spreads, strict=True)]  # fmt: skip
         tops = [row[0] for row in cands]
         if self.concept_aware:
-            parts, terms, unit = self._decompose(feats, tops, idx, n_concepts, place_concepts,
-                                                 rank)  # fmt: skip
+            terms, unit = self._decompose(outs, feats, tops, idx, request.concepts_shown,
+                                          place_concepts, rank)  # fmt: skip
+            if request.check:
+                for i, out in enumerate(outs):
+                    out.check = self._check(feats[i : i + 1], terms[i], unit[i],
+                                            tops[i].gallery_index, request)  # fmt: skip
         else:
-            parts = self._zero_shot(feats, tops, n_concepts)
-        for i, (out, part) in enumerate(zip(outs, parts, strict=True)):
-            out.update(part)
-            if check and self.concept_aware:
-                top = tops[i].gallery_index
-                out["check"] = self._check(feats[i : i + 1], terms[i], unit[i], top, m, draws,
-                                           seed)  # fmt: skip
-            elif check:
-                out["note"] += "; --check needs a concept-aware checkpoint too"
+            self._zero_shot(outs, feats, tops, request.concepts_shown)
+            if request.check:
+                for out in outs:
+                    out.note = f"{out.note}; --check needs a concept-aware checkpoint too"
         return outs
 
-    def _decompose(self, feats: torch.Tensor, tops: list[Candidate], idx: torch.Tensor, n: int,
-                   place_concepts: bool, rank: Rank
-                   ) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]:  # fmt: skip
-        """Photo/place concepts, per-concept score terms, contrast with the runner-up, for each
-        photo of a batch ranked by ``rank`` (``idx``); with the terms and unit image
-        activations, (B, k) each.
+    def _decompose(self, outs: list[Explanation], feats: torch.Tensor, tops: list[Candidate],
+                   idx: torch.Tensor, n: int, place_concepts: bool, rank: Rank
+                   ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Fill each photo's explanation of a batch ranked by ``rank`` (``idx``): photo and
+        place concepts, per-concept score terms, contrast with the runner-up; returns the
+        terms and unit image activations, (B, k) each.
 
         Reasons only name concepts the photo shows (positive image activation): a term is
         also positive when both activations are negative, which is no reason to name it.
@@ -198,35 +185,31 @@ class Explainer:
         terms = scale * unit * loc1
         gps = p.gallery_gps
         runner, rivals = self._runner_ups(feats, idx, rank)
-        known: list[list[dict[str, Any]] | None] = [None] * len(tops)
+        known: list[list[ConceptWeight] | None] = [None] * len(tops)
         if place_concepts:
             places, each = top.unique(return_inverse=True)  # photos often share a top place
-            known = list(cs.top_rows(head.location_concepts(gps[places].to(p.device)).cpu(), n))
-            known = [known[j] for j in each.tolist()]
+            rows = cs.top_rows(head.location_concepts(gps[places].to(p.device)).cpu(), n)
+            known = [rows[j] for j in each.tolist()]
         gap = scale * unit * (loc1 - p.gallery_emb[runner].float().cpu())
         runner_gps = gps[runner].tolist()
         runners = [{"lat": lat, "lon": lon, "place": name, "gallery_index": j, "logit_gap": g}
                    for (lat, lon), name, j, g in zip(runner_gps, place_names(runner_gps),
                                                      runner.tolist(), gap.sum(1).tolist(),
                                                      strict=True)]  # fmt: skip
-        lists = zip(cs.top_rows(a_img, n), known, cs.top_rows(terms, n, where=shown),
+        lists = zip(outs, cs.top_rows(a_img, n), known, cs.top_rows(terms, n, where=shown),
                     cs.top_rows(gap, 3, where=shown), cs.top_rows(-gap, 2, where=shown),
-                    terms.sum(1).tolist(), rivals, runners, strict=True)  # fmt: skip
-        outs = []
-        for i, (photo, place, why, pro, con, score, rival, runner_up) in enumerate(lists):
-            out: dict[str, Any] = {
-                "photo_concepts": photo,
-                "photo_concepts_source": "image activations in the learned concept space",
-            }
+                    terms.sum(1).tolist(), rivals, runners, tops, strict=True)  # fmt: skip
+        for out, photo, place, why, pro, con, score, rival, runner_up, first in lists:
+            out.photo_concepts = photo
+            out.photo_concepts_source = "image activations in the learned concept space"
             if place is not None:
-                out["place_concepts"] = place
-                out["place_concepts_source"] = ("location-encoder activations in the learned "
-                                                "concept space")  # fmt: skip
-            out |= {"score_logit": score, "why_here": why}
+                out.place_concepts = place
+                out.place_concepts_source = ("location-encoder activations in the learned "
+                                             "concept space")  # fmt: skip
+            out.score_logit, out.why_here = score, why
             if rival:
-                out.update(self._rather_than(tops[i], runner_up, pro, con))
-            outs.append(out)
-        return outs, terms, unit
+                out.rather_than, out.rule = self._rather_than(first, runner_up, pro, con)
+        return terms, unit
 
     def _runner_ups(self, feats: torch.Tensor, idx: torch.Tensor, rank: Rank
                     ) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
@@ -252,25 +235,22 @@ class Explainer:
         return runner, cast(list[bool], found.tolist())
 
     @staticmethod
-    def _rather_than(top: Candidate, runner: dict[str, Any], pro: list[dict[str, Any]],
-                     con: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
-        """The contrast with the runner-up and its IF-THEN rule."""
+    def _rather_than(top: Candidate, runner: dict[str, Any], pro: list[ConceptWeight],
+                     con: list[ConceptWeight]) -> tuple[dict[str, Any], str]:  # fmt: skip
+        """The contrast with the runner-up, and its IF-THEN rule."""
         gap = runner["logit_gap"]
         for e in con:
             e["weight"] = -e["weight"]
-        out: dict[str, Any] = {"rather_than": {"runner_up": runner, "for": pro, "against": con}}
         if pro:
             names = " + ".join(e["concept"] for e in pro[:2])
-            out["rule"] = (f"IF the photo shows {names} THEN {top.place} rather than "
-                           f"{runner['place']} (logit gap {gap:+.3g})")  # fmt: skip
+            rule = (f"IF the photo shows {names} THEN {top.place} rather than "
+                    f"{runner['place']} (logit gap {gap:+.3g})")  # fmt: skip
         else:
-            out["rule"] = (
-                f"no concept shown in the photo favours {top.place} over {runner['place']}"
-            )
-        return out
+            rule = f"no concept shown in the photo favours {top.place} over {runner['place']}"
+        return {"runner_up": runner, "for": pro, "against": con}, rule
 
     def _check(self, feats: torch.Tensor, terms: torch.Tensor, unit: torch.Tensor,
-               target: int, m: int, draws: int, seed: int) -> dict[str, Any]:  # fmt: skip
+               target: int, request: Request) -> dict[str, Any]:  # fmt: skip
         """Deletion test in the photo's latent: project out the concepts' text directions.
 
         The photo's unit vector z loses its components along the removed concepts' basis
@@ -279,12 +259,9 @@ class Explainer:
         """
         head, p = self.predictor.head, self.predictor
         assert isinstance(head, ConceptAwareHead)  # called for a concept-aware head only
-        k = len(unit)
+        k, m, draws = len(unit), request.m, request.draws
         if not 1 <= m < k:
             raise GeoconceptError(f"--m must be between 1 and {k - 1}")
-        if draws < MIN_DRAWS:
-            raise GeoconceptError(f"--draws must be at least {MIN_DRAWS} (the verdict needs "
-                                  f"{FAITHFUL_SHARE:.0%} of the random draws beaten)")  # fmt: skip
         z = head.image_latent(feats.to(p.device).float())[0]
         basis = head.basis
         scale = head.logit_scale.exp()
@@ -298,7 +275,7 @@ class Explainer:
         base = float(scale * unit.to(p.device) @ p.gallery_emb[target].float())
         shown_terms = torch.where(unit > 0, terms, torch.tensor(-torch.inf))
         top_score, top_rank = after_removing(shown_terms.argsort(descending=True)[:m])
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(request.seed)
         rand = [after_removing(torch.randperm(k, generator=gen)[:m]) for _ in range(draws)]
         return {
             "m": m, "draws": draws, "score_before": base,
@@ -307,94 +284,28 @@ class Explainer:
                            [r for _, r in rand]),
         }  # fmt: skip
 
-    def _zero_shot(self, feats: torch.Tensor, tops: list[Candidate], n: int
-                   ) -> list[dict[str, Any]]:  # fmt: skip
-        """Each photo's CLIP zero-shot concepts and its top place's region associations."""
+    def _zero_shot(self, outs: list[Explanation], feats: torch.Tensor, tops: list[Candidate],
+                   n: int) -> None:  # fmt: skip
+        """Fill each photo's CLIP zero-shot concepts and its top place's region associations."""
         cs = self.concepts
         why = ("a plain GeoCLIP checkpoint (train --concepts none)" if self.retrained_geoclip
                else "no concept-aware checkpoint")  # fmt: skip
         note = (f"{why}: GeoCLIP's score has no concept decomposition (pass a concept-aware "
                 "--checkpoint for why-here, rather-than and --check)")  # fmt: skip
-        outs: list[dict[str, Any]] = [{"note": note} for _ in tops]
+        for out in outs:
+            out.note = note
         photo = None
         if self.text is not None:
             photo = F.normalize(feats.float().cpu(), dim=1) @ self.text.T
             for out, shown in zip(outs, cs.top_rows(photo, n), strict=True):
-                out["photo_concepts"] = shown
-                out["photo_concepts_source"] = "CLIP zero-shot image-text similarity"
+                out.photo_concepts = shown
+                out.photo_concepts_source = "CLIP zero-shot image-text similarity"
         if cs.regions:
             w = torch.as_tensor(np.stack([cs.place_weights(t.lat, t.lon) for t in tops]))
             for out, known in zip(outs, cs.top_rows(w, n), strict=True):
-                out["place_concepts"] = [e for e in known if e["weight"] > 0]
-                out["place_concepts_source"] = "concept set region associations"
+                out.place_concepts = [e for e in known if e["weight"] > 0]
+                out.place_concepts_source = "concept set region associations"
             if photo is not None:
                 both = w.float() * photo.clamp_min(0)
                 for out, overlap in zip(outs, cs.top_rows(both, n), strict=True):
-                    out["overlap"] = [e for e in overlap if e["weight"] > 0]
-        return outs
-
-
-def concept_cache_path(clip: ClipId, names: list[str], cache_dir: str | Path | None) -> Path:
-    """Where zero-shot explain caches a concept set's embeddings by a CLIP (the sidecar marks
-    them complete); stored features of that CLIP find them there too."""
-    key = hashlib.sha256(json.dumps([clip.as_meta(), names]).encode()).hexdigest()[:16]
-    return (Path(cache_dir or default_cache_dir()) / "concepts" / key).with_suffix(".safetensors")
-
-
-def load_explainer(
-    checkpoint: str | Path | None = None,
-    concepts: str | Path | None = None,
-    concept_embeddings: str | Path | None = None,
-    clip_model: str = DEFAULT_CLIP_MODEL,
-    clip_pretrained: str = DEFAULT_CLIP_PRETRAINED,
-    gallery: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    device: str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
-    concept_progress: Callable[[int, int], None] | None = None,
-    features_of: ClipId | None = None,
-    features_dim: int | None = None,
-) -> Explainer:
-    """A ready explainer: a checkpoint's concept space, or zero-shot over a concept set.
-
-    In zero-shot mode the concept text embeddings come from ``concept_embeddings`` or are
-    computed once with the CLIP model's text encoder and cached (``embed-concepts``; minutes
-    for ViT-L/14 on a CPU). ``progress(n, total)`` reports gallery encoding and
-    ``concept_progress(n, total)`` concept embedding, each only when it is not cached. With
-    ``features_of`` (the CLIP of ``features_dim``-d features embedded before) no CLIP weights
-    are loaded, so zero-shot mode then needs ``concept_embeddings``.
-    """
-    predictor, ckpt = load_run(checkpoint, clip_model, clip_pretrained, gallery, cache_dir,
-                               device, progress, features_of, features_dim)  # fmt: skip
-    if ckpt.get("kind") == "concept":
-        if concepts or concept_embeddings:
-            warnings.warn(
-                "--concepts and --concept-embeddings are ignored: the concept-aware "
-                f"checkpoint {checkpoint} carries its own concept basis",
-                stacklevel=2,
-            )
-        return Explainer(predictor, ConceptSet.from_meta(ckpt["concepts"]))
-    concepts = Path(concepts) if concepts else default_concepts_path()
-    cset = ConceptSet.from_parquet(concepts)
-    if concept_embeddings:
-        clip = features_of or cast(ClipBackbone, predictor.clip).identity
-        emb = load_concept_embeddings(concept_embeddings, clip)
-    elif predictor.clip is None:  # stored features: their CLIP's embeddings, if cached
-        assert features_of is not None  # no CLIP is loaded only for stored features
-        cached = concept_cache_path(features_of, cset.names, cache_dir)
-        if not sidecar(cached).is_file():
-            raise GeoconceptError(
-                "explaining stored features without a concept-aware --checkpoint needs the "
-                f"concepts embedded by their CLIP, {features_of}: give --concept-embeddings "
-                "(embed-concepts), or explain one photo zero-shot with that CLIP first, which "
-                f"caches them in {cached.parent}"
-            )
-        emb = load_concept_embeddings(cached, features_of)
-    else:
-        out = concept_cache_path(predictor.clip.identity, cset.names, cache_dir)
-        report = (lambda n: concept_progress(n, len(cset.names))) if concept_progress else None
-        emb, _ = embed_concepts(concepts, predictor.clip, out, progress=report)
-    if emb.concepts != cset.names:
-        raise GeoconceptError(f"{concept_embeddings} was made for another concept set")
-    retrained = ckpt.get("kind") == "geoclip"
-    return Explainer(predictor, cset, emb.embeddings, retrained_geoclip=retrained)
+                    out.overlap = [e for e in overlap if e["weight"] > 0]

@@ -16,7 +16,6 @@ activation (concept modes) over their gallery points.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import pandas as pd
@@ -25,10 +24,11 @@ import torch.nn.functional as F
 
 from ..errors import GeoconceptError
 from ..geo.geocode import place_names
-from ..model.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from ..model.concept_embeddings import DEFAULT_TEMPLATES
 from ..model.concept_head import ConceptAwareHead, location_latents
-from .predictor import Predictor, load_run
+from .predictor import Predictor
+from .request import Request
+from .results import WhereAnswer
 
 ZERO_SHOT_NOTE = ("approximate: the text's CLIP embedding is scored as if it were a photo's, "
                   "and CLIP's text and image embeddings sit apart (the modality gap)")  # fmt: skip
@@ -51,10 +51,11 @@ class Locator:
     gallery's countries and, for a concept-aware head, its concept activations."""
 
     def __init__(self, predictor: Predictor, concepts: list[str] | None = None,
-                 progress: Callable[[int, int], None] | None = None):  # fmt: skip
+                 progress: Callable[[int, int], None] | None = None,
+                 plain_run: bool = False):  # fmt: skip
         self.predictor = predictor
         self.concepts = concepts if isinstance(predictor.head, ConceptAwareHead) else None
-        self.plain_run = False  # a `train --concepts none` head: zero-shot, labelled so
+        self.plain_run = plain_run  # a `train --concepts none` head: zero-shot, labelled so
         self.acts = None  # (N, k) every concept over the gallery, for the concept modes
         if self.concepts is not None and isinstance(predictor.head, ConceptAwareHead):
             latents = location_latents(predictor.head, predictor.gallery_gps, progress=progress)
@@ -79,9 +80,9 @@ class Locator:
         return [{"country": c, "score": round(float(v), 6)} for c, v in agg.head(k).items()]
 
     @torch.no_grad()
-    def where(self, text: str, top_k: int = 10, n_countries: int = 10
-              ) -> tuple[dict[str, Any], torch.Tensor]:  # fmt: skip
-        """Where ``text`` points: (JSON-able answer, (N,) score of every gallery row)."""
+    def where(self, text: str, request: Request = Request(top_k=10)) -> WhereAnswer:
+        """Where ``text`` points: the top ``request.top_k`` places and ``request.countries``
+        countries, and the score of every gallery row."""
         text = text.strip()
         if not text:
             raise GeoconceptError('give a text to locate, e.g. geoconcept where "rice terraces"')
@@ -103,34 +104,28 @@ class Locator:
                     f"not a concept of this run: its similarity to each of the "
                     f"{len(self.concepts)} concepts weights their activations"
                 )
-            return {"query": text, "mode": mode, "note": note, "score": "activation",
-                    "places": self._places(scores, top_k),
-                    "countries": self._countries(scores, "mean", n_countries)}, scores  # fmt: skip
+            return WhereAnswer(
+                query=text,
+                mode=mode,
+                note=note,
+                score="activation",
+                places=self._places(scores, request.top_k),
+                scores=scores,
+                countries=self._countries(scores, "mean", request.countries),
+            )
         scores = p.probabilities(text_features(p, text))[0].cpu()
         note = (
             "a plain GeoCLIP run (train --concepts none) has no concept axes; "
             if self.plain_run
             else ""
         ) + ZERO_SHOT_NOTE
-        return {"query": text, "mode": "zero-shot text as image", "note": note,
-                "score": "probability", "probabilities": p.calibration_note(),
-                "places": self._places(scores, top_k),
-                "countries": self._countries(scores, "sum", n_countries)}, scores  # fmt: skip
-
-
-def load_locator(
-    checkpoint: str | Path | None = None, clip_model: str = DEFAULT_CLIP_MODEL,
-    clip_pretrained: str = DEFAULT_CLIP_PRETRAINED, gallery: str | Path | None = None,
-    cache_dir: str | Path | None = None, device: str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
-    concept_progress: Callable[[int, int], None] | None = None,
-) -> Locator:  # fmt: skip
-    """A ready locator: pretrained GeoCLIP, or a run's head (a plain GeoCLIP run answers
-    zero-shot, and says so). ``progress`` reports gallery encoding, ``concept_progress`` the
-    concept activations over the gallery (each only when it is computed)."""
-    predictor, ckpt = load_run(checkpoint, clip_model, clip_pretrained, gallery, cache_dir,
-                               device, progress)  # fmt: skip
-    concepts = ckpt["concepts"]["concepts"] if ckpt.get("kind") == "concept" else None
-    locator = Locator(predictor, concepts, progress=concept_progress)
-    locator.plain_run = ckpt.get("kind") == "geoclip"
-    return locator
+        return WhereAnswer(
+            query=text,
+            mode="zero-shot text as image",
+            note=note,
+            score="probability",
+            probabilities=p.calibration_note(),
+            places=self._places(scores, request.top_k),
+            scores=scores,
+            countries=self._countries(scores, "sum", request.countries),
+        )

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,48 +13,19 @@ import torch
 from PIL import Image
 
 from ..errors import GeoconceptError
-from ..gallery.index import GalleryIndex, indexed_gallery, is_large
-from ..gallery.store import cached_gallery_embeddings, distinct_places, load_gallery
+from ..gallery.index import GalleryIndex
+from ..gallery.store import distinct_places
 from ..geo.geocode import place_names, reverse_geocode
 from ..io.images import load_image
-from ..model.clip import (
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_CLIP_PRETRAINED,
-    ClipBackbone,
-    ClipId,
-    clip_embed_dim,
-    load_clip,
-)
-from ..model.geoclip import (
-    check_geoclip_width,
-    load_geoclip_head,
-    warn_unless_geoclip_clip,
-)
-from .calibration import (
-    Calibration,
-    geoclip_calibration_path,
-    place_areas,
-    read_calibration,
-    region_mask,
-)
+from ..model.clip import ClipBackbone
+from .calibration import Calibration, place_areas, region_mask
+from .request import Request
+from .results import Candidate, ConfidenceRegion, Prediction
 
 if TYPE_CHECKING:
     from ..model.concept_head import RetrievalHead
 
-
-@dataclass
-class Candidate:
-    """One predicted location: rank 1 is the best."""
-
-    rank: int
-    lat: float
-    lon: float
-    prob: float
-    gallery_index: int
-    place: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))  # its fields, in order (asdict's deep copy costs 10x more)
+HEAT_POINTS = 2000  # most probable places of a heatmap (the rest carry little mass)
 
 
 class Predictor:
@@ -87,53 +57,6 @@ class Predictor:
         places, copies = (index.places, index.copies) if index else distinct_places(gallery_gps)
         self.places = places.to(self.device)  # gallery rows, one per place
         self.place_copies = copies.to(self.device)  # rows holding each
-
-    @classmethod
-    def load(
-        cls,
-        clip_model: str = DEFAULT_CLIP_MODEL,
-        clip_pretrained: str = DEFAULT_CLIP_PRETRAINED,
-        gallery: str | Path | None = None,
-        head: RetrievalHead | None = None,
-        cache_dir: str | Path | None = None,
-        device: str = "cpu",
-        progress: Callable[[int, int], None] | None = None,
-        calibration: str | Path | None = None,
-        features_of: ClipId | None = None,
-        features_dim: int | None = None,
-    ) -> Predictor:
-        """GeoCLIP's pretrained head (unless ``head`` is given) over a cached gallery.
-
-        Probabilities are calibrated by the ``calibration`` file of a trained head, or, for
-        pretrained GeoCLIP, by its calibration for this gallery in the cache, where one exists;
-        a calibration made for another model, gallery or CLIP is refused. ``features_of``
-        (for ``features_dim``-d features embedded before, by that CLIP) skips loading the CLIP
-        weights. Pretrained GeoCLIP refuses a CLIP of another width than ViT-L/14's."""
-        pretrained = head is None
-        width = clip_embed_dim(clip_model) if features_of is None else features_dim
-        if pretrained and width is not None:  # refused before minutes of CLIP loading
-            check_geoclip_width(
-                width, f"CLIP {features_of or ClipId.of(clip_model, clip_pretrained)}"
-            )
-        clip = None
-        if features_of is None:
-            clip = load_clip(clip_model, clip_pretrained, device)
-        identity = clip.identity if clip is not None else features_of
-        assert identity is not None
-        if pretrained:
-            warn_unless_geoclip_clip(identity)
-        head = (head or load_geoclip_head()).to(device)
-        gps = load_gallery(gallery)
-        if pretrained:
-            calibration = geoclip_calibration_path(gps, head, identity, cache_dir)
-        cal = read_calibration(calibration) if calibration else None
-        if cal is not None:
-            cal.check_for(head, gps, identity, calibration)
-        if is_large(gps):
-            emb, index = indexed_gallery(gps, head, cache_dir, progress=progress)
-            return cls(head, gps, emb, clip, cal, cache_dir, index)
-        emb = cached_gallery_embeddings(gps, head, cache_dir, progress=progress)
-        return cls(head, gps, emb, clip, cal, cache_dir)
 
     def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Projected CLIP embeddings (B, D) of RGB images, with the model's own preprocessing."""
@@ -221,6 +144,11 @@ class Predictor:
         return [[round(a, 5), round(b, 5), float(v)]
                 for (a, b), v in zip(gps, top.values.tolist(), strict=True)]  # fmt: skip
 
+    def heat(self, clip_features: torch.Tensor) -> list[list[float]]:
+        """[lat, lon, probability] of the HEAT_POINTS most probable places of one photo's CLIP
+        features (1, D): the heatmap the page and ``explain --map`` draw."""
+        return self.strongest(self.probabilities(clip_features)[0], HEAT_POINTS)
+
     def calibration_note(self) -> dict[str, Any]:
         """What the probabilities are: calibrated (by what) or not."""
         cal = self.calibration
@@ -237,7 +165,7 @@ class Predictor:
 
     @torch.no_grad()
     def regions(self, clip_features: torch.Tensor, max_points: int = 500
-                ) -> list[dict[str, Any]]:  # fmt: skip
+                ) -> list[ConfidenceRegion]:  # fmt: skip
         """Each photo's conformal confidence region (needs a calibration): its coverage, area
         (km²), places, the countries it spans by probability mass, and its most probable
         points (at most ``max_points``, for a map)."""
@@ -248,7 +176,7 @@ class Predictor:
             self._areas = place_areas(self.gallery_gps, cal.radius_km, self.cache_dir)
         probs = self.probabilities(clip_features).cpu()
         inside = region_mask(probs, cal.threshold)
-        out = []
+        out: list[ConfidenceRegion] = []
         for p, m in zip(probs, inside, strict=True):
             rows = torch.nonzero(m)[:, 0]
             distinct = rows[torch.isin(rows, self.places.cpu())]  # repeated points once
@@ -267,71 +195,17 @@ class Predictor:
             })  # fmt: skip
         return out
 
-    def describe(self, path: str | Path, top_k: int = 5) -> dict[str, Any]:
+    def predict(self, photo: str | Path, request: Request = Request()) -> Prediction:
         """Top-k candidates of one photo file, what their probabilities are and, for a
-        calibrated model, the conformal region (JSON-able)."""
-        return self.describe_features(self.image_features([load_image(path)]), top_k)
+        calibrated model, the conformal region (GeoconceptError on a bad file)."""
+        feats = self.image_features([load_image(photo)])
+        return self.predict_features(feats, request, image=str(photo))
 
-    def describe_features(self, feats: torch.Tensor, top_k: int = 5) -> dict[str, Any]:
-        """:meth:`describe` of one photo's CLIP features (1, D)."""
-        probs, idx = self.topk(feats, top_k)
-        out = {"predictions": [c.to_dict() for c in self.candidates(probs[0], idx[0])],
-               "probabilities": self.calibration_note()}  # fmt: skip
-        if self.calibration is not None:
-            out["region"] = self.regions(feats)[0]
-        return out
-
-    def predict(self, path: str | Path, top_k: int = 5) -> list[Candidate]:
-        """Top-k candidates for one photo file (raises GeoconceptError on a bad file)."""
-        feats = self.image_features([load_image(path)])
-        probs, idx = self.topk(feats, top_k)
-        return self.candidates(probs[0], idx[0])
-
-
-def load_run(
-    checkpoint: str | Path | None = None,
-    clip_model: str = DEFAULT_CLIP_MODEL,
-    clip_pretrained: str = DEFAULT_CLIP_PRETRAINED,
-    gallery: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    device: str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
-    features_of: ClipId | None = None,
-    features_dim: int | None = None,
-) -> tuple[Predictor, dict[str, Any]]:
-    """A predictor of a trained run (its head and calibration) or, without ``checkpoint``,
-    of pretrained GeoCLIP, with the run's checkpoint dict ({} for GeoCLIP). A run trained on
-    features of another CLIP (or width) is refused, naming the options that would match. With
-    ``features_of`` (the CLIP of ``features_dim``-d features embedded before) no CLIP weights
-    are loaded."""
-    from ..model.checkpoints import check_trained_on, load_head, run_calibration_path
-    from ..model.concept_head import check_head_takes
-
-    head: RetrievalHead | None = None
-    ckpt: dict[str, Any] = {}
-    if checkpoint:
-        head, ckpt = load_head(checkpoint, device)
-        given = features_of or ClipId.of(clip_model, clip_pretrained)
-        check_trained_on(ckpt, given, checkpoint, hint=features_of is None)
-        width = features_dim if features_of else clip_embed_dim(clip_model)
-        if width is not None:
-            check_head_takes(head, width, checkpoint)
-    calibration = run_calibration_path(checkpoint) if checkpoint else None
-    predictor = Predictor.load(clip_model, clip_pretrained, gallery, head, cache_dir, device,
-                               progress, calibration, features_of, features_dim)  # fmt: skip
-    return predictor, ckpt
-
-
-def load_predictor(
-    checkpoint: str | Path | None = None,
-    clip_model: str = DEFAULT_CLIP_MODEL,
-    clip_pretrained: str = DEFAULT_CLIP_PRETRAINED,
-    gallery: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    device: str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
-) -> Predictor:
-    """A ready predictor: pretrained GeoCLIP, or a run folder, checkpoint or exported bundle;
-    ``progress(n, total)`` reports the gallery's encoding when it is not cached yet."""
-    return load_run(checkpoint, clip_model, clip_pretrained, gallery, cache_dir, device,
-                    progress)[0]  # fmt: skip
+    def predict_features(self, feats: torch.Tensor, request: Request = Request(),
+                         image: str | None = None) -> Prediction:  # fmt: skip
+        """:meth:`predict` of one photo's CLIP features (1, D); ``image`` names the photo."""
+        probs, idx = self.topk(feats, request.top_k)
+        region = self.regions(feats)[0] if self.calibration is not None else None
+        return Prediction(image=image, predictions=self.candidates(probs[0], idx[0]),
+                          probabilities=self.calibration_note(), region=region,
+                          heat=self.heat(feats) if request.heat else None)  # fmt: skip

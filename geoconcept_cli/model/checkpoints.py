@@ -34,7 +34,7 @@ from ..errors import GeoconceptError, first_line, require_file
 from ..io.artifacts import (
     atomic_path,
 )
-from .clip import ClipId, check_same_clip
+from .clip_id import ClipId, check_same_clip
 from .concept_head import ConceptAwareHead, RetrievalHead
 from .geoclip import GEOCLIP_FEATURE_DIM, GeoCLIPHead, image_mlp_record
 

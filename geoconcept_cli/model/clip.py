@@ -1,22 +1,14 @@
-"""Model factory: frozen open_clip backbones, and GeoCLIP's pretrained heads from its wheel.
-
-GeoCLIP's image MLP (768->768->512), location encoder and logit scale are read from the
-weights files inside the installed ``geoclip`` package, never from a hub. That MLP was trained
-on CLIP ViT-L/14 (openai) features only: a backbone of another width gets a fresh MLP of the
-same shape (width->768->512), which only a trained run has. The location encoder
-is re-implemented here (same parameter names, loaded with ``strict=True``) so that importing
-geoconcept does not import ``transformers`` through ``geoclip/__init__``.
-"""
+"""The frozen open_clip backbone: built from a registered name or a JSON config, with a
+pretrained tag (downloaded once by open_clip), local weights (built on the meta device and
+loaded in place) or random weights; one-line errors where weights cannot be had offline."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,72 +20,15 @@ from torch.nn.modules.module import (
 )
 
 from ..errors import GeoconceptError, first_line, require_file
+from .clip_id import ClipId, resolve_model_name
+from .spec import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 
 if TYPE_CHECKING:
     from PIL import Image
 
-DEFAULT_CLIP_MODEL = "ViT-L-14"
-DEFAULT_CLIP_PRETRAINED = "openai"
-
 
 class RandomWeightsWarning(UserWarning):
     """CLIP runs with random weights: the mechanics work, the predictions mean nothing."""
-
-
-# ---------------------------------------------------------------------- open_clip backbone
-@dataclass(frozen=True)
-class ClipId:
-    """Which CLIP made an artifact (features, concept basis, checkpoint): the model name, the
-    weights and, for a model given as a JSON config, a hash of that config (two files may share
-    a name). Built-in names carry no hash: an open_clip upgrade that edits a built-in config
-    must not orphan a million embedded images. A field is None where an artifact lacks it."""
-
-    model: str | None
-    pretrained: str | None
-    config: str | None = None
-
-    @classmethod
-    def of(cls, model_name: str, pretrained: str) -> ClipId:
-        """The identity of ``--clip-model``/``--clip-pretrained`` (reads the config only)."""
-        import open_clip
-
-        name = resolve_model_name(model_name)
-        if not model_name.endswith(".json"):
-            return cls(name, pretrained)
-        cfg = json.dumps(open_clip.get_model_config(name), sort_keys=True)
-        return cls(name, pretrained, hashlib.sha256(cfg.encode()).hexdigest()[:16])
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any], prefix: str = "clip_") -> ClipId:
-        """Read from a meta dict (``clip_model``...) or, with ``prefix=""``, a checkpoint's."""
-        return cls(*(meta.get(prefix + k) for k in ("model", "pretrained", "config")))
-
-    def as_meta(self, prefix: str = "clip_") -> dict[str, str | None]:
-        return {prefix + k: getattr(self, k) for k in ("model", "pretrained", "config")}
-
-    def differs(self, other: ClipId) -> bool:
-        """True where both record a field and it differs."""
-        return any(a is not None and b is not None and a != b
-                   for a, b in zip(astuple(self), astuple(other), strict=True))  # fmt: skip
-
-    def __str__(self) -> str:
-        return f"{self.model} ({self.pretrained})"
-
-
-def check_same_clip(
-    made: ClipId, given: ClipId, subject: str, fix: str = "", hint: bool = False
-) -> None:
-    """Refuse an artifact made by another CLIP than the one given. ``subject`` names it ("feats
-    holds features of"), ``fix`` says what to do; ``hint`` adds the CLIP options it matches."""
-    if not made.differs(given):
-        return
-    names_differ = (made.model, made.pretrained) != (given.model, given.pretrained)
-    what = f"CLIP {made}, not {given}" if names_differ else (
-        f"CLIP {made} from another model config of that name")  # fmt: skip
-    model = made.model if made.config is None else f"<your {made.model}.json config>"
-    advice = [f"pass --clip-model {model} --clip-pretrained {made.pretrained}"] if (
-        hint and names_differ) else []  # fmt: skip
-    raise GeoconceptError(f"{subject} {what}" + "".join(f"; {a}" for a in [*advice, fix] if a))
 
 
 @dataclass
@@ -134,23 +69,6 @@ class ClipBackbone:
         tokens = self.tokenizer(texts).to(self.device)
         model: Any = self.model  # open_clip's CLIP (untyped)
         return cast(torch.Tensor, model.encode_text(tokens)).float()
-
-
-def resolve_model_name(name: str) -> str:
-    """Accept a registered open_clip name, or a path to a JSON model config (registered here)."""
-    import open_clip
-
-    path = Path(name)
-    if name.endswith(".json"):
-        require_file(path, "CLIP model config")
-        open_clip.add_model_config(path)
-        return path.stem
-    if name not in open_clip.list_models():
-        raise GeoconceptError(
-            f"unknown CLIP model '{name}' (see open_clip.list_models(), e.g. ViT-L-14, "
-            "or pass a JSON model config path)"
-        )
-    return name
 
 
 def clip_embed_dim(model_name: str) -> int:

@@ -19,10 +19,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..concepts.set import concept_set_hash, load_concepts
+from ..concepts.set import concept_set_hash, default_concepts_path, load_concepts
 from ..errors import GeoconceptError
 from ..io.artifacts import atomic_path, write_json
-from .clip import ClipBackbone, ClipId, check_same_clip
+from ..runtime.progress import Report, silent
+from .clip import ClipBackbone, load_clip
+from .clip_id import ClipId, check_same_clip
+from .spec import ModelSpec
 
 DEFAULT_TEMPLATES = (
     "a photo of {}.",
@@ -106,6 +109,22 @@ def embed_concepts(
     emb = encode_concepts(meta["concepts"], clip, templates, progress=progress)
     save_concept_embeddings(out, emb, meta)
     return ConceptEmbeddings(emb, meta), True
+
+
+def embed_concept_set(
+    out: str | Path, concepts: str | Path | None = None, spec: ModelSpec = ModelSpec(),
+    templates: Sequence[str] = DEFAULT_TEMPLATES, report: Report = silent,
+) -> tuple[ConceptEmbeddings, bool]:  # fmt: skip
+    """`geoconcept embed-concepts`: the concept basis E of ``concepts`` (default: the shipped
+    set) by ``spec``'s CLIP text tower, written to ``out`` unless it is up to date there;
+    returns (embeddings, computed now)."""
+    concepts = concepts or default_concepts_path()
+    k = len(load_concepts(concepts))
+    check_templates(templates)  # before CLIP loads
+    clip = load_clip(spec.clip_model, spec.clip_pretrained, spec.device)
+    with report("embedding concepts", "concepts") as advance:
+        progress = (lambda n: advance(n, k)) if advance else None
+        return embed_concepts(concepts, clip, out, templates, progress)
 
 
 def save_concept_embeddings(path: str | Path, embeddings: torch.Tensor, meta: dict[str, Any]

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import GeoconceptError
-from .clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipId
+from .clip_id import ClipId
+from .spec import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 
 if TYPE_CHECKING:
     pass

@@ -14,6 +14,8 @@ import torch
 if TYPE_CHECKING:
     from matplotlib.collections import PathCollection
 
+    from ..inference.results import Explanation
+
 MAP_SIZE_PX = (1400, 560)  # width, height of the PNG
 DPI = 100
 
@@ -22,11 +24,12 @@ CATEGORY_COLOURS = {"natural": "#1f77b4", "human": "#ff7f0e"}
 
 
 def render_map(
-    exp: dict[str, Any], gallery_gps: torch.Tensor, path: str | Path,
-    true_latlon: tuple[float, float] | None = None, heat: list[list[float]] | None = None,
+    exp: Explanation, gallery_gps: torch.Tensor, path: str | Path,
+    true_latlon: tuple[float, float] | None = None,
 ) -> Path:  # fmt: skip
-    """Write the explanation's map and concept bars to ``path`` (PNG), atomically; ``heat``
-    ([lat, lon, probability] rows) is drawn as the probability heatmap, on a log scale."""
+    """Write the explanation's map and concept bars to ``path`` (PNG), atomically; its heat
+    ([lat, lon, probability] rows, when asked for) is drawn as the probability heatmap, on a
+    log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,7 +48,7 @@ def render_map(
         label = f"retrieval gallery ({len(gallery_gps):,} points)"
         ax.scatter(gallery_gps[:, 1], gallery_gps[:, 0], s=3, c="#6f6f6f", linewidths=0,
                    rasterized=True, label=label)  # fmt: skip
-    rows = np.asarray(heat or [], dtype=np.float64).reshape(-1, 3)[::-1]  # top drawn last
+    rows = np.asarray(exp.heat or [], dtype=np.float64).reshape(-1, 3)[::-1]  # top drawn last
     if (rows[:, 2] > 0).any():  # a log scale needs a positive floor: underflowed rows sit on it
         low = rows[:, 2][rows[:, 2] > 0].min()
         prob = rows[:, 2].clip(min=low)
@@ -61,7 +64,7 @@ def render_map(
             norm=LogNorm(vmin=low, vmax=max(prob.max(), low * 1.01)),
         )
         fig.colorbar(dots, cax=fig.add_axes((0.64, 0.1, 0.008, 0.8)), label="probability")
-    region = exp.get("region")
+    region = exp.region
     if region and region["points"]:
         lat, lon = zip(*region["points"], strict=True)
         shown = len(region["points"])
@@ -71,7 +74,7 @@ def render_map(
             + (f"; the {shown} most probable drawn)" if shown < region["places"] else ")")
         )
         ax.scatter(lon, lat, s=4, c="#ff9f1c", linewidths=0, zorder=2, label=label)
-    preds = exp["predictions"]
+    preds = [c.to_json() for c in exp.predictions]
     ax.scatter([p["lon"] for p in preds], [p["lat"] for p in preds],
                s=[40 + 400 * p["prob"] / max(preds[0]["prob"], 1e-9) for p in preds],
                c="#d62728", edgecolors="black", zorder=3, label="predictions")  # fmt: skip
@@ -89,10 +92,10 @@ def render_map(
         # the key, not the top prediction's probability-sized marker (every labelled artist
         # here is a scatter, whose legend key is a PathCollection)
         cast("PathCollection", handle).set_sizes([40])
-    ax.set_title(f"{Path(exp['image']).name}  ({exp['mode']})", fontsize=9)
+    ax.set_title(f"{Path(exp.image or '').name}  ({exp.mode})", fontsize=9)
 
     bars = fig.add_axes((0.78, 0.1, 0.2, 0.8))
-    concepts = exp.get("why_here") or exp.get("photo_concepts") or []
+    concepts = exp.why_here or exp.photo_concepts or []
     names = [c["concept"] for c in concepts][::-1]
     values = [c["weight"] for c in concepts][::-1]
     colours = [CATEGORY_COLOURS.get(c["category"], "#7f7f7f") for c in concepts][::-1]
@@ -101,7 +104,7 @@ def render_map(
     bars.legend(handles=[Patch(color=v, label=k) for k, v in CATEGORY_COLOURS.items()],
                 fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2,
                 frameon=False)  # fmt: skip
-    bars.set_title("why here (score terms)" if exp.get("why_here") else "photo concepts",
+    bars.set_title("why here (score terms)" if exp.why_here else "photo concepts",
                    fontsize=9, pad=20)  # fmt: skip
     path = Path(path)
     with atomic_path(path) as tmp:

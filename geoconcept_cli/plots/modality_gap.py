@@ -14,7 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.features import load_features
 from ..geo.geocode import reverse_geocode
+from ..model.checkpoints import check_trained_on, load_head
+from ..model.clip_id import ClipId
 from ..model.concept_head import ConceptAwareHead, RetrievalHead
 
 COLOURS = {"image": "#1f77b4", "location": "#d62728", "concept": "#2ca02c"}
@@ -83,3 +86,18 @@ def plot_umap(
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def plot_modality_gap(features: str | Path, checkpoint: str | Path, out: str | Path,
+                      max_points: int = 3000, by_continent: bool = False, seed: int = 0
+                      ) -> dict[str, float]:  # fmt: skip
+    """`geoconcept visualize`: the modality gap of a trained run on at most ``max_points``
+    photos of an ``embed-images`` folder (a seeded sample), and its UMAP in the PNG ``out``."""
+    data = load_features(features)
+    pick = torch.randperm(len(data.ids), generator=torch.Generator().manual_seed(seed))
+    pick = pick[:max_points]
+    head, ckpt = load_head(checkpoint)
+    check_trained_on(ckpt, ClipId.from_meta(data.meta), checkpoint)
+    z = latents(head, data.features[pick], data.latlon[pick])
+    plot_umap(z, out, data.latlon[pick], by_continent, seed)
+    return modality_gap(z)

@@ -65,11 +65,6 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def launched_externally() -> bool:
-    """True inside torchrun or a multi-task SLURM job: the workers already exist."""
-    return "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-
-
 def init_distributed(use_cuda: bool, master_addr: str | None = None, master_port: int = 29500
                      ) -> DistInfo:  # fmt: skip
     """Join the process group if this process is one of several; else a single-process info."""

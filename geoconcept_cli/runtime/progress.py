@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any, cast
@@ -28,6 +28,22 @@ from rich.progress import (
 from rich.text import Text
 
 LOG_EVERY_S = 60.0
+
+Advance = Callable[[int, int], None]  # (work done now, of total)
+# how a library function shows one-off work it may have to do (encoding a gallery...): given
+# what the work is and its unit, a context manager yielding ``advance`` (None: show nothing);
+# ``lazy_progress_bar`` is one, ``silent`` another
+Report = Callable[[str, str], AbstractContextManager[Advance | None]]
+Log = Callable[[str], object]  # a line for the user (what was found, what was skipped)
+
+
+def silent(description: str, unit: str = "") -> AbstractContextManager[Advance | None]:
+    """A ``Report`` that shows nothing: the library's default."""
+    return nullcontext()
+
+
+def quiet(line: str) -> None:
+    """A ``Log`` that says nothing: the library's default."""
 
 
 class _RateColumn(ProgressColumn):

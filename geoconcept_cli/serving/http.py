@@ -1,4 +1,4 @@
-"""`geoconcept serve`: HTTP over a :class:`~geoconcept_cli.service.GeoService`, and the page.
+"""`geoconcept serve`: HTTP over a :class:`~.service.GeoService`, and the page.
 
 Only HTTP lives here: reading uploads within a size limit, query options, the API key, and
 turning every failure into a 4xx (or, for a bug, 500) JSON ``{"error": "<one line>"}``. The
@@ -12,6 +12,7 @@ import contextlib
 import logging
 import secrets
 import socket
+import warnings
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,7 +30,11 @@ from starlette.responses import Response
 
 from .._version import __version__
 from ..errors import GeoconceptError, first_line
-from ..inference.explainer import MIN_DRAWS
+from ..inference.factory import load_explainer
+from ..inference.request import MIN_DRAWS
+from ..inference.request import Request as Asked  # fastapi's Request is the HTTP one
+from ..model.spec import ModelSpec
+from ..runtime.progress import Log, Report, quiet, silent
 from .service import GeoService, Photo
 
 STATIC = Path(__file__).parent / "static"
@@ -165,7 +170,8 @@ def create_app(
               summary="Top-k places: `geoconcept predict --json`, plus `map`")  # fmt: skip
     async def predict(request: Request, top_k: TopK = 5) -> JSONResponse:
         photo = await read_photo(request, limit)
-        return JSONResponse(await run_in_threadpool(service.predict, photo, top_k))
+        answer = await run_in_threadpool(service.predict, photo, Asked(top_k=top_k))
+        return JSONResponse(answer)
 
     @app.post("/explain", openapi_extra={"requestBody": IMAGE_BODY},
               summary="Where and why: `geoconcept explain --json`, plus `map`")  # fmt: skip
@@ -179,7 +185,9 @@ def create_app(
     ) -> JSONResponse:
         photo = await read_photo(request, limit)
         answer = await run_in_threadpool(
-            service.explain, photo, top_k, concepts_shown, check, m, draws
+            service.explain,
+            photo,
+            Asked(top_k=top_k, concepts_shown=concepts_shown, check=check, m=m, draws=draws),
         )
         return JSONResponse(answer)
 
@@ -189,7 +197,7 @@ def create_app(
         top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 10,
         countries: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 10,
     ) -> JSONResponse:
-        return JSONResponse(service.where(text, top_k, countries))
+        return JSONResponse(service.where(text, Asked(top_k=top_k, countries=countries)))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -227,3 +235,29 @@ def run_server(app: FastAPI, sock: socket.socket) -> None:
     config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops: exit 0
         uvicorn.Server(config).run(sockets=[sock])
+
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def serve(spec: ModelSpec = ModelSpec(), host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, max_upload_mb: float = 20, tiles: str | None = None,
+          report: Report = silent, log: Log = quiet) -> None:  # fmt: skip
+    """`geoconcept serve`: take ``host:port`` first (an address in use is refused at once),
+    load ``spec``'s explainer once, ``log`` the URL, and answer until Ctrl-C. Anything but a
+    local ``host`` is warned about (and more loudly without an ``api_key``)."""
+    if tiles is not None and not (
+        tiles.startswith(("http://", "https://")) and all(f"{{{v}}}" in tiles for v in "zxy")
+    ):
+        raise GeoconceptError(f"--tiles {tiles}: an http(s) tile URL with {{z}}, {{x}} and {{y}}")
+    with bind(host, port) as sock:  # a port in use stops us before the loading
+        if host not in LOCAL_HOSTS:
+            warnings.warn(f"--host {host}: the server is reachable from other machines"
+                          + ("" if api_key else "; anyone who can reach it can use it (set "
+                             "--api-key or $GEOCONCEPT_API_KEY)"), stacklevel=2)  # fmt: skip
+        service = GeoService(load_explainer(spec, report))
+        app = create_app(service, api_key, max_upload_mb, tiles)
+        shown = f"[{host}]" if ":" in host else host
+        log(f"geoconcept serving {service.health()['mode']} at http://{shown}:{port}/ "
+            "(Ctrl-C stops)")  # fmt: skip
+        run_server(app, sock)

@@ -14,7 +14,7 @@ heatmap's places and writing JSON stay outside it, so concurrent clients overlap
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, cast
 
@@ -25,8 +25,10 @@ from ..gallery.store import load_gallery
 from ..geo.distance import haversine_km
 from ..geo.geocode import place_name, place_names
 from ..inference.explainer import Explainer
-from ..inference.heat import HEAT_POINTS, probability_heat
 from ..inference.locator import Locator
+from ..inference.predictor import HEAT_POINTS
+from ..inference.request import Request
+from ..inference.results import Candidate
 from ..io.images import decode_image, photo_gps
 
 DECODING_AT_ONCE = 2  # a photo at PIL's 89 Mpx limit takes ~1 GB to decode: bound how many
@@ -60,8 +62,8 @@ class GeoService:
             if self._locator is None:
                 names = self.explainer.concepts.names if self.explainer.concept_aware else None
                 with self._lock:
-                    self._locator = Locator(self.predictor, names)
-                self._locator.plain_run = self.explainer.retrained_geoclip
+                    self._locator = Locator(self.predictor, names,
+                                            plain_run=self.explainer.retrained_geoclip)  # fmt: skip
             return self._locator
 
     def health(self) -> dict[str, Any]:
@@ -96,54 +98,47 @@ class GeoService:
         with self._lock:
             return clip.encode_images(pixels)
 
-    def predict(self, photo: Photo, top_k: int = 5) -> dict[str, Any]:
+    def predict(self, photo: Photo, request: Request = Request()) -> dict[str, Any]:
         """``geoconcept predict --json`` of one photo, plus its map."""
         feats = self._features(photo)
         with self._lock:
-            out = {"image": photo.name, **self.predictor.describe_features(feats, top_k)}
-            heat = probability_heat(self.predictor, feats)
-        out["map"] = _photo_map(heat, out, photo)
-        return out
+            answer = self.predictor.predict_features(feats, replace(request, heat=True),
+                                                     image=photo.name)  # fmt: skip
+        return {**answer.to_json(), "map": _photo_map(answer.heat, answer.predictions, photo)}
 
-    def explain(
-        self, photo: Photo, top_k: int = 5, n_concepts: int = 8, check: bool = False,
-        m: int = 3, draws: int = 20,
-    ) -> dict[str, Any]:  # fmt: skip
+    def explain(self, photo: Photo, request: Request = Request()) -> dict[str, Any]:
         """``geoconcept explain --json`` of one photo, plus its map."""
         feats = self._features(photo)
         with self._lock:
-            out = {
-                "image": photo.name,
-                **self.explainer.explain_features(
-                    feats, top_k=top_k, n_concepts=n_concepts, check=check, m=m, draws=draws
-                ),
-            }
-            heat = probability_heat(self.predictor, feats)
-        out["map"] = _photo_map(heat, out, photo)
-        return out
+            answer = self.explainer.explain_features(feats, replace(request, heat=True),
+                                                     image=photo.name)  # fmt: skip
+        return {**answer.to_json(), "map": _photo_map(answer.heat, answer.predictions, photo)}
 
-    def where(self, text: str, top_k: int = 10, n_countries: int = 10) -> dict[str, Any]:
+    def where(self, text: str, request: Request = Request(top_k=10)) -> dict[str, Any]:
         """``geoconcept where --json`` of a text, plus its heatmap (scores, not probabilities,
         for a concept axis)."""
         locator = self.locator
         with self._lock:
-            answer, scores = locator.where(text, top_k, n_countries)
-            heat = self.predictor.strongest(scores, HEAT_POINTS)
-        return {**answer, "map": {"heat": heat, "names": _names(heat)}}
+            answer = locator.where(text, request)
+            heat = self.predictor.strongest(answer.scores, HEAT_POINTS)
+        return {**answer.to_json(), "map": {"heat": heat, "names": _names(heat)}}
 
 
-def _photo_map(heat: list[list[float]], answer: dict[str, Any], photo: Photo) -> dict[str, Any]:
-    """The heatmap points, their names, and the EXIF truth (with the error) when there is one."""
+def _photo_map(heat: list[list[float]] | None, candidates: list[Candidate], photo: Photo
+               ) -> dict[str, Any]:  # fmt: skip
+    """The heatmap points, their names, and the EXIF truth (with the error of the top
+    candidate) when there is one."""
+    heat = heat or []
     out: dict[str, Any] = {"heat": heat, "names": _names(heat),
                            "heat_mass": float(sum(h[2] for h in heat))}  # fmt: skip
     truth = photo_gps(photo.data)
     if truth is not None:
-        top = answer["predictions"][0]
+        top = candidates[0]
         out["truth"] = {
             "lat": truth[0],
             "lon": truth[1],
             "place": place_name(*truth),
-            "error_km": float(haversine_km(top["lat"], top["lon"], *truth)),
+            "error_km": float(haversine_km(top.lat, top.lon, *truth)),
         }
     return out
 

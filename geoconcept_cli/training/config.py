@@ -3,17 +3,17 @@ checkpoint, and the source of `train`'s command-line options (defaults, help, ch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import GeoconceptError
-from ..model.checkpoints import (
-    CHECKPOINT_NAME,
-)
-from ..model.concept_head import (
-    LOCATION_TRAINABLE,
-)
-from ..model.losses import DIVERGENCES
+
+
+def option(default: Any, help: str | None = None, flag: str | None = None) -> Any:
+    """A field of TrainConfig with its command-line ``help`` and, where the option is not
+    named after the field, its ``flag``: `train` and `ablate` read their options from these."""
+    return field(default=default, metadata={"help": help, "flag": flag})
 
 
 @dataclass
@@ -23,33 +23,38 @@ class TrainConfig:
     features: str
     out: str
     concepts: str | None = None  # concept embeddings file; None trains plain GeoCLIP
-    epochs: int = 10
-    max_steps: int | None = None
-    batch_size: int = 512  # global, over all ranks
-    lr: float = 3e-5
-    weight_decay: float = 1e-6
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    queue_size: int = 4096
-    batch_noise_m: float = 150.0
-    queue_noise_m: float = 1000.0
-    divergence: str = "mmd"  # mmd | mean
-    sigma: float | None = None  # None: median heuristic
-    lambda_div: float = 1.0
-    delta_weight: float = 0.0
-    train_location: str = "partial"
-    seed: int = 0
-    save_every: int = 200
-    log_every: int = 10
-    amp: bool = True
-    device: str = "cpu"
+    epochs: int = option(10)
+    max_steps: int | None = option(None, "Stop after N steps.")
+    batch_size: int = option(512, "Global batch (over all ranks).")
+    lr: float = option(3e-5)
+    weight_decay: float = option(1e-6)
+    warmup_steps: int = option(100)
+    grad_clip: float = option(1.0)
+    queue_size: int = option(4096)
+    batch_noise_m: float = option(150.0)
+    queue_noise_m: float = option(1000.0)
+    divergence: str = option("mmd", "mmd (Gaussian MMD^2) or mean.")
+    sigma: float | None = option(None, "Kernel width (default: median).")
+    lambda_div: float = option(1.0, "Divergence weight.", flag="--lambda")
+    delta_weight: float = option(0.0, "Penalty keeping B near E.")
+    train_location: str = option("partial", "none, partial or all.")
+    seed: int = option(0)
+    save_every: int = option(200)
+    log_every: int = option(10)
+    amp: bool = option(True, "bfloat16 autocast on GPU.")
+    device: str = "cpu"  # cuda for --gpus, which `train` takes with the other launch options
 
     def checkpoint_path(self) -> Path:
         """Where this run writes its checkpoint (a legacy ``checkpoint.pt`` is only read)."""
+        from ..model.checkpoints import CHECKPOINT_NAME  # torch: the CLI reads this module first
+
         return Path(self.out) / CHECKPOINT_NAME
 
     def validate(self) -> None:
         """One-line errors for option values that would crash or silently diverge later."""
+        from ..model.concept_head import LOCATION_TRAINABLE  # torch: as in checkpoint_path
+        from ..model.losses import DIVERGENCES
+
         checks = [
             (self.batch_size >= 1, "--batch-size must be >= 1"),
             (self.epochs >= 0, "--epochs must be >= 0"),
@@ -64,7 +69,7 @@ class TrainConfig:
             (min(self.batch_noise_m, self.queue_noise_m) >= 0, "GPS noise must be >= 0 m"),
             (self.log_every >= 1, "--log-every must be >= 1"),
             (self.save_every >= 1, "--save-every must be >= 1"),
-            (self.divergence in DIVERGENCES, f"--divergence must be one of {list(DIVERGENCES)}"),
+            (self.divergence in DIVERGENCES, f"--divergence must be {' or '.join(DIVERGENCES)}"),
             (self.train_location in LOCATION_TRAINABLE,
              f"--train-location must be one of {list(LOCATION_TRAINABLE)}"),
         ]  # fmt: skip

@@ -1,15 +1,8 @@
 """Batch prediction from ``embed-images`` features: many photos at matrix-product speed.
 
-``predict FEATS --out OUT`` writes ``OUT`` as a Parquet dataset folder: one
-``part-NNNNN.parquet`` per feature shard (``pd.read_parquet(OUT)`` reads them as one table)
-and ``_geoconcept.json`` saying which model, gallery and top-k made it. Shards are split over
-ranks as embed-images splits them (shard i on rank i % world size, under torchrun or SLURM),
-and a rerun skips the parts already written.
-
-Scores go to distinct places only: GeoCLIP's gallery repeats 5,900 of its 100K points, and a
-repeated point has the same logit at each copy, so the softmax over all rows is the softmax
-over places with each place's logit counted ``multiplicity`` times. That is exactly the
-probability `predict` gives, for 6% fewer products.
+``predict FEATS --out OUT`` writes ``OUT`` as a folder of Parquet parts, one per feature shard
+(see ``results``), each row a photo's top-1 place, probability, error and country and its
+top-k; ranked by ``inference.scorer``'s kernel, which gives `predict`'s probabilities.
 """
 
 from __future__ import annotations
@@ -25,13 +18,18 @@ import torch
 
 from ...geo.distance import haversine_km
 from ...geo.geocode import reverse_geocode
-from ...model.clip import ClipId
+from ...model.spec import ModelSpec
+from ...runtime.launch import Workers
+from ...runtime.progress import Report
+from ..factory import load_predictor
 from ..predictor import Predictor
+from ..request import Request
 from ..scorer import PlaceScorer
 from .results import (
-    GalleryProgress,
+    BatchResult,
     ShardFrame,
     results_meta,
+    run_batch,
     run_on_ranks,
     start_results,
     write_parts,
@@ -70,16 +68,16 @@ def predict_shard(scorer: PlaceScorer, ids: list[str], feats: torch.Tensor,
 
 
 def predict_features(
-    predictor: Predictor, features: str | Path, out: str | Path, top_k: int = 5,
+    predictor: Predictor, features: str | Path, out: str | Path, request: Request = Request(),
     rank: int = 0, world_size: int = 1, progress: Callable[[int], object] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Write this rank's missing parts of ``out`` (see the module docstring); returns the
     results meta. ``progress(n)`` gets the photos of each part written."""
     features, out = Path(features), Path(out)
-    meta = results_meta(predictor, features, top_k)
+    meta = results_meta(predictor, features, request.top_k)
     start_results(out, meta, write=rank == 0)
-    write_parts(features, out, _shard_frame(predictor, top_k), SCHEMA, rank, world_size,
-                progress)  # fmt: skip
+    write_parts(features, out, _shard_frame(predictor, request.top_k), SCHEMA, rank,
+                world_size, progress)  # fmt: skip
     return meta
 
 
@@ -88,21 +86,29 @@ def _shard_frame(predictor: Predictor, top_k: int) -> ShardFrame:
     return lambda ids, feats, latlon: predict_shard(scorer, ids, feats, latlon, top_k)
 
 
-def predict_features_worker(
-    features: str, out: str, checkpoint: str | None, gallery: str | None,
-    cache_dir: str | None, device: str, top_k: int,
-) -> dict[str, Any]:  # fmt: skip
+def predict_features_worker(spec: ModelSpec, features: str, out: str, request: Request
+                            ) -> dict[str, Any]:  # fmt: skip
     """One process of batch prediction (picklable for the launcher): its share of shards."""
-    from ..predictor import load_run
 
-    def load(device: str, clip: ClipId, dim: int, progress: GalleryProgress
-             ) -> tuple[dict[str, Any], ShardFrame]:  # fmt: skip
-        predictor, _ = load_run(checkpoint, gallery=gallery, cache_dir=cache_dir,
-                                device=device, progress=progress, features_of=clip,
-                                features_dim=dim)  # fmt: skip
-        return results_meta(predictor, Path(features), top_k), _shard_frame(predictor, top_k)
+    def load(spec: ModelSpec, report: Report) -> tuple[dict[str, Any], ShardFrame]:
+        predictor = load_predictor(spec, report)
+        meta = results_meta(predictor, Path(features), request.top_k)
+        return meta, _shard_frame(predictor, request.top_k)
 
-    return run_on_ranks(features, out, device, "predicting", SCHEMA, load)
+    return run_on_ranks(spec, features, out, "predicting", SCHEMA, load)
+
+
+def predict_folder(spec: ModelSpec, features: str | Path, out: str | Path,
+                   request: Request = Request(), workers: Workers = Workers()
+                   ) -> BatchResult | None:  # fmt: skip
+    """Predict every photo of an ``embed-images`` folder from its stored features (no CLIP
+    runs) into ``out``, here or over ``workers``; the result (with the median error of the
+    top-1) on the process that reports, None on the others."""
+    wrote = run_batch(predict_features_worker, spec, features, out, request, workers)
+    if wrote is None:
+        return None
+    photos, median = summary(out)
+    return BatchResult(Path(out), photos, wrote, median)
 
 
 def summary(out: str | Path) -> tuple[int, float]:

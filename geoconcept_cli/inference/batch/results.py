@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,16 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ...data.features import read_meta, read_shard
+from ...data.features import feature_summary, read_meta, read_shard, shard_size_of
 from ...errors import GeoconceptError
 from ...io.artifacts import atomic_path, hash_state_dict, hash_tensors, write_json
-from ...model.clip import ClipId
+from ...model.clip_id import ClipId
+from ...model.spec import ModelSpec, StoredFeatures
+from ...runtime.distributed import all_or_none, init_distributed, is_main_process
+from ...runtime.launch import Workers
+from ...runtime.progress import Report, lazy_progress_bar, progress_bar, silent
 from ..predictor import Predictor
+from ..request import Request
 
 RESULTS_FORMAT = "geoconcept-predictions/1"
 
@@ -87,7 +94,8 @@ def missing_parts(out: Path, shards: int, rank: int = 0, world_size: int = 1) ->
 ShardFrame = Callable[[list[str], torch.Tensor, torch.Tensor], pd.DataFrame]
 
 
-GalleryProgress = Callable[[int, int], None] | None  # (points encoded, of total)
+# a worker's model: (results meta, shard frame) of a spec reading stored features
+Load = Callable[[ModelSpec, Report], tuple[dict[str, Any], ShardFrame]]
 
 
 def write_parts(features: Path, out: Path, frame_of: ShardFrame, schema: pa.Schema,
@@ -105,37 +113,53 @@ def write_parts(features: Path, out: Path, frame_of: ShardFrame, schema: pa.Sche
             progress(len(ids))
 
 
-def run_on_ranks(
-    features: str, out: str, device: str, label: str, schema: pa.Schema,
-    load: Callable[[str, ClipId, int, GalleryProgress], tuple[dict[str, Any], ShardFrame]],
-) -> dict[str, Any]:  # fmt: skip
-    """One process of a batch run over a feature folder (torchrun, SLURM, ``launch`` or
-    alone): ``load(device, clip, width, progress)`` gives the results meta and the frame of a
-    shard (``progress`` reports gallery encoding, on the main rank); this rank then writes its
-    missing parts in ``schema``. No CLIP weights are loaded: the features were embedded by
-    the CLIP their folder records."""
-    from contextlib import nullcontext
-
-    from ...data.features import feature_summary, shard_size_of
-    from ...runtime.distributed import all_or_none, init_distributed
-    from ...runtime.progress import lazy_progress_bar, progress_bar
-
-    info = init_distributed(device.startswith("cuda"))
-    encoding = (lazy_progress_bar("encoding gallery (once; cached)", "points") if info.is_main
-                else nullcontext(None))  # fmt: skip
-    with all_or_none(info, "loading the model"), encoding as gallery_progress:
+def run_on_ranks(spec: ModelSpec, features: str | Path, out: str | Path, label: str,
+                 schema: pa.Schema, load: Load) -> dict[str, Any]:  # fmt: skip
+    """One process of a batch run over a feature folder (torchrun, SLURM, launched or alone):
+    ``load(spec, report)`` gives the results meta and the frame of a shard for the model of
+    ``spec`` reading the folder's stored features (no CLIP weights load: the folder records
+    its CLIP) on this rank's device; this rank then writes its missing parts in ``schema``."""
+    info = init_distributed(spec.device.startswith("cuda"))
+    features, out = Path(features), Path(out)
+    report = lazy_progress_bar if info.is_main else silent
+    with all_or_none(info, "loading the model"):
         fmeta, _, dim = feature_summary(features)
-        meta, frame_of = load(str(info.device) if device.startswith("cuda") else device,
-                              ClipId.from_meta(fmeta), dim, gallery_progress)  # fmt: skip
+        device = str(info.device) if spec.device.startswith("cuda") else spec.device
+        here = replace(spec, device=device).reading(StoredFeatures(ClipId.from_meta(fmeta), dim))
+        meta, frame_of = load(here, report)
     with all_or_none(info, "checking --out"):  # every rank, so that all refuse it alike
-        start_results(Path(out), meta, write=False)
+        start_results(out, meta, write=False)
     with all_or_none(info, "recording --out"):  # before any rank writes a part
         if info.is_main:
-            record_meta(Path(out), meta)
+            record_meta(out, meta)
     with all_or_none(info, "writing parts"):  # every part is written before any report
-        mine = missing_parts(Path(out), fmeta["shards"], info.rank, info.world_size)
+        mine = missing_parts(out, fmeta["shards"], info.rank, info.world_size)
         todo = sum(shard_size_of(features, s) for s in mine)  # photos left out are not there
         with progress_bar(label, todo, unit="photos") if info.is_main else nullcontext() as bar:
-            write_parts(Path(features), Path(out), frame_of, schema, info.rank,
-                        info.world_size, bar)  # fmt: skip
+            write_parts(features, out, frame_of, schema, info.rank, info.world_size, bar)
     return meta
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A finished batch run, as the process that reports sees it: its folder, the photos it
+    holds, and whether this run wrote any part (False: a rerun found it complete)."""
+
+    out: Path
+    photos: int
+    wrote: bool
+    median_error_km: float | None = None  # predictions: of the top-1, where labels are known
+
+
+def run_batch(worker: Callable[..., object], spec: ModelSpec, features: str | Path,
+              out: str | Path, request: Request, workers: Workers) -> bool | None:  # fmt: skip
+    """Run a batch ``worker(spec, features, out, request)`` over a feature folder where
+    ``workers`` says. Refused in one line before any model loads: not a feature folder, an
+    ``out`` that cannot hold results. On the process that reports, whether parts were missing
+    before (False: the results were complete); None on the others."""
+    shards = read_meta(features)["shards"]
+    check_out(Path(out))
+    missing = missing_parts(Path(out), shards)
+    spec = replace(spec, device=workers.device(spec.device))
+    workers.run(worker, (spec, str(features), str(out), request))
+    return bool(missing) if is_main_process() else None

@@ -18,7 +18,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from ..model.checkpoints import (
     run_checkpoint,
     save_checkpoint,
 )
-from ..model.clip import ClipId
+from ..model.clip_id import ClipId
 from ..model.concept_embeddings import load_concept_embeddings
 from ..model.concept_head import (
     ConceptAwareHead,
@@ -54,6 +54,7 @@ from ..runtime.distributed import (
     mean_across_ranks,
     same_on_all_ranks,
 )
+from ..runtime.launch import Workers, launched_externally
 from .config import TrainConfig
 
 KM_PER_DEGREE = 111.195
@@ -293,7 +294,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)
 
 
-def train(
+def run_training(
     cfg: TrainConfig, resume: bool = False, info: DistInfo | None = None,
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
@@ -435,7 +436,7 @@ def train_worker(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     info = init_distributed(cfg.device.startswith("cuda"))
     if not info.is_main:
-        return train(cfg, resume, info)
+        return run_training(cfg, resume, info)
     fields = "{task.fields[loss]} {task.fields[rate]}"  # empty until the first log step
     with progress_bar("training", 1, fields, loss="", rate="") as bar:
 
@@ -444,7 +445,25 @@ def train_worker(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             rate = f"{last['samples_per_s']:,.0f} samples/s" if last else ""
             bar(0, completed=step, total=total, loss=loss, rate=rate)
 
-        return train(cfg, resume, info, report)
+        return run_training(cfg, resume, info, report)
+
+
+def train(cfg: TrainConfig, resume: bool = False, workers: Workers = Workers()
+          ) -> dict[str, Any] | None:  # fmt: skip
+    """`geoconcept train`: run ``cfg`` (or, with ``resume``, continue it from its checkpoint)
+    here or over ``workers`` (DDP), with progress; returns the last logged metrics, or
+    ``{"step", "done"}`` when the run had already finished, or None on a node other than
+    node 0 (which writes the run). Options and provenance are checked before any process
+    starts, so a mistake is one line, not one traceback per rank."""
+    cfg = replace(cfg, device=workers.device(cfg.device))
+    if not launched_externally():
+        finished = check_run(cfg, resume, workers.world_size())
+        if finished:
+            return finished
+    last: dict[str, Any] | None = workers.run(train_worker, (cfg, resume))
+    if last is not None:
+        return last
+    return last_metrics(cfg.out) if workers.node_rank == 0 else None
 
 
 def _metric_lines(path: Path) -> list[dict[str, Any]]:

@@ -10,10 +10,8 @@ any retrieval model. Per-photo results go to ``--predictions-out``.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +20,7 @@ import numpy.typing as npt
 import pandas as pd
 import torch
 
+from ..data.features import Features, load_features
 from ..errors import GeoconceptError
 from ..gallery.index import refuse_large
 from ..gallery.store import cached_gallery_embeddings, load_gallery
@@ -37,22 +36,18 @@ from ..inference.calibration import (
     best_near,
     covered,
     gallery_tree,
-    geoclip_calibration_path,
     pairs_within,
     place_areas,
     read_calibration,
     region_cut,
 )
+from ..inference.factory import GEOCLIP_NAME, calibration_file, load_heads
 from ..inference.predictor import Predictor
-from ..model.checkpoints import check_trained_on, load_head, run_calibration_path
-from ..model.clip import ClipId
+from ..io.artifacts import atomic_path, write_json
+from ..model.clip_id import ClipId
 from ..model.concept_head import ConceptAwareHead, RetrievalHead, check_head_takes
-from ..model.geoclip import (
-    GEOCLIP_FEATURE_DIM,
-    check_geoclip_width,
-    load_geoclip_head,
-    warn_unless_geoclip_clip,
-)
+from ..model.spec import ModelSpec, StoredFeatures
+from ..runtime.progress import Report, silent
 from ..runtime.scratch import Scratch
 from .interpretability import explanation_metrics
 from .metrics import admin_matches, geoscore, location_metrics, reliability
@@ -79,7 +74,6 @@ def summarize(dist_km: np.ndarray) -> dict[str, float]:
     }
 
 
-GEOCLIP_NAME = "GeoCLIP (pretrained)"
 CONFIDENCE_KM = 25.0  # the "top-1 within 25 km" event whose calibration is reported
 AREAS_KM2 = tuple(float(f"{m}e{e}") for e in range(2, 9) for m in (1, 3))[:-1]  # 1e2..1e8
 
@@ -92,6 +86,15 @@ class Evaluation:
     predictions: pd.DataFrame
     # model -> event -> probabilities -> bins
     reliability: dict[str, dict[str, dict[str, dict[str, Any]]]]
+
+    def write_summary(self, path: str | Path) -> None:
+        """The summary as JSON (``eval.json``), thresholds in distance order."""
+        write_json(path, self.summary, sort_keys=False)
+
+    def write_predictions(self, path: str | Path) -> None:
+        """One row per photo and model as Parquet (``preds.parquet``)."""
+        with atomic_path(path) as tmp:
+            self.predictions.to_parquet(tmp, index=False)
 
 
 BLOCK_ELEMENTS = 1 << 21  # per-photo statistics in blocks this small (8 MB of float32)
@@ -206,29 +209,26 @@ def evaluate_models(
     heads: dict[str, RetrievalHead],
     feats: torch.Tensor,
     truth: torch.Tensor,
-    gallery: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    progress: Callable[[str], object] | None = None,
-    gallery_progress: Callable[[str], AbstractContextManager[Callable[[int, int], None]]]
-    | None = None,
+    spec: ModelSpec = ModelSpec(),
+    *,
     ids: list[str] | None = None,
     calibrations: dict[str, Path] | None = None,
     clip: ClipId | None = None,
     explanations: dict[str, Any] | None = None,
+    report: Report = silent,
 ) -> Evaluation:
-    """Every metric of each named head, the gallery ceiling, and one row per photo and model.
+    """Every metric of each named head over ``spec``'s gallery (its embeddings cached in its
+    cache), the gallery ceiling, and one row per photo and model.
 
     ``calibrations`` maps a head's name to its calibration file (used where it exists, refused
     if made for another model, gallery or ``clip``). ``explanations`` (the keyword arguments
     of ``explanation_metrics``: m, draws, photos) adds interpretability metrics for each
-    concept-aware head. ``progress(name)`` follows each head;
-    ``gallery_progress(name)`` is a context manager yielding ``advance(n, total)`` for encoding
-    that head's gallery (on a cache miss)."""
+    concept-aware head. ``report`` shows the encoding of a head's gallery (a cache miss)."""
     if len(feats) == 0:
         raise GeoconceptError("no test features to evaluate")
     for name, head in heads.items():
         check_head_takes(head, feats.shape[1], name)
-    gps = load_gallery(gallery)
+    gps = load_gallery(spec.gallery)
     refuse_large(gps, "evaluate")
     ids = ids if ids is not None else [str(i) for i in range(len(feats))]
     truth_np = truth.double().numpy()
@@ -244,11 +244,11 @@ def evaluate_models(
         cal = read_calibration(path) if path else None
         if cal is not None:
             cal.check_for(head, gps, clip or ClipId(None, None), path)
-        with gallery_progress(name) if gallery_progress else nullcontext() as advance:
-            emb = cached_gallery_embeddings(gps, head, cache_dir, progress=advance)
+        with report(f"encoding gallery for {name} (once; cached)", "points") as advance:
+            emb = cached_gallery_embeddings(gps, head, spec.cache_dir, progress=advance)
         predictor = Predictor(head, gps_grouped, emb[grouped], calibration=cal,
-                              cache_dir=cache_dir)  # fmt: skip
-        areas = place_areas(gps, cal.radius_km, cache_dir)[grouped] if cal else None
+                              cache_dir=spec.cache_dir)  # fmt: skip
+        areas = place_areas(gps, cal.radius_km, spec.cache_dir)[grouped] if cal else None
         res = score_photos(predictor, feats, truth, country_grouped, areas, tree=tree)
         top1 = grouped[res["top1"]].numpy()
         pred = gps[top1].double().numpy()
@@ -267,8 +267,6 @@ def evaluate_models(
             rows[name]["explanations"] = explanation_metrics(predictor, feats, **explanations)
         frames.append(_prediction_rows(name, ids, truth_np, pred, dist, res, places,
                                        pred_places, cal))  # fmt: skip
-        if progress:
-            progress(name)
     summary = {
         "thresholds_km": list(THRESHOLDS_KM),
         "models": rows,
@@ -277,10 +275,46 @@ def evaluate_models(
     return Evaluation(summary, pd.concat(frames, ignore_index=True), bins)
 
 
-def evaluate_heads(heads: dict[str, RetrievalHead], feats: torch.Tensor, truth: torch.Tensor,
-                   gallery: str | Path | None = None, **kw: Any) -> dict[str, Any]:  # fmt: skip
-    """The JSON summary of ``evaluate_models``."""
-    return evaluate_models(heads, feats, truth, gallery, **kw).summary
+@dataclass
+class Contenders:
+    """Models to score on one feature folder: its features, each model's head and calibration
+    file by name, the CLIP of the features, and the spec whose gallery, cache and device they
+    share."""
+
+    data: Features
+    heads: dict[str, RetrievalHead]
+    calibrations: dict[str, Path]
+    clip: ClipId
+    spec: ModelSpec
+
+
+def contenders(features: str | Path, models: Sequence[ModelSpec], what: str) -> Contenders:
+    """Load ``models`` (pretrained GeoCLIP where a spec has no checkpoint) to score on the
+    ``embed-images`` folder ``features``; one line if none is left to ``what``. They share
+    the first spec's gallery, cache and device."""
+    data = load_features(features)
+    clip = ClipId.from_meta(data.meta)
+    heads = load_heads(models, StoredFeatures(clip, data.features.shape[1]))
+    if not heads:
+        raise GeoconceptError(f"nothing to {what}: give checkpoints or keep --geoclip")
+    spec = models[0]
+    gps = load_gallery(spec.gallery)
+    files = {name: calibration_file(spec if name == GEOCLIP_NAME else
+                                    replace(spec, checkpoint=name), head, gps, clip)
+             for name, head in heads.items()}  # fmt: skip
+    return Contenders(data, heads, files, clip, spec)
+
+
+def evaluate(features: str | Path, models: Sequence[ModelSpec],
+             explanations: dict[str, Any] | None = None, report: Report = silent
+             ) -> Evaluation:  # fmt: skip
+    """`geoconcept evaluate`: score each model (pretrained GeoCLIP where a spec has no
+    checkpoint) on the labelled photos of an ``embed-images`` folder, side by side with the
+    gallery ceiling, calibrated where a calibration exists (see ``evaluate_models``)."""
+    c = contenders(features, models, "evaluate")
+    return evaluate_models(c.heads, c.data.features, c.data.latlon, c.spec, ids=c.data.ids,
+                           calibrations=c.calibrations, clip=c.clip, explanations=explanations,
+                           report=report)  # fmt: skip
 
 
 def gallery_places_at(places: Places, rows: np.ndarray) -> Places:
@@ -325,54 +359,6 @@ def _prediction_rows(name: str, ids: list[str], truth: np.ndarray, pred: np.ndar
     df["in_region"] = res["in_region"] if cal else None
     df["region_area_km2"] = res["region_km2"] if cal else np.nan
     return df
-
-
-def heads_to_evaluate(
-    checkpoints: Sequence[str | Path],
-    geoclip: bool = True,
-    device: str | torch.device = "cpu",
-    features_meta: dict[str, Any] | None = None,
-    features_dim: int | None = None,
-) -> dict[str, RetrievalHead]:
-    """GeoCLIP's pretrained head (optional) and each checkpoint's, keyed by a display name.
-
-    With ``features_meta`` (the test features' meta.json), a checkpoint trained on features
-    of another CLIP model is refused. With ``features_dim``, pretrained GeoCLIP is left out
-    (with a warning) of features of another width than its 768 when checkpoints are given,
-    and refused when it is the only model.
-    """
-    meta = features_meta or {}
-    heads: dict[str, RetrievalHead] = {}
-    if geoclip and checkpoints and features_dim not in (None, GEOCLIP_FEATURE_DIM):
-        warnings.warn(f"{GEOCLIP_NAME} left out: its image MLP takes {GEOCLIP_FEATURE_DIM}-d "
-                      f"image features, these are {features_dim}-d", stacklevel=2)  # fmt: skip
-    elif geoclip:
-        clip = ClipId.from_meta(meta)
-        if features_dim is not None:
-            check_geoclip_width(features_dim, f"features of CLIP {clip}")
-        warn_unless_geoclip_clip(clip)
-        heads[GEOCLIP_NAME] = load_geoclip_head(device)
-    for ck in checkpoints:
-        head, ckpt = load_head(ck, device)
-        check_trained_on(ckpt, ClipId.from_meta(meta), ck)
-        if ckpt.get("step", 0) < ckpt.get("total_steps", 0):
-            warnings.warn(
-                f"{ck} is an unfinished run (step {ckpt['step']} of {ckpt['total_steps']})",
-                stacklevel=2,
-            )
-        heads[str(ck)] = head
-    return heads
-
-
-def calibration_files(
-    heads: dict[str, RetrievalHead], clip: ClipId, gallery: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-) -> dict[str, Path]:  # fmt: skip
-    """Where each head's calibration would be: pretrained GeoCLIP's in the cache (for this
-    gallery and CLIP backbone), a checkpoint's in its run folder or bundle."""
-    gps = load_gallery(gallery)
-    return {name: geoclip_calibration_path(gps, head, clip, cache_dir) if name == GEOCLIP_NAME
-            else run_calibration_path(name) for name, head in heads.items()}  # fmt: skip
 
 
 def markdown_table(result: dict[str, Any]) -> str:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import GeoconceptError
+from ..gallery.index import refuse_large
+from ..gallery.store import cached_gallery_embeddings, load_gallery
 from ..geo.distance import unit_vectors
 from ..inference.calibration import (
     MAX_CALIBRATION_PHOTOS,
@@ -27,15 +28,18 @@ from ..inference.calibration import (
     pairs_within,
     save_calibration,
 )
+from ..inference.predictor import Predictor
 from ..io.artifacts import (
     hash_state_dict,
     hash_tensors,
 )
-from ..model.clip import ClipId
+from ..model.clip_id import ClipId
+from ..model.spec import ModelSpec
+from ..runtime.progress import Report, silent
+from .scores import contenders
 
 if TYPE_CHECKING:
-    from ..inference.predictor import Predictor
-    from ..model.concept_head import RetrievalHead
+    pass
 
 
 # ------------------------------------------------------------------------------ calibrate
@@ -98,29 +102,24 @@ def calibrate_predictor(
     )  # fmt: skip
 
 
-def calibrate_heads(
-    heads: dict[str, RetrievalHead], files: dict[str, Path], feats: torch.Tensor,
-    truth: torch.Tensor, clip: ClipId, gallery: str | Path | None = None,
-    cache_dir: str | Path | None = None, alpha: float = 0.1, radius_km: float = 25.0,
-    gallery_progress: Callable[[str], AbstractContextManager[Callable[[int, int], None]]]
-    | None = None,
-) -> dict[str, Calibration]:  # fmt: skip
-    """Calibrate each named head over the gallery and store it at ``files[name]``.
-    ``gallery_progress(name)`` is a context manager yielding ``advance(n, total)``."""
-    from contextlib import nullcontext
-
-    from ..gallery.index import refuse_large
-    from ..gallery.store import cached_gallery_embeddings, load_gallery
-    from ..inference.predictor import Predictor
-
-    check_options(alpha, radius_km)  # before any gallery is encoded
-    gps = load_gallery(gallery)
+def calibrate(features: str | Path, models: Sequence[ModelSpec], alpha: float = 0.1,
+              radius_km: float = 25.0, report: Report = silent
+              ) -> dict[str, tuple[Calibration, Path]]:  # fmt: skip
+    """`geoconcept calibrate`: per model (pretrained GeoCLIP where a spec has no checkpoint),
+    fit the temperature and the conformal threshold on the held-out photos of an
+    ``embed-images`` folder and store them where the model's predictions find them (beside a
+    run; pretrained GeoCLIP's in the cache). Returns each calibration and where it went."""
+    check_options(alpha, radius_km)  # before any model loads
+    c = contenders(features, models, "calibrate")
+    gps = load_gallery(c.spec.gallery)
     refuse_large(gps, "calibrate")
     out = {}
-    for name, head in heads.items():
-        with gallery_progress(name) if gallery_progress else nullcontext() as advance:
-            emb = cached_gallery_embeddings(gps, head, cache_dir, progress=advance)
-        predictor = Predictor(head, gps, emb, cache_dir=cache_dir)
-        out[name] = calibrate_predictor(predictor, feats, truth, clip, alpha, radius_km)
-        save_calibration(files[name], out[name])
+    for name, head in c.heads.items():
+        with report(f"encoding gallery for {name} (once; cached)", "points") as advance:
+            emb = cached_gallery_embeddings(gps, head, c.spec.cache_dir, progress=advance)
+        predictor = Predictor(head, gps, emb, cache_dir=c.spec.cache_dir)
+        cal = calibrate_predictor(predictor, c.data.features, c.data.latlon, c.clip, alpha,
+                                  radius_km)  # fmt: skip
+        save_calibration(c.calibrations[name], cal)
+        out[name] = (cal, c.calibrations[name])
     return out

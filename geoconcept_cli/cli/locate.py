@@ -1,0 +1,209 @@
+"""`predict`, `explain` and `where`: where a photo (or a folder of them) was taken and why, and
+where a text points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import geo, inference, io, plots
+from ..errors import GeoconceptError
+from ..inference.request import Request
+from ..model.spec import ModelSpec
+from ..runtime.launch import Workers
+from ..runtime.progress import lazy_progress_bar
+from .common import RUN_HELP, Commands, Model, cli_command, model_options, note, say
+from .render import print_explanation, print_json, print_prediction, print_where
+
+BATCH_SUFFIXES = {".csv", ".parquet", ".pq"}  # a manifest of photos to explain
+AS_JSON = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@cli_command
+@model_options("clip_model clip_pretrained gallery device cache_dir", after="gpus")
+@model_options("checkpoint", after="as_json")
+def predict(
+    image: Annotated[
+        Path,
+        typer.Argument(
+            help="Photo to locate (JPEG, PNG, WebP, TIFF...), or an "
+            "embed-images feature folder for batch prediction (with --out)."
+        ),
+    ],  # fmt: skip
+    model: Model,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many candidates.")] = 5,
+    as_json: AS_JSON = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Batch mode: folder of Parquet parts (results.parquet).")
+    ] = None,
+    gpus: Annotated[int, typer.Option(min=0, help="Batch mode: split shards over N GPUs.")] = 0,
+) -> None:
+    """Predict where a photo was taken: top-k GPS candidates with probabilities and place names.
+
+    Given a feature folder from embed-images and --out, predicts every photo in it at
+    matrix-product speed (no CLIP runs), split over --gpus or torchrun/SLURM ranks."""
+    spec, request = ModelSpec(**model), Request(top_k=top_k)
+    if image.is_dir():
+        if as_json:
+            raise GeoconceptError("--json is for one photo; batch mode writes --out")
+        if out is None:
+            raise GeoconceptError(f"{image} is a folder: batch prediction needs --out "
+                                  "results.parquet")  # fmt: skip
+        done = inference.predict_folder(spec, image, out, request, Workers(gpus=gpus))
+        if done is not None:
+            said = (f"{done.photos} photos predicted -> {out}" if done.wrote else
+                    f"{out} is complete: {done.photos} photos; nothing to predict")  # fmt: skip
+            say(f"{said} (median error {done.median_error_km:.1f} km)")
+        return
+    if out is not None or gpus:
+        raise GeoconceptError("--out and --gpus are for a feature folder (batch mode)")
+    io.load_image(image)  # a bad file fails in a second: before torch and the models load
+    result = inference.load_predictor(spec, lazy_progress_bar).predict(image, request)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        print_prediction(result)
+
+
+@cli_command
+@model_options("concepts concept_embeddings clip_model clip_pretrained gallery device cache_dir",
+               after="images")  # fmt: skip
+@model_options("checkpoint", after="target", checkpoint=RUN_HELP)
+def explain(
+    target: Annotated[
+        Path,
+        typer.Argument(
+            help="A photo; or, for batch mode, a folder of photos, a manifest (CSV/Parquet), "
+            "or an embed-images feature folder (explained from its features: no CLIP runs)."
+        ),
+    ],
+    model: Model,
+    top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
+    n_concepts: Annotated[int, typer.Option("--concepts-shown", min=1)] = 8,
+    check: Annotated[bool, typer.Option("--check", help="Deletion test vs random.")] = False,
+    m: Annotated[int, typer.Option(min=1, help="Concepts removed by --check.")] = 3,
+    draws: Annotated[int, typer.Option(min=20, help="Random draws for --check.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    map_png: Annotated[Path | None, typer.Option("--map", help="Write a world map PNG.")] = None,
+    true_lat: Annotated[
+        float | None,
+        typer.Option(help="True latitude, for the map (default: the photo's EXIF GPS, if any)."),
+    ] = None,  # fmt: skip
+    true_lon: Annotated[float | None, typer.Option(help="True longitude, for the map.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Batch mode: results.parquet (a folder of Parquet parts for a feature folder)."
+        ),
+    ] = None,
+    gpus: Annotated[
+        int, typer.Option(min=0, help="Feature-folder batch mode: split shards over N GPUs.")
+    ] = 0,
+    images: Annotated[
+        Path | None, typer.Option(help="Manifest mode: folder its ids are relative to.")
+    ] = None,
+) -> None:
+    """Explain a prediction: where, what the photo shows, what the place is known for, why."""
+    spec = ModelSpec(**model)
+    request = Request(top_k=top_k, concepts_shown=n_concepts, check=check, m=m, draws=draws,
+                      heat=map_png is not None)  # fmt: skip
+    single_only = [name for name, given in (("--map", map_png), ("--json", as_json),
+                                             ("--check", check)) if given]  # fmt: skip
+    _check_mode(target, out, images, single_only)
+    if out is not None and target.is_dir() and (target / "meta.json").is_file():
+        _explain_features(spec, target, out, request, gpus)  # explained from their features
+    elif gpus:
+        raise GeoconceptError("--gpus is for an embed-images feature folder")
+    elif out is not None:
+        io.writable_file(out)  # fail fast, before loading any model
+        explainer = inference.load_explainer(spec, lazy_progress_bar)
+        done, failed = inference.explain_photos(explainer, target, out, images, request,
+                                                lazy_progress_bar, note)  # fmt: skip
+        say(f"{done} photos explained -> {out}; {len(failed)} missing or unreadable")
+    else:
+        _explain_photo(spec, target, request, as_json, map_png, true_lat, true_lon)
+
+
+def _check_mode(target: Path, out: Path | None, images: Path | None,
+                single_only: list[str]) -> None:  # fmt: skip
+    """One line, before anything loads, for options that do not fit explain's mode: batch (a
+    folder or a manifest, with --out) or one photo (which must read)."""
+    batch = target.is_dir() or target.suffix.lower() in BATCH_SUFFIXES
+    if batch and out is None:
+        raise GeoconceptError("batch mode (a folder or manifest) needs --out results.parquet")
+    if images is not None and (not batch or target.is_dir()):
+        raise GeoconceptError("--images applies to a manifest (CSV/Parquet) only")
+    if batch and single_only:
+        raise GeoconceptError(f"{', '.join(single_only)}: single photos only, not batch mode")
+    if not batch and out is not None:
+        raise GeoconceptError("--out is for batch mode (a folder or manifest); use --json")
+    if not batch:
+        io.load_image(target)  # a bad photo fails in a second: before torch and the models load
+
+
+def _explain_features(spec: ModelSpec, features: Path, out: Path, request: Request,
+                      gpus: int) -> None:  # fmt: skip
+    """explain's feature-folder mode: every photo into a folder of Parquet parts, no CLIP."""
+    done = inference.explain_folder(spec, features, out, request, Workers(gpus=gpus))
+    if done is not None:
+        say(f"{done.photos} photos explained from their features -> {out}" if done.wrote else
+            f"{out} is complete: {done.photos} photos; nothing to explain")  # fmt: skip
+
+
+def _explain_photo(spec: ModelSpec, photo: Path, request: Request, as_json: bool,
+                   map_png: Path | None, true_lat: float | None, true_lon: float | None
+                   ) -> None:  # fmt: skip
+    """explain's single-photo mode: the explanation printed, and its map drawn if asked."""
+    if (true_lat is None) != (true_lon is None):
+        raise GeoconceptError("--true-lat and --true-lon go together")
+    truth = (true_lat, true_lon) if true_lat is not None and true_lon is not None else None
+    if truth is not None and not geo.valid_latlon([truth[0]], [truth[1]])[0]:
+        raise GeoconceptError(f"--true-lat {true_lat} --true-lon {true_lon}: not a location")
+    if map_png is not None:
+        io.writable_file(map_png)  # fail fast, before loading any model
+    explainer = inference.load_explainer(spec, lazy_progress_bar)
+    exp = explainer.explain(photo, request)
+    if as_json:
+        print_json(exp.to_json())
+    else:
+        print_explanation(exp)
+    if map_png:  # after printing: a map that cannot be written does not hide the answer
+        plots.render_map(exp, explainer.predictor.gallery_gps, map_png,
+                         truth or io.photo_gps(photo))  # fmt: skip
+
+
+@cli_command
+@model_options("clip_model clip_pretrained gallery device cache_dir", after="as_json")
+@model_options("checkpoint", after="text")
+def where(
+    text: Annotated[str, typer.Argument(help="A concept or any text, e.g. 'rice terraces'.")],
+    model: Model,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many places.")] = 10,
+    countries: Annotated[int, typer.Option(min=1, help="How many countries.")] = 10,
+    map_png: Annotated[Path | None, typer.Option("--map", help="Write a heatmap PNG.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Where on Earth a text or a concept points: top places and countries, and a heatmap.
+
+    Without a checkpoint the text is scored as if it were a photo (approximate); with a
+    concept-aware run a concept of its set gives the run's own concept axis (exact), and other
+    text is projected onto its concepts."""
+    if not text.strip():
+        raise GeoconceptError('give a text to locate, e.g. geoconcept where "rice terraces"')
+    if map_png is not None:
+        io.writable_file(map_png)
+    locator = inference.load_locator(ModelSpec(**model), lazy_progress_bar)
+    answer = locator.where(text, Request(top_k=top_k, countries=countries))
+    if as_json:
+        print_json(answer.to_json())
+    else:
+        print_where(answer)
+    if map_png is not None:
+        plots.render_heatmap(answer.scores, locator.predictor.gallery_gps, map_png,
+                             f"{answer.query} ({answer.mode}, {answer.score})",
+                             answer.places[:5])  # fmt: skip
+
+
+COMMANDS: Commands = {"predict": predict, "explain": explain, "where": where}

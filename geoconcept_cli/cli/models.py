@@ -1,0 +1,84 @@
+"""`export` and `cache`: a trained model as a folder to share, and what the cache holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import export, io
+from .. import model as models
+from ..errors import GeoconceptError
+from ..model.spec import ModelSpec
+from .common import Commands, Model, cli_command, model_options, stdout
+
+
+@cli_command
+def export_cmd(
+    run: Annotated[
+        Path, typer.Argument(help="Run folder or checkpoint file (an exported model re-exports).")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Model folder to write (an earlier export there is replaced).")
+    ],
+    evaluation: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval",
+            help="evaluate --json-out file with this run's figures "
+            "(default: eval.json in or beside the run, if it names the run).",
+        ),
+    ] = None,  # fmt: skip
+) -> None:
+    """Export a trained run as a model folder to share, with a model card.
+
+    Safetensors weights, config.json, concepts.json, the run's calibration and README.md.
+    Every --checkpoint option takes the folder."""
+    config = export.export_model(run, out, evaluation)
+    concepts = f"{config['concept_set']['count']} concepts, " if config["concept_set"] else ""
+    figures = config["evaluation"]
+    kind = models.KINDS[config["kind"]]
+    stdout.print(f"exported {kind} model ({concepts}step {config['step']} of "
+                 f"{config['total_steps']}) -> "
+                 f"{out}; figures: " + (f"from {figures['file']}" if figures else
+                 "none found (give --eval)"), highlight=False, soft_wrap=True)  # fmt: skip
+
+
+@cli_command
+@model_options("cache_dir", after="clear")
+def cache(
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Delete gallery and concept embeddings.")
+    ] = False,
+    model: Model | None = None,
+) -> None:
+    """Show what the cache holds; --clear deletes the embeddings (recomputed when next needed).
+
+    Gallery embeddings (one per trained checkpoint) are also pruned automatically, least
+    recently used first, beyond $GEOCONCEPT_GALLERY_CACHE_GB (default 4). Fetched concept
+    sources are kept: build-concepts --offline needs them.
+    """
+    given = ModelSpec(**(model or {})).cache_dir
+    root = Path(given) if given else io.default_cache_dir()
+    if root.exists() and not root.is_dir():
+        raise GeoconceptError(f"--cache-dir {root}: not a folder")
+    stdout.print(f"cache {root} (gallery embeddings kept within "
+                 f"$GEOCONCEPT_GALLERY_CACHE_GB, default {io.GALLERY_CACHE_GB:g})",
+                 highlight=False, soft_wrap=True)  # fmt: skip
+    usage = io.cache_usage(root)
+
+    def size_text(size: int) -> str:
+        return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+
+    for part, (files, size) in usage.items():
+        stdout.print(f"{part}: {files} files, {size_text(size)}", highlight=False)
+    if not usage:
+        stdout.print(f"{root}: empty", highlight=False, soft_wrap=True)
+    if clear:
+        files, size = io.clear_cache(root)
+        stdout.print(f"removed {files} files ({size_text(size)}) from {root}", highlight=False,
+                     soft_wrap=True)  # fmt: skip
+
+
+COMMANDS: Commands = {"export": export_cmd, "cache": cache}

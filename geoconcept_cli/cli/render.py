@@ -1,0 +1,121 @@
+"""How answers read in a terminal: candidates, probabilities and regions, explanations with
+their concept bars, and where-answers (``--json`` prints the results' own ``to_json``)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from .common import stdout
+
+if TYPE_CHECKING:  # the results' modules import torch: not needed to print them
+    from ..concepts.set import ConceptWeight
+    from ..inference.results import Explanation, Prediction, WhereAnswer
+
+
+def print_json(data: dict[str, Any]) -> None:
+    stdout.print_json(json.dumps(data))
+
+
+def latlon(lat: float, lon: float) -> str:
+    """Coordinates to 4 decimals (~10 m): distinct gallery places often share a town and the
+    first 2 decimals, and would look like one place repeated."""
+    return f"{lat:.4f}, {lon:.4f}"
+
+
+def print_prediction(result: Prediction) -> None:
+    for c in result.predictions:
+        stdout.print(
+            f"{c.rank}  {latlon(c.lat, c.lon)}  p={c.prob:.3g}  {c.place}", highlight=False
+        )
+    print_probabilities(result)
+
+
+def print_probabilities(result: Prediction | Explanation) -> None:
+    """Whether the probabilities are calibrated, and the confidence region if there is one."""
+    stdout.print(f"[dim]{result.probabilities['note']}[/]", highlight=False)
+    region = result.region
+    if region:
+        spans = ", ".join(f"{c['country']} {c['mass']:.2f}" for c in region["countries"][:6])
+        stdout.print(
+            f"{region['coverage']:.0%} confidence region (true location within "
+            f"{region['radius_km']:g} km of one of its places): {region['places']:,} places, "
+            f"{region['area_km2']:,.0f} km²; countries by probability: {spans}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _bars(title: str, entries: list[ConceptWeight] | None, source: str | None) -> None:
+    if not entries:
+        return
+    stdout.print(f"\n[bold]{title}[/] [dim]({source})[/]" if source else f"\n[bold]{title}[/]")
+    top = max(abs(e["weight"]) for e in entries) or 1.0
+    for e in entries:
+        bar = "█" * max(1, round(12 * abs(e["weight"]) / top))
+        kind = f"{e['category']}/{e['subcategory']}"
+        stdout.print(f"  {e['concept']:<30.30} {e['weight']:+.3f} {bar:<12} [dim]{kind}[/]",
+                     highlight=False)  # fmt: skip
+
+
+def print_explanation(exp: Explanation) -> None:
+    """The terminal view of one explanation: locations table, concept bars, reasons."""
+    table = Table(title=f"{exp.image}  [dim]({exp.mode})[/]", title_justify="left")
+    for col in ("#", "lat, lon", "p", "place"):
+        table.add_column(col)
+    for p in exp.predictions:
+        table.add_row(str(p.rank), latlon(p.lat, p.lon), f"{p.prob:.3g}", p.place)
+    stdout.print(table)
+    spread = exp.spread
+    stdout.print(f"top-k spread: max {spread['max_pairwise_km']:.0f} km apart, mean "
+                 f"{spread['mean_to_top1_km']:.0f} km from #1", highlight=False)  # fmt: skip
+    print_probabilities(exp)
+    _bars("What the photo shows", exp.photo_concepts, exp.photo_concepts_source)
+    _bars("What the place is known for", exp.place_concepts, exp.place_concepts_source)
+    _bars("Why here (per-concept score terms)", exp.why_here, None)
+    if exp.why_here is not None and not exp.why_here:
+        stdout.print("\n[bold]Why here[/]: no concept shown in the photo adds to this score")
+    _bars("Seen in the photo and known for the place", exp.overlap, "correlational")
+    if exp.rather_than is not None:
+        r = exp.rather_than
+        pro = ", ".join(e["concept"] for e in r["for"])
+        con = ", ".join(e["concept"] for e in r["against"])
+        stdout.print(f"\nPredicted {exp.predictions[0].place} rather than "
+                     f"{r['runner_up']['place']} mainly because of {pro}; against it: {con}.",
+                     highlight=False)  # fmt: skip
+        stdout.print(f"Rule: {exp.rule}", highlight=False)
+    if exp.check is not None:
+        _print_check(exp.check)
+    if exp.note is not None:
+        stdout.print(f"\n[dim]{exp.note}[/]")
+
+
+def _print_check(c: dict[str, Any]) -> None:
+    """The deletion check's numbers and verdict."""
+    verdict = "[green]faithful[/]" if c["faithful"] else (
+        f"[red]NOT more faithful than random[/] ({'; '.join(c['unmet'])})")  # fmt: skip
+    top, rand = c["top_concepts_removed"], c["random_concepts_removed"]
+    moves = "drops" if top["score_drop"] >= 0 else "raises"
+    stdout.print(
+        f"\nCheck: removing the top {c['m']} concepts {moves} the score by "
+        f"{abs(top['score_drop']):.3f} (rank -> {top['rank_after']}); removing {c['m']} "
+        f"random concepts drops it by {rand['score_drop']:.3f} ± {rand['score_drop_std']:.3f} "
+        f"(mean ± sd of {c['draws']} draws; median rank -> {rand['rank_after_median']:.0f}). "
+        f"The top concepts beat {round(c['beats_random_share'] * c['draws'])} of "
+        f"{c['draws']} draws: {verdict}"
+    )
+
+
+def print_where(answer: WhereAnswer) -> None:
+    stdout.print(f"[bold]{answer.query}[/]  [dim]({answer.mode}; {answer.note})[/]",
+                 highlight=False, soft_wrap=True)  # fmt: skip
+    for p in answer.places:
+        stdout.print(f"{p['rank']}  {latlon(p['lat'], p['lon'])}  {answer.score} "
+                     f"{p['score']:.3g}  {p['place']}",
+                     highlight=False)  # fmt: skip
+    how = "summed probability" if answer.score == "probability" else "mean activation"
+    stdout.print(f"countries by {how}: " + ", ".join(
+        f"{c['country']} {c['score']:.3g}" for c in answer.countries), highlight=False,
+        soft_wrap=True)  # fmt: skip

@@ -1,0 +1,59 @@
+"""Batch explanations of photo files: a folder of photos, or a manifest's image column, into
+one Parquet file of rows (``rows``), each photo read and explained with its CLIP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...data.manifests import ID_NAMES, image_path
+from ...errors import GeoconceptError
+from ...io.images import IMAGE_SUFFIXES
+from ...io.tables import find_column, read_table
+from ...runtime.progress import Log, Report, quiet, silent
+from ..explainer import Explainer
+from ..request import Request
+from .rows import explanation_row, rows_to_parquet
+
+
+def batch_photos(
+    target: str | Path, images_dir: str | Path | None = None
+) -> tuple[list[Path], list[str]]:
+    """Photos of a folder, or of a manifest's image column (no coordinates needed), relative
+    to ``images_dir`` (default: the manifest's folder, as in ``read_manifest``).
+
+    Returns (existing photo paths, one message per listed photo that is missing).
+    """
+    target = Path(target)
+    if target.is_dir():
+        return sorted(p for p in target.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), []
+    df = read_table(target)
+    base = Path(images_dir) if images_dir else target.parent
+    paths = [image_path(base, str(v)) for v in df[find_column(df, ID_NAMES, "image", target)]]
+    return [p for p in paths if p.is_file()], [f"{p}: no such file" for p in paths
+                                                if not p.is_file()]  # fmt: skip
+
+
+def explain_photos(
+    explainer: Explainer, target: str | Path, out: str | Path, images: str | Path | None = None,
+    request: Request = Request(), report: Report = silent, log: Log = quiet,
+) -> tuple[int, list[str]]:  # fmt: skip
+    """`explain DIR|MANIFEST --out`: one row per photo of ``target`` (see ``batch_photos``)
+    into the Parquet file ``out``; photos missing or unreadable are skipped and each ``log``ged.
+    Returns (photos explained, why each skipped one was)."""
+    paths, failed = batch_photos(target, images)
+    rows = []
+    with report("explaining", "photos") as advance:
+        for path in paths:
+            try:
+                rows.append(explanation_row(explainer.explain(path, request), str(path)))
+            except GeoconceptError as exc:
+                failed.append(str(exc))
+            if advance:
+                advance(1, len(paths))
+    for line in failed:
+        log(f"skipped {line}")
+    if failed and not rows:
+        hint = "; --images names the manifest's photo folder" if not Path(target).is_dir() else ""
+        raise GeoconceptError(f"none of the {len(failed)} photos could be read{hint}")
+    rows_to_parquet(rows, out)
+    return len(rows), failed

@@ -1,0 +1,41 @@
+"""The rows of batch explanations, one a photo: the schema every Parquet file or part of them
+has (also when empty), and how an explanation becomes a row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from ...io.artifacts import atomic_path
+from ..results import Explanation
+
+ROW_SCHEMA = pa.schema([
+    ("image", pa.large_string()), ("lat", pa.float64()), ("lon", pa.float64()),
+    ("prob", pa.float64()), ("place", pa.large_string()), ("mode", pa.large_string()),
+    ("top_k", pa.large_string()), ("photo_concepts", pa.list_(pa.large_string())),
+    ("why_here", pa.list_(pa.large_string())), ("rule", pa.large_string()),
+])  # fmt: skip
+ROW_COLUMNS = ROW_SCHEMA.names
+
+
+def explanation_row(exp: Explanation, image: str) -> dict[str, Any]:
+    """One flat row of a batch run (top-k as JSON, top concepts, the rule)."""
+    top = exp.predictions[0]
+    return {
+        "image": image, "lat": top.lat, "lon": top.lon, "prob": top.prob,
+        "place": top.place, "mode": exp.mode,
+        "top_k": json.dumps([c.to_json() for c in exp.predictions]),
+        "photo_concepts": [e["concept"] for e in exp.photo_concepts or []],
+        "why_here": [e["concept"] for e in exp.why_here or []],
+        "rule": exp.rule or "",
+    }  # fmt: skip
+
+
+def rows_to_parquet(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Write batch rows atomically (the documented columns even when there are none)."""
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows, columns=ROW_COLUMNS).to_parquet(tmp, index=False, schema=ROW_SCHEMA)

@@ -1,0 +1,134 @@
+"""Typed answers of the library: a prediction, an explanation, a where-answer. Each one's
+``to_json()`` is exactly what the matching command prints with ``--json`` (and what ``serve``
+sends, plus its map); the nested parts are typed dictionaries, as JSON holds them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, TypedDict
+
+import torch
+
+from ..concepts.set import ConceptWeight
+
+
+@dataclass
+class Candidate:
+    """One predicted location: rank 1 is the best; ``place`` its name (see geo.geocode)."""
+
+    rank: int
+    lat: float
+    lon: float
+    prob: float
+    gallery_index: int
+    place: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))  # its fields, in order (asdict's deep copy costs 10x more)
+
+
+class Spread(TypedDict):
+    """How far apart the top-k candidates are: a confidence cue (small = consistent)."""
+
+    max_pairwise_km: float
+    mean_to_top1_km: float
+
+
+class CountryMass(TypedDict):
+    country: str
+    mass: float
+
+
+class ConfidenceRegion(TypedDict):
+    """A calibrated model's conformal region: the true location lies within ``radius_km`` of
+    one of its ``places`` with probability ``coverage``; ``points`` are its most probable."""
+
+    coverage: float
+    radius_km: float
+    area_km2: float
+    places: int
+    mass: float
+    countries: list[CountryMass]
+    points: list[list[float]]
+
+
+NOT_JSON = {"json": False}  # a field the library returns that --json does not print
+
+
+def _json(obj: Prediction | Explanation | WhereAnswer) -> dict[str, Any]:
+    """The fields of a result that are set, in order, as JSON values."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if value is None or not f.metadata.get("json", True):
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], Candidate):
+            value = [c.to_json() for c in value]
+        out[f.name] = value
+    return out
+
+
+@dataclass(kw_only=True)
+class Prediction:
+    """Top-k candidates of one photo (``image``, when it has a name), what their
+    probabilities are (calibrated or not, and how), for a calibrated model the conformal
+    region, and, when asked for, the heatmap (``Predictor.heat``)."""
+
+    image: str | None = None
+    predictions: list[Candidate]
+    probabilities: dict[str, Any]
+    region: ConfidenceRegion | None = None
+    heat: list[list[float]] | None = field(default=None, metadata=NOT_JSON)
+
+    def to_json(self) -> dict[str, Any]:
+        """``geoconcept predict --json``."""
+        return _json(self)
+
+
+@dataclass(kw_only=True)
+class Explanation:
+    """Where a photo was taken and why (see inference.explainer). Concept-aware models fill
+    ``score_logit``, ``why_here``, ``rather_than``, ``rule`` and, when asked, ``check``;
+    zero-shot ones ``note`` and ``overlap``. Lists of concepts hold ``ConceptWeight``s."""
+
+    image: str | None = None
+    mode: str
+    predictions: list[Candidate]
+    spread: Spread
+    probabilities: dict[str, Any]
+    note: str | None = None
+    photo_concepts: list[ConceptWeight] | None = None
+    photo_concepts_source: str | None = None
+    place_concepts: list[ConceptWeight] | None = None
+    place_concepts_source: str | None = None
+    overlap: list[ConceptWeight] | None = None
+    score_logit: float | None = None
+    why_here: list[ConceptWeight] | None = None
+    rather_than: dict[str, Any] | None = None
+    rule: str | None = None
+    check: dict[str, Any] | None = None
+    region: ConfidenceRegion | None = None
+    heat: list[list[float]] | None = field(default=None, metadata=NOT_JSON)
+
+    def to_json(self) -> dict[str, Any]:
+        """``geoconcept explain --json``."""
+        return _json(self)
+
+
+@dataclass(kw_only=True)
+class WhereAnswer:
+    """Where a text or a concept points: the top distinct places and countries by ``score``
+    ("probability" or "activation"), and ``scores``, that score at every gallery row."""
+
+    query: str
+    mode: str
+    note: str
+    score: str
+    probabilities: dict[str, Any] | None = None
+    places: list[dict[str, Any]]
+    countries: list[dict[str, Any]]
+    scores: torch.Tensor = field(default_factory=lambda: torch.empty(0), metadata=NOT_JSON)
+
+    def to_json(self) -> dict[str, Any]:
+        """``geoconcept where --json``."""
+        return _json(self)

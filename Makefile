@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup test lint bench reproduce
+.PHONY: setup test test-fast lint bench reproduce
 
 setup: $(VENV)/.installed
 
@@ -14,8 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# every test (what CI runs), then the 20 slowest; test-fast leaves out the slow, distributed
+# and end-to-end tiers (markers in pyproject.toml), for iterating
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow and not distributed and not e2e"
 
 lint: setup
 	$(BIN)/ruff check geoconcept_cli tests benchmarks

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,7 +15,7 @@ from conftest import TINY_CLIP, shared_data
 
 import geoconcept_cli
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_name_the_root_exports_is_there():
@@ -24,6 +25,7 @@ def test_every_name_the_root_exports_is_there():
         geoconcept_cli.no_such_name  # noqa: B018
 
 
+@pytest.mark.e2e
 def test_the_command_starts_without_torch():
     """`geoconcept --help` and the import of every command's module load no torch (3 s)."""
     code = (

@@ -14,6 +14,8 @@ from conftest import TESTS, TINY_CLIP, shared_data
 ROOT = TESTS.parent
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_make_reproduce_runs_every_stage_and_skips_them_on_a_rerun(tmp_path, small_gallery):
     labels = pd.read_csv(shared_data("im2gps3k", "im2gps3k_places365.csv"))

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TESTS
 from PIL import Image
 from synthetic import make_world
 from typer.testing import CliRunner
@@ -31,7 +32,7 @@ from geoconcept_cli.training.config import TrainConfig
 from geoconcept_cli.training.loop import train
 
 runner = CliRunner()
-TINY_512 = str(Path(__file__).resolve().parent / "data" / "tiny-clip-512.json")
+TINY_512 = str(TESTS / "data" / "tiny-clip-512.json")
 CLIP_512 = ["--clip-model", TINY_512, "--clip-pretrained", "none"]
 TRAIN = ["--batch-size", "8", "--max-steps", "3", "--warmup-steps", "1", "--queue-size", "8",
          "--lr", "1e-3"]  # fmt: skip

@@ -226,6 +226,8 @@ def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_concurrent_clients_good_and_bad_mixed(service, photos):
     """8 clients x 20 requests over real HTTP: every good answer is the serial one, every bad
     one a 4xx, no 5xx, and memory does not grow with the requests."""
@@ -279,6 +281,7 @@ def test_concurrent_clients_good_and_bad_mixed(service, photos):
     assert grown < 32, f"memory grew {grown:.0f} MB over 160 requests"
 
 
+@pytest.mark.e2e
 def test_cli_serve_starts_answers_and_stops_cleanly_on_ctrl_c(tmp_path, small_gallery):
     port = 18000 + os.getpid() % 1000
     cmd = [
@@ -317,6 +320,7 @@ def test_cli_serve_starts_answers_and_stops_cleanly_on_ctrl_c(tmp_path, small_ga
     assert f"http://127.0.0.1:{port}/" in out
 
 
+@pytest.mark.e2e
 def test_cli_serve_warns_when_bound_beyond_this_machine(small_gallery):
     """The warning comes first, before the models load; the test stops it there."""
     cmd = [sys.executable, "-m", "geoconcept_cli", "serve", "--host", "0.0.0.0",

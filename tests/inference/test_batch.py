@@ -160,6 +160,7 @@ def test_ranks_split_the_shards_and_together_write_the_single_run(tmp_path, feat
     assert pd.read_parquet(split).equals(pd.read_parquet(single))
 
 
+@pytest.mark.distributed
 def test_slurm_ranks_all_refuse_an_out_made_otherwise(tmp_path, feats, predictor):
     """Every rank refuses an --out made with other options in one line. Before, rank 0 alone
     refused, and rank 1 at the barrier got a gloo traceback (on NCCL: a wait until the
@@ -172,6 +173,7 @@ def test_slurm_ranks_all_refuse_an_out_made_otherwise(tmp_path, feats, predictor
         assert len(err.strip().splitlines()) == 1, err[-3000:]
 
 
+@pytest.mark.distributed
 def test_slurm_ranks_all_stop_when_one_fails_to_write_its_parts(tmp_path, feats, predictor):
     """Rank 0 cannot write part 2 (a folder holds its name), so it fails; rank 1 writes part
     1 and then stops too, in one line, where before it got a gloo traceback at the last

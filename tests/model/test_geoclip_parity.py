@@ -38,11 +38,13 @@ def predictor():
     return Predictor(head, gps, cached_gallery_embeddings(gps, head))
 
 
+@pytest.mark.slow
 def test_same_gallery_and_weights(geoclip_model, predictor):
     assert torch.equal(geoclip_model.gps_gallery, predictor.gallery_gps)
     assert torch.allclose(geoclip_model.logit_scale, predictor.head.logit_scale)
 
 
+@pytest.mark.slow
 def test_topk_and_probabilities_match_geoclip(geoclip_model, predictor):
     torch.manual_seed(1)
     feats = torch.randn(4, 768) * 0.5

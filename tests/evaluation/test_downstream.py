@@ -179,6 +179,7 @@ def test_county_fips_padding():
     assert got.tolist()[:4] == ["00000", "01000", "01001", "01003"] and pd.isna(got.iloc[4])
 
 
+@pytest.mark.slow
 def test_geoclip_ridge_reproduces_air_temperature():
     """The pretrained GeoCLIP ridge probe, shuffled 5-fold: measured R^2 0.928 (a few seconds)."""
     table = ds.air_temperature_table(shared_data("downstream"))

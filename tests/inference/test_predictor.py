@@ -316,3 +316,11 @@ def test_gallery_progress_reports_its_real_total(small_gallery):
     calls = []
     gallery_mod.encode_locations(gps, load_geoclip_head(), 128, lambda n, t: calls.append((n, t)))
     assert sum(n for n, _ in calls) == len(gps) and {t for _, t in calls} == {len(gps)}
+
+
+def test_galleries_are_indexed_from_200k_rows():
+    """GeoCLIP's 100K gallery is served exactly; from 200,000 rows a gallery is indexed
+    (tests/gallery/test_index.py runs the indexed path on a smaller one)."""
+    from geoconcept_cli.gallery.index import is_large
+
+    assert not is_large(torch.zeros(199_999, 2)) and is_large(torch.zeros(200_000, 2))

@@ -85,6 +85,7 @@ def _crafted(tmp_path: Path, marker: Path) -> dict[str, Path]:
     return {"torch": torch_file, "raw": raw, "folder": folder}
 
 
+@pytest.mark.e2e
 def test_the_crafted_files_would_run_code_if_unpickled(tmp_path):
     """The attack is real: an unsafe load of each file creates the marker."""
     for name, path in _crafted(tmp_path, tmp_path / "marker").items():

@@ -43,7 +43,7 @@ return [heat.length ? heat.filter(h => warm(h.x, h.y)).length / heat.length : 0,
 def base_url(tmp_path_factory):
     world = tiny_trained_world(tmp_path_factory.mktemp("browser"))
     with pytest.warns(UserWarning):  # random CLIP weights
-        explainer = load_explainer(tiny_spec(checkpoint=world["run"]))
+        explainer = load_explainer(tiny_spec(checkpoint=world["run"], gallery=world["gallery"]))
     with live_server(create_app(GeoService(explainer))) as url:
         yield url
 
@@ -69,6 +69,7 @@ def wait_for(browser, condition, timeout=120):
     return WebDriverWait(browser, timeout).until(lambda d: condition(d))
 
 
+@pytest.mark.e2e
 def test_page_locates_and_explains_an_uploaded_photo(browser, base_url, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -122,6 +123,7 @@ def test_page_locates_and_explains_an_uploaded_photo(browser, base_url, tmp_path
     assert int(canvas.get_attribute("data-heat")) > 300
 
 
+@pytest.mark.e2e
 def test_page_shows_a_bad_upload_as_one_line(browser, base_url, tmp_path):
     from selenium.webdriver.common.by import By
 

@@ -122,6 +122,7 @@ def test_gpu_run_resumes_exactly_with_features_on_either_side(world, tmp_path, m
             torch.testing.assert_close(got["model"][k], ref["model"][k], rtol=0, atol=1e-6, msg=k)
 
 
+@pytest.mark.e2e
 def test_killed_cli_run_resumes(world, tmp_path):
     """A real SIGKILL of `geoconcept train`, then --resume, ends with the same weights."""
     out = tmp_path / "killed"
@@ -205,6 +206,7 @@ def _same_step(step_of_rank: list, out_dir: str) -> None:
     Path(out_dir, f"rank{info.rank}").write_text(str(same))
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("steps", [[6, 6], [6, 0]])
 def test_ranks_agree_whether_they_resume_from_one_step(tmp_path, steps):
     launch(_same_step, (steps, str(tmp_path)), nproc=2)
@@ -227,6 +229,7 @@ def _step_failing_on(rank: int, out_dir: str) -> None:
     Path(out_dir, f"rank{info.rank}").write_text(got)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("failing", [-1, 0, 1])
 def test_a_step_that_fails_on_one_rank_fails_on_every_rank(tmp_path, failing):
     launch(_step_failing_on, (failing, str(tmp_path)), nproc=2)
@@ -239,6 +242,7 @@ def test_a_step_that_fails_on_one_rank_fails_on_every_rank(tmp_path, failing):
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == want
 
 
+@pytest.mark.distributed
 def test_slurm_ranks_all_stop_when_rank_0_cannot_log(world, tmp_path):
     """Rank 0 cannot append to metrics.jsonl (a folder holds its name) at the first log step;
     rank 1 stops too, in one line, where before it got a gloo traceback in the next step's
@@ -284,6 +288,7 @@ def _one_step(cfg_dict: dict, out_file: str) -> None:
         mean_across_ranks(loss.item(), info)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("divergence", ["mmd", "mean"])
 def test_ddp_two_gloo_processes_equal_one(world, tmp_path, divergence):
     cfg = _cfg(world, tmp_path, divergence=divergence)
@@ -297,6 +302,7 @@ def test_ddp_two_gloo_processes_equal_one(world, tmp_path, divergence):
         assert (ga - b["grads"][k]).abs().max() <= 1e-5 * ga.abs().max(), k
 
 
+@pytest.mark.distributed
 def test_cli_trains_with_two_cpu_processes(world, tmp_path, capfd):
     from typer.testing import CliRunner
 
@@ -319,6 +325,7 @@ def test_cli_trains_with_two_cpu_processes(world, tmp_path, capfd):
                           re.M)) == 1, logged  # fmt: skip
 
 
+@pytest.mark.distributed
 def test_two_nodes_train_as_one_process(world, tmp_path):
     """Two `geoconcept train --nnodes 2` processes (one per node rank) meet over TCP and
     take the same steps as one process on the same global batch."""
@@ -375,6 +382,7 @@ def _lone_node(world, tmp_path, node_rank: int, port: int) -> tuple[int, str, st
     return res.returncode, (res.stderr.strip().splitlines() or [""])[-1], res.stderr
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("node_rank", [0, 1])
 def test_a_node_left_alone_stops_with_one_line(world, tmp_path, node_rank):
     """Node 0 waits for the others; node 1 finds nobody listening: both stop after
@@ -385,6 +393,7 @@ def test_a_node_left_alone_stops_with_one_line(world, tmp_path, node_rank):
     assert "within 3 s" in last and "Traceback" not in stderr
 
 
+@pytest.mark.distributed
 def test_a_busy_master_port_is_named(world, tmp_path):
     with _listening() as taken:
         code, last, stderr = _lone_node(world, tmp_path, 0, taken)
@@ -464,6 +473,7 @@ def test_concepts_of_another_clip_model_are_refused(world, tmp_path):
         train(_cfg(world, tmp_path / "mix", concepts=str(other["concepts"])))
 
 
+@pytest.mark.e2e
 def test_ctrl_c_says_how_to_continue(world, tmp_path):
     out = tmp_path / "long"
     proc = subprocess.Popen([sys.executable, "-m", "geoconcept_cli", "train", str(world["train"]),

@@ -60,3 +60,12 @@ def test_place_names_come_from_the_one_gazetteer_searched_on_the_sphere():
     # a place or region whose own name holds a '/' keeps it whole
     assert place_name(46.59, 14.7989) == "Bleiburg/Pliberk, Carinthia, AT"
     assert place_name(10.6525, -61.3888) == "Tunapuna, Tunapuna/Piarco, TT"
+
+
+def test_reverse_geocoding_is_on_the_sphere():
+    """Across the date line the nearest place in degrees is not the nearest on Earth: at
+    16 S 179.9 W a search in raw degrees finds Leava, Wallis and Futuna, 266 km away, while a
+    Fijian settlement across the line is 92 km away."""
+    places = reverse_geocode(np.array([[-16.0, -179.9], [78.22, 15.65]]))
+    assert places.country[0] == "FJ" and places.place_km[0] < 100
+    assert places.country[1] == "SJ"  # Longyearbyen, Svalbard

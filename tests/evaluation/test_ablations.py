@@ -1,21 +1,16 @@
-"""Concept-set ablation grid and the modality-gap picture, end to end on tiny inputs."""
+"""The concept-set ablation grid, end to end on tiny inputs."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 from synthetic import make_world
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
 from geoconcept_cli.concepts.set import default_concepts_path
 from geoconcept_cli.evaluation.ablations import generic_set
-from geoconcept_cli.plots.modality_gap import modality_gap
-from geoconcept_cli.training.config import TrainConfig
-from geoconcept_cli.training.loop import train
 
 runner = CliRunner()
 
@@ -33,6 +28,7 @@ def test_generic_vocabulary_has_no_place_knowledge():
     assert len(shipped & set(words)) < 10  # nearly disjoint from the geography-driven set
 
 
+@pytest.mark.slow
 def test_ablation_grid_end_to_end(world, tmp_path, tiny_clip):
     out = tmp_path / "grid"
     args = ["ablate", str(world["train"]), str(world["test"]), "--out", str(out),
@@ -59,27 +55,3 @@ def test_ablation_grid_end_to_end(world, tmp_path, tiny_clip):
     again = runner.invoke(app, [*args, "--warmup-steps", "1"])  # finished: not retrained
     assert again.exit_code == 0 and "already trained: none" in again.stderr
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.safetensors")} == stamps
-
-
-def test_modality_gap_numbers():
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(50, 8))
-    z /= np.linalg.norm(z, axis=1, keepdims=True)
-    same = modality_gap({"image": z, "location": z})
-    assert same["centroid_distance"] == 0 and same["mean_paired_cosine"] == pytest.approx(1)
-    shifted = z + 0.5
-    gap = modality_gap({"image": z, "location": shifted})
-    assert gap["centroid_distance"] == pytest.approx(0.5 * np.sqrt(8))
-
-
-def test_visualize_png(world, tmp_path):
-    run = tmp_path / "run"
-    train(TrainConfig(features=str(world["train"]), out=str(run), concepts=str(world["concepts"]),
-                      max_steps=2, batch_size=32, queue_size=16))  # fmt: skip
-    png = tmp_path / "gap.png"
-    res = runner.invoke(app, ["visualize", str(world["test"]), str(run), "--out", str(png),
-                              "--by-continent"])  # fmt: skip
-    assert res.exit_code == 0, res.output
-    assert "modality gap: centroid distance" in res.stdout
-    with Image.open(png) as img:
-        assert img.format == "PNG" and img.size == (800, 700)

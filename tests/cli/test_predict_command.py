@@ -85,6 +85,7 @@ def test_bad_model_option_is_one_line(photo, small_gallery):
     assert res.exit_code == 2 and "unknown CLIP model" in res.stderr
 
 
+@pytest.mark.e2e
 def test_console_script_no_traceback(tmp_path):
     """As a real process: the installed entry point fails cleanly on a missing file."""
     res = subprocess.run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -20,8 +21,14 @@ from ..geo.geocode import country_and_continent
 
 
 def default_concepts_path() -> Path:
-    """The curated concept set shipped in the repository's ``concepts/`` folder."""
-    return Path(__file__).resolve().parents[2] / "concepts" / "concepts.parquet"
+    """The curated concept set shipped inside the package (``shipped/``; the checkout's
+    ``concepts/`` folder, where people review and rebuild it, links to that folder), read
+    through importlib.resources so that an installed wheel finds it too."""
+    found = resources.files(__package__).joinpath("shipped", "concepts.parquet")
+    if not isinstance(found, Path):  # a package run from a zip archive
+        raise GeoconceptError(f"the shipped concept set is not a file ({found}); install "
+                              "geoconcept unzipped, or give --concepts")  # fmt: skip
+    return found
 
 
 class ConceptWeight(TypedDict):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -82,6 +83,28 @@ def encode_concepts(
     return torch.cat(out)
 
 
+def _meta(concepts: pd.DataFrame, clip: ClipId, templates: Sequence[str]) -> dict[str, Any]:
+    """What makes a concept basis: the format, the CLIP, the templates and the concept set."""
+    return {
+        "format": "geoconcept-concept-embeddings/1",
+        **clip.as_meta(),
+        "templates": list(templates),
+        "concept_set_hash": concept_set_hash(concepts),
+        "concepts": concepts["concept"].tolist(),
+        "categories": concepts["category"].tolist(),
+        "subcategories": concepts["subcategory"].tolist(),
+    }
+
+
+def _stored(out: Path, meta: dict[str, Any]) -> ConceptEmbeddings | None:
+    """The basis at ``out`` if it was made exactly as ``meta`` says, else None."""
+    if out.is_file() and sidecar(out).is_file():
+        old = json.loads(sidecar(out).read_text())
+        if old == meta:
+            return ConceptEmbeddings(load_file(out)["embeddings"], old)
+    return None
+
+
 def embed_concepts(
     concepts_path: str | Path,
     clip: ClipBackbone,
@@ -90,21 +113,11 @@ def embed_concepts(
     progress: Callable[[int], object] | None = None,
 ) -> tuple[ConceptEmbeddings, bool]:
     """Embed a concepts.parquet; returns (embeddings, computed). Skips work when unchanged."""
-    df = load_concepts(concepts_path)
-    meta = {
-        "format": "geoconcept-concept-embeddings/1",
-        **clip.identity.as_meta(),
-        "templates": list(templates),
-        "concept_set_hash": concept_set_hash(df),
-        "concepts": df["concept"].tolist(),
-        "categories": df["category"].tolist(),
-        "subcategories": df["subcategory"].tolist(),
-    }
+    meta = _meta(load_concepts(concepts_path), clip.identity, templates)
     out = Path(out).with_suffix(".safetensors")
-    if out.is_file() and sidecar(out).is_file():
-        old = json.loads(sidecar(out).read_text())
-        if old == meta:
-            return ConceptEmbeddings(load_file(out)["embeddings"], old), False
+    found = _stored(out, meta)
+    if found is not None:
+        return found, False
     check_templates(templates)
     emb = encode_concepts(meta["concepts"], clip, templates, progress=progress)
     save_concept_embeddings(out, emb, meta)
@@ -116,14 +129,18 @@ def embed_concept_set(
     templates: Sequence[str] = DEFAULT_TEMPLATES, report: Report = silent,
 ) -> tuple[ConceptEmbeddings, bool]:  # fmt: skip
     """`geoconcept embed-concepts`: the concept basis E of ``concepts`` (default: the shipped
-    set) by ``spec``'s CLIP text tower, written to ``out`` unless it is up to date there;
-    returns (embeddings, computed now)."""
+    set) by ``spec``'s CLIP text tower, written to ``out`` unless it is up to date there (then
+    no CLIP loads); returns (embeddings, computed now)."""
     concepts = concepts or default_concepts_path()
-    k = len(load_concepts(concepts))
+    df = load_concepts(concepts)
     check_templates(templates)  # before CLIP loads
+    identity = ClipId.of(spec.clip_model, spec.clip_pretrained)
+    found = _stored(Path(out).with_suffix(".safetensors"), _meta(df, identity, templates))
+    if found is not None:
+        return found, False
     clip = load_clip(spec.clip_model, spec.clip_pretrained, spec.device)
     with report("embedding concepts", "concepts") as advance:
-        progress = (lambda n: advance(n, k)) if advance else None
+        progress = (lambda n: advance(n, len(df))) if advance else None
         return embed_concepts(concepts, clip, out, templates, progress)
 
 

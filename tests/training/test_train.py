@@ -207,11 +207,20 @@ def _same_step(step_of_rank: list, out_dir: str) -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("steps", [[6, 6], [6, 0]])
-def test_ranks_agree_whether_they_resume_from_one_step(tmp_path, steps):
-    launch(_same_step, (steps, str(tmp_path)), nproc=2)
-    want = str(steps[0] == steps[1])
-    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == [want, want]
+def test_ranks_agree_whether_they_resume_from_one_step(tmp_path):
+    cases = [[6, 6], [6, 0]]
+    for i in range(len(cases)):
+        (tmp_path / str(i)).mkdir()
+    launch(_same_steps, (cases, str(tmp_path)), nproc=2)  # one launch: processes cost most
+    for i, steps in enumerate(cases):
+        want = str(steps[0] == steps[1])
+        assert [(tmp_path / str(i) / f"rank{r}").read_text() for r in (0, 1)] == [want, want]
+
+
+def _same_steps(cases: list[list[int]], out_dir: str) -> None:
+    """``_same_step`` of each case in turn, into the case's folder."""
+    for i, steps in enumerate(cases):
+        _same_step(steps, str(Path(out_dir, str(i))))
 
 
 def _step_failing_on(rank: int, out_dir: str) -> None:
@@ -229,17 +238,26 @@ def _step_failing_on(rank: int, out_dir: str) -> None:
     Path(out_dir, f"rank{info.rank}").write_text(got)
 
 
+def _steps_failing_on(ranks: list[int], out_dir: str) -> None:
+    """``_step_failing_on`` each rank in turn (-1 first: none), into a folder each."""
+    for rank in ranks:
+        _step_failing_on(rank, str(Path(out_dir, str(rank))))
+
+
 @pytest.mark.distributed
-@pytest.mark.parametrize("failing", [-1, 0, 1])
-def test_a_step_that_fails_on_one_rank_fails_on_every_rank(tmp_path, failing):
-    launch(_step_failing_on, (failing, str(tmp_path)), nproc=2)
-    want = ["ok", "ok"]
-    for r in (0, 1):
-        if failing >= 0:
-            want[r] = ("OSError: No space left on device" if r == failing else
-                       "GeoconceptError: another rank failed while writing a part; its error "
-                       "is in its output")  # fmt: skip
-    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == want
+def test_a_step_that_fails_on_one_rank_fails_on_every_rank(tmp_path):
+    failing = [-1, 0, 1]
+    for rank in failing:
+        (tmp_path / str(rank)).mkdir()
+    launch(_steps_failing_on, (failing, str(tmp_path)), nproc=2)  # one launch for the three
+    for rank in failing:
+        want = ["ok", "ok"]
+        for r in (0, 1):
+            if rank >= 0:
+                want[r] = ("OSError: No space left on device" if r == rank else
+                           "GeoconceptError: another rank failed while writing a part; its "
+                           "error is in its output")  # fmt: skip
+        assert [(tmp_path / str(rank) / f"rank{r}").read_text() for r in (0, 1)] == want
 
 
 @pytest.mark.distributed
@@ -261,45 +279,49 @@ def test_slurm_ranks_all_stop_when_rank_0_cannot_log(world, tmp_path):
                                            "its error is in its output"), err1[-3000:]  # fmt: skip
 
 
-def _one_step(cfg_dict: dict, out_file: str) -> None:
-    """Loss and gradients of one step on this rank (run under the launcher or alone)."""
+def _one_step(cfg_dicts: list[dict], out_files: list[str]) -> None:
+    """Loss and gradients of one step of each config on this rank (run under the launcher or
+    alone): several configs share one launch, whose processes cost more than the steps."""
     from geoconcept_cli.model.concept_embeddings import load_concept_embeddings
     from geoconcept_cli.model.concept_head import build_head
     from geoconcept_cli.runtime.distributed import init_distributed, mean_across_ranks
     from geoconcept_cli.training.loop import prepare, step_loss
 
-    cfg = TrainConfig(**cfg_dict)
     info = init_distributed(False)
-    torch.manual_seed(0)
-    head = build_head(load_concept_embeddings(cfg.concepts).embeddings)
-    with torch.no_grad():
-        head.image_proj.weight.normal_(0, 0.05)  # non-zero so every branch carries gradient
-    model, _, _ = prepare(head, cfg, info)
-    data = load_features(cfg.features)
-    b = cfg.batch_size // info.world_size
-    mine = slice(info.rank * b, (info.rank + 1) * b)
-    queue = data.latlon[-16:]
-    loss, _ = step_loss(model, head, data.features[mine], data.latlon[mine], queue, cfg, info)
-    loss.backward()
-    if info.rank == 0:
-        grads = {n: p.grad for n, p in head.named_parameters() if p.grad is not None}
-        torch.save({"loss": mean_across_ranks(loss.item(), info), "grads": grads}, out_file)
-    else:
-        mean_across_ranks(loss.item(), info)
+    for cfg_dict, out_file in zip(cfg_dicts, out_files, strict=True):
+        cfg = TrainConfig(**cfg_dict)
+        torch.manual_seed(0)
+        head = build_head(load_concept_embeddings(cfg.concepts).embeddings)
+        with torch.no_grad():
+            head.image_proj.weight.normal_(0, 0.05)  # non-zero so every branch carries gradient
+        model, _, _ = prepare(head, cfg, info)
+        data = load_features(cfg.features)
+        b = cfg.batch_size // info.world_size
+        mine = slice(info.rank * b, (info.rank + 1) * b)
+        queue = data.latlon[-16:]
+        loss, _ = step_loss(model, head, data.features[mine], data.latlon[mine], queue, cfg, info)
+        loss.backward()
+        if info.rank == 0:
+            grads = {n: p.grad for n, p in head.named_parameters() if p.grad is not None}
+            torch.save({"loss": mean_across_ranks(loss.item(), info), "grads": grads}, out_file)
+        else:
+            mean_across_ranks(loss.item(), info)
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("divergence", ["mmd", "mean"])
-def test_ddp_two_gloo_processes_equal_one(world, tmp_path, divergence):
-    cfg = _cfg(world, tmp_path, divergence=divergence)
-    one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
-    _one_step(cfg.__dict__, one)
-    launch(_one_step, (cfg.__dict__, two), nproc=2)
-    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
-    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    assert a["grads"].keys() == b["grads"].keys() and len(a["grads"]) > 5
-    for k, ga in a["grads"].items():  # equal up to float32 summation order
-        assert (ga - b["grads"][k]).abs().max() <= 1e-5 * ga.abs().max(), k
+def test_ddp_two_gloo_processes_equal_one(world, tmp_path):
+    """Both divergences: two gloo processes give one process's loss and gradients."""
+    cfgs = [_cfg(world, tmp_path, divergence=d).__dict__ for d in ("mmd", "mean")]
+    ones = [str(tmp_path / f"one-{i}.pt") for i in range(2)]
+    twos = [str(tmp_path / f"two-{i}.pt") for i in range(2)]
+    _one_step(cfgs, ones)
+    launch(_one_step, (cfgs, twos), nproc=2)
+    for one, two in zip(ones, twos, strict=True):
+        a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grads"].keys() == b["grads"].keys() and len(a["grads"]) > 5
+        for k, ga in a["grads"].items():  # equal up to float32 summation order
+            assert (ga - b["grads"][k]).abs().max() <= 1e-5 * ga.abs().max(), k
 
 
 @pytest.mark.distributed
@@ -372,31 +394,34 @@ def _listening():
         yield sock.getsockname()[1]
 
 
-def _lone_node(world, tmp_path, node_rank: int, port: int) -> tuple[int, str, str]:
-    """Run one node of a two-node training; (exit code, last stderr line, stderr)."""
-    args = [sys.executable, "-m", "geoconcept_cli", "train", str(world["train"]), "--out",
-            str(tmp_path / "alone"), "--concepts", str(world["concepts"]), "--batch-size", "32",
-            "--nnodes", "2", "--node-rank", str(node_rank), "--master-port", str(port),
-            "--rdzv-timeout", "3"]  # fmt: skip
-    res = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    return res.returncode, (res.stderr.strip().splitlines() or [""])[-1], res.stderr
+def _lone_nodes(world, tmp_path, nodes: list[tuple[int, int]]) -> list[tuple[int, str, str]]:
+    """One node of a two-node training for each (node rank, master port), all at once (they
+    mostly wait); (exit code, last stderr line, stderr) of each."""
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "geoconcept_cli", "train", str(world["train"]), "--out",
+         str(tmp_path / f"alone-{i}"), "--concepts", str(world["concepts"]), "--batch-size",
+         "32", "--nnodes", "2", "--node-rank", str(rank), "--master-port", str(port),
+         "--rdzv-timeout", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) for i, (rank, port) in enumerate(nodes)]  # fmt: skip
+    done = []
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=120)
+        done.append((proc.returncode, (stderr.strip().splitlines() or [""])[-1], stderr))
+    return done
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("node_rank", [0, 1])
-def test_a_node_left_alone_stops_with_one_line(world, tmp_path, node_rank):
+def test_a_node_left_alone_or_on_a_busy_port_stops_with_one_line(world, tmp_path):
     """Node 0 waits for the others; node 1 finds nobody listening: both stop after
-    --rdzv-timeout with a one-line error, not a C++ stack after torchrun's 900 s."""
-    code, last, stderr = _lone_node(world, tmp_path, node_rank, free_port())
-    assert code == 2 and last.startswith(f"error: node {node_rank} of 2: the nodes did not all "
-                                         "meet"), stderr[-2000:]  # fmt: skip
-    assert "within 3 s" in last and "Traceback" not in stderr
-
-
-@pytest.mark.distributed
-def test_a_busy_master_port_is_named(world, tmp_path):
+    --rdzv-timeout with a one-line error, not a C++ stack after torchrun's 900 s. A master
+    port in use is named."""
     with _listening() as taken:
-        code, last, stderr = _lone_node(world, tmp_path, 0, taken)
+        alone = _lone_nodes(world, tmp_path, [(0, free_port()), (1, free_port()), (0, taken)])
+    for node_rank, (code, last, stderr) in enumerate(alone[:2]):
+        assert code == 2 and last.startswith(f"error: node {node_rank} of 2: the nodes did not "
+                                             "all meet"), stderr[-2000:]  # fmt: skip
+        assert "within 3 s" in last and "Traceback" not in stderr
+    code, last, stderr = alone[2]
     assert code == 2 and last.startswith(f"error: port {taken} is in use"), stderr[-2000:]
 
 

@@ -31,6 +31,15 @@ class RandomWeightsWarning(UserWarning):
     """CLIP runs with random weights: the mechanics work, the predictions mean nothing."""
 
 
+def warn_if_random(clip: ClipId) -> None:
+    """Stored features made by a CLIP with random weights: say that what is computed from them
+    means nothing (``load_clip`` says so of a CLIP it builds)."""
+    if str(clip.pretrained).lower() == "none":
+        warnings.warn(f"these features were made by CLIP {clip.model} with random weights "
+                      "(--clip-pretrained none): scores and predictions from them are "
+                      "meaningless", RandomWeightsWarning, stacklevel=3)  # fmt: skip
+
+
 @dataclass
 class ClipBackbone:
     """A frozen open_clip model with its preprocessing transform and tokenizer."""
@@ -68,7 +77,33 @@ class ClipBackbone:
         """Projected, unnormalised text embeddings."""
         tokens = self.tokenizer(texts).to(self.device)
         model: Any = self.model  # open_clip's CLIP (untyped)
-        return cast(torch.Tensor, model.encode_text(tokens)).float()
+        with _text_up_to_the_end(model, tokens) as cut:
+            return cast(torch.Tensor, model.encode_text(cut)).float()
+
+
+@contextmanager
+def _text_up_to_the_end(model: nn.Module, tokens: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The tokens up to the batch's last end-of-text token, with the text tower's positions
+    and causal mask cut alike while open_clip's own ``encode_text`` runs on them.
+
+    CLIP's text tower is causal and pools at the end-of-text token (the highest token id), so
+    no position after it changes the result: a batch of short prompts needs ~15 of the 77
+    positions (exact, up to the float rounding of smaller products). Towers of another kind
+    (no causal mask, pooled elsewhere: SigLIP's, Hugging Face's) run whole."""
+    mask = getattr(model, "attn_mask", None)
+    positions = getattr(model, "positional_embedding", None)
+    if not (isinstance(mask, torch.Tensor) and mask.shape[0] == tokens.shape[1]
+            and getattr(model, "text_pool_type", None) == "argmax"
+            and isinstance(positions, nn.Parameter)):  # fmt: skip
+        yield tokens
+        return
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    model.positional_embedding = nn.Parameter(positions[:length], requires_grad=False)
+    model.attn_mask = mask[:length, :length]
+    try:
+        yield tokens[:, :length]
+    finally:
+        model.positional_embedding, model.attn_mask = positions, mask
 
 
 def clip_embed_dim(model_name: str) -> int:

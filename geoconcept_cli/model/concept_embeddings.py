@@ -68,16 +68,16 @@ def encode_concepts(
 ) -> torch.Tensor:  # fmt: skip
     """Prompt-ensembled, L2-normalised text embeddings (k x d). ``progress(n)`` gets 0 as the
     work begins, then the concepts of each batch (small enough to report every ~tenth of the
-    shipped 645: a batch of ViT-L/14 text takes ~45 s on a 2-core CPU)."""
+    shipped 645). A batch's prompts under every template go through the text tower at once,
+    as far as their longest one (see ``ClipBackbone.encode_texts``)."""
     out = []
     if progress:
         progress(0)
     for start in range(0, len(names), batch_size):
         chunk = names[start : start + batch_size]
-        per_template = [
-            F.normalize(clip.encode_texts([t.format(c) for c in chunk]), dim=-1) for t in templates
-        ]
-        out.append(F.normalize(torch.stack(per_template).mean(0), dim=-1).cpu())
+        prompts = [t.format(c) for t in templates for c in chunk]  # template-major
+        unit = F.normalize(clip.encode_texts(prompts), dim=-1).view(len(templates), len(chunk), -1)
+        out.append(F.normalize(unit.mean(0), dim=-1).cpu())
         if progress:
             progress(len(chunk))
     return torch.cat(out)

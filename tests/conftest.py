@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pillow_heif
 import pytest
+from PIL import ExifTags, Image
 
 from geoconcept_cli.model.spec import ModelSpec
 
@@ -27,6 +30,28 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path} (a fresh clone has no ../shared)")
     return path
+
+
+def heic_of(photo: Path, orientation: int = 1, gps: tuple | None = None) -> bytes:
+    """``photo`` saved as HEIC (as an iPhone would), with an EXIF orientation and, when ``gps``
+    is (lat_dms, lat_ref, lon_dms, lon_ref), GPS tags: made at run time from a real photo."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    if gps is not None:
+        exif[ExifTags.IFD.GPSInfo] = {1: gps[1], 2: gps[0], 3: gps[3], 4: gps[2]}
+    buf = io.BytesIO()  # pillow-heif's writer, not its Pillow opener: the code under test opens
+    pillow_heif.from_pillow(Image.open(photo)).save(buf, quality=90, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def one_line_error(res) -> str:
+    """The one ``error:`` line of a refused command (exit 2, no traceback); lines of
+    ``warning:`` (random CLIP weights, say) may come before it."""
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    assert "Traceback" not in res.output
+    return lines[0]
 
 
 def assert_close_json(got, want, abs: float, rel: float = 0.0, skip: tuple[str, ...] = (),

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_CLIP, shared_data
 
+from geoconcept_cli.inference.explainer import ZERO_SHOT_PLACE
 from geoconcept_cli.runtime.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def test_the_installed_wheel_explains_a_photo_with_its_concepts(installed, tmp_p
     assert res.returncode == 0, res.stderr
     exp = json.loads(res.stdout)
     assert exp["mode"] == "zero-shot" and len(exp["photo_concepts"]) == 8
-    assert exp["place_concepts_source"] == "concept set region associations"
+    assert exp["place_concepts_source"] == ZERO_SHOT_PLACE
 
 
 @pytest.mark.slow

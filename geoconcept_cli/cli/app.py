@@ -23,7 +23,8 @@ def main() -> None:
     """Interpretable worldwide image geo-localization (concept-aware GeoCLIP).
 
     Stages read and write files, so each can rerun alone: build-concepts -> embed-concepts
-    -> embed-images -> train -> evaluate; predict and explain work on single photos.
+    -> embed-images -> train -> evaluate; predict and explain locate a photo, a folder of
+    photos or a feature folder.
     """
 
 

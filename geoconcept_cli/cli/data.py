@@ -11,6 +11,7 @@ from .. import data
 from ..model.spec import ModelSpec
 from ..runtime.launch import Workers
 from .common import Commands, Model, cli_command, model_options, note, say, stdout
+from .render import count
 
 
 @cli_command
@@ -22,7 +23,7 @@ def subset(
 ) -> None:
     """Keep a seeded random fraction of a manifest (the paper trains on 5% of MP-16)."""
     n = data.subset_manifest(manifest, fraction, out, seed)
-    stdout.print(f"{n} rows -> {out}")
+    stdout.print(f"{count(n, 'row')} -> {out}")
 
 
 @cli_command(on_interrupt="finished shards are kept: rerun the same command to continue")
@@ -60,11 +61,11 @@ def embed_images(
     if done is None:  # under torchrun/SLURM every rank runs this: one reports
         return
     if not done.wrote:
-        shards = f"{done.shards} shard" + "s" * (done.shards != 1)
-        say(f"{out} is complete: {done.stored} images in {shards}; nothing to embed")
+        shards = count(done.shards, "shard")
+        say(f"{out} is complete: {count(done.stored, 'image')} in {shards}; nothing to embed")
         return
-    say(f"{done.embedded} images embedded into {out} ({done.stored - done.embedded} already "
-        f"there), {done.skipped} rows skipped")  # fmt: skip
+    say(f"{count(done.embedded, 'image')} embedded into {out} ({done.stored - done.embedded} "
+        f"already there), {count(done.skipped, 'row')} skipped")  # fmt: skip
 
 
 COMMANDS: Commands = {"subset": subset, "embed-images": embed_images}

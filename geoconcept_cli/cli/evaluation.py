@@ -30,7 +30,7 @@ def _models(model: Model, checkpoints: list[Path] | None, geoclip: bool) -> list
 
 
 @cli_command
-@model_options("device cache_dir", after="explain_photos")
+@model_options("device cache_dir calibration", after="explain_photos")
 @model_options("gallery", after="geoclip")
 def evaluate(
     features: Annotated[Path, typer.Argument(help="Test feature folder from embed-images.")],
@@ -96,7 +96,10 @@ def calibrate(
     ],
     model: Model,
     checkpoints: Checkpoints = None,
-    geoclip: Annotated[bool, typer.Option(help="Calibrate pretrained GeoCLIP too.")] = True,
+    geoclip: Annotated[
+        bool | None,
+        typer.Option(help="Calibrate pretrained GeoCLIP (default: only when no run is given)."),
+    ] = None,
     alpha: Annotated[
         float, typer.Option(help="Miscoverage of the confidence region (0.1: 90% regions).")
     ] = 0.1,
@@ -107,8 +110,10 @@ def calibrate(
     """Calibrate probabilities and fit confidence regions on held-out photos.
 
     Per model, a temperature and a conformal threshold, stored beside a run (calibration.json)
-    and, for pretrained GeoCLIP, in the cache; predict, explain and evaluate then use them."""
-    fitted = evaluation.calibrate(features, _models(model, checkpoints, geoclip), alpha,
+    and, for pretrained GeoCLIP, in the cache (geoconcept cache lists it); predict, explain and
+    evaluate then use them (--no-calibration: not)."""
+    include_geoclip = not checkpoints if geoclip is None else geoclip  # only what is named
+    fitted = evaluation.calibrate(features, _models(model, checkpoints, include_geoclip), alpha,
                                   radius_km, lazy_progress_bar)  # fmt: skip
     for name, (cal, path) in fitted.items():
         say(f"{name}: temperature {cal.temperature:.3g} (NLL {cal.nll_before:.3f} -> "

@@ -15,60 +15,73 @@ from ..model.spec import ModelSpec
 from ..runtime.launch import Workers
 from ..runtime.progress import lazy_progress_bar
 from .common import RUN_HELP, Commands, Model, cli_command, model_options, note, say
-from .render import print_explanation, print_json, print_prediction, print_where
+from .render import count, print_explanation, print_json, print_prediction, print_where
 
 BATCH_SUFFIXES = {".csv", ".parquet", ".pq"}  # a manifest of photos to explain
 AS_JSON = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 @cli_command
-@model_options("clip_model clip_pretrained gallery device cache_dir", after="gpus")
+@model_options("clip_model clip_pretrained gallery device cache_dir calibration", after="images")
 @model_options("checkpoint", after="as_json")
 def predict(
     image: Annotated[
         Path,
         typer.Argument(
-            help="Photo to locate (JPEG, PNG, WebP, TIFF...), or an "
-            "embed-images feature folder for batch prediction (with --out)."
+            help="Photo to locate (JPEG, PNG, WebP, HEIC, AVIF, TIFF...); or, for batch mode "
+            "(with --out), a folder of photos, a manifest (CSV/Parquet) or an embed-images "
+            "feature folder (predicted from its features at matrix-product speed: no CLIP runs)."
         ),
     ],  # fmt: skip
     model: Model,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many candidates.")] = 5,
     as_json: AS_JSON = False,
     out: Annotated[
-        Path | None, typer.Option(help="Batch mode: folder of Parquet parts (results.parquet).")
+        Path | None,
+        typer.Option(
+            help="Batch mode: results.parquet (a folder of Parquet parts for a feature folder)."
+        ),
+    ] = None,  # fmt: skip
+    gpus: Annotated[
+        int, typer.Option(min=0, help="Feature-folder batch mode: split shards over N GPUs.")
+    ] = 0,
+    images: Annotated[
+        Path | None, typer.Option(help="Manifest mode: folder its ids are relative to.")
     ] = None,
-    gpus: Annotated[int, typer.Option(min=0, help="Batch mode: split shards over N GPUs.")] = 0,
 ) -> None:
     """Predict where a photo was taken: top-k GPS candidates with probabilities and place names.
 
-    Given a feature folder from embed-images and --out, predicts every photo in it at
-    matrix-product speed (no CLIP runs), split over --gpus or torchrun/SLURM ranks."""
+    Batch mode writes one row per photo of a folder or manifest to --out; a feature folder from
+    embed-images is predicted into a folder of Parquet parts, split over --gpus or
+    torchrun/SLURM ranks."""
     spec, request = ModelSpec(**model), Request(top_k=top_k)
-    if image.is_dir():
-        if as_json:
-            raise GeoconceptError("--json is for one photo; batch mode writes --out")
-        if out is None:
-            raise GeoconceptError(f"{image} is a folder: batch prediction needs --out "
-                                  "results.parquet")  # fmt: skip
+    _check_mode(image, out, images, ["--json"] if as_json else [])
+    if out is not None and image.is_dir() and (image / "meta.json").is_file():
         done = inference.predict_folder(spec, image, out, request, Workers(gpus=gpus))
         if done is not None:
-            said = (f"{done.photos} photos predicted -> {out}" if done.wrote else
-                    f"{out} is complete: {done.photos} photos; nothing to predict")  # fmt: skip
+            photos = count(done.photos, "photo")
+            said = (f"{photos} predicted -> {out}" if done.wrote else
+                    f"{out} is complete: {photos}; nothing to predict")  # fmt: skip
             say(f"{said} (median error {done.median_error_km:.1f} km)")
-        return
-    if out is not None or gpus:
-        raise GeoconceptError("--out and --gpus are for a feature folder (batch mode)")
-    io.load_image(image)  # a bad file fails in a second: before torch and the models load
-    result = inference.load_predictor(spec, lazy_progress_bar).predict(image, request)
-    if as_json:
-        print_json(result.to_json())
+    elif gpus:
+        raise GeoconceptError("--gpus is for an embed-images feature folder")
+    elif out is not None:
+        io.writable_file(out)  # fail fast, before loading any model
+        predictor = inference.load_predictor(spec, lazy_progress_bar)
+        rows, failed = inference.predict_photos(predictor, image, out, images, request,
+                                                lazy_progress_bar, note)  # fmt: skip
+        say(f"{count(rows, 'photo')} predicted -> {out}; {len(failed)} missing or unreadable")
     else:
-        print_prediction(result)
+        result = inference.load_predictor(spec, lazy_progress_bar).predict(image, request)
+        if as_json:
+            print_json(result.to_json())
+        else:
+            print_prediction(result)
 
 
 @cli_command
-@model_options("concepts concept_embeddings clip_model clip_pretrained gallery device cache_dir",
+@model_options("concepts concept_embeddings clip_model clip_pretrained gallery device cache_dir "
+               "calibration",
                after="images")  # fmt: skip
 @model_options("checkpoint", after="target", checkpoint=RUN_HELP)
 def explain(
@@ -112,6 +125,7 @@ def explain(
     single_only = [name for name, given in (("--map", map_png), ("--json", as_json),
                                              ("--check", check)) if given]  # fmt: skip
     _check_mode(target, out, images, single_only)
+    inference.check_request(spec, request)
     if out is not None and target.is_dir() and (target / "meta.json").is_file():
         _explain_features(spec, target, out, request, gpus)  # explained from their features
     elif gpus:
@@ -121,15 +135,15 @@ def explain(
         explainer = inference.load_explainer(spec, lazy_progress_bar)
         done, failed = inference.explain_photos(explainer, target, out, images, request,
                                                 lazy_progress_bar, note)  # fmt: skip
-        say(f"{done} photos explained -> {out}; {len(failed)} missing or unreadable")
+        say(f"{count(done, 'photo')} explained -> {out}; {len(failed)} missing or unreadable")
     else:
         _explain_photo(spec, target, request, as_json, map_png, true_lat, true_lon)
 
 
 def _check_mode(target: Path, out: Path | None, images: Path | None,
                 single_only: list[str]) -> None:  # fmt: skip
-    """One line, before anything loads, for options that do not fit explain's mode: batch (a
-    folder or a manifest, with --out) or one photo (which must read)."""
+    """One line, before anything loads, for options that do not fit predict's or explain's
+    mode: batch (a folder or a manifest, with --out) or one photo (which must read)."""
     batch = target.is_dir() or target.suffix.lower() in BATCH_SUFFIXES
     if batch and out is None:
         raise GeoconceptError("batch mode (a folder or manifest) needs --out results.parquet")
@@ -141,6 +155,10 @@ def _check_mode(target: Path, out: Path | None, images: Path | None,
         raise GeoconceptError("--out is for batch mode (a folder or manifest); use --json")
     if not batch:
         io.load_image(target)  # a bad photo fails in a second: before torch and the models load
+    elif target.is_dir() and not (target / "meta.json").is_file() and not io.photos_in(target):
+        raise GeoconceptError(f"{target}: no photos in it, and no meta.json of an embed-images "
+                              "feature folder: give a folder of photos, a manifest or "
+                              "features")  # fmt: skip
 
 
 def _explain_features(spec: ModelSpec, features: Path, out: Path, request: Request,
@@ -148,8 +166,9 @@ def _explain_features(spec: ModelSpec, features: Path, out: Path, request: Reque
     """explain's feature-folder mode: every photo into a folder of Parquet parts, no CLIP."""
     done = inference.explain_folder(spec, features, out, request, Workers(gpus=gpus))
     if done is not None:
-        say(f"{done.photos} photos explained from their features -> {out}" if done.wrote else
-            f"{out} is complete: {done.photos} photos; nothing to explain")  # fmt: skip
+        photos = count(done.photos, "photo")
+        say(f"{photos} explained from their features -> {out}" if done.wrote else
+            f"{out} is complete: {photos}; nothing to explain")  # fmt: skip
 
 
 def _explain_photo(spec: ModelSpec, photo: Path, request: Request, as_json: bool,
@@ -175,7 +194,7 @@ def _explain_photo(spec: ModelSpec, photo: Path, request: Request, as_json: bool
 
 
 @cli_command
-@model_options("clip_model clip_pretrained gallery device cache_dir", after="as_json")
+@model_options("clip_model clip_pretrained gallery device cache_dir calibration", after="as_json")
 @model_options("checkpoint", after="text")
 def where(
     text: Annotated[str, typer.Argument(help="A concept or any text, e.g. 'rice terraces'.")],
@@ -192,10 +211,11 @@ def where(
     text is projected onto its concepts."""
     if not text.strip():
         raise GeoconceptError('give a text to locate, e.g. geoconcept where "rice terraces"')
+    request = Request(top_k=top_k, countries=countries)  # refused here, before any load
     if map_png is not None:
         io.writable_file(map_png)
     locator = inference.load_locator(ModelSpec(**model), lazy_progress_bar)
-    answer = locator.where(text, Request(top_k=top_k, countries=countries))
+    answer = locator.where(text, request)
     if as_json:
         print_json(answer.to_json())
     else:

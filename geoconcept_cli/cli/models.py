@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from .. import export, io
+from .. import export, inference, io
 from .. import model as models
 from ..errors import GeoconceptError
 from ..model.spec import ModelSpec
-from .common import Commands, Model, cli_command, model_options, stdout
+from .common import Commands, Model, cli_command, model_options, say, stdout
+from .render import count
 
 
 @cli_command
@@ -25,9 +26,10 @@ def export_cmd(
     evaluation: Annotated[
         Path | None,
         typer.Option(
+            "--figures",
             "--eval",
             help="evaluate --json-out file with this run's figures "
-            "(default: eval.json in or beside the run, if it names the run).",
+            "(default: the run's own, eval.json in its folder, if it names the run).",
         ),
     ] = None,  # fmt: skip
 ) -> None:
@@ -35,21 +37,27 @@ def export_cmd(
 
     Safetensors weights, config.json, concepts.json, the run's calibration and README.md.
     Every --checkpoint option takes the folder."""
-    config = export.export_model(run, out, evaluation)
+    done = export.export_model(run, out, evaluation)
+    config = done.config
     concepts = f"{config['concept_set']['count']} concepts, " if config["concept_set"] else ""
-    figures = config["evaluation"]
     kind = models.KINDS[config["kind"]]
-    stdout.print(f"exported {kind} model ({concepts}step {config['step']} of "
-                 f"{config['total_steps']}) -> "
-                 f"{out}; figures: " + (f"from {figures['file']}" if figures else
-                 "none found (give --eval)"), highlight=False, soft_wrap=True)  # fmt: skip
+    figures = (f"from {done.figures_from}" if done.figures_from else
+               "none (evaluate --json-out RUN/eval.json, or give --figures)")  # fmt: skip
+    say(
+        f"exported {kind} model ({concepts}step {config['step']} of {config['total_steps']}) -> "
+        f"{out}; figures: {figures}"
+    )
 
 
 @cli_command
-@model_options("cache_dir", after="clear")
+@model_options("cache_dir", after="clear_calibrations")
 def cache(
     clear: Annotated[
         bool, typer.Option("--clear", help="Delete gallery and concept embeddings.")
+    ] = False,
+    clear_calibrations: Annotated[
+        bool,
+        typer.Option("--clear-calibrations", help="Delete pretrained GeoCLIP's calibrations."),
     ] = False,
     model: Model | None = None,
 ) -> None:
@@ -75,10 +83,33 @@ def cache(
         stdout.print(f"{part}: {files} files, {size_text(size)}", highlight=False)
     if not usage:
         stdout.print(f"{root}: empty", highlight=False, soft_wrap=True)
+    _calibrations(root, clear_calibrations)
     if clear:
         files, size = io.clear_cache(root)
         stdout.print(f"removed {files} files ({size_text(size)}) from {root}", highlight=False,
                      soft_wrap=True)  # fmt: skip
+
+
+def _calibrations(root: Path, clear: bool) -> None:
+    """Pretrained GeoCLIP's stored calibrations, which every later answer uses: listed, and
+    deleted with ``clear``."""
+    stored = inference.stored_geoclip_calibrations(root)
+    if stored:
+        say(
+            "pretrained GeoCLIP's calibrations (predict, explain, evaluate and serve use the "
+            "one of their gallery and CLIP, unless --no-calibration; --clear-calibrations "
+            "deletes them):"
+        )
+    for path, cal in stored:
+        what = cal if isinstance(cal, str) else (
+            f"temperature {cal.temperature:.3g}, fitted on {count(cal.photos, 'photo')}, "
+            f"CLIP {cal.clip.get('model')} ({cal.clip.get('pretrained')}), "
+            f"{1 - cal.alpha:.0%} region within {cal.radius_km:g} km")  # fmt: skip
+        say(f"  {path}: {what}")
+        if clear:
+            path.unlink()
+    if clear:
+        say(f"removed {count(len(stored), 'calibration')}")
 
 
 COMMANDS: Commands = {"export": export_cmd, "cache": cache}

@@ -15,6 +15,11 @@ if TYPE_CHECKING:  # the results' modules import torch: not needed to print them
     from ..inference.results import Explanation, Prediction, WhereAnswer
 
 
+def count(n: int, noun: str) -> str:
+    """'1 photo', '2 photos': a count a person reads."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def print_json(data: dict[str, Any]) -> None:
     stdout.print_json(json.dumps(data))
 
@@ -53,10 +58,11 @@ def _bars(title: str, entries: list[ConceptWeight] | None, source: str | None) -
         return
     stdout.print(f"\n[bold]{title}[/] [dim]({source})[/]" if source else f"\n[bold]{title}[/]")
     top = max(abs(e["weight"]) for e in entries) or 1.0
+    width = max(30, *(len(e["concept"]) for e in entries))  # a name is never cut
     for e in entries:
         bar = "█" * max(1, round(12 * abs(e["weight"]) / top))
         kind = f"{e['category']}/{e['subcategory']}"
-        stdout.print(f"  {e['concept']:<30.30} {e['weight']:+.3f} {bar:<12} [dim]{kind}[/]",
+        stdout.print(f"  {e['concept']:<{width}} {e['weight']:+.3f} {bar:<12} [dim]{kind}[/]",
                      highlight=False)  # fmt: skip
 
 
@@ -77,7 +83,6 @@ def print_explanation(exp: Explanation) -> None:
     _bars("Why here (per-concept score terms)", exp.why_here, None)
     if exp.why_here is not None and not exp.why_here:
         stdout.print("\n[bold]Why here[/]: no concept shown in the photo adds to this score")
-    _bars("Seen in the photo and known for the place", exp.overlap, "correlational")
     if exp.rather_than is not None:
         r = exp.rather_than
         pro = ", ".join(e["concept"] for e in r["for"])

@@ -13,7 +13,8 @@ from .common import Commands, Model, cli_command, model_options, say
 
 
 @cli_command
-@model_options("concepts concept_embeddings clip_model clip_pretrained gallery device cache_dir",
+@model_options("concepts concept_embeddings clip_model clip_pretrained gallery device cache_dir "
+               "calibration",
                after="tiles")  # fmt: skip
 @model_options("checkpoint", after=None)
 def serve(

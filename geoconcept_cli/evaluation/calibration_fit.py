@@ -38,6 +38,8 @@ from ..model.spec import ModelSpec
 from ..runtime.progress import Report, silent
 from .scores import contenders
 
+FEW_PHOTOS = 200  # below, calibrate warns: the fit is rough and every later answer uses it
+
 if TYPE_CHECKING:
     pass
 
@@ -63,6 +65,11 @@ def calibrate_predictor(
     if len(feats) < 20:
         raise GeoconceptError(f"{len(feats)} calibration photos: too few (20 at least; "
                               "hundreds for a useful region)")  # fmt: skip
+    if len(feats) < FEW_PHOTOS:
+        warnings.warn(f"calibrating on {len(feats)} photos: the temperature and the region "
+                      f"will be rough (hundreds of held-out photos, {FEW_PHOTOS}+, make them "
+                      "trustworthy); every later answer of this model uses them",
+                      stacklevel=2)  # fmt: skip
     order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed))
     order = order[:MAX_CALIBRATION_PHOTOS]
     half = len(order) // 2  # the temperature is fitted on one half, the threshold on the other

@@ -312,8 +312,9 @@ def evaluate(features: str | Path, models: Sequence[ModelSpec],
     checkpoint) on the labelled photos of an ``embed-images`` folder, side by side with the
     gallery ceiling, calibrated where a calibration exists (see ``evaluate_models``)."""
     c = contenders(features, models, "evaluate")
+    calibrations = c.calibrations if c.spec.calibration else None
     return evaluate_models(c.heads, c.data.features, c.data.latlon, c.spec, ids=c.data.ids,
-                           calibrations=c.calibrations, clip=c.clip, explanations=explanations,
+                           calibrations=calibrations, clip=c.clip, explanations=explanations,
                            report=report)  # fmt: skip
 
 

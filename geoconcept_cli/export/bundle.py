@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,20 @@ EVAL_NAME = "eval.json"
 _LOCAL_PATHS = ("features", "concepts")  # options that name files on the trainer's machine
 
 
+@dataclass(frozen=True)
+class Exported:
+    """An exported bundle's config, and the file its figures came from (None: no figures)."""
+
+    config: dict[str, Any]
+    figures_from: Path | None
+
+
 def export_model(source: str | Path, out: str | Path, evaluation: str | Path | None = None
-                 ) -> dict[str, Any]:  # fmt: skip
-    """Write ``source`` (a run folder, checkpoint file or bundle) as a bundle in ``out``;
-    returns its config. ``evaluation`` is an ``evaluate --json-out`` file holding the run's
-    figures (default: ``eval.json`` in or beside the run, if it names the run)."""
+                 ) -> Exported:  # fmt: skip
+    """Write ``source`` (a run folder, checkpoint file or bundle) as a bundle in ``out``.
+    ``evaluation`` is an ``evaluate --json-out`` file holding the run's figures (default: the
+    run's own, ``eval.json`` in its folder, if it names the run; a re-exported bundle keeps
+    its figures). Figures are never taken from a file elsewhere unless it is given."""
     source, out = Path(source), Path(out)
     ckpt = read_model(source)
     head = head_from(ckpt, source)  # weights that do not fit are refused before any write
@@ -60,9 +70,11 @@ def export_model(source: str | Path, out: str | Path, evaluation: str | Path | N
     if ckpt.get("step") is not None and ckpt["step"] < (ckpt.get("total_steps") or 0):
         warnings.warn(f"{source} is an unfinished run (step {ckpt['step']} of "
                       f"{ckpt['total_steps']}); the card says so", stacklevel=2)  # fmt: skip
-    figures = find_evaluation(source, evaluation)
+    figures, figures_from = find_evaluation(source, evaluation)
     if figures is None and ckpt.get("bundle"):
         figures = ckpt["bundle"].get("evaluation")  # re-exporting a bundle keeps its figures
+        run = source.parent if source.is_file() else source
+        figures_from = run / BUNDLE_CONFIG if figures else None
     calibration = read_calibration(run_calibration_path(source))
     if calibration is not None and calibration.model != hash_state_dict(head):
         warnings.warn(f"{run_calibration_path(source)} was made for other weights than "
@@ -84,7 +96,7 @@ def export_model(source: str | Path, out: str | Path, evaluation: str | Path | N
         _replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return config
+    return Exported(config, figures_from)
 
 
 BUNDLE_FILES = {BUNDLE_WEIGHTS, BUNDLE_CONFIG, BUNDLE_CONCEPTS, "README.md", CALIBRATION_NAME}
@@ -154,27 +166,26 @@ def bundle_config(ckpt: dict[str, Any], weights_sha256: str, evaluation: dict[st
 
 
 # ------------------------------------------------------------------------------ figures
-def find_evaluation(source: Path, given: str | Path | None) -> dict[str, Any] | None:
+def find_evaluation(source: Path, given: str | Path | None
+                    ) -> tuple[dict[str, Any] | None, Path | None]:  # fmt: skip
     """This run's figures from an ``evaluate --json-out`` file, with the baselines and the
-    gallery ceiling measured in the same evaluation. ``given`` must name the run; the default
-    places (``eval.json`` in the run folder, then beside it) are used only if they do."""
+    gallery ceiling measured in the same evaluation, and that file. ``given`` must name the
+    run; by default only the run's own ``eval.json`` (in its folder) is read, if it does."""
     run = source.parent if source.is_file() else source
     if given is not None:
         given = Path(given)
         data = read_json(given) if given.is_file() else None
         if data is None:
-            raise GeoconceptError(f"--eval {given}: no such file")
+            raise GeoconceptError(f"--figures/--eval {given}: no such file")
         figures = _figures_for(data, run, given)
         if figures is None:
             names = ", ".join(map(str, (data.get("models") or {}).keys())) or "none"
-            raise GeoconceptError(f"--eval {given}: no figures for {run} (models there: {names})")
-        return figures
-    for path in (run / EVAL_NAME, run.parent / EVAL_NAME):
-        if path.is_file():
-            figures = _figures_for(read_json(path), run, path)
-            if figures is not None:
-                return figures
-    return None
+            raise GeoconceptError(f"--figures/--eval {given}: no figures for {run} (models there: "
+                                  f"{names})")  # fmt: skip
+        return figures, given
+    path = run / EVAL_NAME
+    figures = _figures_for(read_json(path), run, path) if path.is_file() else None
+    return figures, path if figures is not None else None
 
 
 def _figures_for(data: dict[str, Any], run: Path, path: Path) -> dict[str, Any] | None:

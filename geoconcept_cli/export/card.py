@@ -124,8 +124,9 @@ def _training_lines(config: dict[str, Any], training: dict[str, Any]) -> list[st
 def _evaluation_lines(evaluation: dict[str, Any] | None) -> list[str]:
     if not evaluation:
         return [
-            "No evaluation was found beside the run. `geoconcept evaluate FEATURES RUN "
-            "--json-out RUN/eval.json`, then export again, adds the figures here."
+            "No evaluation of this run was given or found in its folder. `geoconcept evaluate "
+            "FEATURES RUN --json-out RUN/eval.json`, then export again (or `export --figures "
+            "FILE`), adds the figures here."
         ]
     rows = {"this model": evaluation["model"], **evaluation.get("baselines", {})}
     if evaluation.get("ceiling"):

@@ -8,8 +8,11 @@ from .._lazy import lazy_exports
 if TYPE_CHECKING:
     from .batch.explain import explain_folder as explain_folder
     from .batch.photos import explain_photos as explain_photos
+    from .batch.photos import predict_photos as predict_photos
     from .batch.predict import predict_folder as predict_folder
+    from .calibration import stored_geoclip_calibrations as stored_geoclip_calibrations
     from .explainer import Explainer as Explainer
+    from .factory import check_request as check_request
     from .factory import load_explainer as load_explainer
     from .factory import load_locator as load_locator
     from .factory import load_predictor as load_predictor
@@ -25,6 +28,7 @@ __getattr__ = lazy_exports(
     __name__,
     {
         "load_predictor": "factory",
+        "check_request": "factory",
         "load_explainer": "factory",
         "load_locator": "factory",
         "Request": "request",
@@ -38,5 +42,7 @@ __getattr__ = lazy_exports(
         "predict_folder": "batch.predict",
         "explain_folder": "batch.explain",
         "explain_photos": "batch.photos",
+        "predict_photos": "batch.photos",
+        "stored_geoclip_calibrations": "calibration",
     },
 )

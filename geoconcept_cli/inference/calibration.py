@@ -297,6 +297,20 @@ def geoclip_calibration_path(gps: torch.Tensor, head: RetrievalHead, clip: ClipI
     return root / "calibration" / f"geoclip-{digest[:16]}.json"
 
 
+def stored_geoclip_calibrations(cache_dir: str | Path | None = None
+                                ) -> list[tuple[Path, Calibration | str]]:  # fmt: skip
+    """Pretrained GeoCLIP's calibrations in the cache (each for one gallery and CLIP), or why
+    one cannot be read: what `geoconcept cache` lists, since every later answer uses them."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    found: list[tuple[Path, Calibration | str]] = []
+    for path in sorted((root / "calibration").glob("geoclip-*.json")):
+        try:
+            found.append((path, read_calibration(path) or "gone"))
+        except GeoconceptError as exc:
+            found.append((path, str(exc)))
+    return found
+
+
 def save_calibration(path: str | Path, cal: Calibration) -> None:
     write_json(path, cal.to_json())
 

@@ -8,8 +8,9 @@ check removes the top explaining concepts from the photo's representation and co
 fall of the predicted place's score and rank with removing random concepts (`faithfulness`).
 
 Without a checkpoint (GeoCLIP's 512-d space has no concept axes) the photo's concepts are
-CLIP's zero-shot image-text similarities, the place's are the concept set's region
-associations, and no decomposition is claimed.
+CLIP's zero-shot image-text similarities, the place's are the concepts the concept set tags
+with its country or continent, ranked by the photo's similarity to each, and no decomposition
+is claimed.
 """
 
 from __future__ import annotations
@@ -30,14 +31,31 @@ from ..geo.geocode import place_names
 from ..io.images import load_image
 from ..model.concept_head import ConceptAwareHead
 from .predictor import Predictor
-from .request import Request
+from .request import Request, say_if_capped
 from .results import Candidate, Explanation, Spread
 
 RUNNER_UP_MIN_KM = 200.0  # the runner-up is the best *other place*, not a neighbouring point
 RANKED = 32  # places ranked per photo: the top-k, and the pool the runner-up is looked for in
 RANKED_DEEP = 200  # photos with no runner-up in that pool have this many ranked (then none)
 Rank = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]  # Predictor.topk's
+ZERO_SHOT_PLACE = (
+    "concepts the concept set tags with the place's country or continent, "
+    "ranked by CLIP similarity to the photo"
+)
 FAITHFUL_SHARE = 0.95  # the explanation's removal must hurt more than 95% of random removals
+
+
+def refuse_check(request: Request, concepts: int | None, model: str) -> None:
+    """The deletion check's refusals, said the same way before anything loads
+    (``factory.check_request``) and by the library: it needs a concept-aware run (``concepts``
+    its number of concepts; None for ``model``, which has none) and fewer concepts removed."""
+    if concepts is None:
+        raise GeoconceptError(f"--check tests the concepts of a concept-aware run's score; "
+                              f"{model} has no concepts: give a concept-aware "
+                              "--checkpoint")  # fmt: skip
+    if not 1 <= request.m < concepts:
+        raise GeoconceptError(f"--m {request.m}: must be between 1 and {concepts - 1} (the "
+                              f"run has {concepts} concepts)")  # fmt: skip
 
 
 def faithfulness(top_drop: float, top_rank: int, rand_drops: npt.ArrayLike,
@@ -103,6 +121,12 @@ class Explainer:
         self.text = F.normalize(text_embeddings.float(), dim=1) if text_embeddings is not None \
             else None  # fmt: skip
 
+    def refuse(self, request: Request) -> None:
+        """Refuse what this explainer cannot answer (:func:`refuse_check`), before any work."""
+        if request.check:
+            model = "a plain GeoCLIP run" if self.retrained_geoclip else "pretrained GeoCLIP"
+            refuse_check(request, len(self.concepts.names) if self.concept_aware else None, model)
+
     def explain(self, photo: str | Path, request: Request = Request()) -> Explanation:
         """Explain one photo file (GeoconceptError on an unreadable file)."""
         feats = self.predictor.image_features([load_image(photo)])
@@ -140,7 +164,11 @@ class Explainer:
         ``place_concepts`` a concept-aware explanation leaves out what the top place is known
         for: a location-encoder pass per distinct top place, for rows that do not show it.
         No conformal region: :meth:`explain_features` adds one photo's."""
+        self.refuse(request)
         p, top_k = self.predictor, request.top_k
+        say_if_capped("--top-k", top_k, len(p.places), "places in the gallery")
+        say_if_capped("--concepts-shown", request.concepts_shown, len(self.concepts.names),
+                      "concepts in the set")  # fmt: skip
         rank = rank or p.topk
         probs, idx = rank(feats, max(top_k, RANKED))
         cands = p.candidate_rows(probs[:, :top_k], idx[:, :top_k])
@@ -159,9 +187,6 @@ class Explainer:
                                             tops[i].gallery_index, request)  # fmt: skip
         else:
             self._zero_shot(outs, feats, tops, request.concepts_shown)
-            if request.check:
-                for out in outs:
-                    out.note = f"{out.note}; --check needs a concept-aware checkpoint too"
         return outs
 
     def _decompose(self, outs: list[Explanation], feats: torch.Tensor, tops: list[Candidate],
@@ -260,8 +285,6 @@ class Explainer:
         head, p = self.predictor.head, self.predictor
         assert isinstance(head, ConceptAwareHead)  # called for a concept-aware head only
         k, m, draws = len(unit), request.m, request.draws
-        if not 1 <= m < k:
-            raise GeoconceptError(f"--m must be between 1 and {k - 1}")
         z = head.image_latent(feats.to(p.device).float())[0]
         basis = head.basis
         scale = head.logit_scale.exp()
@@ -286,7 +309,8 @@ class Explainer:
 
     def _zero_shot(self, outs: list[Explanation], feats: torch.Tensor, tops: list[Candidate],
                    n: int) -> None:  # fmt: skip
-        """Fill each photo's CLIP zero-shot concepts and its top place's region associations."""
+        """Fill each photo's CLIP zero-shot concepts and its top place's region tags, ranked by
+        the photo (so the list ranks; it is correlational, not the score's reason)."""
         cs = self.concepts
         why = ("a plain GeoCLIP checkpoint (train --concepts none)" if self.retrained_geoclip
                else "no concept-aware checkpoint")  # fmt: skip
@@ -294,18 +318,15 @@ class Explainer:
                 "--checkpoint for why-here, rather-than and --check)")  # fmt: skip
         for out in outs:
             out.note = note
-        photo = None
-        if self.text is not None:
-            photo = F.normalize(feats.float().cpu(), dim=1) @ self.text.T
-            for out, shown in zip(outs, cs.top_rows(photo, n), strict=True):
-                out.photo_concepts = shown
-                out.photo_concepts_source = "CLIP zero-shot image-text similarity"
-        if cs.regions:
+        if self.text is None:
+            return
+        photo = F.normalize(feats.float().cpu(), dim=1) @ self.text.T
+        for out, shown in zip(outs, cs.top_rows(photo, n), strict=True):
+            out.photo_concepts = shown
+            out.photo_concepts_source = "CLIP zero-shot image-text similarity"
+        if cs.regions:  # the place's region tags, ranked by how much the photo shows each
             w = torch.as_tensor(np.stack([cs.place_weights(t.lat, t.lon) for t in tops]))
-            for out, known in zip(outs, cs.top_rows(w, n), strict=True):
-                out.place_concepts = [e for e in known if e["weight"] > 0]
-                out.place_concepts_source = "concept set region associations"
-            if photo is not None:
-                both = w.float() * photo.clamp_min(0)
-                for out, overlap in zip(outs, cs.top_rows(both, n), strict=True):
-                    out.overlap = [e for e in overlap if e["weight"] > 0]
+            tagged = torch.where(w > 0, photo, -torch.inf)
+            for out, known in zip(outs, cs.top_rows(tagged, n), strict=True):
+                out.place_concepts = known
+                out.place_concepts_source = ZERO_SHOT_PLACE

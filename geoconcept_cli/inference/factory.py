@@ -22,8 +22,8 @@ from ..errors import GeoconceptError
 from ..gallery.index import indexed_gallery, is_large
 from ..gallery.store import cached_gallery_embeddings, load_gallery
 from ..io.artifacts import default_cache_dir
-from ..model.checkpoints import check_trained_on, load_head, run_calibration_path
-from ..model.clip import ClipBackbone, clip_embed_dim, load_clip
+from ..model.checkpoints import check_trained_on, load_head, read_model, run_calibration_path
+from ..model.clip import ClipBackbone, clip_embed_dim, load_clip, warn_if_random
 from ..model.clip_id import ClipId
 from ..model.concept_embeddings import embed_concepts, load_concept_embeddings, sidecar
 from ..model.concept_head import RetrievalHead, check_head_takes
@@ -36,9 +36,10 @@ from ..model.geoclip import (
 from ..model.spec import ModelSpec, StoredFeatures
 from ..runtime.progress import Report, silent
 from .calibration import geoclip_calibration_path, read_calibration
-from .explainer import Explainer
+from .explainer import Explainer, refuse_check
 from .locator import Locator
 from .predictor import Predictor
+from .request import Request
 
 
 def load_predictor(spec: ModelSpec | None = None, report: Report = silent) -> Predictor:
@@ -98,6 +99,19 @@ def load_locator(spec: ModelSpec | None = None, report: Report = silent) -> Loca
                        plain_run=ckpt.get("kind") == "geoclip")  # fmt: skip
 
 
+def check_request(spec: ModelSpec, request: Request) -> None:
+    """Refuse, before anything loads, what ``spec``'s model cannot answer: the deletion
+    check needs a concept-aware run, and fewer concepts removed than it has (reading the
+    run's checkpoint is a fraction of a second; loading CLIP and the gallery, minutes)."""
+    if not request.check:
+        return
+    ckpt = read_model(spec.checkpoint) if spec.checkpoint else {}
+    concept_aware = ckpt.get("kind") == "concept"
+    refuse_check(request, len(ckpt["concepts"]["concepts"]) if concept_aware else None,
+                 f"{spec.checkpoint}, a plain GeoCLIP run," if spec.checkpoint
+                 else "pretrained GeoCLIP")  # fmt: skip
+
+
 def concept_cache_path(clip: ClipId, names: list[str], cache_dir: str | Path | None) -> Path:
     """Where zero-shot explain caches a concept set's embeddings by a CLIP (the sidecar marks
     them complete); stored features of that CLIP find them there too."""
@@ -112,6 +126,8 @@ def _load(spec: ModelSpec, report: Report) -> tuple[Predictor, dict[str, Any]]:
     (naming the options that match), a CLIP whose width the head cannot take, a calibration
     made for another model, gallery or CLIP. Stored features load no CLIP weights."""
     stored = spec.features
+    if stored:
+        warn_if_random(stored.clip)
     identity = stored.clip if stored else ClipId.of(spec.clip_model, spec.clip_pretrained)
     width = stored.dim if stored else clip_embed_dim(spec.clip_model)
     head: RetrievalHead
@@ -128,7 +144,7 @@ def _load(spec: ModelSpec, report: Report) -> tuple[Predictor, dict[str, Any]]:
         head = load_geoclip_head().to(spec.device)
     gps = load_gallery(spec.gallery)
     calibration = calibration_file(spec, head, gps, identity)
-    cal = read_calibration(calibration)
+    cal = read_calibration(calibration) if spec.calibration else None
     if cal is not None:
         cal.check_for(head, gps, identity, calibration)
     with report("encoding gallery (once; cached)", "points") as advance:
@@ -160,6 +176,7 @@ def load_heads(specs: Sequence[ModelSpec], features: StoredFeatures
     features of another CLIP is refused; pretrained GeoCLIP is left out, with a warning, of
     features of another width than its 768 when runs are scored beside it, and refused when
     it is the only model; an unfinished run is scored with a warning."""
+    warn_if_random(features.clip)
     heads: dict[str, RetrievalHead] = {}
     runs = [s for s in specs if s.checkpoint]
     for spec in specs:

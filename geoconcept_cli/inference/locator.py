@@ -27,7 +27,7 @@ from ..geo.geocode import place_names
 from ..model.concept_embeddings import DEFAULT_TEMPLATES
 from ..model.concept_head import ConceptAwareHead, location_latents
 from .predictor import Predictor
-from .request import Request
+from .request import Request, say_if_capped
 from .results import WhereAnswer
 
 ZERO_SHOT_NOTE = ("approximate: the text's CLIP embedding is scored as if it were a photo's, "
@@ -87,6 +87,7 @@ class Locator:
         if not text:
             raise GeoconceptError('give a text to locate, e.g. geoconcept where "rice terraces"')
         p = self.predictor
+        say_if_capped("--top-k", request.top_k, len(p.places), "places in the gallery")
         if self.acts is not None and self.concepts is not None:
             lowered = [c.lower() for c in self.concepts]
             if text.lower() in lowered:

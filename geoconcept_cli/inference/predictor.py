@@ -19,7 +19,7 @@ from ..geo.geocode import place_names, reverse_geocode
 from ..io.images import load_image
 from ..model.clip import ClipBackbone
 from .calibration import Calibration, place_areas, region_mask
-from .request import Request
+from .request import Request, say_if_capped
 from .results import Candidate, ConfidenceRegion, Prediction
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class Predictor:
             }
         return {**over, "calibrated": True, "temperature": cal.temperature, "photos": cal.photos,
                 "note": f"probabilities calibrated (temperature {cal.temperature:.3g}, "
-                        f"fitted on {cal.photos} photos)"}  # fmt: skip
+                        f"fitted on {cal.photos} photos; --no-calibration ignores it)"}  # fmt: skip
 
     @torch.no_grad()
     def regions(self, clip_features: torch.Tensor, max_points: int = 500
@@ -204,6 +204,7 @@ class Predictor:
     def predict_features(self, feats: torch.Tensor, request: Request = Request(),
                          image: str | None = None) -> Prediction:  # fmt: skip
         """:meth:`predict` of one photo's CLIP features (1, D); ``image`` names the photo."""
+        say_if_capped("--top-k", request.top_k, len(self.places), "places in the gallery")
         probs, idx = self.topk(feats, request.top_k)
         region = self.regions(feats)[0] if self.calibration is not None else None
         return Prediction(image=image, predictions=self.candidates(probs[0], idx[0]),

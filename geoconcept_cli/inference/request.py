@@ -3,11 +3,13 @@ here, not a parameter threaded through every layer."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from ..errors import GeoconceptError
 
 MIN_DRAWS = 20  # fewer random draws cannot tell 95% apart from "all of them"
+MAX_SHOWN = 100  # places, concepts or countries listed at most: the command's rule and the API's
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,19 @@ class Request:
         for name in ("top_k", "concepts_shown", "countries", "m"):
             if getattr(self, name) < 1:
                 raise GeoconceptError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("top_k", "concepts_shown", "countries"):
+            if getattr(self, name) > MAX_SHOWN:
+                raise GeoconceptError(
+                    f"--{name.replace('_', '-')} {getattr(self, name)}: at most {MAX_SHOWN} "
+                    f"are listed (the server's limit too); give {MAX_SHOWN} or fewer"
+                )
         if self.draws < MIN_DRAWS:
             raise GeoconceptError(f"--draws must be at least {MIN_DRAWS} (the verdict needs "
                                   "95% of the random draws beaten)")  # fmt: skip
+
+
+def say_if_capped(option: str, asked: int, there: int, what: str) -> None:
+    """A one-line warning when a request asks for more than there is (``there`` ``what``):
+    all of them are listed, and the user is told so rather than left to count."""
+    if asked > there:
+        warnings.warn(f"{option} {asked}: {there} {what}, all listed", stacklevel=3)

@@ -89,7 +89,7 @@ class Prediction:
 class Explanation:
     """Where a photo was taken and why (see inference.explainer). Concept-aware models fill
     ``score_logit``, ``why_here``, ``rather_than``, ``rule`` and, when asked, ``check``;
-    zero-shot ones ``note`` and ``overlap``. Lists of concepts hold ``ConceptWeight``s."""
+    zero-shot ones ``note``. Lists of concepts hold ``ConceptWeight``s."""
 
     image: str | None = None
     mode: str
@@ -101,7 +101,6 @@ class Explanation:
     photo_concepts_source: str | None = None
     place_concepts: list[ConceptWeight] | None = None
     place_concepts_source: str | None = None
-    overlap: list[ConceptWeight] | None = None
     score_logit: float | None = None
     why_here: list[ConceptWeight] | None = None
     rather_than: dict[str, Any] | None = None

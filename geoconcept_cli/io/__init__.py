@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .artifacts import writable_file as writable_file
     from .images import load_image as load_image
     from .images import photo_gps as photo_gps
+    from .images import photos_in as photos_in
 
 __getattr__ = lazy_exports(
     __name__,
@@ -23,5 +24,6 @@ __getattr__ = lazy_exports(
         "writable_file": "artifacts",
         "load_image": "images",
         "photo_gps": "images",
+        "photos_in": "images",
     },
 )

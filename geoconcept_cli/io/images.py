@@ -1,7 +1,9 @@
 """Robust photo loading: every odd file either becomes an RGB image or a one-line error.
 
-Handles EXIF rotation, alpha (composited on white), CMYK/palette/greyscale, 16-bit images
-(rescaled, not clipped), truncated files and decompression bombs.
+Reads HEIC/HEIF (iPhone photos) through pillow-heif's Pillow opener as well as what Pillow
+reads itself (JPEG, PNG, WebP, AVIF, ...). Handles EXIF rotation, alpha (composited on white),
+CMYK/palette/greyscale, 16-bit images (rescaled, not clipped), truncated files and
+decompression bombs.
 """
 
 from __future__ import annotations
@@ -13,11 +15,21 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import pillow_heif
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..errors import GeoconceptError, require_file
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+pillow_heif.register_heif_opener()  # pillow-heif applies the HEIF orientation itself
+
+IMAGE_SUFFIXES = {
+    ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif"
+}  # fmt: skip
+
+
+def photos_in(folder: Path) -> list[Path]:
+    """The photos of a folder (by their suffix), sorted."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

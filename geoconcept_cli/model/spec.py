@@ -40,7 +40,7 @@ class ModelSpec:
     bundle; None is pretrained GeoCLIP); for zero-shot concepts, the concept set and its text
     embeddings (None: the shipped set, embedded once with the backbone and cached); the CLIP
     backbone that reads photos; the GPS gallery (None: GeoCLIP's 100K); the torch device; the
-    cache folder (None: ``$GEOCONCEPT_CACHE``)."""
+    cache folder (None: ``$GEOCONCEPT_CACHE``); whether its stored calibration is used."""
 
     checkpoint: str | Path | None = _option(None, f"Trained run: {RUN_PATHS} (default: GeoCLIP).")
     concepts: str | Path | None = _option(None, "concepts.parquet (default: the shipped set).")
@@ -71,6 +71,13 @@ class ModelSpec:
     device: str = _option("cpu", "torch device, e.g. cpu or cuda.")
     cache_dir: str | Path | None = _option(
         None, ("cache for gallery embeddings (default: $GEOCONCEPT_CACHE or ~/.cache/geoconcept).")
+    )
+    calibration: bool = _option(
+        True,
+        (
+            "Use the model's stored calibration where there is one (calibrate makes it; "
+            "--no-calibration: the raw softmax)."
+        ),
     )
     features: StoredFeatures | None = None  # set for stored features: no CLIP is loaded
 

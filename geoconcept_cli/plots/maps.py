@@ -12,24 +12,47 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.collections import PathCollection
+    from matplotlib.figure import Figure
 
     from ..inference.results import Explanation
 
 MAP_SIZE_PX = (1400, 560)  # width, height of the PNG
 DPI = 100
+MAP_AXES = (0.05, 0.1, 0.58, 0.8)  # left, bottom, width, height of the map, in the figure
 
 
 CATEGORY_COLOURS = {"natural": "#1f77b4", "human": "#ff7f0e"}
+
+
+NAMED = 5  # candidates listed by name on the map
+RANK_APART_DEG = 5.0  # a candidate's rank is drawn beside it if no better one is this close
 
 
 def render_map(
     exp: Explanation, gallery_gps: torch.Tensor, path: str | Path,
     true_latlon: tuple[float, float] | None = None,
 ) -> Path:  # fmt: skip
-    """Write the explanation's map and concept bars to ``path`` (PNG), atomically; its heat
-    ([lat, lon, probability] rows, when asked for) is drawn as the probability heatmap, on a
-    log scale."""
+    """Write :func:`map_figure` to ``path`` (PNG), atomically."""
+    import matplotlib.pyplot as plt
+
+    from ..io.artifacts import atomic_path
+
+    fig = map_figure(exp, gallery_gps, true_latlon)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def map_figure(
+    exp: Explanation, gallery_gps: torch.Tensor, true_latlon: tuple[float, float] | None = None
+) -> Figure:
+    """The explanation's map and concept bars; its heat ([lat, lon, probability] rows, when
+    asked for) is drawn as the probability heatmap, on a log scale, its colour bar under the
+    map, clear of the concept names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,10 +61,9 @@ def render_map(
     from matplotlib.patches import Patch
 
     from ..gallery.store import load_gallery
-    from ..io.artifacts import atomic_path
 
     fig = plt.figure(figsize=(MAP_SIZE_PX[0] / DPI, MAP_SIZE_PX[1] / DPI), dpi=DPI)
-    ax = fig.add_axes((0.05, 0.1, 0.58, 0.8))
+    ax = fig.add_axes(MAP_AXES)
     world = load_gallery()
     ax.scatter(world[:, 1], world[:, 0], s=0.2, c="#c8c8c8", linewidths=0, rasterized=True)
     if not (gallery_gps.shape == world.shape and torch.equal(gallery_gps, world)):
@@ -63,7 +85,10 @@ def render_map(
             rasterized=True,
             norm=LogNorm(vmin=low, vmax=max(prob.max(), low * 1.01)),
         )
-        fig.colorbar(dots, cax=fig.add_axes((0.64, 0.1, 0.008, 0.8)), label="probability")
+        cax = fig.add_axes((0.4, 0.075, 0.23, 0.015))
+        fig.colorbar(dots, cax=cax, orientation="horizontal")
+        cax.set_ylabel("probability", fontsize=8, rotation=0, ha="right", va="center")
+        cax.tick_params(labelsize=7)
     region = exp.region
     if region and region["points"]:
         lat, lon = zip(*region["points"], strict=True)
@@ -78,15 +103,25 @@ def render_map(
     ax.scatter([p["lon"] for p in preds], [p["lat"] for p in preds],
                s=[40 + 400 * p["prob"] / max(preds[0]["prob"], 1e-9) for p in preds],
                c="#d62728", edgecolors="black", zorder=3, label="predictions")  # fmt: skip
-    ax.annotate(preds[0]["place"], (preds[0]["lon"], preds[0]["lat"]), xytext=(6, 6),
-                textcoords="offset points", fontsize=9)  # fmt: skip
+    labelled: list[tuple[float, float]] = []
+    for p in preds:  # a rank beside its marker, unless a better one's already sits there
+        if all(max(abs(p["lon"] - x), abs(p["lat"] - y)) >= RANK_APART_DEG for x, y in labelled):
+            labelled.append((p["lon"], p["lat"]))
+            ax.annotate(str(p["rank"]), (p["lon"], p["lat"]), xytext=(5, 5),
+                        textcoords="offset points", fontsize=8, weight="bold")  # fmt: skip
+    listed = [f"{p['rank']}  {p['place']}  (p={p['prob']:.2g})" for p in preds[:NAMED]]
+    if len(preds) > NAMED:
+        listed.append(f"… and {len(preds) - NAMED} more")
+    box = {"facecolor": "white", "alpha": 0.85, "edgecolor": "#999999"}
+    ax.text(0.01, 0.98, "\n".join(listed), transform=ax.transAxes, va="top", fontsize=8,
+            zorder=5, bbox=box)  # fmt: skip
     if true_latlon is not None:
         ax.scatter([true_latlon[1]], [true_latlon[0]], marker="*", s=250, c="#2ca02c",
                    edgecolors="black", zorder=4, label="true location")  # fmt: skip
     ax.set_xlim(-180, 180)
     ax.set_ylim(-60, 85)
     ax.set_aspect("equal")
-    ax.set_xlabel("longitude")
+    ax.set_xlabel("longitude", loc="left")
     ax.set_ylabel("latitude")
     for handle in ax.legend(loc="lower left", fontsize=8).legend_handles:
         # the key, not the top prediction's probability-sized marker (every labelled artist
@@ -106,11 +141,18 @@ def render_map(
                 frameon=False)  # fmt: skip
     bars.set_title("why here (score terms)" if exp.why_here else "photo concepts",
                    fontsize=9, pad=20)  # fmt: skip
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-    plt.close(fig)
-    return path
+    _fit_names(fig, bars)
+    return fig
+
+
+def _fit_names(fig: Figure, bars: Axes) -> None:
+    """Narrow the bars so that their concept names, never cut, fit between the map and them."""
+    fig.canvas.draw()
+    widest = max((t.get_window_extent().width for t in bars.get_yticklabels()), default=0.0)
+    left = MAP_AXES[0] + MAP_AXES[2] + 0.015 + widest / fig.bbox.width
+    box = bars.get_position()
+    if left > box.x0:
+        bars.set_position((left, box.y0, max(0.98 - left, 0.05), box.height))
 
 
 def render_heatmap(scores: torch.Tensor, gallery_gps: torch.Tensor, path: str | Path,

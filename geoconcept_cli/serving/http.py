@@ -31,7 +31,7 @@ from starlette.responses import Response
 from .._version import __version__
 from ..errors import GeoconceptError, first_line
 from ..inference.factory import load_explainer
-from ..inference.request import MIN_DRAWS
+from ..inference.request import MAX_SHOWN, MIN_DRAWS
 from ..inference.request import Request as Asked  # fastapi's Request is the HTTP one
 from ..model.spec import ModelSpec
 from ..runtime.progress import Log, Report, quiet, silent
@@ -39,7 +39,6 @@ from .service import GeoService, Photo
 
 STATIC = Path(__file__).parent / "static"
 PUBLIC = ("/healthz", "/")  # and /static/...: they need no key, they hold no data
-MAX_TOP_K = 100
 log = logging.getLogger("geoconcept.serve")
 
 IMAGE_BODY = {
@@ -52,7 +51,7 @@ IMAGE_BODY = {
 }  # fmt: skip
 
 
-TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description="How many candidates.")]
+TopK = Annotated[int, Query(ge=1, le=MAX_SHOWN, description="How many candidates.")]
 
 
 class _TooLarge(Exception):
@@ -178,7 +177,7 @@ def create_app(
     async def explain(
         request: Request,
         top_k: TopK = 5,
-        concepts_shown: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 8,
+        concepts_shown: Annotated[int, Query(ge=1, le=MAX_SHOWN)] = 8,
         check: Annotated[bool, Query(description="Deletion test against random.")] = False,
         m: Annotated[int, Query(ge=1, description="Concepts removed by check.")] = 3,
         draws: Annotated[int, Query(ge=MIN_DRAWS, le=1000)] = MIN_DRAWS,
@@ -194,8 +193,8 @@ def create_app(
     @app.get("/where", summary="Where a text or concept points: `geoconcept where --json`")
     def where(
         text: Annotated[str, Query(min_length=1, max_length=300)],
-        top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 10,
-        countries: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 10,
+        top_k: Annotated[int, Query(ge=1, le=MAX_SHOWN)] = 10,
+        countries: Annotated[int, Query(ge=1, le=MAX_SHOWN)] = 10,
     ) -> JSONResponse:
         return JSONResponse(service.where(text, Asked(top_k=top_k, countries=countries)))
 

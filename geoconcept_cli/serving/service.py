@@ -108,6 +108,7 @@ class GeoService:
 
     def explain(self, photo: Photo, request: Request = Request()) -> dict[str, Any]:
         """``geoconcept explain --json`` of one photo, plus its map."""
+        self.explainer.refuse(request)  # before the photo is read
         feats = self._features(photo)
         with self._lock:
             answer = self.explainer.explain_features(feats, replace(request, heat=True),

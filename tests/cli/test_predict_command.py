@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import heic_of, shared_data
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -102,7 +106,52 @@ def test_help_paragraphs_reflow_to_the_terminals_width():
     res = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "80"})
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    start = next(i for i, ln in enumerate(lines) if "Given a feature folder" in ln)
+    start = next(i for i, ln in enumerate(lines) if "Batch mode writes one row" in ln)
     end = next(i for i in range(start, len(lines)) if not lines[i].strip())
     paragraph = lines[start:end]
     assert len(paragraph) == 3 and all(len(ln.strip()) >= 70 for ln in paragraph[:-1]), paragraph
+
+
+def test_a_folder_of_photos_is_predicted_into_rows(tmp_path, model_args):
+    """`predict DIR --out` once said the folder was "not an embed-images folder"; it now
+    predicts a folder (or a manifest) of photos as explain does, a row a photo."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, colour in enumerate(("olive", "navy")):
+        Image.new("RGB", (64, 48), colour).save(folder / f"p{i}.jpg")
+    real = sorted(shared_data("im2gps3k", "images").iterdir())[0]
+    (folder / "p2.heic").write_bytes(heic_of(real))  # an iPhone's photo is one of them
+    (folder / "broken.jpg").write_text("not an image")
+    out = tmp_path / "rows.parquet"
+    res = runner.invoke(app, ["predict", str(folder), "--out", str(out), "--top-k", "3",
+                              *model_args])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert f"3 photos predicted -> {out}; 1 missing or unreadable" in res.stdout
+    assert "skipped" in res.stderr and "broken.jpg" in res.stderr
+    rows = pd.read_parquet(out)
+    assert list(rows.columns) == ["image", "lat", "lon", "prob", "place", "top_k"]
+    assert sorted(Path(i).name for i in rows["image"]) == ["p0.jpg", "p1.jpg", "p2.heic"]
+    assert all(len(json.loads(t)) == 3 for t in rows["top_k"])
+    single = runner.invoke(app, ["predict", str(folder / "p2.heic"), "--json", *model_args])
+    lat = rows.loc[rows["image"].str.endswith("p2.heic"), "lat"].item()
+    assert json.loads(single.stdout)["predictions"][0]["lat"] == pytest.approx(lat, abs=1e-6)
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(folder / "p0.jpg", one)
+    res = runner.invoke(app, ["predict", str(one), "--out", str(tmp_path / "one.parquet"),
+                              *model_args])  # fmt: skip
+    assert res.exit_code == 0 and "1 photo predicted ->" in res.stdout, res.output
+    res = runner.invoke(app, ["predict", str(folder), *model_args])
+    assert res.exit_code == 2 and "needs --out results.parquet" in res.stderr
+
+
+def test_more_than_can_be_listed_is_refused_in_one_line(photo, model_args, tmp_path):
+    """--top-k 200000 once printed every one of 94,100 places without a word. Refused before
+    anything loads: the gallery given to `where` does not exist, and would have been the error."""
+    res = runner.invoke(app, ["predict", str(photo), "--top-k", "200000", *model_args])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == ("error: --top-k 200000: at most 100 are listed (the server's "
+                                  "limit too); give 100 or fewer")  # fmt: skip
+    res = runner.invoke(app, ["where", "rice terraces", "--countries", "101", "--gallery",
+                              str(tmp_path / "no-such-gallery.csv")])  # fmt: skip
+    assert res.exit_code == 2 and res.stderr.startswith("error: --countries 101: at most 100")

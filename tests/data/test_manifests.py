@@ -73,4 +73,4 @@ def test_embed_images_says_which_columns_it_used(tmp_path, tiny_clip):
     )
     assert res.exit_code == 0, res.output
     assert "image ids from column id, coordinates from latitude, longitude" in res.stderr
-    assert "1 images embedded" in res.stdout
+    assert "1 image embedded" in res.stdout

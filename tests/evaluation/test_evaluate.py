@@ -76,3 +76,18 @@ def test_predict_refuses_a_backbone_of_another_width(tmp_path):
     res = runner.invoke(app, ["predict", str(photo), "--clip-model", "ViT-B-32",
                               "--clip-pretrained", "none"])  # fmt: skip
     assert res.exit_code == 2 and "768" in res.stderr
+
+
+def test_features_of_a_random_clip_are_said_to_mean_nothing(tmp_path, small_gallery):
+    """evaluate once scored such features as "GeoCLIP (pretrained)" without a word, where every
+    command that builds a random CLIP warns."""
+    import torch
+
+    from geoconcept_cli.data.features import save_features
+
+    feats = tmp_path / "random"
+    save_features(feats, [f"r{i}" for i in range(8)], torch.randn(8, 768), torch.zeros(8, 2),
+                  clip_model="ViT-L-14", clip_pretrained="none")  # fmt: skip
+    res = runner.invoke(app, ["evaluate", str(feats), "--gallery", str(small_gallery)])
+    assert res.exit_code == 0, res.output
+    assert "made by CLIP ViT-L-14 with random weights" in res.stderr

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import one_line_error
 from slurm import srun
 from typer.testing import CliRunner
 
@@ -262,8 +263,9 @@ def test_cli_batch_mode_refuses_bad_input_in_one_line(tmp_path, feats):
                   clip_pretrained="openai")  # fmt: skip
     cases = [
         (["predict", str(folder)], "needs --out"),
-        (["predict", str(tmp_path), "--out", str(tmp_path / "o")], "not an embed-images folder"),
-        (["predict", str(folder), "--out", str(tmp_path / "o"), "--json"], "--json is for one"),
+        (["predict", str(tmp_path), "--out", str(tmp_path / "o")], "no photos in it, and no "),
+        (["explain", str(tmp_path), "--out", str(tmp_path / "o")], "no photos in it, and no "),
+        (["predict", str(folder), "--out", str(tmp_path / "o"), "--json"], "--json: single"),
         (["predict", str(narrow), "--out", str(tmp_path / "n")], "768"),
     ]
     (tmp_path / "busy").mkdir()
@@ -298,7 +300,8 @@ def test_cli_explains_a_feature_folder_into_parts_without_clip(tmp_path):
     assert f"{len(test.ids)} photos explained from their features" in res.stdout
     assert f"explaining: {len(test.ids)}/{len(test.ids)} (100%)" in res.output
     assert "encoding gallery (once; cached)" in res.output  # a new head's gallery, on rank 0
-    assert "random weights" not in res.stderr  # no CLIP was built
+    assert "has random weights" not in res.stderr  # no CLIP was built (load_clip says it)
+    assert "these features were made by CLIP tiny-clip-768 with random weights" in res.stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "_geoconcept.json",
         "part-00000.parquet",
@@ -336,8 +339,7 @@ def test_cli_explains_a_feature_folder_into_parts_without_clip(tmp_path):
     assert pd.read_parquet(out).equals(table)
     # other options would mix parts of two runs: refused in one line
     res = runner.invoke(app, [*args, "--concepts-shown", "4"])
-    assert res.exit_code == 2 and "another concepts_shown" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    assert "another concepts_shown" in one_line_error(res)
 
     # two ranks together write the single run
     split = tmp_path / "split"
@@ -360,6 +362,7 @@ def test_cli_explains_a_feature_folder_into_parts_without_clip(tmp_path):
                               str(tmp_path / "zs.parquet")])  # fmt: skip
     assert res.exit_code == 2 and "needs the concepts embedded by their CLIP" in res.stderr
     assert not (tmp_path / "zs.parquet").exists()
-    res = runner.invoke(app, ["explain", str(tmp_path), "--out", str(tmp_path / "x.parquet"),
-                              "--gpus", "2"])  # fmt: skip
+    (tmp_path / "photos.csv").write_text("image\na.jpg\n")  # a manifest of photos
+    res = runner.invoke(app, ["explain", str(tmp_path / "photos.csv"), "--out",
+                              str(tmp_path / "x.parquet"), "--gpus", "2"])  # fmt: skip
     assert res.exit_code == 2 and "--gpus is for an embed-images feature folder" in res.stderr

@@ -12,11 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import one_line_error
 from PIL import Image
 from synthetic import make_world
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
+from geoconcept_cli.data.features import load_features, save_features
 from geoconcept_cli.evaluation.metrics import reliability
 from geoconcept_cli.inference.calibration import (
     TOLERANCE,
@@ -131,21 +133,16 @@ def world(tmp_path_factory):
     return world
 
 
-def _one_line_error(res) -> str:
-    assert res.exit_code == 2, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
-    return lines[0]
-
-
 def test_calibrate_then_evaluate_report_and_write_everything(world, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(world["run"], run)
     res = runner.invoke(app, ["calibrate", str(world["train"]), str(run),
                               "--gallery", str(world["gallery"]), "--alpha", "0.2"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "GeoCLIP (pretrained): temperature" in res.stdout and "80% region within 25 km" \
-        in res.stdout  # fmt: skip
+    # only what was named: the run, not pretrained GeoCLIP (whose calibration every later
+    # plain predict would use)
+    assert res.stdout.startswith(f"{run}: temperature") and len(res.stdout.splitlines()) == 1
+    assert "80% region within 25 km" in res.stdout
     cal = json.loads((run / "calibration.json").read_text())
     assert cal["alpha"] == 0.2 and cal["photos"] == 8 * 64 and cal["nll_after"] <= cal[
         "nll_before"]  # fmt: skip
@@ -254,22 +251,22 @@ def test_a_calibration_for_another_model_gallery_or_clip_is_refused(world, tmp_p
                       batch_size=32, warmup_steps=1, queue_size=32))  # fmt: skip
     shutil.copy(run / "calibration.json", other / "calibration.json")
     evaluate = ["evaluate", str(world["test"]), "--no-geoclip"]
-    line = _one_line_error(runner.invoke(app, [*evaluate, str(other), "--gallery",
+    line = one_line_error(runner.invoke(app, [*evaluate, str(other), "--gallery",
                                                str(world["gallery"])]))  # fmt: skip
     assert "calibration.json was made for another model's weights; rerun geoconcept calibrate" \
         in line  # fmt: skip
-    line = _one_line_error(runner.invoke(app, [*evaluate, str(run)]))  # GeoCLIP's 100K gallery
+    line = one_line_error(runner.invoke(app, [*evaluate, str(run)]))  # GeoCLIP's 100K gallery
     assert "was made for another gallery" in line
     cal = json.loads((run / "calibration.json").read_text())
     cal["clip"] = {"model": "ViT-B-32", "pretrained": "openai", "config": None}
     (run / "calibration.json").write_text(json.dumps(cal))
-    line = _one_line_error(runner.invoke(app, [*evaluate, str(run), "--gallery",
+    line = one_line_error(runner.invoke(app, [*evaluate, str(run), "--gallery",
                                                str(world["gallery"])]))  # fmt: skip
     assert "was made with CLIP ViT-B-32 (openai), not tiny-clip-768 (none)" in line
-    assert "--radius-km 1e+09: must be > 0 and at most 20015" in _one_line_error(runner.invoke(
+    assert "--radius-km 1e+09: must be > 0 and at most 20015" in one_line_error(runner.invoke(
         app, ["calibrate", str(world["train"]), str(run), "--radius-km", "1e9"]))  # fmt: skip
     (run / "calibration.json").write_text("{")
-    assert "damaged calibration" in _one_line_error(runner.invoke(app, [
+    assert "damaged calibration" in one_line_error(runner.invoke(app, [
         *evaluate, str(run), "--gallery", str(world["gallery"])]))  # fmt: skip
 
 
@@ -285,10 +282,35 @@ def test_predict_uses_geoclips_calibration_for_that_gallery(world, tmp_path, tin
     res = runner.invoke(app, ["calibrate", str(world["train"]), "--gallery", str(small_gallery),
                               *cache])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert len(list((tmp_path / "cache" / "calibration").glob("geoclip-*.json"))) == 1
+    stored = list((tmp_path / "cache" / "calibration").glob("geoclip-*.json"))
+    assert len(stored) == 1
     out = json.loads(runner.invoke(app, [*predict, "--json"]).stdout)
     assert out["probabilities"]["calibrated"] and out["region"]["places"] >= 1
+    listed = runner.invoke(app, ["cache", *cache]).stdout  # seen where a person looks...
+    assert f"{stored[0]}: temperature " in listed and "fitted on 512 photos" in listed
+    res = runner.invoke(app, [*predict, "--no-calibration"])  # ...ignored when asked...
+    assert res.exit_code == 0 and "probabilities uncalibrated" in res.stdout, res.output
+    res = runner.invoke(app, ["cache", "--clear-calibrations", *cache])  # ...and removed
+    assert res.exit_code == 0 and "removed 1 calibration" in res.stdout and not stored[0].exists()
+    res = runner.invoke(app, ["calibrate", str(world["train"]), "--gallery", str(small_gallery),
+                              *cache])  # fmt: skip
+    assert res.exit_code == 0 and len(list(stored[0].parent.glob("geoclip-*.json"))) == 1
     fewer = tmp_path / "fewer.csv"  # another gallery: no calibration for it
     pd.read_csv(small_gallery).iloc[:100].to_csv(fewer, index=False)
     res = runner.invoke(app, [*predict[:6], "--gallery", str(fewer), *cache])
     assert res.exit_code == 0 and "probabilities uncalibrated" in res.stdout
+
+
+def test_a_calibration_on_few_photos_is_warned_about(world, tmp_path):
+    """39 photos once gave pretrained GeoCLIP a calibration that every plain predict then
+    reported, with a region of 12.5 million km²: below 200 photos calibrate says it is rough."""
+    few = tmp_path / "few"
+    data = load_features(world["train"])
+    save_features(few, data.ids[:40], data.features[:40], data.latlon[:40],
+                  **{k: v for k, v in data.meta.items() if k.startswith("clip_")})  # fmt: skip
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    res = runner.invoke(app, ["calibrate", str(few), str(run), "--gallery", str(world["gallery"])])
+    assert res.exit_code == 0, res.output
+    assert "warning: calibrating on 40 photos: the temperature and the region will be rough" \
+        in res.stderr  # fmt: skip

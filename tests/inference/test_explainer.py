@@ -22,6 +22,7 @@ from geoconcept_cli.inference.factory import load_explainer
 from geoconcept_cli.inference.predictor import Predictor
 from geoconcept_cli.inference.request import Request
 from geoconcept_cli.inference.scorer import PlaceScorer
+from geoconcept_cli.io.images import load_image
 from geoconcept_cli.plots.maps import MAP_SIZE_PX
 from geoconcept_cli.training.config import TrainConfig
 from geoconcept_cli.training.loop import train
@@ -45,7 +46,6 @@ ZERO_SHOT_KEYS = {
     "photo_concepts_source",
     "place_concepts",
     "place_concepts_source",
-    "overlap",
 }
 
 
@@ -242,6 +242,26 @@ def test_zero_shot_on_real_photos(zero_shot_explainer):
         json.dumps(exp)
 
 
+def test_zero_shot_place_concepts_rank_the_places_tags_by_the_photo(zero_shot_explainer):
+    """Not an arbitrary few of the many concepts tagged with the country at equal weight (the
+    ties new users saw): its tags, ordered by the photo's CLIP similarity to each."""
+    cs = zero_shot_explainer.concepts
+    text = zero_shot_explainer.text
+    photo = sorted(shared_data("im2gps3k", "images").iterdir())[0]
+    feats = zero_shot_explainer.predictor.image_features([load_image(photo)])
+    sims = (torch.nn.functional.normalize(feats.float(), dim=1) @ text.T)[0]
+    exp = zero_shot_explainer.explain_features(feats, Request(top_k=1, concepts_shown=8))
+    top = exp.predictions[0]
+    tagged = np.flatnonzero(cs.place_weights(top.lat, top.lon) > 0)
+    expected = sorted(tagged, key=lambda i: -sims[i])[:8]
+    assert len(tagged) > 8  # more tags than shown: the order is what matters
+    assert [e["concept"] for e in exp.place_concepts] == [cs.names[i] for i in expected]
+    weights = [e["weight"] for e in exp.place_concepts]
+    assert weights == pytest.approx([float(sims[i]) for i in expected], rel=1e-3)  # 4 digits
+    assert len(set(weights)) == len(weights)
+    assert exp.place_concepts_source == explain.ZERO_SHOT_PLACE
+
+
 def test_cli_single_photo_json_and_map(tmp_path, run_dir, tiny_clip, small_gallery):
     photo = sorted(shared_data("im2gps3k", "images").iterdir())[0]
     png = tmp_path / "map.png"
@@ -365,9 +385,9 @@ def test_cli_batch_manifest_without_coordinates(tmp_path, tiny_clip, small_galle
     assert res.exit_code == 2 and "--map, --json: single photos only" in res.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
-    args[1] = str(empty)
-    assert runner.invoke(app, args).exit_code == 0
-    assert {"image", "rule", "top_k"} <= set(pd.read_parquet(out).columns)
+    args[1] = str(empty)  # refused before anything loads, saying what would work
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and f"{empty}: no photos in it, and no meta.json" in res.stderr
 
 
 def test_cli_bad_map_and_truth_fail_before_any_work(tmp_path, tiny_clip, small_gallery):
@@ -418,3 +438,44 @@ def test_a_batch_explains_each_photo_as_it_alone(which, request):
     assert_close_json(lean, alone, abs=2e-5, rel=1e-5)
     shown = {json.dumps(e["photo_concepts"]) for e in batch}  # 24 different photos, not one
     assert len(shown) == 24 and len({e["predictions"][0]["place"] for e in batch}) > 1
+
+
+def test_the_check_is_refused_before_anything_loads_where_it_cannot_run(tmp_path, run_dir,
+                                                                        tiny_clip):  # fmt: skip
+    """`--check` without a concept-aware run once loaded the models for 17 s, then said in a
+    note that it needs one, exit 0. Each line here comes before any model loads: the gallery
+    given does not exist, and would have been the error."""
+    photo = sorted(shared_data("im2gps3k", "images").iterdir())[0]
+    model = ["--clip-model", tiny_clip, "--clip-pretrained", "none", "--gallery",
+             str(tmp_path / "no-such-gallery.csv")]  # fmt: skip
+    cases = [(["--check"], "pretrained GeoCLIP has no concepts: give a concept-aware "
+               "--checkpoint"),
+             (["--check", "--checkpoint", str(run_dir), "--m", "40"],
+              "--m 40: must be between 1 and 39 (the run has 40 concepts)")]  # fmt: skip
+    for extra, said in cases:
+        res = runner.invoke(app, ["explain", str(photo), *model, *extra])
+        assert res.exit_code == 2 and said in res.stderr, res.output
+        assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_the_library_refuses_a_check_as_the_command_does(zero_shot_explainer,
+                                                         concept_explainer):  # fmt: skip
+    feats = torch.randn(1, 768)
+    with pytest.raises(GeoconceptError, match="pretrained GeoCLIP has no concepts: give a "
+                                              "concept-aware --checkpoint"):  # fmt: skip
+        zero_shot_explainer.explain_features(feats, Request(check=True))
+    with pytest.raises(GeoconceptError, match=r"--m 40: must be between 1 and 39 \(the run"):
+        concept_explainer.explain_features(feats, Request(check=True, m=40))
+
+
+def test_more_concepts_asked_than_the_run_has_are_all_listed_and_said(run_dir, tiny_clip,
+                                                                        small_gallery):  # fmt: skip
+    """--concepts-shown 100000 once stopped at the set's size without a word."""
+    photo = sorted(shared_data("im2gps3k", "images").iterdir())[0]
+    res = runner.invoke(app, [
+        "explain", str(photo), "--checkpoint", str(run_dir), "--json", "--concepts-shown", "60",
+        "--clip-model", tiny_clip, "--clip-pretrained", "none", "--gallery", str(small_gallery),
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "warning: --concepts-shown 60: 40 concepts in the set, all listed" in res.stderr
+    assert len(json.loads(res.stdout)["photo_concepts"]) == 40

@@ -13,7 +13,8 @@ import msgpack
 import pandas as pd
 import pytest
 import torch
-from conftest import shared_data
+from conftest import heic_of, shared_data
+from PIL import Image
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
@@ -201,6 +202,18 @@ def test_webdataset_keys_and_coordinate_spellings(tmp_path):
     assert found.ids == ["dir/a"] and found.photos[0].name == "dir/a.b.jpg"
     assert (found.lat[0], found.lon[0]) == (10.0, 20.5)
     assert found.skipped == [("c", "invalid coordinates"), ("d", "no image in the sample")]
+
+
+def test_an_iphone_heic_in_a_shard_is_read_upright(tmp_path):
+    photo = sorted(shared_data("im2gps3k", "images").iterdir())[0]
+    with tarfile.open(tmp_path / "s.tar", "w") as tf:
+        _add(tf, "img.heic", heic_of(photo, orientation=6))
+        _add(tf, "img.json", b'{"lat": 10, "lon": 20}')
+    found = read_webdataset([tmp_path / "s.tar"])
+    assert found.ids == ["img"] and found.skipped == []
+    img = open_photo(found.photos[0])
+    width, height = Image.open(photo).size
+    assert img.mode == "RGB" and img.size == (height, width)  # turned a quarter, as its EXIF says
 
 
 @pytest.mark.parametrize(

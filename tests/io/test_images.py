@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import heic_of, shared_data
 from PIL import Image
 
 from geoconcept_cli.errors import GeoconceptError
-from geoconcept_cli.io.images import load_image
+from geoconcept_cli.io.images import decode_image, load_image, photo_gps
 
 
 def _jpeg(path, size=(64, 48), color=(200, 30, 30)):
@@ -78,3 +79,22 @@ def test_decompression_bomb(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)
     with pytest.raises(GeoconceptError, match="too large"):
         load_image(path)
+
+
+def test_heic_reads_upright_with_its_gps(tmp_path):
+    """An iPhone's default format: a real photo saved as HEIC turned a quarter (orientation 6)
+    loads as the same upright picture as the JPEG carrying that orientation, GPS and all."""
+    photo = sorted(shared_data("im2gps3k", "images").iterdir())[0]
+    madrid = ((40.0, 25.0, 0.0), "N", (3.0, 42.0, 0.0), "W")
+    heic = tmp_path / "photo.HEIC"
+    heic.write_bytes(heic_of(photo, orientation=6, gps=madrid))
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(photo).save(turned, quality=95, exif=exif)
+    want = np.asarray(load_image(turned), dtype=np.float32)
+    got = load_image(heic)
+    assert got.mode == "RGB" and got.size == load_image(turned).size != Image.open(photo).size
+    assert np.abs(np.asarray(got, dtype=np.float32) - want).mean() < 6  # lossy, same picture
+    assert decode_image(heic.read_bytes()).size == got.size  # an upload, the same
+    assert photo_gps(heic) == pytest.approx((40 + 25 / 60, -(3 + 42 / 60)))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TESTS
+from conftest import TESTS, one_line_error
 from PIL import Image
 from synthetic import make_world
 from typer.testing import CliRunner
@@ -46,10 +46,7 @@ def _ok(args: list[str]):
 
 
 def _one_line_error(args: list[str]) -> str:
-    res = runner.invoke(app, args)
-    assert res.exit_code == 2, (args, res.output)
-    lines = res.stderr.strip().splitlines()
-    return lines[-1]  # warnings (random CLIP weights) come first, one line each
+    return one_line_error(runner.invoke(app, args))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_close_json, tiny_spec
+from conftest import assert_close_json, one_line_error, tiny_spec
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -64,14 +64,6 @@ def photo(tmp_path_factory) -> Path:
     return path
 
 
-def _one_line_error(res) -> str:
-    assert res.exit_code == 2, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
-    assert "Traceback" not in res.output
-    return lines[0]
-
-
 def _crafted(tmp_path: Path, marker: Path) -> dict[str, Path]:
     """A checkpoint-looking torch file and a raw pickle, both running a command on unpickling,
     and a run folder holding the first."""
@@ -116,7 +108,7 @@ def test_no_command_runs_a_crafted_checkpoint(world, photo, tmp_path, tiny_clip,
             ["export", str(path), "--out", str(tmp_path / "bundle")],
         ]  # fmt: skip
         for args in commands:
-            line = _one_line_error(runner.invoke(app, args))
+            line = one_line_error(runner.invoke(app, args))
             assert "refused" in line or "not a geoconcept checkpoint" in line, (args, line)
             assert not marker.exists(), args
     # a run folder whose checkpoint was replaced, continued with --resume
@@ -125,11 +117,11 @@ def test_no_command_runs_a_crafted_checkpoint(world, photo, tmp_path, tiny_clip,
         str(world["concepts"]), "--max-steps", "4", "--batch-size", "32", "--warmup-steps", "1",
         "--resume",
     ])  # fmt: skip
-    assert "refused: this pickle holds Python objects" in _one_line_error(res)
+    assert "refused: this pickle holds Python objects" in one_line_error(res)
     # CLIP weights given as a local file go through open_clip's weights-only loader
     res = runner.invoke(app, ["predict", str(photo), "--clip-model", tiny_clip,
                               "--clip-pretrained", str(evil["torch"])])  # fmt: skip
-    _one_line_error(res)
+    one_line_error(res)
     assert not marker.exists() and not (tmp_path / "bundle").exists()
 
 
@@ -177,8 +169,16 @@ def test_the_model_card_names_data_and_figures(world, tmp_path):
                               str(run.parent / "eval.json")])  # fmt: skip
     assert res.exit_code == 0, res.output
     figures = json.loads((run.parent / "eval.json").read_text())["models"][str(run)]
+    # an eval.json lying beside the run is not the run's own: its figures need naming
     res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "model")])
-    assert res.exit_code == 0 and "figures: from eval.json" in res.stdout, res.output
+    assert res.exit_code == 0 and "figures: none (evaluate --json-out RUN/eval.json, or give " \
+        "--figures)" in res.stdout, res.output  # fmt: skip
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "model"), "--figures",
+                              str(run.parent / "eval.json")])  # fmt: skip
+    assert res.exit_code == 0 and f"figures: from {run.parent / 'eval.json'}" in res.stdout
+    shutil.move(run.parent / "eval.json", run / "eval.json")  # the run's own: found
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "model")])
+    assert res.exit_code == 0 and f"figures: from {run / 'eval.json'}" in res.stdout, res.output
     card = (tmp_path / "model" / "README.md").read_text()
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert "Image features: `train`, 192 photos" in card  # make_world: 6 regions x 32
@@ -192,14 +192,14 @@ def test_the_model_card_names_data_and_figures(world, tmp_path):
     # a rerun replaces the earlier export; a folder of other files is never overwritten
     res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "model")])
     assert res.exit_code == 0, res.output
-    assert "other files" in _one_line_error(
+    assert "other files" in one_line_error(
         runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "runs")])
     )
     hub = tmp_path / "hub_model"  # a folder that merely looks like an export
     hub.mkdir()
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         (hub / name).write_text("{}")
-    assert "other files" in _one_line_error(
+    assert "other files" in one_line_error(
         runner.invoke(app, ["export", str(run), "--out", str(hub)])
     )
     assert sorted(p.name for p in hub.iterdir()) == [
@@ -207,12 +207,13 @@ def test_the_model_card_names_data_and_figures(world, tmp_path):
         "model.safetensors",
         "tokenizer.json",
     ]
-    assert "no figures for" in _one_line_error(runner.invoke(app, [
+    assert "no figures for" in one_line_error(runner.invoke(app, [
         "export", str(world["run"]), "--out", str(tmp_path / "m2"), "--eval",
-        str(run.parent / "eval.json")]))  # fmt: skip
+        str(run / "eval.json")]))  # fmt: skip
     res = runner.invoke(app, ["export", str(world["run"]), "--out", str(tmp_path / "m3")])
-    assert "figures: none found" in res.stdout
-    assert "No evaluation was found" in (tmp_path / "m3" / "README.md").read_text()
+    assert "figures: none (evaluate --json-out RUN/eval.json" in res.stdout
+    card = (tmp_path / "m3" / "README.md").read_text()
+    assert "No evaluation of this run was given or found" in card
 
 
 def _bundle(world, tmp_path: Path, name: str) -> Path:
@@ -313,7 +314,7 @@ def test_malformed_checkpoints_and_bundles_are_one_line_errors(world, photo, tmp
                 "none",
             ],
         )
-        line = _one_line_error(res)
+        line = one_line_error(res)
         assert message in line, (name, line)
 
 

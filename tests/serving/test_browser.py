@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import shared_data, tiny_spec
+from conftest import heic_of, shared_data, tiny_spec
 from serving import live_server
 from synthetic import tiny_trained_world
 
@@ -91,6 +91,14 @@ def test_page_locates_and_explains_an_uploaded_photo(browser, base_url, tmp_path
 
     places = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#candidates li")]
     assert len(places) == 5 and all(p.strip() for p in places)
+    # what a newcomer missed: random weights said plainly, the bars' colours named, no
+    # favicon request to answer 404
+    warning = browser.find_element(By.ID, "warning")
+    assert warning.is_displayed() and "random weights" in warning.text
+    legend = browser.find_element(By.ID, "bar-legend")
+    assert legend.is_displayed() and "natural" in legend.text and "human" in legend.text
+    assert browser.execute_script("return document.querySelector('link[rel=icon]').href") \
+        == "data:,"  # fmt: skip
     reasons = browser.find_element(By.ID, "reasons").text
     for heading in ("What the photo shows", "What the place is known for", "Why here",
                     "Rather than"):  # fmt: skip
@@ -121,6 +129,33 @@ def test_page_locates_and_explains_an_uploaded_photo(browser, base_url, tmp_path
     wait_for(browser, lambda d: "concept axis" in d.find_element(By.ID, "status").text)
     assert concept in browser.find_element(By.ID, "where-text").get_attribute("value")
     assert int(canvas.get_attribute("data-heat")) > 300
+    # the answer is about a text now: the photo and its reasons are gone, not left beside it
+    assert not browser.find_element(By.ID, "preview").is_displayed()
+    assert not browser.find_elements(By.CSS_SELECTOR, "#reasons .bar")
+    browser.find_element(By.ID, "explain-btn").click()  # the photo again: shown again
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#reasons .bar"))
+    assert browser.find_element(By.ID, "preview").is_displayed()
+
+
+@pytest.mark.e2e
+def test_page_explains_an_iphone_heic_photo(browser, base_url, tmp_path):
+    """The server reads HEIC; Chromium cannot show it, so no broken picture stands beside it."""
+    from selenium.webdriver.common.by import By
+
+    photo = tmp_path / "IMG_0001.HEIC"
+    photo.write_bytes(heic_of(sorted(shared_data("im2gps3k", "images").iterdir())[0], 6))
+    browser.get(base_url + "/")
+    wait_for(browser, lambda d: "concept-aware" in d.find_element(By.ID, "health").text)
+    picker = browser.find_element(By.ID, "file")
+    assert ".heic" in picker.get_attribute("accept").split(",")
+    picker.send_keys(str(photo))
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#reasons .bar"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#candidates li")) == 5
+    assert "IMG_0001.HEIC" in browser.find_element(By.ID, "status").text
+    preview = browser.find_element(By.ID, "preview")
+    drawn = "return arguments[0].naturalWidth > 0"
+    wait_for(browser, lambda d: not preview.is_displayed() or d.execute_script(drawn, preview),
+             timeout=10)  # fmt: skip
 
 
 @pytest.mark.e2e
@@ -131,7 +166,13 @@ def test_page_shows_a_bad_upload_as_one_line(browser, base_url, tmp_path):
     bad.write_text("not a photo")
     browser.get(base_url + "/")
     wait_for(browser, lambda d: "concept-aware" in d.find_element(By.ID, "health").text)
-    browser.find_element(By.ID, "file").send_keys(str(bad))
+    good = sorted(shared_data("im2gps3k", "images").iterdir())[0]
+    browser.find_element(By.ID, "file").send_keys(str(good))  # an answer first...
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#candidates li"))
+    browser.find_element(By.ID, "file").send_keys(str(bad))  # ...then a file that is no photo
     status = browser.find_element(By.ID, "status")
     wait_for(browser, lambda d: "error" in status.get_attribute("class"))
     assert status.text == "notes.jpg: not an image file PIL can read"
+    # nothing of an earlier answer, nor the broken file, is left beside the error
+    assert not browser.find_elements(By.CSS_SELECTOR, "#candidates li, #reasons .bar")
+    assert not browser.find_element(By.ID, "preview").is_displayed()

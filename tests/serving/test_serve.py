@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import TINY_CLIP, shared_data, tiny_spec
+from conftest import TINY_CLIP, heic_of, shared_data, tiny_spec
 from fastapi.testclient import TestClient
 from PIL import ExifTags, Image
 from serving import live_server
@@ -103,6 +103,17 @@ def test_exif_gps_gives_the_true_location_and_the_error(client):
     )
 
 
+def test_an_iphone_heic_upload_is_explained_with_its_gps(client, service, photos):
+    sydney = ((33.0, 52.0, 4.0), "S", (151.0, 12.0, 36.0), "E")
+    r = client.post("/explain?top_k=2", files=upload(heic_of(photos[0], 6, sydney), "IMG_1.HEIC"))
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["image"] == "IMG_1.HEIC" and len(got["predictions"]) == 2
+    assert (got["map"]["truth"]["lat"], got["map"]["truth"]["lon"]) == pytest.approx(
+        (-33.867778, 151.21), abs=1e-5
+    )
+
+
 def bomb() -> bytes:
     """A 96-megapixel PNG of a few KB: more pixels than PIL will decode."""
     buf = io.BytesIO()
@@ -151,9 +162,17 @@ def test_bad_uploads_get_a_one_line_4xx_and_the_server_keeps_serving(client, pho
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
 
 
-def test_a_check_on_a_zero_shot_model_says_what_it_needs(client):
-    got = client.post("/explain?check=true", files=upload(jpeg())).json()
-    assert "--check needs a concept-aware checkpoint" in got["note"] and "check" not in got
+def test_a_check_on_a_zero_shot_model_is_refused_saying_what_it_needs(client):
+    """As the command refuses --check without a concept-aware run (it once answered, with a
+    note at the end of the explanation)."""
+    r = client.post("/explain?check=true", files=upload(jpeg()))
+    assert r.status_code == 400 and "give a concept-aware --checkpoint" in r.json()["error"]
+
+
+def test_the_api_lists_at_most_what_the_command_does(client):
+    """One rule for both: at most MAX_SHOWN (100) places, concepts or countries."""
+    r = client.post("/predict?top_k=101", files=upload(jpeg()))
+    assert r.status_code == 422 and "less than or equal to 100" in r.json()["error"]
 
 
 def test_where_answers_text_and_refuses_empty_text(client):

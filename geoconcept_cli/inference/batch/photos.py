@@ -1,18 +1,21 @@
-"""Batch explanations of photo files: a folder of photos, or a manifest's image column, into
-one Parquet file of rows (``rows``), each photo read and explained with its CLIP."""
+"""Batch runs over photo files: a folder of photos, or a manifest's image column, into one
+Parquet file of rows (``rows``), each photo read and explained, or predicted, with its CLIP."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ...data.manifests import ID_NAMES, image_path
 from ...errors import GeoconceptError
-from ...io.images import IMAGE_SUFFIXES
+from ...io.images import photos_in
 from ...io.tables import find_column, read_table
 from ...runtime.progress import Log, Report, quiet, silent
 from ..explainer import Explainer
+from ..predictor import Predictor
 from ..request import Request
-from .rows import explanation_row, rows_to_parquet
+from .rows import PREDICTION_SCHEMA, explanation_row, prediction_row, rows_to_parquet
 
 
 def batch_photos(
@@ -25,7 +28,7 @@ def batch_photos(
     """
     target = Path(target)
     if target.is_dir():
-        return sorted(p for p in target.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), []
+        return photos_in(target), []
     df = read_table(target)
     base = Path(images_dir) if images_dir else target.parent
     paths = [image_path(base, str(v)) for v in df[find_column(df, ID_NAMES, "image", target)]]
@@ -40,12 +43,38 @@ def explain_photos(
     """`explain DIR|MANIFEST --out`: one row per photo of ``target`` (see ``batch_photos``)
     into the Parquet file ``out``; photos missing or unreadable are skipped and each ``log``ged.
     Returns (photos explained, why each skipped one was)."""
+    rows, failed = _rows(target, images, "explaining", report, log,
+                         lambda path: explanation_row(explainer.explain(path, request),
+                                                      str(path)))  # fmt: skip
+    rows_to_parquet(rows, out)
+    return len(rows), failed
+
+
+def predict_photos(
+    predictor: Predictor, target: str | Path, out: str | Path, images: str | Path | None = None,
+    request: Request = Request(), report: Report = silent, log: Log = quiet,
+) -> tuple[int, list[str]]:  # fmt: skip
+    """`predict DIR|MANIFEST --out`: as ``explain_photos``, with prediction rows."""
+    rows, failed = _rows(target, images, "predicting", report, log,
+                         lambda path: prediction_row(predictor.predict(path, request),
+                                                     str(path)))  # fmt: skip
+    rows_to_parquet(rows, out, PREDICTION_SCHEMA)
+    return len(rows), failed
+
+
+Row = dict[str, Any]
+
+
+def _rows(target: str | Path, images: str | Path | None, doing: str, report: Report, log: Log,
+          row_of: Callable[[Path], Row]) -> tuple[list[Row], list[str]]:  # fmt: skip
+    """``row_of`` each photo of ``target``; those missing or unreadable skipped, each logged
+    in a line."""
     paths, failed = batch_photos(target, images)
     rows = []
-    with report("explaining", "photos") as advance:
+    with report(doing, "photos") as advance:
         for path in paths:
             try:
-                rows.append(explanation_row(explainer.explain(path, request), str(path)))
+                rows.append(row_of(path))
             except GeoconceptError as exc:
                 failed.append(str(exc))
             if advance:
@@ -55,5 +84,4 @@ def explain_photos(
     if failed and not rows:
         hint = "; --images names the manifest's photo folder" if not Path(target).is_dir() else ""
         raise GeoconceptError(f"none of the {len(failed)} photos could be read{hint}")
-    rows_to_parquet(rows, out)
-    return len(rows), failed
+    return rows, failed

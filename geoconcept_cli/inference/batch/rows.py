@@ -1,5 +1,5 @@
-"""The rows of batch explanations, one a photo: the schema every Parquet file or part of them
-has (also when empty), and how an explanation becomes a row."""
+"""The rows of batch runs, one a photo: the schema every Parquet file or part of them has (also
+when empty), and how an explanation, or a prediction, becomes a row."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ...io.artifacts import atomic_path
-from ..results import Explanation
+from ..results import Explanation, Prediction
 
 ROW_SCHEMA = pa.schema([
     ("image", pa.large_string()), ("lat", pa.float64()), ("lon", pa.float64()),
@@ -35,7 +35,21 @@ def explanation_row(exp: Explanation, image: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def rows_to_parquet(rows: list[dict[str, Any]], path: str | Path) -> None:
+PREDICTION_SCHEMA = pa.schema([
+    ("image", pa.large_string()), ("lat", pa.float64()), ("lon", pa.float64()),
+    ("prob", pa.float64()), ("place", pa.large_string()), ("top_k", pa.large_string()),
+])  # fmt: skip
+
+
+def prediction_row(pred: Prediction, image: str) -> dict[str, Any]:
+    """One flat row of a batch prediction of photos (the top-1, and the top-k as JSON)."""
+    top = pred.predictions[0]
+    return {"image": image, "lat": top.lat, "lon": top.lon, "prob": top.prob, "place": top.place,
+            "top_k": json.dumps([c.to_json() for c in pred.predictions])}  # fmt: skip
+
+
+def rows_to_parquet(rows: list[dict[str, Any]], path: str | Path,
+                    schema: pa.Schema = ROW_SCHEMA) -> None:  # fmt: skip
     """Write batch rows atomically (the documented columns even when there are none)."""
     with atomic_path(path) as tmp:
-        pd.DataFrame(rows, columns=ROW_COLUMNS).to_parquet(tmp, index=False, schema=ROW_SCHEMA)
+        pd.DataFrame(rows, columns=schema.names).to_parquet(tmp, index=False, schema=schema)

@@ -11,7 +11,8 @@ const HEAT_RAMP = [[255, 236, 140], [248, 150, 40], [214, 60, 40], [120, 20, 90]
 
 const state = {
   world: [], tiles: null, tileCache: new Map(), answer: null, kind: "probability",
-  key: sessionStorage.getItem("geoconcept-key") || "", file: null, hits: [], drag: null,
+  key: sessionStorage.getItem("geoconcept-key") || "", file: null, previewable: false, hits: [],
+  drag: null,
   view: { x0: 0, y0: 0, scale: 1 },
 };
 
@@ -269,6 +270,17 @@ async function start() {
     $("health").textContent = `${h.mode} · CLIP ${h.clip_model} (${h.clip_pretrained}) · ` +
       `${h.places.toLocaleString()} places · ${h.concepts} concepts · ` +
       (h.calibrated ? "calibrated" : "uncalibrated probabilities");
+    // the deletion check tests a concept-aware run's own score terms; the server refuses it
+    // for other models, so the page does not offer it
+    if (h.clip_pretrained === "none") {  // the tests' and benchmarks' random backbone
+      $("warning").textContent = `This server's CLIP (${h.clip_model}) has random weights ` +
+        "(--clip-pretrained none): every answer is meaningless.";
+      $("warning").hidden = false;
+    }
+    const aware = h.mode === "concept-aware checkpoint";
+    $("check").disabled = !aware;
+    $("check").parentElement.title = aware ? "" :
+      "the deletion check needs a concept-aware run (serve --checkpoint RUN)";
     const w = await api("/world");
     state.world = w.points;
     state.tiles = w.tiles;
@@ -287,10 +299,13 @@ async function explain() {
   body.append("image", state.file, state.file.name);
   status(`locating ${state.file.name}…`);
   $("explain-btn").disabled = true;
+  clear();  // the previous photo's answer goes, whatever this one's fate
+  $("preview").hidden = !state.previewable;  // shown again after a `where`
   try {
     show(await api(`/explain?${q}`, { method: "POST", body }), "probability");
     status(`${state.file.name}: ${state.answer.mode}`);
   } catch (e) {
+    $("preview").hidden = true;  // a file that is no photo: nothing to show beside the error
     status(e.message, true);
   } finally {
     $("explain-btn").disabled = false;
@@ -300,6 +315,8 @@ async function explain() {
 async function where(text) {
   if (!text.trim()) return;
   status(`where is “${text}”…`);
+  clear();
+  $("preview").hidden = true;  // a text's answer is about no photo
   try {
     const a = await api(`/where?${new URLSearchParams({ text })}`);
     show(a, a.score);
@@ -315,6 +332,13 @@ function el(tag, text, cls) {
   if (text !== undefined) e.textContent = text;
   if (cls) e.className = cls;
   return e;
+}
+
+function clear() {
+  state.answer = null;
+  for (const id of ["candidates", "summary", "reasons"]) $(id).replaceChildren();
+  $("bar-legend").hidden = true;
+  draw();
 }
 
 function show(answer, kind) {
@@ -385,7 +409,6 @@ function reasons(a) {
     ["What the photo shows", a.photo_concepts_source, a.photo_concepts],
     ["What the place is known for", a.place_concepts_source, a.place_concepts],
     ["Why here", "per-concept score terms, summing to the score", a.why_here],
-    ["Seen in the photo and known for the place", "correlational", a.overlap],
   ];
   for (const [title, source, entries] of sections) {
     if (entries && entries.length) r.append(bars(title, source, entries));
@@ -405,6 +428,7 @@ function reasons(a) {
              `of ${c.draws} random removals.` + (c.unmet && c.unmet.length ? ` Unmet: ${c.unmet.join("; ")}.` : ""));
     r.append(p);
   }
+  $("bar-legend").hidden = !r.querySelector(".bar");
 }
 
 // ---------------------------------------------------------------- choosing a photo
@@ -414,6 +438,12 @@ function choose(file) {
   $("drop-text").textContent = file.name;
   const img = $("preview");
   if (img.src) URL.revokeObjectURL(img.src);
+  state.previewable = true;
+  img.onerror = () => {  // e.g. HEIC, which the server reads and most browsers cannot show
+    state.previewable = false;
+    img.hidden = true;
+    $("drop-text").textContent = `${file.name} (this browser cannot preview it)`;
+  };
   img.src = URL.createObjectURL(file);
   img.hidden = false;
   $("explain-btn").disabled = false;

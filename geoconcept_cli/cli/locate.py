@@ -55,16 +55,14 @@ def predict(
     embed-images is predicted into a folder of Parquet parts, split over --gpus or
     torchrun/SLURM ranks."""
     spec, request = ModelSpec(**model), Request(top_k=top_k)
-    _check_mode(image, out, images, ["--json"] if as_json else [])
-    if out is not None and image.is_dir() and (image / "meta.json").is_file():
+    features = _check_mode(image, out, images, gpus, ["--json"] if as_json else [])
+    if out is not None and features:
         done = inference.predict_folder(spec, image, out, request, Workers(gpus=gpus))
         if done is not None:
             photos = count(done.photos, "photo")
             said = (f"{photos} predicted -> {out}" if done.wrote else
                     f"{out} is complete: {photos}; nothing to predict")  # fmt: skip
             say(f"{said} (median error {done.median_error_km:.1f} km)")
-    elif gpus:
-        raise GeoconceptError("--gpus is for an embed-images feature folder")
     elif out is not None:
         io.writable_file(out)  # fail fast, before loading any model
         predictor = inference.load_predictor(spec, lazy_progress_bar)
@@ -124,12 +122,10 @@ def explain(
                       heat=map_png is not None)  # fmt: skip
     single_only = [name for name, given in (("--map", map_png), ("--json", as_json),
                                              ("--check", check)) if given]  # fmt: skip
-    _check_mode(target, out, images, single_only)
+    features = _check_mode(target, out, images, gpus, single_only)
     inference.check_request(spec, request)
-    if out is not None and target.is_dir() and (target / "meta.json").is_file():
+    if out is not None and features:
         _explain_features(spec, target, out, request, gpus)  # explained from their features
-    elif gpus:
-        raise GeoconceptError("--gpus is for an embed-images feature folder")
     elif out is not None:
         io.writable_file(out)  # fail fast, before loading any model
         explainer = inference.load_explainer(spec, lazy_progress_bar)
@@ -140,10 +136,11 @@ def explain(
         _explain_photo(spec, target, request, as_json, map_png, true_lat, true_lon)
 
 
-def _check_mode(target: Path, out: Path | None, images: Path | None,
-                single_only: list[str]) -> None:  # fmt: skip
+def _check_mode(target: Path, out: Path | None, images: Path | None, gpus: int,
+                single_only: list[str]) -> bool:  # fmt: skip
     """One line, before anything loads, for options that do not fit predict's or explain's
-    mode: batch (a folder or a manifest, with --out) or one photo (which must read)."""
+    mode: batch (a folder or a manifest, with --out) or one photo (which must read). True
+    for an embed-images feature folder with --out (batch from its features)."""
     batch = target.is_dir() or target.suffix.lower() in BATCH_SUFFIXES
     if batch and out is None:
         raise GeoconceptError("batch mode (a folder or manifest) needs --out results.parquet")
@@ -155,10 +152,14 @@ def _check_mode(target: Path, out: Path | None, images: Path | None,
         raise GeoconceptError("--out is for batch mode (a folder or manifest); use --json")
     if not batch:
         io.load_image(target)  # a bad photo fails in a second: before torch and the models load
-    elif target.is_dir() and not (target / "meta.json").is_file() and not io.photos_in(target):
+    features = batch and target.is_dir() and (target / "meta.json").is_file()
+    if gpus and not features:
+        raise GeoconceptError("--gpus is for an embed-images feature folder")
+    if batch and target.is_dir() and not features and not io.photos_in(target):
         raise GeoconceptError(f"{target}: no photos in it, and no meta.json of an embed-images "
                               "feature folder: give a folder of photos, a manifest or "
                               "features")  # fmt: skip
+    return features
 
 
 def _explain_features(spec: ModelSpec, features: Path, out: Path, request: Request,

@@ -99,6 +99,16 @@ def small_gallery(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> dict[str, Path]:
+    """A tiny synthetic world (4 regions x 16 photos, 12 concepts, the tiny CLIP's width),
+    for the tests that only read it."""
+    from synthetic import make_world
+
+    return make_world(tmp_path_factory.mktemp("small-world"), n_regions=4, per_region=16, k=12,
+                      clip_model="tiny-clip-768")  # fmt: skip
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

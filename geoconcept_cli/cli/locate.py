@@ -19,6 +19,19 @@ from .render import count, print_explanation, print_json, print_prediction, prin
 
 BATCH_SUFFIXES = {".csv", ".parquet", ".pq"}  # a manifest of photos to explain
 AS_JSON = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+BATCH_OUT = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        help="Batch mode: results.parquet (a folder of Parquet parts for a feature folder).",
+    ),
+]
+GPUS = Annotated[
+    int, typer.Option(min=0, help="Feature-folder batch mode: split shards over N GPUs.")
+]
+MANIFEST_IMAGES = Annotated[
+    Path | None, typer.Option(help="Manifest mode: folder its ids are relative to.")
+]
 
 
 @cli_command
@@ -36,18 +49,9 @@ def predict(
     model: Model,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many candidates.")] = 5,
     as_json: AS_JSON = False,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Batch mode: results.parquet (a folder of Parquet parts for a feature folder)."
-        ),
-    ] = None,  # fmt: skip
-    gpus: Annotated[
-        int, typer.Option(min=0, help="Feature-folder batch mode: split shards over N GPUs.")
-    ] = 0,
-    images: Annotated[
-        Path | None, typer.Option(help="Manifest mode: folder its ids are relative to.")
-    ] = None,
+    out: BATCH_OUT = None,
+    gpus: GPUS = 0,
+    images: MANIFEST_IMAGES = None,
 ) -> None:
     """Predict where a photo was taken: top-k GPS candidates with probabilities and place names.
 
@@ -103,18 +107,9 @@ def explain(
         typer.Option(help="True latitude, for the map (default: the photo's EXIF GPS, if any)."),
     ] = None,  # fmt: skip
     true_lon: Annotated[float | None, typer.Option(help="True longitude, for the map.")] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Batch mode: results.parquet (a folder of Parquet parts for a feature folder)."
-        ),
-    ] = None,
-    gpus: Annotated[
-        int, typer.Option(min=0, help="Feature-folder batch mode: split shards over N GPUs.")
-    ] = 0,
-    images: Annotated[
-        Path | None, typer.Option(help="Manifest mode: folder its ids are relative to.")
-    ] = None,
+    out: BATCH_OUT = None,
+    gpus: GPUS = 0,
+    images: MANIFEST_IMAGES = None,
 ) -> None:
     """Explain a prediction: where, what the photo shows, what the place is known for, why."""
     spec = ModelSpec(**model)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from synthetic import make_world
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
@@ -13,12 +12,6 @@ from geoconcept_cli.concepts.set import default_concepts_path
 from geoconcept_cli.evaluation.ablations import generic_set
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    world_dir = tmp_path_factory.mktemp("abl")
-    return make_world(world_dir, n_regions=4, per_region=16, k=12, clip_model="tiny-clip-768")
 
 
 def test_generic_vocabulary_has_no_place_knowledge():
@@ -29,11 +22,11 @@ def test_generic_vocabulary_has_no_place_knowledge():
 
 
 @pytest.mark.slow
-def test_ablation_grid_end_to_end(world, tmp_path, tiny_clip):
+def test_ablation_grid_end_to_end(small_world, tmp_path, tiny_clip):
     out = tmp_path / "grid"
-    args = ["ablate", str(world["train"]), str(world["test"]), "--out", str(out),
+    args = ["ablate", str(small_world["train"]), str(small_world["test"]), "--out", str(out),
             "--max-steps", "2", "--batch-size", "32", "--queue-size", "16",
-            "--gallery", str(world["gallery"]), "--clip-model", tiny_clip,
+            "--gallery", str(small_world["gallery"]), "--clip-model", tiny_clip,
             "--clip-pretrained", "none"]  # fmt: skip
     wrong = [*args[:-4], "--clip-model", "ViT-B-32", "--clip-pretrained", "none"]
     res = runner.invoke(app, wrong)  # refused before any concept set is embedded

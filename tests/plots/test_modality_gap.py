@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from synthetic import make_world
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
@@ -14,12 +13,6 @@ from geoconcept_cli.training.config import TrainConfig
 from geoconcept_cli.training.loop import train
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    world_dir = tmp_path_factory.mktemp("abl")
-    return make_world(world_dir, n_regions=4, per_region=16, k=12, clip_model="tiny-clip-768")
 
 
 def test_modality_gap_numbers():
@@ -34,12 +27,13 @@ def test_modality_gap_numbers():
 
 
 @pytest.mark.slow
-def test_visualize_png(world, tmp_path):
+def test_visualize_png(small_world, tmp_path):
     run = tmp_path / "run"
+    world = small_world
     train(TrainConfig(features=str(world["train"]), out=str(run), concepts=str(world["concepts"]),
                       max_steps=2, batch_size=32, queue_size=16))  # fmt: skip
     png = tmp_path / "gap.png"
-    res = runner.invoke(app, ["visualize", str(world["test"]), str(run), "--out", str(png),
+    res = runner.invoke(app, ["visualize", str(small_world["test"]), str(run), "--out", str(png),
                               "--by-continent"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "modality gap: centroid distance" in res.stdout

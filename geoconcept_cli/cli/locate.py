@@ -11,6 +11,7 @@ import typer
 from .. import geo, inference, io, plots
 from ..errors import GeoconceptError
 from ..inference.request import Request
+from ..inference.sites import MERGE_KM
 from ..model.spec import ModelSpec
 from ..runtime.launch import Workers
 from ..runtime.progress import lazy_progress_bar
@@ -32,6 +33,14 @@ GPUS = Annotated[
 MANIFEST_IMAGES = Annotated[
     Path | None, typer.Option(help="Manifest mode: folder its ids are relative to.")
 ]
+MERGE = Annotated[
+    float,
+    typer.Option(
+        "--merge-km",
+        help="Gallery points within this many km are one candidate, with their summed "
+        "probability; 0 lists every point on its own.",
+    ),
+]
 
 
 @cli_command
@@ -52,13 +61,14 @@ def predict(
     out: BATCH_OUT = None,
     gpus: GPUS = 0,
     images: MANIFEST_IMAGES = None,
+    merge_km: MERGE = MERGE_KM,
 ) -> None:
     """Predict where a photo was taken: top-k GPS candidates with probabilities and place names.
 
     Batch mode writes one row per photo of a folder or manifest to --out; a feature folder from
     embed-images is predicted into a folder of Parquet parts, split over --gpus or
     torchrun/SLURM ranks."""
-    spec, request = ModelSpec(**model), Request(top_k=top_k)
+    spec, request = ModelSpec(**model), Request(top_k=top_k, merge_km=merge_km)
     features = _check_mode(image, out, images, gpus, ["--json"] if as_json else [])
     if out is not None and features:
         done = inference.predict_folder(spec, image, out, request, Workers(gpus=gpus))
@@ -110,11 +120,12 @@ def explain(
     out: BATCH_OUT = None,
     gpus: GPUS = 0,
     images: MANIFEST_IMAGES = None,
+    merge_km: MERGE = MERGE_KM,
 ) -> None:
     """Explain a prediction: where, what the photo shows, what the place is known for, why."""
     spec = ModelSpec(**model)
     request = Request(top_k=top_k, concepts_shown=n_concepts, check=check, m=m, draws=draws,
-                      heat=map_png is not None)  # fmt: skip
+                      heat=map_png is not None, merge_km=merge_km)  # fmt: skip
     single_only = [name for name, given in (("--map", map_png), ("--json", as_json),
                                              ("--check", check)) if given]  # fmt: skip
     features = _check_mode(target, out, images, gpus, single_only)
@@ -199,6 +210,7 @@ def where(
     countries: Annotated[int, typer.Option(min=1, help="How many countries.")] = 10,
     map_png: Annotated[Path | None, typer.Option("--map", help="Write a heatmap PNG.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    merge_km: MERGE = MERGE_KM,
 ) -> None:
     """Where on Earth a text or a concept points: top places and countries, and a heatmap.
 
@@ -207,7 +219,7 @@ def where(
     text is projected onto its concepts."""
     if not text.strip():
         raise GeoconceptError('give a text to locate, e.g. geoconcept where "rice terraces"')
-    request = Request(top_k=top_k, countries=countries)  # refused here, before any load
+    request = Request(top_k=top_k, countries=countries, merge_km=merge_km)  # refused before load
     if map_png is not None:
         io.writable_file(map_png)
     locator = inference.load_locator(ModelSpec(**model), lazy_progress_bar)

@@ -30,11 +30,24 @@ def latlon(lat: float, lon: float) -> str:
     return f"{lat:.4f}, {lon:.4f}"
 
 
+def held(points: int) -> str:
+    """How many gallery points a candidate holds, where it is more than one."""
+    return f"  [dim]({points} gallery points)[/]" if points > 1 else ""
+
+
+def print_merged(merge_km: float | None) -> None:
+    """What a candidate stands for: one gallery point, or the points within a radius."""
+    if merge_km:
+        stdout.print(f"[dim]candidates: gallery points within {merge_km:g} km merged, "
+                     "probabilities summed (--merge-km 0 lists each point)[/]",
+                     highlight=False)  # fmt: skip
+
+
 def print_prediction(result: Prediction) -> None:
     for c in result.predictions:
-        stdout.print(
-            f"{c.rank}  {latlon(c.lat, c.lon)}  p={c.prob:.3g}  {c.place}", highlight=False
-        )
+        stdout.print(f"{c.rank}  {latlon(c.lat, c.lon)}  p={c.prob:.3g}  {c.place}"
+                     f"{held(c.points)}", highlight=False)  # fmt: skip
+    print_merged(result.merge_km)
     print_probabilities(result)
 
 
@@ -72,8 +85,10 @@ def print_explanation(exp: Explanation) -> None:
     for col in ("#", "lat, lon", "p", "place"):
         table.add_column(col)
     for p in exp.predictions:
-        table.add_row(str(p.rank), latlon(p.lat, p.lon), f"{p.prob:.3g}", p.place)
+        table.add_row(str(p.rank), latlon(p.lat, p.lon), f"{p.prob:.3g}",
+                      p.place + held(p.points))  # fmt: skip
     stdout.print(table)
+    print_merged(exp.merge_km)
     spread = exp.spread
     stdout.print(f"top-k spread: max {spread['max_pairwise_km']:.0f} km apart, mean "
                  f"{spread['mean_to_top1_km']:.0f} km from #1", highlight=False)  # fmt: skip
@@ -118,8 +133,9 @@ def print_where(answer: WhereAnswer) -> None:
                  highlight=False, soft_wrap=True)  # fmt: skip
     for p in answer.places:
         stdout.print(f"{p['rank']}  {latlon(p['lat'], p['lon'])}  {answer.score} "
-                     f"{p['score']:.3g}  {p['place']}",
+                     f"{p['score']:.3g}  {p['place']}{held(p['points'])}",
                      highlight=False)  # fmt: skip
+    print_merged(answer.merge_km)
     how = "summed probability" if answer.score == "probability" else "mean activation"
     stdout.print(f"countries by {how}: " + ", ".join(
         f"{c['country']} {c['score']:.3g}" for c in answer.countries), highlight=False,

@@ -6,6 +6,10 @@ the calibration of the probabilities (ECE, with and without a ``calibrate`` temp
 for a calibrated model, the conformal region's coverage and area. Plus the gallery ceiling:
 the share of test points whose nearest gallery point is within each threshold, which bounds
 any retrieval model. Per-photo results go to ``--predictions-out``.
+
+Top-1 is the single most probable gallery point, as GeoCLIP's evaluation scores it; not the
+first candidate `predict` lists, which sums the points within ``--merge-km`` (inference.sites)
+and may be another place.
 """
 
 from __future__ import annotations
@@ -362,6 +366,12 @@ def _prediction_rows(name: str, ids: list[str], truth: np.ndarray, pred: np.ndar
     return df
 
 
+TOP1_NOTE = (
+    "Top-1: the most probable gallery point (GeoCLIP's protocol), not predict's first "
+    "candidate, which sums the points within --merge-km."
+)
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """The evaluation as Markdown: distances and places per model (then the gallery
     ceiling), accuracy per continent, and the probabilities' calibration."""
@@ -377,6 +387,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         extra = " | ".join(f"{r[k]:.1f}" if k in r else "" for k in
                            ("mean_km", "geoscore", "country", "region", "city"))  # fmt: skip
         lines.append(f"| {name} | {cells} | {r['median_km']:.1f} | {extra} |")
+    lines.append(f"\n{TOP1_NOTE}")
     if any(r.get("per_continent") for r in models.values()):
         lines += [
             "",

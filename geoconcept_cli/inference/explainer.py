@@ -15,7 +15,6 @@ is claimed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,11 +32,10 @@ from ..model.concept_head import ConceptAwareHead
 from .predictor import Predictor
 from .request import Request, say_if_capped
 from .results import Candidate, Explanation, Spread
+from .sites import Rank, Ranked
 
 RUNNER_UP_MIN_KM = 200.0  # the runner-up is the best *other place*, not a neighbouring point
-RANKED = 32  # places ranked per photo: the top-k, and the pool the runner-up is looked for in
-RANKED_DEEP = 200  # photos with no runner-up in that pool have this many ranked (then none)
-Rank = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]  # Predictor.topk's
+RANKED_DEEP = 200  # photos with no runner-up in their ranked pool have this many ranked (then none)
 ZERO_SHOT_PLACE = (
     "concepts the concept set tags with the place's country or continent, "
     "ranked by CLIP similarity to the photo"
@@ -170,16 +168,16 @@ class Explainer:
         say_if_capped("--concepts-shown", request.concepts_shown, len(self.concepts.names),
                       "concepts in the set")  # fmt: skip
         rank = rank or p.topk
-        probs, idx = rank(feats, max(top_k, RANKED))
-        cands = p.candidate_rows(probs[:, :top_k], idx[:, :top_k])
-        spreads = spread_km(p.gallery_gps[idx[:, :top_k]])
+        ranked = p.ranked(feats, top_k, request.merge_km, rank)
+        cands = p.candidate_rows(ranked)
+        spreads = spread_km(p.gallery_gps[ranked.rows])
         note = p.calibration_note()
-        outs = [Explanation(mode=self.mode, predictions=row, spread=spread,
-                            probabilities=dict(note))
+        outs = [Explanation(mode=self.mode, predictions=row, merge_km=request.merge_km,
+                            spread=spread, probabilities=dict(note))
                 for row, spread in zip(cands, spreads, strict=True)]  # fmt: skip
         tops = [row[0] for row in cands]
         if self.concept_aware:
-            terms, unit = self._decompose(outs, feats, tops, idx, request.concepts_shown,
+            terms, unit = self._decompose(outs, feats, tops, ranked, request.concepts_shown,
                                           place_concepts, rank)  # fmt: skip
             if request.check:
                 for i, out in enumerate(outs):
@@ -190,9 +188,9 @@ class Explainer:
         return outs
 
     def _decompose(self, outs: list[Explanation], feats: torch.Tensor, tops: list[Candidate],
-                   idx: torch.Tensor, n: int, place_concepts: bool, rank: Rank
+                   ranked: Ranked, n: int, place_concepts: bool, rank: Rank
                    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """Fill each photo's explanation of a batch ranked by ``rank`` (``idx``): photo and
+        """Fill each photo's explanation of a batch ranked by ``rank`` (``ranked``): photo and
         place concepts, per-concept score terms, contrast with the runner-up; returns the
         terms and unit image activations, (B, k) each.
 
@@ -205,11 +203,11 @@ class Explainer:
         unit = F.normalize(a_img, dim=1)
         shown = unit > 0
         scale = float(head.logit_scale.exp())
-        top = idx[:, 0]  # the gallery rows of tops
+        top = ranked.rows[:, 0]  # the gallery rows of tops
         loc1 = p.gallery_emb[top].float().cpu()
         terms = scale * unit * loc1
         gps = p.gallery_gps
-        runner, rivals = self._runner_ups(feats, idx, rank)
+        runner, rivals = self._runner_ups(feats, top, ranked.pool, rank)
         known: list[list[ConceptWeight] | None] = [None] * len(tops)
         if place_concepts:
             places, each = top.unique(return_inverse=True)  # photos often share a top place
@@ -236,12 +234,12 @@ class Explainer:
                 out.rather_than, out.rule = self._rather_than(first, runner_up, pro, con)
         return terms, unit
 
-    def _runner_ups(self, feats: torch.Tensor, idx: torch.Tensor, rank: Rank
-                    ) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
+    def _runner_ups(self, feats: torch.Tensor, top: torch.Tensor, idx: torch.Tensor,
+                    rank: Rank) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
         """Each photo's runner-up: the first place ranked at least RUNNER_UP_MIN_KM from its
-        top one, in its ranked ``idx`` (B, >= 1) or, for photos with none there (a few: their
-        top places are neighbours), among their RANKED_DEEP most probable places by the
-        same ``rank``; and whether it has one."""
+        top candidate's point (``top``, (B,)), in its ranked ``idx`` (B, >= 1) or, for photos
+        with none there (a few: their top places are neighbours), among their RANKED_DEEP most
+        probable places by the same ``rank``; and whether it has one."""
         gps = self.predictor.gallery_gps
 
         def first_far(ranked: torch.Tensor, top: torch.Tensor
@@ -251,12 +249,12 @@ class Explainer:
             at = torch.as_tensor(far.argmax(1))
             return ranked[torch.arange(len(ranked)), at], np.asarray(far.any(1))
 
-        runner, found = first_far(idx, idx[:, :1])
+        runner, found = first_far(idx, top[:, None])
         deeper = min(RANKED_DEEP, len(self.predictor.places)) > idx.shape[1]
         if deeper and not found.all():
             rows = torch.as_tensor(~found).nonzero()[:, 0]
             deep = rank(feats[rows], RANKED_DEEP)[1]
-            runner[rows], found[rows.numpy()] = first_far(deep, idx[rows, :1])
+            runner[rows], found[rows.numpy()] = first_far(deep, top[rows, None])
         return runner, cast(list[bool], found.tolist())
 
     @staticmethod

@@ -9,8 +9,9 @@ Three modes, and the output says which:
   model's own concept axis (exact);
 - other text with a concept-aware run: the text's similarity to each of the run's concepts
   weights their location activations (the text projected onto the concept basis).
-Places are distinct gallery points; countries aggregate probability (zero-shot) or average
-activation (concept modes) over their gallery points.
+Places are gallery points within the request's ``merge_km`` merged (inference.sites), scored
+by their summed probability (zero-shot) or their first point's activation (concept modes);
+countries aggregate probability or average activation over their gallery points.
 """
 
 from __future__ import annotations
@@ -61,17 +62,27 @@ class Locator:
             latents = location_latents(predictor.head, predictor.gallery_gps, progress=progress)
             self.acts = latents @ predictor.head.basis.detach().cpu().T
 
-    def _places(self, scores: torch.Tensor, k: int) -> list[dict[str, Any]]:
+    def _places(self, scores: torch.Tensor, request: Request, total: bool
+                ) -> list[dict[str, Any]]:  # fmt: skip
+        """The top places of (N,) ``scores``, points within ``request.merge_km`` merged: a
+        place scores its points' sum (``total``, for probabilities) or its first point's."""
         p = self.predictor
         rows = p.places.cpu()
-        top = scores[rows].topk(min(k, len(rows)))
-        picked = rows[top.indices]
+
+        def rank(s: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            top = s[:, rows].topk(min(n, len(rows)))
+            return top.values, rows[top.indices]
+
+        ranked = p.sites.rank(rank, scores[None], request.top_k, request.merge_km, total)
+        found = ranked.points[0] > 0
+        picked, held = ranked.rows[0][found], ranked.points[0][found]
         points = p.gallery_gps[picked].tolist()
-        rows_out = zip(top.values.tolist(), picked.tolist(), points, place_names(points),
-                       strict=True)  # fmt: skip
+        rows_out = zip(ranked.probs[0][found].tolist(), picked.tolist(), points,
+                       place_names(points), held.tolist(), strict=True)  # fmt: skip
         return [{"rank": rank, "lat": float(lat), "lon": float(lon), "score": round(value, 6),
-                 "gallery_index": int(i), "place": name}
-                for rank, (value, i, (lat, lon), name) in enumerate(rows_out, start=1)]  # fmt: skip
+                 "gallery_index": int(i), "place": name, "points": n}
+                for rank, (value, i, (lat, lon), name, n)
+                in enumerate(rows_out, start=1)]  # fmt: skip
 
     def _countries(self, scores: torch.Tensor, how: str, k: int) -> list[dict[str, Any]]:
         series = pd.Series(scores.double().numpy(), index=self.predictor.gallery_countries)
@@ -110,7 +121,8 @@ class Locator:
                 mode=mode,
                 note=note,
                 score="activation",
-                places=self._places(scores, request.top_k),
+                merge_km=request.merge_km,
+                places=self._places(scores, request, total=False),
                 scores=scores,
                 countries=self._countries(scores, "mean", request.countries),
             )
@@ -126,7 +138,8 @@ class Locator:
             note=note,
             score="probability",
             probabilities=p.calibration_note(),
-            places=self._places(scores, request.top_k),
+            merge_km=request.merge_km,
+            places=self._places(scores, request, total=True),
             scores=scores,
             countries=self._countries(scores, "sum", request.countries),
         )

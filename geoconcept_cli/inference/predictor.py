@@ -21,6 +21,7 @@ from ..model.clip import ClipBackbone
 from .calibration import Calibration, place_areas, region_mask
 from .request import Request, say_if_capped
 from .results import Candidate, ConfidenceRegion, Prediction
+from .sites import Rank, Ranked, Sites
 
 if TYPE_CHECKING:
     from ..model.concept_head import RetrievalHead
@@ -120,18 +121,30 @@ class Predictor:
         top = probs.topk(max(1, min(k, probs.shape[1])), dim=-1)
         return top.values.cpu(), self.places[top.indices].cpu()
 
-    def candidates(self, probs: torch.Tensor, idx: torch.Tensor) -> list[Candidate]:
-        """Turn one row of :meth:`topk` into named candidates."""
-        return self.candidate_rows(probs[None], idx[None])[0]
+    @cached_property
+    def sites(self) -> Sites:
+        """Merges nearby gallery points into the candidates a person reads (see sites)."""
+        copies = torch.zeros(len(self.gallery_gps), dtype=torch.long)
+        copies[self.places.cpu()] = self.place_copies.cpu()
+        return Sites(self.gallery_gps, copies, len(self.places))
 
-    def candidate_rows(self, probs: torch.Tensor, idx: torch.Tensor) -> list[list[Candidate]]:
-        """Turn each row of :meth:`topk`'s (B, k) into named candidates."""
+    def ranked(self, clip_features: torch.Tensor, k: int, merge_km: float,
+               rank: Rank | None = None) -> Ranked:  # fmt: skip
+        """Each photo's top-k candidates, gallery points within ``merge_km`` merged into one
+        (0: the points as :meth:`topk` ranks them); ``rank`` ranks the points (:meth:`topk` by
+        default)."""
+        return self.sites.rank(rank or self.topk, clip_features, k, merge_km)
+
+    def candidate_rows(self, ranked: Ranked) -> list[list[Candidate]]:
+        """Turn each photo's :meth:`ranked` candidates into named ones."""
+        idx = ranked.rows
         places, each = idx.unique(return_inverse=True)  # each place named once
         names = np.array(place_names(self.gallery_gps[places].tolist()), dtype=object)[each.numpy()]
-        rows = zip(self.gallery_gps[idx].tolist(), probs.tolist(), idx.tolist(), names.tolist(),
-                   strict=True)  # fmt: skip
-        return [[Candidate(rank, lat, lon, p, i, name)
-                 for rank, ((lat, lon), p, i, name) in enumerate(zip(*row, strict=True), start=1)]
+        rows = zip(self.gallery_gps[idx].tolist(), ranked.probs.tolist(), idx.tolist(),
+                   names.tolist(), ranked.points.tolist(), strict=True)  # fmt: skip
+        return [[Candidate(rank, lat, lon, p, i, name, n)
+                 for rank, ((lat, lon), p, i, name, n) in enumerate(zip(*row, strict=True),
+                                                                    start=1) if n > 0]
                 for row in rows]  # fmt: skip
 
     def strongest(self, scores: torch.Tensor, n: int) -> list[list[float]]:
@@ -205,8 +218,9 @@ class Predictor:
                          image: str | None = None) -> Prediction:  # fmt: skip
         """:meth:`predict` of one photo's CLIP features (1, D); ``image`` names the photo."""
         say_if_capped("--top-k", request.top_k, len(self.places), "places in the gallery")
-        probs, idx = self.topk(feats, request.top_k)
+        ranked = self.ranked(feats, request.top_k, request.merge_km)
         region = self.regions(feats)[0] if self.calibration is not None else None
-        return Prediction(image=image, predictions=self.candidates(probs[0], idx[0]),
+        return Prediction(image=image, predictions=self.candidate_rows(ranked)[0],
+                          merge_km=request.merge_km,
                           probabilities=self.calibration_note(), region=region,
                           heat=self.heat(feats) if request.heat else None)  # fmt: skip

@@ -7,8 +7,10 @@ import warnings
 from dataclasses import dataclass
 
 from ..errors import GeoconceptError
+from .sites import MERGE_KM
 
 MIN_DRAWS = 20  # fewer random draws cannot tell 95% apart from "all of them"
+MAX_MERGE_KM = 500  # wider, one candidate would stand for a country
 MAX_SHOWN = 100  # places, concepts or countries listed at most: the command's rule and the API's
 
 
@@ -17,7 +19,8 @@ class Request:
     """How many places (``top_k``), concepts (``concepts_shown``) and countries (``where``)
     to show; the deletion check of an explanation (``check`` removes the top ``m`` concepts
     and compares with ``draws`` random sets of ``m``, drawn from ``seed``); and ``heat``, the
-    probability heatmap's points for a map (not part of the JSON)."""
+    probability heatmap's points for a map (not part of the JSON); ``merge_km``, the radius
+    within which gallery points form one candidate (0: every point its own)."""
 
     top_k: int = 5
     concepts_shown: int = 8
@@ -27,6 +30,7 @@ class Request:
     draws: int = MIN_DRAWS
     seed: int = 0
     heat: bool = False
+    merge_km: float = MERGE_KM
 
     def __post_init__(self) -> None:
         for name in ("top_k", "concepts_shown", "countries", "m"):
@@ -38,6 +42,9 @@ class Request:
                     f"--{name.replace('_', '-')} {getattr(self, name)}: at most {MAX_SHOWN} "
                     f"are listed (the server's limit too); give {MAX_SHOWN} or fewer"
                 )
+        if not 0 <= self.merge_km <= MAX_MERGE_KM:
+            raise GeoconceptError(f"--merge-km {self.merge_km:g}: give 0 (every gallery point "
+                                  f"its own candidate) to {MAX_MERGE_KM:g} km")  # fmt: skip
         if self.draws < MIN_DRAWS:
             raise GeoconceptError(f"--draws must be at least {MIN_DRAWS} (the verdict needs "
                                   "95% of the random draws beaten)")  # fmt: skip

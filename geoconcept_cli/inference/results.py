@@ -14,7 +14,10 @@ from ..concepts.set import ConceptWeight
 
 @dataclass
 class Candidate:
-    """One predicted location: rank 1 is the best; ``place`` its name (see geo.geocode)."""
+    """One predicted location: rank 1 is the best; ``place`` its name (see geo.geocode);
+    ``points`` the gallery rows it holds (within the request's ``merge_km`` of its own point,
+    which is the most probable of them; see inference.sites), ``prob`` their summed
+    probability."""
 
     rank: int
     lat: float
@@ -22,6 +25,7 @@ class Candidate:
     prob: float
     gallery_index: int
     place: str
+    points: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))  # its fields, in order (asdict's deep copy costs 10x more)
@@ -70,12 +74,14 @@ def _json(obj: Prediction | Explanation | WhereAnswer) -> dict[str, Any]:
 
 @dataclass(kw_only=True)
 class Prediction:
-    """Top-k candidates of one photo (``image``, when it has a name), what their
+    """Top-k candidates of one photo (``image``, when it has a name; gallery points within
+    ``merge_km`` of each other are one candidate, see inference.sites), what their
     probabilities are (calibrated or not, and how), for a calibrated model the conformal
     region, and, when asked for, the heatmap (``Predictor.heat``)."""
 
     image: str | None = None
     predictions: list[Candidate]
+    merge_km: float | None = None
     probabilities: dict[str, Any]
     region: ConfidenceRegion | None = None
     heat: list[list[float]] | None = field(default=None, metadata=NOT_JSON)
@@ -94,6 +100,7 @@ class Explanation:
     image: str | None = None
     mode: str
     predictions: list[Candidate]
+    merge_km: float | None = None
     spread: Spread
     probabilities: dict[str, Any]
     note: str | None = None
@@ -124,6 +131,7 @@ class WhereAnswer:
     note: str
     score: str
     probabilities: dict[str, Any] | None = None
+    merge_km: float | None = None
     places: list[dict[str, Any]]
     countries: list[dict[str, Any]]
     scores: torch.Tensor = field(default_factory=lambda: torch.empty(0), metadata=NOT_JSON)

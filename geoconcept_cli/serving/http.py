@@ -31,8 +31,9 @@ from starlette.responses import Response
 from .._version import __version__
 from ..errors import GeoconceptError, first_line
 from ..inference.factory import load_explainer
-from ..inference.request import MAX_SHOWN, MIN_DRAWS
+from ..inference.request import MAX_MERGE_KM, MAX_SHOWN, MIN_DRAWS
 from ..inference.request import Request as Asked  # fastapi's Request is the HTTP one
+from ..inference.sites import MERGE_KM
 from ..model.spec import ModelSpec
 from ..runtime.progress import Log, Report, quiet, silent
 from .service import GeoService, Photo
@@ -52,6 +53,9 @@ IMAGE_BODY = {
 
 
 TopK = Annotated[int, Query(ge=1, le=MAX_SHOWN, description="How many candidates.")]
+MergeKm = Annotated[
+    float, Query(ge=0, le=MAX_MERGE_KM, description="Gallery points this close are one candidate.")
+]
 
 
 class _TooLarge(Exception):
@@ -167,9 +171,11 @@ def create_app(
 
     @app.post("/predict", openapi_extra={"requestBody": IMAGE_BODY},
               summary="Top-k places: `geoconcept predict --json`, plus `map`")  # fmt: skip
-    async def predict(request: Request, top_k: TopK = 5) -> JSONResponse:
+    async def predict(request: Request, top_k: TopK = 5, merge_km: MergeKm = MERGE_KM
+                      ) -> JSONResponse:  # fmt: skip
         photo = await read_photo(request, limit)
-        answer = await run_in_threadpool(service.predict, photo, Asked(top_k=top_k))
+        answer = await run_in_threadpool(service.predict, photo,
+                                         Asked(top_k=top_k, merge_km=merge_km))  # fmt: skip
         return JSONResponse(answer)
 
     @app.post("/explain", openapi_extra={"requestBody": IMAGE_BODY},
@@ -181,13 +187,12 @@ def create_app(
         check: Annotated[bool, Query(description="Deletion test against random.")] = False,
         m: Annotated[int, Query(ge=1, description="Concepts removed by check.")] = 3,
         draws: Annotated[int, Query(ge=MIN_DRAWS, le=1000)] = MIN_DRAWS,
+        merge_km: MergeKm = MERGE_KM,
     ) -> JSONResponse:
         photo = await read_photo(request, limit)
-        answer = await run_in_threadpool(
-            service.explain,
-            photo,
-            Asked(top_k=top_k, concepts_shown=concepts_shown, check=check, m=m, draws=draws),
-        )
+        asked = Asked(top_k=top_k, concepts_shown=concepts_shown, check=check, m=m, draws=draws,
+                      merge_km=merge_km)  # fmt: skip
+        answer = await run_in_threadpool(service.explain, photo, asked)
         return JSONResponse(answer)
 
     @app.get("/where", summary="Where a text or concept points: `geoconcept where --json`")
@@ -195,8 +200,10 @@ def create_app(
         text: Annotated[str, Query(min_length=1, max_length=300)],
         top_k: Annotated[int, Query(ge=1, le=MAX_SHOWN)] = 10,
         countries: Annotated[int, Query(ge=1, le=MAX_SHOWN)] = 10,
+        merge_km: MergeKm = MERGE_KM,
     ) -> JSONResponse:
-        return JSONResponse(service.where(text, Asked(top_k=top_k, countries=countries)))
+        asked = Asked(top_k=top_k, countries=countries, merge_km=merge_km)
+        return JSONResponse(service.where(text, asked))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -39,7 +39,11 @@ def test_text_output(photo, model_args):
     res = runner.invoke(app, ["predict", str(photo), "--top-k", "3", *model_args])
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 4 and lines[3].startswith("probabilities uncalibrated")
+    assert len(lines) == 5 and lines[4].startswith("probabilities uncalibrated")
+    assert lines[3] == (
+        "candidates: gallery points within 5 km merged, probabilities summed "
+        "(--merge-km 0 lists each point)"
+    )
     lines = lines[:3]
     assert [LINE.match(ln).group(1) for ln in lines] == ["1", "2", "3"]
     probs = [float(LINE.match(ln).group(4)) for ln in lines]  # 3 significant digits, never 0.00
@@ -55,7 +59,16 @@ def test_json_output(photo, model_args):
     data = json.loads(res.stdout)
     assert data["image"] == str(photo)
     assert [p["rank"] for p in data["predictions"]] == [1, 2]
-    assert set(data["predictions"][0]) == {"rank", "lat", "lon", "prob", "gallery_index", "place"}
+    assert set(data["predictions"][0]) == {
+        "rank",
+        "lat",
+        "lon",
+        "prob",
+        "gallery_index",
+        "place",
+        "points",
+    }
+    assert data["merge_km"] == 5
 
 
 def _bad_inputs(tmp_path):

@@ -22,6 +22,7 @@ from geoconcept_cli.inference.factory import load_explainer, load_predictor
 from geoconcept_cli.inference.predictor import Predictor
 from geoconcept_cli.inference.request import Request
 from geoconcept_cli.inference.scorer import PlaceScorer
+from geoconcept_cli.inference.sites import MERGE_KM
 from geoconcept_cli.model.clip_id import ClipId
 from geoconcept_cli.model.spec import ModelSpec, StoredFeatures
 
@@ -121,12 +122,21 @@ def test_cli_predicts_a_feature_folder_into_parquet_parts(tmp_path, feats, predi
     ]
     table = pd.read_parquet(out)
     assert table["id"].tolist() == ids
-    probs, rows = predictor.topk(x, 3)
-    top = predictor.gallery_gps[rows]
+    ranked = predictor.ranked(x, 3, MERGE_KM)  # as `predict` lists them, one photo at a time
+    probs, top = ranked.probs, predictor.gallery_gps[ranked.rows]
     assert np.allclose(table["lat"], top[:, 0, 0]) and np.allclose(table["lon"], top[:, 0, 1])
     assert np.allclose(table["prob"], probs[:, 0], rtol=1e-4)
     assert np.allclose(np.stack(table["top_prob"]), probs, rtol=1e-4)
     assert np.stack(table["top_lat"]).shape == (120, 3)
+    assert (np.stack(table["top_points"]) == ranked.points.numpy()).all()
+    assert (ranked.points > 1).any()  # random features: dense towns' points are merged
+    res = runner.invoke(app, ["predict", str(folder), "--out", str(tmp_path / "points"),
+                              "--top-k", "3", "--merge-km", "0"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    points = pd.read_parquet(tmp_path / "points")
+    probs, rows = predictor.topk(x, 3)  # every gallery point its own candidate
+    assert np.allclose(np.stack(points["top_prob"]), probs, rtol=1e-4)
+    assert np.allclose(np.stack(points["top_lat"]), predictor.gallery_gps[rows][..., 0])
     err = haversine_km(latlon[:, 0], latlon[:, 1], table["lat"], table["lon"])
     assert np.allclose(table["error_km"], err)
     assert table["country"].str.fullmatch(r"[A-Z]{2}|").all()

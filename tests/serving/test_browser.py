@@ -138,6 +138,34 @@ def test_page_locates_and_explains_an_uploaded_photo(browser, base_url, tmp_path
 
 
 @pytest.mark.e2e
+def test_page_merges_nearby_gallery_points_within_the_radius_asked(browser, base_url):
+    """The page's "merge within" field goes with the question: the candidates say how many
+    gallery points each holds, and the summary says what was merged; 0 lists points."""
+    from selenium.webdriver.common.by import By
+
+    photo = sorted(shared_data("im2gps3k", "images").iterdir())[1]
+    browser.get(base_url + "/")
+    wait_for(browser, lambda d: "concept-aware" in d.find_element(By.ID, "health").text)
+    radius = browser.find_element(By.ID, "merge-km")
+    assert radius.get_attribute("value") == "5"
+    radius.clear()
+    radius.send_keys("500")
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#candidates li"))
+    places = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#candidates li")]
+    assert any("gallery points" in p for p in places)
+    summary = browser.find_element(By.ID, "summary").text
+    assert "gallery points within 500 km merged" in summary
+    radius.clear()
+    radius.send_keys("0")
+    browser.find_element(By.ID, "explain-btn").click()
+    wait_for(browser, lambda d: "merged" not in d.find_element(By.ID, "summary").text)
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#candidates li"))
+    places = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#candidates li")]
+    assert len(places) == 5 and not any("gallery points" in p for p in places)
+
+
+@pytest.mark.e2e
 def test_page_explains_an_iphone_heic_photo(browser, base_url, tmp_path):
     """The server reads HEIC; Chromium cannot show it, so no broken picture stands beside it."""
     from selenium.webdriver.common.by import By

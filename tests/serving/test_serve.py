@@ -67,12 +67,13 @@ def test_healthz_says_what_is_loaded(client):
 
 
 def test_explain_is_the_cli_json_plus_the_map(client, service, photos):
-    r = client.post(
-        "/explain?top_k=4&concepts_shown=5", files=upload(photos[0].read_bytes(), photos[0].name)
-    )
+    """Per point (merge_km=0) the top candidate is the heatmap's first point."""
+    r = client.post("/explain?top_k=4&concepts_shown=5&merge_km=0",
+                    files=upload(photos[0].read_bytes(), photos[0].name))  # fmt: skip
     assert r.status_code == 200
     got = r.json()
-    want = service.explainer.explain(photos[0], Request(top_k=4, concepts_shown=5)).to_json()
+    asked = Request(top_k=4, concepts_shown=5, merge_km=0)
+    want = service.explainer.explain(photos[0], asked).to_json()
     want["image"] = photos[0].name  # the upload's name: the server has no path
     assert json.loads(json.dumps(without_map(got))) == json.loads(json.dumps(want))
     heat = np.array(got["map"]["heat"])
@@ -176,9 +177,19 @@ def test_the_api_lists_at_most_what_the_command_does(client):
 
 
 def test_where_answers_text_and_refuses_empty_text(client):
-    got = client.get("/where", params={"text": "rice terraces", "top_k": 3}).json()
+    asked = {"text": "rice terraces", "top_k": 3}
+    got = client.get("/where", params={**asked, "merge_km": 0}).json()
     assert got["mode"] == "zero-shot text as image" and len(got["places"]) == 3
     assert got["map"]["heat"][0][2] == pytest.approx(got["places"][0]["score"], abs=1e-6)
+    merged = client.get("/where", params=asked).json()  # nearby points summed: 5 km apart
+    lat, lon = (np.array([p[c] for p in merged["places"]]) for c in ("lat", "lon"))
+    assert (
+        merged["merge_km"] == 5
+        and haversine_km(lat[:, None], lon[:, None], lat, lon)[np.triu_indices(3, 1)].min() > 5
+    )
+    assert merged["places"][0]["score"] >= got["places"][0]["score"]
+    r = client.get("/where", params={**asked, "merge_km": -1})
+    assert r.status_code == 422 and list(r.json()) == ["error"]
     for params in ({"text": "   "}, {"text": ""}, {}):
         r = client.get("/where", params=params)
         assert r.status_code in (400, 422) and list(r.json()) == ["error"]

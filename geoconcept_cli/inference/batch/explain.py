@@ -54,7 +54,7 @@ def explanations_meta(explainer: Explainer, features: Path, request: Request
     concepts = hash_tensors(*text, extra="\n".join(explainer.concepts.names))
     return results_meta(explainer.predictor, features, request.top_k, fmt=EXPLANATIONS_FORMAT,
                         concepts=concepts, concepts_shown=request.concepts_shown,
-                        mode=explainer.mode)  # fmt: skip
+                        mode=explainer.mode, merge_km=request.merge_km)  # fmt: skip
 
 
 def explain_shard(explainer: Explainer, scorer: PlaceScorer, ids: list[str],

@@ -1,8 +1,10 @@
 """Batch prediction from ``embed-images`` features: many photos at matrix-product speed.
 
 ``predict FEATS --out OUT`` writes ``OUT`` as a folder of Parquet parts, one per feature shard
-(see ``results``), each row a photo's top-1 place, probability, error and country and its
-top-k; ranked by ``inference.scorer``'s kernel, which gives `predict`'s probabilities.
+(see ``results``), each row a photo's top candidate, probability, error and country and its
+top-k candidates with the gallery points each holds (``top_points``: points within the
+request's ``merge_km`` are one candidate, see ``inference.sites``); points ranked by
+``inference.scorer``'s kernel, which gives `predict`'s probabilities.
 """
 
 from __future__ import annotations
@@ -42,21 +44,24 @@ SCHEMA = pa.schema([
     ("lat", pa.float64()), ("lon", pa.float64()), ("prob", pa.float32()),
     ("error_km", pa.float64()), ("country", pa.large_string()),
     ("top_lat", pa.list_(pa.float64())), ("top_lon", pa.list_(pa.float64())),
-    ("top_prob", pa.list_(pa.float32())),
+    ("top_prob", pa.list_(pa.float32())), ("top_points", pa.list_(pa.int64())),
 ])  # fmt: skip
 COLUMNS = SCHEMA.names
 
 
 def predict_shard(scorer: PlaceScorer, ids: list[str], feats: torch.Tensor,
-                  latlon: torch.Tensor, top_k: int, chunk: int = 4096) -> pd.DataFrame:  # fmt: skip
-    """One row per photo: the top-1 place, its probability, error and country, and the top-k."""
+                  latlon: torch.Tensor, request: Request, chunk: int = 4096
+                  ) -> pd.DataFrame:  # fmt: skip
+    """One row per photo: the top candidate, its probability, error and country, and the
+    top-k."""
     if len(ids) == 0:  # a shard whose every image failed to decode
         return pd.DataFrame(columns=COLUMNS)
-    gps = scorer.predictor.gallery_gps
-    probs, rows = zip(*(scorer.topk(feats[s : s + chunk], top_k)
-                        for s in range(0, len(feats), chunk)), strict=True)  # fmt: skip
-    prob, row = torch.cat(probs).numpy(), torch.cat(rows)
-    top = gps[row].double().numpy()  # (B, k, 2)
+    p = scorer.predictor
+    ranked = [p.ranked(feats[s : s + chunk], request.top_k, request.merge_km, scorer.topk)
+              for s in range(0, len(feats), chunk)]  # fmt: skip
+    prob, row = torch.cat([r.probs for r in ranked]).numpy(), torch.cat([r.rows for r in ranked])
+    points = torch.cat([r.points for r in ranked]).numpy()
+    top = p.gallery_gps[row].double().numpy()  # (B, k, 2)
     truth = latlon.double().numpy()
     err = haversine_km(truth[:, 0], truth[:, 1], top[:, 0, 0], top[:, 0, 1])
     return pd.DataFrame({
@@ -64,6 +69,7 @@ def predict_shard(scorer: PlaceScorer, ids: list[str], feats: torch.Tensor,
         "lat": top[:, 0, 0], "lon": top[:, 0, 1], "prob": prob[:, 0], "error_km": err,
         "country": reverse_geocode(top[:, 0]).country.astype(str),
         "top_lat": list(top[:, :, 0]), "top_lon": list(top[:, :, 1]), "top_prob": list(prob),
+        "top_points": list(points),
     }, columns=COLUMNS)  # fmt: skip
 
 
@@ -74,16 +80,16 @@ def predict_features(
     """Write this rank's missing parts of ``out`` (see the module docstring); returns the
     results meta. ``progress(n)`` gets the photos of each part written."""
     features, out = Path(features), Path(out)
-    meta = results_meta(predictor, features, request.top_k)
+    meta = results_meta(predictor, features, request.top_k, merge_km=request.merge_km)
     start_results(out, meta, write=rank == 0)
-    write_parts(features, out, _shard_frame(predictor, request.top_k), SCHEMA, rank,
+    write_parts(features, out, _shard_frame(predictor, request), SCHEMA, rank,
                 world_size, progress)  # fmt: skip
     return meta
 
 
-def _shard_frame(predictor: Predictor, top_k: int) -> ShardFrame:
+def _shard_frame(predictor: Predictor, request: Request) -> ShardFrame:
     scorer = PlaceScorer(predictor)
-    return lambda ids, feats, latlon: predict_shard(scorer, ids, feats, latlon, top_k)
+    return lambda ids, feats, latlon: predict_shard(scorer, ids, feats, latlon, request)
 
 
 def predict_features_worker(spec: ModelSpec, features: str, out: str, request: Request
@@ -92,8 +98,8 @@ def predict_features_worker(spec: ModelSpec, features: str, out: str, request: R
 
     def load(spec: ModelSpec, report: Report) -> tuple[dict[str, Any], ShardFrame]:
         predictor = load_predictor(spec, report)
-        meta = results_meta(predictor, Path(features), request.top_k)
-        return meta, _shard_frame(predictor, request.top_k)
+        meta = results_meta(predictor, Path(features), request.top_k, merge_km=request.merge_km)
+        return meta, _shard_frame(predictor, request)
 
     return run_on_ranks(spec, features, out, "predicting", SCHEMA, load)
 

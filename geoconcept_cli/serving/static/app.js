@@ -294,7 +294,7 @@ async function start() {
 async function explain() {
   if (!state.file) return;
   const q = new URLSearchParams({ top_k: $("top-k").value, concepts_shown: $("concepts-shown").value,
-                                  check: $("check").checked });
+                                  check: $("check").checked, merge_km: $("merge-km").value });
   const body = new FormData();
   body.append("image", state.file, state.file.name);
   status(`locating ${state.file.name}…`);
@@ -318,7 +318,7 @@ async function where(text) {
   clear();
   $("preview").hidden = true;  // a text's answer is about no photo
   try {
-    const a = await api(`/where?${new URLSearchParams({ text })}`);
+    const a = await api(`/where?${new URLSearchParams({ text, merge_km: $("merge-km").value })}`);
     show(a, a.score);
     status(`“${a.query}”: ${a.mode}`);
   } catch (e) {
@@ -350,7 +350,8 @@ function show(answer, kind) {
   for (const c of answer.predictions || answer.places || []) {
     const li = el("li", `${c.place} `);
     const v = c.prob !== undefined ? `p = ${fmt(c.prob)}` : `${kind} ${fmt(c.score)}`;
-    li.append(el("span", `${c.lat.toFixed(2)}, ${c.lon.toFixed(2)} · ${v}`));
+    const held = c.points > 1 ? ` · ${c.points} gallery points` : "";
+    li.append(el("span", `${c.lat.toFixed(2)}, ${c.lon.toFixed(2)} · ${v}${held}`));
     list.append(li);
   }
   summary(answer);
@@ -361,6 +362,7 @@ function summary(a) {
   const s = $("summary");
   s.replaceChildren();
   if (a.probabilities) s.append(el("p", a.probabilities.note, "note"));
+  if (a.merge_km) s.append(el("p", `candidates: gallery points within ${a.merge_km} km merged, probabilities summed`, "note"));
   if (a.map && a.map.truth) {
     const t = a.map.truth;
     s.append(el("p", `True location (from the photo's EXIF): ${t.place}; the top candidate is ${fmt(t.error_km)} km away.`));

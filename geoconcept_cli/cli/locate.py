@@ -10,6 +10,7 @@ import typer
 
 from .. import geo, inference, io, plots
 from ..errors import GeoconceptError
+from ..geo.limits import Limits
 from ..inference.request import Request
 from ..inference.sites import MERGE_KM
 from ..model.spec import ModelSpec
@@ -32,6 +33,28 @@ GPUS = Annotated[
 ]
 MANIFEST_IMAGES = Annotated[
     Path | None, typer.Option(help="Manifest mode: folder its ids are relative to.")
+]
+WITHIN = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="PLACE",
+        help="Answer only from this country (ISO code or name), continent or first-level "
+        "region ('Bavaria', 'Texas, US'); repeatable: the union of all limits is searched.",
+    ),
+]
+NEAR = Annotated[
+    list[str] | None,
+    typer.Option(metavar="LAT,LON", help="Answer only within --radius km of LAT,LON; repeatable."),
+]
+RADIUS = Annotated[
+    list[float] | None,
+    typer.Option(metavar="KM", help="Km around each --near (one for all, or one per --near)."),
+]
+BBOX = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="S,W,N,E", help="Answer only inside the box S,W,N,E (degrees; W > E crosses 180°)."
+    ),
 ]
 MERGE = Annotated[
     float,
@@ -62,13 +85,19 @@ def predict(
     gpus: GPUS = 0,
     images: MANIFEST_IMAGES = None,
     merge_km: MERGE = MERGE_KM,
+    within: WITHIN = None,
+    near: NEAR = None,
+    radius: RADIUS = None,
+    bbox: BBOX = None,
 ) -> None:
     """Predict where a photo was taken: top-k GPS candidates with probabilities and place names.
 
     Batch mode writes one row per photo of a folder or manifest to --out; a feature folder from
     embed-images is predicted into a folder of Parquet parts, split over --gpus or
     torchrun/SLURM ranks."""
-    spec, request = ModelSpec(**model), Request(top_k=top_k, merge_km=merge_km)
+    limits = Limits.parse(within or [], near or [], radius or [], bbox or [])
+    spec = ModelSpec(**model)
+    request = Request(top_k=top_k, merge_km=merge_km, limits=limits)
     features = _check_mode(image, out, images, gpus, ["--json"] if as_json else [])
     if out is not None and features:
         done = inference.predict_folder(spec, image, out, request, Workers(gpus=gpus))
@@ -121,11 +150,17 @@ def explain(
     gpus: GPUS = 0,
     images: MANIFEST_IMAGES = None,
     merge_km: MERGE = MERGE_KM,
+    within: WITHIN = None,
+    near: NEAR = None,
+    radius: RADIUS = None,
+    bbox: BBOX = None,
 ) -> None:
     """Explain a prediction: where, what the photo shows, what the place is known for, why."""
     spec = ModelSpec(**model)
     request = Request(top_k=top_k, concepts_shown=n_concepts, check=check, m=m, draws=draws,
-                      heat=map_png is not None, merge_km=merge_km)  # fmt: skip
+                      heat=map_png is not None, merge_km=merge_km,
+                      limits=Limits.parse(within or [], near or [], radius or [],
+                                          bbox or []))  # fmt: skip
     single_only = [name for name, given in (("--map", map_png), ("--json", as_json),
                                              ("--check", check)) if given]  # fmt: skip
     features = _check_mode(target, out, images, gpus, single_only)
@@ -211,6 +246,10 @@ def where(
     map_png: Annotated[Path | None, typer.Option("--map", help="Write a heatmap PNG.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     merge_km: MERGE = MERGE_KM,
+    within: WITHIN = None,
+    near: NEAR = None,
+    radius: RADIUS = None,
+    bbox: BBOX = None,
 ) -> None:
     """Where on Earth a text or a concept points: top places and countries, and a heatmap.
 
@@ -219,7 +258,8 @@ def where(
     text is projected onto its concepts."""
     if not text.strip():
         raise GeoconceptError('give a text to locate, e.g. geoconcept where "rice terraces"')
-    request = Request(top_k=top_k, countries=countries, merge_km=merge_km)  # refused before load
+    limits = Limits.parse(within or [], near or [], radius or [], bbox or [])
+    request = Request(top_k=top_k, countries=countries, merge_km=merge_km, limits=limits)
     if map_png is not None:
         io.writable_file(map_png)
     locator = inference.load_locator(ModelSpec(**model), lazy_progress_bar)

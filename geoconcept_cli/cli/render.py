@@ -51,9 +51,17 @@ def print_prediction(result: Prediction) -> None:
     print_probabilities(result)
 
 
+def print_limited(probabilities: dict[str, Any] | None) -> None:
+    """The limits a search kept to, where it had any."""
+    if probabilities and "limited_to" in probabilities:
+        stdout.print(f"limited to {probabilities['limited_to']}", highlight=False,
+                     soft_wrap=True)  # fmt: skip
+
+
 def print_probabilities(result: Prediction | Explanation) -> None:
     """Whether the probabilities are calibrated, and the confidence region if there is one."""
     stdout.print(f"[dim]{result.probabilities['note']}[/]", highlight=False)
+    print_limited(result.probabilities)
     region = result.region
     if region:
         spans = ", ".join(f"{c['country']} {c['mass']:.2f}" for c in region["countries"][:6])
@@ -136,6 +144,7 @@ def print_where(answer: WhereAnswer) -> None:
                      f"{p['score']:.3g}  {p['place']}{held(p['points'])}",
                      highlight=False)  # fmt: skip
     print_merged(answer.merge_km)
+    print_limited(answer.probabilities)
     how = "summed probability" if answer.score == "probability" else "mean activation"
     stdout.print(f"countries by {how}: " + ", ".join(
         f"{c['country']} {c['score']:.3g}" for c in answer.countries), highlight=False,

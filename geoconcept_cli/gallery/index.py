@@ -82,13 +82,16 @@ class GalleryIndex:
         self.log_copies = copies.double().log()
 
     @torch.no_grad()
-    def topk(self, img: torch.Tensor, k: int, scale: float, temperature: float
-             ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def topk(self, img: torch.Tensor, k: int, scale: float, temperature: float,
+             allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """The k best places of unit image embeddings (B, D) as (probabilities, gallery rows),
-        each (B, k); probabilities are softmaxed over the retrieved candidates only."""
-        k = max(1, min(k, len(self.places)))
+        each (B, k); probabilities are softmaxed over the retrieved candidates only. With
+        ``allowed`` (N,) gallery rows, only places among them are searched (a faiss ID
+        selector: the scan skips the others)."""
+        inside = None if allowed is None else allowed.cpu()[self.places].numpy()
+        k = max(1, min(k, len(self.places) if inside is None else int(inside.sum())))
         q = np.ascontiguousarray(img.detach().float().cpu().numpy())
-        _, found = self.index.search(q, max(CANDIDATES, k))
+        _, found = self.index.search(q, max(CANDIDATES, k), **self._selecting(inside))
         probs, rows = [], []
         for qi, hits in zip(img.detach().float().cpu(), found, strict=True):
             # ascending places are ascending rows: the memory map is read in order
@@ -101,6 +104,23 @@ class GalleryIndex:
             probs.append((top.values - lse).exp().float())
             rows.append(place_rows[top.indices])
         return torch.stack(probs), torch.stack(rows)
+
+    @staticmethod
+    def _selecting(inside: npt.NDArray[np.bool_] | None) -> dict[str, Any]:
+        """faiss search parameters that scan only the ``inside`` places (all for None)."""
+        if inside is None:
+            return {}
+        import faiss
+
+        bits = np.packbits(inside, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(inside), faiss.swig_ptr(bits))
+        inner = faiss.SearchParameters()
+        inner.sel = selector
+        params = faiss.SearchParametersPreTransform()
+        params.index_params = inner
+        # faiss holds raw pointers to the bits, the selector and the inner parameters
+        params.__dict__["keep"] = (bits, selector, inner)
+        return {"params": params}
 
     def note(self) -> str:
         """What an indexed gallery's probabilities are normalised over."""

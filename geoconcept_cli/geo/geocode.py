@@ -112,3 +112,8 @@ def country_and_continent(lat: float, lon: float) -> tuple[str, str]:
     nearest settlement's; none with no town within 200 km)."""
     place = reverse_geocode(np.array([[lat, lon]]))
     return str(place.country[0]), str(place.continent[0])
+
+
+def region_names() -> list[str]:
+    """Every first-level region of the gazetteer, as 'CC/Region' keys (Places.region's)."""
+    return sorted({str(r) for r in _gazetteer().region if not str(r).endswith("/")})

@@ -15,6 +15,7 @@ is claimed.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, cast
 
@@ -119,6 +120,15 @@ class Explainer:
         self.text = F.normalize(text_embeddings.float(), dim=1) if text_embeddings is not None \
             else None  # fmt: skip
 
+    def limited(self, request: Request) -> Explainer:
+        """This explainer answering from the gallery inside ``request.limits`` only (itself
+        where they are its predictor's): a view over the limited predictor."""
+        if request.limits == self.predictor.limits:
+            return self
+        view = copy.copy(self)
+        view.predictor = self.predictor.limited(request.limits)
+        return view
+
     def refuse(self, request: Request) -> None:
         """Refuse what this explainer cannot answer (:func:`refuse_check`), before any work."""
         if request.check:
@@ -144,12 +154,13 @@ class Explainer:
         """The full explanation of one photo's CLIP features (1, D), ``image`` naming it: its
         :meth:`explain_batch`, with the conformal region of a calibrated model and, if the
         request asks, the heatmap."""
+        p = self.limited(request).predictor
         out = self.explain_batch(feats, request)[0]
         out.image = image
-        if self.predictor.calibration is not None:
-            out.region = self.predictor.regions(feats)[0]
+        if p.calibration is not None:
+            out.region = p.regions(feats)[0]
         if request.heat:
-            out.heat = self.predictor.heat(feats)
+            out.heat = p.heat(feats)
         return out
 
     @torch.no_grad()
@@ -161,10 +172,13 @@ class Explainer:
         as (probabilities, gallery rows), each (B, k); ``Predictor.topk`` by default. Without
         ``place_concepts`` a concept-aware explanation leaves out what the top place is known
         for: a location-encoder pass per distinct top place, for rows that do not show it.
-        No conformal region: :meth:`explain_features` adds one photo's."""
+        No conformal region: :meth:`explain_features` adds one photo's. Within the request's
+        limits, ``rank`` must rank within them too (a limited predictor's or scorer's)."""
         self.refuse(request)
+        if request.limits != self.predictor.limits:
+            return self.limited(request).explain_batch(feats, request, rank, place_concepts)
         p, top_k = self.predictor, request.top_k
-        say_if_capped("--top-k", top_k, len(p.places), "places in the gallery")
+        say_if_capped("--top-k", top_k, p.place_count, "places in the gallery")
         say_if_capped("--concepts-shown", request.concepts_shown, len(self.concepts.names),
                       "concepts in the set")  # fmt: skip
         rank = rank or p.topk
@@ -250,7 +264,7 @@ class Explainer:
             return ranked[torch.arange(len(ranked)), at], np.asarray(far.any(1))
 
         runner, found = first_far(idx, top[:, None])
-        deeper = min(RANKED_DEEP, len(self.predictor.places)) > idx.shape[1]
+        deeper = min(RANKED_DEEP, self.predictor.place_count) > idx.shape[1]
         if deeper and not found.all():
             rows = torch.as_tensor(~found).nonzero()[:, 0]
             deep = rank(feats[rows], RANKED_DEEP)[1]
@@ -289,7 +303,7 @@ class Explainer:
 
         def after_removing(concepts: torch.Tensor) -> tuple[float, int]:
             a = remove_concepts(z, basis, concepts) @ basis.T
-            logits = scale * p.gallery_cosines(F.normalize(a, dim=0)[None])[0]
+            logits = p.mask_(scale * p.gallery_cosines(F.normalize(a, dim=0)[None]))[0]
             score = float(logits[target])
             return score, int((logits[p.places] > score).sum()) + 1  # rank among places
 

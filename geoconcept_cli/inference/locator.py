@@ -62,12 +62,15 @@ class Locator:
             latents = location_latents(predictor.head, predictor.gallery_gps, progress=progress)
             self.acts = latents @ predictor.head.basis.detach().cpu().T
 
-    def _places(self, scores: torch.Tensor, request: Request, total: bool
+    @staticmethod
+    def _places(p: Predictor, scores: torch.Tensor, request: Request, total: bool
                 ) -> list[dict[str, Any]]:  # fmt: skip
-        """The top places of (N,) ``scores``, points within ``request.merge_km`` merged: a
-        place scores its points' sum (``total``, for probabilities) or its first point's."""
-        p = self.predictor
+        """The top places of (N,) ``scores`` inside ``p``'s limits, points within
+        ``request.merge_km`` merged: a place scores its points' sum (``total``, for
+        probabilities) or its first point's."""
         rows = p.places.cpu()
+        if p.allowed is not None:
+            rows = rows[p.allowed.cpu()[rows]]
 
         def rank(s: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
             top = s[:, rows].topk(min(n, len(rows)))
@@ -84,8 +87,11 @@ class Locator:
                 for rank, (value, i, (lat, lon), name, n)
                 in enumerate(rows_out, start=1)]  # fmt: skip
 
-    def _countries(self, scores: torch.Tensor, how: str, k: int) -> list[dict[str, Any]]:
-        series = pd.Series(scores.double().numpy(), index=self.predictor.gallery_countries)
+    @staticmethod
+    def _countries(p: Predictor, scores: torch.Tensor, how: str, k: int
+                   ) -> list[dict[str, Any]]:  # fmt: skip
+        inside = slice(None) if p.allowed is None else p.allowed.cpu().numpy()
+        series = pd.Series(scores.double().numpy()[inside], index=p.gallery_countries[inside])
         agg = series.groupby(level=0).sum() if how == "sum" else series.groupby(level=0).mean()
         agg = agg.drop(index="", errors="ignore").sort_values(ascending=False)
         return [{"country": c, "score": round(float(v), 6)} for c, v in agg.head(k).items()]
@@ -97,8 +103,8 @@ class Locator:
         text = text.strip()
         if not text:
             raise GeoconceptError('give a text to locate, e.g. geoconcept where "rice terraces"')
-        p = self.predictor
-        say_if_capped("--top-k", request.top_k, len(p.places), "places in the gallery")
+        p = self.predictor.limited(request.limits)
+        say_if_capped("--top-k", request.top_k, p.place_count, "places in the gallery")
         if self.acts is not None and self.concepts is not None:
             lowered = [c.lower() for c in self.concepts]
             if text.lower() in lowered:
@@ -116,15 +122,18 @@ class Locator:
                     f"not a concept of this run: its similarity to each of the "
                     f"{len(self.concepts)} concepts weights their activations"
                 )
+            if p.allowed is not None:  # outside the limits: no score (probabilities are 0)
+                scores = scores.masked_fill(~p.allowed.cpu(), -torch.inf)
+                note += f"; only places inside {p.limits.describe()}"
             return WhereAnswer(
                 query=text,
                 mode=mode,
                 note=note,
                 score="activation",
                 merge_km=request.merge_km,
-                places=self._places(scores, request, total=False),
+                places=self._places(p, scores, request, total=False),
                 scores=scores,
-                countries=self._countries(scores, "mean", request.countries),
+                countries=self._countries(p, scores, "mean", request.countries),
             )
         scores = p.probabilities(text_features(p, text))[0].cpu()
         note = (
@@ -139,7 +148,7 @@ class Locator:
             score="probability",
             probabilities=p.calibration_note(),
             merge_km=request.merge_km,
-            places=self._places(scores, request, total=True),
+            places=self._places(p, scores, request, total=True),
             scores=scores,
-            countries=self._countries(scores, "sum", request.countries),
+            countries=self._countries(p, scores, "sum", request.countries),
         )

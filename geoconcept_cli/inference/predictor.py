@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -15,7 +16,8 @@ from PIL import Image
 from ..errors import GeoconceptError
 from ..gallery.index import GalleryIndex
 from ..gallery.store import distinct_places
-from ..geo.geocode import place_names, reverse_geocode
+from ..geo.geocode import Places, place_names, reverse_geocode
+from ..geo.limits import Limits
 from ..io.images import load_image
 from ..model.clip import ClipBackbone
 from .calibration import Calibration, place_areas, region_mask
@@ -58,6 +60,45 @@ class Predictor:
         places, copies = (index.places, index.copies) if index else distinct_places(gallery_gps)
         self.places = places.to(self.device)  # gallery rows, one per place
         self.place_copies = copies.to(self.device)  # rows holding each
+        self.limits = Limits()  # where answers may come from (see limited)
+        self.allowed: torch.Tensor | None = None  # (N,) rows inside the limits; None: all
+        self._limited: dict[Limits, Predictor] = {}  # the views of the whole gallery
+        self._whole = self
+
+    def limited(self, limits: Limits) -> Predictor:
+        """This predictor answering only from the gallery rows inside ``limits`` (itself for
+        none): its scores are masked in every kernel, so probabilities, top-k, heatmaps and
+        regions are renormalised over the places inside. A view sharing the gallery, made once
+        per limits; GeoconceptError where no gallery place is inside."""
+        if limits == self.limits:
+            return self
+        if self.allowed is not None or not limits:  # a view's limits replace, not narrow
+            return self._whole.limited(limits)
+        if limits not in self._limited:
+            inside = limits.mask(self.gallery_gps.double().numpy(), self.gallery_places)
+            allowed = torch.from_numpy(inside)
+            count = int(allowed[self.places.cpu()].sum())
+            if count == 0:
+                raise GeoconceptError(f"no gallery place inside {limits.describe()}: widen "
+                                      "the limit, or give another --gallery")  # fmt: skip
+            view = copy.copy(self)
+            view.limits, view.allowed, view._limited = limits, allowed.to(self.device), {}
+            copies = torch.where(allowed, self.sites.row_copies, 0)
+            view.__dict__["sites"] = Sites(self.gallery_gps, copies, count)
+            self._limited = dict(list(self._limited.items())[-15:])  # a few, not every query's
+            self._limited[limits] = view
+        return self._limited[limits]
+
+    @property
+    def place_count(self) -> int:
+        """Distinct places an answer can come from (inside the limits)."""
+        return self.sites.places
+
+    def mask_(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, N) logits with the rows outside the limits at -inf, in place."""
+        if self.allowed is not None:
+            logits.masked_fill_(~self.allowed, -torch.inf)
+        return logits
 
     def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Projected CLIP embeddings (B, D) of RGB images, with the model's own preprocessing."""
@@ -86,7 +127,7 @@ class Predictor:
         on the image side (a pass less over the product); into ``out`` if given (a buffer
         reused over batches spares mapping fresh memory for each)."""
         img = self.head.embed_images(clip_features.to(self.device).float())
-        return self.gallery_cosines(self.head.logit_scale.exp() * img, out)
+        return self.mask_(self.gallery_cosines(self.head.logit_scale.exp() * img, out))
 
     @cached_property
     def place_emb(self) -> torch.Tensor:
@@ -95,9 +136,14 @@ class Predictor:
         return self.gallery_emb[self.places].contiguous()
 
     @cached_property
+    def gallery_places(self) -> Places:
+        """Country, region, city and continent of each gallery row, reverse-geocoded once."""
+        return reverse_geocode(self.gallery_gps.numpy())
+
+    @cached_property
     def gallery_countries(self) -> np.ndarray:
-        """ISO country code of each gallery row ('' at sea), reverse-geocoded once."""
-        return reverse_geocode(self.gallery_gps.numpy()).country.astype(str)
+        """ISO country code of each gallery row ('' at sea)."""
+        return self.gallery_places.country.astype(str)
 
     @property
     def temperature(self) -> float:
@@ -116,7 +162,7 @@ class Predictor:
         if self.index is not None:
             img = self.head.embed_images(clip_features.to(self.device).float())
             scale = float(self.head.logit_scale.exp())
-            return self.index.topk(img, k, scale, self.temperature)
+            return self.index.topk(img, k, scale, self.temperature, self.allowed)
         probs = self.probabilities(clip_features)[:, self.places]
         top = probs.topk(max(1, min(k, probs.shape[1])), dim=-1)
         return top.values.cpu(), self.places[top.indices].cpu()
@@ -152,6 +198,8 @@ class Predictor:
         activation per gallery row) as [lat, lon, score] rows, highest first: a heatmap's
         points, small enough to send to a browser."""
         rows = self.places.cpu()
+        if self.allowed is not None:
+            rows = rows[self.allowed.cpu()[rows]]
         top = scores.cpu()[rows].topk(max(1, min(n, len(rows))))
         gps = self.gallery_gps[rows[top.indices]].tolist()
         return [[round(a, 5), round(b, 5), float(v)]
@@ -166,6 +214,10 @@ class Predictor:
         """What the probabilities are: calibrated (by what) or not."""
         cal = self.calibration
         over = {"normalised_over": self.index.note()} if self.index else {}
+        if self.limits:
+            over["limited_to"] = (f"{self.limits.describe()}: renormalised over the "
+                                  f"{self.place_count:,} places inside, of "
+                                  f"{len(self.places):,}")  # fmt: skip
         if cal is None:
             return {
                 "calibrated": False,
@@ -189,6 +241,8 @@ class Predictor:
             self._areas = place_areas(self.gallery_gps, cal.radius_km, self.cache_dir)
         probs = self.probabilities(clip_features).cpu()
         inside = region_mask(probs, cal.threshold)
+        if self.allowed is not None:  # never wider than the limits (a cut of 0 takes all)
+            inside &= self.allowed.cpu()
         out: list[ConfidenceRegion] = []
         for p, m in zip(probs, inside, strict=True):
             rows = torch.nonzero(m)[:, 0]
@@ -217,10 +271,11 @@ class Predictor:
     def predict_features(self, feats: torch.Tensor, request: Request = Request(),
                          image: str | None = None) -> Prediction:  # fmt: skip
         """:meth:`predict` of one photo's CLIP features (1, D); ``image`` names the photo."""
-        say_if_capped("--top-k", request.top_k, len(self.places), "places in the gallery")
-        ranked = self.ranked(feats, request.top_k, request.merge_km)
-        region = self.regions(feats)[0] if self.calibration is not None else None
-        return Prediction(image=image, predictions=self.candidate_rows(ranked)[0],
+        p = self.limited(request.limits)
+        say_if_capped("--top-k", request.top_k, p.place_count, "places in the gallery")
+        ranked = p.ranked(feats, request.top_k, request.merge_km)
+        region = p.regions(feats)[0] if p.calibration is not None else None
+        return Prediction(image=image, predictions=p.candidate_rows(ranked)[0],
                           merge_km=request.merge_km,
-                          probabilities=self.calibration_note(), region=region,
-                          heat=self.heat(feats) if request.heat else None)  # fmt: skip
+                          probabilities=p.calibration_note(), region=region,
+                          heat=p.heat(feats) if request.heat else None)  # fmt: skip

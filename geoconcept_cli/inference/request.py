@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass
 
 from ..errors import GeoconceptError
+from ..geo.limits import Limits
 from .sites import MERGE_KM
 
 MIN_DRAWS = 20  # fewer random draws cannot tell 95% apart from "all of them"
@@ -20,7 +21,8 @@ class Request:
     to show; the deletion check of an explanation (``check`` removes the top ``m`` concepts
     and compares with ``draws`` random sets of ``m``, drawn from ``seed``); and ``heat``, the
     probability heatmap's points for a map (not part of the JSON); ``merge_km``, the radius
-    within which gallery points form one candidate (0: every point its own)."""
+    within which gallery points form one candidate (0: every point its own); ``limits``, where
+    the answer may lie (geo.limits: the whole gallery when empty)."""
 
     top_k: int = 5
     concepts_shown: int = 8
@@ -31,6 +33,7 @@ class Request:
     seed: int = 0
     heat: bool = False
     merge_km: float = MERGE_KM
+    limits: Limits = Limits()
 
     def __post_init__(self) -> None:
         for name in ("top_k", "concepts_shown", "countries", "m"):

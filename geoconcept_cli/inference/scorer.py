@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from ..runtime.scratch import Scratch
 from .predictor import Predictor
 
+OUTSIDE = -1e30  # a logit no place inside the limits comes near
+
 
 class PlaceScorer:
     """Top-k distinct places of CLIP features, scoring each place once (module docstring).
@@ -22,7 +24,8 @@ class PlaceScorer:
     CPU's cache while their softmax denominator (an online log-sum-exp, as in flash attention)
     and top-k are taken, so the work is one product and no pass over a 100K-wide matrix (a
     top-k deeper than 16 starts from one wider span, at most WARM_BLOCKS blocks). An indexed
-    gallery is searched in its index instead (``Predictor.topk``)."""
+    gallery is searched in its index instead (``Predictor.topk``). A limited predictor's places
+    outside its limits are masked in each block (Predictor.limited)."""
 
     BLOCK = 1024
     RUN = 32  # columns summarised by their max, so that only runs above the floor are read
@@ -35,6 +38,11 @@ class PlaceScorer:
         exact = predictor.index is None  # an indexed gallery: topk searches its index
         self.emb = predictor.place_emb if exact else torch.empty(0)
         self.log_count = predictor.place_copies.float().log()
+        # places outside the predictor's limits: far below any logit, yet finite, so that a
+        # block holding none inside keeps the online log-sum-exp a number (the next block
+        # with a place inside outweighs it entirely)
+        outside = None if predictor.allowed is None else ~predictor.allowed[predictor.places]
+        self.bias = None if outside is None else torch.where(outside, OUTSIDE, 0.0)
         self.logit_scale = float(predictor.head.logit_scale.detach().exp())
         self.temperature = predictor.temperature
         # a span's logits: a fresh array each span costs page faults that rival the exp
@@ -73,6 +81,8 @@ class PlaceScorer:
             z = torch.mm(q, emb.T, out=self.scratch("logits", (n, len(emb)), q.dtype, dev))
             if self.temperature != 1.0:  # as Predictor.probabilities divides
                 z.div_(self.temperature)
+            if self.bias is not None:
+                z.add_(self.bias[c:end])
             whole = z if len(emb) % self.RUN == 0 else F.pad(z, (0, -len(emb) % self.RUN),
                                                              value=-torch.inf)  # fmt: skip
             runs = whole.view(n, -1, self.RUN)

@@ -163,7 +163,8 @@ def _fit_names(fig: Figure, bars: Axes, names: list[str]) -> None:
 def render_heatmap(scores: torch.Tensor, gallery_gps: torch.Tensor, path: str | Path,
                    title: str, marks: list[dict[str, Any]] | None = None) -> Path:  # fmt: skip
     """A world map of one score per gallery point (probability or activation), brightest
-    where it is highest, over the 100K-point world, with ``marks`` (lat, lon, place) named."""
+    where it is highest, over the 100K-point world, with ``marks`` (lat, lon, place) named;
+    points scored -inf (outside a search's limits) are left grey."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,6 +178,7 @@ def render_heatmap(scores: torch.Tensor, gallery_gps: torch.Tensor, path: str | 
     world = load_gallery()
     ax.scatter(world[:, 1], world[:, 0], s=0.2, c="#d8d8d8", linewidths=0, rasterized=True)
     order = scores.argsort()  # highest drawn last, on top
+    order = order[torch.isfinite(scores[order])]  # -inf: outside the search's limits
     pts = gallery_gps[order]
     shown = ax.scatter(pts[:, 1], pts[:, 0], s=1.5, c=scores[order].numpy(), cmap="inferno_r",
                        linewidths=0, rasterized=True)  # fmt: skip

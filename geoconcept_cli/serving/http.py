@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -30,6 +30,7 @@ from starlette.responses import Response
 
 from .._version import __version__
 from ..errors import GeoconceptError, first_line
+from ..geo.limits import Limits
 from ..inference.factory import load_explainer
 from ..inference.request import MAX_MERGE_KM, MAX_SHOWN, MIN_DRAWS
 from ..inference.request import Request as Asked  # fastapi's Request is the HTTP one
@@ -56,6 +57,23 @@ TopK = Annotated[int, Query(ge=1, le=MAX_SHOWN, description="How many candidates
 MergeKm = Annotated[
     float, Query(ge=0, le=MAX_MERGE_KM, description="Gallery points this close are one candidate.")
 ]
+
+
+def asked_limits(
+    within: Annotated[
+        list[str] | None,
+        Query(description="Country, continent or region; repeatable (the union is searched)."),
+    ] = None,
+    near: Annotated[list[str] | None, Query(description="LAT,LON; repeatable.")] = None,
+    radius: Annotated[list[float] | None, Query(description="Km around each near.")] = None,
+    bbox: Annotated[list[str] | None, Query(description="S,W,N,E; repeatable.")] = None,
+) -> Limits:
+    """Where the answer may lie, as the commands' --within/--near/--radius/--bbox say it (a
+    bad value: 400 with the commands' one-line error)."""
+    return Limits.parse(within or [], near or [], radius or [], bbox or [])
+
+
+Limited = Annotated[Limits, Depends(asked_limits)]
 
 
 class _TooLarge(Exception):
@@ -171,17 +189,18 @@ def create_app(
 
     @app.post("/predict", openapi_extra={"requestBody": IMAGE_BODY},
               summary="Top-k places: `geoconcept predict --json`, plus `map`")  # fmt: skip
-    async def predict(request: Request, top_k: TopK = 5, merge_km: MergeKm = MERGE_KM
-                      ) -> JSONResponse:  # fmt: skip
+    async def predict(request: Request, limits: Limited, top_k: TopK = 5,
+                      merge_km: MergeKm = MERGE_KM) -> JSONResponse:  # fmt: skip
         photo = await read_photo(request, limit)
-        answer = await run_in_threadpool(service.predict, photo,
-                                         Asked(top_k=top_k, merge_km=merge_km))  # fmt: skip
+        asked = Asked(top_k=top_k, merge_km=merge_km, limits=limits)
+        answer = await run_in_threadpool(service.predict, photo, asked)
         return JSONResponse(answer)
 
     @app.post("/explain", openapi_extra={"requestBody": IMAGE_BODY},
               summary="Where and why: `geoconcept explain --json`, plus `map`")  # fmt: skip
     async def explain(
         request: Request,
+        limits: Limited,
         top_k: TopK = 5,
         concepts_shown: Annotated[int, Query(ge=1, le=MAX_SHOWN)] = 8,
         check: Annotated[bool, Query(description="Deletion test against random.")] = False,
@@ -191,18 +210,19 @@ def create_app(
     ) -> JSONResponse:
         photo = await read_photo(request, limit)
         asked = Asked(top_k=top_k, concepts_shown=concepts_shown, check=check, m=m, draws=draws,
-                      merge_km=merge_km)  # fmt: skip
+                      merge_km=merge_km, limits=limits)  # fmt: skip
         answer = await run_in_threadpool(service.explain, photo, asked)
         return JSONResponse(answer)
 
     @app.get("/where", summary="Where a text or concept points: `geoconcept where --json`")
     def where(
         text: Annotated[str, Query(min_length=1, max_length=300)],
+        limits: Limited,
         top_k: Annotated[int, Query(ge=1, le=MAX_SHOWN)] = 10,
         countries: Annotated[int, Query(ge=1, le=MAX_SHOWN)] = 10,
         merge_km: MergeKm = MERGE_KM,
     ) -> JSONResponse:
-        asked = Asked(top_k=top_k, countries=countries, merge_km=merge_km)
+        asked = Asked(top_k=top_k, countries=countries, merge_km=merge_km, limits=limits)
         return JSONResponse(service.where(text, asked))
 
     @app.get("/", include_in_schema=False)

@@ -121,7 +121,7 @@ class GeoService:
         locator = self.locator
         with self._lock:
             answer = locator.where(text, request)
-            heat = self.predictor.strongest(answer.scores, HEAT_POINTS)
+            heat = self.predictor.limited(request.limits).strongest(answer.scores, HEAT_POINTS)
         return {**answer.to_json(), "map": {"heat": heat, "names": _names(heat)}}
 
 

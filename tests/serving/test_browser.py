@@ -4,6 +4,7 @@ downloaded: the browser and its driver are the system's, or the test skips and s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -163,6 +164,32 @@ def test_page_merges_nearby_gallery_points_within_the_radius_asked(browser, base
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#candidates li"))
     places = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#candidates li")]
     assert len(places) == 5 and not any("gallery points" in p for p in places)
+
+
+@pytest.mark.e2e
+def test_page_limits_the_search_to_what_the_analyst_knows(browser, base_url):
+    """The page's within / near / radius fields go with the question, and the answer says it
+    kept to them; a limit the gazetteer cannot read is the server's one line."""
+    from selenium.webdriver.common.by import By
+
+    from geoconcept_cli.geo.regions import CONTINENT_OF
+
+    photo = sorted(shared_data("im2gps3k", "images").iterdir())[2]
+    browser.get(base_url + "/")
+    wait_for(browser, lambda d: "concept-aware" in d.find_element(By.ID, "health").text)
+    browser.find_element(By.ID, "within").send_keys("Europe; Bavaria")
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    wait_for(browser, lambda d: "limited to" in d.find_element(By.ID, "summary").text)
+    assert "Europe or DE: Bavaria" in browser.find_element(By.ID, "summary").text
+    places = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#candidates li")]
+    codes = [re.search(r", ([A-Z]{2}) -?[0-9]", li) for li in places]  # "Place, Region, CC 48.1"
+    assert places and all(c and CONTINENT_OF.get(c[1]) == "Europe" for c in codes), places
+    browser.find_element(By.ID, "within").clear()
+    browser.find_element(By.ID, "within").send_keys("Atlantis")
+    browser.find_element(By.ID, "explain-btn").click()
+    status = browser.find_element(By.ID, "status")
+    wait_for(browser, lambda d: "Atlantis" in status.text)
+    assert "no country, continent or first-level region" in status.text
 
 
 @pytest.mark.e2e

@@ -408,3 +408,25 @@ def test_cli_serve_refuses_bad_options_in_one_line():
     assert len(r.output.strip().splitlines()) == 1
     r = CliRunner().invoke(app, ["serve", "--tiles", "/tiles/{z}/{x}/{y}.png"])
     assert r.exit_code == 2 and "http(s)" in r.output
+
+
+def test_a_search_limited_to_a_country_answers_from_inside_it(client, photos):
+    """The commands' --within/--near/--radius as query parameters; a bad one is a 400 with
+    the commands' one line."""
+    got = client.post("/predict?top_k=3&within=France", files=upload(photos[1].read_bytes()))
+    body = got.json()
+    assert got.status_code == 200, body
+    lat, lon = (np.array([c[k] for c in body["predictions"]]) for k in ("lat", "lon"))
+    from geoconcept_cli.geo.geocode import reverse_geocode
+
+    assert set(reverse_geocode(np.stack([lat, lon], 1)).country) == {"FR"}
+    assert body["probabilities"]["limited_to"].startswith("France (FR)")
+    heat = np.array(body["map"]["heat"])
+    assert set(reverse_geocode(heat[:, :2]).country) == {"FR"}  # the heatmap inside too
+    near = client.get("/where", params={"text": "harbour", "near": "35.0,135.7", "radius": 50})
+    assert near.status_code == 200
+    for p in near.json()["places"]:
+        assert haversine_km(35.0, 135.7, p["lat"], p["lon"]) <= 50
+    for params in ({"within": "Atlantis"}, {"near": "1,2"}, {"near": "0,-30", "radius": 1}):
+        r = client.get("/where", params={"text": "harbour", **params})
+        assert r.status_code == 400 and list(r.json()) == ["error"], r.json()

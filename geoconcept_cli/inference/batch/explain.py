@@ -54,7 +54,8 @@ def explanations_meta(explainer: Explainer, features: Path, request: Request
     concepts = hash_tensors(*text, extra="\n".join(explainer.concepts.names))
     return results_meta(explainer.predictor, features, request.top_k, fmt=EXPLANATIONS_FORMAT,
                         concepts=concepts, concepts_shown=request.concepts_shown,
-                        mode=explainer.mode, merge_km=request.merge_km)  # fmt: skip
+                        mode=explainer.mode, merge_km=request.merge_km,
+                        limits=request.limits.describe())  # fmt: skip
 
 
 def explain_shard(explainer: Explainer, scorer: PlaceScorer, ids: list[str],
@@ -86,7 +87,7 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _shard_frame(explainer: Explainer, request: Request) -> ShardFrame:
-    scorer = PlaceScorer(explainer.predictor)
+    scorer = PlaceScorer(explainer.predictor.limited(request.limits))  # ranks inside them
     return lambda ids, feats, _latlon: explain_shard(explainer, scorer, ids, feats, request)
 
 

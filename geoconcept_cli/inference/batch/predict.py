@@ -80,7 +80,13 @@ def predict_features(
     """Write this rank's missing parts of ``out`` (see the module docstring); returns the
     results meta. ``progress(n)`` gets the photos of each part written."""
     features, out = Path(features), Path(out)
-    meta = results_meta(predictor, features, request.top_k, merge_km=request.merge_km)
+    meta = results_meta(
+        predictor,
+        features,
+        request.top_k,
+        merge_km=request.merge_km,
+        limits=request.limits.describe(),
+    )
     start_results(out, meta, write=rank == 0)
     write_parts(features, out, _shard_frame(predictor, request), SCHEMA, rank,
                 world_size, progress)  # fmt: skip
@@ -88,7 +94,7 @@ def predict_features(
 
 
 def _shard_frame(predictor: Predictor, request: Request) -> ShardFrame:
-    scorer = PlaceScorer(predictor)
+    scorer = PlaceScorer(predictor.limited(request.limits))
     return lambda ids, feats, latlon: predict_shard(scorer, ids, feats, latlon, request)
 
 
@@ -98,7 +104,13 @@ def predict_features_worker(spec: ModelSpec, features: str, out: str, request: R
 
     def load(spec: ModelSpec, report: Report) -> tuple[dict[str, Any], ShardFrame]:
         predictor = load_predictor(spec, report)
-        meta = results_meta(predictor, Path(features), request.top_k, merge_km=request.merge_km)
+        meta = results_meta(
+            predictor,
+            Path(features),
+            request.top_k,
+            merge_km=request.merge_km,
+            limits=request.limits.describe(),
+        )
         return meta, _shard_frame(predictor, request)
 
     return run_on_ranks(spec, features, out, "predicting", SCHEMA, load)

@@ -291,10 +291,23 @@ async function start() {
   }
 }
 
+// the query of a question, with the limits the form gives: `within` split at ';', and a
+// circle where both `near` and `radius` are filled
+function limited(fields) {
+  const q = new URLSearchParams(fields);
+  for (const w of $("within").value.split(";").map((s) => s.trim()).filter(Boolean)) q.append("within", w);
+  const near = $("near").value.trim(), radius = $("radius").value.trim();
+  if (near || radius) {
+    q.append("near", near);
+    q.append("radius", radius);
+  }
+  return q;
+}
+
 async function explain() {
   if (!state.file) return;
-  const q = new URLSearchParams({ top_k: $("top-k").value, concepts_shown: $("concepts-shown").value,
-                                  check: $("check").checked, merge_km: $("merge-km").value });
+  const q = limited({ top_k: $("top-k").value, concepts_shown: $("concepts-shown").value,
+                      check: $("check").checked, merge_km: $("merge-km").value });
   const body = new FormData();
   body.append("image", state.file, state.file.name);
   status(`locating ${state.file.name}…`);
@@ -318,7 +331,7 @@ async function where(text) {
   clear();
   $("preview").hidden = true;  // a text's answer is about no photo
   try {
-    const a = await api(`/where?${new URLSearchParams({ text, merge_km: $("merge-km").value })}`);
+    const a = await api(`/where?${limited({ text, merge_km: $("merge-km").value })}`);
     show(a, a.score);
     status(`“${a.query}”: ${a.mode}`);
   } catch (e) {
@@ -362,6 +375,7 @@ function summary(a) {
   const s = $("summary");
   s.replaceChildren();
   if (a.probabilities) s.append(el("p", a.probabilities.note, "note"));
+  if (a.probabilities && a.probabilities.limited_to) s.append(el("p", `limited to ${a.probabilities.limited_to}`));
   if (a.merge_km) s.append(el("p", `candidates: gallery points within ${a.merge_km} km merged, probabilities summed`, "note"));
   if (a.map && a.map.truth) {
     const t = a.map.truth;

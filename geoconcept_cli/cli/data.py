@@ -52,10 +52,18 @@ def embed_images(
     shard_size: Annotated[int, typer.Option(min=1, help="Images per shard.")] = 4096,
     workers: Annotated[int, typer.Option(min=0, help="Decoding processes.")] = 2,
     gpus: Annotated[int, typer.Option(min=0, help="Split shards over N GPUs.")] = 0,
+    labels: Annotated[
+        str,
+        typer.Option(
+            help="Where coordinates come from: 'columns' of the manifest, or 'exif': SOURCES is "
+            "one folder of photos located by their EXIF GPS (those without it are skipped)."
+        ),
+    ] = "columns",
 ) -> None:
     """Run the frozen CLIP backbone once over a manifest's photos (in a folder or in archives,
-    never extracted) or over WebDataset shards; write resumable feature shards."""
-    options = data.EmbedOptions(batch_size, shard_size, workers)
+    never extracted), over WebDataset shards or over a folder of geotagged photos; write
+    resumable feature shards."""
+    options = data.EmbedOptions(batch_size, shard_size, workers, labels)
     done = data.embed_images(sources, out, ModelSpec(**model), images or [], options,
                              Workers(gpus=gpus), note)  # fmt: skip
     if done is None:  # under torchrun/SLURM every rank runs this: one reports

@@ -131,11 +131,13 @@ def _encode_shard(part: pd.DataFrame, clip: ClipBackbone, batch_size: int, worke
 @dataclass(frozen=True)
 class EmbedOptions:
     """How photos are embedded: ``batch_size`` at once through CLIP, ``shard_size`` to a
-    shard (the unit a rerun skips), decoded by ``workers`` DataLoader processes."""
+    shard (the unit a rerun skips), decoded by ``workers`` DataLoader processes; ``labels``,
+    where the coordinates come from (manifests.LABELS)."""
 
     batch_size: int = 64
     shard_size: int = 4096
     workers: int = 2
+    labels: str = "columns"
 
 
 def embed_shards(manifest: Manifest, out_dir: str | Path, clip: ClipBackbone,
@@ -171,7 +173,8 @@ def embed_images_worker(sources: list[str], images: list[str], out: str, spec: M
     images); a rank 0 with none left shows none."""
     info = init_distributed(spec.device.startswith("cuda"))
     with all_or_none(info, "starting --out"):  # meta.json exists before any rank writes a shard
-        m = manifest or read_sources([Path(s) for s in sources], [Path(i) for i in images])
+        m = manifest or read_sources([Path(s) for s in sources], [Path(i) for i in images],
+                                     options.labels)  # fmt: skip
         meta, pending = start_feature_folder(
             m, out, ClipId.of(spec.clip_model, spec.clip_pretrained), options.shard_size,
             info.rank,
@@ -219,7 +222,7 @@ def embed_images(
         raise GeoconceptError(f"--out {out}: a file; give a folder for the feature shards")
     spec = replace(spec, device=ranks.device(spec.device))
     ranks.per_node()  # impossible process counts are refused before any reading
-    m = read_sources([Path(s) for s in sources], [Path(i) for i in images])
+    m = read_sources([Path(s) for s in sources], [Path(i) for i in images], options.labels)
     label = sources[0] if len(sources) == 1 else f"{len(m.rows) + len(m.skipped)} samples"
     log(f"{label}: image ids from {m.source}")
     if m.rows.empty:

@@ -21,6 +21,7 @@ from ..io.archives import (
     read_webdataset,
 )
 from ..io.artifacts import atomic_path
+from ..io.images import photo_gps, photos_in
 from ..io.tables import find_column, latlon_columns, latlon_names, read_table
 
 if TYPE_CHECKING:
@@ -43,10 +44,22 @@ class Manifest:
     source: str = "column id, coordinates from lat, lon"  # where ids and coordinates came from
 
 
-def read_sources(sources: list[Path], images: list[Path] | None = None) -> Manifest:
+LABELS = ("columns", "exif")  # where coordinates come from: a manifest's columns, or the photos
+
+
+def read_sources(sources: list[Path], images: list[Path] | None = None,
+                 labels: str = "columns") -> Manifest:  # fmt: skip
     """The photos to embed: one manifest (CSV/Parquet) whose ids name photos in ``images`` (a
     folder, or archives: .zip, .tar, .msg), or WebDataset .tar shards that carry their own
-    coordinates. Shell patterns (quoted) are expanded."""
+    coordinates; or, with ``labels`` "exif", a folder of photos located by their EXIF GPS.
+    Shell patterns (quoted) are expanded."""
+    if labels not in LABELS:
+        raise GeoconceptError(f"--labels {labels}: give one of {', '.join(LABELS)}")
+    if labels == "exif":
+        if len(sources) != 1 or not Path(sources[0]).is_dir() or images:
+            raise GeoconceptError("--labels exif takes one folder of photos (their EXIF GPS "
+                                  "tags are the coordinates), and no --images")  # fmt: skip
+        return read_exif_folder(Path(sources[0]))
     sources, images = expand(sources), expand(images or [])
     if not all(s.name.lower().endswith((".tar", *COMPRESSED_TAR)) for s in sources):
         if len(sources) > 1:
@@ -89,6 +102,26 @@ def read_manifest(path: str | Path, images: str | Path | list[Path] | None = Non
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     return Manifest(rows, skipped, digest,
                     f"column {id_col}, coordinates from {lat_col}, {lon_col}")  # fmt: skip
+
+
+def read_exif_folder(folder: Path) -> Manifest:
+    """The photos of ``folder`` located by their EXIF GPS tags (a phone's collection, with no
+    CSV to write); a photo without them is skipped and counted, as "no EXIF GPS"."""
+    ids, photos, lat, lon, skipped = [], [], [], [], []
+    for path in photos_in(folder):
+        found = photo_gps(path)
+        if found is None:
+            skipped.append((path.name, "no EXIF GPS"))
+            continue
+        ids.append(path.name)
+        photos.append(path)
+        lat.append(found[0])
+        lon.append(found[1])
+    rows = pd.DataFrame({"id": ids, "photo": pd.Series(photos, dtype=object), "lat": lat,
+                         "lon": lon})  # fmt: skip
+    listing = "\n".join(f"{i},{a!r},{b!r}" for i, a, b in zip(ids, lat, lon, strict=True))
+    digest = hashlib.sha256(listing.encode()).hexdigest()[:16]
+    return Manifest(rows, skipped, digest, "file names, coordinates from each photo's EXIF GPS")
 
 
 def _photo_finder(

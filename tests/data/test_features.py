@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import shared_data
+from conftest import one_line_error, shared_data
+from PIL import ExifTags, Image
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
@@ -221,3 +224,43 @@ def test_embed_images_bad_input_is_one_line_and_writes_nothing(manifest, tmp_pat
     assert res.exit_code == 2 and "file: a file; give a folder for the feature shards" in res.stderr
     res = runner.invoke(app, [*args, "--device", "gpu"])
     assert res.exit_code == 2 and "--device gpu: not a torch device" in res.stderr
+
+
+def _geotagged(photo: Path, out: Path, lat: float, lon: float) -> None:
+    """``photo`` saved as a JPEG whose EXIF GPS tags say (lat, lon), as a phone writes them."""
+
+    def dms(v: float) -> tuple[float, float, float]:
+        d, m = int(abs(v)), (abs(v) % 1) * 60
+        return (float(d), float(int(m)), round((m % 1) * 60, 4))
+
+    exif = Image.Exif()
+    exif[ExifTags.IFD.GPSInfo] = {1: "N" if lat >= 0 else "S", 2: dms(lat),
+                                  3: "E" if lon >= 0 else "W", 4: dms(lon)}  # fmt: skip
+    Image.open(photo).convert("RGB").save(out, exif=exif.tobytes())
+
+
+def test_a_folder_of_geotagged_photos_is_its_own_manifest(tmp_path, tiny_clip):
+    """`embed-images DIR --labels exif`: a phone's collection, no CSV to write; photos
+    without GPS are skipped and counted."""
+    labels = pd.read_csv(shared_data("im2gps3k", "im2gps3k_places365.csv")).head(6)
+    images = shared_data("im2gps3k", "images")
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    for name, lat, lon in labels[["IMG_ID", "LAT", "LON"]].itertuples(index=False):
+        _geotagged(images / name, folder / name, lat, lon)
+    shutil.copy(images / labels["IMG_ID"][0], folder / "no-gps.jpg")  # Im2GPS3k's: no EXIF
+    res = runner.invoke(app, ["embed-images", str(folder), "--labels", "exif", "--out",
+                              str(tmp_path / "feats"), "--workers", "0", "--clip-model",
+                              tiny_clip, "--clip-pretrained", "none"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "6 images embedded" in res.stdout and "1 row skipped" in res.stdout
+    assert "no-gps.jpg: no EXIF GPS" in res.stderr
+    data = load_features(tmp_path / "feats")
+    got = pd.DataFrame(data.latlon.numpy(), index=data.ids, columns=["lat", "lon"])
+    want = labels.set_index("IMG_ID").loc[data.ids, ["LAT", "LON"]]
+    assert np.allclose(got.to_numpy(), want.to_numpy(), atol=1e-4)  # seconds to 4 decimals
+    for args in (["--labels", "gps"], ["--labels", "exif", "--images", str(folder)]):
+        res = runner.invoke(app, ["embed-images", str(folder), *args, "--out",
+                                  str(tmp_path / "other"), "--clip-model", tiny_clip])  # fmt: skip
+        assert "--labels" in one_line_error(res)
+    assert not (tmp_path / "other").exists()

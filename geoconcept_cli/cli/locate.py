@@ -11,7 +11,7 @@ import typer
 from .. import geo, inference, io, plots
 from ..errors import GeoconceptError
 from ..geo.limits import Limits
-from ..inference.request import Request
+from ..inference.request import HINT_WEIGHT, Request
 from ..inference.sites import MERGE_KM
 from ..model.spec import ModelSpec
 from ..runtime.launch import Workers
@@ -56,6 +56,17 @@ BBOX = Annotated[
         metavar="S,W,N,E", help="Answer only inside the box S,W,N,E (degrees; W > E crosses 180°)."
     ),
 ]
+HINT = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="TEXT",
+        help="What you know in words ('caption in Portuguese', 'near a coast'); repeatable: "
+        "each hint's own where-distribution multiplies the photo's.",
+    ),
+]
+HINT_WEIGHTING = Annotated[
+    float, typer.Option(help="How much a hint counts against the photo (1: as much).")
+]
 MERGE = Annotated[
     float,
     typer.Option(
@@ -89,6 +100,8 @@ def predict(
     near: NEAR = None,
     radius: RADIUS = None,
     bbox: BBOX = None,
+    hint: HINT = None,
+    hint_weight: HINT_WEIGHTING = HINT_WEIGHT,
 ) -> None:
     """Predict where a photo was taken: top-k GPS candidates with probabilities and place names.
 
@@ -97,7 +110,8 @@ def predict(
     torchrun/SLURM ranks."""
     limits = Limits.parse(within or [], near or [], radius or [], bbox or [])
     spec = ModelSpec(**model)
-    request = Request(top_k=top_k, merge_km=merge_km, limits=limits)
+    request = Request(top_k=top_k, merge_km=merge_km, limits=limits, hints=tuple(hint or ()),
+                      hint_weight=hint_weight)  # fmt: skip
     features = _check_mode(image, out, images, gpus, ["--json"] if as_json else [])
     if out is not None and features:
         done = inference.predict_folder(spec, image, out, request, Workers(gpus=gpus))
@@ -154,13 +168,16 @@ def explain(
     near: NEAR = None,
     radius: RADIUS = None,
     bbox: BBOX = None,
+    hint: HINT = None,
+    hint_weight: HINT_WEIGHTING = HINT_WEIGHT,
 ) -> None:
     """Explain a prediction: where, what the photo shows, what the place is known for, why."""
     spec = ModelSpec(**model)
     request = Request(top_k=top_k, concepts_shown=n_concepts, check=check, m=m, draws=draws,
                       heat=map_png is not None, merge_km=merge_km,
                       limits=Limits.parse(within or [], near or [], radius or [],
-                                          bbox or []))  # fmt: skip
+                                          bbox or []),
+                      hints=tuple(hint or ()), hint_weight=hint_weight)  # fmt: skip
     single_only = [name for name, given in (("--map", map_png), ("--json", as_json),
                                              ("--check", check)) if given]  # fmt: skip
     features = _check_mode(target, out, images, gpus, single_only)

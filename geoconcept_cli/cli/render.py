@@ -48,7 +48,24 @@ def print_prediction(result: Prediction) -> None:
         stdout.print(f"{c.rank}  {latlon(c.lat, c.lon)}  p={c.prob:.3g}  {c.place}"
                      f"{held(c.points)}", highlight=False)  # fmt: skip
     print_merged(result.merge_km)
+    print_hints(result.hints)
     print_probabilities(result)
+
+
+def print_hints(hints: list[dict[str, Any]] | None) -> None:
+    """What each hint gave the answer, and for an explanation what it maps onto."""
+    for h in hints or []:
+        said = f"hint {h['hint']!r}"
+        if "concepts" in h and h["concepts"]:
+            said += " ~ " + ", ".join(c["concept"] for c in h["concepts"])
+        if not h.get("applied", True):
+            said += ": maps onto no concept clearly, not applied"
+        elif "share" in h:
+            said += (
+                f": {h['share']:+.0%} of the top candidate's gain (logit "
+                f"{h['logit_gain']:+.3g} beside the photo's {h['photo_logit_gain']:+.3g})"
+            )
+        stdout.print(said, highlight=False, soft_wrap=True)
 
 
 def print_limited(probabilities: dict[str, Any] | None) -> None:
@@ -97,6 +114,7 @@ def print_explanation(exp: Explanation) -> None:
                       p.place + held(p.points))  # fmt: skip
     stdout.print(table)
     print_merged(exp.merge_km)
+    print_hints(exp.hints)
     spread = exp.spread
     stdout.print(f"top-k spread: max {spread['max_pairwise_km']:.0f} km apart, mean "
                  f"{spread['mean_to_top1_km']:.0f} km from #1", highlight=False)  # fmt: skip

@@ -83,11 +83,13 @@ class GalleryIndex:
 
     @torch.no_grad()
     def topk(self, img: torch.Tensor, k: int, scale: float, temperature: float,
-             allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+             allowed: torch.Tensor | None = None, prior: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """The k best places of unit image embeddings (B, D) as (probabilities, gallery rows),
         each (B, k); probabilities are softmaxed over the retrieved candidates only. With
         ``allowed`` (N,) gallery rows, only places among them are searched (a faiss ID
-        selector: the scan skips the others)."""
+        selector: the scan skips the others). ``prior`` (N,) log-weights are added to the
+        retrieved candidates' tempered logits (the scan itself ranks by the photo alone)."""
         inside = None if allowed is None else allowed.cpu()[self.places].numpy()
         k = max(1, min(k, len(self.places) if inside is None else int(inside.sum())))
         q = np.ascontiguousarray(img.detach().float().cpu().numpy())
@@ -99,6 +101,8 @@ class GalleryIndex:
             place_rows = self.places[cand]
             emb = torch.from_numpy(self.emb[place_rows.numpy()].astype(np.float32))
             z = (scale * (emb @ qi)).double() / temperature
+            if prior is not None:
+                z = z + prior.cpu()[place_rows].double()
             lse = torch.logsumexp(z + self.log_copies[cand], dim=0)
             top = z.topk(min(k, len(z)))
             probs.append((top.values - lse).exp().float())

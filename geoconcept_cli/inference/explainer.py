@@ -16,6 +16,7 @@ is claimed.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,6 +31,7 @@ from ..geo.distance import haversine_km
 from ..geo.geocode import place_names
 from ..io.images import load_image
 from ..model.concept_head import ConceptAwareHead
+from .hints import hint_gains, map_hints
 from .predictor import Predictor
 from .request import Request, say_if_capped
 from .results import Candidate, Explanation, Spread
@@ -120,14 +122,30 @@ class Explainer:
         self.text = F.normalize(text_embeddings.float(), dim=1) if text_embeddings is not None \
             else None  # fmt: skip
 
-    def limited(self, request: Request) -> Explainer:
-        """This explainer answering from the gallery inside ``request.limits`` only (itself
-        where they are its predictor's): a view over the limited predictor."""
-        if request.limits == self.predictor.limits:
+    def steered(self, request: Request) -> Explainer:
+        """This explainer as ``request`` steers it (Predictor.steered: its limits and hints):
+        a view over the steered predictor (itself where nothing steers)."""
+        if request.limits == self.predictor.limits and not request.hints:
             return self
         view = copy.copy(self)
-        view.predictor = self.predictor.limited(request.limits)
+        view.predictor = self.predictor.steered(request)
         return view
+
+    def map_hints(self, request: Request) -> tuple[Request, list[dict[str, Any]] | None]:
+        """The request with only the hints that map onto a concept (hints.map_hints), and
+        what each maps onto; the request as it is where it has no hints."""
+        if not request.hints:
+            return request, None
+        head = self.predictor.head
+        if isinstance(head, ConceptAwareHead):
+            directions = head.basis.detach()
+        elif self.text is not None:
+            directions = self.text
+        else:  # no concept embeddings to map onto: the hints are applied as given
+            return request, [{"hint": h, "applied": True, "concepts": []} for h in request.hints]
+        mapped = map_hints(self.predictor, request.hints, directions, self.concepts.names)
+        kept = tuple(m["hint"] for m in mapped if m["applied"])
+        return replace(request, hints=kept), mapped
 
     def refuse(self, request: Request) -> None:
         """Refuse what this explainer cannot answer (:func:`refuse_check`), before any work."""
@@ -154,7 +172,7 @@ class Explainer:
         """The full explanation of one photo's CLIP features (1, D), ``image`` naming it: its
         :meth:`explain_batch`, with the conformal region of a calibrated model and, if the
         request asks, the heatmap."""
-        p = self.limited(request).predictor
+        p = self.steered(self.map_hints(request)[0]).predictor
         out = self.explain_batch(feats, request)[0]
         out.image = image
         if p.calibration is not None:
@@ -175,8 +193,23 @@ class Explainer:
         No conformal region: :meth:`explain_features` adds one photo's. Within the request's
         limits, ``rank`` must rank within them too (a limited predictor's or scorer's)."""
         self.refuse(request)
-        if request.limits != self.predictor.limits:
-            return self.limited(request).explain_batch(feats, request, rank, place_concepts)
+        request, mapped = self.map_hints(request)
+        outs = self.steered(request)._explain_batch(feats, request, rank, place_concepts)
+        if mapped is not None:
+            p = self.steered(request).predictor
+            tops = torch.tensor([o.predictions[0].gallery_index for o in outs])
+            gains = [[] for _ in outs]  # no hint applied: none gave anything
+            if request.hints:
+                gains = hint_gains(p, feats, tops, p.hint_features(request.hints),
+                                   request.hints, request.hint_weight)  # fmt: skip
+            for out, gained in zip(outs, gains, strict=True):
+                by_hint = {g["hint"]: g for g in gained}
+                out.hints = [{**m, **by_hint.get(m["hint"], {})} for m in mapped]
+        return outs
+
+    def _explain_batch(self, feats: torch.Tensor, request: Request, rank: Rank | None,
+                       place_concepts: bool) -> list[Explanation]:  # fmt: skip
+        """:meth:`explain_batch` by this (steered) explainer."""
         p, top_k = self.predictor, request.top_k
         say_if_capped("--top-k", top_k, p.place_count, "places in the gallery")
         say_if_capped("--concepts-shown", request.concepts_shown, len(self.concepts.names),

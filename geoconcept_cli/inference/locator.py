@@ -16,8 +16,8 @@ countries aggregate probability or average activation over their gallery points.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 import torch
@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from ..errors import GeoconceptError
 from ..geo.geocode import place_names
-from ..model.concept_embeddings import DEFAULT_TEMPLATES
 from ..model.concept_head import ConceptAwareHead, location_latents
 from .predictor import Predictor
 from .request import Request, say_if_capped
@@ -33,18 +32,6 @@ from .results import WhereAnswer
 
 ZERO_SHOT_NOTE = ("approximate: the text's CLIP embedding is scored as if it were a photo's, "
                   "and CLIP's text and image embeddings sit apart (the modality gap)")  # fmt: skip
-
-
-@torch.no_grad()
-def text_features(predictor: Predictor, text: str, templates: Sequence[str] = DEFAULT_TEMPLATES
-                  ) -> torch.Tensor:  # fmt: skip
-    """(1, D) prompt-ensembled CLIP text embedding, at the mean norm of its unnormalised
-    template embeddings (the MLP expects CLIP's scale, not unit vectors)."""
-    if predictor.clip is None:
-        raise GeoconceptError("a text query needs the CLIP backbone")
-    raw = predictor.clip.encode_texts([t.format(text) for t in templates])
-    unit = F.normalize(F.normalize(raw, dim=1).mean(0, keepdim=True), dim=1)  # as embed-concepts
-    return unit * cast(torch.Tensor, raw.norm(dim=1)).mean()  # Tensor.norm is unannotated
 
 
 class Locator:
@@ -114,7 +101,7 @@ class Locator:
             else:
                 head = p.head
                 assert isinstance(head, ConceptAwareHead)  # self.acts: a concept-aware head
-                feats = text_features(p, text).to(head.delta.device)
+                feats = p.text_features(text).to(head.delta.device)
                 weights = F.normalize(feats.float(), dim=1)[0] @ F.normalize(head.basis, dim=1).T
                 scores = self.acts @ weights.cpu()
                 mode = "projected onto the concept basis"
@@ -135,7 +122,7 @@ class Locator:
                 scores=scores,
                 countries=self._countries(p, scores, "mean", request.countries),
             )
-        scores = p.probabilities(text_features(p, text))[0].cpu()
+        scores = p.probabilities(p.text_features(text))[0].cpu()
         note = (
             "a plain GeoCLIP run (train --concepts none) has no concept axes; "
             if self.plain_run

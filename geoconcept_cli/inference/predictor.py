@@ -6,11 +6,12 @@ import copy
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import GeoconceptError
@@ -20,7 +21,9 @@ from ..geo.geocode import Places, place_names, reverse_geocode
 from ..geo.limits import Limits
 from ..io.images import load_image
 from ..model.clip import ClipBackbone
+from ..model.concept_embeddings import DEFAULT_TEMPLATES
 from .calibration import Calibration, place_areas, region_mask
+from .hints import hint_gains
 from .request import Request, say_if_capped
 from .results import Candidate, ConfidenceRegion, Prediction
 from .sites import Rank, Ranked, Sites
@@ -62,8 +65,12 @@ class Predictor:
         self.place_copies = copies.to(self.device)  # rows holding each
         self.limits = Limits()  # where answers may come from (see limited)
         self.allowed: torch.Tensor | None = None  # (N,) rows inside the limits; None: all
+        # (N,) log-weights added to every photo's tempered logits: hints, an album's other
+        # photos (products of experts); None: the photo alone
+        self.prior: torch.Tensor | None = None
         self._limited: dict[Limits, Predictor] = {}  # the views of the whole gallery
         self._whole = self
+        self._texts: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}  # text_features
 
     def limited(self, limits: Limits) -> Predictor:
         """This predictor answering only from the gallery rows inside ``limits`` (itself for
@@ -88,6 +95,55 @@ class Predictor:
             self._limited = dict(list(self._limited.items())[-15:])  # a few, not every query's
             self._limited[limits] = view
         return self._limited[limits]
+
+    def with_prior(self, prior: torch.Tensor | None) -> Predictor:
+        """This predictor with (N,) ``prior`` log-weights added to each photo's tempered
+        logits (a product of experts: the photo's distribution times exp(prior)); a view."""
+        if prior is None:
+            return self
+        view = copy.copy(self)
+        view.prior = prior.to(self.device) if self.prior is None else self.prior + prior
+        return view
+
+    def steered(self, request: Request) -> Predictor:
+        """This predictor as ``request`` steers it: inside its limits, and with its text hints
+        as a prior (:meth:`hint_prior`)."""
+        p = self._whole.limited(request.limits)
+        if request.hints:
+            p = p.with_prior(p.hint_prior(p.hint_features(request.hints), request.hint_weight))
+        return p
+
+    @torch.no_grad()
+    def text_features(self, text: str, templates: Sequence[str] = DEFAULT_TEMPLATES
+                      ) -> torch.Tensor:  # fmt: skip
+        """(1, D) prompt-ensembled CLIP text embedding, at the mean norm of its unnormalised
+        template embeddings (the MLP expects CLIP's scale, not unit vectors)."""
+        if self.clip is None:
+            raise GeoconceptError("a text (a where query, a hint) needs the CLIP backbone")
+        key = (text, tuple(templates))
+        if key not in self._texts:  # a hint is read again for its gains and its concepts
+            raw = self.clip.encode_texts([t.format(text) for t in templates])
+            unit = F.normalize(F.normalize(raw, dim=1).mean(0, keepdim=True), dim=1)
+            norm = cast(torch.Tensor, raw.norm(dim=1)).mean()  # Tensor.norm is unannotated
+            if len(self._texts) >= 64:  # shared with the views: kept small, oldest out
+                self._texts.pop(next(iter(self._texts)))
+            self._texts[key] = unit * norm
+        return self._texts[key]
+
+    @torch.no_grad()
+    def hint_logprobs(self, features: torch.Tensor) -> torch.Tensor:
+        """(H, N) log-probabilities of each hint's own where-distribution (its CLIP text
+        features (H, D) scored as `where` scores a text), inside the limits."""
+        return (self.logits(features) / self.temperature).log_softmax(dim=-1)
+
+    def hint_features(self, hints: Sequence[str]) -> torch.Tensor:
+        """(H, D) the CLIP text features of each hint (:meth:`text_features`)."""
+        return torch.cat([self.text_features(h) for h in hints])
+
+    def hint_prior(self, features: torch.Tensor, weight: float) -> torch.Tensor:
+        """(N,) the prior of hints' CLIP text features (H, D): ``weight`` times the sum of
+        their log-probabilities (finite outside the limits, which the mask excludes)."""
+        return weight * self.hint_logprobs(features).clamp_min(-1e30).sum(0)
 
     @property
     def place_count(self) -> int:
@@ -151,8 +207,10 @@ class Predictor:
 
     @torch.no_grad()
     def probabilities(self, clip_features: torch.Tensor) -> torch.Tensor:
-        """(B, N) softmax over the gallery rows, at the calibrated temperature if any."""
-        return (self.logits(clip_features) / self.temperature).softmax(dim=-1)
+        """(B, N) softmax over the gallery rows, at the calibrated temperature if any, times
+        the prior's weights."""
+        z = self.logits(clip_features) / self.temperature
+        return (z if self.prior is None else z + self.prior).softmax(dim=-1)
 
     @torch.no_grad()
     def topk(self, clip_features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +220,7 @@ class Predictor:
         if self.index is not None:
             img = self.head.embed_images(clip_features.to(self.device).float())
             scale = float(self.head.logit_scale.exp())
-            return self.index.topk(img, k, scale, self.temperature, self.allowed)
+            return self.index.topk(img, k, scale, self.temperature, self.allowed, self.prior)
         probs = self.probabilities(clip_features)[:, self.places]
         top = probs.topk(max(1, min(k, probs.shape[1])), dim=-1)
         return top.values.cpu(), self.places[top.indices].cpu()
@@ -271,11 +329,15 @@ class Predictor:
     def predict_features(self, feats: torch.Tensor, request: Request = Request(),
                          image: str | None = None) -> Prediction:  # fmt: skip
         """:meth:`predict` of one photo's CLIP features (1, D); ``image`` names the photo."""
-        p = self.limited(request.limits)
+        p = self.steered(request)
         say_if_capped("--top-k", request.top_k, p.place_count, "places in the gallery")
         ranked = p.ranked(feats, request.top_k, request.merge_km)
         region = p.regions(feats)[0] if p.calibration is not None else None
+        hints = None
+        if request.hints:
+            hints = hint_gains(p, feats, ranked.rows[:, 0], p.hint_features(request.hints),
+                               request.hints, request.hint_weight)[0]  # fmt: skip
         return Prediction(image=image, predictions=p.candidate_rows(ranked)[0],
-                          merge_km=request.merge_km,
+                          merge_km=request.merge_km, hints=hints,
                           probabilities=p.calibration_note(), region=region,
                           heat=p.heat(feats) if request.heat else None)  # fmt: skip

@@ -10,7 +10,11 @@ from ..errors import GeoconceptError
 from ..geo.limits import Limits
 from .sites import MERGE_KM
 
+HINT_WEIGHT = 0.25  # a hint's log-probabilities, against a photo's 1 (README: planted hints)
+
 MIN_DRAWS = 20  # fewer random draws cannot tell 95% apart from "all of them"
+MAX_HINT_WEIGHT = 10  # beyond, the photo no longer counts
+MAX_HINT_CHARS = 300  # as a where query
 MAX_MERGE_KM = 500  # wider, one candidate would stand for a country
 MAX_SHOWN = 100  # places, concepts or countries listed at most: the command's rule and the API's
 
@@ -22,7 +26,8 @@ class Request:
     and compares with ``draws`` random sets of ``m``, drawn from ``seed``); and ``heat``, the
     probability heatmap's points for a map (not part of the JSON); ``merge_km``, the radius
     within which gallery points form one candidate (0: every point its own); ``limits``, where
-    the answer may lie (geo.limits: the whole gallery when empty)."""
+    the answer may lie (geo.limits: the whole gallery when empty); ``hints``, what the person
+    knows in words, weighted ``hint_weight`` against the photo (Predictor.hint_prior)."""
 
     top_k: int = 5
     concepts_shown: int = 8
@@ -34,6 +39,8 @@ class Request:
     heat: bool = False
     merge_km: float = MERGE_KM
     limits: Limits = Limits()
+    hints: tuple[str, ...] = ()
+    hint_weight: float = HINT_WEIGHT
 
     def __post_init__(self) -> None:
         for name in ("top_k", "concepts_shown", "countries", "m"):
@@ -48,6 +55,12 @@ class Request:
         if not 0 <= self.merge_km <= MAX_MERGE_KM:
             raise GeoconceptError(f"--merge-km {self.merge_km:g}: give 0 (every gallery point "
                                   f"its own candidate) to {MAX_MERGE_KM:g} km")  # fmt: skip
+        if not 0 < self.hint_weight <= MAX_HINT_WEIGHT:
+            raise GeoconceptError(f"--hint-weight {self.hint_weight:g}: give a weight above 0 "
+                                  f"and at most {MAX_HINT_WEIGHT:g} (1: a hint counts as much "
+                                  "as the photo)")  # fmt: skip
+        if any(not h.strip() or len(h) > MAX_HINT_CHARS for h in self.hints):
+            raise GeoconceptError(f"--hint: give words, at most {MAX_HINT_CHARS} characters")
         if self.draws < MIN_DRAWS:
             raise GeoconceptError(f"--draws must be at least {MIN_DRAWS} (the verdict needs "
                                   "95% of the random draws beaten)")  # fmt: skip

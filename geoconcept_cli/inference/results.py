@@ -82,6 +82,7 @@ class Prediction:
     image: str | None = None
     predictions: list[Candidate]
     merge_km: float | None = None
+    hints: list[dict[str, Any]] | None = None
     probabilities: dict[str, Any]
     region: ConfidenceRegion | None = None
     heat: list[list[float]] | None = field(default=None, metadata=NOT_JSON)
@@ -101,6 +102,7 @@ class Explanation:
     mode: str
     predictions: list[Candidate]
     merge_km: float | None = None
+    hints: list[dict[str, Any]] | None = None
     spread: Spread
     probabilities: dict[str, Any]
     note: str | None = None

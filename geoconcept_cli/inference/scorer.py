@@ -25,7 +25,7 @@ class PlaceScorer:
     and top-k are taken, so the work is one product and no pass over a 100K-wide matrix (a
     top-k deeper than 16 starts from one wider span, at most WARM_BLOCKS blocks). An indexed
     gallery is searched in its index instead (``Predictor.topk``). A limited predictor's places
-    outside its limits are masked in each block (Predictor.limited)."""
+    outside its limits are masked in each block (Predictor.limited), and its prior added."""
 
     BLOCK = 1024
     RUN = 32  # columns summarised by their max, so that only runs above the floor are read
@@ -41,8 +41,13 @@ class PlaceScorer:
         # places outside the predictor's limits: far below any logit, yet finite, so that a
         # block holding none inside keeps the online log-sum-exp a number (the next block
         # with a place inside outweighs it entirely)
-        outside = None if predictor.allowed is None else ~predictor.allowed[predictor.places]
-        self.bias = None if outside is None else torch.where(outside, OUTSIDE, 0.0)
+        # and the predictor's prior (hints, an album's other photos), per place
+        places = predictor.places
+        bias = None if predictor.prior is None else predictor.prior[places].float()
+        if predictor.allowed is not None:
+            outside = ~predictor.allowed[places]
+            bias = torch.where(outside, OUTSIDE, 0.0 if bias is None else bias)
+        self.bias = bias
         self.logit_scale = float(predictor.head.logit_scale.detach().exp())
         self.temperature = predictor.temperature
         # a span's logits: a fresh array each span costs page faults that rival the exp

@@ -32,7 +32,13 @@ from .._version import __version__
 from ..errors import GeoconceptError, first_line
 from ..geo.limits import Limits
 from ..inference.factory import load_explainer
-from ..inference.request import MAX_MERGE_KM, MAX_SHOWN, MIN_DRAWS
+from ..inference.request import (
+    HINT_WEIGHT,
+    MAX_HINT_WEIGHT,
+    MAX_MERGE_KM,
+    MAX_SHOWN,
+    MIN_DRAWS,
+)
 from ..inference.request import Request as Asked  # fastapi's Request is the HTTP one
 from ..inference.sites import MERGE_KM
 from ..model.spec import ModelSpec
@@ -74,6 +80,9 @@ def asked_limits(
 
 
 Limited = Annotated[Limits, Depends(asked_limits)]
+Hints = Annotated[list[str] | None, Query(description="What is known in words; repeatable.")]
+HintWeight = Annotated[float, Query(gt=0, le=MAX_HINT_WEIGHT,
+                                    description="A hint's weight against the photo.")]  # fmt: skip
 
 
 class _TooLarge(Exception):
@@ -190,9 +199,11 @@ def create_app(
     @app.post("/predict", openapi_extra={"requestBody": IMAGE_BODY},
               summary="Top-k places: `geoconcept predict --json`, plus `map`")  # fmt: skip
     async def predict(request: Request, limits: Limited, top_k: TopK = 5,
-                      merge_km: MergeKm = MERGE_KM) -> JSONResponse:  # fmt: skip
+                      merge_km: MergeKm = MERGE_KM, hint: Hints = None,
+                      hint_weight: HintWeight = HINT_WEIGHT) -> JSONResponse:  # fmt: skip
         photo = await read_photo(request, limit)
-        asked = Asked(top_k=top_k, merge_km=merge_km, limits=limits)
+        asked = Asked(top_k=top_k, merge_km=merge_km, limits=limits, hints=tuple(hint or ()),
+                      hint_weight=hint_weight)  # fmt: skip
         answer = await run_in_threadpool(service.predict, photo, asked)
         return JSONResponse(answer)
 
@@ -207,10 +218,13 @@ def create_app(
         m: Annotated[int, Query(ge=1, description="Concepts removed by check.")] = 3,
         draws: Annotated[int, Query(ge=MIN_DRAWS, le=1000)] = MIN_DRAWS,
         merge_km: MergeKm = MERGE_KM,
+        hint: Hints = None,
+        hint_weight: HintWeight = HINT_WEIGHT,
     ) -> JSONResponse:
         photo = await read_photo(request, limit)
         asked = Asked(top_k=top_k, concepts_shown=concepts_shown, check=check, m=m, draws=draws,
-                      merge_km=merge_km, limits=limits)  # fmt: skip
+                      merge_km=merge_km, limits=limits, hints=tuple(hint or ()),
+                      hint_weight=hint_weight)  # fmt: skip
         answer = await run_in_threadpool(service.explain, photo, asked)
         return JSONResponse(answer)
 

@@ -87,7 +87,7 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _shard_frame(explainer: Explainer, request: Request) -> ShardFrame:
-    scorer = PlaceScorer(explainer.predictor.limited(request.limits))  # ranks inside them
+    scorer = PlaceScorer(explainer.predictor.steered(explainer.map_hints(request)[0]))
     return lambda ids, feats, _latlon: explain_shard(explainer, scorer, ids, feats, request)
 
 

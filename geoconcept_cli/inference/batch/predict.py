@@ -94,7 +94,7 @@ def predict_features(
 
 
 def _shard_frame(predictor: Predictor, request: Request) -> ShardFrame:
-    scorer = PlaceScorer(predictor.limited(request.limits))
+    scorer = PlaceScorer(predictor.steered(request))
     return lambda ids, feats, latlon: predict_shard(scorer, ids, feats, latlon, request)
 
 

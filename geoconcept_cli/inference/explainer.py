@@ -198,7 +198,7 @@ class Explainer:
         if mapped is not None:
             p = self.steered(request).predictor
             tops = torch.tensor([o.predictions[0].gallery_index for o in outs])
-            gains = [[] for _ in outs]  # no hint applied: none gave anything
+            gains: list[list[dict[str, Any]]] = [[] for _ in outs]  # no hint applied
             if request.hints:
                 gains = hint_gains(p, feats, tops, p.hint_features(request.hints),
                                    request.hints, request.hint_weight)  # fmt: skip

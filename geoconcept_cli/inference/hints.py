@@ -4,8 +4,10 @@ answer, and which concepts it maps onto.
 A hint is scored as `where` scores a text (its CLIP text embedding through the image head), and
 its log-probabilities, times the request's ``hint_weight``, are added to the photo's tempered
 logits (Predictor.hint_prior): a product of experts, renormalised over the places allowed. What
-it gave a candidate is its gain there over its mean across the places allowed, beside the
-photo's own gain; a hint that works against the answer has a negative share.
+it gave a candidate is its log-probability there over its log-probability at its rival: the
+place at least RIVAL_KM away that the hint itself finds most probable (the explanation's
+runner-up rule), beside the photo's logit gap between the two. A hint pointing elsewhere
+favours its rival: a negative share.
 
 A hint maps onto the concepts whose text directions it is most similar to. It is applied only
 where it is as close to one of them as the set's concepts are to their nearest other concept
@@ -21,29 +23,37 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from ..geo.distance import haversine_km
+
 if TYPE_CHECKING:
     from .predictor import Predictor
 
 MAPPED = 3  # concepts listed per hint
+RIVAL_KM = 200.0  # a rival is another place, not a neighbouring point (explainer's runner-up)
 
 
 @torch.no_grad()
 def hint_gains(p: Predictor, feats: torch.Tensor, rows: torch.Tensor, hints: torch.Tensor,
                texts: tuple[str, ...], weight: float) -> list[list[dict[str, Any]]]:  # fmt: skip
     """Per photo (CLIP features (B, D)) and hint (CLIP text features (H, D) of ``texts``):
-    what it gave the answer at gallery ``rows`` (B,), ``weight`` times its log-probability
-    there over its mean across the places allowed, beside the photo's own gain (tempered
-    logits); and its share of the two."""
-    inside = slice(None) if p.allowed is None else p.allowed
-    lp = p.hint_logprobs(hints)
-    hint = weight * (lp[:, rows] - lp[:, inside].mean(1, keepdim=True))  # (H, B)
-    z = p.logits(feats) / p.temperature
-    photo = z.gather(1, rows[:, None].to(z.device))[:, 0] - z[:, inside].mean(1)  # (B,)
-    total = photo.abs() + hint.abs().sum(0)
-    return [[{"hint": text, "weight": weight, "logit_gain": round(float(g), 5),
-              "photo_logit_gain": round(float(photo[b]), 5),
-              "share": round(float(g / total[b]), 5) if total[b] > 0 else 0.0}
-             for text, g in zip(texts, hint[:, b].tolist(), strict=True)]
+    what it gave the answer at gallery ``rows`` (B,) (module docstring), in tempered logits,
+    beside the photo's own gain; and its share of the two."""
+    lp = p.hint_logprobs(hints)  # (H, N)
+    z = p.logits(feats) / p.temperature  # (B, N), the photo alone
+    gps = p.gallery_gps.double().numpy()
+    at = rows.cpu()
+    top = gps[at.numpy()]  # (B, 2)
+    far = torch.from_numpy(haversine_km(top[:, :1], top[:, 1:], gps[:, 0], gps[:, 1]) >= RIVAL_KM)
+    # (H, B): each hint's most probable place far from each answer (the answer where none)
+    rival = torch.where(far[None], lp.cpu()[:, None], -torch.inf).argmax(2)
+    hint = weight * (lp.cpu()[:, at] - lp.cpu().gather(1, rival))  # (H, B)
+    photo = z.cpu()[torch.arange(len(at)), at][None] - z.cpu().gather(1, rival)  # (H, B)
+    total = photo.abs() + hint.abs()
+    share = torch.where(total > 0, hint / total, 0.0)
+    return [[{"hint": text, "weight": weight, "logit_gain": round(float(hint[h, b]), 5),
+              "photo_logit_gain": round(float(photo[h, b]), 5),
+              "rival_gallery_index": int(rival[h, b]), "share": round(float(share[h, b]), 5)}
+             for h, text in enumerate(texts)]
             for b in range(len(rows))]  # fmt: skip
 
 

@@ -184,6 +184,15 @@ def test_page_limits_the_search_to_what_the_analyst_knows(browser, base_url):
     places = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#candidates li")]
     codes = [re.search(r", ([A-Z]{2}) -?[0-9]", li) for li in places]  # "Place, Region, CC 48.1"
     assert places and all(c and CONTINENT_OF.get(c[1]) == "Europe" for c in codes), places
+    # hints go with the question; words the run's concepts do not cover are said, not used
+    # (this run's concepts are planted directions, not CLIP's embeddings of their names)
+    browser.find_element(By.ID, "hint").send_keys("concept 3; qwzx blorp")
+    browser.find_element(By.ID, "explain-btn").click()
+    wait_for(browser, lambda d: "hint “qwzx blorp”" in d.find_element(By.ID, "summary").text)
+    summary = browser.find_element(By.ID, "summary").text
+    assert re.search(r"hint “concept 3” \(maps onto concept \d+, .*\): maps onto no concept "
+                     r"clearly, not applied", summary), summary  # fmt: skip
+    browser.find_element(By.ID, "hint").clear()
     browser.find_element(By.ID, "within").clear()
     browser.find_element(By.ID, "within").send_keys("Atlantis")
     browser.find_element(By.ID, "explain-btn").click()

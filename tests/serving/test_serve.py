@@ -430,3 +430,19 @@ def test_a_search_limited_to_a_country_answers_from_inside_it(client, photos):
     for params in ({"within": "Atlantis"}, {"near": "1,2"}, {"near": "0,-30", "radius": 1}):
         r = client.get("/where", params={"text": "harbour", **params})
         assert r.status_code == 400 and list(r.json()) == ["error"], r.json()
+
+
+def test_hints_go_with_a_photos_question(client, photos):
+    """`hint` (repeatable) and `hint_weight` as the commands' --hint/--hint-weight: the answer
+    says what each hint maps onto and gave; a weight out of range is a 422."""
+    files = upload(photos[1].read_bytes())
+    got = client.post("/explain?top_k=3&hint=red telephone box&hint=qwzx blorp", files=files)
+    named, nonsense = got.json()["hints"]
+    assert named["applied"] and named["concepts"][0]["concept"] == "red telephone box"
+    assert -1 <= named["share"] <= 1 and not nonsense["applied"]
+    plain = client.post("/predict?top_k=3", files=files).json()["predictions"]
+    hinted = client.post("/predict?top_k=3&hint=red telephone box&hint_weight=4", files=files)
+    assert hinted.json()["hints"][0]["weight"] == 4
+    assert hinted.json()["predictions"] != plain  # a weight of 4 moves a random photo's answer
+    r = client.post("/predict?hint=x&hint_weight=0", files=files)
+    assert r.status_code == 422 and list(r.json()) == ["error"]

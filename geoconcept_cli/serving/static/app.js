@@ -291,11 +291,13 @@ async function start() {
   }
 }
 
-// the query of a question, with the limits the form gives: `within` split at ';', and a
-// circle where both `near` and `radius` are filled
-function limited(fields) {
+// the query of a question, with the limits the form gives: `within` split at ';', a circle
+// where `near` or `radius` is filled, and (`hints: true`, a photo's question) the hints
+function limited({ hints, ...fields }) {
   const q = new URLSearchParams(fields);
-  for (const w of $("within").value.split(";").map((s) => s.trim()).filter(Boolean)) q.append("within", w);
+  const split = (id) => $(id).value.split(";").map((s) => s.trim()).filter(Boolean);
+  for (const w of split("within")) q.append("within", w);
+  if (hints) for (const h of split("hint")) q.append("hint", h);
   const near = $("near").value.trim(), radius = $("radius").value.trim();
   if (near || radius) {
     q.append("near", near);
@@ -307,7 +309,7 @@ function limited(fields) {
 async function explain() {
   if (!state.file) return;
   const q = limited({ top_k: $("top-k").value, concepts_shown: $("concepts-shown").value,
-                      check: $("check").checked, merge_km: $("merge-km").value });
+                      check: $("check").checked, merge_km: $("merge-km").value, hints: true });
   const body = new FormData();
   body.append("image", state.file, state.file.name);
   status(`locating ${state.file.name}…`);
@@ -376,6 +378,11 @@ function summary(a) {
   s.replaceChildren();
   if (a.probabilities) s.append(el("p", a.probabilities.note, "note"));
   if (a.probabilities && a.probabilities.limited_to) s.append(el("p", `limited to ${a.probabilities.limited_to}`));
+  for (const h of a.hints || []) {
+    const onto = h.concepts && h.concepts.length ? ` (maps onto ${h.concepts.map((c) => c.concept).join(", ")})` : "";
+    s.append(el("p", h.applied === false ? `hint “${h.hint}”${onto}: maps onto no concept clearly, not applied`
+      : `hint “${h.hint}”${onto}: ${Math.round(100 * h.share)}% of the answer's lead over the hint's rival`));
+  }
   if (a.merge_km) s.append(el("p", `candidates: gallery points within ${a.merge_km} km merged, probabilities summed`, "note"));
   if (a.map && a.map.truth) {
     const t = a.map.truth;

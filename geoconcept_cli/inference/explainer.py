@@ -31,7 +31,7 @@ from ..geo.distance import haversine_km
 from ..geo.geocode import place_names
 from ..io.images import load_image
 from ..model.concept_head import ConceptAwareHead
-from .hints import hint_gains, map_hints
+from .hints import map_hints
 from .predictor import Predictor
 from .request import Request, say_if_capped
 from .results import Candidate, Explanation, Spread
@@ -143,7 +143,8 @@ class Explainer:
             directions = self.text
         else:  # no concept embeddings to map onto: the hints are applied as given
             return request, [{"hint": h, "applied": True, "concepts": []} for h in request.hints]
-        mapped = map_hints(self.predictor, request.hints, directions, self.concepts.names)
+        mapped = map_hints(self.predictor.hint_features(request.hints), request.hints,
+                           directions, self.concepts.names)  # fmt: skip
         kept = tuple(m["hint"] for m in mapped if m["applied"])
         return replace(request, hints=kept), mapped
 
@@ -200,8 +201,8 @@ class Explainer:
             tops = torch.tensor([o.predictions[0].gallery_index for o in outs])
             gains: list[list[dict[str, Any]]] = [[] for _ in outs]  # no hint applied
             if request.hints:
-                gains = hint_gains(p, feats, tops, p.hint_features(request.hints),
-                                   request.hints, request.hint_weight)  # fmt: skip
+                gains = p.hint_gains(feats, tops, p.hint_features(request.hints), request.hints,
+                                     request.hint_weight)  # fmt: skip
             for out, gained in zip(outs, gains, strict=True):
                 by_hint = {g["hint"]: g for g in gained}
                 out.hints = [{**m, **by_hint.get(m["hint"], {})} for m in mapped]

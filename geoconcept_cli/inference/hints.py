@@ -18,36 +18,30 @@ in a narrow cone whose width differs by model).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..geo.distance import haversine_km
 
-if TYPE_CHECKING:
-    from .predictor import Predictor
-
 MAPPED = 3  # concepts listed per hint
 RIVAL_KM = 200.0  # a rival is another place, not a neighbouring point (explainer's runner-up)
 
 
-@torch.no_grad()
-def hint_gains(p: Predictor, feats: torch.Tensor, rows: torch.Tensor, hints: torch.Tensor,
+def hint_gains(lp: torch.Tensor, z: torch.Tensor, gps: torch.Tensor, rows: torch.Tensor,
                texts: tuple[str, ...], weight: float) -> list[list[dict[str, Any]]]:  # fmt: skip
-    """Per photo (CLIP features (B, D)) and hint (CLIP text features (H, D) of ``texts``):
-    what it gave the answer at gallery ``rows`` (B,) (module docstring), in tempered logits,
-    beside the photo's own gain; and its share of the two."""
-    lp = p.hint_logprobs(hints)  # (H, N)
-    z = p.logits(feats) / p.temperature  # (B, N), the photo alone
-    gps = p.gallery_gps.double().numpy()
-    at = rows.cpu()
-    top = gps[at.numpy()]  # (B, 2)
-    far = torch.from_numpy(haversine_km(top[:, :1], top[:, 1:], gps[:, 0], gps[:, 1]) >= RIVAL_KM)
+    """Per photo and hint: what the hint (log-probabilities ``lp`` (H, N) over the gallery
+    ``gps`` (N, 2)) gave the answer at gallery ``rows`` (B,) (module docstring), in tempered
+    logits, beside the photo's own gap (its tempered logits ``z`` (B, N)); and its share."""
+    lp, z, at = lp.cpu(), z.cpu(), rows.cpu()
+    g = gps.double().numpy()
+    top = g[at.numpy()]  # (B, 2)
+    far = torch.from_numpy(haversine_km(top[:, :1], top[:, 1:], g[:, 0], g[:, 1]) >= RIVAL_KM)
     # (H, B): each hint's most probable place far from each answer (the answer where none)
-    rival = torch.where(far[None], lp.cpu()[:, None], -torch.inf).argmax(2)
-    hint = weight * (lp.cpu()[:, at] - lp.cpu().gather(1, rival))  # (H, B)
-    photo = z.cpu()[torch.arange(len(at)), at][None] - z.cpu().gather(1, rival)  # (H, B)
+    rival = torch.where(far[None], lp[:, None], -torch.inf).argmax(2)
+    hint = weight * (lp[:, at] - lp.gather(1, rival))  # (H, B)
+    photo = z[torch.arange(len(at)), at][None] - z.gather(1, rival)  # (H, B)
     total = photo.abs() + hint.abs()
     share = torch.where(total > 0, hint / total, 0.0)
     return [[{"hint": text, "weight": weight, "logit_gain": round(float(hint[h, b]), 5),
@@ -62,18 +56,16 @@ def nearest_similarity(unit: torch.Tensor) -> torch.Tensor:
     return (unit @ unit.T).fill_diagonal_(-torch.inf).max(1).values
 
 
-def map_hints(p: Predictor, hints: tuple[str, ...], directions: torch.Tensor,
+def map_hints(features: torch.Tensor, texts: tuple[str, ...], directions: torch.Tensor,
               names: list[str]) -> list[dict[str, Any]]:  # fmt: skip
-    """Each hint's most similar concepts (``directions`` (k, D), one per concept of ``names``)
-    and whether it is close enough to one to apply it (module docstring)."""
+    """Each hint's (CLIP text ``features`` (H, D) of ``texts``) most similar concepts
+    (``directions`` (k, D), one per concept of ``names``) and whether it is close enough to
+    one to apply it (module docstring)."""
     unit = F.normalize(directions.float().cpu(), dim=1)
     bar = float(nearest_similarity(unit).median()) if len(unit) > 1 else -1.0
-    out = []
-    for text in hints:
-        sims = F.normalize(p.text_features(text).float(), dim=1)[0].cpu() @ unit.T
-        top = sims.topk(min(MAPPED, len(names)))
-        out.append({"hint": text, "applied": bool(top.values[0] >= bar),
-                    "concepts": [{"concept": names[i], "similarity": round(float(v), 4)}
-                                 for v, i in zip(top.values.tolist(), top.indices.tolist(),
-                                                 strict=True)]})  # fmt: skip
-    return out
+    sims = F.normalize(features.float().cpu(), dim=1) @ unit.T  # (H, k)
+    top = sims.topk(min(MAPPED, len(names)), dim=1)
+    return [{"hint": text, "applied": bool(values[0] >= bar),
+             "concepts": [{"concept": names[i], "similarity": round(float(v), 4)}
+                          for v, i in zip(values.tolist(), idx.tolist(), strict=True)]}
+            for text, values, idx in zip(texts, top.values, top.indices, strict=True)]  # fmt: skip

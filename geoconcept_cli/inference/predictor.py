@@ -145,6 +145,15 @@ class Predictor:
         their log-probabilities (finite outside the limits, which the mask excludes)."""
         return weight * self.hint_logprobs(features).clamp_min(-1e30).sum(0)
 
+    @torch.no_grad()
+    def hint_gains(self, feats: torch.Tensor, rows: torch.Tensor, hints: torch.Tensor,
+                   texts: tuple[str, ...], weight: float
+                   ) -> list[list[dict[str, Any]]]:  # fmt: skip
+        """Per photo (CLIP features (B, D)) and hint (CLIP text features (H, D) of ``texts``):
+        what it gave the answer at gallery ``rows`` (B,), as hints.hint_gains says."""
+        z = self.logits(feats) / self.temperature
+        return hint_gains(self.hint_logprobs(hints), z, self.gallery_gps, rows, texts, weight)
+
     @property
     def place_count(self) -> int:
         """Distinct places an answer can come from (inside the limits)."""
@@ -335,8 +344,8 @@ class Predictor:
         region = p.regions(feats)[0] if p.calibration is not None else None
         hints = None
         if request.hints:
-            hints = hint_gains(p, feats, ranked.rows[:, 0], p.hint_features(request.hints),
-                               request.hints, request.hint_weight)[0]  # fmt: skip
+            hints = p.hint_gains(feats, ranked.rows[:, 0], p.hint_features(request.hints),
+                                 request.hints, request.hint_weight)[0]  # fmt: skip
         return Prediction(image=image, predictions=p.candidate_rows(ranked)[0],
                           merge_km=request.merge_km, hints=hints,
                           probabilities=p.calibration_note(), region=region,

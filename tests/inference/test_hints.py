@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from geoconcept_cli.cli.app import app
 from geoconcept_cli.geo.distance import haversine_km
 from geoconcept_cli.inference.factory import load_explainer, load_predictor
-from geoconcept_cli.inference.hints import hint_gains
 from geoconcept_cli.inference.request import HINT_WEIGHT, Request
 from geoconcept_cli.model.clip_id import ClipId
 from geoconcept_cli.model.spec import ModelSpec, StoredFeatures
@@ -98,7 +97,7 @@ def test_a_contradictory_hint_shows_as_a_negative_share(planted):
         for i in range(len(feats)):
             q = p.with_prior(p.hint_prior(hints[i : i + 1], HINT_WEIGHT))
             top = q.topk(feats[i : i + 1], 1)[1][0]
-            (g,) = hint_gains(q, feats[i : i + 1], top, hints[i : i + 1], ("h",), HINT_WEIGHT)[0]
+            (g,) = q.hint_gains(feats[i : i + 1], top, hints[i : i + 1], ("h",), HINT_WEIGHT)[0]
             assert -1 <= g["share"] <= 1 and g["weight"] == HINT_WEIGHT
             own = int(p.hint_logprobs(hints[i : i + 1])[0].argmax())  # where the hint points
             if near_truth(i, top[0]) and near_truth(i, own) == (sign > 0):

@@ -122,8 +122,10 @@ def test_a_place_whose_points_are_metres_apart_is_listed_once(twins):
         assert [c.points for c in points.predictions] == [1] * 5
 
 
-def test_where_lists_distinct_places(tiny_clip, small_gallery, tmp_path):
-    """`where` sums a zero-shot text's probability over each place's points too."""
+def test_where_lists_distinct_places(tiny_clip, small_gallery, tmp_path, monkeypatch):
+    """`where` sums a zero-shot text's probability over each place's points too (all of them:
+    a pool as deep as the gallery)."""
+    monkeypatch.setattr(sites, "POOL", 2000)
     import pandas as pd
 
     twin = pd.read_csv(small_gallery)

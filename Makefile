@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python benchmarks/gallery_query.py
 	$(BIN)/python benchmarks/embed_concepts_speed.py
 	$(BIN)/python benchmarks/limited_query.py
+	$(BIN)/python benchmarks/album_speed.py
 
 # The paper's recipe on a GPU machine (see README): 5% of MP-16 -> features -> train with and
 # without concepts -> evaluate on Im2GPS3k. Every step skips work that is already done.

@@ -112,3 +112,34 @@ def small_world(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def planted_world(tmp_path_factory):
+    """12 regions of 3 concepts each, a concept-aware run trained on them for 150 steps, and
+    its held-out photos made noisy, so that the photo alone finds its region about 70% of the
+    time: (predictor over stored features, features, true (lat, lon), region, the world)."""
+    import torch
+    from synthetic import make_world
+
+    from geoconcept_cli.data.features import load_features
+    from geoconcept_cli.inference.factory import load_predictor
+    from geoconcept_cli.model.clip_id import ClipId
+    from geoconcept_cli.model.spec import StoredFeatures
+    from geoconcept_cli.training.config import TrainConfig
+    from geoconcept_cli.training.loop import train
+
+    root = tmp_path_factory.mktemp("planted")
+    world = make_world(root, n_regions=12, per_region=64, k=40, clip_model="tiny-clip-768",
+                       gallery_per_center=20)  # fmt: skip
+    train(TrainConfig(features=str(world["train"]), out=str(root / "run"),
+                      concepts=str(world["concepts"]), max_steps=150, batch_size=64, lr=3e-3,
+                      warmup_steps=5, queue_size=64))  # fmt: skip
+    stored = StoredFeatures(ClipId("tiny-clip-768", "none"), 768)
+    p = load_predictor(ModelSpec(checkpoint=str(root / "run"), gallery=str(world["gallery"]),
+                                 features=stored))  # fmt: skip
+    test = load_features(world["test"])
+    gen = torch.Generator().manual_seed(1)
+    feats = test.features + 1.5 * torch.randn(test.features.shape, generator=gen)
+    truth = torch.as_tensor(world["centers"], dtype=torch.float32)[world["test_region"]]
+    return p, feats, truth, world["test_region"], world

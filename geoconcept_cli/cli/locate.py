@@ -17,7 +17,14 @@ from ..model.spec import ModelSpec
 from ..runtime.launch import Workers
 from ..runtime.progress import lazy_progress_bar
 from .common import RUN_HELP, Commands, Model, cli_command, model_options, note, say
-from .render import count, print_explanation, print_json, print_prediction, print_where
+from .render import (
+    count,
+    print_album,
+    print_explanation,
+    print_json,
+    print_prediction,
+    print_where,
+)
 
 BATCH_SUFFIXES = {".csv", ".parquet", ".pq"}  # a manifest of photos to explain
 AS_JSON = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -102,6 +109,14 @@ def predict(
     bbox: BBOX = None,
     hint: HINT = None,
     hint_weight: HINT_WEIGHTING = HINT_WEIGHT,
+    together: Annotated[
+        bool,
+        typer.Option(
+            "--together",
+            help="A folder of photos taken at one place: locate them as one question (the "
+            "product of their distributions), each photo's part said, strays flagged.",
+        ),
+    ] = False,
 ) -> None:
     """Predict where a photo was taken: top-k GPS candidates with probabilities and place names.
 
@@ -112,6 +127,12 @@ def predict(
     spec = ModelSpec(**model)
     request = Request(top_k=top_k, merge_km=merge_km, limits=limits, hints=tuple(hint or ()),
                       hint_weight=hint_weight)  # fmt: skip
+    if together:
+        _check_album(image, out, images, gpus)
+        predictor = inference.load_predictor(spec, lazy_progress_bar)
+        album = inference.album_of_photos(predictor, image, request, lazy_progress_bar, note)
+        print_json(album.to_json()) if as_json else print_album(album)
+        return
     features = _check_mode(image, out, images, gpus, ["--json"] if as_json else [])
     if out is not None and features:
         done = inference.predict_folder(spec, image, out, request, Workers(gpus=gpus))
@@ -218,6 +239,16 @@ def _check_mode(target: Path, out: Path | None, images: Path | None, gpus: int,
                               "feature folder: give a folder of photos, a manifest or "
                               "features")  # fmt: skip
     return features
+
+
+def _check_album(target: Path, out: Path | None, images: Path | None, gpus: int) -> None:
+    """One line, before anything loads, where --together cannot apply: it takes one folder of
+    photos and answers once (text or --json)."""
+    if not target.is_dir() or (target / "meta.json").is_file() or not io.photos_in(target):
+        raise GeoconceptError(f"--together takes a folder of photos; {target} is not one")
+    for name, given in (("--out", out), ("--images", images), ("--gpus", gpus)):
+        if given:
+            raise GeoconceptError(f"{name}: not with --together, which answers once")
 
 
 def _explain_features(spec: ModelSpec, features: Path, out: Path, request: Request,

@@ -12,7 +12,7 @@ from .common import stdout
 
 if TYPE_CHECKING:  # the results' modules import torch: not needed to print them
     from ..concepts.set import ConceptWeight
-    from ..inference.results import Explanation, Prediction, WhereAnswer
+    from ..inference.results import Album, Explanation, Prediction, WhereAnswer
 
 
 def count(n: int, noun: str) -> str:
@@ -73,6 +73,22 @@ def print_limited(probabilities: dict[str, Any] | None) -> None:
     if probabilities and "limited_to" in probabilities:
         stdout.print(f"limited to {probabilities['limited_to']}", highlight=False,
                      soft_wrap=True)  # fmt: skip
+
+
+def print_album(album: Album) -> None:
+    """The joint answer of an album, then each photo's part in it."""
+    for c in album.predictions:
+        stdout.print(f"{c.rank}  {latlon(c.lat, c.lon)}  p={c.prob:.3g}  {c.place}"
+                     f"{held(c.points)}", highlight=False)  # fmt: skip
+    print_merged(album.merge_km)
+    stdout.print(f"[dim]{album.probabilities['album']}; "
+                 f"{album.probabilities['note']}[/]", highlight=False)  # fmt: skip
+    print_limited(album.probabilities)
+    for ph in album.photos:
+        flag = (f"  [bold]disagrees[/]: its own top place is {ph['km_from_joint_region']:,.0f} km "
+                "from the album's" if ph["disagrees"] else "")  # fmt: skip
+        stdout.print(f"{ph['share']:+.0%}  {ph['image']}  (alone: {ph['place']}){flag}",
+                     highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def print_probabilities(result: Prediction | Explanation) -> None:

@@ -7,6 +7,7 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .batch.explain import explain_folder as explain_folder
+    from .batch.photos import album_of_photos as album_of_photos
     from .batch.photos import explain_photos as explain_photos
     from .batch.photos import predict_photos as predict_photos
     from .batch.predict import predict_folder as predict_folder
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from .locator import Locator as Locator
     from .predictor import Predictor as Predictor
     from .request import Request as Request
+    from .results import Album as Album
     from .results import Candidate as Candidate
     from .results import Explanation as Explanation
     from .results import Prediction as Prediction
@@ -43,6 +45,8 @@ __getattr__ = lazy_exports(
         "explain_folder": "batch.explain",
         "explain_photos": "batch.photos",
         "predict_photos": "batch.photos",
+        "album_of_photos": "batch.photos",
+        "Album": "results",
         "stored_geoclip_calibrations": "calibration",
     },
 )

@@ -59,7 +59,7 @@ class ConfidenceRegion(TypedDict):
 NOT_JSON = {"json": False}  # a field the library returns that --json does not print
 
 
-def _json(obj: Prediction | Explanation | WhereAnswer) -> dict[str, Any]:
+def _json(obj: Prediction | Explanation | WhereAnswer | Album) -> dict[str, Any]:
     """The fields of a result that are set, in order, as JSON values."""
     out: dict[str, Any] = {}
     for f in fields(obj):
@@ -140,4 +140,22 @@ class WhereAnswer:
 
     def to_json(self) -> dict[str, Any]:
         """``geoconcept where --json``."""
+        return _json(self)
+
+
+@dataclass(kw_only=True)
+class Album:
+    """Photos of one place located together (inference.album): the joint top candidates,
+    what their probabilities are, the rival the photos' shares are measured against, and per
+    photo its own top place, its part in the answer and whether it disagrees."""
+
+    images: list[str]
+    predictions: list[Candidate]
+    merge_km: float | None = None
+    probabilities: dict[str, Any]
+    rival_gallery_index: int
+    photos: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        """``geoconcept predict DIR --together --json``."""
         return _json(self)

@@ -8,50 +8,31 @@ import pytest
 import torch
 from conftest import one_line_error, tiny_spec
 from safetensors.torch import load_file
-from synthetic import make_world
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
 from geoconcept_cli.geo.distance import haversine_km
-from geoconcept_cli.inference.factory import load_explainer, load_predictor
+from geoconcept_cli.inference.factory import load_explainer
 from geoconcept_cli.inference.request import HINT_WEIGHT, Request
-from geoconcept_cli.model.clip_id import ClipId
-from geoconcept_cli.model.spec import ModelSpec, StoredFeatures
-from geoconcept_cli.training.config import TrainConfig
-from geoconcept_cli.training.loop import train
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """12 regions of 3 concepts each, a concept-aware run trained on them, and noisy held-out
-    photos (the photo alone finds its region about 70% of the time); a photo's planted hint
-    is its region's most distinctive concept direction, as CLIP would embed the concept's
-    name, and the contradictory one another region's."""
-    root = tmp_path_factory.mktemp("hints")
-    world = make_world(root, n_regions=12, per_region=64, k=40, clip_model="tiny-clip-768",
-                       gallery_per_center=20)  # fmt: skip
-    train(TrainConfig(features=str(world["train"]), out=str(root / "run"),
-                      concepts=str(world["concepts"]), max_steps=150, batch_size=64, lr=3e-3,
-                      warmup_steps=5, queue_size=64))  # fmt: skip
-    stored = StoredFeatures(ClipId("tiny-clip-768", "none"), 768)
-    p = load_predictor(ModelSpec(checkpoint=str(root / "run"), gallery=str(world["gallery"]),
-                                 features=stored))  # fmt: skip
-    from geoconcept_cli.data.features import load_features
-
-    test = load_features(world["test"])
-    gen = torch.Generator().manual_seed(1)
-    feats = test.features + 1.5 * torch.randn(test.features.shape, generator=gen)
+def planted(planted_world):
+    """The planted world's predictor, noisy photos and truths; a photo's planted hint is its
+    region's most distinctive concept direction, as CLIP would embed the concept's name, and
+    the contradictory one another region's."""
+    p, feats, truth, region, world = planted_world
     directions = next(v for v in load_file(str(world["concepts"])).values() if v.ndim == 2)
-    region, mix = world["test_region"], world["mixtures"]
+    mix = world["mixtures"]
     # each region's most distinctive concept: its weight there over its most elsewhere
     elsewhere = torch.stack([torch.cat([mix[:r], mix[r + 1 :]]).amax(0) for r in range(12)])
     own = (mix - elsewhere).argmax(1)
     right = torch.stack([directions[own[r]] * 8 for r in region.tolist()])
+    gen = torch.Generator().manual_seed(2)
     other = (region + 1 + torch.randint(0, 10, (len(region),), generator=gen)) % 12
     wrong = torch.stack([directions[own[r]] * 8 for r in other.tolist()])
-    truth = torch.as_tensor(world["centers"], dtype=torch.float32)[region]
     return p, feats, truth, right, wrong
 
 

@@ -7,14 +7,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ...data.manifests import ID_NAMES, image_path
 from ...errors import GeoconceptError
-from ...io.images import photos_in
+from ...io.images import load_image, photos_in
 from ...io.tables import find_column, read_table
 from ...runtime.progress import Log, Report, quiet, silent
+from ..album import locate_album
 from ..explainer import Explainer
 from ..predictor import Predictor
 from ..request import Request
+from ..results import Album
 from .rows import PREDICTION_SCHEMA, explanation_row, prediction_row, rows_to_parquet
 
 
@@ -60,6 +64,33 @@ def predict_photos(
                                                      str(path)))  # fmt: skip
     rows_to_parquet(rows, out, PREDICTION_SCHEMA)
     return len(rows), failed
+
+
+def album_of_photos(predictor: Predictor, folder: str | Path, request: Request = Request(),
+                    report: Report = silent, log: Log = quiet, batch: int = 16
+                    ) -> Album:  # fmt: skip
+    """`predict DIR --together`: the photos of ``folder`` located as one question
+    (inference.album), read ``batch`` at a time; photos that cannot be read are skipped and
+    each ``log``ged."""
+    listed, read, feats, failed = photos_in(Path(folder)), [], [], []
+    with report("reading photos", "photos") as advance:
+        for s in range(0, len(listed), batch):
+            images = []
+            for path in listed[s : s + batch]:
+                try:
+                    images.append(load_image(path))
+                    read.append(str(path))
+                except GeoconceptError as exc:
+                    failed.append(str(exc))
+            if images:
+                feats.append(predictor.image_features(images))
+            if advance:
+                advance(len(listed[s : s + batch]), len(listed))
+    for line in failed:
+        log(f"skipped {line}")
+    if not read:
+        raise GeoconceptError(f"{folder}: no photo there could be read")
+    return locate_album(predictor, torch.cat(feats), read, request)
 
 
 Row = dict[str, Any]

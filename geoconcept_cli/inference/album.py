@@ -1,0 +1,70 @@
+"""Photos taken at one place, located as one question (`predict DIR --together`).
+
+The joint distribution is the product of the photos' distributions over the same gallery (the
+sum of their tempered log-probabilities, then renormalised), inside the request's limits and
+with its hints. Each photo's part in the answer is its log-probability at the joint top place
+over its log-probability at the rival (the joint's most probable place at least RIVAL_KM away,
+the explainer's runner-up rule): a photo pulling elsewhere has a negative share. A photo whose
+own most probable place is farther than AGREE_KM from every place of the joint's most probable
+MASS is flagged: it disagrees with the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..geo.distance import haversine_km
+from ..geo.geocode import place_names
+from .hints import RIVAL_KM
+from .predictor import Predictor
+from .request import Request, say_if_capped
+from .results import Album
+
+MASS = 0.9  # the joint's most probable places holding this much: where the album points
+AGREE_KM = 25.0  # a photo's own answer this near the album's agrees: the city level of the metrics
+
+
+@torch.no_grad()
+def locate_album(predictor: Predictor, feats: torch.Tensor, images: Sequence[str],
+                 request: Request = Request()) -> Album:  # fmt: skip
+    """The joint answer of photos' CLIP features (n, D), named ``images`` (module docstring)."""
+    p = predictor.steered(request)
+    say_if_capped("--top-k", request.top_k, p.place_count, "places in the gallery")
+    lp = (p.logits(feats) / p.temperature).log_softmax(dim=1).cpu()  # (n, N)
+    joint = lp.clamp_min(-1e30).sum(0) + (0 if p.prior is None else p.prior.cpu())
+    if p.allowed is not None:
+        joint = joint.masked_fill(~p.allowed.cpu(), -torch.inf)
+    probs = joint.softmax(0)
+    places = p.places.cpu() if p.allowed is None else p.places.cpu()[p.allowed.cpu()[p.places]]
+
+    def rank(_: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        top = probs[places].topk(min(k, len(places)))
+        return top.values[None], places[top.indices][None]
+
+    ranked = p.sites.rank(rank, probs[None], request.top_k, request.merge_km)
+    candidates = p.candidate_rows(ranked)[0]
+    top = int(ranked.rows[0, 0])
+    gps = p.gallery_gps.double().numpy()
+    far = haversine_km(gps[top, 0], gps[top, 1], gps[:, 0], gps[:, 1]) >= RIVAL_KM
+    rival = int(torch.where(torch.from_numpy(far), probs, -1.0).argmax())
+    gain = lp[:, top] - lp[:, rival]  # (n,)
+    share = gain / gain.abs().sum().clamp_min(1e-12)
+    order = probs.argsort(descending=True)
+    held = order[: int((probs[order].cumsum(0) < MASS).sum()) + 1].numpy()  # the joint's region
+    inside = lp if p.allowed is None else lp.masked_fill(~p.allowed.cpu(), -torch.inf)
+    own = inside.argmax(1).numpy()  # each photo's own most probable point
+    apart = [float(haversine_km(gps[o, 0], gps[o, 1], gps[held, 0], gps[held, 1]).min())
+             for o in own]  # fmt: skip
+    names = place_names(gps[own])
+    photos = [{"image": image, "lat": float(gps[o, 0]), "lon": float(gps[o, 1]), "place": name,
+               "logit_gain": round(float(g), 5), "share": round(float(s), 5),
+               "km_from_joint_region": round(km, 1),
+               "disagrees": km > AGREE_KM}
+              for image, o, name, g, s, km in zip(images, own, names, gain.tolist(),
+                                                   share.tolist(), apart, strict=True)]  # fmt: skip
+    return Album(images=list(images), predictions=candidates, merge_km=request.merge_km,
+                 probabilities={**p.calibration_note(), "album": (
+                     f"the product of the {len(images)} photos' distributions, renormalised")},
+                 rival_gallery_index=rival, photos=photos)  # fmt: skip

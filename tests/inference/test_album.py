@@ -1,0 +1,75 @@
+"""Albums: photos of one place located together beat them one by one, and a stray is flagged."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from conftest import one_line_error, shared_data
+from typer.testing import CliRunner
+
+from geoconcept_cli.cli.app import app
+from geoconcept_cli.geo.distance import haversine_km
+from geoconcept_cli.inference.album import locate_album
+from geoconcept_cli.inference.request import Request
+
+runner = CliRunner()
+
+
+def within_25km(truth, lat, lon) -> bool:
+    return bool(haversine_km(*truth.tolist(), lat, lon) <= 25)
+
+
+def test_an_album_of_one_place_beats_its_photos_alone_and_flags_a_stray(planted_world):
+    p, feats, truth, region, _ = planted_world
+    alone, together, flagged, kept, pulled = [], [], [], [], []
+    for r in range(12):
+        mine = torch.nonzero(region == r)[:, 0][:4]  # 4 photos of one place
+        stray = int(torch.nonzero(region == (r + 6) % 12)[0, 0])  # one of another, far away
+        for i in mine.tolist():
+            c = p.predict_features(feats[i : i + 1], Request(top_k=1)).predictions[0]
+            alone.append(within_25km(truth[i], c.lat, c.lon))
+        album = locate_album(p, feats[mine], [f"p{i}" for i in mine.tolist()], Request(top_k=1))
+        top = album.predictions[0]
+        together.append(within_25km(truth[mine[0]], top.lat, top.lon))
+        with_stray = torch.cat([mine, torch.tensor([stray])])
+        album = locate_album(p, feats[with_stray], [*map(str, with_stray.tolist())], Request())
+        *rest, odd = album.photos
+        if within_25km(truth[stray], odd["lat"], odd["lon"]):  # alone, it points home: far
+            flagged.append(odd["disagrees"])
+            if within_25km(truth[mine[0]], album.predictions[0].lat, album.predictions[0].lon):
+                pulled.append(odd["share"] < 0)  # it pulls away from the album's answer
+        if within_25km(truth[mine[0]], album.predictions[0].lat, album.predictions[0].lon):
+            kept += [not ph["disagrees"] for ph in rest  # those that alone point home too
+                     if within_25km(truth[mine[0]], ph["lat"], ph["lon"])]  # fmt: skip
+        assert abs(sum(abs(ph["share"]) for ph in album.photos) - 1) < 1e-4
+    assert np.mean(together) > np.mean(alone) + 0.1, (np.mean(together), np.mean(alone))
+    assert (
+        len(flagged) >= 6 and np.mean(flagged) >= 0.9 and len(kept) >= 10 and np.mean(kept) >= 0.9
+    ), (flagged, kept)
+
+
+def test_predict_together_answers_once_for_a_folder(tmp_path, tiny_clip, small_gallery):
+    images = shared_data("im2gps3k", "images")
+    folder = tmp_path / "album"
+    folder.mkdir()
+    for photo in sorted(images.iterdir())[:3]:
+        (folder / photo.name).symlink_to(photo)
+    (folder / "broken.jpg").write_text("not a photo")
+    model = ["--clip-model", tiny_clip, "--clip-pretrained", "none", "--gallery",
+             str(small_gallery)]  # fmt: skip
+    res = runner.invoke(app, ["predict", str(folder), "--together", "--json", "--top-k", "2",
+                              *model])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert len(got["images"]) == 3 and len(got["predictions"]) == 2 and len(got["photos"]) == 3
+    assert "product of the 3 photos" in got["probabilities"]["album"]
+    assert "skipped" in res.stderr and "broken.jpg" in res.stderr
+    for bad, said in ((["--out", str(tmp_path / "o.parquet")], "--out"),
+                      (["--gpus", "1"], "--gpus")):  # fmt: skip
+        assert said in one_line_error(runner.invoke(app, ["predict", str(folder), "--together",
+                                                          *bad]))  # fmt: skip
+    photo = next(iter(sorted(images.iterdir())))
+    assert "a folder of photos" in one_line_error(
+        runner.invoke(app, ["predict", str(photo), "--together"]))  # fmt: skip

@@ -59,6 +59,17 @@ IMAGE_BODY = {
 }  # fmt: skip
 
 
+MAX_ALBUM = 16  # photos in one album upload
+ALBUM_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["image"],
+        "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                 "description": f"2 to {MAX_ALBUM} photos of one place"}},
+    }}},
+}  # fmt: skip
+
+
 TopK = Annotated[int, Query(ge=1, le=MAX_SHOWN, description="How many candidates.")]
 MergeKm = Annotated[
     float, Query(ge=0, le=MAX_MERGE_KM, description="Gallery points this close are one candidate.")
@@ -111,25 +122,27 @@ class _ApiKey(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-async def read_photo(request: Request, limit_bytes: int) -> Photo:
-    """The photo in the multipart field ``image``, refusing (4xx) a wrong content type, a
-    malformed body, a missing field or more than ``limit_bytes`` (counted as it arrives)."""
+async def read_photos(request: Request, limit_bytes: int, most: int = 1) -> list[Photo]:
+    """The photos in the multipart field ``image`` (repeated for an album: at most ``most``),
+    refusing (4xx) a wrong content type, a malformed body, a missing field or more than
+    ``limit_bytes`` a photo (counted as the body arrives)."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(415, "send the photo as multipart/form-data in the field 'image'")
     too_large = f"upload over the server's limit of {limit_bytes / 2**20:g} MB (--max-upload-mb)"
+    allowed = most * limit_bytes + 2**16  # allowance for the multipart
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit_bytes + 2**16:  # allowance for the multipart
+    if length.isdigit() and int(length) > allowed:
         raise HTTPException(413, too_large)
 
     async def counted() -> AsyncGenerator[bytes, None]:
         total = 0
         async for chunk in request.stream():
             total += len(chunk)
-            if total > limit_bytes + 2**16:
+            if total > allowed:
                 raise _TooLarge
             yield chunk
 
-    parser = MultiPartParser(request.headers, counted(), max_files=1, max_fields=16)
+    parser = MultiPartParser(request.headers, counted(), max_files=most, max_fields=16)
     try:
         form = await parser.parse()
     except _TooLarge:
@@ -137,18 +150,25 @@ async def read_photo(request: Request, limit_bytes: int) -> Photo:
     except MultiPartException as exc:
         raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
     try:
-        field = form.get("image")
-        if field is None:
+        fields = form.getlist("image")
+        if not fields:
             raise HTTPException(400, "no field 'image': send the photo in the field 'image'")
-        if not isinstance(field, UploadFile):
-            raise HTTPException(400, "the field 'image' must be a file, not text")
-        data = await field.read()
-        if len(data) > limit_bytes:
-            raise HTTPException(413, too_large)
-        name = Path(field.filename or "upload").name[:200] or "upload"
-        return Photo(data, name)
+        photos = []
+        for field in fields:
+            if not isinstance(field, UploadFile):
+                raise HTTPException(400, "the field 'image' must be a file, not text")
+            data = await field.read()
+            if len(data) > limit_bytes:
+                raise HTTPException(413, too_large)
+            photos.append(Photo(data, Path(field.filename or "upload").name[:200] or "upload"))
+        return photos
     finally:
         await form.close()
+
+
+async def read_photo(request: Request, limit_bytes: int) -> Photo:
+    """The one photo of a request (:func:`read_photos`)."""
+    return (await read_photos(request, limit_bytes))[0]
 
 
 def create_app(
@@ -227,6 +247,19 @@ def create_app(
                       hint_weight=hint_weight)  # fmt: skip
         answer = await run_in_threadpool(service.explain, photo, asked)
         return JSONResponse(answer)
+
+    @app.post("/album", openapi_extra={"requestBody": ALBUM_BODY},
+              summary="Photos of one place together: `geoconcept predict DIR --together "
+                      "--json`, plus `map`")  # fmt: skip
+    async def album(request: Request, limits: Limited, top_k: TopK = 5,
+                    merge_km: MergeKm = MERGE_KM, hint: Hints = None,
+                    hint_weight: HintWeight = HINT_WEIGHT) -> JSONResponse:  # fmt: skip
+        photos = await read_photos(request, limit, MAX_ALBUM)
+        if len(photos) < 2:
+            raise HTTPException(400, "an album is 2 or more photos, each in a field 'image'")
+        asked = Asked(top_k=top_k, merge_km=merge_km, limits=limits, hints=tuple(hint or ()),
+                      hint_weight=hint_weight)  # fmt: skip
+        return JSONResponse(await run_in_threadpool(service.album, photos, asked))
 
     @app.get("/where", summary="Where a text or concept points: `geoconcept where --json`")
     def where(

@@ -24,6 +24,7 @@ from ..errors import GeoconceptError
 from ..gallery.store import load_gallery
 from ..geo.distance import haversine_km
 from ..geo.geocode import place_name, place_names
+from ..inference.album import locate_album
 from ..inference.explainer import Explainer
 from ..inference.locator import Locator
 from ..inference.predictor import HEAT_POINTS
@@ -114,6 +115,15 @@ class GeoService:
             answer = self.explainer.explain_features(feats, replace(request, heat=True),
                                                      image=photo.name)  # fmt: skip
         return {**answer.to_json(), "map": _photo_map(answer.heat, answer.predictions, photo)}
+
+    def album(self, photos: list[Photo], request: Request = Request()) -> dict[str, Any]:
+        """``geoconcept predict DIR --together --json`` of uploaded photos, plus a map of the
+        joint answer and each photo's own top place."""
+        feats = torch.cat([self._features(photo) for photo in photos])
+        with self._lock:
+            answer = locate_album(self.predictor, feats, [ph.name for ph in photos], request)
+        heat = [[ph["lat"], ph["lon"], 1.0] for ph in answer.photos]  # each photo's own answer
+        return {**answer.to_json(), "map": {"heat": heat, "names": _names(heat)}}
 
     def where(self, text: str, request: Request = Request(top_k=10)) -> dict[str, Any]:
         """``geoconcept where --json`` of a text, plus its heatmap (scores, not probabilities,

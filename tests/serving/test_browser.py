@@ -202,6 +202,24 @@ def test_page_limits_the_search_to_what_the_analyst_knows(browser, base_url):
 
 
 @pytest.mark.e2e
+def test_page_locates_several_photos_of_one_place_together(browser, base_url):
+    """Choosing several files asks one question of them all: the joint candidates, and each
+    photo's part in the answer."""
+    from selenium.webdriver.common.by import By
+
+    chosen = sorted(shared_data("im2gps3k", "images").iterdir())[3:6]
+    browser.get(base_url + "/")
+    wait_for(browser, lambda d: "concept-aware" in d.find_element(By.ID, "health").text)
+    browser.find_element(By.ID, "file").send_keys("\n".join(str(p) for p in chosen))
+    wait_for(browser, lambda d: "photos located together" in d.find_element(By.ID, "status").text)
+    summary = browser.find_element(By.ID, "summary").text
+    assert "the product of the 3 photos' distributions" in summary
+    for photo in chosen:
+        assert re.search(rf"{re.escape(photo.name)}: -?\d+% of the answer \(alone: ", summary)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#candidates li")) == 5
+
+
+@pytest.mark.e2e
 def test_page_explains_an_iphone_heic_photo(browser, base_url, tmp_path):
     """The server reads HEIC; Chromium cannot show it, so no broken picture stands beside it."""
     from selenium.webdriver.common.by import By

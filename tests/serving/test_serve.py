@@ -446,3 +446,20 @@ def test_hints_go_with_a_photos_question(client, photos):
     assert hinted.json()["predictions"] != plain  # a weight of 4 moves a random photo's answer
     r = client.post("/predict?hint=x&hint_weight=0", files=files)
     assert r.status_code == 422 and list(r.json()) == ["error"]
+
+
+def test_an_album_upload_is_located_together(client, service, photos):
+    """Several files in the field 'image' (2 to 16): `predict DIR --together --json` of them,
+    with a map of each photo's own answer; one photo, or too many, is a 400."""
+    files = [("image", (p.name, p.read_bytes(), "image/jpeg")) for p in photos[:2]]
+    got = client.post("/album?top_k=3&within=Europe", files=files)
+    body = got.json()
+    assert got.status_code == 200, body
+    assert body["images"] == [p.name for p in photos[:2]] and len(body["predictions"]) == 3
+    assert [ph["image"] for ph in body["photos"]] == body["images"]
+    assert body["probabilities"]["limited_to"].startswith("Europe")
+    assert len(body["map"]["heat"]) == 2 and len(body["map"]["names"]) == 2
+    r = client.post("/album", files=files[:1])
+    assert r.status_code == 400 and "2 or more photos" in r.json()["error"]
+    r = client.post("/album", files=files * 9)  # 18 files
+    assert r.status_code == 400 and list(r.json()) == ["error"]

@@ -11,7 +11,7 @@ const HEAT_RAMP = [[255, 236, 140], [248, 150, 40], [214, 60, 40], [120, 20, 90]
 
 const state = {
   world: [], tiles: null, tileCache: new Map(), answer: null, kind: "probability",
-  key: sessionStorage.getItem("geoconcept-key") || "", file: null, previewable: false, hits: [],
+  key: sessionStorage.getItem("geoconcept-key") || "", file: null, album: null, previewable: false, hits: [],
   drag: null,
   view: { x0: 0, y0: 0, scale: 1 },
 };
@@ -307,6 +307,7 @@ function limited({ hints, ...fields }) {
 }
 
 async function explain() {
+  if (state.album) return album();
   if (!state.file) return;
   const q = limited({ top_k: $("top-k").value, concepts_shown: $("concepts-shown").value,
                       check: $("check").checked, merge_km: $("merge-km").value, hints: true });
@@ -383,6 +384,11 @@ function summary(a) {
     s.append(el("p", h.applied === false ? `hint “${h.hint}”${onto}: maps onto no concept clearly, not applied`
       : `hint “${h.hint}”${onto}: ${Math.round(100 * h.share)}% of the answer's lead over the hint's rival`));
   }
+  if (a.probabilities && a.probabilities.album) s.append(el("p", a.probabilities.album, "note"));
+  for (const ph of a.photos || []) {
+    const odd = ph.disagrees ? ` — disagrees: its own answer is ${Math.round(ph.km_from_joint_region)} km from the album's` : "";
+    s.append(el("p", `${ph.image}: ${Math.round(100 * ph.share)}% of the answer (alone: ${ph.place})${odd}`, ph.disagrees ? "odd" : undefined));
+  }
   if (a.merge_km) s.append(el("p", `candidates: gallery points within ${a.merge_km} km merged, probabilities summed`, "note"));
   if (a.map && a.map.truth) {
     const t = a.map.truth;
@@ -454,9 +460,35 @@ function reasons(a) {
   $("bar-legend").hidden = !r.querySelector(".bar");
 }
 
+// photos of one place, located together: the joint answer and each photo's part
+async function album() {
+  const body = new FormData();
+  for (const f of state.album) body.append("image", f, f.name);
+  status(`locating ${state.album.length} photos together…`);
+  $("explain-btn").disabled = true;
+  clear();
+  $("preview").hidden = true;
+  try {
+    const q = limited({ top_k: $("top-k").value, merge_km: $("merge-km").value, hints: true });
+    show(await api(`/album?${q}`, { method: "POST", body }), "probability");
+    status(`${state.album.length} photos located together`);
+  } catch (e) {
+    status(e.message, true);
+  } finally {
+    $("explain-btn").disabled = false;
+  }
+}
+
 // ---------------------------------------------------------------- choosing a photo
-function choose(file) {
-  if (!file) return;
+function choose(files) {
+  if (!files || !files.length) return;
+  state.album = files.length > 1 ? Array.from(files) : null;
+  if (state.album) {
+    $("drop-text").textContent = `${files.length} photos of one place`;
+    $("explain-btn").disabled = false;
+    return album();
+  }
+  const file = files[0];
   state.file = file;
   $("drop-text").textContent = file.name;
   const img = $("preview");
@@ -473,7 +505,7 @@ function choose(file) {
   explain();
 }
 
-$("file").addEventListener("change", (ev) => choose(ev.target.files[0]));
+$("file").addEventListener("change", (ev) => choose(ev.target.files));
 const drop = $("drop");
 for (const t of ["dragenter", "dragover"]) {
   drop.addEventListener(t, (ev) => { ev.preventDefault(); drop.classList.add("over"); });
@@ -481,7 +513,7 @@ for (const t of ["dragenter", "dragover"]) {
 for (const t of ["dragleave", "drop"]) {
   drop.addEventListener(t, () => drop.classList.remove("over"));
 }
-drop.addEventListener("drop", (ev) => { ev.preventDefault(); choose(ev.dataTransfer.files[0]); });
+drop.addEventListener("drop", (ev) => { ev.preventDefault(); choose(ev.dataTransfer.files); });
 $("photo-form").addEventListener("submit", (ev) => { ev.preventDefault(); explain(); });
 $("where-form").addEventListener("submit", (ev) => { ev.preventDefault(); where($("where-text").value); });
 $("key-form").addEventListener("submit", (ev) => {

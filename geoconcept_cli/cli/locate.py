@@ -117,6 +117,13 @@ def predict(
             "product of their distributions), each photo's part said, strays flagged.",
         ),
     ] = False,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            help="With --together and a manifest: locate each group of rows sharing "
+            "this column's value as one album, a row per group in --out."
+        ),
+    ] = None,
 ) -> None:
     """Predict where a photo was taken: top-k GPS candidates with probabilities and place names.
 
@@ -127,9 +134,14 @@ def predict(
     spec = ModelSpec(**model)
     request = Request(top_k=top_k, merge_km=merge_km, limits=limits, hints=tuple(hint or ()),
                       hint_weight=hint_weight)  # fmt: skip
-    if together:
-        _check_album(image, out, images, gpus)
+    if together or group_by:
+        _check_album(image, out, images, gpus, group_by, as_json)
         predictor = inference.load_predictor(spec, lazy_progress_bar)
+        if group_by and out:
+            n = inference.albums_of_manifest(predictor, image, group_by, out, images, request,
+                                             lazy_progress_bar, note)  # fmt: skip
+            say(f"{count(n, 'album')} located -> {out}")
+            return
         album = inference.album_of_photos(predictor, image, request, lazy_progress_bar, note)
         print_json(album.to_json()) if as_json else print_album(album)
         return
@@ -241,14 +253,22 @@ def _check_mode(target: Path, out: Path | None, images: Path | None, gpus: int,
     return features
 
 
-def _check_album(target: Path, out: Path | None, images: Path | None, gpus: int) -> None:
-    """One line, before anything loads, where --together cannot apply: it takes one folder of
-    photos and answers once (text or --json)."""
-    if not target.is_dir() or (target / "meta.json").is_file() or not io.photos_in(target):
-        raise GeoconceptError(f"--together takes a folder of photos; {target} is not one")
-    for name, given in (("--out", out), ("--images", images), ("--gpus", gpus)):
+def _check_album(target: Path, out: Path | None, images: Path | None, gpus: int,
+                 group_by: str | None, as_json: bool) -> None:  # fmt: skip
+    """One line, before anything loads, where an album cannot be: --together takes a folder
+    of photos (one answer, text or --json) or, with --group-by and --out, a manifest."""
+    if group_by is not None:
+        if target.suffix.lower() not in BATCH_SUFFIXES or out is None or as_json:
+            raise GeoconceptError("--group-by takes a manifest (CSV/Parquet) and --out "
+                                  "albums.parquet (a row per group), not --json")  # fmt: skip
+        io.writable_file(out)
+    elif not target.is_dir() or (target / "meta.json").is_file() or not io.photos_in(target):
+        raise GeoconceptError(f"--together takes a folder of photos (or a manifest with "
+                              f"--group-by); {target} is not one")  # fmt: skip
+    for name, given in (("--out", out and not group_by), ("--images", images and not group_by),
+                        ("--gpus", gpus)):  # fmt: skip
         if given:
-            raise GeoconceptError(f"{name}: not with --together, which answers once")
+            raise GeoconceptError(f"{name}: not with --together on a folder, which answers once")
 
 
 def _explain_features(spec: ModelSpec, features: Path, out: Path, request: Request,

@@ -8,6 +8,7 @@ from .._lazy import lazy_exports
 if TYPE_CHECKING:
     from .batch.explain import explain_folder as explain_folder
     from .batch.photos import album_of_photos as album_of_photos
+    from .batch.photos import albums_of_manifest as albums_of_manifest
     from .batch.photos import explain_photos as explain_photos
     from .batch.photos import predict_photos as predict_photos
     from .batch.predict import predict_folder as predict_folder
@@ -46,6 +47,7 @@ __getattr__ = lazy_exports(
         "explain_photos": "batch.photos",
         "predict_photos": "batch.photos",
         "album_of_photos": "batch.photos",
+        "albums_of_manifest": "batch.photos",
         "Album": "results",
         "stored_geoclip_calibrations": "calibration",
     },

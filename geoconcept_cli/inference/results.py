@@ -145,10 +145,11 @@ class WhereAnswer:
 
 @dataclass(kw_only=True)
 class Album:
-    """Photos of one place located together (inference.album): the joint top candidates,
-    what their probabilities are, the rival the photos' shares are measured against, and per
-    photo its own top place, its part in the answer and whether it disagrees."""
+    """Photos of one place (a manifest's ``group``) located together (inference.album): the
+    joint top candidates, what their probabilities are, the rival the photos' shares are
+    measured against, and per photo its own top place, its part and whether it disagrees."""
 
+    group: str | None = None
     images: list[str]
     predictions: list[Candidate]
     merge_km: float | None = None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from conftest import one_line_error, shared_data
 from typer.testing import CliRunner
@@ -73,3 +75,27 @@ def test_predict_together_answers_once_for_a_folder(tmp_path, tiny_clip, small_g
     photo = next(iter(sorted(images.iterdir())))
     assert "a folder of photos" in one_line_error(
         runner.invoke(app, ["predict", str(photo), "--together"]))  # fmt: skip
+
+
+def test_a_manifest_grouped_by_a_column_is_a_row_per_album(tmp_path, tiny_clip, small_gallery):
+    names = [p.name for p in sorted(shared_data("im2gps3k", "images").iterdir())[:5]]
+    manifest = tmp_path / "trip.csv"
+    days = ["mon", "mon", "tue", "tue", "tue", "wed"]
+    pd.DataFrame({"IMG_ID": [*names, "gone.jpg"], "day": days}).to_csv(manifest, index=False)
+    model = ["--clip-model", tiny_clip, "--clip-pretrained", "none", "--gallery",
+             str(small_gallery)]  # fmt: skip
+    out = tmp_path / "albums.parquet"
+    res = runner.invoke(app, ["predict", str(manifest), "--together", "--group-by", "day",
+                              "--images", str(shared_data("im2gps3k", "images")), "--out",
+                              str(out), *model])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "2 albums located" in res.stdout and "skipped group wed" in res.stderr
+    table = pd.read_parquet(out)
+    assert table["group"].tolist() == ["mon", "tue"] and table["photos"].tolist() == [2, 3]
+    parts = json.loads(table["parts"][1])
+    assert [Path(ph["image"]).name for ph in parts] == names[2:5]
+    assert table["disagreeing"].between(0, 3).all() and table["prob"].between(0, 1).all()
+    for bad in (["--group-by", "night", "--out", str(tmp_path / "x.parquet")],
+                ["--group-by", "day"]):  # fmt: skip
+        res = runner.invoke(app, ["predict", str(manifest), "--together", *bad, *model])
+        assert "--group-by" in one_line_error(res)

@@ -19,7 +19,14 @@ from ..explainer import Explainer
 from ..predictor import Predictor
 from ..request import Request
 from ..results import Album
-from .rows import PREDICTION_SCHEMA, explanation_row, prediction_row, rows_to_parquet
+from .rows import (
+    ALBUM_SCHEMA,
+    PREDICTION_SCHEMA,
+    album_row,
+    explanation_row,
+    prediction_row,
+    rows_to_parquet,
+)
 
 
 def batch_photos(
@@ -67,30 +74,58 @@ def predict_photos(
 
 
 def album_of_photos(predictor: Predictor, folder: str | Path, request: Request = Request(),
-                    report: Report = silent, log: Log = quiet, batch: int = 16
-                    ) -> Album:  # fmt: skip
+                    report: Report = silent, log: Log = quiet) -> Album:  # fmt: skip
     """`predict DIR --together`: the photos of ``folder`` located as one question
-    (inference.album), read ``batch`` at a time; photos that cannot be read are skipped and
-    each ``log``ged."""
-    listed, read, feats, failed = photos_in(Path(folder)), [], [], []
+    (inference.album); photos that cannot be read are skipped and each ``log``ged."""
+    album = _albums(predictor, {str(folder): photos_in(Path(folder))}, request, report, log)
+    if not album:
+        raise GeoconceptError(f"{folder}: no photo there could be read")
+    return album[0]
+
+
+def albums_of_manifest(predictor: Predictor, manifest: str | Path, column: str, out: str | Path,
+                       images: str | Path | None = None, request: Request = Request(),
+                       report: Report = silent, log: Log = quiet) -> int:  # fmt: skip
+    """`predict MANIFEST --together --group-by COLUMN --out`: each group of the manifest's
+    photos (rows sharing ``column``'s value) located as one question, a row per group in the
+    Parquet file ``out`` (ALBUM_SCHEMA); returns the groups written."""
+    df = read_table(manifest)
+    if column not in df.columns:
+        raise GeoconceptError(f"--group-by {column}: {manifest} has no such column (it has "
+                              f"{', '.join(map(str, df.columns))})")  # fmt: skip
+    base = Path(images) if images else Path(manifest).parent
+    ids = df[find_column(df, ID_NAMES, "image", manifest)].astype(str)
+    groups = {str(g): [image_path(base, i) for i in rows]
+              for g, rows in ids.groupby(df[column].astype(str), sort=True)}  # fmt: skip
+    albums = _albums(predictor, groups, request, report, log)
+    rows_to_parquet([album_row(a) for a in albums], out, ALBUM_SCHEMA)
+    return len(albums)
+
+
+def _albums(predictor: Predictor, groups: dict[str, list[Path]], request: Request,
+            report: Report, log: Log) -> list[Album]:  # fmt: skip
+    """Each group of photos located as one question (named by the group), its photos read
+    and embedded in turn; photos that cannot be read are skipped and logged, and a group
+    left with none is skipped."""
+    total, albums = sum(len(paths) for paths in groups.values()), []
     with report("reading photos", "photos") as advance:
-        for s in range(0, len(listed), batch):
-            images = []
-            for path in listed[s : s + batch]:
+        for group, paths in groups.items():
+            read, feats = [], []
+            for path in paths:
                 try:
-                    images.append(load_image(path))
+                    feats.append(predictor.image_features([load_image(path)]))
                     read.append(str(path))
                 except GeoconceptError as exc:
-                    failed.append(str(exc))
-            if images:
-                feats.append(predictor.image_features(images))
-            if advance:
-                advance(len(listed[s : s + batch]), len(listed))
-    for line in failed:
-        log(f"skipped {line}")
-    if not read:
-        raise GeoconceptError(f"{folder}: no photo there could be read")
-    return locate_album(predictor, torch.cat(feats), read, request)
+                    log(f"skipped {exc}")
+                if advance:
+                    advance(1, total)
+            if read:
+                album = locate_album(predictor, torch.cat(feats), read, request)
+                album.group = group
+                albums.append(album)
+            else:
+                log(f"skipped group {group}: no photo of it could be read")
+    return albums
 
 
 Row = dict[str, Any]

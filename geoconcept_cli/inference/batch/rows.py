@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ...io.artifacts import atomic_path
-from ..results import Explanation, Prediction
+from ..results import Album, Explanation, Prediction
 
 ROW_SCHEMA = pa.schema([
     ("image", pa.large_string()), ("lat", pa.float64()), ("lon", pa.float64()),
@@ -46,6 +46,24 @@ def prediction_row(pred: Prediction, image: str) -> dict[str, Any]:
     top = pred.predictions[0]
     return {"image": image, "lat": top.lat, "lon": top.lon, "prob": top.prob, "place": top.place,
             "top_k": json.dumps([c.to_json() for c in pred.predictions])}  # fmt: skip
+
+
+ALBUM_SCHEMA = pa.schema([
+    ("group", pa.large_string()), ("photos", pa.int64()), ("lat", pa.float64()),
+    ("lon", pa.float64()), ("prob", pa.float64()), ("place", pa.large_string()),
+    ("top_k", pa.large_string()), ("parts", pa.large_string()), ("disagreeing", pa.int64()),
+])  # fmt: skip
+
+
+def album_row(album: Album) -> dict[str, Any]:
+    """One flat row of a group of photos located together (the top candidate, the top-k and
+    each photo's part as JSON, how many photos disagree)."""
+    top = album.predictions[0]
+    return {"group": album.group, "photos": len(album.images), "lat": top.lat, "lon": top.lon,
+            "prob": top.prob, "place": top.place,
+            "top_k": json.dumps([c.to_json() for c in album.predictions]),
+            "parts": json.dumps(album.photos),
+            "disagreeing": sum(ph["disagrees"] for ph in album.photos)}  # fmt: skip
 
 
 def rows_to_parquet(rows: list[dict[str, Any]], path: str | Path,

@@ -62,7 +62,7 @@ def print_hints(hints: list[dict[str, Any]] | None) -> None:
             said += ": maps onto no concept clearly, not applied"
         elif "share" in h:
             said += (
-                f": {h['share']:+.0%} of the top candidate's gain (logit "
+                f": {h['share']:+.0%} of the answer's lead over the hint's rival (logit "
                 f"{h['logit_gain']:+.3g} beside the photo's {h['photo_logit_gain']:+.3g})"
             )
         stdout.print(said, highlight=False, soft_wrap=True)

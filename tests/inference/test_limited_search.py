@@ -141,3 +141,33 @@ def test_a_limit_to_the_true_country_keeps_answers_inside_and_accuracy(predictor
     free, kept = np.array(free), np.array(kept)
     for km in (750, 2500):
         assert (kept <= km).mean() >= (free <= km).mean()
+
+
+def test_the_conformal_region_under_a_limit_keeps_its_coverage(planted_world):
+    """Calibrated on half of the planted photos, the region of each other photo under a limit
+    that holds its truth (2,000 km around it) covers the truth at least as often as the free
+    region (renormalising inside removes mass above the truth, never below), and lies inside
+    the limit."""
+    from geoconcept_cli.evaluation.calibration_fit import calibrate_predictor
+
+    p, feats, truth, _, _ = planted_world
+    order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(0))
+    fit, held = order[: len(order) // 2], order[len(order) // 2 :]
+    p.calibration = calibrate_predictor(p, feats[fit], truth[fit], ClipId("tiny-clip-768", "none"),
+                                        alpha=0.2, radius_km=25.0)  # fmt: skip
+    try:
+        free, kept = [], []
+        for i in held.tolist():
+            lat, lon = truth[i].tolist()
+            around = Limits.parse(near=[f"{lat},{lon}"], radius=[2000])
+            for out, limits in ((free, Limits()), (kept, around)):
+                region = p.limited(limits).regions(feats[i : i + 1], max_points=10_000)[0]
+                pts = np.array(region["points"])
+                km = haversine_km(lat, lon, pts[:, 0], pts[:, 1])
+                out.append(bool((km <= 25).any()))
+                if limits:
+                    assert (km <= 2000 + 1).all()
+        coverage = (np.mean(kept), np.mean(free))
+        assert coverage[0] >= coverage[1] and coverage[0] >= 0.7, coverage
+    finally:
+        p.calibration = None

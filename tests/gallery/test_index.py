@@ -181,10 +181,10 @@ def test_batch_prediction_searches_the_index(big, tmp_path):
     from geoconcept_cli.data.features import read_shard
 
     _, feats, _ = read_shard(world["test"], 0)
-    probs, rows = big.topk(feats, 3)
-    first = table.iloc[: len(rows)]
+    ranked = big.ranked(feats, 3, Request().merge_km)  # as predict lists a photo's
+    rows, first = ranked.rows, table.iloc[: len(ranked.rows)]
     np.testing.assert_allclose(first["lat"], big.gallery_gps[rows[:, 0], 0].numpy(), atol=1e-5)
-    np.testing.assert_allclose(first["prob"], probs[:, 0].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(first["prob"], ranked.probs[:, 0].numpy(), rtol=1e-6)
 
 
 def test_predict_says_what_the_probabilities_are_normalised_over(big, big_gallery, tiny_clip,

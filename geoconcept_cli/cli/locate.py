@@ -11,8 +11,7 @@ import typer
 from .. import geo, inference, io, plots
 from ..errors import GeoconceptError
 from ..geo.limits import Limits
-from ..inference.request import HINT_WEIGHT, Request
-from ..inference.sites import MERGE_KM
+from ..inference.request import HINT_WEIGHT, MERGE_KM, Request
 from ..model.spec import ModelSpec
 from ..runtime.launch import Workers
 from ..runtime.progress import lazy_progress_bar

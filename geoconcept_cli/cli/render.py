@@ -12,7 +12,7 @@ from .common import stdout
 
 if TYPE_CHECKING:  # the results' modules import torch: not needed to print them
     from ..concepts.set import ConceptWeight
-    from ..inference.results import Album, Explanation, Prediction, WhereAnswer
+    from ..inference.results import Album, Candidate, Explanation, Prediction, WhereAnswer
 
 
 def count(n: int, noun: str) -> str:
@@ -43,11 +43,16 @@ def print_merged(merge_km: float | None) -> None:
                      highlight=False)  # fmt: skip
 
 
-def print_prediction(result: Prediction) -> None:
-    for c in result.predictions:
+def print_candidates(candidates: list[Candidate], merge_km: float | None) -> None:
+    """One line a candidate, then what a candidate stands for."""
+    for c in candidates:
         stdout.print(f"{c.rank}  {latlon(c.lat, c.lon)}  p={c.prob:.3g}  {c.place}"
                      f"{held(c.points)}", highlight=False)  # fmt: skip
-    print_merged(result.merge_km)
+    print_merged(merge_km)
+
+
+def print_prediction(result: Prediction) -> None:
+    print_candidates(result.predictions, result.merge_km)
     print_hints(result.hints)
     print_probabilities(result)
 
@@ -77,10 +82,7 @@ def print_limited(probabilities: dict[str, Any] | None) -> None:
 
 def print_album(album: Album) -> None:
     """The joint answer of an album, then each photo's part in it."""
-    for c in album.predictions:
-        stdout.print(f"{c.rank}  {latlon(c.lat, c.lon)}  p={c.prob:.3g}  {c.place}"
-                     f"{held(c.points)}", highlight=False)  # fmt: skip
-    print_merged(album.merge_km)
+    print_candidates(album.predictions, album.merge_km)
     stdout.print(f"[dim]{album.probabilities['album']}; "
                  f"{album.probabilities['note']}[/]", highlight=False)  # fmt: skip
     print_limited(album.probabilities)

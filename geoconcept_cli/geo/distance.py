@@ -7,11 +7,13 @@ only for points right at a threshold.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 EARTH_RADIUS_KM = 6371.0088
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
@@ -35,6 +37,8 @@ def haversine_km(lat1: npt.ArrayLike, lon1: npt.ArrayLike, lat2: npt.ArrayLike,
 
 def unit_vectors(latlon: torch.Tensor) -> torch.Tensor:
     """(N, 2) degrees -> (N, 3) points on the unit sphere (dot product ranks by distance)."""
+    import torch  # here: geography (names, limits) is read by commands that need no torch
+
     lat, lon = torch.deg2rad(latlon[:, 0].double()), torch.deg2rad(latlon[:, 1].double())
     return torch.stack((lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()), dim=1)
 

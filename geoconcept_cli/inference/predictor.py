@@ -68,33 +68,32 @@ class Predictor:
         # (N,) log-weights added to every photo's tempered logits: hints, an album's other
         # photos (products of experts); None: the photo alone
         self.prior: torch.Tensor | None = None
-        self._limited: dict[Limits, Predictor] = {}  # the views of the whole gallery
+        self._masks: dict[Limits, tuple[torch.Tensor, Sites]] = {}  # of limited views
         self._whole = self
         self._texts: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}  # text_features
 
     def limited(self, limits: Limits) -> Predictor:
         """This predictor answering only from the gallery rows inside ``limits`` (itself for
         none): its scores are masked in every kernel, so probabilities, top-k, heatmaps and
-        regions are renormalised over the places inside. A view sharing the gallery, made once
-        per limits; GeoconceptError where no gallery place is inside."""
-        if limits == self.limits:
-            return self
-        if self.allowed is not None or not limits:  # a view's limits replace, not narrow
+        regions are renormalised over the places inside. A view sharing the gallery (its mask
+        made once per limits); GeoconceptError where no gallery place is inside."""
+        if self is not self._whole:  # a view's limits replace, not narrow; its prior goes
             return self._whole.limited(limits)
-        if limits not in self._limited:
-            inside = limits.mask(self.gallery_gps.double().numpy(), self.gallery_places)
-            allowed = torch.from_numpy(inside)
+        if not limits:
+            return self
+        if limits not in self._masks:
+            allowed = torch.from_numpy(limits.mask(self.gallery_gps.double().numpy(),
+                                                   self.gallery_places))  # fmt: skip
             count = int(allowed[self.places.cpu()].sum())
             if count == 0:
                 raise GeoconceptError(f"no gallery place inside {limits.describe()}: widen "
                                       "the limit, or give another --gallery")  # fmt: skip
-            view = copy.copy(self)
-            view.limits, view.allowed, view._limited = limits, allowed.to(self.device), {}
-            copies = torch.where(allowed, self.sites.row_copies, 0)
-            view.__dict__["sites"] = Sites(self.gallery_gps, copies, count)
-            self._limited = dict(list(self._limited.items())[-15:])  # a few, not every query's
-            self._limited[limits] = view
-        return self._limited[limits]
+            sites = Sites(self.gallery_gps, torch.where(allowed, self.sites.row_copies, 0), count)
+            self._masks = dict(list(self._masks.items())[-15:])  # a few, not every query's
+            self._masks[limits] = (allowed.to(self.device), sites)
+        view = copy.copy(self)  # made afresh: it follows this predictor's calibration
+        view.limits, (view.allowed, view.__dict__["sites"]) = limits, self._masks[limits]
+        return view
 
     def with_prior(self, prior: torch.Tensor | None) -> Predictor:
         """This predictor with (N,) ``prior`` log-weights added to each photo's tempered

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from ..errors import GeoconceptError
 from ..geo.limits import Limits
-from .sites import MERGE_KM
 
 HINT_WEIGHT = 0.25  # a hint's log-probabilities, against a photo's 1 (README: planted hints)
 
 MIN_DRAWS = 20  # fewer random draws cannot tell 95% apart from "all of them"
+MERGE_KM = 5.0  # gallery points this close form one candidate (inference.sites says why)
 MAX_HINT_WEIGHT = 10  # beyond, the photo no longer counts
 MAX_HINT_CHARS = 300  # as a where query
 MAX_MERGE_KM = 500  # wider, one candidate would stand for a country

@@ -24,8 +24,8 @@ from typing import NamedTuple
 import torch
 
 from ..geo.distance import EARTH_RADIUS_KM, unit_vectors
+from .request import MERGE_KM as MERGE_KM  # the default radius, chosen as said above
 
-MERGE_KM = 5.0  # gallery points this close form one candidate (module docstring)
 POOL = 32  # ranked points a merge starts from, per photo, at least (as explain ranked before)
 DEPTH = 4  # and at least this many per candidate asked for
 GROWTH = 4  # a photo with too few candidates in its pool is ranked this many times deeper

@@ -37,10 +37,10 @@ from ..inference.request import (
     MAX_HINT_WEIGHT,
     MAX_MERGE_KM,
     MAX_SHOWN,
+    MERGE_KM,
     MIN_DRAWS,
 )
 from ..inference.request import Request as Asked  # fastapi's Request is the HTTP one
-from ..inference.sites import MERGE_KM
 from ..model.spec import ModelSpec
 from ..runtime.progress import Log, Report, quiet, silent
 from .service import GeoService, Photo

@@ -55,8 +55,9 @@ def test_a_limited_prediction_is_the_softmax_over_the_places_inside(predictor):
         merged = predictor.predict_features(feats[i : i + 1], Request(limits=FRANCE))
         assert all(c == "FR" for c in reverse_geocode(
             np.array([[c.lat, c.lon] for c in merged.predictions])).country)  # fmt: skip
-    # the view is made once per limits and leaves the whole gallery's predictor as it was
-    assert predictor.limited(FRANCE) is predictor.limited(Limits.parse(["France"]))
+    # the mask is made once per limits, and the whole gallery's predictor stays as it was
+    again = predictor.limited(Limits.parse(["France"]))
+    assert again.allowed is predictor.limited(FRANCE).allowed  # the mask is made once
     assert predictor.allowed is None and predictor.logits(feats).isfinite().all()
 
 

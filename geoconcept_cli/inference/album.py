@@ -37,13 +37,7 @@ def locate_album(predictor: Predictor, feats: torch.Tensor, images: Sequence[str
     if p.allowed is not None:
         joint = joint.masked_fill(~p.allowed.cpu(), -torch.inf)
     probs = joint.softmax(0)
-    places = p.places.cpu() if p.allowed is None else p.places.cpu()[p.allowed.cpu()[p.places]]
-
-    def rank(_: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        top = probs[places].topk(min(k, len(places)))
-        return top.values[None], places[top.indices][None]
-
-    ranked = p.sites.rank(rank, probs[None], request.top_k, request.merge_km)
+    ranked = p.rank_scores(probs[None], request.top_k, request.merge_km)
     candidates = p.candidate_rows(ranked)[0]
     top = int(ranked.rows[0, 0])
     gps = p.gallery_gps.double().numpy()

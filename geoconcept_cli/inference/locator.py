@@ -10,7 +10,7 @@ Three modes, and the output says which:
 - other text with a concept-aware run: the text's similarity to each of the run's concepts
   weights their location activations (the text projected onto the concept basis).
 Places are gallery points within the request's ``merge_km`` merged (inference.sites), scored
-by their summed probability (zero-shot) or their first point's activation (concept modes);
+by their summed probability (zero-shot) or their best point's activation (concept modes);
 countries aggregate probability or average activation over their gallery points.
 """
 
@@ -54,16 +54,8 @@ class Locator:
                 ) -> list[dict[str, Any]]:  # fmt: skip
         """The top places of (N,) ``scores`` inside ``p``'s limits, points within
         ``request.merge_km`` merged: a place scores its points' sum (``total``, for
-        probabilities) or its first point's."""
-        rows = p.places.cpu()
-        if p.allowed is not None:
-            rows = rows[p.allowed.cpu()[rows]]
-
-        def rank(s: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            top = s[:, rows].topk(min(n, len(rows)))
-            return top.values, rows[top.indices]
-
-        ranked = p.sites.rank(rank, scores[None], request.top_k, request.merge_km, total)
+        probabilities) or its best point's."""
+        ranked = p.rank_scores(scores[None], request.top_k, request.merge_km, total)
         found = ranked.points[0] > 0
         picked, held = ranked.rows[0][found], ranked.points[0][found]
         points = p.gallery_gps[picked].tolist()

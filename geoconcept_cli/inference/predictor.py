@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import GeoconceptError
-from ..gallery.index import GalleryIndex
+from ..gallery.index import CANDIDATES, GalleryIndex
+from ..gallery.sites import site_ids
 from ..gallery.store import distinct_places
 from ..geo.geocode import Places, place_names, reverse_geocode
 from ..geo.limits import Limits
@@ -26,7 +27,7 @@ from .calibration import Calibration, place_areas, region_mask
 from .hints import hint_gains
 from .request import Request, say_if_capped
 from .results import Candidate, ConfidenceRegion, Prediction
-from .sites import Rank, Ranked, Sites
+from .sites import CHUNK, POOL, Rank, Ranked, Sites
 
 if TYPE_CHECKING:
     from ..model.concept_head import RetrievalHead
@@ -68,7 +69,9 @@ class Predictor:
         # (N,) log-weights added to every photo's tempered logits: hints, an album's other
         # photos (products of experts); None: the photo alone
         self.prior: torch.Tensor | None = None
-        self._masks: dict[Limits, tuple[torch.Tensor, Sites]] = {}  # of limited views
+        self._masks: dict[Limits, tuple[torch.Tensor, int]] = {}  # of limited views, and counts
+        self._sites: dict[tuple[Limits, float], Sites] = {}  # per limits and merge radius
+        self.place_count = len(places)  # distinct places an answer can come from
         self._whole = self
         self._texts: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}  # text_features
 
@@ -88,11 +91,10 @@ class Predictor:
             if count == 0:
                 raise GeoconceptError(f"no gallery place inside {limits.describe()}: widen "
                                       "the limit, or give another --gallery")  # fmt: skip
-            sites = Sites(self.gallery_gps, torch.where(allowed, self.sites.row_copies, 0), count)
             self._masks = dict(list(self._masks.items())[-15:])  # a few, not every query's
-            self._masks[limits] = (allowed.to(self.device), sites)
+            self._masks[limits] = (allowed.to(self.device), count)
         view = copy.copy(self)  # made afresh: it follows this predictor's calibration
-        view.limits, (view.allowed, view.__dict__["sites"]) = limits, self._masks[limits]
+        view.limits, (view.allowed, view.place_count) = limits, self._masks[limits]
         return view
 
     def with_prior(self, prior: torch.Tensor | None) -> Predictor:
@@ -152,11 +154,6 @@ class Predictor:
         what it gave the answer at gallery ``rows`` (B,), as hints.hint_gains says."""
         z = self.logits(feats) / self.temperature
         return hint_gains(self.hint_logprobs(hints), z, self.gallery_gps, rows, texts, weight)
-
-    @property
-    def place_count(self) -> int:
-        """Distinct places an answer can come from (inside the limits)."""
-        return self.sites.places
 
     def mask_(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, N) logits with the rows outside the limits at -inf, in place."""
@@ -233,19 +230,55 @@ class Predictor:
         top = probs.topk(max(1, min(k, probs.shape[1])), dim=-1)
         return top.values.cpu(), self.places[top.indices].cpu()
 
-    @cached_property
-    def sites(self) -> Sites:
-        """Merges nearby gallery points into the candidates a person reads (see sites)."""
-        copies = torch.zeros(len(self.gallery_gps), dtype=torch.long)
-        copies[self.places.cpu()] = self.place_copies.cpu()
-        return Sites(self.gallery_gps, copies, len(self.places))
+    def sites(self, merge_km: float) -> Sites:
+        """The gallery's sites of radius ``merge_km`` (gallery.sites), inside the limits: made
+        once per gallery and radius (cached on disk), and per limits here."""
+        key = (self.limits, merge_km)
+        whole = self._whole
+        if key not in whole._sites:
+            copies = torch.zeros(len(self.gallery_gps), dtype=torch.long)
+            copies[self.places.cpu()] = self.place_copies.cpu()
+            ids = site_ids(self.gallery_gps, merge_km, self.cache_dir)
+            whole._sites = dict(list(whole._sites.items())[-15:])
+            whole._sites[key] = Sites(ids, copies, self.allowed)
+        return whole._sites[key]
 
+    @torch.no_grad()
     def ranked(self, clip_features: torch.Tensor, k: int, merge_km: float,
                rank: Rank | None = None) -> Ranked:  # fmt: skip
-        """Each photo's top-k candidates, gallery points within ``merge_km`` merged into one
-        (0: the points as :meth:`topk` ranks them); ``rank`` ranks the points (:meth:`topk` by
-        default)."""
-        return self.sites.rank(rank or self.topk, clip_features, k, merge_km)
+        """Each photo's top-k candidates: the gallery's sites of radius ``merge_km`` by their
+        summed probability (inference.sites), or for 0 the points as ``rank`` (:meth:`topk`
+        by default) ranks them; with each photo's POOL most probable places."""
+        rank = rank or self.topk
+        if merge_km <= 0 or self.index is not None:  # an index ranks its retrieved places
+            depth = CANDIDATES if merge_km > 0 else max(k, POOL)
+            probs, rows = rank(clip_features, min(depth, self.place_count))
+            if merge_km <= 0:
+                k = min(k, probs.shape[1])
+                return Ranked(probs[:, :k], rows[:, :k], torch.ones_like(rows[:, :k]), rows)
+            return Ranked(*self.sites(merge_km).merge(probs, k, rows), rows[:, :POOL])
+        parts = []
+        for s in range(0, len(clip_features), CHUNK):
+            probs = self.probabilities(clip_features[s : s + CHUNK]).cpu()
+            pool = self.places.cpu()[probs[:, self.places.cpu()].topk(
+                min(POOL, self.place_count), dim=1).indices]  # fmt: skip
+            parts.append((*self.sites(merge_km).merge(probs, k), pool))
+        return Ranked(*(torch.cat(part) for part in zip(*parts, strict=True)))
+
+    def rank_scores(self, scores: torch.Tensor, k: int, merge_km: float, total: bool = True
+                    ) -> Ranked:  # fmt: skip
+        """:meth:`ranked` of given (B, N) scores per gallery row (a text's probabilities or
+        activations, an album's joint probabilities): the sites of radius ``merge_km`` by the
+        sum of their rows' (``total``) or their best row's, or for 0 the places inside."""
+        rows = self.places.cpu()
+        if self.allowed is not None:
+            rows = rows[self.allowed.cpu()[rows]]
+        top = scores.cpu()[:, rows].topk(min(max(k, POOL), len(rows)), dim=1)
+        pool = rows[top.indices]
+        if merge_km <= 0:
+            k = min(k, pool.shape[1])
+            return Ranked(top.values[:, :k], pool[:, :k], torch.ones_like(pool[:, :k]), pool)
+        return Ranked(*self.sites(merge_km).merge(scores, k, total=total), pool[:, :POOL])
 
     def candidate_rows(self, ranked: Ranked) -> list[list[Candidate]]:
         """Turn each photo's :meth:`ranked` candidates into named ones."""

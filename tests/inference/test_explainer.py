@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from geoconcept_cli.cli.app import app
 from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.inference import explainer as explain
-from geoconcept_cli.inference import sites
+from geoconcept_cli.inference import predictor as predictor_module
 from geoconcept_cli.inference.explainer import faithfulness, remove_concepts
 from geoconcept_cli.inference.factory import load_explainer
 from geoconcept_cli.inference.predictor import Predictor
@@ -94,7 +94,7 @@ def test_photos_without_a_runner_up_in_the_ranked_pool_are_ranked_deeper(concept
     contrasts = {}
     for ranker in (None, PlaceScorer(concept_explainer.predictor).topk):
         for pool in (explain.RANKED_DEEP, 1):
-            monkeypatch.setattr(sites, "POOL", pool)
+            monkeypatch.setattr(predictor_module, "POOL", pool)
             exps = concept_explainer.explain_batch(feats, Request(top_k=1, merge_km=0),
                                                    rank=ranker)  # fmt: skip
             contrasts[ranker is None, pool] = [(e.rather_than, e.rule) for e in exps]
@@ -105,7 +105,7 @@ def test_photos_without_a_runner_up_in_the_ranked_pool_are_ranked_deeper(concept
 
 def test_no_deeper_ranking_when_the_pool_holds_every_place(concept_explainer):
     """Twenty places within 50 km of Paris: no runner-up anywhere, and no second ranking to
-    look for one, since the ranked pool (sites.POOL) already holds them all."""
+    look for one, since the pool of most probable places already holds them all."""
     p = concept_explainer.predictor
     gen = torch.Generator().manual_seed(4)
     gps = torch.tensor([48.85, 2.35]) + (torch.rand(20, 2, generator=gen) - 0.5) * 0.6
@@ -118,7 +118,9 @@ def test_no_deeper_ranking_when_the_pool_holds_every_place(concept_explainer):
         return few.predictor.topk(feats, k)
 
     exps = few.explain_batch(torch.randn(4, 768, generator=gen), Request(top_k=1), rank=rank)
-    assert calls == [20] and not any(e.rather_than for e in exps)
+    # merged candidates come from the full probabilities, whose 20 places are the pool: the
+    # ranker is never asked, neither for candidates nor for a deeper runner-up search
+    assert calls == [] and not any(e.rather_than for e in exps)
 
 
 def test_batch_explain_ranks_a_blocks_deep_photos_together_with_the_collector_paused(
@@ -132,7 +134,7 @@ def test_batch_explain_ranks_a_blocks_deep_photos_together_with_the_collector_pa
 
     from geoconcept_cli.inference.batch import explain as batch_explain
 
-    monkeypatch.setattr(sites, "POOL", 1)
+    monkeypatch.setattr(predictor_module, "POOL", 1)
     scorer = PlaceScorer(concept_explainer.predictor)
     gen = torch.Generator().manual_seed(5)
     feats = torch.randn(1100, 768, generator=gen) * 3  # over one scorer block

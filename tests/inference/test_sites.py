@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
 from geoconcept_cli.errors import GeoconceptError
+from geoconcept_cli.gallery.sites import site_ids
 from geoconcept_cli.gallery.store import cached_gallery_embeddings, distinct_places
 from geoconcept_cli.geo.distance import haversine_km
 from geoconcept_cli.inference import sites
@@ -26,67 +27,60 @@ def offset(lat: float, lon: float, km_north: float) -> list[float]:
     return [lat + km_north / 111.195, lon]
 
 
-def planted_sites() -> tuple[sites.Sites, torch.Tensor]:
-    """Paris (row 0), a point 50 m from it held twice (rows 1, 5), one 3 km north of Paris
-    (row 3), one 6 km north (row 2, 3 km from row 3) and Sydney (row 4)."""
-    paris = [48.85, 2.35]
-    gps = torch.tensor([paris, offset(*paris, 0.05), offset(*paris, 6.0), offset(*paris, 3.0),
-                        [-33.87, 151.2], offset(*paris, 0.05)])  # fmt: skip
-    places, copies = distinct_places(gps)
-    row_copies = torch.zeros(len(gps), dtype=torch.long)
+PARIS = [48.85, 2.35]
+# Paris (row 0), a point 50 m from it held twice (rows 1, 5), one 3 km north of Paris (row 3),
+# one 6 km north (row 2: 3 km from row 3) and Sydney (row 4)
+GPS = torch.tensor([PARIS, offset(*PARIS, 0.05), offset(*PARIS, 6.0), offset(*PARIS, 3.0),
+                    [-33.87, 151.2], offset(*PARIS, 0.05)])  # fmt: skip
+
+
+def test_a_site_is_a_leader_and_the_points_within_the_radius_it_took(tmp_path):
+    """In gallery order: Paris leads its twin's two rows and the point 3 km north; the point
+    6 km north leads its own site although it is 3 km from a member (no chaining)."""
+    assert site_ids(GPS, 5.0, tmp_path).tolist() == [0, 0, 1, 0, 2, 0]
+    assert site_ids(GPS, 10.0, tmp_path).tolist() == [0, 0, 0, 0, 1, 0]
+    assert site_ids(GPS, 0.01, tmp_path).tolist() == [0, 1, 2, 3, 4, 1]  # copies stay one
+    assert (tmp_path / "sites").is_dir()  # cached per gallery and radius
+
+
+def sites_of(radius_km: float, tmp_path) -> sites.Sites:
+    places, copies = distinct_places(GPS)
+    row_copies = torch.zeros(len(GPS), dtype=torch.long)
     row_copies[places] = copies
-    return sites.Sites(gps, row_copies, len(places)), gps
+    return sites.Sites(site_ids(GPS, radius_km, tmp_path), row_copies)
 
 
-def test_points_within_the_radius_of_a_candidates_first_point_are_summed_into_it():
-    """Ranked Paris .30, 6 km north .25, the 50 m twin .10 a row (two rows), Sydney .10, 3 km
-    north .05: Paris takes its twin's two rows and the point 3 km north (.55, 4 points); the
-    point 6 km north stays apart although it is 3 km from a merged point (no chaining)."""
-    merger, _ = planted_sites()
-    probs = torch.tensor([[0.30, 0.25, 0.10, 0.10, 0.05]])
-    rows = torch.tensor([[0, 2, 1, 4, 3]])
-    got = merger.merge(probs, rows, k=3, merge_km=5.0, total=True)
-    assert got.rows.tolist() == [[0, 2, 4]]
-    torch.testing.assert_close(got.probs, torch.tensor([[0.55, 0.25, 0.10]]))
-    assert got.points.tolist() == [[4, 1, 1]]
-    at_ten = merger.merge(probs, rows, k=3, merge_km=10.0, total=True)  # wider: one Paris
-    assert at_ten.rows.tolist()[0][:2] == [0, 4] and at_ten.points.tolist() == [[5, 1, 0]]
-    torch.testing.assert_close(at_ten.probs, torch.tensor([[0.80, 0.10, 0.0]]))
-    first = merger.merge(probs, rows, k=2, merge_km=5.0, total=False)  # activations
-    torch.testing.assert_close(first.probs, torch.tensor([[0.30, 0.25]]))
+def test_a_candidate_sums_every_row_of_its_site_and_stands_at_its_best_point(tmp_path):
+    """Paris .30 + twin .10 a row (two rows) + 3 km north .05 = .55 over 4 rows, at Paris;
+    6 km north .25; Sydney .20: listed by their sums."""
+    probs = torch.tensor([[0.30, 0.10, 0.25, 0.05, 0.20, 0.10]])
+    value, rows, held = sites_of(5.0, tmp_path).merge(probs, 3)
+    torch.testing.assert_close(value, torch.tensor([[0.55, 0.25, 0.20]]))
+    assert rows.tolist() == [[0, 2, 4]] and held.tolist() == [[4, 1, 1]]
+    # a site's point is its most probable, wherever its leader is
+    value, rows, _ = sites_of(5.0, tmp_path).merge(
+        torch.tensor([[0.1, 0.1, 0.0, 0.4, 0.3, 0.1]]), 1
+    )
+    assert rows.tolist() == [[3]] and value.tolist() == [[pytest.approx(0.7)]]
+    # activations: a site scores its best row
+    value, rows, _ = sites_of(5.0, tmp_path).merge(probs, 2, total=False)
+    torch.testing.assert_close(value, torch.tensor([[0.30, 0.25]]))
 
 
-def test_candidates_are_listed_by_their_summed_probability():
-    """The single most probable point (Sydney, .2) holds less than Paris with its twin (.3)."""
-    merger, _ = planted_sites()
-    got = merger.merge(torch.tensor([[0.2, 0.15, 0.15]]), torch.tensor([[4, 0, 1]]), k=2,
-                       merge_km=5.0, total=True)  # fmt: skip
-    assert got.rows.tolist() == [[0, 4]]
-    torch.testing.assert_close(got.probs, torch.tensor([[0.45, 0.2]]))  # the twin's two rows
+def test_the_sum_of_the_single_most_probable_point_can_lose(tmp_path):
+    """Sydney's one point (.40) holds less than Paris with its twin's rows (.45)."""
+    probs = torch.tensor([[0.15, 0.15, 0.0, 0.0, 0.40, 0.15]])
+    value, rows, _ = sites_of(5.0, tmp_path).merge(probs, 2)
+    assert rows.tolist() == [[0, 4]]  # Paris first: its first best point
+    torch.testing.assert_close(value, torch.tensor([[0.45, 0.40]]))
 
 
-def test_a_pool_too_shallow_for_k_candidates_is_deepened(monkeypatch):
-    """Three ranked points all in Paris form one candidate of the three asked for: the photo
-    is ranked again, deeper, by the same ranker."""
-    merger, _ = planted_sites()
-    place_rows = torch.tensor([0, 1, 2, 3, 4])  # row 5 repeats row 1
-    probs = torch.tensor([[0.30, 0.10, 0.05, 0.25, 0.10]])
-    calls = []
-
-    def rank(feats, k):
-        calls.append(k)
-        order = probs.argsort(descending=True)[:, :k]
-        return probs.gather(1, order), place_rows[order]
-
-    monkeypatch.setattr(sites, "POOL", 1)
-    monkeypatch.setattr(sites, "DEPTH", 1)
-    got = merger.rank(rank, torch.zeros(1, 1), k=3, merge_km=5.0)
-    assert calls == [3, 5]  # the first pool, then every point (GROWTH x 3, capped at 5)
-    assert got.rows.tolist() == [[0, 4, 2]] and got.points.tolist() == [[4, 1, 1]]
-    torch.testing.assert_close(got.probs, torch.tensor([[0.75, 0.10, 0.05]]))
-    calls.clear()
-    got = merger.rank(rank, torch.zeros(1, 1), k=2, merge_km=0.0)
-    assert calls == [2] and got.rows.tolist() == [[0, 3]] and got.points.tolist() == [[1, 1]]
+def test_ranked_places_of_an_index_count_their_copies(tmp_path):
+    """An index ranks places (a repeated point once, at its first row): its rows weigh."""
+    value, rows, held = sites_of(5.0, tmp_path).merge(torch.tensor([[0.3, 0.1, 0.2]]), 2,
+                                                      rows=torch.tensor([[0, 1, 4]]))  # fmt: skip
+    torch.testing.assert_close(value, torch.tensor([[0.5, 0.2]]))  # .3 + 2 x .1
+    assert rows.tolist() == [[0, 4]] and held.tolist() == [[4, 1]]
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +116,9 @@ def test_a_place_whose_points_are_metres_apart_is_listed_once(twins):
         assert [c.points for c in points.predictions] == [1] * 5
 
 
-def test_where_lists_distinct_places(tiny_clip, small_gallery, tmp_path, monkeypatch):
-    """`where` sums a zero-shot text's probability over each place's points too (all of them:
-    a pool as deep as the gallery)."""
-    monkeypatch.setattr(sites, "POOL", 2000)
+def test_where_lists_distinct_places(tiny_clip, small_gallery, tmp_path):
+    """`where` sums a zero-shot text's probability over each place's points too."""
+
     import pandas as pd
 
     twin = pd.read_csv(small_gallery)

@@ -8,8 +8,11 @@ Then `explain FEATS --out` (``explain_feature_folder``, its Parquet parts includ
 first ``--explain`` photos, with a concept-aware head on 645 random concept embeddings (not
 trained: the cost is the same), against the bare product + top-k of that head's own 645-d
 embeddings (photos already embedded, all 100K gallery rows), timed in the same way.
+Candidates are the gallery's 5 km sites by default, which takes every photo's full gallery
+probabilities (inference.sites); ``--merge-km 0`` measures the blocked kernel alone.
 
     python benchmarks/batch_predict_speed.py [--photos 20000] [--top-k 5] [--explain 2048]
+                                             [--merge-km 0]
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from geoconcept_cli.inference.batch.predict import predict_features
 from geoconcept_cli.inference.explainer import Explainer
 from geoconcept_cli.inference.factory import load_predictor
 from geoconcept_cli.inference.predictor import Predictor
-from geoconcept_cli.inference.request import Request
+from geoconcept_cli.inference.request import MERGE_KM, Request
 from geoconcept_cli.model.clip_id import ClipId
 from geoconcept_cli.model.concept_head import build_head
 from geoconcept_cli.model.spec import ModelSpec, StoredFeatures
@@ -42,12 +45,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", type=int, default=20000)
     ap.add_argument("--top-k", type=int, default=5)
+    ap.add_argument(
+        "--merge-km",
+        type=float,
+        default=MERGE_KM,
+        help="candidates' radius (0: gallery points, the kernel alone)",
+    )
     ap.add_argument("--explain", type=int, default=2048, help="photos explained")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved explain/peer timings")
     ap.add_argument("--device", default=default_device())
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    asked = Request(top_k=args.top_k)
+    asked = Request(top_k=args.top_k, merge_km=args.merge_km)
     stored = StoredFeatures(ClipId("ViT-L-14", "openai"), 768)
     predictor = load_predictor(ModelSpec(device=args.device, features=stored))
     gen = torch.Generator().manual_seed(0)

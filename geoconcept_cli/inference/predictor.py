@@ -23,6 +23,7 @@ from ..geo.limits import Limits
 from ..io.images import load_image
 from ..model.clip import ClipBackbone
 from ..model.concept_embeddings import DEFAULT_TEMPLATES
+from ..runtime.scratch import Scratch
 from .calibration import Calibration, place_areas, region_mask
 from .hints import hint_gains
 from .request import Request, say_if_capped
@@ -72,6 +73,7 @@ class Predictor:
         self._masks: dict[Limits, tuple[torch.Tensor, int]] = {}  # of limited views, and counts
         self._sites: dict[tuple[Limits, float], Sites] = {}  # per limits and merge radius
         self.place_count = len(places)  # distinct places an answer can come from
+        self._scratch = Scratch()  # the buffers of ranked(), reused over chunks
         self._whole = self
         self._texts: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}  # text_features
 
@@ -245,10 +247,11 @@ class Predictor:
 
     @torch.no_grad()
     def ranked(self, clip_features: torch.Tensor, k: int, merge_km: float,
-               rank: Rank | None = None) -> Ranked:  # fmt: skip
+               rank: Rank | None = None, pool: bool = True) -> Ranked:  # fmt: skip
         """Each photo's top-k candidates: the gallery's sites of radius ``merge_km`` by their
         summed probability (inference.sites), or for 0 the points as ``rank`` (:meth:`topk`
-        by default) ranks them; with each photo's POOL most probable places."""
+        by default) ranks them; with each photo's POOL most probable places (``pool``; else
+        an empty (B, 0) pool)."""
         rank = rank or self.topk
         if merge_km <= 0 or self.index is not None:  # an index ranks its retrieved places
             depth = CANDIDATES if merge_km > 0 else max(k, POOL)
@@ -257,13 +260,25 @@ class Predictor:
                 k = min(k, probs.shape[1])
                 return Ranked(probs[:, :k], rows[:, :k], torch.ones_like(rows[:, :k]), rows)
             return Ranked(*self.sites(merge_km).merge(probs, k, rows), rows[:, :POOL])
-        parts = []
+        parts, places = [], self.places.cpu()
         for s in range(0, len(clip_features), CHUNK):
-            probs = self.probabilities(clip_features[s : s + CHUNK]).cpu()
-            pool = self.places.cpu()[probs[:, self.places.cpu()].topk(
-                min(POOL, self.place_count), dim=1).indices]  # fmt: skip
-            parts.append((*self.sites(merge_km).merge(probs, k), pool))
+            probs = self._probabilities_into(clip_features[s : s + CHUNK])
+            best = (places[probs[:, places].topk(min(POOL, self.place_count), dim=1).indices]
+                    if pool else torch.empty(len(probs), 0, dtype=torch.long))  # fmt: skip
+            parts.append((*self.sites(merge_km).merge(probs, k), best))
         return Ranked(*(torch.cat(part) for part in zip(*parts, strict=True)))
+
+    def _probabilities_into(self, clip_features: torch.Tensor) -> torch.Tensor:
+        """:meth:`probabilities` (on the CPU) computed in place in a reused buffer: a chunk's
+        (B, N) is 100 MB, whose fresh pages would cost as much as the softmax."""
+        n, rows = len(clip_features), len(self.gallery_gps)
+        z = self.logits(clip_features, out=self._scratch("probs", (n, rows), torch.float32,
+                                                          self.device))  # fmt: skip
+        z.div_(self.temperature)
+        if self.prior is not None:
+            z.add_(self.prior)
+        z.sub_(z.amax(1, keepdim=True)).exp_()
+        return z.div_(z.sum(1, keepdim=True)).cpu()
 
     def rank_scores(self, scores: torch.Tensor, k: int, merge_km: float, total: bool = True
                     ) -> Ranked:  # fmt: skip

@@ -15,6 +15,7 @@ MERGE_KM = 5: on the 100K gallery, 94% of the points whose nearest neighbour has
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 from typing import NamedTuple
 
 import torch
@@ -60,25 +61,52 @@ class Sites:
         copies) or its best row's (activations)."""
         scores = scores.cpu()
         n, m = scores.shape
-        site = (self.site[None] if rows is None else self.site[rows.cpu()]).expand(n, m)
-        if total:
-            weights = scores if rows is None else scores * self.row_copies[rows.cpu()]
+        site = self.site[None].expand(n, m) if rows is None else self.site[rows.cpu()]
+        if total and rows is None:
+            value = torch.zeros(n, self.count, dtype=scores.dtype).index_add_(1, self.site,
+                                                                               scores)  # fmt: skip
+        elif total:
+            assert rows is not None  # the branch above takes every row
+            weights = scores * self.row_copies[rows.cpu()]
             value = torch.zeros(n, self.count, dtype=scores.dtype).scatter_add_(1, site, weights)
         else:
             value = torch.full((n, self.count), -torch.inf, dtype=scores.dtype)
             value.scatter_reduce_(1, site, scores, "amax")
-        best = torch.full((n, self.count), -torch.inf, dtype=scores.dtype)
-        best.scatter_reduce_(1, site, scores, "amax")  # each site's best point
-        at = torch.where(scores == best.gather(1, site), torch.arange(m).expand(n, m), m)
-        first = torch.full((n, self.count), m, dtype=torch.long)
-        first.scatter_reduce_(1, site, at, "amin")  # each site's first best point
         k = max(1, min(k, self.sites_inside))
         top = value.masked_fill(self.size[None] == 0, -torch.inf).topk(k, dim=1)
-        col = first.gather(1, top.indices).clamp_max(m - 1)
-        picked = col if rows is None else rows.cpu().gather(1, col)
-        held = self.size[top.indices]
         found = torch.isfinite(top.values)
         if total:
             found &= top.values > 0
+        # each chosen site's best point: among the columns of its rows (padded to the widest)
+        chosen = top.indices
+        if rows is None:
+            col = self._best_columns(scores, chosen)
+        else:  # ranked places: (B, M, k) is small
+            member = site[..., None] == chosen[:, None, :]
+            col = torch.where(member, scores[..., None], -torch.inf).argmax(1)
+        picked = col if rows is None else rows.cpu().gather(1, col)
         return (torch.where(found, top.values, 0.0), picked,
-                torch.where(found, held, 0))  # fmt: skip
+                torch.where(found, self.size[chosen], 0))  # fmt: skip
+
+    def _best_columns(self, scores: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """(B, k) the gallery row with the highest of each photo's (B, N) ``scores`` within
+        each of its ``chosen`` (B, k) sites (the first of equal ones), from the sites' rows
+        padded to the largest chosen."""
+        order, starts = self._members
+        sizes = torch.bincount(self.site, minlength=self.count)
+        width = int(sizes[chosen].max())
+        offsets = torch.arange(width)
+        at = starts[chosen][..., None] + offsets  # (B, k, width)
+        valid = offsets < sizes[chosen][..., None]
+        cols = order[at.clamp_max(len(order) - 1)]
+        picked = scores.gather(1, cols.flatten(1)).view(cols.shape)
+        best = torch.where(valid, picked, -torch.inf).argmax(2)
+        return cols.gather(2, best[..., None])[..., 0]
+
+    @cached_property
+    def _members(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gallery rows ordered by site (stable: by row within one), and where each site's
+        rows start in that order."""
+        order = torch.argsort(self.site, stable=True)
+        sizes = torch.bincount(self.site, minlength=self.count)
+        return order, torch.cumsum(sizes, 0) - sizes

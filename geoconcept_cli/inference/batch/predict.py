@@ -57,8 +57,8 @@ def predict_shard(scorer: PlaceScorer, ids: list[str], feats: torch.Tensor,
     if len(ids) == 0:  # a shard whose every image failed to decode
         return pd.DataFrame(columns=COLUMNS)
     p = scorer.predictor
-    ranked = [p.ranked(feats[s : s + chunk], request.top_k, request.merge_km, scorer.topk)
-              for s in range(0, len(feats), chunk)]  # fmt: skip
+    ranked = [p.ranked(feats[s : s + chunk], request.top_k, request.merge_km, scorer.topk,
+                       pool=False) for s in range(0, len(feats), chunk)]  # fmt: skip
     prob, row = torch.cat([r.probs for r in ranked]).numpy(), torch.cat([r.rows for r in ranked])
     points = torch.cat([r.points for r in ranked]).numpy()
     top = p.gallery_gps[row].double().numpy()  # (B, k, 2)

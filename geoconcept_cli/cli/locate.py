@@ -135,13 +135,13 @@ def predict(
                       hint_weight=hint_weight)  # fmt: skip
     if together or group_by:
         _check_album(image, out, images, gpus, group_by, as_json)
-        predictor = inference.load_predictor(spec, lazy_progress_bar)
+        explainer = inference.load_explainer(spec, lazy_progress_bar)  # photos name concepts
         if group_by and out:
-            n = inference.albums_of_manifest(predictor, image, group_by, out, images, request,
+            n = inference.albums_of_manifest(explainer, image, group_by, out, images, request,
                                              lazy_progress_bar, note)  # fmt: skip
             say(f"{count(n, 'album')} located -> {out}")
             return
-        album = inference.album_of_photos(predictor, image, request, lazy_progress_bar, note)
+        album = inference.album_of_photos(explainer, image, request, lazy_progress_bar, note)
         print_json(album.to_json()) if as_json else print_album(album)
         return
     features = _check_mode(image, out, images, gpus, ["--json"] if as_json else [])

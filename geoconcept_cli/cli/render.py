@@ -89,7 +89,8 @@ def print_album(album: Album) -> None:
     for ph in album.photos:
         flag = (f"  [bold]disagrees[/]: its own top place is {ph['km_from_joint_region']:,.0f} km "
                 "from the album's" if ph["disagrees"] else "")  # fmt: skip
-        stdout.print(f"{ph['share']:+.0%}  {ph['image']}  (alone: {ph['place']}){flag}",
+        shows = f"; shows {', '.join(ph['concepts'])}" if ph.get("concepts") else ""
+        stdout.print(f"{ph['share']:+.0%}  {ph['image']}  (alone: {ph['place']}{shows}){flag}",
                      highlight=False, soft_wrap=True)  # fmt: skip
 
 

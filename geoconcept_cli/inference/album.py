@@ -6,7 +6,8 @@ with its hints. Each photo's part in the answer is its log-probability at the jo
 over its log-probability at the rival (the joint's most probable place at least RIVAL_KM away,
 the explainer's runner-up rule): a photo pulling elsewhere has a negative share. A photo whose
 own most probable place is farther than AGREE_KM from every place of the joint's most probable
-MASS is flagged: it disagrees with the rest.
+MASS is flagged: it disagrees with the rest. With an explainer, each photo also names the
+concepts it shows (:func:`name_concepts`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from ..geo.distance import haversine_km
 from ..geo.geocode import place_names
+from .explainer import Explainer
 from .hints import RIVAL_KM
 from .predictor import Predictor
 from .request import Request, say_if_capped
@@ -62,3 +64,14 @@ def locate_album(predictor: Predictor, feats: torch.Tensor, images: Sequence[str
                  probabilities={**p.calibration_note(), "album": (
                      f"the product of the {len(images)} photos' distributions, renormalised")},
                  rival_gallery_index=rival, photos=photos)  # fmt: skip
+
+
+@torch.no_grad()
+def name_concepts(album: Album, explainer: Explainer, feats: torch.Tensor, n: int = 3) -> Album:
+    """``album`` with each photo's ``n`` strongest concepts (what it shows, as `explain` lists
+    them), so that a photo's part in the answer comes with what the photo is of."""
+    shown = explainer.explain_batch(feats, Request(top_k=1, concepts_shown=n),
+                                    place_concepts=False)  # fmt: skip
+    for photo, exp in zip(album.photos, shown, strict=True):
+        photo["concepts"] = [c["concept"] for c in exp.photo_concepts or []]
+    return album

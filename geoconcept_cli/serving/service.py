@@ -24,7 +24,7 @@ from ..errors import GeoconceptError
 from ..gallery.store import load_gallery
 from ..geo.distance import haversine_km
 from ..geo.geocode import place_name, place_names
-from ..inference.album import locate_album
+from ..inference.album import locate_album, name_concepts
 from ..inference.explainer import Explainer
 from ..inference.locator import Locator
 from ..inference.predictor import HEAT_POINTS
@@ -121,7 +121,9 @@ class GeoService:
         joint answer and each photo's own top place."""
         feats = torch.cat([self._features(photo) for photo in photos])
         with self._lock:
-            answer = locate_album(self.predictor, feats, [ph.name for ph in photos], request)
+            answer = name_concepts(locate_album(self.predictor, feats,
+                                                [ph.name for ph in photos], request),
+                                   self.explainer, feats)  # fmt: skip
         heat = [[ph["lat"], ph["lon"], 1.0] for ph in answer.photos]  # each photo's own answer
         return {**answer.to_json(), "map": {"heat": heat, "names": _names(heat)}}
 

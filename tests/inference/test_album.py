@@ -67,6 +67,7 @@ def test_predict_together_answers_once_for_a_folder(tmp_path, tiny_clip, small_g
     got = json.loads(res.stdout)
     assert len(got["images"]) == 3 and len(got["predictions"]) == 2 and len(got["photos"]) == 3
     assert "product of the 3 photos" in got["probabilities"]["album"]
+    assert all(len(ph["concepts"]) == 3 for ph in got["photos"])  # what each photo shows
     assert "skipped" in res.stderr and "broken.jpg" in res.stderr
     for bad, said in ((["--out", str(tmp_path / "o.parquet")], "--out"),
                       (["--gpus", "1"], "--gpus")):  # fmt: skip

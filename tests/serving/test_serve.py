@@ -457,6 +457,7 @@ def test_an_album_upload_is_located_together(client, service, photos):
     assert got.status_code == 200, body
     assert body["images"] == [p.name for p in photos[:2]] and len(body["predictions"]) == 3
     assert [ph["image"] for ph in body["photos"]] == body["images"]
+    assert all(len(ph["concepts"]) == 3 for ph in body["photos"])
     assert body["probabilities"]["limited_to"].startswith("Europe")
     assert len(body["map"]["heat"]) == 2 and len(body["map"]["names"]) == 2
     r = client.post("/album", files=files[:1])

@@ -14,7 +14,7 @@ from ...errors import GeoconceptError
 from ...io.images import load_image, photos_in
 from ...io.tables import find_column, read_table
 from ...runtime.progress import Log, Report, quiet, silent
-from ..album import locate_album
+from ..album import locate_album, name_concepts
 from ..explainer import Explainer
 from ..predictor import Predictor
 from ..request import Request
@@ -73,17 +73,18 @@ def predict_photos(
     return len(rows), failed
 
 
-def album_of_photos(predictor: Predictor, folder: str | Path, request: Request = Request(),
+def album_of_photos(explainer: Explainer, folder: str | Path, request: Request = Request(),
                     report: Report = silent, log: Log = quiet) -> Album:  # fmt: skip
     """`predict DIR --together`: the photos of ``folder`` located as one question
-    (inference.album); photos that cannot be read are skipped and each ``log``ged."""
-    album = _albums(predictor, {str(folder): photos_in(Path(folder))}, request, report, log)
+    (inference.album), each with the concepts it shows; photos that cannot be read are
+    skipped and each ``log``ged."""
+    album = _albums(explainer, {str(folder): photos_in(Path(folder))}, request, report, log)
     if not album:
         raise GeoconceptError(f"{folder}: no photo there could be read")
     return album[0]
 
 
-def albums_of_manifest(predictor: Predictor, manifest: str | Path, column: str, out: str | Path,
+def albums_of_manifest(explainer: Explainer, manifest: str | Path, column: str, out: str | Path,
                        images: str | Path | None = None, request: Request = Request(),
                        report: Report = silent, log: Log = quiet) -> int:  # fmt: skip
     """`predict MANIFEST --together --group-by COLUMN --out`: each group of the manifest's
@@ -97,17 +98,18 @@ def albums_of_manifest(predictor: Predictor, manifest: str | Path, column: str, 
     ids = df[find_column(df, ID_NAMES, "image", manifest)].astype(str)
     groups = {str(g): [image_path(base, i) for i in rows]
               for g, rows in ids.groupby(df[column].astype(str), sort=True)}  # fmt: skip
-    albums = _albums(predictor, groups, request, report, log)
+    albums = _albums(explainer, groups, request, report, log)
     rows_to_parquet([album_row(a) for a in albums], out, ALBUM_SCHEMA)
     return len(albums)
 
 
-def _albums(predictor: Predictor, groups: dict[str, list[Path]], request: Request,
+def _albums(explainer: Explainer, groups: dict[str, list[Path]], request: Request,
             report: Report, log: Log) -> list[Album]:  # fmt: skip
     """Each group of photos located as one question (named by the group), its photos read
     and embedded in turn; photos that cannot be read are skipped and logged, and a group
     left with none is skipped."""
     total, albums = sum(len(paths) for paths in groups.values()), []
+    predictor = explainer.predictor
     with report("reading photos", "photos") as advance:
         for group, paths in groups.items():
             read, feats = [], []
@@ -120,7 +122,9 @@ def _albums(predictor: Predictor, groups: dict[str, list[Path]], request: Reques
                 if advance:
                     advance(1, total)
             if read:
-                album = locate_album(predictor, torch.cat(feats), read, request)
+                joined = torch.cat(feats)
+                album = name_concepts(locate_album(predictor, joined, read, request),
+                                      explainer, joined)  # fmt: skip
                 album.group = group
                 albums.append(album)
             else:

@@ -387,7 +387,8 @@ function summary(a) {
   if (a.probabilities && a.probabilities.album) s.append(el("p", a.probabilities.album, "note"));
   for (const ph of a.photos || []) {
     const odd = ph.disagrees ? ` — disagrees: its own answer is ${Math.round(ph.km_from_joint_region)} km from the album's` : "";
-    s.append(el("p", `${ph.image}: ${Math.round(100 * ph.share)}% of the answer (alone: ${ph.place})${odd}`, ph.disagrees ? "odd" : undefined));
+    const shows = ph.concepts && ph.concepts.length ? `; shows ${ph.concepts.join(", ")}` : "";
+    s.append(el("p", `${ph.image}: ${Math.round(100 * ph.share)}% of the answer (alone: ${ph.place}${shows})${odd}`, ph.disagrees ? "odd" : undefined));
   }
   if (a.merge_km) s.append(el("p", `candidates: gallery points within ${a.merge_km} km merged, probabilities summed`, "note"));
   if (a.map && a.map.truth) {

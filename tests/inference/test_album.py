@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from conftest import one_line_error, shared_data
 from typer.testing import CliRunner
@@ -66,7 +67,8 @@ def test_predict_together_answers_once_for_a_folder(tmp_path, tiny_clip, small_g
     assert res.exit_code == 0, res.output
     got = json.loads(res.stdout)
     assert len(got["images"]) == 3 and len(got["predictions"]) == 2 and len(got["photos"]) == 3
-    assert "product of the 3 photos" in got["probabilities"]["album"]
+    assert "product of the 3 photos' distributions, tempered by sqrt(3)" in got["probabilities"][
+        "album"]  # fmt: skip
     assert all(len(ph["concepts"]) == 3 for ph in got["photos"])  # what each photo shows
     assert "skipped" in res.stderr and "broken.jpg" in res.stderr
     for bad, said in ((["--out", str(tmp_path / "o.parquet")], "--out"),
@@ -100,3 +102,13 @@ def test_a_manifest_grouped_by_a_column_is_a_row_per_album(tmp_path, tiny_clip, 
                 ["--group-by", "day"]):  # fmt: skip
         res = runner.invoke(app, ["predict", str(manifest), "--together", *bad, *model])
         assert "--group-by" in one_line_error(res)
+
+
+def test_the_joint_is_the_product_tempered_by_the_square_root_of_the_photos(planted_world):
+    p, feats, _, _, _ = planted_world
+    three = feats[:3]
+    album = locate_album(p, three, ["a", "b", "c"], Request(top_k=2, merge_km=0))
+    lp = (p.logits(three) / p.temperature).log_softmax(1).sum(0) / 3**0.5
+    want = lp.softmax(0)[p.places].topk(2)
+    assert [c.gallery_index for c in album.predictions] == p.places[want.indices].tolist()
+    assert [c.prob for c in album.predictions] == pytest.approx(want.values.tolist(), rel=1e-4)

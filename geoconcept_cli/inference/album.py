@@ -6,12 +6,14 @@ then renormalised), inside the request's limits and with its hints. Photos of on
 independent evidence: on a planted world (12 regions, noisy photos) the true region's mass was
 best predicted at sqrt(n) (negative log-mass 0.337 against 0.375 untempered and 0.339 at n for
 2 photos; 0.178 against 0.192 and 0.245 for 4; 0.101 against 0.095 and 0.213 for 8); the
-tempering never changes which place is first. Each photo's part in the answer is its
-log-probability at the joint top place over its log-probability at the rival (the joint's most probable place at least RIVAL_KM away,
-the explainer's runner-up rule): a photo pulling elsewhere has a negative share. A photo whose
-own most probable place is farther than AGREE_KM from every place of the joint's most probable
-MASS is flagged: it disagrees with the rest. With an explainer, each photo also names the
-concepts it shows (:func:`name_concepts`).
+tempering never changes which place is first.
+
+Each photo's part in the answer is its log-probability at the joint top place over its
+log-probability at the rival (the joint's most probable place at least RIVAL_KM away, the
+explainer's runner-up rule): a photo pulling elsewhere has a negative share. A photo whose own
+most probable place is farther than AGREE_KM from every place of the joint's most probable MASS
+is flagged: it disagrees with the rest. With an explainer, each photo also names the concepts
+it shows (:func:`name_concepts`).
 """
 
 from __future__ import annotations

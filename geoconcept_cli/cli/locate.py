@@ -145,6 +145,7 @@ def predict(
         print_json(album.to_json()) if as_json else print_album(album)
         return
     features = _check_mode(image, out, images, gpus, ["--json"] if as_json else [])
+    _refuse_hints_on_features(features, request)
     if out is not None and features:
         done = inference.predict_folder(spec, image, out, request, Workers(gpus=gpus))
         if done is not None:
@@ -213,6 +214,7 @@ def explain(
     single_only = [name for name, given in (("--map", map_png), ("--json", as_json),
                                              ("--check", check)) if given]  # fmt: skip
     features = _check_mode(target, out, images, gpus, single_only)
+    _refuse_hints_on_features(features, request)
     inference.check_request(spec, request)
     if out is not None and features:
         _explain_features(spec, target, out, request, gpus)  # explained from their features
@@ -250,6 +252,15 @@ def _check_mode(target: Path, out: Path | None, images: Path | None, gpus: int,
                               "feature folder: give a folder of photos, a manifest or "
                               "features")  # fmt: skip
     return features
+
+
+def _refuse_hints_on_features(features: bool, request: Request) -> None:
+    """One line, before anything loads: a feature folder brings no CLIP to read hints with."""
+    if features and request.hints:
+        raise GeoconceptError(
+            "--hint needs CLIP's text tower, which a run over a feature "
+            "folder does not load: give photos (a folder or a manifest)"
+        )
 
 
 def _check_album(target: Path, out: Path | None, images: Path | None, gpus: int,

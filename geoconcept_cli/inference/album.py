@@ -6,7 +6,8 @@ then renormalised), inside the request's limits and with its hints. Photos of on
 independent evidence: on a planted world (12 regions, noisy photos) the true region's mass was
 best predicted at sqrt(n) (negative log-mass 0.337 against 0.375 untempered and 0.339 at n for
 2 photos; 0.178 against 0.192 and 0.245 for 4; 0.101 against 0.095 and 0.213 for 8); the
-tempering never changes which place is first.
+tempering never changes which place is first, unless hints weigh in (their prior is added
+after it, so each hint counts sqrt(n) times more against the tempered photos).
 
 Each photo's part in the answer is its log-probability at the joint top place over its
 log-probability at the rival (the joint's most probable place at least RIVAL_KM away, the
@@ -51,9 +52,13 @@ def locate_album(predictor: Predictor, feats: torch.Tensor, images: Sequence[str
     candidates = p.candidate_rows(ranked)[0]
     top = int(ranked.rows[0, 0])
     gps = p.gallery_gps.double().numpy()
-    far = haversine_km(gps[top, 0], gps[top, 1], gps[:, 0], gps[:, 1]) >= RIVAL_KM
-    rival = int(torch.where(torch.from_numpy(far), probs, -1.0).argmax())
-    gain = lp[:, top] - lp[:, rival]  # (n,)
+    far = torch.from_numpy(haversine_km(gps[top, 0], gps[top, 1], gps[:, 0], gps[:, 1])
+                           >= RIVAL_KM)  # fmt: skip
+    if p.allowed is not None:
+        far &= p.allowed.cpu()
+    # the rival: the joint's best place far away and inside; none there: the answer itself
+    rival = int(torch.where(far, probs, -1.0).argmax()) if bool(far.any()) else top
+    gain = lp[:, top] - lp[:, rival]  # (n,): all 0 without a rival
     share = gain / gain.abs().sum().clamp_min(1e-12)
     order = probs.argsort(descending=True)
     held = order[: int((probs[order].cumsum(0) < MASS).sum()) + 1].numpy()  # the joint's region
@@ -72,7 +77,7 @@ def locate_album(predictor: Predictor, feats: torch.Tensor, images: Sequence[str
                  probabilities={**p.calibration_note(), "album": (
                      f"the product of the {len(images)} photos' distributions, tempered by "
                      f"sqrt({len(images)}) and renormalised")},
-                 rival_gallery_index=rival, photos=photos)  # fmt: skip
+                 rival_gallery_index=rival if rival != top else None, photos=photos)  # fmt: skip
 
 
 @torch.no_grad()

@@ -95,12 +95,15 @@ def remove_concepts(z: torch.Tensor, basis: torch.Tensor, concepts: torch.Tensor
     return z - (rows.T @ coef).squeeze(1)
 
 
-def spread_km(latlon: torch.Tensor) -> list[Spread]:
+def spread_km(latlon: torch.Tensor, held: torch.Tensor | None = None) -> list[Spread]:
     """How far apart each photo's top-k candidates (B, k, 2) are: a confidence cue (small =
-    consistent)."""
+    consistent); ``held`` (B, k): where 0, no candidate (fewer sites than asked), left out."""
     lat, lon = latlon[..., 0].numpy(), latlon[..., 1].numpy()
+    there = np.ones(lat.shape, dtype=bool) if held is None else held.numpy() > 0
     pair = haversine_km(lat[:, :, None], lon[:, :, None], lat[:, None], lon[:, None])
-    to_first = pair[:, 0, 1:].mean(1) if lat.shape[1] > 1 else np.zeros(len(lat))
+    pair = np.where(there[:, :, None] & there[:, None], pair, 0.0)  # distances: 0 is neutral
+    others = there[:, 1:].sum(1)
+    to_first = pair[:, 0, 1:].sum(1) / np.maximum(others, 1)
     return [{"max_pairwise_km": float(most), "mean_to_top1_km": float(first)}
             for most, first in zip(pair.max((1, 2)), to_first, strict=True)]  # fmt: skip
 
@@ -218,7 +221,7 @@ class Explainer:
         rank = rank or p.topk
         ranked = p.ranked(feats, top_k, request.merge_km, rank)
         cands = p.candidate_rows(ranked)
-        spreads = spread_km(p.gallery_gps[ranked.rows])
+        spreads = spread_km(p.gallery_gps[ranked.rows], ranked.points)
         note = p.calibration_note()
         outs = [Explanation(mode=self.mode, predictions=row, merge_km=request.merge_km,
                             spread=spread, probabilities=dict(note))

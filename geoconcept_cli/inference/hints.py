@@ -32,23 +32,32 @@ RIVAL_KM = 200.0  # a rival is another place, not a neighbouring point (explaine
 def hint_gains(lp: torch.Tensor, z: torch.Tensor, gps: torch.Tensor, rows: torch.Tensor,
                texts: tuple[str, ...], weight: float) -> list[list[dict[str, Any]]]:  # fmt: skip
     """Per photo and hint: what the hint (log-probabilities ``lp`` (H, N) over the gallery
-    ``gps`` (N, 2)) gave the answer at gallery ``rows`` (B,) (module docstring), in tempered
-    logits, beside the photo's own gap (its tempered logits ``z`` (B, N)); and its share."""
-    lp, z, at = lp.cpu(), z.cpu(), rows.cpu()
-    g = gps.double().numpy()
-    top = g[at.numpy()]  # (B, 2)
-    far = torch.from_numpy(haversine_km(top[:, :1], top[:, 1:], g[:, 0], g[:, 1]) >= RIVAL_KM)
-    # (H, B): each hint's most probable place far from each answer (the answer where none)
-    rival = torch.where(far[None], lp[:, None], -torch.inf).argmax(2)
-    hint = weight * (lp[:, at] - lp.gather(1, rival))  # (H, B)
-    photo = z[torch.arange(len(at)), at][None] - z.gather(1, rival)  # (H, B)
-    total = photo.abs() + hint.abs()
-    share = torch.where(total > 0, hint / total, 0.0)
-    return [[{"hint": text, "weight": weight, "logit_gain": round(float(hint[h, b]), 5),
-              "photo_logit_gain": round(float(photo[h, b]), 5),
-              "rival_gallery_index": int(rival[h, b]), "share": round(float(share[h, b]), 5)}
-             for h, text in enumerate(texts)]
-            for b in range(len(rows))]  # fmt: skip
+    ``gps`` (N, 2), -inf outside the limits) gave the answer at gallery ``rows`` (B,) (module
+    docstring), in tempered logits, beside the photo's own gap (its tempered logits ``z``
+    (B, N)); and its share. Where no place inside is RIVAL_KM away, the hint has no rival:
+    no gain, no share, ``rival_gallery_index`` None."""
+    lp, z, g = lp.cpu(), z.cpu(), gps.double().numpy()
+    out = []
+    for b, at in enumerate(rows.cpu().tolist()):  # a photo at a time: (N,) distances
+        far = torch.from_numpy(haversine_km(g[at, 0], g[at, 1], g[:, 0], g[:, 1]) >= RIVAL_KM)
+        far &= torch.isfinite(lp).all(0)  # inside the limits
+        rival = torch.where(far, lp, -torch.inf).argmax(1)  # (H,): each hint's own choice
+        parts = []
+        for h, text in enumerate(texts):
+            r = int(rival[h])
+            if not bool(far.any()):
+                parts.append({"hint": text, "weight": weight, "logit_gain": 0.0,
+                              "photo_logit_gain": 0.0, "rival_gallery_index": None,
+                              "share": 0.0})  # fmt: skip
+                continue
+            gain = weight * float(lp[h, at] - lp[h, r])
+            photo = float(z[b, at] - z[b, r])
+            total = abs(gain) + abs(photo)
+            parts.append({"hint": text, "weight": weight, "logit_gain": round(gain, 5),
+                          "photo_logit_gain": round(photo, 5), "rival_gallery_index": r,
+                          "share": round(gain / total, 5) if total > 0 else 0.0})  # fmt: skip
+        out.append(parts)
+    return out
 
 
 def nearest_similarity(unit: torch.Tensor) -> torch.Tensor:

@@ -229,7 +229,7 @@ class Predictor:
             scale = float(self.head.logit_scale.exp())
             return self.index.topk(img, k, scale, self.temperature, self.allowed, self.prior)
         probs = self.probabilities(clip_features)[:, self.places]
-        top = probs.topk(max(1, min(k, probs.shape[1])), dim=-1)
+        top = probs.topk(max(1, min(k, self.place_count)), dim=-1)  # inside the limits
         return top.values.cpu(), self.places[top.indices].cpu()
 
     def sites(self, merge_km: float) -> Sites:
@@ -353,7 +353,9 @@ class Predictor:
             raise GeoconceptError("no calibration: run geoconcept calibrate for this model")
         if self._areas is None:
             self._areas = place_areas(self.gallery_gps, cal.radius_km, self.cache_dir)
-        probs = self.probabilities(clip_features).cpu()
+        # the photo's own distribution (inside the limits): the threshold was fitted on such,
+        # so hints and an album's prior do not narrow a region that claims its coverage
+        probs = (self.logits(clip_features) / self.temperature).softmax(dim=-1).cpu()
         inside = region_mask(probs, cal.threshold)
         if self.allowed is not None:  # never wider than the limits (a cut of 0 takes all)
             inside &= self.allowed.cpu()

@@ -154,7 +154,7 @@ class Album:
     predictions: list[Candidate]
     merge_km: float | None = None
     probabilities: dict[str, Any]
-    rival_gallery_index: int
+    rival_gallery_index: int | None  # None: no place inside the limits far enough away
     photos: list[dict[str, Any]]
 
     def to_json(self) -> dict[str, Any]:

@@ -60,7 +60,7 @@ class PlaceScorer:
         if p.index is not None:
             return p.topk(feats, k)
         img = p.head.embed_images(feats.to(p.device).float())
-        k = max(1, min(k, len(self.emb)))
+        k = max(1, min(k, p.place_count))  # inside the limits
         probs, idx = zip(*(self._block_rows(img[r : r + self.BLOCK], k)
                            for r in range(0, len(img), self.BLOCK)), strict=True)  # fmt: skip
         return torch.cat(probs).cpu(), self.predictor.places[torch.cat(idx)].cpu()

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
 from geoconcept_cli.geo.distance import haversine_km
+from geoconcept_cli.geo.limits import Limits
 from geoconcept_cli.inference.album import locate_album
 from geoconcept_cli.inference.request import Request
 
@@ -112,3 +113,14 @@ def test_the_joint_is_the_product_tempered_by_the_square_root_of_the_photos(plan
     want = lp.softmax(0)[p.places].topk(2)
     assert [c.gallery_index for c in album.predictions] == p.places[want.indices].tolist()
     assert [c.prob for c in album.predictions] == pytest.approx(want.values.tolist(), rel=1e-4)
+
+
+def test_an_album_inside_a_small_limit_has_no_rival_and_no_nan(planted_world):
+    """Under a limit with no place 200+ km from the answer, the shares are 0, never NaN."""
+    p, feats, truth, region, _ = planted_world
+    lat, lon = truth[0].tolist()
+    tight = Request(limits=Limits.parse(near=[f"{lat},{lon}"], radius=[50]))
+    album = locate_album(p, feats[:3], ["a", "b", "c"], tight)
+    assert album.rival_gallery_index is None
+    assert [ph["share"] for ph in album.photos] == [0.0, 0.0, 0.0]
+    json.dumps(album.to_json(), allow_nan=False)

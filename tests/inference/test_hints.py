@@ -3,15 +3,18 @@ share, and words no concept covers are reported, not applied."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
-from conftest import one_line_error, tiny_spec
+from conftest import assert_close_json, one_line_error, tiny_spec
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
 from geoconcept_cli.geo.distance import haversine_km
+from geoconcept_cli.geo.limits import Limits
 from geoconcept_cli.inference.factory import load_explainer
 from geoconcept_cli.inference.request import HINT_WEIGHT, Request
 
@@ -107,3 +110,34 @@ def test_words_no_concept_covers_are_reported_not_applied(tiny_clip, small_galle
     photo.write_bytes(b"")
     for bad in (["--hint-weight", "0", "--hint", "x"], ["--hint", " "]):
         assert "--hint" in one_line_error(runner.invoke(app, ["explain", str(photo), *bad]))
+
+
+def test_several_hints_and_photos_each_get_their_own_gains(tiny_clip, small_gallery):
+    """Two hints on one photo, and one hint on two photos: each gain read from its own photo
+    and hint (a mix-up once crashed on two hints)."""
+    with pytest.warns(UserWarning):
+        p = load_explainer(tiny_spec(gallery=small_gallery)).predictor
+    feats = torch.randn(2, 768, generator=torch.Generator().manual_seed(3)) * 3
+    two = ("red telephone box", "double-decker bus")
+    got = p.predict_features(feats[:1], Request(hints=two)).to_json()["hints"]
+    assert [h["hint"] for h in got] == list(two) and all(-1 <= h["share"] <= 1 for h in got)
+    hints = p.hint_features(two[:1])
+    rows = p.topk(feats, 1)[1][:, 0]
+    both = p.hint_gains(feats, rows, hints, two[:1], HINT_WEIGHT)
+    alone = [p.hint_gains(feats[i : i + 1], rows[i : i + 1], hints, two[:1], HINT_WEIGHT)[0]
+             for i in range(2)]  # fmt: skip
+    assert_close_json(both, alone, abs=2e-5)  # a batch's product rounds unlike one row's
+
+
+def test_a_hint_without_a_rival_inside_a_small_limit_gives_nothing(tiny_clip, small_gallery):
+    """Inside 300 km nothing is 200+ km from the answer for long: a hint with no place far
+    enough inside has no rival, no gain and no share (never inf or NaN)."""
+    with pytest.warns(UserWarning):
+        p = load_explainer(tiny_spec(gallery=small_gallery)).predictor
+    feats = torch.randn(1, 768, generator=torch.Generator().manual_seed(4)) * 3
+    lat, lon = p.gallery_gps[p.places[0]].tolist()
+    tight = Limits.parse(near=[f"{lat},{lon}"], radius=[90])
+    got = p.predict_features(feats, Request(hints=("red telephone box",), limits=tight))
+    (h,) = got.to_json()["hints"]
+    assert h["rival_gallery_index"] is None and h["share"] == 0 and h["logit_gain"] == 0
+    json.dumps(got.to_json(), allow_nan=False)  # what serve sends

@@ -172,3 +172,24 @@ def test_the_conformal_region_under_a_limit_keeps_its_coverage(planted_world):
         assert coverage[0] >= coverage[1] and coverage[0] >= 0.7, coverage
     finally:
         p.calibration = None
+
+
+def test_a_ranking_deeper_than_the_limit_holds_stays_inside(predictor):
+    """The explainer's runner-up search ranks 200 deep: inside a limit of fewer places, both
+    rankers list only those (a ranking once filled up with places outside)."""
+    p = predictor.limited(Limits.parse(["Estonia"]))  # 134 places
+    assert 32 < p.place_count < 200
+    feats = torch.randn(3, 768, generator=torch.Generator().manual_seed(5)) * 3
+    for rank in (p.topk, PlaceScorer(p).topk):
+        probs, rows = rank(feats, 200)
+        assert rows.shape[1] == p.place_count and bool(p.allowed[rows].all())
+
+
+def test_hints_on_a_feature_folder_are_refused_before_loading(tmp_path):
+    from synthetic import make_world
+
+    world = make_world(tmp_path / "w", n_regions=2, per_region=4, clip_model="ViT-L-14")
+    res = runner.invoke(app, ["predict", str(world["test"]), "--out", str(tmp_path / "o"),
+                              "--hint", "a coast"])  # fmt: skip
+    assert "--hint needs CLIP's text tower" in one_line_error(res)
+    assert not (tmp_path / "o").exists()

@@ -68,8 +68,11 @@ def predict_shard(scorer: PlaceScorer, ids: list[str], feats: torch.Tensor,
         "id": ids, "true_lat": truth[:, 0], "true_lon": truth[:, 1],
         "lat": top[:, 0, 0], "lon": top[:, 0, 1], "prob": prob[:, 0], "error_km": err,
         "country": reverse_geocode(top[:, 0]).country.astype(str),
-        "top_lat": list(top[:, :, 0]), "top_lon": list(top[:, :, 1]), "top_prob": list(prob),
-        "top_points": list(points),
+        # a slot with no candidate (fewer sites than --top-k) is left out of the lists
+        "top_lat": [t[h > 0] for t, h in zip(top[:, :, 0], points, strict=True)],
+        "top_lon": [t[h > 0] for t, h in zip(top[:, :, 1], points, strict=True)],
+        "top_prob": [t[h > 0] for t, h in zip(prob, points, strict=True)],
+        "top_points": [h[h > 0] for h in points],
     }, columns=COLUMNS)  # fmt: skip
 
 

@@ -71,7 +71,7 @@ def cli_command(fn: F | None = None, *, on_interrupt: str = "") -> Any:
 def options_from(cls: type, names: str, *, after: str | None, into: str,
                  **helps: str | None) -> Callable[[F], F]:  # fmt: skip
     """Give a command the options of dataclass ``cls``'s fields ``names`` (space-separated):
-    their types, defaults and help (and flag) from the fields' metadata, or from ``helps``,
+    their types, defaults and help (and flag, metavar) from the fields' metadata, or ``helps``,
     placed after its parameter ``after`` (None: first). The command receives their values in
     its parameter ``into``, a dict (decorators stack: each adds its fields to it)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -84,7 +84,8 @@ def options_from(cls: type, names: str, *, after: str | None, into: str,
         for name in names.split():
             f, meta = fields[name], fields[name].metadata
             flags = [meta["flag"]] if meta.get("flag") else []
-            option = typer.Option(*flags, help=helps.get(name, meta.get("help")))
+            option = typer.Option(*flags, help=helps.get(name, meta.get("help")),
+                                  metavar=meta.get("metavar"))  # fmt: skip
             annotation = Annotated[meta.get("type", hints[name]), option]  # type: ignore[valid-type]
             added.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                            default=f.default, annotation=annotation))  # fmt: skip

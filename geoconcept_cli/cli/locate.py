@@ -3,8 +3,9 @@ where a text points."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,7 +16,16 @@ from ..inference.request import HINT_WEIGHT, MERGE_KM, Request
 from ..model.spec import ModelSpec
 from ..runtime.launch import Workers
 from ..runtime.progress import lazy_progress_bar
-from .common import RUN_HELP, Commands, Model, cli_command, model_options, note, say
+from .common import (
+    RUN_HELP,
+    Commands,
+    Model,
+    cli_command,
+    model_options,
+    note,
+    options_from,
+    say,
+)
 from .render import (
     count,
     print_album,
@@ -40,52 +50,73 @@ GPUS = Annotated[
 MANIFEST_IMAGES = Annotated[
     Path | None, typer.Option(help="Manifest mode: folder its ids are relative to.")
 ]
-WITHIN = Annotated[
-    list[str] | None,
-    typer.Option(
-        metavar="PLACE",
-        help="Answer only from this country (ISO code or name), continent or first-level "
-        "region ('Bavaria', 'Texas, US'); repeatable: the union of all limits is searched.",
-    ),
-]
-NEAR = Annotated[
-    list[str] | None,
-    typer.Option(metavar="LAT,LON", help="Answer only within --radius km of LAT,LON; repeatable."),
-]
-RADIUS = Annotated[
-    list[float] | None,
-    typer.Option(metavar="KM", help="Km around each --near (one for all, or one per --near)."),
-]
-BBOX = Annotated[
-    list[str] | None,
-    typer.Option(
-        metavar="S,W,N,E", help="Answer only inside the box S,W,N,E (degrees; W > E crosses 180°)."
-    ),
-]
-HINT = Annotated[
-    list[str] | None,
-    typer.Option(
-        metavar="TEXT",
-        help="What you know in words ('caption in Portuguese', 'near a coast'); repeatable: "
-        "each hint's own where-distribution multiplies the photo's.",
-    ),
-]
-HINT_WEIGHTING = Annotated[
-    float, typer.Option(help="How much a hint counts against the photo (1: as much).")
-]
-MERGE = Annotated[
-    float,
-    typer.Option(
-        "--merge-km",
-        help="Gallery points within this many km are one candidate, with their summed "
-        "probability; 0 lists every point on its own.",
-    ),
-]
+
+
+@dataclass(frozen=True)
+class Steering:
+    """What a person already knows about where a photo was taken, and what a candidate is, as
+    predict's, explain's and where's options (README: "Say what you know")."""
+
+    merge_km: float = field(
+        default=MERGE_KM,
+        metadata={
+            "flag": "--merge-km",
+            "help": "Gallery points within this many km are one candidate, with their summed "
+            "probability; 0 lists every point on its own.",
+        },
+    )
+    within: list[str] | None = field(
+        default=None,
+        metadata={
+            "metavar": "PLACE",
+            "help": "Answer only from this country (ISO code or name), continent or "
+            "first-level region ('Bavaria', 'Texas, US'); repeatable: the union of all limits "
+            "is searched.",
+        },
+    )
+    near: list[str] | None = field(
+        default=None,
+        metadata={"metavar": "LAT,LON", "help": "Answer only within --radius km of LAT,LON; "
+                  "repeatable."},
+    )  # fmt: skip
+    radius: list[float] | None = field(
+        default=None,
+        metadata={"metavar": "KM", "help": "Km around each --near (one for all, or one per "
+                  "--near)."},
+    )  # fmt: skip
+    bbox: list[str] | None = field(
+        default=None,
+        metadata={"metavar": "S,W,N,E", "help": "Answer only inside the box S,W,N,E (degrees; "
+                  "W > E crosses 180°)."},
+    )  # fmt: skip
+    hint: list[str] | None = field(
+        default=None,
+        metadata={
+            "metavar": "TEXT",
+            "help": "What you know in words ('caption in Portuguese', 'near a coast'); "
+            "repeatable: each hint's own where-distribution multiplies the photo's.",
+        },
+    )
+    hint_weight: float = field(
+        default=HINT_WEIGHT,
+        metadata={"help": "How much a hint counts against the photo (1: as much)."},
+    )
+
+    def request_fields(self) -> dict[str, Any]:
+        """The Request fields these options give (a limit refused in one line here)."""
+        return {"merge_km": self.merge_km, "hints": tuple(self.hint or ()),
+                "hint_weight": self.hint_weight,
+                "limits": Limits.parse(self.within, self.near, self.radius, self.bbox)}  # fmt: skip
+
+
+STEERING = "merge_km within near radius bbox hint hint_weight"
+Steer = dict[str, Any]  # Steering fields given as options
 
 
 @cli_command
 @model_options("clip_model clip_pretrained gallery device cache_dir calibration", after="images")
 @model_options("checkpoint", after="as_json")
+@options_from(Steering, STEERING, after="images", into="steer")
 def predict(
     image: Annotated[
         Path,
@@ -96,18 +127,12 @@ def predict(
         ),
     ],  # fmt: skip
     model: Model,
+    steer: Steer,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many candidates.")] = 5,
     as_json: AS_JSON = False,
     out: BATCH_OUT = None,
     gpus: GPUS = 0,
     images: MANIFEST_IMAGES = None,
-    merge_km: MERGE = MERGE_KM,
-    within: WITHIN = None,
-    near: NEAR = None,
-    radius: RADIUS = None,
-    bbox: BBOX = None,
-    hint: HINT = None,
-    hint_weight: HINT_WEIGHTING = HINT_WEIGHT,
     together: Annotated[
         bool,
         typer.Option(
@@ -129,10 +154,8 @@ def predict(
     Batch mode writes one row per photo of a folder or manifest to --out; a feature folder from
     embed-images is predicted into a folder of Parquet parts, split over --gpus or
     torchrun/SLURM ranks."""
-    limits = Limits.parse(within or [], near or [], radius or [], bbox or [])
     spec = ModelSpec(**model)
-    request = Request(top_k=top_k, merge_km=merge_km, limits=limits, hints=tuple(hint or ()),
-                      hint_weight=hint_weight)  # fmt: skip
+    request = Request(top_k=top_k, **Steering(**steer).request_fields())
     if together or group_by:
         _check_album(image, out, images, gpus, group_by, as_json)
         explainer = inference.load_explainer(spec, lazy_progress_bar)  # photos name concepts
@@ -172,6 +195,7 @@ def predict(
                "calibration",
                after="images")  # fmt: skip
 @model_options("checkpoint", after="target", checkpoint=RUN_HELP)
+@options_from(Steering, STEERING, after="images", into="steer")
 def explain(
     target: Annotated[
         Path,
@@ -181,6 +205,7 @@ def explain(
         ),
     ],
     model: Model,
+    steer: Steer,
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
     n_concepts: Annotated[int, typer.Option("--concepts-shown", min=1)] = 8,
     check: Annotated[bool, typer.Option("--check", help="Deletion test vs random.")] = False,
@@ -196,21 +221,11 @@ def explain(
     out: BATCH_OUT = None,
     gpus: GPUS = 0,
     images: MANIFEST_IMAGES = None,
-    merge_km: MERGE = MERGE_KM,
-    within: WITHIN = None,
-    near: NEAR = None,
-    radius: RADIUS = None,
-    bbox: BBOX = None,
-    hint: HINT = None,
-    hint_weight: HINT_WEIGHTING = HINT_WEIGHT,
 ) -> None:
     """Explain a prediction: where, what the photo shows, what the place is known for, why."""
     spec = ModelSpec(**model)
     request = Request(top_k=top_k, concepts_shown=n_concepts, check=check, m=m, draws=draws,
-                      heat=map_png is not None, merge_km=merge_km,
-                      limits=Limits.parse(within or [], near or [], radius or [],
-                                          bbox or []),
-                      hints=tuple(hint or ()), hint_weight=hint_weight)  # fmt: skip
+                      heat=map_png is not None, **Steering(**steer).request_fields())  # fmt: skip
     single_only = [name for name, given in (("--map", map_png), ("--json", as_json),
                                              ("--check", check)) if given]  # fmt: skip
     features = _check_mode(target, out, images, gpus, single_only)
@@ -316,18 +331,15 @@ def _explain_photo(spec: ModelSpec, photo: Path, request: Request, as_json: bool
 @cli_command
 @model_options("clip_model clip_pretrained gallery device cache_dir calibration", after="as_json")
 @model_options("checkpoint", after="text")
+@options_from(Steering, "merge_km within near radius bbox", after="as_json", into="steer")
 def where(
     text: Annotated[str, typer.Argument(help="A concept or any text, e.g. 'rice terraces'.")],
     model: Model,
+    steer: Steer,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many places.")] = 10,
     countries: Annotated[int, typer.Option(min=1, help="How many countries.")] = 10,
     map_png: Annotated[Path | None, typer.Option("--map", help="Write a heatmap PNG.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    merge_km: MERGE = MERGE_KM,
-    within: WITHIN = None,
-    near: NEAR = None,
-    radius: RADIUS = None,
-    bbox: BBOX = None,
 ) -> None:
     """Where on Earth a text or a concept points: top places and countries, and a heatmap.
 
@@ -336,8 +348,7 @@ def where(
     text is projected onto its concepts."""
     if not text.strip():
         raise GeoconceptError('give a text to locate, e.g. geoconcept where "rice terraces"')
-    limits = Limits.parse(within or [], near or [], radius or [], bbox or [])
-    request = Request(top_k=top_k, countries=countries, merge_km=merge_km, limits=limits)
+    request = Request(top_k=top_k, countries=countries, **Steering(**steer).request_fields())
     if map_png is not None:
         io.writable_file(map_png)
     locator = inference.load_locator(ModelSpec(**model), lazy_progress_bar)

@@ -14,24 +14,25 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..geo.distance import EARTH_RADIUS_KM, unit_vectors
-from ..io.artifacts import atomic_path, default_cache_dir, hash_tensors
+from ..io.artifacts import cached_tensor, default_cache_dir, hash_tensors
 
 
 def site_ids(gps: torch.Tensor, radius_km: float, cache_dir: str | Path | None = None
              ) -> torch.Tensor:  # fmt: skip
-    """(N,) the site of each gallery row (0 .. sites - 1, numbered by their leaders' order)."""
-    from scipy.spatial import cKDTree
-
+    """(N,) the site of each gallery row (0 .. sites - 1, numbered by their leaders' order),
+    cached per gallery and radius."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     path = root / "sites" / f"{hash_tensors(gps, extra=f'sites:{radius_km}')}.safetensors"
-    if path.is_file():
-        try:
-            return load_file(path)["site"]
-        except Exception:
-            pass  # unreadable cache: recomputed and overwritten
+    return cached_tensor(path, lambda: _group(gps, radius_km))
+
+
+def _group(gps: torch.Tensor, radius_km: float) -> torch.Tensor:
+    """:func:`site_ids`, computed: leaders in gallery order, each taking the free points
+    within the radius (a ball query of unit vectors)."""
+    from scipy.spatial import cKDTree
+
     unit = unit_vectors(gps).numpy()
     chord = 2 * math.sin(min(radius_km / EARTH_RADIUS_KM, math.pi) / 2)
     tree = cKDTree(unit)
@@ -46,7 +47,4 @@ def site_ids(gps: torch.Tensor, radius_km: float, cache_dir: str | Path | None =
         taken[near.numpy()] = count
         taken[i] = count
         count += 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file({"site": site.contiguous()}, str(tmp))
     return site

@@ -119,10 +119,12 @@ class Limits:
     boxes: tuple[tuple[float, float, float, float], ...] = ()
 
     @classmethod
-    def parse(cls, within: Sequence[str] = (), near: Sequence[str] = (),
-              radius: Sequence[float] = (), bbox: Sequence[str] = ()) -> Limits:  # fmt: skip
-        """The limits of the command's options: each --near takes the --radius given with it
-        in order, or the one --radius given for all of them."""
+    def parse(cls, within: Sequence[str] | None = (), near: Sequence[str] | None = (),
+              radius: Sequence[float] | None = (), bbox: Sequence[str] | None = ()
+              ) -> Limits:  # fmt: skip
+        """The limits of the command's options (None: none given): each --near takes the
+        --radius given with it in order, or the one --radius given for all of them."""
+        within, near, radius, bbox = within or (), near or (), radius or (), bbox or ()
         if near and len(radius) not in (1, len(near)):
             raise GeoconceptError(f"{len(near)} --near and {len(radius)} --radius: give one "
                                   "--radius for all, or one per --near")  # fmt: skip

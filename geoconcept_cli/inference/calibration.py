@@ -30,12 +30,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..errors import GeoconceptError
 from ..geo.distance import EARTH_RADIUS_KM, unit_vectors
 from ..io.artifacts import (
-    atomic_path,
+    cached_tensor,
     default_cache_dir,
     hash_state_dict,
     hash_tensors,
@@ -266,24 +265,18 @@ def place_areas(
     any other (repeated rows share their place's area once); cached per gallery and radius."""
     from scipy.spatial import cKDTree
 
+    def compute() -> torch.Tensor:
+        unit = unit_vectors(gps).numpy()
+        lattice = fibonacci_lattice(LATTICE_POINTS)
+        chord, nearest = cKDTree(unit).query(lattice, k=1, distance_upper_bound=2 * math.sin(
+            radius_km / EARTH_RADIUS_KM / 2))  # fmt: skip
+        hit = np.isfinite(chord)
+        cell_km2 = 4 * math.pi * EARTH_RADIUS_KM**2 / LATTICE_POINTS
+        return torch.from_numpy(np.bincount(nearest[hit], minlength=len(gps)) * cell_km2).float()
+
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     key = hash_tensors(gps, extra=f"areas:{radius_km}:{LATTICE_POINTS}")
-    path = root / "areas" / f"{key}.safetensors"
-    if path.is_file():
-        try:
-            return load_file(path)["areas"]
-        except Exception:
-            pass  # unreadable cache: recompute and overwrite it
-    unit = unit_vectors(gps).numpy()
-    lattice = fibonacci_lattice(LATTICE_POINTS)
-    chord, nearest = cKDTree(unit).query(lattice, k=1, distance_upper_bound=2 * math.sin(
-        radius_km / EARTH_RADIUS_KM / 2))  # fmt: skip
-    hit = np.isfinite(chord)
-    cell_km2 = 4 * math.pi * EARTH_RADIUS_KM**2 / LATTICE_POINTS
-    areas = torch.from_numpy(np.bincount(nearest[hit], minlength=len(gps)) * cell_km2).float()
-    with atomic_path(path) as tmp:
-        save_file({"areas": areas.contiguous()}, str(tmp))
-    return areas
+    return cached_tensor(root / "areas" / f"{key}.safetensors", compute)
 
 
 def geoclip_calibration_path(gps: torch.Tensor, head: RetrievalHead, clip: ClipId,

@@ -92,8 +92,7 @@ class Sites:
         """(B, k) the gallery row with the highest of each photo's (B, N) ``scores`` within
         each of its ``chosen`` (B, k) sites (the first of equal ones), from the sites' rows
         padded to the largest chosen."""
-        order, starts = self._members
-        sizes = torch.bincount(self.site, minlength=self.count)
+        order, starts, sizes = self._members
         width = int(sizes[chosen].max())
         offsets = torch.arange(width)
         at = starts[chosen][..., None] + offsets  # (B, k, width)
@@ -104,9 +103,9 @@ class Sites:
         return cols.gather(2, best[..., None])[..., 0]
 
     @cached_property
-    def _members(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gallery rows ordered by site (stable: by row within one), and where each site's
-        rows start in that order."""
+    def _members(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gallery rows ordered by site (stable: by row within one), where each site's rows
+        start in that order, and how many there are (inside the limits or not)."""
         order = torch.argsort(self.site, stable=True)
         sizes = torch.bincount(self.site, minlength=self.count)
-        return order, torch.cumsum(sizes, 0) - sizes
+        return order, torch.cumsum(sizes, 0) - sizes, sizes

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,6 +112,21 @@ def write_json(path: str | Path, data: object, sort_keys: bool = True) -> None:
     """Write ``data`` as pretty JSON, atomically; keys sorted unless their order means something."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n")
+
+
+def cached_tensor(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The tensor stored at ``path`` (safetensors), or ``compute()``'s, stored there atomically
+    first (also over an unreadable file): a cache entry of something slow to make."""
+    from safetensors.torch import load_file, save_file
+
+    if path.is_file():
+        with suppress(Exception):  # unreadable: recomputed and overwritten
+            return load_file(path)["tensor"]
+    tensor = compute().contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({"tensor": tensor}, str(tmp))
+    return tensor
 
 
 def hash_tensors(*tensors: torch.Tensor, extra: str = "") -> str:

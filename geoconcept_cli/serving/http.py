@@ -87,7 +87,7 @@ def asked_limits(
 ) -> Limits:
     """Where the answer may lie, as the commands' --within/--near/--radius/--bbox say it (a
     bad value: 400 with the commands' one-line error)."""
-    return Limits.parse(within or [], near or [], radius or [], bbox or [])
+    return Limits.parse(within, near, radius, bbox)
 
 
 Limited = Annotated[Limits, Depends(asked_limits)]

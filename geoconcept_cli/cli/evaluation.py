@@ -12,6 +12,8 @@ import typer
 
 from .. import evaluation, io, plots
 from ..errors import GeoconceptError
+from ..evaluation.leakage import DUPLICATE_COSINE, SAME_SPOT_KM
+from ..inference.mondrian import MIN_GROUP_PHOTOS
 from ..model.spec import RUN_PATHS, ModelSpec
 from ..runtime.progress import lazy_progress_bar
 from .common import Commands, Model, cli_command, model_options, say
@@ -59,12 +61,27 @@ def evaluate(
     explain_photos: Annotated[
         int, typer.Option(min=1, help="--explanations: photos measured (a seeded sample).")
     ] = 200,
+    train_features: Annotated[
+        Path | None,
+        typer.Option(
+            help="The training photos' feature folder: report every metric also without the "
+            "test photos that leak from it (near-duplicates, or taken within --same-spot-km)."
+        ),
+    ] = None,
+    duplicate_cosine: Annotated[
+        float, typer.Option(help="--train-features: CLIP cosine from which a near-duplicate.")
+    ] = DUPLICATE_COSINE,
+    same_spot_km: Annotated[
+        float, typer.Option(help="--train-features: a training photo this close: same spot.")
+    ] = SAME_SPOT_KM,
 ) -> None:
     """Score models side by side, with the gallery ceiling.
 
     Accuracy at 1/25/200/750/2500 km, GeoScore, country/region/city accuracy, per continent,
-    and the calibration of their probabilities (calibrated models: conformal coverage and
-    area); --explanations adds deletion, insertion and sparsity of concept explanations."""
+    the calibration of their probabilities (calibrated models: conformal coverage and area,
+    per continent), and the risk-coverage of answering only the confident photos;
+    --explanations adds deletion, insertion and sparsity of concept explanations;
+    --train-features, every metric without the photos that leak from training."""
     for path in (json_out, predictions_out):
         if path:
             io.writable_file(path)  # before the evaluation, not after it
@@ -72,7 +89,8 @@ def evaluate(
         raise GeoconceptError(f"--plots {plots_dir}: a file; give a folder")
     measured = {"m": m, "draws": draws, "photos": explain_photos} if explanations else None
     result = evaluation.evaluate(features, _models(model, checkpoints, geoclip), measured,
-                                 lazy_progress_bar)  # fmt: skip
+                                 lazy_progress_bar, train_features, duplicate_cosine,
+                                 same_spot_km)  # fmt: skip
     say(evaluation.markdown_table(result.summary))
     if json_out:
         result.write_summary(json_out)
@@ -81,7 +99,9 @@ def evaluate(
     if plots_dir is not None:
         written = [plots.plot_reliability(bins, name, plots_dir)
                    for name, bins in result.reliability.items()]  # fmt: skip
-        say(f"reliability diagrams: {', '.join(map(str, written))}")
+        answering = {name: r["answering"] for name, r in result.summary["models"].items()}
+        written.append(plots.plot_risk_coverage(answering, plots_dir))
+        say(f"reliability diagrams and risk-coverage: {', '.join(map(str, written))}")
 
 
 @cli_command
@@ -106,19 +126,44 @@ def calibrate(
     radius_km: Annotated[
         float, typer.Option(help="The region covers the truth within this distance.")
     ] = 25.0,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            help="continent or country: a region threshold per group of places with "
+            f"{MIN_GROUP_PHOTOS}+ of the photos that set it, so that coverage holds on each "
+            "(the pooled threshold for the others)."
+        ),
+    ] = None,
+    target_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            help="Choose the confidence below which predict, explain and serve say 'not "
+            "localizable': the accuracy (top place within --radius-km) of the photos answered "
+            "is at least this, with 90% certainty."
+        ),
+    ] = None,
 ) -> None:
     """Calibrate probabilities and fit confidence regions on held-out photos.
 
-    Per model, a temperature and a conformal threshold, stored beside a run (calibration.json)
-    and, for pretrained GeoCLIP, in the cache (geoconcept cache lists it); predict, explain and
+    Per model, a temperature and a conformal threshold (per continent or country with --by;
+    an abstention level with --target-accuracy), stored beside a run (calibration.json) and,
+    for pretrained GeoCLIP, in the cache (geoconcept cache lists it); predict, explain and
     evaluate then use them (--no-calibration: not)."""
     include_geoclip = not checkpoints if geoclip is None else geoclip  # only what is named
     fitted = evaluation.calibrate(features, _models(model, checkpoints, include_geoclip), alpha,
-                                  radius_km, lazy_progress_bar)  # fmt: skip
+                                  radius_km, lazy_progress_bar, by, target_accuracy)  # fmt: skip
     for name, (cal, path) in fitted.items():
         say(f"{name}: temperature {cal.temperature:.3g} (NLL {cal.nll_before:.3f} -> "
             f"{cal.nll_after:.3f} on {cal.photos} photos); {1 - alpha:.0%} region within "
             f"{radius_km:g} km: mass threshold {cal.threshold:.4g} -> {path}")  # fmt: skip
+        if cal.by:
+            say(f"  per {cal.by}: own thresholds for " + ", ".join(
+                f"{g} {t:.4g}" for g, t in cal.groups.items()) + f"; every other {cal.by} "
+                f"keeps the pooled one (fewer than {MIN_GROUP_PHOTOS} photos)")  # fmt: skip
+        if cal.abstention:
+            a = cal.abstention
+            say(f"  abstain below confidence {a.level:g}: kept {a.kept:.0%} of the calibration "
+                f"photos at {a.accuracy:.0%} accuracy; {a.guarantee()}")  # fmt: skip
 
 
 @cli_command

@@ -101,22 +101,33 @@ class Steering:
         default=HINT_WEIGHT,
         metadata={"help": "How much a hint counts against the photo (1: as much)."},
     )
+    abstain_below: float | None = field(
+        default=None,
+        metadata={
+            "metavar": "P",
+            "help": "Say 'not localizable at this confidence' when the calibrated probability "
+            "that the top place lies within the calibration radius is below P (default: the "
+            "level calibrate --target-accuracy chose, if any; 0: always answer). --json keeps "
+            "the best guess.",
+        },
+    )
 
     def request_fields(self) -> dict[str, Any]:
         """The Request fields these options give (a limit refused in one line here)."""
         return {"merge_km": self.merge_km, "hints": tuple(self.hint or ()),
-                "hint_weight": self.hint_weight,
+                "hint_weight": self.hint_weight, "abstain_below": self.abstain_below,
                 "limits": Limits.parse(self.within, self.near, self.radius, self.bbox)}  # fmt: skip
 
 
 STEERING = "merge_km within near radius bbox hint hint_weight"
+ANSWERING = f"{STEERING} abstain_below"  # a photo's question: steering, and when to answer
 Steer = dict[str, Any]  # Steering fields given as options
 
 
 @cli_command
 @model_options("clip_model clip_pretrained gallery device cache_dir calibration", after="images")
 @model_options("checkpoint", after="as_json")
-@options_from(Steering, STEERING, after="images", into="steer")
+@options_from(Steering, ANSWERING, after="images", into="steer")
 def predict(
     image: Annotated[
         Path,
@@ -195,7 +206,7 @@ def predict(
                "calibration",
                after="images")  # fmt: skip
 @model_options("checkpoint", after="target", checkpoint=RUN_HELP)
-@options_from(Steering, STEERING, after="images", into="steer")
+@options_from(Steering, ANSWERING, after="images", into="steer")
 def explain(
     target: Annotated[
         Path,

@@ -51,7 +51,26 @@ def print_candidates(candidates: list[Candidate], merge_km: float | None) -> Non
     print_merged(merge_km)
 
 
+def withheld(result: Prediction | Explanation) -> bool:
+    """Say "not localizable at this confidence" where the photo's confidence is below the
+    level (the best guess stays in --json); whether it was withheld."""
+    c = result.confidence
+    if c is None or c["answered"]:
+        return False
+    stdout.print(
+        f"{result.image or 'photo'}: [bold]not localizable at this confidence[/] (probability "
+        f"{c['probability']:.2f} that the top place lies within {c['radius_km']:g} km, below "
+        f"{c['level']:g}); --json has the best guess, --abstain-below 0 shows it",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    if c["guarantee"]:
+        stdout.print(f"[dim]the level: {c['guarantee']}[/]", highlight=False, soft_wrap=True)
+    return True
+
+
 def print_prediction(result: Prediction) -> None:
+    if withheld(result):
+        return
     print_candidates(result.predictions, result.merge_km)
     print_hints(result.hints)
     print_probabilities(result)
@@ -95,9 +114,15 @@ def print_album(album: Album) -> None:
 
 
 def print_probabilities(result: Prediction | Explanation) -> None:
-    """Whether the probabilities are calibrated, and the confidence region if there is one."""
+    """Whether the probabilities are calibrated, the confidence and the confidence region if
+    there are."""
     stdout.print(f"[dim]{result.probabilities['note']}[/]", highlight=False)
     print_limited(result.probabilities)
+    c = result.confidence
+    if c is not None:
+        level = f" (answered at {c['level']:g} and above)" if c["level"] else ""
+        stdout.print(f"confidence {c['probability']:.2f} that the top place lies within "
+                     f"{c['radius_km']:g} km{level}", highlight=False)  # fmt: skip
     region = result.region
     if region:
         spans = ", ".join(f"{c['country']} {c['mass']:.2f}" for c in region["countries"][:6])
@@ -124,7 +149,10 @@ def _bars(title: str, entries: list[ConceptWeight] | None, source: str | None) -
 
 
 def print_explanation(exp: Explanation) -> None:
-    """The terminal view of one explanation: locations table, concept bars, reasons."""
+    """The terminal view of one explanation: locations table, concept bars, reasons (none
+    where the photo is below the abstention level)."""
+    if withheld(exp):
+        return
     table = Table(title=f"{exp.image}  [dim]({exp.mode})[/]", title_justify="left")
     for col in ("#", "lat, lon", "p", "place"):
         table.add_column(col)

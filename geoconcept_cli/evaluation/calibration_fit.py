@@ -7,14 +7,16 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from ..errors import GeoconceptError
 from ..gallery.index import refuse_large
 from ..gallery.store import cached_gallery_embeddings, load_gallery
-from ..geo.distance import unit_vectors
+from ..geo.distance import haversine_km, unit_vectors
+from ..geo.geocode import reverse_geocode
+from ..inference.abstention import abstention_level, check_target
 from ..inference.calibration import (
     MAX_CALIBRATION_PHOTOS,
     MAX_RADIUS_KM,
@@ -27,7 +29,9 @@ from ..inference.calibration import (
     mass_above,
     pairs_within,
     save_calibration,
+    top_confidence,
 )
+from ..inference.mondrian import check_grouping, group_keys, group_scores, group_thresholds
 from ..inference.predictor import Predictor
 from ..io.artifacts import (
     hash_state_dict,
@@ -40,13 +44,15 @@ from .scores import contenders
 
 FEW_PHOTOS = 200  # below, calibrate warns: the fit is rough and every later answer uses it
 
-if TYPE_CHECKING:
-    pass
-
 
 # ------------------------------------------------------------------------------ calibrate
-def check_options(alpha: float, radius_km: float) -> None:
-    """One line for a miscoverage or radius that cannot make a region."""
+def check_options(alpha: float, radius_km: float, by: str | None = None,
+                  target_accuracy: float | None = None) -> None:  # fmt: skip
+    """One line for a miscoverage, radius, grouping or target that cannot be fitted."""
+    if by is not None:
+        check_grouping(by)
+    if target_accuracy is not None:
+        check_target(target_accuracy)
     if not 0 < alpha < 1:
         raise GeoconceptError(f"--alpha {alpha:g}: must be between 0 and 1")
     if not 0 < radius_km <= MAX_RADIUS_KM:
@@ -58,10 +64,13 @@ def check_options(alpha: float, radius_km: float) -> None:
 def calibrate_predictor(
     predictor: Predictor, feats: torch.Tensor, truth: torch.Tensor, clip: ClipId,
     alpha: float = 0.1, radius_km: float = 25.0, seed: int = 0, chunk: int = 256,
+    by: str | None = None, target_accuracy: float | None = None,
 ) -> Calibration:  # fmt: skip
     """Fit the temperature and the conformal threshold of ``predictor``'s head and gallery on
-    calibration features (at most MAX_CALIBRATION_PHOTOS, a seeded sample beyond that)."""
-    check_options(alpha, radius_km)
+    calibration features (at most MAX_CALIBRATION_PHOTOS, a seeded sample beyond that); with
+    ``by``, a threshold per group of places too (inference.mondrian); with
+    ``target_accuracy``, the level below which no answer is given (inference.abstention)."""
+    check_options(alpha, radius_km, by, target_accuracy)
     if len(feats) < 20:
         raise GeoconceptError(f"{len(feats)} calibration photos: too few (20 at least; "
                               "hundreds for a useful region)")  # fmt: skip
@@ -87,12 +96,29 @@ def calibrate_predictor(
                  * len(z[s : s + chunk]) for s in range(0, len(z), chunk)]  # fmt: skip
         return float(sum(parts) / len(z))
 
-    scores = []
+    if by is not None:  # group numbers of the truths and of the gallery's places
+        keys, each = np.unique(np.r_[group_keys(reverse_geocode(truth.numpy()), by),
+                                     group_keys(predictor.gallery_places, by)],
+                               return_inverse=True)  # fmt: skip
+        photo_group = torch.from_numpy(each[: len(truth)])
+        place_group = torch.from_numpy(each[len(truth) :])
+    scores, own, conf, hit = [], [], [], []  # hit: whether each top-1 is within the radius
     for s in range(half, len(logits), chunk):
         probs = (logits[s : s + chunk] / temperature).softmax(dim=1)
         near = pairs_within(tree, truth[s : s + chunk], radius_km)
         scores.append(mass_above(probs, best_near(probs, *near)))
+        if by is not None:
+            own.append(group_scores(probs, *near, photo_group[s : s + chunk], place_group))
+        if target_accuracy is not None:
+            c, top = top_confidence(probs, gps, tree, radius_km)
+            t, g = truth[s : s + chunk].double().numpy(), gps[top].double().numpy()
+            conf.append(c)
+            hit.append(haversine_km(t[:, 0], t[:, 1], g[:, 0], g[:, 1]) <= radius_km)
     threshold = conformal_threshold(torch.cat(scores).numpy(), alpha)
+    groups = {} if by is None else group_thresholds(
+        torch.cat(own).numpy(), keys[photo_group[half:].numpy()], alpha)  # fmt: skip
+    abstention = None if target_accuracy is None else abstention_level(
+        torch.cat(conf).numpy(), np.concatenate(hit), target_accuracy)  # fmt: skip
     if math.isinf(threshold):
         warnings.warn(
             f"{len(order) - half} photos set the region (half of those given): too few for "
@@ -105,18 +131,20 @@ def calibrate_predictor(
         photos=len(order), nll_before=nll(1.0, slice(half, None)),
         nll_after=nll(temperature, slice(half, None)),
         model=hash_state_dict(predictor.head), gallery=hash_tensors(gps),
-        clip=clip.as_meta(prefix=""),
+        clip=clip.as_meta(prefix=""), by=by, groups=groups, abstention=abstention,
     )  # fmt: skip
 
 
 def calibrate(features: str | Path, models: Sequence[ModelSpec], alpha: float = 0.1,
-              radius_km: float = 25.0, report: Report = silent
+              radius_km: float = 25.0, report: Report = silent, by: str | None = None,
+              target_accuracy: float | None = None,
               ) -> dict[str, tuple[Calibration, Path]]:  # fmt: skip
     """`geoconcept calibrate`: per model (pretrained GeoCLIP where a spec has no checkpoint),
-    fit the temperature and the conformal threshold on the held-out photos of an
+    fit the temperature and the conformal threshold (per group ``by``; with the abstention
+    level of ``target_accuracy``) on the held-out photos of an
     ``embed-images`` folder and store them where the model's predictions find them (beside a
     run; pretrained GeoCLIP's in the cache). Returns each calibration and where it went."""
-    check_options(alpha, radius_km)  # before any model loads
+    check_options(alpha, radius_km, by, target_accuracy)  # before any model loads
     c = contenders(features, models, "calibrate")
     gps = load_gallery(c.spec.gallery)
     refuse_large(gps, "calibrate")
@@ -126,7 +154,7 @@ def calibrate(features: str | Path, models: Sequence[ModelSpec], alpha: float = 
             emb = cached_gallery_embeddings(gps, head, c.spec.cache_dir, progress=advance)
         predictor = Predictor(head, gps, emb, cache_dir=c.spec.cache_dir)
         cal = calibrate_predictor(predictor, c.data.features, c.data.latlon, c.clip, alpha,
-                                  radius_km)  # fmt: skip
+                                  radius_km, by=by, target_accuracy=target_accuracy)  # fmt: skip
         save_calibration(c.calibrations[name], cal)
         out[name] = (cal, c.calibrations[name])
     return out

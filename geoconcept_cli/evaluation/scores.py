@@ -35,6 +35,7 @@ from ..geo.distance import (
     unit_vectors,
 )
 from ..geo.geocode import Places, reverse_geocode
+from ..inference.abstention import mass_near, risk_coverage
 from ..inference.calibration import (
     Calibration,
     best_near,
@@ -46,6 +47,7 @@ from ..inference.calibration import (
     region_cut,
 )
 from ..inference.factory import GEOCLIP_NAME, calibration_file, load_heads
+from ..inference.mondrian import group_cuts, grouped_covered, grouped_mask
 from ..inference.predictor import Predictor
 from ..io.artifacts import atomic_path, write_json
 from ..model.clip_id import ClipId
@@ -54,6 +56,7 @@ from ..model.spec import ModelSpec, StoredFeatures
 from ..runtime.progress import Report, silent
 from ..runtime.scratch import Scratch
 from .interpretability import explanation_metrics
+from .leakage import DUPLICATE_COSINE, SAME_SPOT_KM, Leakage, check_rule, find_leakage
 from .metrics import admin_matches, geoscore, location_metrics, reliability
 
 if TYPE_CHECKING:
@@ -82,14 +85,16 @@ CONFIDENCE_KM = 25.0  # the "top-1 within 25 km" event whose calibration is repo
 AREAS_KM2 = tuple(float(f"{m}e{e}") for e in range(2, 9) for m in (1, 3))[:-1]  # 1e2..1e8
 
 
+Bins = dict[str, dict[str, dict[str, Any]]]  # event -> probabilities -> reliability bins
+
+
 @dataclass
 class Evaluation:
     """An evaluation: the JSON summary, one row per photo and model, reliability bins."""
 
     summary: dict[str, Any]
     predictions: pd.DataFrame
-    # model -> event -> probabilities -> bins
-    reliability: dict[str, dict[str, dict[str, dict[str, Any]]]]
+    reliability: dict[str, Bins]  # per model
 
     def write_summary(self, path: str | Path) -> None:
         """The summary as JSON (``eval.json``), thresholds in distance order."""
@@ -113,7 +118,10 @@ def score_photos(
     calibrated T, the top-1 probability and the probability mass within CONFIDENCE_KM of the
     top-1 and in its country (the confidences of those two events); with a calibration, the
     conformal region's membership of the truth, its area and the area of the most probable
-    places down to the truth (km²), from ``areas``, each gallery row's (``place_areas``).
+    places down to the truth (km²), from ``areas``, each gallery row's (``place_areas``);
+    the calibrated mass within the calibration's radius of the top-1 where that radius is not
+    CONFIDENCE_KM (``confradius``: abstention's confidence), and for a calibration with
+    groups the per-group (mondrian) region's membership of the truth and area.
 
     ``country_of`` is each gallery row's country index, in rising order: a gallery grouped by
     country makes a country's mass the sum of a slice. Logits come ``chunk`` photos at a time
@@ -134,6 +142,9 @@ def score_photos(
     ends = sizes.cumsum(0)
     starts = ends - sizes
     temps = {"uncalibrated": 1.0} | ({"calibrated": cal.temperature} if cal else {})
+    # the confidence of abstention: within the calibration's radius, where it is not 25 km
+    radius = cal.radius_km if cal and cal.radius_km != CONFIDENCE_KM else None
+    slots = predictor.region_slots()
     rows = max(1, BLOCK_ELEMENTS // len(gps))
     out: dict[str, list[torch.Tensor]] = {}
 
@@ -149,6 +160,7 @@ def score_photos(
         near_top = Pairs(pairs_within(tree, gps[tops.cpu()], CONFIDENCE_KM), dev)
         near_truth = Pairs(pairs_within(tree, truth[s : s + chunk], cal.radius_km), dev) \
             if cal else None  # fmt: skip
+        near_radius = Pairs(pairs_within(tree, gps[tops.cpu()], radius), dev) if radius else None
         for first in range(0, len(logits), rows):
             z, top = logits[first : first + rows], tops[first : first + rows]
             near = near_top.block(first, len(z))
@@ -159,8 +171,7 @@ def score_photos(
                 p = torch.softmax(z.div_(t) if t != 1 else z, dim=1,
                                   out=scratch("probs", z.shape, z.dtype, dev))  # fmt: skip
                 add(f"prob_{name}", p.gather(1, top[:, None])[:, 0])
-                add(f"conf25_{name}", torch.zeros(len(p), device=dev).index_add_(
-                    0, near[0], p[near]))  # fmt: skip
+                add(f"conf25_{name}", mass_near(p, *near))
                 add(
                     f"confcountry_{name}",
                     torch.stack([p[i, a:b].sum() for i, (a, b) in enumerate(spans)]),
@@ -175,6 +186,17 @@ def score_photos(
                     add("region_km2", torch.ge(p, cut[:, None], out=mask) @ areas)
                     reach = torch.ge(p, best[:, None], out=mask) @ areas
                     add("area_to_truth_km2", reach.where(torch.isfinite(best), torch.inf))
+                    if near_radius is not None:
+                        add(
+                            "confradius_calibrated", mass_near(p, *near_radius.block(first, len(z)))
+                        )
+                    if slots is not None:  # the per-group region (mondrian) beside the pooled
+                        cuts = group_cuts(p, predictor.region_thresholds(), keys=z,
+                                          scratch=scratch)  # fmt: skip
+                        add("in_region_grouped", grouped_covered(
+                            p, cuts, slots, *near_truth.block(first, len(z))))  # fmt: skip
+                        add("region_km2_grouped", grouped_mask(p, cuts, slots).to(p.dtype)
+                            @ areas)  # fmt: skip
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
@@ -219,6 +241,7 @@ def evaluate_models(
     calibrations: dict[str, Path] | None = None,
     clip: ClipId | None = None,
     explanations: dict[str, Any] | None = None,
+    leakage: Leakage | None = None,
     report: Report = silent,
 ) -> Evaluation:
     """Every metric of each named head over ``spec``'s gallery (its embeddings cached in its
@@ -227,7 +250,9 @@ def evaluate_models(
     ``calibrations`` maps a head's name to its calibration file (used where it exists, refused
     if made for another model, gallery or ``clip``). ``explanations`` (the keyword arguments
     of ``explanation_metrics``: m, draws, photos) adds interpretability metrics for each
-    concept-aware head. ``report`` shows the encoding of a head's gallery (a cache miss)."""
+    concept-aware head. ``leakage`` (``find_leakage`` of these photos) adds every metric over
+    the photos without leakage, and its columns to the rows. ``report`` shows the encoding of
+    a head's gallery (a cache miss)."""
     if len(feats) == 0:
         raise GeoconceptError("no test features to evaluate")
     for name, head in heads.items():
@@ -242,7 +267,7 @@ def evaluate_models(
     grouped = torch.from_numpy(np.argsort(country_of, kind="stable"))  # gallery by country
     gps_grouped, country_grouped = gps[grouped], torch.from_numpy(country_of)[grouped]
     tree = gallery_tree(gps_grouped)  # one for every model and for the ceiling
-    rows, frames, bins = {}, [], {}
+    rows, frames, bins, clean = {}, [], {}, {}
     for name, head in heads.items():
         path = (calibrations or {}).get(name)
         cal = read_calibration(path) if path else None
@@ -257,26 +282,47 @@ def evaluate_models(
         top1 = grouped[res["top1"]].numpy()
         pred = gps[top1].double().numpy()
         dist = haversine_km(truth_np[:, 0], truth_np[:, 1], pred[:, 0], pred[:, 1])
-        pred_places = gallery_places_at(gallery_places, top1)
-        rows[name] = location_metrics(dist, places, pred_places)
-        matches = admin_matches(places, pred_places)
-        outcomes = {f"{CONFIDENCE_KM:g}km": dist <= CONFIDENCE_KM, "country": matches["country"]}
-        bins[name] = {event: {kind: reliability(res[f"conf{key}_{kind}"], hit)
-                              for kind in ("uncalibrated", "calibrated")
-                              if f"conf{key}_{kind}" in res}
-                      for (event, hit), key in zip(outcomes.items(), ("25", "country"),
-                                                   strict=True)}  # fmt: skip
-        rows[name]["probabilities"] = _probability_summary(cal, bins[name], res)
+        pred_places = places_at(gallery_places, top1)
+        rows[name], bins[name] = model_summary(dist, places, pred_places, res, cal)
+        if leakage is not None:
+            clean[name] = model_summary(dist, places, pred_places, res, cal, ~leakage.leaked)[0]
         if explanations is not None and isinstance(head, ConceptAwareHead):
             rows[name]["explanations"] = explanation_metrics(predictor, feats, **explanations)
         frames.append(_prediction_rows(name, ids, truth_np, pred, dist, res, places,
-                                       pred_places, cal))  # fmt: skip
-    summary = {
-        "thresholds_km": list(THRESHOLDS_KM),
-        "models": rows,
-        "ceiling": summarize(nearest_gallery_km(truth, gps_grouped, tree)),
-    }
+                                       pred_places, cal, leakage))  # fmt: skip
+    ceiling = nearest_gallery_km(truth, gps_grouped, tree)
+    summary = {"thresholds_km": list(THRESHOLDS_KM), "models": rows,
+               "ceiling": summarize(ceiling)}  # fmt: skip
+    if leakage is not None:
+        kept = ~leakage.leaked
+        summary["leakage"] = leakage.summary()
+        summary["without_leakage"] = {"models": clean, "ceiling": summarize(ceiling[kept])}
     return Evaluation(summary, pd.concat(frames, ignore_index=True), bins)
+
+
+def model_summary(dist: np.ndarray, places: Places, pred_places: Places,
+                  res: dict[str, np.ndarray], cal: Calibration | None,
+                  keep: np.ndarray | None = None) -> tuple[dict[str, Any], Bins]:  # fmt: skip
+    """Every metric of one model over the photos ``keep`` marks (all by default), from its
+    per-photo results (``score_photos``): distances and places, per continent, the
+    calibration of its probabilities, and when to answer; and its reliability bins."""
+    if keep is not None:
+        dist, places, pred_places = (
+            dist[keep],
+            places_at(places, keep),
+            places_at(pred_places, keep),
+        )
+        res = {k: v[keep] for k, v in res.items()}
+    row = location_metrics(dist, places, pred_places)
+    matches = admin_matches(places, pred_places)
+    outcomes = {f"{CONFIDENCE_KM:g}km": dist <= CONFIDENCE_KM, "country": matches["country"]}
+    bins = {event: {kind: reliability(res[f"conf{key}_{kind}"], hit)
+                    for kind in ("uncalibrated", "calibrated") if f"conf{key}_{kind}" in res}
+            for (event, hit), key in zip(outcomes.items(), ("25", "country"),
+                                         strict=True)}  # fmt: skip
+    row["probabilities"] = _probability_summary(cal, bins, res, places)
+    row["answering"] = _answering_summary(cal, res, dist)
+    return row, bins
 
 
 @dataclass
@@ -310,27 +356,35 @@ def contenders(features: str | Path, models: Sequence[ModelSpec], what: str) -> 
 
 
 def evaluate(features: str | Path, models: Sequence[ModelSpec],
-             explanations: dict[str, Any] | None = None, report: Report = silent
+             explanations: dict[str, Any] | None = None, report: Report = silent,
+             train_features: str | Path | None = None,
+             duplicate_cosine: float = DUPLICATE_COSINE, same_spot_km: float = SAME_SPOT_KM,
              ) -> Evaluation:  # fmt: skip
     """`geoconcept evaluate`: score each model (pretrained GeoCLIP where a spec has no
     checkpoint) on the labelled photos of an ``embed-images`` folder, side by side with the
-    gallery ceiling, calibrated where a calibration exists (see ``evaluate_models``)."""
+    gallery ceiling, calibrated where a calibration exists (see ``evaluate_models``); with
+    ``train_features``, also over the photos that do not leak from it (``leakage``)."""
+    check_rule(duplicate_cosine, same_spot_km)  # before any model loads
     c = contenders(features, models, "evaluate")
     calibrations = c.calibrations if c.spec.calibration else None
+    leakage = None if train_features is None else find_leakage(
+        c.data.features, c.data.latlon, c.clip, train_features, duplicate_cosine, same_spot_km,
+        report)  # fmt: skip
     return evaluate_models(c.heads, c.data.features, c.data.latlon, c.spec, ids=c.data.ids,
                            calibrations=calibrations, clip=c.clip, explanations=explanations,
-                           report=report)  # fmt: skip
+                           leakage=leakage, report=report)  # fmt: skip
 
 
-def gallery_places_at(places: Places, rows: np.ndarray) -> Places:
-    """The reverse-geocoded places of the given gallery rows."""
+def places_at(places: Places, rows: np.ndarray) -> Places:
+    """The places at ``rows`` (indices or a mask) of reverse-geocoded ones."""
     return Places(*(getattr(places, f.name)[rows] for f in fields(Places)))
 
 
-def _probability_summary(cal: Calibration | None, bins: dict[str, dict[str, dict[str, Any]]],
-                         res: dict[str, np.ndarray]) -> dict[str, Any]:  # fmt: skip
+def _probability_summary(cal: Calibration | None, bins: Bins, res: dict[str, np.ndarray],
+                         places: Places) -> dict[str, Any]:  # fmt: skip
     """ECE of each event before and after calibration, and the conformal region's coverage,
-    mean area and recall against area."""
+    mean area and recall against area, overall and per continent of the truth (for the
+    pooled threshold and, where the calibration has groups, the per-group ones)."""
     out: dict[str, Any] = {"calibrated": cal is not None,
                            "ece": {event: {kind: b["ece"] for kind, b in by_kind.items()}
                                    for event, by_kind in bins.items()}}  # fmt: skip
@@ -344,13 +398,53 @@ def _probability_summary(cal: Calibration | None, bins: dict[str, dict[str, dict
         "mean_area_km2": float(area.mean()), "median_area_km2": float(np.median(area)),
         "recall_vs_area": {f"{a:.0e}": float((reach <= a).mean()) for a in AREAS_KM2},
     }  # fmt: skip
+    kinds = {"pooled": ""} | ({f"per {cal.by}": "_grouped"} if "in_region_grouped" in res else {})
+    if len(kinds) > 1:
+        out["coverage_grouped"] = float(res["in_region_grouped"].mean())
+        out["mean_area_km2_grouped"] = float(res["region_km2_grouped"].mean())
+    out["per_continent"] = {
+        continent: {"n": int(on.sum())} | {
+            f"{key}{suffix}": float(res[f"{field}{suffix}"][on].mean())
+            for suffix in kinds.values()
+            for key, field in (("coverage", "in_region"), ("mean_area_km2", "region_km2"))}
+        for continent in sorted(set(places.continent.astype(str)) - {""})
+        for on in [places.continent == continent]
+    }  # fmt: skip
     return out
+
+
+def _answering_summary(cal: Calibration | None, res: dict[str, np.ndarray], dist: np.ndarray
+                       ) -> dict[str, Any]:  # fmt: skip
+    """When to answer: the risk-coverage curve of the top-1 within the calibration's radius
+    (25 km without one), the photos ranked by that event's confidence (calibrated where it
+    can be), and for a calibration with an abstention level, what it kept here."""
+    radius = cal.radius_km if cal else CONFIDENCE_KM
+    conf = confidence_of(res, cal)
+    hit = dist <= radius
+    out = {"radius_km": radius, "confidence": "calibrated" if cal else "uncalibrated",
+           **risk_coverage(conf, hit)}  # fmt: skip
+    if cal is not None and cal.abstention is not None:
+        kept = conf >= cal.abstention.level
+        out["abstention"] = {
+            **cal.abstention.to_json(),
+            "kept_here": float(kept.mean()),
+            "accuracy_here": float(hit[kept].mean()) if kept.any() else None,
+        }
+    return out
+
+
+def confidence_of(res: dict[str, np.ndarray], cal: Calibration | None) -> np.ndarray:
+    """Each photo's confidence that its top-1 lies within the calibration's radius (25 km
+    without one): abstention's confidence."""
+    if "confradius_calibrated" in res:
+        return res["confradius_calibrated"]
+    return res["conf25_calibrated" if cal else "conf25_uncalibrated"]
 
 
 def _prediction_rows(name: str, ids: list[str], truth: np.ndarray, pred: np.ndarray,
                      dist: np.ndarray, res: dict[str, np.ndarray], places: Places,
-                     pred_places: Places,
-                     cal: Calibration | None) -> pd.DataFrame:  # fmt: skip
+                     pred_places: Places, cal: Calibration | None,
+                     leakage: Leakage | None) -> pd.DataFrame:  # fmt: skip
     """One row per photo for --predictions-out (schema in the README)."""
     kind = "calibrated" if cal else "uncalibrated"
     df = pd.DataFrame({
@@ -363,7 +457,49 @@ def _prediction_rows(name: str, ids: list[str], truth: np.ndarray, pred: np.ndar
     })  # fmt: skip
     df["in_region"] = res["in_region"] if cal else None
     df["region_area_km2"] = res["region_km2"] if cal else np.nan
+    df["confidence"] = confidence_of(res, cal)
+    df["answered"] = df["confidence"] >= cal.abstention.level if cal and cal.abstention else None
+    if leakage is not None:
+        df = pd.concat([df, leakage.frame()], axis=1)
     return df
+
+
+def _coverage_by_continent(probs: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows: each calibrated model's region coverage and mean area per continent of
+    the truth, pooled and, where its calibration has groups, per group."""
+    lines = []
+    for name, p in probs.items():
+        if "per_continent" not in p:
+            continue
+        grouped = "coverage_grouped" in next(iter(p["per_continent"].values()), {})
+        lines += ["", f"{name}: {p['target_coverage']:.0%} regions per continent "
+                  + ("(pooled threshold / per-group thresholds)" if grouped else
+                     "(pooled threshold)"), "",
+                  "| continent | n | coverage | mean area km² |", "|---|---|---|---|"]  # fmt: skip
+        for continent, c in p["per_continent"].items():
+            cov, area = f"{c['coverage']:.3f}", f"{c['mean_area_km2']:.3g}"
+            if grouped:
+                cov += f" / {c['coverage_grouped']:.3f}"
+                area += f" / {c['mean_area_km2_grouped']:.3g}"
+            lines.append(f"| {continent} | {c['n']} | {cov} | {area} |")
+    return lines
+
+
+def _answering_table(models: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows: each model's risk-coverage (AURC, accuracy at 50/80/100% answered) and
+    what its abstention level kept."""
+    lines = ["", "| model | confidence | AURC | accuracy answering 50% / 80% / 100% "
+             "| abstention level: answered, accuracy (target) |", "|---" * 5 + "|"]  # fmt: skip
+    for name, r in models.items():
+        a = r["answering"]
+        acc = " / ".join(f"{v:.1%}" for v in a["accuracy_at"].values())
+        level = a.get("abstention")
+        kept = (f"below {level['level']:g}: {level['kept_here']:.0%}, "
+                + (f"{level['accuracy_here']:.1%}" if level["accuracy_here"] is not None else "-")
+                + f" ({level['target']:.0%})") if level else ""  # fmt: skip
+        lines.append(f"| {name} | {a['confidence']}, top-1 within {a['radius_km']:g} km "
+                     f"| {a['aurc']:.3f} | {acc} | {kept} |")  # fmt: skip
+    return lines
 
 
 TOP1_NOTE = (
@@ -382,12 +518,24 @@ def markdown_table(result: dict[str, Any]) -> str:
         + " | median km | mean km | GeoScore | country | region | city |",
         "|---" * (len(cols) + 7) + "|",
     ]  # fmt: skip
+    clean = result.get("without_leakage")
     for name, r in {**models, "gallery ceiling": result["ceiling"]}.items():
-        cells = " | ".join(f"{r[c]:.1f}" for c in cols)
-        extra = " | ".join(f"{r[k]:.1f}" if k in r else "" for k in
-                           ("mean_km", "geoscore", "country", "region", "city"))  # fmt: skip
-        lines.append(f"| {name} | {cells} | {r['median_km']:.1f} | {extra} |")
+        both = {name: r}
+        if clean is not None:  # side by side: the same metric without the leaking photos
+            both[f"{name}, without leakage"] = clean["models"].get(name, clean["ceiling"])
+        for label, row in both.items():
+            cells = " | ".join(f"{row[c]:.1f}" for c in cols)
+            extra = " | ".join(f"{row[k]:.1f}" if k in row else "" for k in
+                               ("mean_km", "geoscore", "country", "region", "city"))  # fmt: skip
+            lines.append(f"| {label} | {cells} | {row['median_km']:.1f} | {extra} |")
     lines.append(f"\n{TOP1_NOTE}")
+    if "leakage" in result:
+        lk = result["leakage"]
+        lines.append(f"\nLeakage from {lk['train_photos']:,} training photos: {lk['leaked']} of "
+                     f"{lk['photos']} test photos ({lk['near_duplicates']} near-duplicates at "
+                     f"cosine >= {lk['duplicate_cosine']:g}, {lk['same_spot']} within "
+                     f"{lk['same_spot_km']:g} km of a training photo); 'without leakage' rows "
+                     f"score the other {lk['kept']}.")  # fmt: skip
     if any(r.get("per_continent") for r in models.values()):
         lines += [
             "",
@@ -414,6 +562,8 @@ def markdown_table(result: dict[str, Any]) -> str:
                 kind, region = "uncalibrated", ("", "")
             lines.append(f"| {name} | {kind} | {ece[0]} | {ece[1]} | {region[0]} | {region[1]} |")
         lines.append("\nECE: uncalibrated / calibrated, 15 bins.")
+        lines += _coverage_by_continent(probs)
+    lines += _answering_table(models)
     expl = {name: r["explanations"] for name, r in models.items() if "explanations" in r}
     for name, e in expl.items():
         d, ins, sp = e["deletion"], e["insertion"], e["sparsity"]

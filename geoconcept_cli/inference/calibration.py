@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ from ..io.artifacts import (
 )
 from ..model.clip_id import ClipId, check_same_clip
 from ..runtime.scratch import Scratch
+from .abstention import Abstention, mass_near
 
 if TYPE_CHECKING:
     from scipy.spatial import cKDTree
@@ -69,12 +70,19 @@ class Calibration:
     model: str  # hash of the head's weights
     gallery: str  # hash of the gallery's coordinates
     clip: dict[str, Any]  # ClipId of the calibration features (model, pretrained, config)
+    # Mondrian thresholds (inference.mondrian): grouped by ``by`` (continent, country), each
+    # group with enough photos its own; the others keep ``threshold``
+    by: str | None = None
+    groups: dict[str, float] = field(default_factory=dict)
+    abstention: Abstention | None = None  # the level chosen for a target accuracy
     format: str = CALIBRATION_FORMAT
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["threshold"] = None if math.isinf(self.threshold) else self.threshold
-        return out
+        out = {k: v for k, v in vars(self).items() if k not in ("abstention", "format")}
+        out["threshold"] = _finite_or_none(self.threshold)
+        out["groups"] = {g: _finite_or_none(t) for g, t in self.groups.items()}
+        out["abstention"] = self.abstention.to_json() if self.abstention else None
+        return out | {"format": self.format}
 
     @classmethod
     def from_json(cls, data: object, source: object) -> Calibration:
@@ -82,19 +90,23 @@ class Calibration:
         if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
             raise GeoconceptError(f"{source}: not a geoconcept calibration ({CALIBRATION_FORMAT})")
         try:
-            threshold = data["threshold"]
+            abstention = data.get("abstention")
             cal = cls(
                 temperature=float(data["temperature"]), alpha=float(data["alpha"]),
-                radius_km=float(data["radius_km"]),
-                threshold=math.inf if threshold is None else float(threshold),
+                radius_km=float(data["radius_km"]), threshold=_inf_if_none(data["threshold"]),
                 photos=int(data["photos"]), nll_before=float(data["nll_before"]),
                 nll_after=float(data["nll_after"]), model=str(data["model"]),
                 gallery=str(data["gallery"]), clip=dict(data["clip"]),
+                by=None if data.get("by") is None else str(data["by"]),
+                groups={str(g): _inf_if_none(t) for g, t in (data.get("groups") or {}).items()},
+                abstention=None if abstention is None else Abstention.from_json(abstention),
             )  # fmt: skip
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise GeoconceptError(f"{source}: damaged calibration (fields missing)") from None
+        thresholds = [cal.threshold, *cal.groups.values()]
         if not (cal.temperature > 0 and 0 < cal.alpha < 1 and 0 < cal.radius_km <= MAX_RADIUS_KM
-                and cal.threshold >= 0):  # fmt: skip
+                and min(thresholds) >= 0 and (cal.by is not None or not cal.groups)
+                and (cal.abstention is None or 0 <= cal.abstention.level < 1)):  # fmt: skip
             raise GeoconceptError(f"{source}: damaged calibration (values out of range)")
         return cal
 
@@ -109,6 +121,14 @@ class Calibration:
                                   "--gallery (or use the one it was made for)")  # fmt: skip
         check_same_clip(ClipId.from_meta(self.clip, prefix=""), clip, f"{source} was made with",
                         fix=fix)  # fmt: skip
+
+
+def _finite_or_none(x: float) -> float | None:
+    return None if math.isinf(x) else x  # JSON has no infinity: a region of everything
+
+
+def _inf_if_none(x: Any) -> float:
+    return math.inf if x is None else float(x)
 
 
 # ------------------------------------------------------------------------------ fitting
@@ -172,6 +192,15 @@ def pairs_within(tree: cKDTree, points: torch.Tensor, radius_km: float
         np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else []
     )
     return torch.from_numpy(rows), torch.as_tensor(cols, dtype=torch.int64)
+
+
+def top_confidence(probs: torch.Tensor, gps: torch.Tensor, tree: cKDTree, radius_km: float
+                   ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(confidence, top-1 row) of each row of (B, N) ``probs``: the mass within ``radius_km``
+    of its most probable gallery row (inference.abstention)."""
+    top = probs.argmax(dim=1)
+    rows, cols = pairs_within(tree, gps[top.cpu()], radius_km)
+    return mass_near(probs, rows.to(probs.device), cols.to(probs.device)), top
 
 
 def best_near(probs: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

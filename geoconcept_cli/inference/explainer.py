@@ -174,11 +174,12 @@ class Explainer:
     def explain_features(self, feats: torch.Tensor, request: Request = Request(),
                          image: str | None = None) -> Explanation:  # fmt: skip
         """The full explanation of one photo's CLIP features (1, D), ``image`` naming it: its
-        :meth:`explain_batch`, with the conformal region of a calibrated model and, if the
-        request asks, the heatmap."""
+        :meth:`explain_batch`, with the confidence and conformal region of a calibrated model
+        and, if the request asks, the heatmap."""
         p = self.steered(self.map_hints(request)[0]).predictor
         out = self.explain_batch(feats, request)[0]
         out.image = image
+        out.confidence = p.confidence(feats, request)
         if p.calibration is not None:
             out.region = p.regions(feats)[0]
         if request.heat:

@@ -24,13 +24,16 @@ from ..io.images import load_image
 from ..model.clip import ClipBackbone
 from ..model.concept_embeddings import DEFAULT_TEMPLATES
 from ..runtime.scratch import Scratch
-from .calibration import Calibration, place_areas, region_mask
+from .calibration import Calibration, gallery_tree, place_areas, region_mask, top_confidence
 from .hints import hint_gains
+from .mondrian import group_cuts, group_keys, grouped_mask, place_slots
 from .request import Request, say_if_capped
-from .results import Candidate, ConfidenceRegion, Prediction
+from .results import Candidate, Confidence, ConfidenceRegion, Prediction
 from .sites import CHUNK, POOL, Rank, Ranked, Sites
 
 if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
+
     from ..model.concept_head import RetrievalHead
 
 HEAT_POINTS = 2000  # most probable places of a heatmap (the rest carry little mass)
@@ -76,6 +79,8 @@ class Predictor:
         self._scratch = Scratch()  # the buffers of ranked(), reused over chunks
         self._whole = self
         self._texts: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}  # text_features
+        self._tree: cKDTree | None = None  # of the gallery, for confidences
+        self._slots: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}  # region_of
 
     def limited(self, limits: Limits) -> Predictor:
         """This predictor answering only from the gallery rows inside ``limits`` (itself for
@@ -356,7 +361,7 @@ class Predictor:
         # the photo's own distribution (inside the limits): the threshold was fitted on such,
         # so hints and an album's prior do not narrow a region that claims its coverage
         probs = (self.logits(clip_features) / self.temperature).softmax(dim=-1).cpu()
-        inside = region_mask(probs, cal.threshold)
+        inside = self.region_of(probs)
         if self.allowed is not None:  # never wider than the limits (a cut of 0 takes all)
             inside &= self.allowed.cpu()
         out: list[ConfidenceRegion] = []
@@ -378,6 +383,73 @@ class Predictor:
             })  # fmt: skip
         return out
 
+    def region_of(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, N) membership of each photo's conformal region, given its (B, N) calibrated
+        probabilities: per group of places where the calibration has groups (mondrian)."""
+        cal = self.calibration
+        assert cal is not None, "region_of needs a calibrated predictor"
+        slots = self.region_slots()
+        if slots is None:
+            return region_mask(probs, cal.threshold)
+        return grouped_mask(probs, group_cuts(probs, self.region_thresholds()), slots)
+
+    def region_thresholds(self) -> list[float]:
+        """The calibration's thresholds by slot (:meth:`region_slots`): its groups', then the
+        pooled one."""
+        cal = self.calibration
+        assert cal is not None, "region_thresholds needs a calibrated predictor"
+        return [*cal.groups.values(), cal.threshold]
+
+    def region_slots(self) -> torch.Tensor | None:
+        """(N,) each gallery row's slot in :meth:`region_thresholds` (mondrian.place_slots),
+        made once per grouping; None where the calibration has one pooled threshold."""
+        cal = self.calibration
+        if cal is None or cal.by is None or not cal.groups:
+            return None
+        whole, key = self._whole, (cal.by, tuple(cal.groups))
+        if key not in whole._slots:
+            whole._slots = {key: place_slots(group_keys(self.gallery_places, cal.by), [*key[1]])}
+        return whole._slots[key]
+
+    def abstain_level(self, request: Request) -> float | None:
+        """The confidence below which ``request`` gets no answer: its own ``abstain_below``,
+        else the calibration's (calibrate --target-accuracy); None: the model is not calibrated
+        and none was asked for. A level without a calibration is one line."""
+        cal = self.calibration
+        if cal is None:
+            if request.abstain_below:
+                raise GeoconceptError("--abstain-below: the level is a calibrated probability "
+                                      "and this model has no calibration; run geoconcept "
+                                      "calibrate first (or leave --abstain-below out)")  # fmt: skip
+            return None
+        if request.abstain_below is not None:
+            return request.abstain_below
+        return cal.abstention.level if cal.abstention else 0.0
+
+    @torch.no_grad()
+    def confidences(self, clip_features: torch.Tensor, level: float) -> list[Confidence]:
+        """Each photo's calibrated probability that its top-1 (the most probable gallery place)
+        lies within the calibration's radius of the truth, and whether it is answered at
+        ``level`` (inference.abstention); needs a calibration."""
+        cal = self.calibration
+        assert cal is not None, "confidences need a calibrated predictor"
+        whole = self._whole
+        if whole._tree is None:
+            whole._tree = gallery_tree(self.gallery_gps)
+        conf, _ = top_confidence(self.probabilities(clip_features), self.gallery_gps.to(
+            self.device), whole._tree, cal.radius_km)  # fmt: skip
+        chosen = cal.abstention  # its guarantee holds at its own level only
+        guarantee = chosen.guarantee() if chosen and level == chosen.level else None
+        return [{"probability": round(c, 6), "radius_km": cal.radius_km, "level": level,
+                 "answered": c >= level, "guarantee": guarantee}
+                for c in conf.tolist()]  # fmt: skip
+
+    def confidence(self, clip_features: torch.Tensor, request: Request) -> Confidence | None:
+        """:meth:`confidences` of one photo's features (1, D) at ``request``'s level (None
+        for a model without a calibration)."""
+        level = self.abstain_level(request)
+        return None if level is None else self.confidences(clip_features, level)[0]
+
     def predict(self, photo: str | Path, request: Request = Request()) -> Prediction:
         """Top-k candidates of one photo file, what their probabilities are and, for a
         calibrated model, the conformal region (GeoconceptError on a bad file)."""
@@ -389,6 +461,7 @@ class Predictor:
         """:meth:`predict` of one photo's CLIP features (1, D); ``image`` names the photo."""
         p = self.steered(request)
         say_if_capped("--top-k", request.top_k, p.place_count, "places in the gallery")
+        confidence = p.confidence(feats, request)
         ranked = p.ranked(feats, request.top_k, request.merge_km)
         region = p.regions(feats)[0] if p.calibration is not None else None
         hints = None
@@ -397,5 +470,6 @@ class Predictor:
                                  request.hints, request.hint_weight)[0]  # fmt: skip
         return Prediction(image=image, predictions=p.candidate_rows(ranked)[0],
                           merge_km=request.merge_km, hints=hints,
-                          probabilities=p.calibration_note(), region=region,
+                          probabilities=p.calibration_note(), confidence=confidence,
+                          region=region,
                           heat=p.heat(feats) if request.heat else None)  # fmt: skip

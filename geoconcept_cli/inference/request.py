@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import GeoconceptError
 from ..geo.limits import Limits
+from .abstention import check_level
 
 HINT_WEIGHT = 0.25  # a hint's log-probabilities, against a photo's 1 (README: planted hints)
 
@@ -27,7 +28,9 @@ class Request:
     probability heatmap's points for a map (not part of the JSON); ``merge_km``, the radius
     within which gallery points form one candidate (0: every point its own); ``limits``, where
     the answer may lie (geo.limits: the whole gallery when empty); ``hints``, what the person
-    knows in words, weighted ``hint_weight`` against the photo (Predictor.hint_prior)."""
+    knows in words, weighted ``hint_weight`` against the photo (Predictor.hint_prior);
+    ``abstain_below``, the confidence below which a photo is "not localizable at this
+    confidence" (inference.abstention; None: the calibration's level, 0: always answer)."""
 
     top_k: int = 5
     concepts_shown: int = 8
@@ -41,6 +44,7 @@ class Request:
     limits: Limits = Limits()
     hints: tuple[str, ...] = ()
     hint_weight: float = HINT_WEIGHT
+    abstain_below: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("top_k", "concepts_shown", "countries", "m"):
@@ -61,6 +65,8 @@ class Request:
                                   "as the photo)")  # fmt: skip
         if any(not h.strip() or len(h) > MAX_HINT_CHARS for h in self.hints):
             raise GeoconceptError(f"--hint: give words, at most {MAX_HINT_CHARS} characters")
+        if self.abstain_below is not None:
+            check_level(self.abstain_below)
         if self.draws < MIN_DRAWS:
             raise GeoconceptError(f"--draws must be at least {MIN_DRAWS} (the verdict needs "
                                   "95% of the random draws beaten)")  # fmt: skip

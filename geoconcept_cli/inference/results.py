@@ -56,6 +56,19 @@ class ConfidenceRegion(TypedDict):
     points: list[list[float]]
 
 
+class Confidence(TypedDict):
+    """A calibrated model's confidence in a photo (inference.abstention): the ``probability``
+    that its top-1 lies within ``radius_km`` of the truth; ``answered`` False where it is
+    below ``level`` ("not localizable at this confidence"; the candidates are still the best
+    guess); ``guarantee`` what the level promises, where calibrate chose it."""
+
+    probability: float
+    radius_km: float
+    level: float
+    answered: bool
+    guarantee: str | None
+
+
 NOT_JSON = {"json": False}  # a field the library returns that --json does not print
 
 
@@ -84,6 +97,7 @@ class Prediction:
     merge_km: float | None = None
     hints: list[dict[str, Any]] | None = None
     probabilities: dict[str, Any]
+    confidence: Confidence | None = None
     region: ConfidenceRegion | None = None
     heat: list[list[float]] | None = field(default=None, metadata=NOT_JSON)
 
@@ -115,6 +129,7 @@ class Explanation:
     rather_than: dict[str, Any] | None = None
     rule: str | None = None
     check: dict[str, Any] | None = None
+    confidence: Confidence | None = None
     region: ConfidenceRegion | None = None
     heat: list[list[float]] | None = field(default=None, metadata=NOT_JSON)
 

@@ -1,4 +1,5 @@
-"""Plots: world maps, reliability diagrams and the modality-gap UMAP (PNG, offline)."""
+"""Plots: world maps, reliability diagrams, risk-coverage curves and the modality-gap UMAP
+(PNG, offline)."""
 
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ if TYPE_CHECKING:
     from .maps import render_map as render_map
     from .modality_gap import plot_modality_gap as plot_modality_gap
     from .reliability import plot_reliability as plot_reliability
+    from .risk_coverage import plot_risk_coverage as plot_risk_coverage
 
 __getattr__ = lazy_exports(
     __name__,
@@ -16,6 +18,7 @@ __getattr__ = lazy_exports(
         "render_heatmap": "maps",
         "render_map": "maps",
         "plot_reliability": "reliability",
+        "plot_risk_coverage": "risk_coverage",
         "plot_modality_gap": "modality_gap",
     },
 )

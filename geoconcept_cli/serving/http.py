@@ -94,6 +94,9 @@ Limited = Annotated[Limits, Depends(asked_limits)]
 Hints = Annotated[list[str] | None, Query(description="What is known in words; repeatable.")]
 HintWeight = Annotated[float, Query(gt=0, le=MAX_HINT_WEIGHT,
                                     description="A hint's weight against the photo.")]  # fmt: skip
+AbstainBelow = Annotated[float | None, Query(
+    ge=0, lt=1, description="Confidence below which the answer is 'not localizable' "
+    "(default: the calibration's level; 0: always answer).")]  # fmt: skip
 
 
 class _TooLarge(Exception):
@@ -220,10 +223,12 @@ def create_app(
               summary="Top-k places: `geoconcept predict --json`, plus `map`")  # fmt: skip
     async def predict(request: Request, limits: Limited, top_k: TopK = 5,
                       merge_km: MergeKm = MERGE_KM, hint: Hints = None,
-                      hint_weight: HintWeight = HINT_WEIGHT) -> JSONResponse:  # fmt: skip
-        photo = await read_photo(request, limit)
+                      hint_weight: HintWeight = HINT_WEIGHT,
+                      abstain_below: AbstainBelow = None) -> JSONResponse:  # fmt: skip
         asked = Asked(top_k=top_k, merge_km=merge_km, limits=limits, hints=tuple(hint or ()),
-                      hint_weight=hint_weight)  # fmt: skip
+                      hint_weight=hint_weight, abstain_below=abstain_below)  # fmt: skip
+        service.predictor.abstain_level(asked)  # a level without a calibration: before reading
+        photo = await read_photo(request, limit)
         answer = await run_in_threadpool(service.predict, photo, asked)
         return JSONResponse(answer)
 
@@ -240,11 +245,13 @@ def create_app(
         merge_km: MergeKm = MERGE_KM,
         hint: Hints = None,
         hint_weight: HintWeight = HINT_WEIGHT,
+        abstain_below: AbstainBelow = None,
     ) -> JSONResponse:
-        photo = await read_photo(request, limit)
         asked = Asked(top_k=top_k, concepts_shown=concepts_shown, check=check, m=m, draws=draws,
                       merge_km=merge_km, limits=limits, hints=tuple(hint or ()),
-                      hint_weight=hint_weight)  # fmt: skip
+                      hint_weight=hint_weight, abstain_below=abstain_below)  # fmt: skip
+        service.predictor.abstain_level(asked)
+        photo = await read_photo(request, limit)
         answer = await run_in_threadpool(service.explain, photo, asked)
         return JSONResponse(answer)
 

@@ -142,7 +142,17 @@ def test_a_folder_of_photos_is_predicted_into_rows(tmp_path, model_args):
     assert f"3 photos predicted -> {out}; 1 missing or unreadable" in res.stdout
     assert "skipped" in res.stderr and "broken.jpg" in res.stderr
     rows = pd.read_parquet(out)
-    assert list(rows.columns) == ["image", "lat", "lon", "prob", "place", "top_k"]
+    assert list(rows.columns) == [
+        "image",
+        "lat",
+        "lon",
+        "prob",
+        "place",
+        "top_k",
+        "confidence",
+        "answered",
+    ]
+    assert rows["confidence"].isna().all()  # an uncalibrated model: no confidence
     assert sorted(Path(i).name for i in rows["image"]) == ["p0.jpg", "p1.jpg", "p2.heic"]
     assert all(len(json.loads(t)) == 3 for t in rows["top_k"])
     single = runner.invoke(app, ["predict", str(folder / "p2.heic"), "--json", *model_args])

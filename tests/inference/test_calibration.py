@@ -183,8 +183,8 @@ def test_calibrate_then_evaluate_report_and_write_everything(world, tmp_path):
     assert ours["in_region"].mean() == pytest.approx(probs["coverage"])
     assert ours["distance_km"].le(25).mean() * 100 == pytest.approx(model["25km"])
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
-        f"reliability-{n}.png" for n in ("GeoCLIP_pretrained", str(run).strip("/")
-                                         .replace("/", "_")))  # fmt: skip
+        [f"reliability-{n}.png" for n in ("GeoCLIP_pretrained", str(run).strip("/")
+                                          .replace("/", "_"))] + ["risk-coverage.png"])  # fmt: skip
     text = " ".join(res.stdout.split())
     assert "calibrated (T" in text and "GeoScore | country | region | city |" in text
 
@@ -314,3 +314,75 @@ def test_a_calibration_on_few_photos_is_warned_about(world, tmp_path):
     assert res.exit_code == 0, res.output
     assert "warning: calibrating on 40 photos: the temperature and the region will be rough" \
         in res.stderr  # fmt: skip
+
+
+def test_calibrate_per_continent_with_a_target_accuracy_then_abstain(world, tmp_path, tiny_clip):
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    photo = tmp_path / "p.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+                    ).save(photo)  # fmt: skip
+    predict = ["predict", str(photo), "--checkpoint", str(run), "--clip-model", tiny_clip,
+               "--clip-pretrained", "none", "--gallery", str(world["gallery"])]  # fmt: skip
+    res = runner.invoke(app, [*predict, "--abstain-below", "0.5"])  # nothing calibrated yet
+    assert res.exit_code == 2 and "run geoconcept calibrate first" in res.output.splitlines()[-1]
+    assert "Traceback" not in res.output
+    base = ["calibrate", str(world["train"]), str(run), "--gallery", str(world["gallery"])]
+    for bad, said in ((["--target-accuracy", "1.5"], "--target-accuracy 1.5: give an accuracy"),
+                      (["--by", "planet"], "--by planet: give continent or country")):  # fmt: skip
+        res = runner.invoke(app, [*base, *bad])
+        assert res.exit_code == 2 and said in one_line_error(res)
+    res = runner.invoke(app, [*base, "--by", "continent", "--target-accuracy", "0.6"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    # the planted regions: two in Asia, two in North America (~64 photos each set the
+    # region), one in Oceania (~32: the pooled threshold), three at sea
+    cal = json.loads((run / "calibration.json").read_text())
+    assert cal["by"] == "continent" and set(cal["groups"]) == {"Asia", "North America"}
+    assert "per continent: own thresholds for Asia" in text and "keeps the pooled one" in text
+    level = cal["abstention"]
+    assert level["target"] == 0.6 and level["accuracy"] >= 0.6 and 0 < level["level"] < 1
+    assert f"abstain below confidence {level['level']:g}" in text and "90% certainty" in text
+    # evaluate: per continent, pooled and per group; and the risk-coverage of answering
+    out = tmp_path / "eval.json"
+    res = runner.invoke(app, ["evaluate", str(world["test"]), str(run), "--no-geoclip",
+                              "--gallery", str(world["gallery"]),
+                              "--json-out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    model = json.loads(out.read_text())["models"][str(run)]
+    probs, answering = model["probabilities"], model["answering"]
+    assert 0 <= probs["coverage_grouped"] <= 1 and probs["mean_area_km2_grouped"] > 0
+    asia = probs["per_continent"]["Asia"]
+    assert set(asia) == {"n", "coverage", "mean_area_km2", "coverage_grouped",
+                         "mean_area_km2_grouped"}  # fmt: skip
+    assert answering["radius_km"] == 25 and 0 <= answering["aurc"] <= 1
+    assert answering["accuracy_at"]["100%"] == pytest.approx(model["25km"] / 100)
+    assert answering["abstention"]["level"] == level["level"]
+    text = " ".join(res.stdout.split())
+    assert "(pooled threshold / per-group thresholds)" in text and "AURC" in text
+    # a photo of noise is not localizable at a high level; --json keeps the best guess
+    res = runner.invoke(app, [*predict, "--abstain-below", "0.99"])
+    assert res.exit_code == 0 and "not localizable at this confidence" in res.stdout
+    assert "p=" not in res.stdout
+    got = json.loads(runner.invoke(app, [*predict, "--abstain-below", "0.99", "--json"]).stdout)
+    assert got["confidence"]["answered"] is False and got["confidence"]["level"] == 0.99
+    assert got["confidence"]["guarantee"] is None and len(got["predictions"]) == 5
+    got = json.loads(runner.invoke(app, [*predict, "--json"]).stdout)  # the calibrated level
+    assert got["confidence"]["level"] == level["level"]
+    assert got["confidence"]["guarantee"].startswith("with 90% certainty")
+    shown = runner.invoke(app, [*predict, "--abstain-below", "0"])
+    assert "not localizable" not in shown.stdout and "p=" in shown.stdout
+    res = runner.invoke(app, [*predict, "--abstain-below", "1"])
+    assert res.exit_code == 2 and "--abstain-below 1" in one_line_error(res)
+    # a batch run from features: each photo's confidence and whether it is answered
+    res = runner.invoke(app, ["predict", str(world["test"]), "--checkpoint", str(run),
+                              "--gallery", str(world["gallery"]),
+                              "--out", str(tmp_path / "b")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = pd.read_parquet(tmp_path / "b")
+    assert rows["answered"].tolist() == (rows["confidence"] >= level["level"]).tolist()
+    preds = tmp_path / "preds.parquet"
+    runner.invoke(app, ["evaluate", str(world["test"]), str(run), "--no-geoclip", "--gallery",
+                        str(world["gallery"]), "--predictions-out", str(preds)])  # fmt: skip
+    evaluated = pd.read_parquet(preds).set_index("id")
+    assert np.allclose(evaluated.loc[rows["id"], "confidence"], rows["confidence"], atol=1e-5)

@@ -37,7 +37,7 @@ from .results import (
     start_results,
     write_parts,
 )
-from .rows import ROW_COLUMNS, ROW_SCHEMA, explanation_row
+from .rows import ROW_COLUMNS, ROW_SCHEMA, confidence_columns, explanation_row
 
 EXPLANATIONS_FORMAT = "geoconcept-explanations/1"
 # photos explained at once: the few whose runner-up lies deeper than explain's pool are ranked
@@ -55,7 +55,8 @@ def explanations_meta(explainer: Explainer, features: Path, request: Request
     return results_meta(explainer.predictor, features, request.top_k, fmt=EXPLANATIONS_FORMAT,
                         concepts=concepts, concepts_shown=request.concepts_shown,
                         mode=explainer.mode, merge_km=request.merge_km,
-                        limits=request.limits.describe())  # fmt: skip
+                        limits=request.limits.describe(),
+                        abstain_below=explainer.predictor.abstain_level(request))  # fmt: skip
 
 
 def explain_shard(explainer: Explainer, scorer: PlaceScorer, ids: list[str],
@@ -66,8 +67,10 @@ def explain_shard(explainer: Explainer, scorer: PlaceScorer, ids: list[str],
         for b in range(0, len(ids), BLOCK):
             exps = explainer.explain_batch(feats[b : b + BLOCK], request, rank=scorer.topk,
                                            place_concepts=False)  # fmt: skip
+            conf, answered = confidence_columns(scorer.predictor, feats[b : b + BLOCK], request)
             named = zip(ids[b : b + BLOCK], exps, strict=True)
-            rows += [explanation_row(exp, ident) for ident, exp in named]
+            rows += [explanation_row(exp, ident) | {"confidence": c, "answered": a}
+                     for (ident, exp), c, a in zip(named, conf, answered, strict=True)]  # fmt: skip
         return pd.DataFrame(rows, columns=ROW_COLUMNS)
 
 

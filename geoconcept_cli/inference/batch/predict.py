@@ -36,6 +36,7 @@ from .results import (
     start_results,
     write_parts,
 )
+from .rows import confidence_columns
 
 # every part is written with the same schema: an empty shard's part would otherwise hold null
 # columns, and a folder whose first part does so cannot be read as one table
@@ -45,6 +46,7 @@ SCHEMA = pa.schema([
     ("error_km", pa.float64()), ("country", pa.large_string()),
     ("top_lat", pa.list_(pa.float64())), ("top_lon", pa.list_(pa.float64())),
     ("top_prob", pa.list_(pa.float32())), ("top_points", pa.list_(pa.int64())),
+    ("confidence", pa.float64()), ("answered", pa.bool_()),
 ])  # fmt: skip
 COLUMNS = SCHEMA.names
 
@@ -52,8 +54,8 @@ COLUMNS = SCHEMA.names
 def predict_shard(scorer: PlaceScorer, ids: list[str], feats: torch.Tensor,
                   latlon: torch.Tensor, request: Request, chunk: int = 4096
                   ) -> pd.DataFrame:  # fmt: skip
-    """One row per photo: the top candidate, its probability, error and country, and the
-    top-k."""
+    """One row per photo: the top candidate, its probability, error and country, the top-k,
+    and a calibrated model's confidence and whether the photo is answered (else null)."""
     if len(ids) == 0:  # a shard whose every image failed to decode
         return pd.DataFrame(columns=COLUMNS)
     p = scorer.predictor
@@ -64,6 +66,7 @@ def predict_shard(scorer: PlaceScorer, ids: list[str], feats: torch.Tensor,
     top = p.gallery_gps[row].double().numpy()  # (B, k, 2)
     truth = latlon.double().numpy()
     err = haversine_km(truth[:, 0], truth[:, 1], top[:, 0, 0], top[:, 0, 1])
+    conf, answered = confidence_columns(p, feats, request, chunk)
     return pd.DataFrame({
         "id": ids, "true_lat": truth[:, 0], "true_lon": truth[:, 1],
         "lat": top[:, 0, 0], "lon": top[:, 0, 1], "prob": prob[:, 0], "error_km": err,
@@ -73,6 +76,7 @@ def predict_shard(scorer: PlaceScorer, ids: list[str], feats: torch.Tensor,
         "top_lon": [t[h > 0] for t, h in zip(top[:, :, 1], points, strict=True)],
         "top_prob": [t[h > 0] for t, h in zip(prob, points, strict=True)],
         "top_points": [h[h > 0] for h in points],
+        "confidence": conf, "answered": answered,
     }, columns=COLUMNS)  # fmt: skip
 
 
@@ -89,6 +93,7 @@ def predict_features(
         request.top_k,
         merge_km=request.merge_km,
         limits=request.limits.describe(),
+        abstain_below=predictor.abstain_level(request),
     )
     start_results(out, meta, write=rank == 0)
     write_parts(features, out, _shard_frame(predictor, request), SCHEMA, rank,

@@ -44,10 +44,10 @@ from ..inference.calibration import (
     pairs_within,
     place_areas,
     read_calibration,
-    region_cut,
+    region_cuts,
 )
 from ..inference.factory import GEOCLIP_NAME, calibration_file, load_heads
-from ..inference.mondrian import group_cuts, grouped_covered, grouped_mask
+from ..inference.mondrian import grouped_covered, grouped_mask
 from ..inference.predictor import Predictor
 from ..io.artifacts import atomic_path, write_json
 from ..model.clip_id import ClipId
@@ -179,8 +179,11 @@ def score_photos(
                 if name == "calibrated":
                     assert cal and near_truth and areas is not None  # made with the calibration
                     best = best_near(p, *near_truth.block(first, len(z)))
-                    # z: the calibrated logits
-                    cut = region_cut(p, cal.threshold, keys=z, scratch=scratch)
+                    # z: the calibrated logits; the pooled threshold is the last one
+                    thresholds = predictor.region_thresholds() if slots is not None else [
+                        cal.threshold]  # fmt: skip
+                    cuts = region_cuts(p, thresholds, keys=z, scratch=scratch)
+                    cut = cuts[:, -1]
                     add("in_region", covered(best, cut))
                     mask = scratch("mask", p.shape, p.dtype, dev)
                     add("region_km2", torch.ge(p, cut[:, None], out=mask) @ areas)
@@ -191,12 +194,10 @@ def score_photos(
                             "confradius_calibrated", mass_near(p, *near_radius.block(first, len(z)))
                         )
                     if slots is not None:  # the per-group region (mondrian) beside the pooled
-                        cuts = group_cuts(p, predictor.region_thresholds(), keys=z,
-                                          scratch=scratch)  # fmt: skip
                         add("in_region_grouped", grouped_covered(
                             p, cuts, slots, *near_truth.block(first, len(z))))  # fmt: skip
-                        add("region_km2_grouped", grouped_mask(p, cuts, slots).to(p.dtype)
-                            @ areas)  # fmt: skip
+                        inside = grouped_mask(p, cuts, slots, scratch)
+                        add("region_km2_grouped", mask.copy_(inside) @ areas)
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 

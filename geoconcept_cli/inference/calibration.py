@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -233,17 +234,27 @@ def conformal_threshold(scores: npt.ArrayLike, alpha: float) -> float:
 def region_cut(probs: torch.Tensor, threshold: float, keys: torch.Tensor | None = None,
                bins: int = 2048, scratch: Scratch | None = None) -> torch.Tensor:  # fmt: skip
     """Per row, the lowest probability still in the conformal region (rows whose mass
-    strictly above is at most ``threshold``), so that the region is ``probs >= cut``.
+    strictly above is at most ``threshold``), so that the region is ``probs >= cut``: the
+    one column of :func:`region_cuts`."""
+    return region_cuts(probs, [threshold], keys, bins, scratch)[:, 0]
+
+
+def region_cuts(probs: torch.Tensor, thresholds: Sequence[float],
+                keys: torch.Tensor | None = None, bins: int = 2048,
+                scratch: Scratch | None = None) -> torch.Tensor:  # fmt: skip
+    """(B, T) :func:`region_cut` under each of T thresholds (a region per group of places:
+    inference.mondrian), the rows' histogram made once.
 
     Exact without sorting whole rows: a histogram over ``keys`` (any values that order each
     row as ``probs`` does, such as the logits the softmax made them from; log-probabilities
-    by default) locates the one bin where the mass from the top crosses the threshold, and
+    by default) locates the one bin where the mass from the top crosses a threshold, and
     only that bin's values are sorted. A loop over blocks passes its ``scratch``, where the
     (B, N) temporaries are kept from one block to the next."""
     b, n = probs.shape
-    limit = threshold + TOLERANCE
-    if math.isinf(threshold) or limit >= 1:
-        return probs.min(dim=1).values
+    everything = probs.min(dim=1).values  # the cut of a region of every place
+    limits = {t: t + TOLERANCE for t in thresholds if not (math.isinf(t) or t + TOLERANCE >= 1)}
+    if not limits:
+        return everything[:, None].expand(b, len(thresholds))
     scratch = scratch or Scratch()
     dev = probs.device
     if keys is None:
@@ -257,19 +268,23 @@ def region_cut(probs: torch.Tensor, threshold: float, keys: torch.Tensor | None 
     mass.scatter_add_(1, which, scratch("wide", (b, n), torch.float64, dev).copy_(probs))
     upto = mass.flip(1).cumsum(1).flip(1)  # mass in bins >= each bin
     above = upto - mass  # mass in bins strictly above
-    crossing = ((upto > limit).sum(dim=1) - 1).clamp_min_(0)  # upto falls; bin 0 if none
-    in_bin = torch.eq(which, crossing[:, None], out=scratch("in_bin", (b, n), torch.bool, dev))
-    rows, cols = in_bin.nonzero(as_tuple=True)
-    values = probs[rows, cols]  # each row's crossing bin (never empty), in row order
-    order = values.sort(descending=True, stable=True).indices
-    order = order[rows[order].sort(stable=True).indices]  # by row, then falling value
-    values, wide = values[order], values[order].double()
-    count = torch.bincount(rows, minlength=b)
-    first = count.cumsum(0) - count
-    run = wide.cumsum(0) - wide  # mass before each value, from its row's first one on
-    before = run + (above.gather(1, crossing[:, None])[:, 0] - run[first])[rows]
-    inside = torch.bincount(rows, weights=(before <= limit).double(), minlength=b).long()
-    return values[first + inside.clamp_min(1) - 1]  # the region is a prefix of each row
+    found = {}
+    for threshold, limit in limits.items():
+        crossing = ((upto > limit).sum(dim=1) - 1).clamp_min_(0)  # upto falls; bin 0 if none
+        in_bin = torch.eq(which, crossing[:, None],
+                          out=scratch("in_bin", (b, n), torch.bool, dev))  # fmt: skip
+        rows, cols = in_bin.nonzero(as_tuple=True)
+        values = probs[rows, cols]  # each row's crossing bin (never empty), in row order
+        order = values.sort(descending=True, stable=True).indices
+        order = order[rows[order].sort(stable=True).indices]  # by row, then falling value
+        values, wide = values[order], values[order].double()
+        count = torch.bincount(rows, minlength=b)
+        first = count.cumsum(0) - count
+        run = wide.cumsum(0) - wide  # mass before each value, from its row's first one on
+        before = run + (above.gather(1, crossing[:, None])[:, 0] - run[first])[rows]
+        inside = torch.bincount(rows, weights=(before <= limit).double(), minlength=b).long()
+        found[threshold] = values[first + inside.clamp_min(1) - 1]  # a prefix of each row
+    return torch.stack([found.get(t, everything) for t in thresholds], dim=1)
 
 
 def region_mask(probs: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -79,24 +79,21 @@ def place_slots(keys: npt.NDArray[np.str_], groups: list[str]) -> torch.Tensor:
     return torch.tensor([slot.get(k, len(groups)) for k in keys.tolist()], dtype=torch.long)
 
 
-def group_cuts(probs: torch.Tensor, thresholds: list[float], keys: torch.Tensor | None = None,
-               scratch: Scratch | None = None) -> torch.Tensor:  # fmt: skip
-    """(B, G) the region's lowest probability under each of G thresholds (``region_cut``),
-    each distinct threshold found once."""
+def grouped_mask(probs: torch.Tensor, cuts: torch.Tensor, slots: torch.Tensor,
+                 scratch: Scratch | None = None) -> torch.Tensor:  # fmt: skip
+    """(B, N) membership of the per-group region: each place against its slot's cut of
+    (B, G) ``cuts`` (``calibration.region_cuts`` of the slots' thresholds); the (B, N)
+    temporaries in ``scratch`` where a loop over blocks keeps them."""
     import torch
 
-    from .calibration import region_cut
+    from ..runtime.scratch import Scratch
 
-    found: dict[float, torch.Tensor] = {}
-    for t in thresholds:
-        if t not in found:
-            found[t] = region_cut(probs, t, keys=keys, scratch=scratch)
-    return torch.stack([found[t] for t in thresholds], dim=1)
-
-
-def grouped_mask(probs: torch.Tensor, cuts: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """(B, N) membership of the per-group region: each place against its slot's cut."""
-    return probs >= cuts[:, slots.to(probs.device)]
+    scratch = scratch or Scratch()
+    b, n = probs.shape
+    per_place = torch.index_select(
+        cuts, 1, slots.to(cuts.device), out=scratch("slot_cuts", (b, n), cuts.dtype, cuts.device)
+    )
+    return torch.ge(probs, per_place, out=scratch("grouped", (b, n), torch.bool, probs.device))
 
 
 def grouped_covered(probs: torch.Tensor, cuts: torch.Tensor, slots: torch.Tensor,

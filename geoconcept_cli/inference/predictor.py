@@ -24,9 +24,16 @@ from ..io.images import load_image
 from ..model.clip import ClipBackbone
 from ..model.concept_embeddings import DEFAULT_TEMPLATES
 from ..runtime.scratch import Scratch
-from .calibration import Calibration, gallery_tree, place_areas, region_mask, top_confidence
+from .calibration import (
+    Calibration,
+    gallery_tree,
+    place_areas,
+    region_cuts,
+    region_mask,
+    top_confidence,
+)
 from .hints import hint_gains
-from .mondrian import group_cuts, group_keys, grouped_mask, place_slots
+from .mondrian import group_keys, grouped_mask, place_slots
 from .request import Request, say_if_capped
 from .results import Candidate, Confidence, ConfidenceRegion, Prediction
 from .sites import CHUNK, POOL, Rank, Ranked, Sites
@@ -391,7 +398,7 @@ class Predictor:
         slots = self.region_slots()
         if slots is None:
             return region_mask(probs, cal.threshold)
-        return grouped_mask(probs, group_cuts(probs, self.region_thresholds()), slots)
+        return grouped_mask(probs, region_cuts(probs, self.region_thresholds()), slots)
 
     def region_thresholds(self) -> list[float]:
         """The calibration's thresholds by slot (:meth:`region_slots`): its groups', then the

@@ -19,9 +19,9 @@ from geoconcept_cli.inference.calibration import (
     mass_above,
     pairs_within,
     region_cut,
+    region_cuts,
 )
 from geoconcept_cli.inference.mondrian import (
-    group_cuts,
     group_scores,
     group_thresholds,
     grouped_covered,
@@ -78,7 +78,8 @@ def test_per_group_thresholds_cover_every_group_where_pooled_misses_one():
     own = group_thresholds(scores.numpy(), keys, ALPHA)
     assert list(own) == GROUPS and own["hard"] > own["easy"]
     slots = place_slots(np.array(GROUPS)[place_group.numpy()], list(own))
-    cuts = group_cuts(probs[test], [*own.values(), pooled])
+    cuts = region_cuts(probs[test], [*own.values(), pooled])
+    assert torch.equal(cuts[:, -1], region_cut(probs[test], pooled))  # one histogram, the same
     hit = grouped_covered(probs[test], cuts, slots, *test_pairs)
     by_group = coverage_by_group(hit, photo_group[test])
     sd = math.sqrt(ALPHA * (1 - ALPHA) / 3000)

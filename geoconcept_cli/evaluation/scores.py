@@ -196,8 +196,8 @@ def score_photos(
                     if slots is not None:  # the per-group region (mondrian) beside the pooled
                         add("in_region_grouped", grouped_covered(
                             p, cuts, slots, *near_truth.block(first, len(z))))  # fmt: skip
-                        inside = grouped_mask(p, cuts, slots, scratch)
-                        add("region_km2_grouped", mask.copy_(inside) @ areas)
+                        inside = grouped_mask(p, cuts, slots, scratch, out=mask)
+                        add("region_km2_grouped", inside @ areas)
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 

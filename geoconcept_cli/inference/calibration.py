@@ -251,10 +251,12 @@ def region_cuts(probs: torch.Tensor, thresholds: Sequence[float],
     only that bin's values are sorted. A loop over blocks passes its ``scratch``, where the
     (B, N) temporaries are kept from one block to the next."""
     b, n = probs.shape
-    everything = probs.min(dim=1).values  # the cut of a region of every place
     limits = {t: t + TOLERANCE for t in thresholds if not (math.isinf(t) or t + TOLERANCE >= 1)}
+    found = {}  # threshold -> (B,) cut
+    if len(limits) < len(set(thresholds)):  # a region of every place: cut at the least
+        found[math.inf] = probs.min(dim=1).values
     if not limits:
-        return everything[:, None].expand(b, len(thresholds))
+        return torch.stack([found[math.inf]] * len(thresholds), dim=1)
     scratch = scratch or Scratch()
     dev = probs.device
     if keys is None:
@@ -268,13 +270,18 @@ def region_cuts(probs: torch.Tensor, thresholds: Sequence[float],
     mass.scatter_add_(1, which, scratch("wide", (b, n), torch.float64, dev).copy_(probs))
     upto = mass.flip(1).cumsum(1).flip(1)  # mass in bins >= each bin
     above = upto - mass  # mass in bins strictly above
-    found = {}
-    for threshold, limit in limits.items():
-        crossing = ((upto > limit).sum(dim=1) - 1).clamp_min_(0)  # upto falls; bin 0 if none
-        in_bin = torch.eq(which, crossing[:, None],
-                          out=scratch("in_bin", (b, n), torch.bool, dev))  # fmt: skip
-        rows, cols = in_bin.nonzero(as_tuple=True)
-        values = probs[rows, cols]  # each row's crossing bin (never empty), in row order
+    # each threshold's crossing bin (where upto falls past it; bin 0 if nowhere): the values
+    # of every crossing bin are found in one pass, then each threshold takes its own
+    crossings = torch.stack([((upto > limit).sum(dim=1) - 1).clamp_min_(0)
+                             for limit in limits.values()], dim=1)  # fmt: skip
+    table = torch.zeros(b, bins, dtype=torch.bool, device=dev).scatter_(1, crossings, True)
+    in_bin = torch.gather(table, 1, which, out=scratch("in_bin", (b, n), torch.bool, dev))
+    all_rows, all_cols = in_bin.nonzero(as_tuple=True)
+    all_values, all_bins = probs[all_rows, all_cols], which[all_rows, all_cols]
+    for i, (threshold, limit) in enumerate(limits.items()):
+        crossing = crossings[:, i]
+        mine = all_bins == crossing[all_rows]
+        rows, values = all_rows[mine], all_values[mine]  # its rows' bins (never empty), in order
         order = values.sort(descending=True, stable=True).indices
         order = order[rows[order].sort(stable=True).indices]  # by row, then falling value
         values, wide = values[order], values[order].double()
@@ -284,7 +291,7 @@ def region_cuts(probs: torch.Tensor, thresholds: Sequence[float],
         before = run + (above.gather(1, crossing[:, None])[:, 0] - run[first])[rows]
         inside = torch.bincount(rows, weights=(before <= limit).double(), minlength=b).long()
         found[threshold] = values[first + inside.clamp_min(1) - 1]  # a prefix of each row
-    return torch.stack([found.get(t, everything) for t in thresholds], dim=1)
+    return torch.stack([found[t if t in limits else math.inf] for t in thresholds], dim=1)
 
 
 def region_mask(probs: torch.Tensor, threshold: float) -> torch.Tensor:

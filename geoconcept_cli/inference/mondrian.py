@@ -80,10 +80,12 @@ def place_slots(keys: npt.NDArray[np.str_], groups: list[str]) -> torch.Tensor:
 
 
 def grouped_mask(probs: torch.Tensor, cuts: torch.Tensor, slots: torch.Tensor,
-                 scratch: Scratch | None = None) -> torch.Tensor:  # fmt: skip
+                 scratch: Scratch | None = None, out: torch.Tensor | None = None
+                 ) -> torch.Tensor:  # fmt: skip
     """(B, N) membership of the per-group region: each place against its slot's cut of
-    (B, G) ``cuts`` (``calibration.region_cuts`` of the slots' thresholds); the (B, N)
-    temporaries in ``scratch`` where a loop over blocks keeps them."""
+    (B, G) ``cuts`` (``calibration.region_cuts`` of the slots' thresholds), as bool or into
+    ``out`` (1.0 inside, for a product with areas); the (B, N) temporaries in ``scratch``
+    where a loop over blocks keeps them."""
     import torch
 
     from ..runtime.scratch import Scratch
@@ -93,7 +95,9 @@ def grouped_mask(probs: torch.Tensor, cuts: torch.Tensor, slots: torch.Tensor,
     per_place = torch.index_select(
         cuts, 1, slots.to(cuts.device), out=scratch("slot_cuts", (b, n), cuts.dtype, cuts.device)
     )
-    return torch.ge(probs, per_place, out=scratch("grouped", (b, n), torch.bool, probs.device))
+    if out is None:
+        out = scratch("grouped", (b, n), torch.bool, probs.device)
+    return torch.ge(probs, per_place, out=out)
 
 
 def grouped_covered(probs: torch.Tensor, cuts: torch.Tensor, slots: torch.Tensor,

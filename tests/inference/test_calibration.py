@@ -30,6 +30,7 @@ from geoconcept_cli.inference.calibration import (
     mass_above,
     pairs_within,
     region_cut,
+    region_cuts,
     region_mask,
 )
 from geoconcept_cli.runtime.scratch import Scratch
@@ -97,6 +98,10 @@ def test_region_cut_is_the_sorted_answer():
                 values = row.double().sort(descending=True).values
                 sorted_cut = float(values[(values.cumsum(0) - values) <= q].min())
                 assert [float(c[i]) for c in cuts] == [sorted_cut] * 5
+            # several thresholds at once (a region per group), one histogram: the same cuts
+            many = [q, 0.3, math.inf, 0.99, q]
+            assert torch.equal(region_cuts(probs, many, keys=logits, scratch=scratch),
+                               torch.stack([region_cut(probs, t) for t in many], dim=1))
 
 
 def test_region_cut_of_half_precision_probabilities():

@@ -1,4 +1,5 @@
-"""A real uvicorn server on a free local port, in a thread, for tests that need real HTTP."""
+"""A real uvicorn server on a free local port, in a thread, for tests that need real HTTP; and
+a served model calibrated for a while, with an abstention level."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
+
+from geoconcept_cli.inference.abstention import Abstention
+from geoconcept_cli.inference.calibration import Calibration
 
 
 @contextmanager
@@ -27,3 +31,18 @@ def live_server(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def abstaining_below(predictor, level: float) -> Iterator[Calibration]:
+    """``predictor`` calibrated (temperature 1, a 90% region within 25 km) with an abstention
+    level ``level``, as calibrate --target-accuracy would store it, until the block ends."""
+    cal = Calibration(temperature=1.0, alpha=0.1, radius_km=25.0, threshold=0.9, photos=500,
+                      nll_before=1.0, nll_after=1.0, model="", gallery="", clip={},
+                      abstention=Abstention(level=level, target=0.8, delta=0.1, photos=250,
+                                            kept=0.4, accuracy=0.85))  # fmt: skip
+    before, predictor.calibration = predictor.calibration, cal
+    try:
+        yield cal
+    finally:
+        predictor.calibration = before

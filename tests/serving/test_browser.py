@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import heic_of, shared_data, tiny_spec
-from serving import live_server
+from serving import abstaining_below, live_server
 from synthetic import tiny_trained_world
 
 from geoconcept_cli import GeoService, load_explainer
@@ -41,10 +41,14 @@ return [heat.length ? heat.filter(h => warm(h.x, h.y)).length / heat.length : 0,
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory):
+def explainer(tmp_path_factory):
     world = tiny_trained_world(tmp_path_factory.mktemp("browser"))
     with pytest.warns(UserWarning):  # random CLIP weights
-        explainer = load_explainer(tiny_spec(checkpoint=world["run"], gallery=world["gallery"]))
+        return load_explainer(tiny_spec(checkpoint=world["run"], gallery=world["gallery"]))
+
+
+@pytest.fixture(scope="module")
+def base_url(explainer):
     with live_server(create_app(GeoService(explainer))) as url:
         yield url
 
@@ -258,3 +262,21 @@ def test_page_shows_a_bad_upload_as_one_line(browser, base_url, tmp_path):
     # nothing of an earlier answer, nor the broken file, is left beside the error
     assert not browser.find_elements(By.CSS_SELECTOR, "#candidates li, #reasons .bar")
     assert not browser.find_element(By.ID, "preview").is_displayed()
+
+
+@pytest.mark.e2e
+def test_page_says_when_a_photo_is_not_localizable(browser, base_url, explainer):
+    """Below the served model's abstention level the page says so first, and keeps the
+    candidates as the best guess."""
+    from selenium.webdriver.common.by import By
+
+    photo = sorted(shared_data("im2gps3k", "images").iterdir())[1]
+    with abstaining_below(explainer.predictor, 0.99):
+        browser.get(base_url + "/")
+        wait_for(browser, lambda d: "concept-aware" in d.find_element(By.ID, "health").text)
+        browser.find_element(By.ID, "file").send_keys(str(photo))
+        wait_for(browser, lambda d: "Not localizable" in d.find_element(By.ID, "summary").text)
+        first = browser.find_element(By.CSS_SELECTOR, "#summary p")
+        assert first.text.startswith("Not localizable at this confidence: ")
+        assert "below 0.99. The candidates are the best guess." in first.text
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#candidates li")) == 5

@@ -18,7 +18,7 @@ import pytest
 from conftest import TINY_CLIP, heic_of, shared_data, tiny_spec
 from fastapi.testclient import TestClient
 from PIL import ExifTags, Image
-from serving import live_server
+from serving import abstaining_below, live_server
 
 from geoconcept_cli import GeoService, Photo, Request, load_explainer
 from geoconcept_cli.geo.distance import haversine_km
@@ -464,3 +464,22 @@ def test_an_album_upload_is_located_together(client, service, photos):
     assert r.status_code == 400 and "2 or more photos" in r.json()["error"]
     r = client.post("/album", files=files * 9)  # 18 files
     assert r.status_code == 400 and list(r.json()) == ["error"]
+
+
+def test_a_photo_below_the_abstention_level_is_not_localizable(client, service):
+    """abstain_below goes with a photo's question; below the level (the calibration's by
+    default) the answer says so and still carries the best guess."""
+    r = client.post("/predict?abstain_below=1.5", files=upload(jpeg()))
+    assert r.status_code == 422  # not a probability below 1
+    r = client.post("/predict?abstain_below=0.5", files=upload(jpeg()))
+    assert r.status_code == 400 and "run geoconcept calibrate first" in r.json()["error"]
+    with abstaining_below(service.predictor, 0.99):
+        for path in ("/predict", "/explain"):
+            a = client.post(path, files=upload(jpeg())).json()
+            c = a["confidence"]
+            assert c["answered"] is False and c["level"] == 0.99 and 0 <= c["probability"] < 0.99
+            assert c["guarantee"].startswith("with 90% certainty") and len(a["predictions"]) == 5
+            assert a["region"]["coverage"] == pytest.approx(0.9)
+        a = client.post("/predict?abstain_below=0", files=upload(jpeg())).json()
+        assert a["confidence"]["answered"] is True and a["confidence"]["guarantee"] is None
+    assert "confidence" not in client.post("/predict", files=upload(jpeg())).json()

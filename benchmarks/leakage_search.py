@@ -62,8 +62,7 @@ def main() -> None:
     assert np.allclose(cos[:, 0], found.cosine, atol=1e-4)  # the same answer
     print(f"{args.test:,} test photos x {args.train:,} training photos, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
-    print(f"find_leakage (shards read, cosines, nearest locations): {ours:7.1f} s "
-          "(target <= 60 s)")
+    print(f"find_leakage (shards read, cosines, nearest locations): {ours:7.1f} s (target <= 60 s)")
     print(f"faiss IndexFlatIP k=1, features in memory             : {peer:7.1f} s")
     print(f"ratio: {ours / peer:.2f}x")
 

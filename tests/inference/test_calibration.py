@@ -100,8 +100,10 @@ def test_region_cut_is_the_sorted_answer():
                 assert [float(c[i]) for c in cuts] == [sorted_cut] * 5
             # several thresholds at once (a region per group), one histogram: the same cuts
             many = [q, 0.3, math.inf, 0.99, q]
-            assert torch.equal(region_cuts(probs, many, keys=logits, scratch=scratch),
-                               torch.stack([region_cut(probs, t) for t in many], dim=1))
+            assert torch.equal(
+                region_cuts(probs, many, keys=logits, scratch=scratch),
+                torch.stack([region_cut(probs, t) for t in many], dim=1),
+            )
 
 
 def test_region_cut_of_half_precision_probabilities():

@@ -106,7 +106,8 @@ class Steering:
         metadata={
             "metavar": "P",
             "help": "Say 'not localizable at this confidence' when the calibrated probability "
-            "that the top place lies within the calibration radius is below P (default: the "
+            "that the most probable gallery point lies within the calibration radius is below "
+            "P (default: the "
             "level calibrate --target-accuracy chose, if any; 0: always answer). --json keeps "
             "the best guess.",
         },

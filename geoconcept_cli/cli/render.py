@@ -59,7 +59,8 @@ def withheld(result: Prediction | Explanation) -> bool:
         return False
     stdout.print(
         f"{result.image or 'photo'}: [bold]not localizable at this confidence[/] (probability "
-        f"{c['probability']:.2f} that the top place lies within {c['radius_km']:g} km, below "
+        f"{c['probability']:.2f} that the most probable gallery point lies within "
+        f"{c['radius_km']:g} km, below "
         f"{c['level']:g}); --json has the best guess, --abstain-below 0 shows it",
         highlight=False, soft_wrap=True,
     )  # fmt: skip
@@ -121,8 +122,8 @@ def print_probabilities(result: Prediction | Explanation) -> None:
     c = result.confidence
     if c is not None:
         level = f" (answered at {c['level']:g} and above)" if c["level"] else ""
-        stdout.print(f"confidence {c['probability']:.2f} that the top place lies within "
-                     f"{c['radius_km']:g} km{level}", highlight=False)  # fmt: skip
+        stdout.print(f"confidence {c['probability']:.2f} that the most probable gallery point "
+                     f"lies within {c['radius_km']:g} km{level}", highlight=False)  # fmt: skip
     region = result.region
     if region:
         spans = ", ".join(f"{c['country']} {c['mass']:.2f}" for c in region["countries"][:6])

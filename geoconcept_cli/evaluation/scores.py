@@ -399,14 +399,14 @@ def _probability_summary(cal: Calibration | None, bins: Bins, res: dict[str, np.
         "mean_area_km2": float(area.mean()), "median_area_km2": float(np.median(area)),
         "recall_vs_area": {f"{a:.0e}": float((reach <= a).mean()) for a in AREAS_KM2},
     }  # fmt: skip
-    kinds = {"pooled": ""} | ({f"per {cal.by}": "_grouped"} if "in_region_grouped" in res else {})
+    kinds = ["", "_grouped"] if "in_region_grouped" in res else [""]  # pooled; per group
     if len(kinds) > 1:
         out["coverage_grouped"] = float(res["in_region_grouped"].mean())
         out["mean_area_km2_grouped"] = float(res["region_km2_grouped"].mean())
     out["per_continent"] = {
         continent: {"n": int(on.sum())} | {
             f"{key}{suffix}": float(res[f"{field}{suffix}"][on].mean())
-            for suffix in kinds.values()
+            for suffix in kinds
             for key, field in (("coverage", "in_region"), ("mean_area_km2", "region_km2"))}
         for continent in sorted(set(places.continent.astype(str)) - {""})
         for on in [places.continent == continent]

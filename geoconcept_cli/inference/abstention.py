@@ -119,7 +119,8 @@ def risk_coverage(confidence: npt.ArrayLike, hit: npt.ArrayLike) -> dict[str, An
     """How accuracy trades against the share of photos answered, answering the most confident
     first: the curve (at most CURVE_POINTS points of coverage, accuracy), its area under the
     risk (AURC: the mean error rate over every coverage, lower is better) and the accuracy at
-    the COVERAGES. Photos of equal confidence enter together."""
+    the COVERAGES. Photos of equal confidence enter together (a coverage inside a tie reads
+    the tie's end)."""
     conf = np.asarray(confidence, dtype=np.float64)
     right = np.asarray(hit, dtype=np.float64)
     n = len(conf)
@@ -133,8 +134,9 @@ def risk_coverage(confidence: npt.ArrayLike, hit: npt.ArrayLike) -> dict[str, An
     ends = np.flatnonzero(last_of_tie)
     # each photo's risk is that of the tie it belongs to, so ties do not depend on their order
     risk_at = 1 - correct[ends] / counts[ends]
-    risk = np.repeat(risk_at, np.diff(np.r_[-1, ends]))
+    size = np.diff(np.r_[-1, ends])
+    risk, reach = np.repeat(risk_at, size), np.repeat(counts[ends], size)  # reach: tie's end
     accuracy_at = {f"{c:.0%}": float(1 - risk[max(0, math.ceil(c * n) - 1)]) for c in COVERAGES}
     pick = np.unique(np.linspace(0, n - 1, min(n, CURVE_POINTS)).round().astype(int))
-    curve = [[float(counts[i] / n), float(1 - risk[i])] for i in pick]
+    curve = [[float(reach[i] / n), float(1 - risk[i])] for i in pick]
     return {"aurc": float(risk.mean()), "accuracy_at": accuracy_at, "curve": curve}

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..errors import GeoconceptError
 from ..geo.distance import haversine_km
 from ..geo.geocode import place_names
 from .explainer import Explainer
@@ -39,7 +40,13 @@ AGREE_KM = 25.0  # a photo's own answer this near the album's agrees: the city l
 @torch.no_grad()
 def locate_album(predictor: Predictor, feats: torch.Tensor, images: Sequence[str],
                  request: Request = Request()) -> Album:  # fmt: skip
-    """The joint answer of photos' CLIP features (n, D), named ``images`` (module docstring)."""
+    """The joint answer of photos' CLIP features (n, D), named ``images`` (module docstring).
+    An album is answered as a whole: a request to abstain is refused in one line."""
+    if request.abstain_below is not None:
+        raise GeoconceptError(
+            "--abstain-below: photos located together are answered as "
+            "a whole, with no abstention; leave it out with --together"
+        )
     p = predictor.steered(request)
     say_if_capped("--top-k", request.top_k, p.place_count, "places in the gallery")
     lp = (p.logits(feats) / p.temperature).log_softmax(dim=1).cpu()  # (n, N)

@@ -199,8 +199,8 @@ def top_confidence(probs: torch.Tensor, gps: torch.Tensor, tree: cKDTree, radius
                    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(confidence, top-1 row) of each row of (B, N) ``probs``: the mass within ``radius_km``
     of its most probable gallery row (inference.abstention)."""
-    top = probs.argmax(dim=1)
-    rows, cols = pairs_within(tree, gps[top.cpu()], radius_km)
+    top = probs.argmax(dim=1).cpu()
+    rows, cols = pairs_within(tree, gps.cpu()[top], radius_km)
     return mass_near(probs, rows.to(probs.device), cols.to(probs.device)), top
 
 

@@ -33,7 +33,7 @@ from .calibration import (
     top_confidence,
 )
 from .hints import hint_gains
-from .mondrian import group_keys, grouped_mask, place_slots
+from .mondrian import GROUPINGS, group_keys, grouped_mask, place_slots
 from .request import Request, say_if_capped
 from .results import Candidate, Confidence, ConfidenceRegion, Prediction
 from .sites import CHUNK, POOL, Rank, Ranked, Sites
@@ -413,6 +413,11 @@ class Predictor:
         cal = self.calibration
         if cal is None or cal.by is None or not cal.groups:
             return None
+        if cal.by not in GROUPINGS:
+            raise GeoconceptError(
+                f"a damaged calibration (grouped by {cal.by!r}, not "
+                f"{' or '.join(GROUPINGS)}): rerun geoconcept calibrate"
+            )
         whole, key = self._whole, (cal.by, tuple(cal.groups))
         if key not in whole._slots:
             whole._slots = {key: place_slots(group_keys(self.gallery_places, cal.by), [*key[1]])}
@@ -435,18 +440,22 @@ class Predictor:
 
     @torch.no_grad()
     def confidences(self, clip_features: torch.Tensor, level: float) -> list[Confidence]:
-        """Each photo's calibrated probability that its top-1 (the most probable gallery place)
-        lies within the calibration's radius of the truth, and whether it is answered at
-        ``level`` (inference.abstention); needs a calibration."""
+        """Each photo's calibrated probability that its top-1 (the most probable gallery
+        point) lies within the calibration's radius of the truth, under the answer's own
+        distribution (limits and hints included), and whether it is answered at ``level``
+        (inference.abstention); needs a calibration."""
         cal = self.calibration
         assert cal is not None, "confidences need a calibrated predictor"
         whole = self._whole
         if whole._tree is None:
             whole._tree = gallery_tree(self.gallery_gps)
-        conf, _ = top_confidence(self.probabilities(clip_features), self.gallery_gps.to(
-            self.device), whole._tree, cal.radius_km)  # fmt: skip
-        chosen = cal.abstention  # its guarantee holds at its own level only
-        guarantee = chosen.guarantee() if chosen and level == chosen.level else None
+        conf, _ = top_confidence(self.probabilities(clip_features), self.gallery_gps,
+                                 whole._tree, cal.radius_km)  # fmt: skip
+        # the guarantee holds at the level calibrate chose, for the photo's own distribution:
+        # not for another level, nor for an answer steered by limits or hints
+        chosen = cal.abstention
+        plain = self.prior is None and not self.limits
+        guarantee = chosen.guarantee() if chosen and level == chosen.level and plain else None
         return [{"probability": round(c, 6), "radius_km": cal.radius_km, "level": level,
                  "answered": c >= level, "guarantee": guarantee}
                 for c in conf.tolist()]  # fmt: skip

@@ -21,7 +21,8 @@ def plot_risk_coverage(answering: dict[str, dict[str, Any]], folder: str | Path)
     fig, ax = plt.subplots(figsize=(6, 4.6))
     for model, a in answering.items():
         xs, ys = zip(*a["curve"], strict=True) if a["curve"] else ((), ())
-        (line,) = ax.plot(xs, ys, label=f"{model} (AURC {a['aurc']:.3f})")
+        (line,) = ax.plot(xs, ys, label=f"{model}: within {a['radius_km']:g} km "
+                                            f"(AURC {a['aurc']:.3f})")  # fmt: skip
         level = a.get("abstention")
         if level and level["accuracy_here"] is not None:
             ax.plot(
@@ -32,9 +33,8 @@ def plot_risk_coverage(answering: dict[str, dict[str, Any]], folder: str | Path)
                 label=f"abstain below {level['level']:g} (target {level['target']:.0%})",
             )
             ax.axhline(level["target"], color=line.get_color(), lw=0.8, ls=":")
-    radius = next(iter(answering.values()))["radius_km"] if answering else 25
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="share of photos answered (most confident first)",
-           ylabel=f"accuracy of the answers (top-1 within {radius:g} km)",
+           ylabel="accuracy of the answers (top-1 within each model's radius)",
            title="When to answer: risk-coverage")  # fmt: skip
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()

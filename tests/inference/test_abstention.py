@@ -96,7 +96,7 @@ def test_risk_coverage_by_hand():
     assert np.allclose(got["curve"], [[0.25, 1.0], [0.5, 0.5], [0.75, 2 / 3], [1.0, 0.5]])
     # photos of equal confidence enter together, so their order does not matter
     tied = [risk_coverage([0.5, 0.5, 0.9], h) for h in ([1, 0, 1], [0, 1, 1])]
-    assert tied[0] == tied[1] and tied[0]["curve"][1] == pytest.approx([2 / 3, 2 / 3])
+    assert tied[0] == tied[1] and tied[0]["curve"][1] == pytest.approx([1.0, 2 / 3])
     assert math.isnan(risk_coverage([], [])["aurc"])
 
 

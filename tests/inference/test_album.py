@@ -13,6 +13,7 @@ from conftest import one_line_error, shared_data
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
+from geoconcept_cli.errors import GeoconceptError
 from geoconcept_cli.geo.distance import haversine_km
 from geoconcept_cli.geo.limits import Limits
 from geoconcept_cli.inference.album import locate_album
@@ -124,3 +125,10 @@ def test_an_album_inside_a_small_limit_has_no_rival_and_no_nan(planted_world):
     assert album.rival_gallery_index is None
     assert [ph["share"] for ph in album.photos] == [0.0, 0.0, 0.0]
     json.dumps(album.to_json(), allow_nan=False)
+
+
+def test_an_album_refuses_to_abstain_in_one_line(planted_world):
+    p, feats, *_ = planted_world
+    with pytest.raises(GeoconceptError, match="answered as a whole") as err:
+        locate_album(p, feats[:3], ["a", "b", "c"], Request(abstain_below=0.5))
+    assert "\n" not in str(err.value)

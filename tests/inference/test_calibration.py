@@ -377,6 +377,8 @@ def test_calibrate_per_continent_with_a_target_accuracy_then_abstain(world, tmp_
     got = json.loads(runner.invoke(app, [*predict, "--json"]).stdout)  # the calibrated level
     assert got["confidence"]["level"] == level["level"]
     assert got["confidence"]["guarantee"].startswith("with 90% certainty")
+    steered = json.loads(runner.invoke(app, [*predict, "--json", "--within", "Asia"]).stdout)
+    assert steered["confidence"]["guarantee"] is None  # chosen for unsteered questions
     shown = runner.invoke(app, [*predict, "--abstain-below", "0"])
     assert "not localizable" not in shown.stdout and "p=" in shown.stdout
     res = runner.invoke(app, [*predict, "--abstain-below", "1"])

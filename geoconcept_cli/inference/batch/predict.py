@@ -118,6 +118,7 @@ def predict_features_worker(spec: ModelSpec, features: str, out: str, request: R
             request.top_k,
             merge_km=request.merge_km,
             limits=request.limits.describe(),
+            abstain_below=predictor.abstain_level(request),
         )
         return meta, _shard_frame(predictor, request)
 

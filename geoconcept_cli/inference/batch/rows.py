@@ -13,6 +13,7 @@ import pyarrow as pa
 from ...io.artifacts import atomic_path
 from ..request import Request
 from ..results import Album, Explanation, Prediction
+from ..sites import CHUNK
 
 if TYPE_CHECKING:
     import torch
@@ -89,7 +90,7 @@ def rows_to_parquet(rows: list[dict[str, Any]], path: str | Path,
 
 
 def confidence_columns(predictor: Predictor, feats: torch.Tensor, request: Request,
-                       chunk: int = 4096
+                       chunk: int = CHUNK
                        ) -> tuple[list[float | None], list[bool | None]]:  # fmt: skip
     """Each photo's confidence and whether it is answered at ``request``'s level
     (``Predictor.confidences``); nulls for a model without a calibration."""

@@ -381,10 +381,10 @@ function summary(a) {
   if (a.probabilities && a.probabilities.limited_to) s.append(el("p", `limited to ${a.probabilities.limited_to}`));
   const c = a.confidence;  // a calibrated model's; below its level, the list is a best guess
   if (c && !c.answered) {
-    s.prepend(el("p", `Not localizable at this confidence: ${fmt(c.probability)} that the top place lies ` +
+    s.prepend(el("p", `Not localizable at this confidence: ${fmt(c.probability)} that the most probable gallery point lies ` +
                       `within ${c.radius_km} km, below ${c.level}. The candidates are the best guess.`, "odd"));
   } else if (c) {
-    s.append(el("p", `confidence ${fmt(c.probability)} that the top place lies within ${c.radius_km} km`));
+    s.append(el("p", `confidence ${fmt(c.probability)} that the most probable gallery point lies within ${c.radius_km} km`));
   }
   for (const h of a.hints || []) {
     const onto = h.concepts && h.concepts.length ? ` (maps onto ${h.concepts.map((c) => c.concept).join(", ")})` : "";

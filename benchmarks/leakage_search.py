@@ -1,8 +1,8 @@
 """The leakage search of `evaluate --train-features`: 3,000 test photos against 1M training
 photos' features (768-d, random: CLIP's weights are not here), read shard by shard from an
-embed-images folder. Target: <= 60 s on 2 cores. Peer in the same run: faiss's exact inner
-product search (IndexFlatIP, k=1) over the same features already in memory, the kernel of
-predict's indexed galleries, without reading shards or finding the nearest training location.
+embed-images folder. Target: <= 60 s on 2 cores. Peer in the same run: the same exact search
+(faiss IndexFlatIP, k=1) over the same features already in memory as one index: what reading
+the shards, searching them one by one and finding the nearest training location add.
 
 The training folder is written once to --cache (3 GB) and reused.
 

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
 from geoconcept_cli.data.features import load_features, save_features
-from geoconcept_cli.evaluation import leakage as leakage_module
 from geoconcept_cli.evaluation.leakage import find_leakage
 from geoconcept_cli.geo.distance import haversine_km
 from geoconcept_cli.model.clip_id import ClipId
@@ -31,8 +30,7 @@ def clip_like(n: int, gen: torch.Generator, dim: int = 768) -> torch.Tensor:
     return 10 * shared + 10 * F.normalize(torch.randn(n, dim, generator=gen), dim=1)
 
 
-def test_planted_duplicates_and_same_spot_photos_are_found(tmp_path, monkeypatch):
-    monkeypatch.setattr(leakage_module, "BLOCK", 700)  # several blocks within each shard
+def test_planted_duplicates_and_same_spot_photos_are_found(tmp_path):
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
     n_train = 6000

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -34,6 +33,13 @@ from .calibration import (
 )
 from .hints import hint_gains
 from .mondrian import GROUPINGS, group_keys, grouped_mask, place_slots
+from .readout import (
+    REGION_POINTS,
+    abstain_level,
+    confidence_answer,
+    probabilities_note,
+    region_summary,
+)
 from .request import Request, say_if_capped
 from .results import Candidate, Confidence, ConfidenceRegion, Prediction
 from .sites import CHUNK, POOL, Rank, Ranked, Sites
@@ -337,25 +343,17 @@ class Predictor:
         return self.strongest(self.probabilities(clip_features)[0], HEAT_POINTS)
 
     def calibration_note(self) -> dict[str, Any]:
-        """What the probabilities are: calibrated (by what) or not."""
-        cal = self.calibration
-        over = {"normalised_over": self.index.note()} if self.index else {}
-        if self.limits:
-            over["limited_to"] = (f"{self.limits.describe()}: renormalised over the "
-                                  f"{self.place_count:,} places inside, of "
-                                  f"{len(self.places):,}")  # fmt: skip
-        if cal is None:
-            return {
-                "calibrated": False,
-                "note": "probabilities uncalibrated (geoconcept calibrate fits them)",
-                **over,
-            }
-        return {**over, "calibrated": True, "temperature": cal.temperature, "photos": cal.photos,
-                "note": f"probabilities calibrated (temperature {cal.temperature:.3g}, "
-                        f"fitted on {cal.photos} photos; --no-calibration ignores it)"}  # fmt: skip
+        """What the probabilities are: calibrated (by what) or not (readout)."""
+        return probabilities_note(
+            self.calibration,
+            self.limits,
+            self.place_count,
+            len(self.places),
+            self.index.note() if self.index else None,
+        )
 
     @torch.no_grad()
-    def regions(self, clip_features: torch.Tensor, max_points: int = 500
+    def regions(self, clip_features: torch.Tensor, max_points: int = REGION_POINTS
                 ) -> list[ConfidenceRegion]:  # fmt: skip
         """Each photo's conformal confidence region (needs a calibration): its coverage, area
         (km²), places, the countries it spans by probability mass, and its most probable
@@ -371,24 +369,12 @@ class Predictor:
         inside = self.region_of(probs)
         if self.allowed is not None:  # never wider than the limits (a cut of 0 takes all)
             inside &= self.allowed.cpu()
-        out: list[ConfidenceRegion] = []
-        for p, m in zip(probs, inside, strict=True):
-            rows = torch.nonzero(m)[:, 0]
-            distinct = rows[torch.isin(rows, self.places.cpu())]  # repeated points once
-            order = distinct[p[distinct].argsort(descending=True)]
-            mass = pd.Series(p[rows].double().numpy(), index=self.gallery_countries[rows.numpy()])
-            by_country = mass.groupby(level=0).sum().sort_values(ascending=False)
-            top = order[:max_points]
-            out.append({
-                "coverage": 1 - cal.alpha, "radius_km": cal.radius_km,
-                "area_km2": float(self._areas[rows].sum()), "places": len(distinct),
-                "mass": float(p[rows].sum()),
-                "countries": [{"country": c or "(none)", "mass": round(float(v), 5)}
-                              for c, v in by_country.items()],
-                "points": [[round(float(a), 5), round(float(b), 5)]
-                           for a, b in self.gallery_gps[top].tolist()],
-            })  # fmt: skip
-        return out
+        is_place = np.zeros(len(self.gallery_gps), dtype=bool)
+        is_place[self.places.cpu().numpy()] = True
+        gps, areas = self.gallery_gps.numpy(), self._areas.numpy()
+        return [region_summary(p.numpy(), m.numpy(), cal, is_place, gps, self.gallery_countries,
+                               areas, max_points)
+                for p, m in zip(probs, inside, strict=True)]  # fmt: skip
 
     def region_of(self, probs: torch.Tensor) -> torch.Tensor:
         """(B, N) membership of each photo's conformal region, given its (B, N) calibrated
@@ -424,19 +410,8 @@ class Predictor:
         return whole._slots[key]
 
     def abstain_level(self, request: Request) -> float | None:
-        """The confidence below which ``request`` gets no answer: its own ``abstain_below``,
-        else the calibration's (calibrate --target-accuracy); None: the model is not calibrated
-        and none was asked for. A level without a calibration is one line."""
-        cal = self.calibration
-        if cal is None:
-            if request.abstain_below:
-                raise GeoconceptError("--abstain-below: the level is a calibrated probability "
-                                      "and this model has no calibration; run geoconcept "
-                                      "calibrate first (or leave --abstain-below out)")  # fmt: skip
-            return None
-        if request.abstain_below is not None:
-            return request.abstain_below
-        return cal.abstention.level if cal.abstention else 0.0
+        """The confidence below which ``request`` gets no answer (readout.abstain_level)."""
+        return abstain_level(self.calibration, request)
 
     @torch.no_grad()
     def confidences(self, clip_features: torch.Tensor, level: float) -> list[Confidence]:
@@ -451,14 +426,8 @@ class Predictor:
             whole._tree = gallery_tree(self.gallery_gps)
         conf, _ = top_confidence(self.probabilities(clip_features), self.gallery_gps,
                                  whole._tree, cal.radius_km)  # fmt: skip
-        # the guarantee holds at the level calibrate chose, for the photo's own distribution:
-        # not for another level, nor for an answer steered by limits or hints
-        chosen = cal.abstention
-        plain = self.prior is None and not self.limits
-        guarantee = chosen.guarantee() if chosen and level == chosen.level and plain else None
-        return [{"probability": round(c, 6), "radius_km": cal.radius_km, "level": level,
-                 "answered": c >= level, "guarantee": guarantee}
-                for c in conf.tolist()]  # fmt: skip
+        steered = self.prior is not None or bool(self.limits)
+        return [confidence_answer(c, cal, level, steered) for c in conf.tolist()]
 
     def confidence(self, clip_features: torch.Tensor, request: Request) -> Confidence | None:
         """:meth:`confidences` of one photo's features (1, D) at ``request``'s level (None

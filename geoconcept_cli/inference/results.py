@@ -5,11 +5,12 @@ sends, plus its map); the nested parts are typed dictionaries, as JSON holds the
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-import torch
+if TYPE_CHECKING:  # an ONNX bundle's answers are these, with no torch loaded
+    import torch
 
-from ..concepts.set import ConceptWeight
+    from ..concepts.set import ConceptWeight
 
 
 @dataclass
@@ -138,6 +139,12 @@ class Explanation:
         return _json(self)
 
 
+def _empty() -> torch.Tensor:
+    import torch
+
+    return torch.empty(0)
+
+
 @dataclass(kw_only=True)
 class WhereAnswer:
     """Where a text or a concept points: the top distinct places and countries by ``score``
@@ -151,7 +158,7 @@ class WhereAnswer:
     merge_km: float | None = None
     places: list[dict[str, Any]]
     countries: list[dict[str, Any]]
-    scores: torch.Tensor = field(default_factory=lambda: torch.empty(0), metadata=NOT_JSON)
+    scores: torch.Tensor = field(default_factory=_empty, metadata=NOT_JSON)
 
     def to_json(self) -> dict[str, Any]:
         """``geoconcept where --json``."""

@@ -31,7 +31,7 @@ from geoconcept_cli.evaluation.calibration_fit import calibrate_predictor
 from geoconcept_cli.evaluation.scores import evaluate_models
 from geoconcept_cli.gallery.store import cached_gallery_embeddings, load_gallery
 from geoconcept_cli.inference.abstention import Abstention
-from geoconcept_cli.inference.calibration import save_calibration
+from geoconcept_cli.inference.calibration_record import save_calibration
 from geoconcept_cli.inference.predictor import Predictor
 from geoconcept_cli.model.clip_id import ClipId
 from geoconcept_cli.model.geoclip import load_geoclip_head

@@ -28,7 +28,7 @@ from geoconcept_cli.evaluation.calibration_fit import calibrate_predictor
 from geoconcept_cli.evaluation.scores import evaluate_models, nearest_gallery_km, summarize
 from geoconcept_cli.gallery.store import cached_gallery_embeddings, load_gallery
 from geoconcept_cli.geo.distance import haversine_km, unit_vectors
-from geoconcept_cli.inference.calibration import save_calibration
+from geoconcept_cli.inference.calibration_record import save_calibration
 from geoconcept_cli.inference.predictor import Predictor
 from geoconcept_cli.model.clip_id import ClipId
 from geoconcept_cli.model.geoclip import load_geoclip_head

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from geoconcept_cli.inference.abstention import Abstention
-from geoconcept_cli.inference.calibration import Calibration
+from geoconcept_cli.inference.calibration_record import Calibration
 
 
 @contextmanager

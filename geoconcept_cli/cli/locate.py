@@ -127,7 +127,7 @@ Steer = dict[str, Any]  # Steering fields given as options
 
 @cli_command
 @model_options("clip_model clip_pretrained gallery device cache_dir calibration", after="images")
-@model_options("checkpoint", after="as_json")
+@model_options("checkpoint runtime", after="as_json")
 @options_from(Steering, ANSWERING, after="images", into="steer")
 def predict(
     image: Annotated[

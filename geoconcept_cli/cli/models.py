@@ -11,18 +11,26 @@ from .. import export, inference, io
 from .. import model as models
 from ..errors import GeoconceptError
 from ..model.spec import ModelSpec
+from ..runtime.progress import lazy_progress_bar
 from .common import Commands, Model, cli_command, model_options, say, stdout
 from .render import count
 
 
 @cli_command
+@model_options("gallery cache_dir", after="quantize")
 def export_cmd(
+    model: Model,
     run: Annotated[
-        Path, typer.Argument(help="Run folder or checkpoint file (an exported model re-exports).")
-    ],
+        Path | None,
+        typer.Argument(
+            help="Run folder or checkpoint file (an exported model re-exports); none with "
+            "--onnx: pretrained GeoCLIP."
+        ),
+    ] = None,
     out: Annotated[
-        Path, typer.Option(help="Model folder to write (an earlier export there is replaced).")
-    ],
+        Path | None,
+        typer.Option(help="Model folder to write (an earlier export there is replaced)."),
+    ] = None,
     evaluation: Annotated[
         Path | None,
         typer.Option(
@@ -32,11 +40,50 @@ def export_cmd(
             "(default: the run's own, eval.json in its folder, if it names the run).",
         ),
     ] = None,  # fmt: skip
+    onnx: Annotated[
+        bool,
+        typer.Option(
+            "--onnx",
+            help="Also write onnx/: the model as one ONNX graph with its gallery, which "
+            "predict runs with no torch (--runtime onnx).",
+        ),
+    ] = False,
+    quantize: Annotated[
+        str | None, typer.Option(help="--onnx: int8 adds a dynamically quantized graph.")
+    ] = None,
+    clip_model: Annotated[
+        str | None,
+        typer.Option(help="--onnx: the CLIP architecture or config (default: the run's)."),
+    ] = None,
+    clip_pretrained: Annotated[
+        str | None,
+        typer.Option(help="--onnx: its weights, a tag or a local file (default: the run's)."),
+    ] = None,
 ) -> None:
     """Export a trained run as a model folder to share, with a model card.
 
-    Safetensors weights, config.json, concepts.json, the run's calibration and README.md.
-    Every --checkpoint option takes the folder."""
+    Safetensors weights, config.json, concepts.json, the run's calibration and README.md;
+    with --onnx, an ONNX bundle that predicts with no torch (pretrained GeoCLIP's when no run
+    is given). Every --checkpoint option takes the folder."""
+    if out is None:
+        raise GeoconceptError("give --out DIR, the model folder to write")
+    if run is None and not onnx:
+        raise GeoconceptError("give a run to export, or --onnx for pretrained GeoCLIP's graph")
+    if quantize is not None and not onnx:
+        raise GeoconceptError("--quantize goes with --onnx")
+    if run is not None:
+        _export_run(run, out, evaluation)
+    if onnx:
+        spec = export.onnx_spec(out if run is not None else None, clip_model, clip_pretrained,
+                                **model)  # fmt: skip
+        config = export.export_onnx(spec, out, quantize, lazy_progress_bar)
+        graphs = " and ".join(name for name in config["files"] if name.endswith(".onnx"))
+        say(f"ONNX bundle ({graphs}, {config['clip']['model']}) -> {out / 'onnx'}; "
+            f"geoconcept predict PHOTO --checkpoint {out} --runtime onnx")  # fmt: skip
+
+
+def _export_run(run: Path, out: Path, evaluation: Path | None) -> None:
+    """The safetensors bundle of a run, and what it says."""
     done = export.export_model(run, out, evaluation)
     config = done.config
     concepts = f"{config['concept_set']['count']} concepts, " if config["concept_set"] else ""

@@ -19,8 +19,6 @@ from ..geo.geocode import reverse_geocode
 from ..inference.abstention import abstention_level, check_target
 from ..inference.calibration import (
     MAX_CALIBRATION_PHOTOS,
-    MAX_RADIUS_KM,
-    Calibration,
     _nll_derivatives,
     best_near,
     conformal_threshold,
@@ -28,9 +26,9 @@ from ..inference.calibration import (
     gallery_tree,
     mass_above,
     pairs_within,
-    save_calibration,
     top_confidence,
 )
+from ..inference.calibration_record import MAX_RADIUS_KM, Calibration, save_calibration
 from ..inference.mondrian import check_grouping, group_keys, group_scores, group_thresholds
 from ..inference.predictor import Predictor
 from ..io.artifacts import (

@@ -37,15 +37,14 @@ from ..geo.distance import (
 from ..geo.geocode import Places, reverse_geocode
 from ..inference.abstention import mass_near, risk_coverage
 from ..inference.calibration import (
-    Calibration,
     best_near,
     covered,
     gallery_tree,
     pairs_within,
     place_areas,
-    read_calibration,
     region_cuts,
 )
+from ..inference.calibration_record import Calibration, read_calibration
 from ..inference.factory import GEOCLIP_NAME, calibration_file, load_heads
 from ..inference.mondrian import grouped_covered, grouped_mask
 from ..inference.predictor import Predictor

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from .._version import __version__
 from ..errors import GeoconceptError
 from ..geo.distance import THRESHOLDS_KM
-from ..inference.calibration import Calibration, read_calibration, save_calibration
+from ..inference.calibration_record import Calibration, read_calibration, save_calibration
 from ..io.artifacts import current_umask, hash_state_dict
 from ..model.checkpoints import (
     BUNDLE_CONCEPTS,
@@ -93,13 +93,20 @@ def export_model(source: str | Path, out: str | Path, evaluation: str | Path | N
             _write_text(tmp / BUNDLE_CONCEPTS, json.dumps(ckpt["concepts"], indent=1) + "\n")
         _write_text(tmp / BUNDLE_CONFIG, json.dumps(config, indent=2) + "\n")
         _write_text(tmp / "README.md", model_card(config, out.name))
-        _replace_folder(tmp, out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Exported(config, figures_from)
 
 
-BUNDLE_FILES = {BUNDLE_WEIGHTS, BUNDLE_CONFIG, BUNDLE_CONCEPTS, "README.md", CALIBRATION_NAME}
+BUNDLE_FILES = {
+    BUNDLE_WEIGHTS,
+    BUNDLE_CONFIG,
+    BUNDLE_CONCEPTS,
+    "README.md",
+    CALIBRATION_NAME,
+    "onnx",
+}  # export --onnx's folder (export.onnx_bundle)
 
 
 def _check_out(out: Path) -> None:
@@ -125,7 +132,7 @@ def _write_text(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _replace_folder(new: Path, out: Path) -> None:
+def replace_folder(new: Path, out: Path) -> None:
     """Rename the finished folder ``new`` to ``out``, replacing an earlier export there."""
     new.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700: others should read a published model
     old = None

@@ -12,12 +12,12 @@ if TYPE_CHECKING:
     from .batch.photos import explain_photos as explain_photos
     from .batch.photos import predict_photos as predict_photos
     from .batch.predict import predict_folder as predict_folder
-    from .calibration import stored_geoclip_calibrations as stored_geoclip_calibrations
+    from .calibration_record import stored_geoclip_calibrations as stored_geoclip_calibrations
     from .explainer import Explainer as Explainer
     from .factory import check_request as check_request
     from .factory import load_explainer as load_explainer
     from .factory import load_locator as load_locator
-    from .factory import load_predictor as load_predictor
+    from .loading import load_predictor as load_predictor
     from .locator import Locator as Locator
     from .predictor import Predictor as Predictor
     from .request import Request as Request
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __getattr__ = lazy_exports(
     __name__,
     {
-        "load_predictor": "factory",
+        "load_predictor": "loading",
         "check_request": "factory",
         "load_explainer": "factory",
         "load_locator": "factory",
@@ -49,6 +49,6 @@ __getattr__ = lazy_exports(
         "album_of_photos": "batch.photos",
         "albums_of_manifest": "batch.photos",
         "Album": "results",
-        "stored_geoclip_calibrations": "calibration",
+        "stored_geoclip_calibrations": "calibration_record",
     },
 )

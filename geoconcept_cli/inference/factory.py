@@ -35,9 +35,11 @@ from ..model.geoclip import (
 )
 from ..model.spec import ModelSpec, StoredFeatures
 from ..runtime.progress import Report, silent
-from .calibration import geoclip_calibration_path, read_calibration
+from .calibration import geoclip_calibration_path
+from .calibration_record import read_calibration
 from .explainer import Explainer, refuse_check
 from .locator import Locator
+from .onnx_runtime import TORCH_ONLY
 from .predictor import Predictor
 from .request import Request
 
@@ -124,7 +126,10 @@ def _load(spec: ModelSpec, report: Report) -> tuple[Predictor, dict[str, Any]]:
 
     Refused in one line before any weights load: a run trained on features of another CLIP
     (naming the options that match), a CLIP whose width the head cannot take, a calibration
-    made for another model, gallery or CLIP. Stored features load no CLIP weights."""
+    made for another model, gallery or CLIP. Stored features load no CLIP weights; an ONNX
+    bundle's runtime answers only `predict` (inference.loading)."""
+    if spec.runtime != "torch":
+        raise GeoconceptError(f"--runtime {spec.runtime}: {TORCH_ONLY}")
     stored = spec.features
     if stored:
         warn_if_random(stored.clip)

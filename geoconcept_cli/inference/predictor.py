@@ -24,13 +24,13 @@ from ..model.clip import ClipBackbone
 from ..model.concept_embeddings import DEFAULT_TEMPLATES
 from ..runtime.scratch import Scratch
 from .calibration import (
-    Calibration,
     gallery_tree,
     place_areas,
     region_cuts,
     region_mask,
     top_confidence,
 )
+from .calibration_record import Calibration
 from .hints import hint_gains
 from .mondrian import GROUPINGS, group_keys, grouped_mask, place_slots
 from .readout import (

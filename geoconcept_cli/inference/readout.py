@@ -15,7 +15,7 @@ from ..errors import GeoconceptError
 
 if TYPE_CHECKING:
     from ..geo.limits import Limits
-    from .calibration import Calibration
+    from .calibration_record import Calibration
     from .request import Request
     from .results import Confidence, ConfidenceRegion
 

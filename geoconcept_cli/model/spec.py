@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 DEFAULT_CLIP_MODEL = "ViT-L-14"  # GeoCLIP's image MLP learned on this CLIP's features
 DEFAULT_CLIP_PRETRAINED = "openai"
 RUN_PATHS = "run folder, checkpoint file or exported model folder"  # what --checkpoint takes
+RUNTIMES = ("torch", "onnx")  # what runs the model (inference.loading)
 
 
 def _option(default: Any, help: str) -> Any:
@@ -40,7 +41,8 @@ class ModelSpec:
     bundle; None is pretrained GeoCLIP); for zero-shot concepts, the concept set and its text
     embeddings (None: the shipped set, embedded once with the backbone and cached); the CLIP
     backbone that reads photos; the GPS gallery (None: GeoCLIP's 100K); the torch device; the
-    cache folder (None: ``$GEOCONCEPT_CACHE``); whether its stored calibration is used."""
+    cache folder (None: ``$GEOCONCEPT_CACHE``); whether its stored calibration is used; the
+    runtime (inference.loading)."""
 
     checkpoint: str | Path | None = _option(None, f"Trained run: {RUN_PATHS} (default: GeoCLIP).")
     concepts: str | Path | None = _option(None, "concepts.parquet (default: the shipped set).")
@@ -78,6 +80,11 @@ class ModelSpec:
             "Use the model's stored calibration where there is one (calibrate makes it; "
             "--no-calibration: the raw softmax)."
         ),
+    )
+    runtime: str = _option(
+        "torch",
+        "torch, or onnx: the ONNX graph of a model exported with --onnx, run with no torch "
+        "(a cold start in seconds; predict only).",
     )
     features: StoredFeatures | None = None  # set for stored features: no CLIP is loaded
 

@@ -15,11 +15,8 @@ from geoconcept_cli.evaluation.metrics import admin_matches, distance_metrics, g
 from geoconcept_cli.gallery.store import load_gallery
 from geoconcept_cli.geo.distance import haversine_km
 from geoconcept_cli.geo.geocode import reverse_geocode
-from geoconcept_cli.inference.calibration import (
-    Calibration,
-    place_areas,
-    save_calibration,
-)
+from geoconcept_cli.inference.calibration import place_areas
+from geoconcept_cli.inference.calibration_record import Calibration, save_calibration
 from geoconcept_cli.inference.predictor import Predictor
 from geoconcept_cli.io.artifacts import hash_state_dict, hash_tensors
 from geoconcept_cli.model.clip_id import ClipId

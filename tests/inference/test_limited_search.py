@@ -17,7 +17,7 @@ from geoconcept_cli.gallery.store import distinct_places
 from geoconcept_cli.geo.distance import haversine_km
 from geoconcept_cli.geo.geocode import reverse_geocode
 from geoconcept_cli.geo.limits import Limits
-from geoconcept_cli.inference.calibration import Calibration
+from geoconcept_cli.inference.calibration_record import Calibration
 from geoconcept_cli.inference.factory import load_predictor
 from geoconcept_cli.inference.request import Request
 from geoconcept_cli.inference.scorer import PlaceScorer

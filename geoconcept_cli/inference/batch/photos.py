@@ -16,7 +16,7 @@ from ...io.tables import find_column, read_table
 from ...runtime.progress import Log, Report, quiet, silent
 from ..album import locate_album, name_concepts
 from ..explainer import Explainer
-from ..predictor import Predictor
+from ..loading import PhotoPredictor
 from ..request import Request
 from ..results import Album
 from .rows import (
@@ -62,8 +62,9 @@ def explain_photos(
 
 
 def predict_photos(
-    predictor: Predictor, target: str | Path, out: str | Path, images: str | Path | None = None,
-    request: Request = Request(), report: Report = silent, log: Log = quiet,
+    predictor: PhotoPredictor, target: str | Path, out: str | Path,
+    images: str | Path | None = None, request: Request = Request(), report: Report = silent,
+    log: Log = quiet,
 ) -> tuple[int, list[str]]:  # fmt: skip
     """`predict DIR|MANIFEST --out`: as ``explain_photos``, with prediction rows."""
     rows, failed = _rows(target, images, "predicting", report, log,

@@ -1,0 +1,56 @@
+"""Which runtime answers a ModelSpec's photos: torch (inference.factory: every command), or an
+exported model's ONNX graph (inference.onnx_runtime: predict, with no torch loaded). The
+choice is the spec's ``runtime``; this module imports neither runtime until it is chosen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import GeoconceptError
+from ..model.spec import RUNTIMES, ModelSpec
+from ..runtime.progress import Report, silent
+
+if TYPE_CHECKING:
+    from .request import Request
+    from .results import Prediction
+
+
+class PhotoPredictor(Protocol):
+    """What `predict` asks of a model: one photo file's answer."""
+
+    def predict(self, photo: str | Path, request: Request = ...) -> Prediction: ...
+
+
+def load_predictor(spec: ModelSpec | None = None, report: Report = silent) -> PhotoPredictor:
+    """A ready predictor of ``spec`` in its runtime (default: pretrained GeoCLIP, torch)."""
+    spec = spec or ModelSpec()
+    check_runtime(spec)
+    if spec.runtime == "onnx":
+        from .onnx_runtime import OnnxPredictor, bundle_folder
+
+        assert spec.checkpoint is not None  # check_runtime says so otherwise
+        return OnnxPredictor(bundle_folder(spec.checkpoint), calibration=spec.calibration)
+    from .factory import load_predictor as load_torch_predictor
+
+    return load_torch_predictor(spec, report)
+
+
+def check_runtime(spec: ModelSpec) -> None:
+    """One line for a runtime there is none of, or an ONNX bundle asked for what it cannot
+    take (it carries its own gallery and CLIP, and runs on the CPU)."""
+    if spec.runtime not in RUNTIMES:
+        raise GeoconceptError(f"--runtime {spec.runtime}: give {' or '.join(RUNTIMES)}")
+    if spec.runtime != "onnx":
+        return
+    if spec.checkpoint is None:
+        raise GeoconceptError("--runtime onnx: give --checkpoint, a model exported with "
+                              "geoconcept export --onnx")  # fmt: skip
+    given = [flag for flag, value in (("--gallery", spec.gallery), ("--device", spec.device
+             != "cpu"), ("--clip-pretrained", spec.clip_pretrained != ModelSpec.clip_pretrained),
+             ("--clip-model", spec.clip_model != ModelSpec.clip_model)) if value]  # fmt: skip
+    if given:
+        raise GeoconceptError(
+            f"--runtime onnx: {', '.join(given)} cannot be chosen; the "
+            "bundle carries its gallery and CLIP, and runs on the CPU"
+        )

@@ -9,7 +9,9 @@ MLP, location encoder and 100K gallery (ours from its cache, filled before timin
 A third process is the floor of any open_clip-based command: import torch and open_clip,
 build ViT-L/14 on the meta device, load the same weights file in place, encode one random
 224 px image. No CLI, photo, gallery or place names. GeoCLIP's time over the floor's is the
-most any such command could reach on this machine. The three run interleaved, one of each
+most any such command could reach on this machine. A fourth is `geoconcept predict photo.jpg
+--checkpoint BUNDLE --runtime onnx` from pretrained GeoCLIP's ONNX bundle of the same weights
+(export --onnx, written once): no torch, no open_clip. The four run interleaved, one of each
 in turn.
 
     python benchmarks/cold_start.py [--repeats 3] [--photo PATH] [--weights FILE]
@@ -70,27 +72,39 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--photo")
     ap.add_argument("--weights", default="/tmp/geoconcept-bench-vit-l-14.safetensors")
+    ap.add_argument("--bundle", default="/tmp/geoconcept-bench-onnx")
     args = ap.parse_args()
     photo = str(Path(args.photo) if args.photo else photos(1)[0])
     weights = Path(args.weights)
     if not weights.is_file():
         print(f"writing a random ViT-L/14 to {weights} (once)")
         random_vit_l14(weights)
+    bundle = Path(args.bundle)
+    if not (bundle / "onnx" / "runtime.json").is_file():
+        print(f"exporting GeoCLIP with that ViT-L/14 to {bundle} (once)")
+        subprocess.run([sys.executable, "-m", "geoconcept_cli", "export", "--onnx", "--out",
+                        str(bundle), "--clip-pretrained", str(weights)], check=True)  # fmt: skip
     ours = [sys.executable, "-m", "geoconcept_cli", "predict", photo, "--clip-pretrained",
             str(weights)]  # fmt: skip
+    onnx = [sys.executable, "-m", "geoconcept_cli", "predict", photo, "--checkpoint",
+            str(bundle), "--runtime", "onnx"]  # fmt: skip
     # the warm-up run fills the gallery cache and the page cache: all then read warm files
     t = median_times({"ours": process(ours), "floor": process([sys.executable, "-c", FLOOR,
                                                                str(weights)]),
-                      "peer": process([sys.executable, "-c", PEER, photo])},
+                      "peer": process([sys.executable, "-c", PEER, photo]),
+                      "onnx": process(onnx)},
                      args.repeats)  # fmt: skip
     print(f"photo: {photo}  (medians of {args.repeats}, interleaved)")
     print(f"geoconcept predict, new process         : {t['ours']:6.2f} s")
     print(f"floor: torch + open_clip + ViT-L forward : {t['floor']:6.2f} s")
     print(f"GeoCLIP cold start + predict            : {t['peer']:6.2f} s")
+    print(f"geoconcept predict --runtime onnx        : {t['onnx']:6.2f} s")
     print(
         f"speed-up : {t['peer'] / t['ours']:.2f}x  (target >= 5x); "
         f"the floor's: {t['peer'] / t['floor']:.2f}x, the most an open_clip command can reach"
     )
+    print(f"ONNX bundle: {t['peer'] / t['onnx']:.2f}x GeoCLIP's (target >= 6x), "
+          f"{t['ours'] / t['onnx']:.2f}x the torch path's (target >= 2x)")
 
 
 if __name__ == "__main__":

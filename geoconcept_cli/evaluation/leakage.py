@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from ..errors import GeoconceptError
 from ..geo.distance import EARTH_RADIUS_KM, unit_vectors
 from ..runtime.progress import Report, silent
 
-if TYPE_CHECKING:  # evaluate's help reads the rule's defaults with no torch loaded
+if TYPE_CHECKING:  # evaluate's help reads the rule's defaults with no torch (or pandas) loaded
+    import pandas as pd
     import torch
 
     from ..model.clip_id import ClipId
@@ -67,6 +67,8 @@ class Leakage:
 
     def frame(self) -> pd.DataFrame:
         """The per-photo columns evaluate's rows get (README: schema)."""
+        import pandas as pd
+
         dup = self.duplicate
         return pd.DataFrame({
             "train_cosine": self.cosine,

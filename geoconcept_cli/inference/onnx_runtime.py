@@ -14,8 +14,11 @@ torch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +31,7 @@ from PIL import Image
 from ..errors import GeoconceptError
 from ..geo.distance import EARTH_RADIUS_KM
 from ..geo.geocode import Places, place_names, reverse_geocode
+from ..io.artifacts import default_cache_dir
 from ..io.images import load_image
 from .readout import (
     abstain_level,
@@ -44,7 +48,6 @@ if TYPE_CHECKING:
 RUNTIME_FORMAT = "geoconcept-onnx/1"  # export.onnx_bundle writes it
 ONNX_DIR, GRAPH, GRAPH_INT8, GALLERY, RUNTIME = (
     "onnx", "model.onnx", "model.int8.onnx", "gallery.safetensors", "runtime.json")  # fmt: skip
-OWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}  # ONNX's operators; anything else is custom code
 TORCH_ONLY = ("explanations, hints, albums, training and embedding need the torch runtime "
               "(leave out --runtime onnx)")  # fmt: skip
 TOLERANCE = 1e-9  # as inference.calibration compares masses
@@ -62,8 +65,6 @@ def bundle_folder(checkpoint: str | Path) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -124,9 +125,9 @@ class OnnxPredictor:
         if graph not in self.config["files"]:
             raise GeoconceptError(f"{self.folder}: no {graph} in this bundle (export with "
                                   "--quantize int8 for one)")  # fmt: skip
-        for name in (graph, GALLERY):
-            self._check_file(name)
-        self._refuse_custom_ops(self.folder / graph)
+        for name in sorted(self.config["files"]):  # the graph, its weights, the gallery
+            if name == GALLERY or name == graph or name.startswith(f"{graph}."):
+                self._check_file(name)
         try:
             g = load_file(str(self.folder / GALLERY))
         except Exception as exc:  # safetensors' own errors: a damaged file
@@ -137,14 +138,11 @@ class OnnxPredictor:
         self.areas, self.slots = g.get("areas"), g.get("slots")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
+        try:  # no custom operator library is ever registered: a custom op cannot run
             self.session = ort.InferenceSession(str(self.folder / graph), opts,
                                                 providers=["CPUExecutionProvider"])  # fmt: skip
         except Exception as exc:  # onnxruntime's own errors: an invalid graph
-            raise GeoconceptError(
-                f"{self.folder / graph}: not a graph onnxruntime can run "
-                f"({str(exc).splitlines()[0][:200]})"
-            ) from None
+            raise GeoconceptError(_unrunnable(self.folder / graph, str(exc))) from None
         self._check_input()
         self.preprocess = Preprocess.from_config(self.config["preprocess"], self.folder)
         cal = self.config.get("calibration")
@@ -162,29 +160,23 @@ class OnnxPredictor:
         return config
 
     def _check_file(self, name: str) -> None:
-        """Refuse a bundle file that is missing or is not the one runtime.json hashed."""
+        """Refuse a bundle file that is missing or is not the one runtime.json hashed (a file
+        verified before and unchanged since, by size, time and inode, is not read again)."""
         path = self.folder / name
         if not path.is_file():
             raise GeoconceptError(f"{path}: missing from the bundle; export it again")
-        if _sha256(path) != self.config["files"][name]:
+        want = self.config["files"][name]
+        stat = path.stat()
+        seen = f"{want}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{path.resolve()}"
+        stamp = default_cache_dir() / "verified" / hashlib.sha256(seen.encode()).hexdigest()
+        if stamp.is_file():
+            return
+        if _sha256(path) != want:
             raise GeoconceptError(f"{path}: its sha256 is not the one {RUNTIME} records (a "
                                   "changed or damaged file); export the bundle again")  # fmt: skip
-
-    def _refuse_custom_ops(self, path: Path) -> None:
-        """Only ONNX's own operators: a custom op is code the bundle would bring along."""
-        import onnx
-
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception:  # protobuf's errors on a truncated or foreign file
-            raise GeoconceptError(f"{path}: not an ONNX graph (truncated or damaged)") from None
-        domains = {op.domain for op in model.opset_import} | {
-            n.domain for n in model.graph.node}  # fmt: skip
-        foreign = sorted(domains - OWN_DOMAINS - {"com.microsoft"} if path.name == GRAPH_INT8
-                         else domains - OWN_DOMAINS)  # fmt: skip
-        if foreign:
-            raise GeoconceptError(f"{path}: uses custom operators ({', '.join(foreign)}); "
-                                  "this runtime runs ONNX's own only")  # fmt: skip
+        with suppress(OSError):  # a cache that cannot be written only costs the next check
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.touch()
 
     def _check_input(self) -> None:
         """The graph takes the bundle's photos: (photos, 3, H, W) at the recorded size."""
@@ -350,6 +342,17 @@ class OnnxPredictor:
             self.gallery_places.country.astype(str),
             self.areas,
         )
+
+
+def _unrunnable(path: Path, error: str) -> str:
+    """One line for a graph onnxruntime refuses: a custom operator named as such."""
+    custom = re.search(r"(\S+):(\w+)\(-?\d+\) is not a registered function/op", error)
+    if custom:
+        return (
+            f"{path}: uses custom operators ({custom[1]}: {custom[2]}); this runtime runs "
+            "ONNX's own only"
+        )
+    return f"{path}: not a graph onnxruntime can run ({error.splitlines()[0][:200]})"
 
 
 def _logsumexp(x: npt.NDArray[np.float64]) -> float:

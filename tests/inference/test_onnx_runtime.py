@@ -39,7 +39,7 @@ def bundle(tmp_path_factory):
                               "--quantize", "int8", "--clip-model", TINY_CLIP,
                               "--clip-pretrained", "none", *gallery])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "ONNX bundle (model.onnx and model.int8.onnx, tiny-clip-768)" in res.stdout
+    assert "ONNX bundle (model.int8.onnx and model.onnx, tiny-clip-768)" in res.stdout
     return root / "model", world
 
 
@@ -162,7 +162,7 @@ def test_a_bundle_that_cannot_be_trusted_is_one_line(bundle, tmp_path):
     onnx.save(model, str(graph))
     config_path.write_text(json.dumps({**config, "files": {**config["files"],
                                        "model.onnx": file_sha256(graph)}}))  # fmt: skip
-    assert "uses custom operators (evil.ops)" in one_line_error(predict(folder))
+    assert "uses custom operators (evil.ops: Steal)" in one_line_error(predict(folder))
     # a graph for another input size than the bundle says
     shutil.copy(bundle[0] / "onnx" / "model.onnx", graph)
     config_path.write_text(json.dumps({**config, "preprocess": {**config["preprocess"],

@@ -168,6 +168,9 @@ def predict(
     torchrun/SLURM ranks."""
     spec = ModelSpec(**model)
     request = Request(top_k=top_k, **Steering(**steer).request_fields())
+    if spec.runtime != "torch" and (out is not None or together or group_by):
+        raise GeoconceptError(f"--runtime {spec.runtime} predicts one photo; batch runs and "
+                              "albums use the torch runtime (leave out --runtime)")  # fmt: skip
     if together or group_by:
         _check_album(image, out, images, gpus, group_by, as_json)
         explainer = inference.load_explainer(spec, lazy_progress_bar)  # photos name concepts

@@ -26,23 +26,22 @@ from .._version import __version__
 from ..errors import GeoconceptError
 from ..geo.distance import THRESHOLDS_KM
 from ..inference.calibration_record import Calibration, read_calibration, save_calibration
-from ..io.artifacts import current_umask, hash_state_dict
+from ..io.artifacts import current_umask, file_sha256, hash_state_dict
 from ..model.checkpoints import (
     BUNDLE_CONCEPTS,
     BUNDLE_CONFIG,
     BUNDLE_FORMAT,
     BUNDLE_WEIGHTS,
-    CALIBRATION_NAME,
     CHECKPOINT_NAME,
     LEGACY_NAME,
     concept_list_hash,
-    file_sha256,
     head_from,
     image_mlp_of,
     read_json,
     read_model,
     run_calibration_path,
 )
+from ..model.spec import CALIBRATION_NAME
 from .card import model_card
 
 EVAL_NAME = "eval.json"

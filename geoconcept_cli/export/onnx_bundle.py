@@ -30,20 +30,24 @@ from ..errors import GeoconceptError
 from ..gallery.sites import site_ids
 from ..inference.calibration import place_areas
 from ..inference.factory import load_predictor
+from ..inference.onnx_runtime import (
+    GALLERY,
+    GRAPH,
+    GRAPH_INT8,
+    ONNX_DIR,
+    RUNTIME,
+    RUNTIME_FORMAT,
+)
 from ..inference.predictor import Predictor
 from ..inference.request import MERGE_KM
-from ..io.artifacts import atomic_path, write_json
-from ..model.checkpoints import file_sha256, read_model
+from ..io.artifacts import atomic_path, file_sha256, write_json
+from ..model.checkpoints import read_model
 from ..model.clip_id import ClipId
 from ..model.concept_head import ConceptAwareHead
 from ..model.spec import ModelSpec
 from ..runtime.progress import Report, silent
 from .bundle import replace_folder
 
-ONNX_DIR = "onnx"
-RUNTIME_FORMAT = "geoconcept-onnx/1"
-GRAPH, GRAPH_INT8, GALLERY, RUNTIME = "model.onnx", "model.int8.onnx", "gallery.safetensors", (
-    "runtime.json")  # fmt: skip
 QUANTIZATIONS = ("int8",)
 MAX_PHOTOS = 64  # photos one run of the graph takes at most
 

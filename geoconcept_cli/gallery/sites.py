@@ -10,12 +10,11 @@ radius (seconds for 100K points) and cached.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
-from ..geo.distance import EARTH_RADIUS_KM, unit_vectors
+from ..geo.distance import chord, unit_vectors
 from ..io.artifacts import cached_tensor, default_cache_dir, hash_tensors
 
 
@@ -34,7 +33,7 @@ def _group(gps: torch.Tensor, radius_km: float) -> torch.Tensor:
     from scipy.spatial import cKDTree
 
     unit = unit_vectors(gps).numpy()
-    chord = 2 * math.sin(min(radius_km / EARTH_RADIUS_KM, math.pi) / 2)
+    within = chord(radius_km)
     tree = cKDTree(unit)
     site = torch.full((len(gps),), -1, dtype=torch.long)
     taken = site.numpy()
@@ -42,7 +41,7 @@ def _group(gps: torch.Tensor, radius_km: float) -> torch.Tensor:
     for i in range(len(unit)):
         if taken[i] >= 0:
             continue
-        near = torch.as_tensor(tree.query_ball_point(unit[i], chord * (1 + 1e-9)))
+        near = torch.as_tensor(tree.query_ball_point(unit[i], within * (1 + 1e-9)))
         near = near[taken[near.numpy()] < 0]
         taken[near.numpy()] = count
         taken[i] = count

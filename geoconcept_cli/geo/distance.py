@@ -7,7 +7,8 @@ only for points right at a threshold.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+import math
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -35,12 +36,26 @@ def haversine_km(lat1: npt.ArrayLike, lon1: npt.ArrayLike, lat2: npt.ArrayLike,
     )
 
 
-def unit_vectors(latlon: torch.Tensor) -> torch.Tensor:
-    """(N, 2) degrees -> (N, 3) points on the unit sphere (dot product ranks by distance)."""
+@overload
+def unit_vectors(latlon: torch.Tensor) -> torch.Tensor: ...
+@overload
+def unit_vectors(latlon: npt.NDArray[Any]) -> npt.NDArray[np.float64]: ...
+def unit_vectors(latlon: torch.Tensor | npt.NDArray[Any]) -> torch.Tensor | npt.NDArray[Any]:
+    """(N, 2) degrees -> (N, 3) points on the unit sphere (dot product ranks by distance), in
+    float64, as the array given: numpy (an ONNX bundle's runtime) or torch."""
+    if isinstance(latlon, np.ndarray):
+        lat, lon = np.radians(latlon[:, 0].astype(np.float64)), np.radians(latlon[:, 1])
+        return np.stack((np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)), 1)
     import torch  # here: geography (names, limits) is read by commands that need no torch
 
-    lat, lon = torch.deg2rad(latlon[:, 0].double()), torch.deg2rad(latlon[:, 1].double())
-    return torch.stack((lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()), dim=1)
+    phi, lam = torch.deg2rad(latlon[:, 0].double()), torch.deg2rad(latlon[:, 1].double())
+    return torch.stack((phi.cos() * lam.cos(), phi.cos() * lam.sin(), phi.sin()), dim=1)
+
+
+def chord(radius_km: float) -> float:
+    """The straight-line distance between unit vectors ``radius_km`` apart on the Earth (a
+    KD-tree's radius for them; at most the sphere's diameter)."""
+    return 2 * math.sin(min(radius_km / EARTH_RADIUS_KM, math.pi) / 2)
 
 
 def accuracy_at_thresholds(dist_km: np.ndarray, thresholds: tuple[float, ...] = THRESHOLDS_KM

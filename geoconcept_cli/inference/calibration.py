@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ..geo.distance import EARTH_RADIUS_KM, unit_vectors
+from ..geo.distance import EARTH_RADIUS_KM, chord, unit_vectors
 from ..io.artifacts import (
     cached_tensor,
     default_cache_dir,
@@ -40,6 +40,7 @@ from ..io.artifacts import (
 from ..model.clip_id import ClipId
 from ..runtime.scratch import Scratch
 from .abstention import mass_near
+from .calibration_record import TOLERANCE
 
 if TYPE_CHECKING:
     from scipy.spatial import cKDTree
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 LATTICE_POINTS = 1 << 22  # ~122 km² per lattice point: a 25 km disc holds ~16
 MAX_CALIBRATION_PHOTOS = 5000  # logits kept in memory: 5000 x 100K float32 is 2 GB
-TOLERANCE = 1e-9  # mass comparisons: sums in another order may differ in the last bits
 
 
 # ------------------------------------------------------------------------------ fitting
@@ -105,8 +105,7 @@ def gallery_tree(gps: torch.Tensor) -> cKDTree:
 def pairs_within(tree: cKDTree, points: torch.Tensor, radius_km: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(query index, gallery row) of every gallery row within ``radius_km`` of each point."""
-    chord = 2 * math.sin(radius_km / EARTH_RADIUS_KM / 2)
-    lists = tree.query_ball_point(unit_vectors(points).numpy(), chord)
+    lists = tree.query_ball_point(unit_vectors(points).numpy(), chord(radius_km))
     rows = np.repeat(np.arange(len(lists)), [len(x) for x in lists])
     cols: npt.NDArray[np.int64] | list[int] = (
         np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else []
@@ -238,9 +237,9 @@ def place_areas(
     def compute() -> torch.Tensor:
         unit = unit_vectors(gps).numpy()
         lattice = fibonacci_lattice(LATTICE_POINTS)
-        chord, nearest = cKDTree(unit).query(lattice, k=1, distance_upper_bound=2 * math.sin(
-            radius_km / EARTH_RADIUS_KM / 2))  # fmt: skip
-        hit = np.isfinite(chord)
+        found, nearest = cKDTree(unit).query(lattice, k=1,
+                                             distance_upper_bound=chord(radius_km))  # fmt: skip
+        hit = np.isfinite(found)
         cell_km2 = 4 * math.pi * EARTH_RADIUS_KM**2 / LATTICE_POINTS
         return torch.from_numpy(np.bincount(nearest[hit], minlength=len(gps)) * cell_km2).float()
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..model.clip_id import ClipId
     from ..model.concept_head import RetrievalHead
 
+TOLERANCE = 1e-9  # mass comparisons: sums in another order may differ in the last bits
 CALIBRATION_FORMAT = "geoconcept-calibration/1"
 MAX_RADIUS_KM = math.pi * EARTH_RADIUS_KM  # half the Earth's circumference
 

@@ -26,11 +26,16 @@ def load_predictor(spec: ModelSpec | None = None, report: Report = silent) -> Ph
     """A ready predictor of ``spec`` in its runtime (default: pretrained GeoCLIP, torch)."""
     spec = spec or ModelSpec()
     check_runtime(spec)
-    if spec.runtime == "onnx":
+    if spec.runtime != "torch":  # onnx, onnx-int8
         from .onnx_runtime import OnnxPredictor, bundle_folder
 
         assert spec.checkpoint is not None  # check_runtime says so otherwise
-        return OnnxPredictor(bundle_folder(spec.checkpoint), calibration=spec.calibration)
+        return OnnxPredictor(
+            bundle_folder(spec.checkpoint),
+            calibration=spec.calibration,
+            int8=spec.runtime == "onnx-int8",
+            cache_dir=spec.cache_dir,
+        )
     from .factory import load_predictor as load_torch_predictor
 
     return load_torch_predictor(spec, report)
@@ -40,17 +45,17 @@ def check_runtime(spec: ModelSpec) -> None:
     """One line for a runtime there is none of, or an ONNX bundle asked for what it cannot
     take (it carries its own gallery and CLIP, and runs on the CPU)."""
     if spec.runtime not in RUNTIMES:
-        raise GeoconceptError(f"--runtime {spec.runtime}: give {' or '.join(RUNTIMES)}")
-    if spec.runtime != "onnx":
+        raise GeoconceptError(f"--runtime {spec.runtime}: give {', '.join(RUNTIMES)}")
+    if spec.runtime == "torch":
         return
     if spec.checkpoint is None:
-        raise GeoconceptError("--runtime onnx: give --checkpoint, a model exported with "
-                              "geoconcept export --onnx")  # fmt: skip
+        raise GeoconceptError(f"--runtime {spec.runtime}: give --checkpoint, a model exported "
+                              "with geoconcept export --onnx")  # fmt: skip
     given = [flag for flag, value in (("--gallery", spec.gallery), ("--device", spec.device
              != "cpu"), ("--clip-pretrained", spec.clip_pretrained != ModelSpec.clip_pretrained),
              ("--clip-model", spec.clip_model != ModelSpec.clip_model)) if value]  # fmt: skip
     if given:
         raise GeoconceptError(
-            f"--runtime onnx: {', '.join(given)} cannot be chosen; the "
+            f"--runtime {spec.runtime}: {', '.join(given)} cannot be chosen; the "
             "bundle carries its gallery and CLIP, and runs on the CPU"
         )

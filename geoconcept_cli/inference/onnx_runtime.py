@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from contextlib import suppress
 from dataclasses import dataclass
@@ -29,10 +28,12 @@ import numpy.typing as npt
 from PIL import Image
 
 from ..errors import GeoconceptError
-from ..geo.distance import EARTH_RADIUS_KM
+from ..geo.distance import chord, unit_vectors
 from ..geo.geocode import Places, place_names, reverse_geocode
-from ..io.artifacts import default_cache_dir
+from ..io.artifacts import default_cache_dir, file_sha256
 from ..io.images import load_image
+from ..model.spec import CALIBRATION_NAME
+from .calibration_record import TOLERANCE
 from .readout import (
     abstain_level,
     confidence_answer,
@@ -43,15 +44,16 @@ from .request import Request, say_if_capped
 from .results import Candidate, Prediction
 
 if TYPE_CHECKING:
+    import onnxruntime
+
     from .calibration_record import Calibration
 
 RUNTIME_FORMAT = "geoconcept-onnx/1"  # export.onnx_bundle writes it
 ONNX_DIR, GRAPH, GRAPH_INT8, GALLERY, RUNTIME = (
     "onnx", "model.onnx", "model.int8.onnx", "gallery.safetensors", "runtime.json")  # fmt: skip
-TORCH_ONLY = ("explanations, hints, albums, training and embedding need the torch runtime "
-              "(leave out --runtime onnx)")  # fmt: skip
-TOLERANCE = 1e-9  # as inference.calibration compares masses
-UNIT_CHORD = 2.0  # a chord of the unit sphere: its diameter
+TORCH_ONLY = ("explanations, hints, albums, batch runs, training and embedding need the "
+              "torch runtime (leave out --runtime)")  # fmt: skip
+NEEDED = {"files": dict, "preprocess": dict, "merge_km": float | int, "graph": dict}
 
 
 def bundle_folder(checkpoint: str | Path) -> Path:
@@ -62,14 +64,6 @@ def bundle_folder(checkpoint: str | Path) -> Path:
             return folder
     raise GeoconceptError(f"--runtime onnx: {path} holds no ONNX bundle ({ONNX_DIR}/{RUNTIME}); "
                           "make one with geoconcept export RUN --out DIR --onnx")  # fmt: skip
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -113,41 +107,53 @@ class Preprocess:
 
 class OnnxPredictor:
     """`predict` from an ONNX bundle (module docstring): ``folder`` is its ``onnx/``;
-    ``calibration`` False leaves its calibration unused; ``int8`` runs the quantized graph."""
+    ``calibration`` False leaves its calibration unused; ``int8`` runs the quantized graph;
+    ``cache_dir`` keeps the stamps of verified files (default: $GEOCONCEPT_CACHE)."""
 
-    def __init__(self, folder: str | Path, calibration: bool = True, int8: bool = False):
-        import onnxruntime as ort
+    def __init__(self, folder: str | Path, calibration: bool = True, int8: bool = False,
+                 cache_dir: str | Path | None = None):  # fmt: skip
         from safetensors.numpy import load_file
 
         self.folder = Path(folder)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.config = self._read_config()
         graph = GRAPH_INT8 if int8 else GRAPH
         if graph not in self.config["files"]:
             raise GeoconceptError(f"{self.folder}: no {graph} in this bundle (export with "
                                   "--quantize int8 for one)")  # fmt: skip
+        for path in sorted(self.folder.iterdir()):  # nothing loads that was not hashed
+            if path.name != RUNTIME and path.name not in self.config["files"]:
+                raise GeoconceptError(f"{path}: not recorded in {RUNTIME}; export the bundle "
+                                      "again")  # fmt: skip
         for name in sorted(self.config["files"]):  # the graph, its weights, the gallery
             if name == GALLERY or name == graph or name.startswith(f"{graph}."):
                 self._check_file(name)
         try:
             g = load_file(str(self.folder / GALLERY))
-        except Exception as exc:  # safetensors' own errors: a damaged file
+            self.place_emb, self.gps = g["place_emb"], g["gps"]
+            self.places, self.copies, self.sites = g["places"], g["copies"], g["sites"]
+            self.place_of_row = g["place_of_row"]
+        except Exception as exc:  # safetensors' own errors, or arrays missing: damaged
             raise GeoconceptError(f"{self.folder / GALLERY}: unreadable ({exc})") from None
-        self.place_emb, self.gps = g["place_emb"], g["gps"]
-        self.places, self.copies, self.sites = g["places"], g["copies"], g["sites"]
-        self.place_of_row = g["place_of_row"]
         self.areas, self.slots = g.get("areas"), g.get("slots")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:  # no custom operator library is ever registered: a custom op cannot run
-            self.session = ort.InferenceSession(str(self.folder / graph), opts,
-                                                providers=["CPUExecutionProvider"])  # fmt: skip
-        except Exception as exc:  # onnxruntime's own errors: an invalid graph
-            raise GeoconceptError(_unrunnable(self.folder / graph, str(exc))) from None
+        self.session = self._session(graph)
         self._check_input()
         self.preprocess = Preprocess.from_config(self.config["preprocess"], self.folder)
-        cal = self.config.get("calibration")
-        self.calibration = _calibration(cal) if cal and calibration else None
+        self.calibration = self._calibration() if calibration else None
         self.merge_km = float(self.config["merge_km"])
+
+    def _session(self, graph: str) -> onnxruntime.InferenceSession:
+        """onnxruntime's session of the graph. No custom operator library is ever registered,
+        so an operator onnxruntime does not ship cannot run: it is named in one line."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            return ort.InferenceSession(str(self.folder / graph), opts,
+                                        providers=["CPUExecutionProvider"])  # fmt: skip
+        except Exception as exc:  # onnxruntime's own errors: an invalid graph
+            raise GeoconceptError(_unrunnable(self.folder / graph, str(exc))) from None
 
     def _read_config(self) -> dict[str, Any]:
         path = self.folder / RUNTIME
@@ -157,21 +163,45 @@ class OnnxPredictor:
             raise GeoconceptError(f"{path}: not a readable runtime.json") from None
         if not isinstance(config, dict) or config.get("format") != RUNTIME_FORMAT:
             raise GeoconceptError(f"{path}: not a geoconcept ONNX bundle ({RUNTIME_FORMAT})")
+        wrong = [k for k, kind in NEEDED.items() if not isinstance(config.get(k), kind)]
+        if wrong:
+            raise GeoconceptError(f"{path}: damaged ({', '.join(wrong)} missing or malformed); "
+                                  "export the bundle again")  # fmt: skip
         return config
 
+    def _calibration(self) -> Calibration | None:
+        """The bundle's calibration; one line where the model's folder was calibrated again
+        since the export (its regions' areas and groups are the export's) or it is damaged."""
+        from .calibration_record import Calibration, read_calibration
+
+        data = self.config.get("calibration")
+        cal = Calibration.from_json(data, self.folder / RUNTIME) if data else None
+        beside = read_calibration(self.folder.parent / CALIBRATION_NAME)
+        if beside is not None and beside != cal:
+            raise GeoconceptError(
+                f"{self.folder.parent / CALIBRATION_NAME} is not the "
+                "calibration the ONNX bundle was exported with (calibrated "
+                "again since): export --onnx again, or --no-calibration"
+            )
+        if cal is not None and self.areas is None:
+            raise GeoconceptError(f"{self.folder / GALLERY}: a calibrated bundle without its "
+                                  "region areas; export the bundle again")  # fmt: skip
+        return cal
+
     def _check_file(self, name: str) -> None:
-        """Refuse a bundle file that is missing or is not the one runtime.json hashed (a file
-        verified before and unchanged since, by size, time and inode, is not read again)."""
+        """Refuse a bundle file that is missing or is not the one runtime.json hashed. A file
+        verified before and unchanged since (size, times, inode) is not read again: the
+        hashes catch a damaged or replaced file, not a forger who rewrites runtime.json."""
         path = self.folder / name
         if not path.is_file():
             raise GeoconceptError(f"{path}: missing from the bundle; export it again")
         want = self.config["files"][name]
-        stat = path.stat()
-        seen = f"{want}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{path.resolve()}"
-        stamp = default_cache_dir() / "verified" / hashlib.sha256(seen.encode()).hexdigest()
+        s = path.stat()
+        seen = f"{want}:{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}:{s.st_ino}:{path.resolve()}"
+        stamp = self.cache_dir / "verified" / hashlib.sha256(seen.encode()).hexdigest()
         if stamp.is_file():
             return
-        if _sha256(path) != want:
+        if file_sha256(path) != want:
             raise GeoconceptError(f"{path}: its sha256 is not the one {RUNTIME} records (a "
                                   "changed or damaged file); export the bundle again")  # fmt: skip
         with suppress(OSError):  # a cache that cannot be written only costs the next check
@@ -200,12 +230,11 @@ class OnnxPredictor:
         return reverse_geocode(self.gps)
 
     @cached_property
-    def unit(self) -> Any:
+    def tree(self) -> Any:
         """A KD-tree of the gallery's unit vectors (the confidence's neighbourhoods)."""
         from scipy.spatial import cKDTree
 
-        lat, lon = np.radians(self.gps[:, 0]), np.radians(self.gps[:, 1])
-        return cKDTree(np.c_[np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
+        return cKDTree(unit_vectors(self.gps))
 
     def query(self, pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """(B, D) query vectors of (B, 3, H, W) pixels."""
@@ -270,10 +299,12 @@ class OnnxPredictor:
     ) -> npt.NDArray[np.float64]:
         """(N,) each gallery row's log-probability from its place's logit (``z``, (places,):
         a repeated place scores the same at each of its rows), -inf outside the limits."""
+        from scipy.special import logsumexp
+
         zz = z.astype(np.float64)
         if allowed is not None:
             zz = np.where(allowed[self.places], zz, -np.inf)
-        rows = (zz - _logsumexp(zz + np.log(self.copies)))[self.place_of_row]
+        rows = (zz - logsumexp(zz + np.log(self.copies)))[self.place_of_row]
         return np.asarray(rows, dtype=np.float64)
 
     def _candidates(self, probs: npt.NDArray[np.float64], request: Request,
@@ -309,10 +340,9 @@ class OnnxPredictor:
     def _confidence(self, probs: npt.NDArray[np.float64], radius_km: float) -> float:
         """The mass within ``radius_km`` of the most probable row (inference.abstention)."""
         top = int(np.argmax(probs))
-        lat, lon = np.radians(self.gps[top])
-        point = [math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat)]
-        chord = min(UNIT_CHORD, 2 * math.sin(radius_km / EARTH_RADIUS_KM / 2))
-        return float(probs[self.unit.query_ball_point(point, chord)].sum())
+        near = self.tree.query_ball_point(unit_vectors(self.gps[top : top + 1])[0],
+                                          chord(radius_km))  # fmt: skip
+        return float(probs[near].sum())
 
     def _region(self, probs: npt.NDArray[np.float64], cal: Calibration,
                 allowed: npt.NDArray[np.bool_] | None) -> Any:  # fmt: skip
@@ -353,16 +383,3 @@ def _unrunnable(path: Path, error: str) -> str:
             "ONNX's own only"
         )
     return f"{path}: not a graph onnxruntime can run ({error.splitlines()[0][:200]})"
-
-
-def _logsumexp(x: npt.NDArray[np.float64]) -> float:
-    top = float(np.max(x))
-    return top + math.log(float(np.exp(x - top).sum())) if math.isfinite(top) else top
-
-
-def _calibration(data: dict[str, Any]) -> Calibration:
-    """The bundle's calibration, read as inference.calibration reads one (lazily: that module
-    imports torch, for its kernels)."""
-    from .calibration_record import Calibration
-
-    return Calibration.from_json(data, "runtime.json")

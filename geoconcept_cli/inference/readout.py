@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from ..errors import GeoconceptError
 
@@ -52,14 +51,15 @@ def region_summary(probs: npt.NDArray[np.floating[Any]], inside: npt.NDArray[np.
     rows = np.flatnonzero(inside)
     distinct = rows[is_place[rows]]  # repeated points once
     order = distinct[np.argsort(-probs[distinct], kind="stable")]
-    mass = pd.Series(probs[rows].astype(np.float64), index=countries[rows])
-    by_country = mass.groupby(level=0).sum().sort_values(ascending=False)
+    names, each = np.unique(countries[rows], return_inverse=True)
+    mass = np.bincount(each.ravel(), weights=probs[rows].astype(np.float64), minlength=len(names))
+    by_country = [(names[i], mass[i]) for i in np.argsort(-mass, kind="stable")]
     return {
         "coverage": 1 - cal.alpha, "radius_km": cal.radius_km,
         "area_km2": float(areas[rows].sum()), "places": len(distinct),
         "mass": float(probs[rows].sum()),
         "countries": [{"country": c or "(none)", "mass": round(float(v), 5)}
-                      for c, v in by_country.items()],
+                      for c, v in by_country],
         "points": [[round(float(a), 5), round(float(b), 5)]
                    for a, b in gps[order[:max_points]].tolist()],
     }  # fmt: skip

@@ -145,3 +145,12 @@ def hash_state_dict(module: torch.nn.Module) -> str:
     """Fingerprint a module's weights, so caches derived from them invalidate when they change."""
     sd = module.state_dict()
     return hash_tensors(*(sd[k] for k in sorted(sd)), extra=",".join(sorted(sd)))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read a megabyte at a time."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

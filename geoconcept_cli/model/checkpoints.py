@@ -17,7 +17,6 @@ treats a run folder, a checkpoint file and an exported bundle alike:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import warnings
@@ -33,10 +32,12 @@ from ..concepts.set import concept_set_hash
 from ..errors import GeoconceptError, first_line, require_file
 from ..io.artifacts import (
     atomic_path,
+    file_sha256,
 )
 from .clip_id import ClipId, check_same_clip
 from .concept_head import ConceptAwareHead, RetrievalHead
 from .geoclip import GEOCLIP_FEATURE_DIM, GeoCLIPHead, image_mlp_record
+from .spec import CALIBRATION_NAME
 
 if TYPE_CHECKING:
     from .concept_head import RetrievalHead
@@ -284,14 +285,6 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _concept_lists(concepts: Any) -> TypeGuard[dict[str, Any]]:
     """Three equally long lists of strings: concepts, categories, subcategories."""
     keys = ("concepts", "categories", "subcategories")
@@ -372,9 +365,6 @@ def check_trained_on(ckpt: dict[str, Any], clip: ClipId, what: object, hint: boo
     ``hint`` adds the CLIP options that would match (where the user chooses the model)."""
     trained = ClipId.from_meta(ckpt.get("clip") or {}, prefix="")
     check_same_clip(trained, clip, f"{what} was trained on features of", hint=hint)
-
-
-CALIBRATION_NAME = "calibration.json"
 
 
 # ------------------------------------------------------------------------------ storage

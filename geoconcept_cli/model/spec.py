@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 DEFAULT_CLIP_MODEL = "ViT-L-14"  # GeoCLIP's image MLP learned on this CLIP's features
 DEFAULT_CLIP_PRETRAINED = "openai"
 RUN_PATHS = "run folder, checkpoint file or exported model folder"  # what --checkpoint takes
-RUNTIMES = ("torch", "onnx")  # what runs the model (inference.loading)
+RUNTIMES = ("torch", "onnx", "onnx-int8")  # what runs the model (inference.loading)
+CALIBRATION_NAME = "calibration.json"  # a run's or an exported model's, in its folder
 
 
 def _option(default: Any, help: str) -> Any:

@@ -9,7 +9,7 @@ from conftest import TINY_CLIP, one_line_error, shared_data
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
-from geoconcept_cli.model.checkpoints import file_sha256
+from geoconcept_cli.io.artifacts import file_sha256
 
 runner = CliRunner()
 

@@ -35,6 +35,13 @@ def bundle(tmp_path_factory):
     gallery = ["--gallery", str(world["gallery"])]
     res = runner.invoke(app, ["calibrate", str(world["train"]), str(run), *gallery])
     assert res.exit_code == 0, res.output
+    # regions per continent and an abstention level, as --by and --target-accuracy store them
+    # (this small world has too few photos to fit them)
+    cal = json.loads((run / "calibration.json").read_text())
+    cal |= {"by": "continent", "groups": {"Asia": 0.5, "Europe": 0.99},
+            "abstention": {"level": 0.3, "target": 0.8, "delta": 0.1, "photos": 96,
+                           "kept": 0.4, "accuracy": 0.85}}  # fmt: skip
+    (run / "calibration.json").write_text(json.dumps(cal))
     res = runner.invoke(app, ["export", str(run), "--out", str(root / "model"), "--onnx",
                               "--quantize", "int8", "--clip-model", TINY_CLIP,
                               "--clip-pretrained", "none", *gallery])  # fmt: skip
@@ -67,12 +74,25 @@ def test_the_bundle_answers_as_the_torch_predictor(bundle, merge_km):
                 assert g["prob"] == pytest.approx(w["prob"], abs=1e-4)
                 assert (g["points"], g["place"], g["rank"]) == (w["points"], w["place"], w["rank"])
             assert got["probabilities"] == want["probabilities"]
-            assert got["confidence"]["probability"] == pytest.approx(
-                want["confidence"]["probability"], abs=1e-4)  # fmt: skip
+            gc, wc = got["confidence"], want["confidence"]
+            assert gc["probability"] == pytest.approx(wc["probability"], abs=1e-4)
+            assert {k: v for k, v in gc.items() if k != "probability"} == {
+                k: v for k, v in wc.items() if k != "probability"}  # fmt: skip
             gr, wr = got["region"], want["region"]
+            assert [c["country"] for c in gr["countries"]] == [
+                c["country"] for c in wr["countries"]]  # fmt: skip
             # the same places (near-equal probabilities may list in another order)
             assert gr["places"] == wr["places"] and sorted(gr["points"]) == sorted(wr["points"])
             assert gr["area_km2"] == pytest.approx(wr["area_km2"], rel=1e-6)
+
+
+def test_the_quantized_graph_answers_from_the_command_line(bundle):
+    res = predict(bundle[0], "--json")
+    res8 = runner.invoke(app, ["predict", str(photos(1)[0]), "--checkpoint", str(bundle[0]),
+                               "--runtime", "onnx-int8", "--json"])  # fmt: skip
+    assert res8.exit_code == 0, res8.output
+    assert len(json.loads(res8.stdout)["predictions"]) == len(json.loads(res.stdout)[
+        "predictions"]) == 5  # fmt: skip
 
 
 def test_the_quantized_graph_is_the_fp32_one_nearly(bundle):
@@ -143,7 +163,7 @@ def test_a_bundle_that_cannot_be_trusted_is_one_line(bundle, tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from geoconcept_cli.model.checkpoints import file_sha256
+    from geoconcept_cli.io.artifacts import file_sha256
 
     folder = copy_of(bundle, tmp_path)
     graph = folder / "onnx" / "model.onnx"
@@ -172,6 +192,17 @@ def test_a_bundle_that_cannot_be_trusted_is_one_line(bundle, tmp_path):
     config_path.write_text(json.dumps(config))
     (folder / "onnx" / "gallery.safetensors").unlink()
     assert "gallery.safetensors: missing from the bundle" in one_line_error(predict(folder))
+    shutil.copy(bundle[0] / "onnx" / "gallery.safetensors", folder / "onnx")
+    # a file the bundle does not record is not loaded
+    (folder / "onnx" / "extra.bin").write_bytes(b"x")
+    assert "extra.bin: not recorded in runtime.json" in one_line_error(predict(folder))
+    (folder / "onnx" / "extra.bin").unlink()
+    # the model's folder calibrated again since the export: the bundle's regions are stale
+    cal = json.loads((folder / "calibration.json").read_text())
+    (folder / "calibration.json").write_text(json.dumps({**cal, "alpha": 0.3}))
+    assert "is not the calibration the ONNX bundle was exported with" in one_line_error(
+        predict(folder))  # fmt: skip
+    assert predict(folder, "--no-calibration").exit_code == 0
     shutil.rmtree(folder / "onnx")
     assert "holds no ONNX bundle" in one_line_error(predict(folder))
 
@@ -185,6 +216,8 @@ def test_what_a_bundle_cannot_answer_is_one_line(bundle):
         (["--within", "Atlantis"], "Atlantis"),
     ):
         assert said in one_line_error(predict(folder, *args)), args
+    assert "batch runs and albums use the torch runtime" in one_line_error(
+        predict(folder, "--out", str(folder / "rows.parquet")))  # fmt: skip
     res = runner.invoke(app, ["predict", str(photos(1)[0]), "--checkpoint", str(folder),
                               "--runtime", "tensorflow"])  # fmt: skip
-    assert "--runtime tensorflow: give torch or onnx" in one_line_error(res)
+    assert "--runtime tensorflow: give torch, onnx, onnx-int8" in one_line_error(res)

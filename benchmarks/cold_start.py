@@ -103,8 +103,10 @@ def main() -> None:
         f"speed-up : {t['peer'] / t['ours']:.2f}x  (target >= 5x); "
         f"the floor's: {t['peer'] / t['floor']:.2f}x, the most an open_clip command can reach"
     )
-    print(f"ONNX bundle: {t['peer'] / t['onnx']:.2f}x GeoCLIP's (target >= 6x), "
-          f"{t['ours'] / t['onnx']:.2f}x the torch path's (target >= 2x)")
+    print(
+        f"ONNX bundle: {t['peer'] / t['onnx']:.2f}x GeoCLIP's (target >= 6x), "
+        f"{t['ours'] / t['onnx']:.2f}x the torch path's (target >= 2x)"
+    )
 
 
 if __name__ == "__main__":

@@ -56,10 +56,14 @@ def main() -> None:
                  == int8.predict_query(b).predictions[0].gallery_index)  # fmt: skip
     n = len(chosen)
     print(f"{n} Im2GPS3k photos, random ViT-L/14, GeoCLIP's head and 100K gallery")
-    print(f"fp32 ONNX vs torch: same top-5 places and points {same}/{n}; largest top-5 "
-          f"probability difference {max(diffs):.2e}")
-    print(f"INT8 vs fp32 ONNX: same top-1 {top1}/{n}; query cosine mean {np.mean(cosines):.4f}, "
-          f"min {np.min(cosines):.4f}")
+    print(
+        f"fp32 ONNX vs torch: same top-5 places and points {same}/{n}; largest top-5 "
+        f"probability difference {max(diffs):.2e}"
+    )
+    print(
+        f"INT8 vs fp32 ONNX: same top-1 {top1}/{n}; query cosine mean {np.mean(cosines):.4f}, "
+        f"min {np.min(cosines):.4f}"
+    )
 
 
 if __name__ == "__main__":

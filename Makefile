@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python benchmarks/album_speed.py
 	$(BIN)/python benchmarks/answering_evaluate.py
 	$(BIN)/python benchmarks/leakage_search.py
+	$(BIN)/python benchmarks/onnx_parity.py
 
 # The paper's recipe on a GPU machine (see README): 5% of MP-16 -> features -> train with and
 # without concepts -> evaluate on Im2GPS3k. Every step skips work that is already done.

@@ -265,6 +265,7 @@ def evaluate_models(
     gallery_places = reverse_geocode(gps.numpy())
     codes, country_of = np.unique(gallery_places.country.astype(str), return_inverse=True)
     grouped = torch.from_numpy(np.argsort(country_of, kind="stable"))  # gallery by country
+    places_grouped = places_at(gallery_places, grouped.numpy())
     gps_grouped, country_grouped = gps[grouped], torch.from_numpy(country_of)[grouped]
     tree = gallery_tree(gps_grouped)  # one for every model and for the ceiling
     rows, frames, bins, clean = {}, [], {}, {}
@@ -276,7 +277,7 @@ def evaluate_models(
         with report(f"encoding gallery for {name} (once; cached)", "points") as advance:
             emb = cached_gallery_embeddings(gps, head, spec.cache_dir, progress=advance)
         predictor = Predictor(head, gps_grouped, emb[grouped], calibration=cal,
-                              cache_dir=spec.cache_dir)  # fmt: skip
+                              cache_dir=spec.cache_dir, gallery_places=places_grouped)  # fmt: skip
         areas = place_areas(gps, cal.radius_km, spec.cache_dir)[grouped] if cal else None
         res = score_photos(predictor, feats, truth, country_grouped, areas, tree=tree)
         top1 = grouped[res["top1"]].numpy()

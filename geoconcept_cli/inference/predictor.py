@@ -57,7 +57,8 @@ class Predictor:
     ``embed_locations`` and ``logit_scale`` (GeoCLIP's, or a trained concept-aware one).
 
     A large gallery comes with its ``index`` (see gallery_index): top-k is searched there, and
-    ``gallery_emb`` is its memory-mapped float16 embeddings, multiplied in chunks."""
+    ``gallery_emb`` is its memory-mapped float16 embeddings, multiplied in chunks.
+    ``gallery_places``: the rows' reverse-geocoded places, where the caller has them."""
 
     def __init__(
         self,
@@ -68,8 +69,11 @@ class Predictor:
         calibration: Calibration | None = None,
         cache_dir: str | Path | None = None,
         index: GalleryIndex | None = None,
+        gallery_places: Places | None = None,
     ):
         self.head = head.eval()
+        if gallery_places is not None:  # known already (evaluate has them): not geocoded again
+            self.__dict__["gallery_places"] = gallery_places
         self.clip = clip
         self.calibration = calibration
         self.cache_dir = cache_dir

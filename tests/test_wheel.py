@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_CLIP, shared_data
 
-from geoconcept_cli.inference.explainer import ZERO_SHOT_PLACE
+from geoconcept_cli.inference.reasons import ZERO_SHOT_PLACE
 from geoconcept_cli.runtime.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

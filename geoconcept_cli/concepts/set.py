@@ -14,7 +14,6 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from ..errors import GeoconceptError
 from ..geo.geocode import country_and_continent
@@ -60,7 +59,7 @@ class ConceptSet:
     def from_meta(cls, meta: dict[str, Any]) -> ConceptSet:
         return cls(meta["concepts"], meta["categories"], meta["subcategories"])
 
-    def entry(self, i: int, weight: float | torch.Tensor) -> ConceptWeight:
+    def entry(self, i: int, weight: float) -> ConceptWeight:
         return {
             "concept": self.names[i],
             "category": self.categories[i],
@@ -68,16 +67,17 @@ class ConceptSet:
             "weight": round(float(weight), 5),
         }
 
-    def top_rows(self, values: torch.Tensor, n: int, where: torch.Tensor | None = None
+    def top_rows(self, values: npt.ArrayLike, n: int, where: npt.ArrayLike | None = None
                  ) -> list[list[ConceptWeight]]:  # fmt: skip
-        """The ``n`` largest of each row of (B, k) values as entries, in one top-k; with
-        ``where``, only those concepts, if > 0."""
+        """The ``n`` largest of each row of (B, k) values (numpy, or CPU tensors) as entries,
+        largest first (equal ones in concept order); with ``where``, only those concepts, if
+        > 0."""
+        v = np.asarray(values, dtype=np.float64)
         if where is not None:
-            values = torch.where(where & (values > 0), values, torch.tensor(-torch.inf))
-        top = values.topk(min(n, values.shape[1]), dim=1)
-        rows = zip(top.indices.tolist(), top.values.tolist(), strict=True)
-        return [[self.entry(i, v) for i, v in zip(idx, vals, strict=True) if v > -np.inf]
-                for idx, vals in rows]  # fmt: skip
+            v = np.where(np.asarray(where, dtype=bool) & (v > 0), v, -np.inf)
+        top = np.argsort(-v, axis=1, kind="stable")[:, : min(n, v.shape[1])]
+        return [[self.entry(i, row[i]) for i in idx if row[i] > -np.inf]
+                for idx, row in zip(top.tolist(), v, strict=True)]  # fmt: skip
 
     def place_weights(self, lat: float, lon: float) -> npt.NDArray[np.float64]:
         """Salience of each concept for a place: its country's weight, else its continent's."""

@@ -1,9 +1,8 @@
 """`explain`: where a photo was taken, and why, from the model's own computation.
 
-With a concept-aware checkpoint the retrieval score is s * cos(a_img, a_loc) over k concepts,
-so it splits exactly into per-concept terms s * â_img[c] * â_loc[c] (â: unit-normalised
-activations). "Why here" lists the largest terms; "rather than" splits the logit gap to the
-runner-up, s * â_img[c] * (â_loc1[c] - â_loc2[c]), which also sums exactly. The faithfulness
+With a concept-aware checkpoint the retrieval score splits exactly into per-concept terms
+(inference.reasons: what is said, shared with an ONNX bundle's explainer). "Why here" lists
+the largest terms; "rather than" splits the logit gap to the runner-up. The faithfulness
 check removes the top explaining concepts from the photo's representation and compares the
 fall of the predicted place's score and rank with removing random concepts (`faithfulness`).
 
@@ -27,22 +26,23 @@ import torch.nn.functional as F
 
 from ..concepts.set import ConceptSet, ConceptWeight
 from ..errors import GeoconceptError
-from ..geo.distance import haversine_km
-from ..geo.geocode import place_names
 from ..io.images import load_image
 from ..model.concept_head import ConceptAwareHead
 from .hints import map_hints
 from .predictor import Predictor
+from .reasons import (
+    RANKED_DEEP,
+    concept_reasons,
+    explanation_mode,
+    first_far,
+    spread_km,
+    zero_shot_note,
+    zero_shot_reasons,
+)
 from .request import Request, say_if_capped
-from .results import Candidate, Explanation, Spread
+from .results import Explanation
 from .sites import Rank, Ranked
 
-RUNNER_UP_MIN_KM = 200.0  # the runner-up is the best *other place*, not a neighbouring point
-RANKED_DEEP = 200  # photos with no runner-up in their ranked pool have this many ranked (then none)
-ZERO_SHOT_PLACE = (
-    "concepts the concept set tags with the place's country or continent, "
-    "ranked by CLIP similarity to the photo"
-)
 FAITHFUL_SHARE = 0.95  # the explanation's removal must hurt more than 95% of random removals
 
 
@@ -93,19 +93,6 @@ def remove_concepts(z: torch.Tensor, basis: torch.Tensor, concepts: torch.Tensor
     rows = basis[concepts]
     coef: torch.Tensor = torch.linalg.lstsq(rows.T, z.unsqueeze(1)).solution
     return z - (rows.T @ coef).squeeze(1)
-
-
-def spread_km(latlon: torch.Tensor, held: torch.Tensor | None = None) -> list[Spread]:
-    """How far apart each photo's top-k candidates (B, k, 2) are: a confidence cue (small =
-    consistent); ``held`` (B, k): where 0, no candidate (fewer sites than asked), left out."""
-    lat, lon = latlon[..., 0].numpy(), latlon[..., 1].numpy()
-    there = np.ones(lat.shape, dtype=bool) if held is None else held.numpy() > 0
-    pair = haversine_km(lat[:, :, None], lon[:, :, None], lat[:, None], lon[:, None])
-    pair = np.where(there[:, :, None] & there[:, None], pair, 0.0)  # distances: 0 is neutral
-    others = there[:, 1:].sum(1)
-    to_first = pair[:, 0, 1:].sum(1) / np.maximum(others, 1)
-    return [{"max_pairwise_km": float(most), "mean_to_top1_km": float(first)}
-            for most, first in zip(pair.max((1, 2)), to_first, strict=True)]  # fmt: skip
 
 
 class Explainer:
@@ -165,11 +152,7 @@ class Explainer:
     @property
     def mode(self) -> str:
         """Where the concepts come from, as the JSON's ``mode`` says it."""
-        if self.concept_aware:
-            return "concept-aware checkpoint"
-        if self.retrained_geoclip:
-            return "GeoCLIP checkpoint, zero-shot concepts"
-        return "zero-shot"
+        return explanation_mode(self.concept_aware, self.retrained_geoclip)
 
     def explain_features(self, feats: torch.Tensor, request: Request = Request(),
                          image: str | None = None) -> Explanation:  # fmt: skip
@@ -222,107 +205,65 @@ class Explainer:
         rank = rank or p.topk
         ranked = p.ranked(feats, top_k, request.merge_km, rank)
         cands = p.candidate_rows(ranked)
-        spreads = spread_km(p.gallery_gps[ranked.rows], ranked.points)
+        spreads = spread_km(p.gallery_gps[ranked.rows].numpy(), ranked.points.numpy())
         note = p.calibration_note()
         outs = [Explanation(mode=self.mode, predictions=row, merge_km=request.merge_km,
                             spread=spread, probabilities=dict(note))
                 for row, spread in zip(cands, spreads, strict=True)]  # fmt: skip
-        tops = [row[0] for row in cands]
         if self.concept_aware:
-            terms, unit = self._decompose(outs, feats, tops, ranked, request.concepts_shown,
+            terms, unit = self._decompose(outs, feats, ranked, request.concepts_shown,
                                           place_concepts, rank)  # fmt: skip
             if request.check:
                 for i, out in enumerate(outs):
                     out.check = self._check(feats[i : i + 1], terms[i], unit[i],
-                                            tops[i].gallery_index, request)  # fmt: skip
+                                            cands[i][0].gallery_index, request)  # fmt: skip
         else:
-            self._zero_shot(outs, feats, tops, request.concepts_shown)
+            self._zero_shot(outs, feats, request.concepts_shown)
         return outs
 
-    def _decompose(self, outs: list[Explanation], feats: torch.Tensor, tops: list[Candidate],
-                   ranked: Ranked, n: int, place_concepts: bool, rank: Rank
-                   ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """Fill each photo's explanation of a batch ranked by ``rank`` (``ranked``): photo and
-        place concepts, per-concept score terms, contrast with the runner-up; returns the
-        terms and unit image activations, (B, k) each.
-
-        Reasons only name concepts the photo shows (positive image activation): a term is
-        also positive when both activations are negative, which is no reason to name it.
-        """
+    def _decompose(
+        self,
+        outs: list[Explanation],
+        feats: torch.Tensor,
+        ranked: Ranked,
+        n: int,
+        place_concepts: bool,
+        rank: Rank,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill each photo's explanation of a batch ranked by ``rank`` (``ranked``) with its
+        concept reasons (reasons.concept_reasons); returns the per-concept terms and unit
+        image activations, (B, k) each."""
         head, p, cs = self.predictor.head, self.predictor, self.concepts
         assert isinstance(head, ConceptAwareHead)  # called for a concept-aware head only
         a_img = head.image_concepts(feats.to(p.device).float()).cpu()
-        unit = F.normalize(a_img, dim=1)
-        shown = unit > 0
-        scale = float(head.logit_scale.exp())
-        top = ranked.rows[:, 0]  # the gallery rows of tops
-        loc1 = p.gallery_emb[top].float().cpu()
-        terms = scale * unit * loc1
-        gps = p.gallery_gps
+        top = ranked.rows[:, 0]  # the gallery rows of the top candidates
         runner, rivals = self._runner_ups(feats, top, ranked.pool, rank)
-        known: list[list[ConceptWeight] | None] = [None] * len(tops)
+        known: list[list[ConceptWeight] | None] = [None] * len(top)
         if place_concepts:
             places, each = top.unique(return_inverse=True)  # photos often share a top place
-            rows = cs.top_rows(head.location_concepts(gps[places].to(p.device)).cpu(), n)
+            gps = p.gallery_gps[places].to(p.device)
+            rows = cs.top_rows(head.location_concepts(gps).cpu(), n)
             known = [rows[j] for j in each.tolist()]
-        gap = scale * unit * (loc1 - p.gallery_emb[runner].float().cpu())
-        runner_gps = gps[runner].tolist()
-        runners = [{"lat": lat, "lon": lon, "place": name, "gallery_index": j, "logit_gap": g}
-                   for (lat, lon), name, j, g in zip(runner_gps, place_names(runner_gps),
-                                                     runner.tolist(), gap.sum(1).tolist(),
-                                                     strict=True)]  # fmt: skip
-        lists = zip(outs, cs.top_rows(a_img, n), known, cs.top_rows(terms, n, where=shown),
-                    cs.top_rows(gap, 3, where=shown), cs.top_rows(-gap, 2, where=shown),
-                    terms.sum(1).tolist(), rivals, runners, tops, strict=True)  # fmt: skip
-        for out, photo, place, why, pro, con, score, rival, runner_up, first in lists:
-            out.photo_concepts = photo
-            out.photo_concepts_source = "image activations in the learned concept space"
-            if place is not None:
-                out.place_concepts = place
-                out.place_concepts_source = ("location-encoder activations in the learned "
-                                             "concept space")  # fmt: skip
-            out.score_logit, out.why_here = score, why
-            if rival:
-                out.rather_than, out.rule = self._rather_than(first, runner_up, pro, con)
-        return terms, unit
+        terms, unit = concept_reasons(
+            outs, cs, a_img.numpy(), float(head.logit_scale.exp()),
+            p.gallery_emb[top].float().cpu().numpy(), p.gallery_emb[runner].float().cpu().numpy(),
+            runner.numpy(), p.gallery_gps.numpy(), rivals, known, n)  # fmt: skip
+        return torch.from_numpy(terms), torch.from_numpy(unit)
 
     def _runner_ups(self, feats: torch.Tensor, top: torch.Tensor, idx: torch.Tensor,
                     rank: Rank) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
-        """Each photo's runner-up: the first place ranked at least RUNNER_UP_MIN_KM from its
-        top candidate's point (``top``, (B,)), in its ranked ``idx`` (B, >= 1) or, for photos
-        with none there (a few: their top places are neighbours), among their RANKED_DEEP most
-        probable places by the same ``rank``; and whether it has one."""
-        gps = self.predictor.gallery_gps
-
-        def first_far(ranked: torch.Tensor, top: torch.Tensor
-                      ) -> tuple[torch.Tensor, npt.NDArray[np.bool_]]:  # fmt: skip
-            km = haversine_km(gps[top, 0], gps[top, 1], gps[ranked, 0], gps[ranked, 1])
-            far = np.asarray(km >= RUNNER_UP_MIN_KM)
-            at = torch.as_tensor(far.argmax(1))
-            return ranked[torch.arange(len(ranked)), at], np.asarray(far.any(1))
-
-        runner, found = first_far(idx, top[:, None])
+        """Each photo's runner-up (reasons.first_far from its top candidate's row ``top``,
+        (B,)) in its ranked ``idx`` (B, >= 1) or, for photos with none there (a few: their
+        top places are neighbours), among their RANKED_DEEP most probable places by the same
+        ``rank``; and whether it has one."""
+        gps = self.predictor.gallery_gps.numpy()
+        runner, found = first_far(gps, idx.numpy(), top.numpy())
         deeper = min(RANKED_DEEP, self.predictor.place_count) > idx.shape[1]
         if deeper and not found.all():
-            rows = torch.as_tensor(~found).nonzero()[:, 0]
-            deep = rank(feats[rows], RANKED_DEEP)[1]
-            runner[rows], found[rows.numpy()] = first_far(deep, top[rows, None])
-        return runner, cast(list[bool], found.tolist())
-
-    @staticmethod
-    def _rather_than(top: Candidate, runner: dict[str, Any], pro: list[ConceptWeight],
-                     con: list[ConceptWeight]) -> tuple[dict[str, Any], str]:  # fmt: skip
-        """The contrast with the runner-up, and its IF-THEN rule."""
-        gap = runner["logit_gap"]
-        for e in con:
-            e["weight"] = -e["weight"]
-        if pro:
-            names = " + ".join(e["concept"] for e in pro[:2])
-            rule = (f"IF the photo shows {names} THEN {top.place} rather than "
-                    f"{runner['place']} (logit gap {gap:+.3g})")  # fmt: skip
-        else:
-            rule = f"no concept shown in the photo favours {top.place} over {runner['place']}"
-        return {"runner_up": runner, "for": pro, "against": con}, rule
+            rows = np.flatnonzero(~found)
+            deep = rank(feats[torch.from_numpy(rows)], RANKED_DEEP)[1]
+            runner[rows], found[rows] = first_far(gps, deep.numpy(), top.numpy()[rows])
+        return torch.from_numpy(runner), cast(list[bool], found.tolist())
 
     def _check(self, feats: torch.Tensor, terms: torch.Tensor, unit: torch.Tensor,
                target: int, request: Request) -> dict[str, Any]:  # fmt: skip
@@ -357,26 +298,9 @@ class Explainer:
                            [r for _, r in rand]),
         }  # fmt: skip
 
-    def _zero_shot(self, outs: list[Explanation], feats: torch.Tensor, tops: list[Candidate],
-                   n: int) -> None:  # fmt: skip
-        """Fill each photo's CLIP zero-shot concepts and its top place's region tags, ranked by
-        the photo (so the list ranks; it is correlational, not the score's reason)."""
-        cs = self.concepts
-        why = ("a plain GeoCLIP checkpoint (train --concepts none)" if self.retrained_geoclip
-               else "no concept-aware checkpoint")  # fmt: skip
-        note = (f"{why}: GeoCLIP's score has no concept decomposition (pass a concept-aware "
-                "--checkpoint for why-here, rather-than and --check)")  # fmt: skip
-        for out in outs:
-            out.note = note
-        if self.text is None:
-            return
-        photo = F.normalize(feats.float().cpu(), dim=1) @ self.text.T
-        for out, shown in zip(outs, cs.top_rows(photo, n), strict=True):
-            out.photo_concepts = shown
-            out.photo_concepts_source = "CLIP zero-shot image-text similarity"
-        if cs.regions:  # the place's region tags, ranked by how much the photo shows each
-            w = torch.as_tensor(np.stack([cs.place_weights(t.lat, t.lon) for t in tops]))
-            tagged = torch.where(w > 0, photo, -torch.inf)
-            for out, known in zip(outs, cs.top_rows(tagged, n), strict=True):
-                out.place_concepts = known
-                out.place_concepts_source = ZERO_SHOT_PLACE
+    def _zero_shot(self, outs: list[Explanation], feats: torch.Tensor, n: int) -> None:
+        """Fill each photo's CLIP zero-shot concepts and its top place's region tags
+        (reasons.zero_shot_reasons)."""
+        text = self.text.numpy() if self.text is not None else None
+        zero_shot_reasons(outs, self.concepts, feats.float().cpu().numpy(), text,
+                          zero_shot_note(self.retrained_geoclip), n)  # fmt: skip

@@ -34,22 +34,23 @@ from .calibration_record import Calibration
 from .hints import hint_gains
 from .mondrian import GROUPINGS, group_keys, grouped_mask, place_slots
 from .readout import (
+    HEAT_POINTS,
     REGION_POINTS,
     abstain_level,
     confidence_answer,
     probabilities_note,
     region_summary,
+    strongest,
 )
+from .reasons import POOL
 from .request import Request, say_if_capped
 from .results import Candidate, Confidence, ConfidenceRegion, Prediction
-from .sites import CHUNK, POOL, Rank, Ranked, Sites
+from .sites import CHUNK, Rank, Ranked, Sites
 
 if TYPE_CHECKING:
     from scipy.spatial import cKDTree
 
     from ..model.concept_head import RetrievalHead
-
-HEAT_POINTS = 2000  # most probable places of a heatmap (the rest carry little mass)
 
 
 class Predictor:
@@ -330,16 +331,11 @@ class Predictor:
                 for row in rows]  # fmt: skip
 
     def strongest(self, scores: torch.Tensor, n: int) -> list[list[float]]:
-        """The ``n`` distinct places with the highest of (N,) ``scores`` (a probability or an
-        activation per gallery row) as [lat, lon, score] rows, highest first: a heatmap's
-        points, small enough to send to a browser."""
+        """readout.strongest of (N,) ``scores`` over the distinct places inside the limits."""
         rows = self.places.cpu()
         if self.allowed is not None:
             rows = rows[self.allowed.cpu()[rows]]
-        top = scores.cpu()[rows].topk(max(1, min(n, len(rows))))
-        gps = self.gallery_gps[rows[top.indices]].tolist()
-        return [[round(a, 5), round(b, 5), float(v)]
-                for (a, b), v in zip(gps, top.values.tolist(), strict=True)]  # fmt: skip
+        return strongest(scores.cpu().numpy(), rows.numpy(), self.gallery_gps.numpy(), n)
 
     def heat(self, clip_features: torch.Tensor) -> list[list[float]]:
         """[lat, lon, probability] of the HEAT_POINTS most probable places of one photo's CLIP

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .results import Confidence, ConfidenceRegion
 
 REGION_POINTS = 500  # a region's most probable points sent for a map
+HEAT_POINTS = 2000  # most probable places of a heatmap (the rest carry little mass)
 
 
 def probabilities_note(cal: Calibration | None, limits: Limits, inside: int, places: int,
@@ -90,3 +91,13 @@ def confidence_answer(probability: float, cal: Calibration, level: float, steere
     return {"probability": round(probability, 6), "radius_km": cal.radius_km, "level": level,
             "answered": probability >= level,
             "guarantee": chosen.guarantee() if holds and chosen else None}  # fmt: skip
+
+
+def strongest(scores: npt.NDArray[np.floating[Any]], rows: npt.NDArray[np.integer[Any]],
+              gps: npt.NDArray[np.floating[Any]], n: int) -> list[list[float]]:  # fmt: skip
+    """The ``n`` of gallery ``rows`` (distinct places) with the highest of (N,) ``scores`` (a
+    probability or an activation per gallery row) as [lat, lon, score] rows, highest first: a
+    heatmap's points, small enough to send to a browser."""
+    top = rows[np.argsort(-scores[rows], kind="stable")[: max(1, min(n, len(rows)))]]
+    return [[round(a, 5), round(b, 5), float(v)]
+            for (a, b), v in zip(gps[top].tolist(), scores[top].tolist(), strict=True)]  # fmt: skip

@@ -22,7 +22,6 @@ import torch
 
 from .request import MERGE_KM as MERGE_KM  # the default radius, chosen as said above
 
-POOL = 32  # ranked places kept per photo beyond its candidates (the explainer's runner-up pool)
 CHUNK = 256  # photos whose full gallery probabilities are held at once
 
 Rank = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
@@ -31,7 +30,8 @@ Rank = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 class Ranked(NamedTuple):
     """The k candidates of each photo, each (B, k): probabilities (or scores), the gallery row
     of each candidate's point, and how many gallery rows it holds (0: no candidate there);
-    and ``pool``, each photo's most probable places (B, <= POOL), for a search beyond them."""
+    and ``pool``, each photo's most probable places (B, <= reasons.POOL), for a search beyond
+    them."""
 
     probs: torch.Tensor
     rows: torch.Tensor

@@ -21,6 +21,7 @@ from geoconcept_cli.inference import predictor as predictor_module
 from geoconcept_cli.inference.explainer import faithfulness, remove_concepts
 from geoconcept_cli.inference.factory import load_explainer
 from geoconcept_cli.inference.predictor import Predictor
+from geoconcept_cli.inference.reasons import ZERO_SHOT_PLACE
 from geoconcept_cli.inference.request import Request
 from geoconcept_cli.inference.scorer import PlaceScorer
 from geoconcept_cli.io.images import load_image
@@ -263,7 +264,7 @@ def test_zero_shot_place_concepts_rank_the_places_tags_by_the_photo(zero_shot_ex
     weights = [e["weight"] for e in exp.place_concepts]
     assert weights == pytest.approx([float(sims[i]) for i in expected], rel=1e-3)  # 4 digits
     assert len(set(weights)) == len(weights)
-    assert exp.place_concepts_source == explain.ZERO_SHOT_PLACE
+    assert exp.place_concepts_source == ZERO_SHOT_PLACE
 
 
 def test_cli_single_photo_json_and_map(tmp_path, run_dir, tiny_clip, small_gallery):

@@ -143,3 +143,36 @@ def planted_world(tmp_path_factory):
     feats = test.features + 1.5 * torch.randn(test.features.shape, generator=gen)
     truth = torch.as_tensor(world["centers"], dtype=torch.float32)[world["test_region"]]
     return p, feats, truth, world["test_region"], world
+
+
+@pytest.fixture(scope="session")
+def onnx_bundle(tmp_path_factory):
+    """A concept-aware run of the tiny CLIP's width, calibrated, exported with --onnx and an
+    INT8 graph: (the bundle folder, the world)."""
+    import json
+
+    from synthetic import tiny_trained_world
+    from typer.testing import CliRunner
+
+    from geoconcept_cli.cli.app import app
+
+    runner = CliRunner()
+    root = tmp_path_factory.mktemp("onnx")
+    world = tiny_trained_world(root)
+    run = world["run"]
+    gallery = ["--gallery", str(world["gallery"])]
+    res = runner.invoke(app, ["calibrate", str(world["train"]), str(run), *gallery])
+    assert res.exit_code == 0, res.output
+    # regions per continent and an abstention level, as --by and --target-accuracy store them
+    # (this small world has too few photos to fit them)
+    cal = json.loads((run / "calibration.json").read_text())
+    cal |= {"by": "continent", "groups": {"Asia": 0.5, "Europe": 0.99},
+            "abstention": {"level": 0.3, "target": 0.8, "delta": 0.1, "photos": 96,
+                           "kept": 0.4, "accuracy": 0.85}}  # fmt: skip
+    (run / "calibration.json").write_text(json.dumps(cal))
+    res = runner.invoke(app, ["export", str(run), "--out", str(root / "model"), "--onnx",
+                              "--quantize", "int8", "--clip-model", TINY_CLIP,
+                              "--clip-pretrained", "none", *gallery])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "ONNX bundle (model.int8.onnx and model.onnx, tiny-clip-768)" in res.stdout
+    return root / "model", world

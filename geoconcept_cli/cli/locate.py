@@ -209,7 +209,7 @@ def predict(
 @model_options("concepts concept_embeddings clip_model clip_pretrained gallery device cache_dir "
                "calibration",
                after="images")  # fmt: skip
-@model_options("checkpoint", after="target", checkpoint=RUN_HELP)
+@model_options("checkpoint runtime", after="target", checkpoint=RUN_HELP)
 @options_from(Steering, ANSWERING, after="images", into="steer")
 def explain(
     target: Annotated[
@@ -243,9 +243,14 @@ def explain(
                       heat=map_png is not None, **Steering(**steer).request_fields())  # fmt: skip
     single_only = [name for name, given in (("--map", map_png), ("--json", as_json),
                                              ("--check", check)) if given]  # fmt: skip
+    if spec.runtime != "torch" and (out is not None or map_png is not None or check):
+        raise GeoconceptError(f"--runtime {spec.runtime} explains one photo, as text or --json; "
+                              "batch runs, --map and --check use the torch runtime (leave out "
+                              "--runtime)")  # fmt: skip
     features = _check_mode(target, out, images, gpus, single_only)
     _refuse_hints_on_features(features, request)
-    inference.check_request(spec, request)
+    if spec.runtime == "torch":
+        inference.check_request(spec, request)
     if out is not None and features:
         _explain_features(spec, target, out, request, gpus)  # explained from their features
     elif out is not None:
@@ -332,8 +337,11 @@ def _explain_photo(spec: ModelSpec, photo: Path, request: Request, as_json: bool
         raise GeoconceptError(f"--true-lat {true_lat} --true-lon {true_lon}: not a location")
     if map_png is not None:
         io.writable_file(map_png)  # fail fast, before loading any model
-    explainer = inference.load_explainer(spec, lazy_progress_bar)
-    exp = explainer.explain(photo, request)
+    if map_png is None:  # either runtime
+        exp = inference.load_photo_explainer(spec, lazy_progress_bar).explain(photo, request)
+    else:
+        explainer = inference.load_explainer(spec, lazy_progress_bar)
+        exp = explainer.explain(photo, request)
     if as_json:
         print_json(exp.to_json())
     else:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .factory import check_request as check_request
     from .factory import load_explainer as load_explainer
     from .factory import load_locator as load_locator
+    from .loading import load_photo_explainer as load_photo_explainer
     from .loading import load_predictor as load_predictor
     from .locator import Locator as Locator
     from .predictor import Predictor as Predictor
@@ -31,6 +32,7 @@ __getattr__ = lazy_exports(
     __name__,
     {
         "load_predictor": "loading",
+        "load_photo_explainer": "loading",
         "check_request": "factory",
         "load_explainer": "factory",
         "load_locator": "factory",

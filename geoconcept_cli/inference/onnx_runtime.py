@@ -8,8 +8,8 @@ the bundle's backbone (resize of the shorter side, bicubic, centre crop, [0, 1],
 and the graph gives its query vector; a gallery place's logit is their product, and the
 probabilities, candidates (sites of the bundle's radius, or single points), calibrated
 regions and confidence follow as the torch predictor makes them, one photo at a time, read
-out by inference.readout. Explanations, hints, albums, training and embedding at scale stay on
-torch.
+out by inference.readout (inference.onnx_explainer explains from the same bundle). Hints,
+albums, the deletion check, batch runs, training and embedding at scale stay on torch.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ from ..io.images import load_image
 from ..model.spec import CALIBRATION_NAME
 from .calibration_record import TOLERANCE
 from .readout import (
+    HEAT_POINTS,
     abstain_level,
     confidence_answer,
     probabilities_note,
     region_summary,
+    strongest,
 )
 from .request import Request, say_if_capped
 from .results import Candidate, Prediction
@@ -49,10 +51,11 @@ if TYPE_CHECKING:
     from .calibration_record import Calibration
 
 RUNTIME_FORMAT = "geoconcept-onnx/1"  # export.onnx_bundle writes it
-ONNX_DIR, GRAPH, GRAPH_INT8, GALLERY, RUNTIME = (
-    "onnx", "model.onnx", "model.int8.onnx", "gallery.safetensors", "runtime.json")  # fmt: skip
-TORCH_ONLY = ("explanations, hints, albums, batch runs, training and embedding need the "
-              "torch runtime (leave out --runtime)")  # fmt: skip
+ONNX_DIR, GRAPH, GRAPH_INT8, GALLERY, RUNTIME, CONCEPTS, CONCEPTS_JSON = (
+    "onnx", "model.onnx", "model.int8.onnx", "gallery.safetensors", "runtime.json",
+    "concepts.safetensors", "concepts.json")  # fmt: skip
+TORCH_ONLY = ("hints, albums, the deletion check (--check), batch runs, training and embedding "
+              "need the torch runtime (leave out --runtime)")  # fmt: skip
 NEEDED = {"files": dict, "preprocess": dict, "merge_km": float | int, "graph": dict}
 
 
@@ -105,6 +108,16 @@ class Preprocess:
         return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One photo's (N,) probabilities per gallery row, the rows its limits allow (None: all)
+    and how many distinct places they hold."""
+
+    probs: npt.NDArray[np.float64]
+    allowed: npt.NDArray[np.bool_] | None
+    inside: int
+
+
 class OnnxPredictor:
     """`predict` from an ONNX bundle (module docstring): ``folder`` is its ``onnx/``;
     ``calibration`` False leaves its calibration unused; ``int8`` runs the quantized graph;
@@ -114,7 +127,7 @@ class OnnxPredictor:
                  cache_dir: str | Path | None = None):  # fmt: skip
         from safetensors.numpy import load_file
 
-        self.folder = Path(folder)
+        self.folder, self.int8 = Path(folder), int8
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.config = self._read_config()
         graph = GRAPH_INT8 if int8 else GRAPH
@@ -127,7 +140,7 @@ class OnnxPredictor:
                                       "again")  # fmt: skip
         for name in sorted(self.config["files"]):  # the graph, its weights, the gallery
             if name == GALLERY or name == graph or name.startswith(f"{graph}."):
-                self._check_file(name)
+                self.check_file(name)
         try:
             g = load_file(str(self.folder / GALLERY))
             self.place_emb, self.gps = g["place_emb"], g["gps"]
@@ -136,6 +149,7 @@ class OnnxPredictor:
         except Exception as exc:  # safetensors' own errors, or arrays missing: damaged
             raise GeoconceptError(f"{self.folder / GALLERY}: unreadable ({exc})") from None
         self.areas, self.slots = g.get("areas"), g.get("slots")
+        self.place_concept_norms = g.get("place_concept_norms")
         self.session = self._session(graph)
         self._check_input()
         self.preprocess = Preprocess.from_config(self.config["preprocess"], self.folder)
@@ -188,7 +202,7 @@ class OnnxPredictor:
                                   "region areas; export the bundle again")  # fmt: skip
         return cal
 
-    def _check_file(self, name: str) -> None:
+    def check_file(self, name: str) -> None:
         """Refuse a bundle file that is missing or is not the one runtime.json hashed. A file
         verified before and unchanged since (size, times, inode) is not read again: the
         hashes catch a damaged or replaced file, not a forger who rewrites runtime.json."""
@@ -236,33 +250,39 @@ class OnnxPredictor:
 
         return cKDTree(unit_vectors(self.gps))
 
+    def outputs(self, pixels: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
+        """The graph's outputs for (B, 3, H, W) pixels: (B, D) query vectors, then what
+        explanations read (export.onnx_bundle)."""
+        out = self.session.run(None, {self.session.get_inputs()[0].name: pixels})
+        return [np.asarray(o, dtype=np.float32) for o in out]
+
     def query(self, pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """(B, D) query vectors of (B, 3, H, W) pixels."""
-        out = self.session.run(None, {self.session.get_inputs()[0].name: pixels})[0]
-        return np.asarray(out, dtype=np.float32)
+        return self.outputs(pixels)[0]
+
+    def pixels(self, image: Image.Image) -> npt.NDArray[np.float32]:
+        """(1, 3, H, W) pixels of one photo, preprocessed for the graph."""
+        return self.preprocess(image)[None]
 
     # -------------------------------------------------------------------------- one photo
     def predict(self, photo: str | Path, request: Request = Request()) -> Prediction:
         """Top-k candidates of one photo file, what their probabilities are and, for a
         calibrated model, its confidence and region (GeoconceptError on a bad file)."""
-        pixels = self.preprocess(load_image(photo))[None]
-        return self.predict_query(self.query(pixels)[0], request, image=str(photo))
+        return self.predict_query(self.query(self.pixels(load_image(photo)))[0], request,
+                                  image=str(photo))  # fmt: skip
 
     def predict_query(self, q: npt.NDArray[np.float32], request: Request = Request(),
                       image: str | None = None) -> Prediction:  # fmt: skip
         """:meth:`predict` of one photo's query vector (D,)."""
+        return self.answer(q, request, image)[0]
+
+    def answer(self, q: npt.NDArray[np.float32], request: Request, image: str | None = None
+               ) -> tuple[Prediction, Scored]:  # fmt: skip
+        """:meth:`predict_query`, with the scores it was read from (for an explanation)."""
         self.refuse(request)
-        allowed = (request.limits.mask(self.gps, self.gallery_places) if request.limits
-                   else None)  # fmt: skip
-        inside = int(allowed[self.places].sum()) if allowed is not None else len(self.places)
-        if inside == 0:
-            raise GeoconceptError(f"no gallery place inside {request.limits.describe()}: widen "
-                                  "the limit, or give another --gallery")  # fmt: skip
-        say_if_capped("--top-k", request.top_k, inside, "places in the gallery")
-        t = self.calibration.temperature if self.calibration else 1.0
-        z = (self.place_emb @ q) / np.float32(t)  # each place's logit
-        rows = self.logprob_rows(z, allowed)
-        probs = np.exp(rows)
+        scored = self.scored(q, request)
+        say_if_capped("--top-k", request.top_k, scored.inside, "places in the gallery")
+        probs, allowed = scored.probs, scored.allowed
         candidates = self._candidates(probs, request, allowed)
         cal = self.calibration
         confidence = region = None
@@ -272,15 +292,36 @@ class OnnxPredictor:
             confidence = confidence_answer(self._confidence(probs, cal.radius_km), cal, level,
                                            steered=bool(request.limits))  # fmt: skip
             region = self._region(probs, cal, allowed)
-        note = probabilities_note(cal, request.limits, inside, len(self.places))
-        return Prediction(
+        heat = None
+        if request.heat:
+            rows = self.places if allowed is None else self.places[allowed[self.places]]
+            heat = strongest(probs, rows, self.gps, HEAT_POINTS)
+        prediction = Prediction(
             image=image,
             predictions=candidates,
             merge_km=request.merge_km,
-            probabilities=note,
+            probabilities=self.note(request, scored.inside),
             confidence=confidence,
             region=region,
+            heat=heat,
         )
+        return prediction, scored
+
+    def note(self, request: Request, inside: int) -> dict[str, Any]:
+        """What the probabilities are (readout.probabilities_note)."""
+        return probabilities_note(self.calibration, request.limits, inside, len(self.places))
+
+    def scored(self, q: npt.NDArray[np.float32], request: Request) -> Scored:
+        """One photo's probabilities over the gallery rows within ``request``'s limits."""
+        allowed = (request.limits.mask(self.gps, self.gallery_places) if request.limits
+                   else None)  # fmt: skip
+        inside = int(allowed[self.places].sum()) if allowed is not None else len(self.places)
+        if inside == 0:
+            raise GeoconceptError(f"no gallery place inside {request.limits.describe()}: widen "
+                                  "the limit, or give another --gallery")  # fmt: skip
+        t = self.calibration.temperature if self.calibration else 1.0
+        z = (self.place_emb @ q) / np.float32(t)  # each place's logit
+        return Scored(np.exp(self.logprob_rows(z, allowed)), allowed, inside)
 
     def refuse(self, request: Request) -> None:
         """One line for what a bundle cannot answer."""

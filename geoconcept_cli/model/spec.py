@@ -84,8 +84,8 @@ class ModelSpec:
     )
     runtime: str = _option(
         "torch",
-        "torch, or onnx: the ONNX graph of a model exported with --onnx, run with no torch "
-        "(a cold start in seconds; predict only).",
+        "torch, or onnx (onnx-int8: its quantized graph): the ONNX graph of a model exported "
+        "with --onnx, run with no torch (a cold start in seconds; one photo at a time).",
     )
     features: StoredFeatures | None = None  # set for stored features: no CLIP is loaded
 

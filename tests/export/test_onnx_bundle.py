@@ -27,7 +27,13 @@ def test_pretrained_geoclip_exports_a_bundle_that_predicts(small_gallery, tmp_pa
     config = json.loads((folder / "runtime.json").read_text())
     assert config["format"] == "geoconcept-onnx/1" and config["kind"] == "GeoCLIP"
     assert config["calibration"] is None and config["preprocess"]["size"] == [64, 64]
-    assert set(config["files"]) == {"model.onnx", "model.onnx.data", "gallery.safetensors"}
+    assert set(config["files"]) == {
+        "model.onnx",
+        "model.onnx.data",
+        "gallery.safetensors",
+        "concepts.json",
+        "concepts.safetensors",
+    }  # zero-shot text
     for name, digest in config["files"].items():
         assert file_sha256(folder / name) == digest
     card = (out / "README.md").read_text()

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from conftest import TINY_CLIP, one_line_error, shared_data, tiny_spec
 from PIL import Image
-from synthetic import tiny_trained_world
 from typer.testing import CliRunner
 
 from geoconcept_cli.cli.app import app
@@ -25,29 +24,9 @@ from geoconcept_cli.inference.request import Request
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    """A concept-aware run of the tiny CLIP's width, calibrated, exported with --onnx and an
-    INT8 graph: (the bundle folder, the world)."""
-    root = tmp_path_factory.mktemp("onnx")
-    world = tiny_trained_world(root)
-    run = world["run"]
-    gallery = ["--gallery", str(world["gallery"])]
-    res = runner.invoke(app, ["calibrate", str(world["train"]), str(run), *gallery])
-    assert res.exit_code == 0, res.output
-    # regions per continent and an abstention level, as --by and --target-accuracy store them
-    # (this small world has too few photos to fit them)
-    cal = json.loads((run / "calibration.json").read_text())
-    cal |= {"by": "continent", "groups": {"Asia": 0.5, "Europe": 0.99},
-            "abstention": {"level": 0.3, "target": 0.8, "delta": 0.1, "photos": 96,
-                           "kept": 0.4, "accuracy": 0.85}}  # fmt: skip
-    (run / "calibration.json").write_text(json.dumps(cal))
-    res = runner.invoke(app, ["export", str(run), "--out", str(root / "model"), "--onnx",
-                              "--quantize", "int8", "--clip-model", TINY_CLIP,
-                              "--clip-pretrained", "none", *gallery])  # fmt: skip
-    assert res.exit_code == 0, res.output
-    assert "ONNX bundle (model.int8.onnx and model.onnx, tiny-clip-768)" in res.stdout
-    return root / "model", world
+@pytest.fixture
+def bundle(onnx_bundle):
+    return onnx_bundle
 
 
 def photos(n: int) -> list[Path]:
@@ -210,7 +189,7 @@ def test_a_bundle_that_cannot_be_trusted_is_one_line(bundle, tmp_path):
 def test_what_a_bundle_cannot_answer_is_one_line(bundle):
     folder, world = bundle
     for args, said in (
-        (["--hint", "a harbour"], "--hint: explanations, hints"),
+        (["--hint", "a harbour"], "--hint: hints, albums"),
         (["--merge-km", "3"], "--merge-km 3: this bundle holds sites of 5 km"),
         (["--gallery", str(world["gallery"])], "--gallery cannot be chosen"),
         (["--within", "Atlantis"], "Atlantis"),

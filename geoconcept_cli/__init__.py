@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from .model.spec import StoredFeatures as StoredFeatures
     from .runtime.launch import Workers as Workers
     from .serving.http import serve as serve
+    from .serving.photo_answers import Photo as Photo
     from .serving.service import GeoService as GeoService
-    from .serving.service import Photo as Photo
     from .training.config import TrainConfig as TrainConfig
     from .training.loop import train as train
 
@@ -75,7 +75,7 @@ __getattr__ = lazy_exports(
         "explain_folder": "inference.batch.explain",
         "explain_photos": "inference.batch.photos",
         "GeoService": "serving.service",
-        "Photo": "serving.service",
+        "Photo": "serving.photo_answers",
         "serve": "serving.http",
         "EmbedOptions": "data.embedding",
         "embed_images": "data.embedding",

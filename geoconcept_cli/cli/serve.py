@@ -16,7 +16,7 @@ from .common import Commands, Model, cli_command, model_options, say
 @model_options("concepts concept_embeddings clip_model clip_pretrained gallery device cache_dir "
                "calibration",
                after="tiles")  # fmt: skip
-@model_options("checkpoint", after=None)
+@model_options("checkpoint runtime", after=None)
 def serve(
     model: Model,
     host: Annotated[

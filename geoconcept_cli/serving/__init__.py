@@ -1,5 +1,5 @@
-"""Serving: the warm service behind `geoconcept serve`, its HTTP layer and the page's static
-files."""
+"""Serving: the warm services behind `geoconcept serve` (torch's, and an ONNX bundle's with
+no torch), its HTTP layer and the page's static files."""
 
 from typing import TYPE_CHECKING
 
@@ -7,7 +7,16 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .http import serve as serve
+    from .onnx_service import OnnxService as OnnxService
+    from .photo_answers import Photo as Photo
     from .service import GeoService as GeoService
-    from .service import Photo as Photo
 
-__getattr__ = lazy_exports(__name__, {"GeoService": "service", "Photo": "service", "serve": "http"})
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "GeoService": "service",
+        "OnnxService": "onnx_service",
+        "Photo": "photo_answers",
+        "serve": "http",
+    },
+)

@@ -1,4 +1,5 @@
-"""`geoconcept serve`: HTTP over a :class:`~.service.GeoService`, and the page.
+"""`geoconcept serve`: HTTP over a service (:class:`~.service.GeoService`, or an ONNX bundle's
+:class:`~.onnx_service.OnnxService`), and the page.
 
 Only HTTP lives here: reading uploads within a size limit, query options, the API key, and
 turning every failure into a 4xx (or, for a bug, 500) JSON ``{"error": "<one line>"}``. The
@@ -31,7 +32,6 @@ from starlette.responses import Response
 from .._version import __version__
 from ..errors import GeoconceptError, first_line
 from ..geo.limits import Limits
-from ..inference.factory import load_explainer
 from ..inference.request import (
     HINT_WEIGHT,
     MAX_HINT_WEIGHT,
@@ -43,7 +43,7 @@ from ..inference.request import (
 from ..inference.request import Request as Asked  # fastapi's Request is the HTTP one
 from ..model.spec import ModelSpec
 from ..runtime.progress import Log, Report, quiet, silent
-from .service import GeoService, Photo
+from .photo_answers import Photo, Service
 
 STATIC = Path(__file__).parent / "static"
 PUBLIC = ("/healthz", "/")  # and /static/...: they need no key, they hold no data
@@ -175,7 +175,7 @@ async def read_photo(request: Request, limit_bytes: int) -> Photo:
 
 
 def create_app(
-    service: GeoService,
+    service: Service,
     api_key: str | None = None,
     max_upload_mb: float = 20,
     tiles: str | None = None,
@@ -227,7 +227,7 @@ def create_app(
                       abstain_below: AbstainBelow = None) -> JSONResponse:  # fmt: skip
         asked = Asked(top_k=top_k, merge_km=merge_km, limits=limits, hints=tuple(hint or ()),
                       hint_weight=hint_weight, abstain_below=abstain_below)  # fmt: skip
-        service.predictor.abstain_level(asked)  # a level without a calibration: before reading
+        service.check(asked)  # e.g. a level without a calibration: before reading the upload
         photo = await read_photo(request, limit)
         answer = await run_in_threadpool(service.predict, photo, asked)
         return JSONResponse(answer)
@@ -250,7 +250,7 @@ def create_app(
         asked = Asked(top_k=top_k, concepts_shown=concepts_shown, check=check, m=m, draws=draws,
                       merge_km=merge_km, limits=limits, hints=tuple(hint or ()),
                       hint_weight=hint_weight, abstain_below=abstain_below)  # fmt: skip
-        service.predictor.abstain_level(asked)
+        service.check(asked)
         photo = await read_photo(request, limit)
         answer = await run_in_threadpool(service.explain, photo, asked)
         return JSONResponse(answer)
@@ -335,9 +335,26 @@ def serve(spec: ModelSpec = ModelSpec(), host: str = "127.0.0.1", port: int = 80
             warnings.warn(f"--host {host}: the server is reachable from other machines"
                           + ("" if api_key else "; anyone who can reach it can use it (set "
                              "--api-key or $GEOCONCEPT_API_KEY)"), stacklevel=2)  # fmt: skip
-        service = GeoService(load_explainer(spec, report))
+        service = load_service(spec, report)
         app = create_app(service, api_key, max_upload_mb, tiles)
         shown = f"[{host}]" if ":" in host else host
         log(f"geoconcept serving {service.health()['mode']} at http://{shown}:{port}/ "
             "(Ctrl-C stops)")  # fmt: skip
         run_server(app, sock)
+
+
+def load_service(spec: ModelSpec, report: Report = silent) -> Service:
+    """The service of ``spec``'s runtime: torch's GeoService, or an ONNX bundle's OnnxService
+    (which loads no torch)."""
+    from ..inference.loading import check_runtime, load_onnx_predictor
+
+    check_runtime(spec)
+    if spec.runtime != "torch":
+        from ..inference.onnx_explainer import OnnxExplainer
+        from .onnx_service import OnnxService
+
+        return OnnxService(OnnxExplainer(load_onnx_predictor(spec)))
+    from ..inference.factory import load_explainer
+    from .service import GeoService
+
+    return GeoService(load_explainer(spec, report))

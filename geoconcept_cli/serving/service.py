@@ -14,34 +14,21 @@ heatmap's places and writing JSON stay outside it, so concurrent clients overlap
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import cached_property
-from typing import Any, cast
+from typing import Any
 
 import torch
 
 from ..errors import GeoconceptError
 from ..gallery.store import load_gallery
-from ..geo.distance import haversine_km
-from ..geo.geocode import place_name, place_names
 from ..inference.album import locate_album, name_concepts
 from ..inference.explainer import Explainer
 from ..inference.locator import Locator
-from ..inference.predictor import HEAT_POINTS
+from ..inference.readout import HEAT_POINTS
 from ..inference.request import Request
-from ..inference.results import Candidate
-from ..io.images import decode_image, photo_gps
-
-DECODING_AT_ONCE = 2  # a photo at PIL's 89 Mpx limit takes ~1 GB to decode: bound how many
-WORLD_CELL_DEG = 0.5  # the page draws the world as GeoCLIP's gallery on this grid
-
-
-@dataclass(frozen=True)
-class Photo:
-    """An uploaded photo: its bytes and the name its errors and answers use."""
-
-    data: bytes
-    name: str = "upload"
+from ..io.images import decode_image
+from .photo_answers import DECODING_AT_ONCE, Photo, heat_names, photo_map, world_cells
 
 
 class GeoService:
@@ -79,15 +66,19 @@ class GeoService:
             "clip_pretrained": clip.pretrained if clip else None,
             "gallery_size": len(p.gallery_gps), "places": len(p.places),
             "concepts": len(e.concepts.names), "calibrated": p.calibration is not None,
-            "device": str(p.device),
+            "device": str(p.device), "runtime": "torch",
         }  # fmt: skip
 
     @cached_property
     def world(self) -> list[list[float]]:
-        """GeoCLIP's 100K gallery on a WORLD_CELL_DEG grid, one [lat, lon] per inhabited cell:
-        the page's offline world map, as the PNG maps draw it."""
-        cells = torch.unique(torch.round(load_gallery() / WORLD_CELL_DEG), dim=0)
-        return cast("list[list[float]]", (cells * WORLD_CELL_DEG).tolist())
+        """GeoCLIP's 100K gallery as the page's world grid (photo_answers.world_cells)."""
+        return world_cells(load_gallery().numpy())
+
+    def check(self, request: Request) -> None:
+        """What the model cannot answer (a deletion check without concepts, a level without a
+        calibration), refused before the upload is read."""
+        self.explainer.refuse(request)
+        self.predictor.abstain_level(request)
 
     def _features(self, photo: Photo) -> torch.Tensor:
         """CLIP features of a photo: decoded and preprocessed outside the lock (no weights)."""
@@ -105,16 +96,16 @@ class GeoService:
         with self._lock:
             answer = self.predictor.predict_features(feats, replace(request, heat=True),
                                                      image=photo.name)  # fmt: skip
-        return {**answer.to_json(), "map": _photo_map(answer.heat, answer.predictions, photo)}
+        return {**answer.to_json(), "map": photo_map(answer.heat, answer.predictions, photo)}
 
     def explain(self, photo: Photo, request: Request = Request()) -> dict[str, Any]:
         """``geoconcept explain --json`` of one photo, plus its map."""
-        self.explainer.refuse(request)  # before the photo is read
+        self.check(request)  # before the photo is read
         feats = self._features(photo)
         with self._lock:
             answer = self.explainer.explain_features(feats, replace(request, heat=True),
                                                      image=photo.name)  # fmt: skip
-        return {**answer.to_json(), "map": _photo_map(answer.heat, answer.predictions, photo)}
+        return {**answer.to_json(), "map": photo_map(answer.heat, answer.predictions, photo)}
 
     def album(self, photos: list[Photo], request: Request = Request()) -> dict[str, Any]:
         """``geoconcept predict DIR --together --json`` of uploaded photos, plus a map of the
@@ -125,7 +116,7 @@ class GeoService:
                                                 [ph.name for ph in photos], request),
                                    self.explainer, feats)  # fmt: skip
         heat = [[ph["lat"], ph["lon"], 1.0] for ph in answer.photos]  # each photo's own answer
-        return {**answer.to_json(), "map": {"heat": heat, "names": _names(heat)}}
+        return {**answer.to_json(), "map": {"heat": heat, "names": heat_names(heat)}}
 
     def where(self, text: str, request: Request = Request(top_k=10)) -> dict[str, Any]:
         """``geoconcept where --json`` of a text, plus its heatmap (scores, not probabilities,
@@ -134,28 +125,4 @@ class GeoService:
         with self._lock:
             answer = locator.where(text, request)
             heat = self.predictor.limited(request.limits).strongest(answer.scores, HEAT_POINTS)
-        return {**answer.to_json(), "map": {"heat": heat, "names": _names(heat)}}
-
-
-def _photo_map(heat: list[list[float]] | None, candidates: list[Candidate], photo: Photo
-               ) -> dict[str, Any]:  # fmt: skip
-    """The heatmap points, their names, and the EXIF truth (with the error of the top
-    candidate) when there is one."""
-    heat = heat or []
-    out: dict[str, Any] = {"heat": heat, "names": _names(heat),
-                           "heat_mass": float(sum(h[2] for h in heat))}  # fmt: skip
-    truth = photo_gps(photo.data)
-    if truth is not None:
-        top = candidates[0]
-        out["truth"] = {
-            "lat": truth[0],
-            "lon": truth[1],
-            "place": place_name(*truth),
-            "error_km": float(haversine_km(top.lat, top.lon, *truth)),
-        }
-    return out
-
-
-def _names(heat: list[list[float]]) -> list[str]:
-    """The place name of each [lat, lon, value] heat point, in one search."""
-    return place_names([p[:2] for p in heat])
+        return {**answer.to_json(), "map": {"heat": heat, "names": heat_names(heat)}}

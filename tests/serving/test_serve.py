@@ -382,7 +382,7 @@ def test_cli_serve_refuses_a_port_in_use_before_loading_anything(monkeypatch):
     def no_loading(*args, **kwargs):
         raise AssertionError("loaded the models for a port it cannot listen on")
 
-    monkeypatch.setattr(geoconcept_cli.serving.http, "load_explainer", no_loading)
+    monkeypatch.setattr(geoconcept_cli.serving.http, "load_service", no_loading)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -56,8 +56,9 @@ def load_photo_explainer(spec: ModelSpec | None = None, report: Report = silent
     return load_explainer(spec, report)
 
 
-def load_onnx_predictor(spec: ModelSpec) -> OnnxPredictor:
-    """The ONNX bundle's predictor of an ``onnx`` or ``onnx-int8`` spec (checked)."""
+def load_onnx_predictor(spec: ModelSpec, prepack: bool = False) -> OnnxPredictor:
+    """The ONNX bundle's predictor of an ``onnx`` or ``onnx-int8`` spec (checked); ``prepack``
+    for one that answers many photos (OnnxPredictor)."""
     from .onnx_runtime import OnnxPredictor, bundle_folder
 
     assert spec.checkpoint is not None  # check_runtime says so otherwise
@@ -66,6 +67,7 @@ def load_onnx_predictor(spec: ModelSpec) -> OnnxPredictor:
         calibration=spec.calibration,
         int8=spec.runtime == "onnx-int8",
         cache_dir=spec.cache_dir,
+        prepack=prepack,
     )
 
 

@@ -353,7 +353,7 @@ def load_service(spec: ModelSpec, report: Report = silent) -> Service:
         from ..inference.onnx_explainer import OnnxExplainer
         from .onnx_service import OnnxService
 
-        return OnnxService(OnnxExplainer(load_onnx_predictor(spec)))
+        return OnnxService(OnnxExplainer(load_onnx_predictor(spec, prepack=True)))
     from ..inference.factory import load_explainer
     from .service import GeoService
 

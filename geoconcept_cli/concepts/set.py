@@ -71,13 +71,18 @@ class ConceptSet:
                  ) -> list[list[ConceptWeight]]:  # fmt: skip
         """The ``n`` largest of each row of (B, k) values (numpy, or CPU tensors) as entries,
         largest first (equal ones in concept order); with ``where``, only those concepts, if
-        > 0."""
-        v = np.asarray(values, dtype=np.float64)
+        > 0. A partial sort: a batch's rows cost their n, not their k."""
+        v = np.asarray(values)
+        v = v if v.dtype.kind == "f" else v.astype(np.float64)
         if where is not None:
             v = np.where(np.asarray(where, dtype=bool) & (v > 0), v, -np.inf)
-        top = np.argsort(-v, axis=1, kind="stable")[:, : min(n, v.shape[1])]
-        return [[self.entry(i, row[i]) for i in idx if row[i] > -np.inf]
-                for idx, row in zip(top.tolist(), v, strict=True)]  # fmt: skip
+        m = min(n, v.shape[1])
+        idx = (np.argpartition(-v, m - 1, axis=1)[:, :m] if m < v.shape[1]
+               else np.broadcast_to(np.arange(m), v.shape))  # fmt: skip
+        vals = np.take_along_axis(v, idx, axis=1)
+        top = np.take_along_axis(idx, np.lexsort((idx, -vals), axis=1), axis=1)
+        return [[self.entry(i, row[i]) for i in ids if row[i] > -np.inf]
+                for ids, row in zip(top.tolist(), v, strict=True)]  # fmt: skip
 
     def place_weights(self, lat: float, lon: float) -> npt.NDArray[np.float64]:
         """Salience of each concept for a place: its country's weight, else its continent's."""

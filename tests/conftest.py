@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,27 @@ def one_line_error(res) -> str:
     assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
     assert "Traceback" not in res.output
     return lines[0]
+
+
+def without_torch(script: str, cwd: Path) -> str:
+    """Run ``script`` in a fresh Python process, assert that it ran and imported neither torch
+    nor open_clip, and return what it printed."""
+    probe = ("\nimport sys\nprint('\\nTORCH-FREE', not {'torch', 'open_clip'} & "
+             "sys.modules.keys())\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", script + probe], capture_output=True,
+                         text=True, timeout=300, cwd=cwd)  # fmt: skip
+    said = out.stdout[-2000:] + out.stderr[-2000:]
+    assert out.returncode == 0 and out.stdout.rstrip().endswith("TORCH-FREE True"), said
+    return out.stdout[: out.stdout.rindex("\nTORCH-FREE")]
+
+
+def cli_without_torch(args: list[str], cwd: Path) -> str:
+    """What ``geoconcept ARGS`` prints in a fresh process (:func:`without_torch`), exit 0."""
+    out = without_torch("import sys\nfrom geoconcept_cli.cli.app import app\n"
+                        f"sys.argv = ['geoconcept', *{args!r}]\n"
+                        "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code, e.code\n",
+                        cwd)  # fmt: skip
+    return out
 
 
 def assert_close_json(got, want, abs: float, rel: float = 0.0, skip: tuple[str, ...] = (),

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_CLIP, one_line_error, shared_data, tiny_spec
+from conftest import TINY_CLIP, cli_without_torch, one_line_error, shared_data, tiny_spec
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -112,18 +110,9 @@ def test_preprocessing_is_open_clips_pixel_for_pixel(size):
 
 def test_predict_from_the_bundle_loads_no_torch(bundle, tmp_path):
     folder, _ = bundle
-    script = (
-        "import sys\n"
-        "from geoconcept_cli.cli.app import app\n"
-        f"sys.argv = ['geoconcept', 'predict', {str(photos(1)[0])!r}, '--checkpoint', "
-        f"{str(folder)!r}, '--runtime', 'onnx', '--json']\n"
-        "try:\n    app()\nexcept SystemExit as e:\n    code = e.code\n"
-        "print('LOADED', 'torch' in sys.modules, 'open_clip' in sys.modules, code)\n"
-    )  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=300, cwd=tmp_path)  # fmt: skip
-    assert "LOADED False False 0" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
-    answer = json.loads(out.stdout[: out.stdout.index("LOADED")])
+    answer = json.loads(cli_without_torch(["predict", str(photos(1)[0]), "--checkpoint",
+                                           str(folder), "--runtime", "onnx", "--json"],
+                                          tmp_path))  # fmt: skip
     assert len(answer["predictions"]) == 5 and answer["confidence"]["radius_km"] == 25
 
 

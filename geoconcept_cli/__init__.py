@@ -8,6 +8,12 @@ The package is a library first; the ``geoconcept`` command (``cli/``) and ``geoc
     answer = explainer.explain("photo.jpg", Request(check=True))  # an Explanation
     answer.to_json()  # what `geoconcept explain photo.jpg --json --check` prints
 
+or, from a bundle of ``export --onnx``, with no torch loaded::
+
+    from geoconcept_cli import ModelSpec, load_photo_explainer
+    spec = ModelSpec(checkpoint="models/concepts", runtime="onnx")
+    load_photo_explainer(spec).explain("photo.jpg")  # the same Explanation
+
 and one function per stage: ``embed_images``, ``embed_concept_set``, ``train``, ``evaluate``,
 ``calibrate``, ``export_model`` (and ``predict_folder``, ``explain_folder``, ``ablate``,
 ``make_atlas``, ``probe_locations``, ``serve``). Names are imported on first use, so
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
     from .inference.factory import load_explainer as load_explainer
     from .inference.factory import load_locator as load_locator
     from .inference.factory import load_predictor as load_predictor
+    from .inference.loading import load_photo_explainer as load_photo_explainer
     from .inference.locator import Locator as Locator
     from .inference.predictor import Predictor as Predictor
     from .inference.request import Request as Request
@@ -64,6 +71,7 @@ __getattr__ = lazy_exports(
         "load_explainer": "inference.factory",
         "load_locator": "inference.factory",
         "load_predictor": "inference.factory",
+        "load_photo_explainer": "inference.loading",
         "Predictor": "inference.predictor",
         "Explainer": "inference.explainer",
         "Locator": "inference.locator",
@@ -119,6 +127,7 @@ __all__ = [
     "export_model",
     "load_explainer",
     "load_locator",
+    "load_photo_explainer",
     "load_predictor",
     "make_atlas",
     "predict_folder",

@@ -74,6 +74,7 @@ class OnnxExplainer:
 
     @property
     def mode(self) -> str:
+        """Where the concepts come from, as the torch explainer says it."""
         return explanation_mode(self.concept_aware, self.retrained_geoclip)
 
     def refuse(self, request: Request) -> None:

@@ -5,6 +5,7 @@ bundle cannot explain."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -34,6 +35,12 @@ def photos(n: int):
 def explain(folder, *args: str):
     return runner.invoke(app, ["explain", str(photos(1)[0]), "--checkpoint", str(folder),
                                "--runtime", "onnx", *args])  # fmt: skip
+
+
+def predict_ok(folder) -> bool:
+    res = runner.invoke(app, ["predict", str(photos(1)[0]), "--checkpoint", str(folder),
+                              "--runtime", "onnx", "--json"])  # fmt: skip
+    return res.exit_code == 0 and len(json.loads(res.stdout)["predictions"]) == 5
 
 
 # equal-probability candidates may list in another order in either runtime
@@ -120,6 +127,14 @@ def test_what_a_bundle_cannot_explain_is_one_line(onnx_bundle, tmp_path):
         assert said in one_line_error(explain(folder, *args)), args
     with pytest.raises(Exception, match="--check: hints, albums, the deletion check"):
         OnnxExplainer(OnnxPredictor(bundle_folder(folder))).refuse(Request(check=True))
+    # a bundle exported before bundles explained: its graph gives the query alone
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    config = json.loads((old / "onnx" / "runtime.json").read_text())
+    config["graph"] = {"input": "pixels", "output": "query"}
+    (old / "onnx" / "runtime.json").write_text(json.dumps(config))
+    assert "exported before bundles explained" in one_line_error(explain(old))
+    assert predict_ok(old)  # it still predicts
 
 
 @pytest.mark.slow

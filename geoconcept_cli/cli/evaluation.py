@@ -87,6 +87,12 @@ def evaluate(
             io.writable_file(path)  # before the evaluation, not after it
     if plots_dir is not None and plots_dir.exists() and not plots_dir.is_dir():
         raise GeoconceptError(f"--plots {plots_dir}: a file; give a folder")
+    rule = [flag for flag, value, default in (("--duplicate-cosine", duplicate_cosine,
+            DUPLICATE_COSINE), ("--same-spot-km", same_spot_km, SAME_SPOT_KM))
+            if value != default]  # fmt: skip
+    if rule and train_features is None:
+        raise GeoconceptError(f"{' and '.join(rule)}: the leakage rule goes with "
+                              "--train-features, the training photos' feature folder")  # fmt: skip
     measured = {"m": m, "draws": draws, "photos": explain_photos} if explanations else None
     result = evaluation.evaluate(features, _models(model, checkpoints, geoclip), measured,
                                  lazy_progress_bar, train_features, duplicate_cosine,

@@ -118,6 +118,7 @@ def test_training_features_of_another_clip_are_one_line(small_world, leaky, tmp_
         (["--train-features", str(leaky[0] / "train"), "--duplicate-cosine", "1.5"],
          "--duplicate-cosine 1.5"),
         (["--train-features", str(tmp_path / "none")], "none"),
+        (["--same-spot-km", "5"], "--same-spot-km: the leakage rule goes with --train-features"),
     ):  # fmt: skip
         res = runner.invoke(app, ["evaluate", str(small_world["test"]), "--gallery",
                                   str(small_world["gallery"]), *args])  # fmt: skip

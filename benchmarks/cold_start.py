@@ -11,8 +11,8 @@ build ViT-L/14 on the meta device, load the same weights file in place, encode o
 224 px image. No CLI, photo, gallery or place names. GeoCLIP's time over the floor's is the
 most any such command could reach on this machine. A fourth is `geoconcept predict photo.jpg
 --checkpoint BUNDLE --runtime onnx` from pretrained GeoCLIP's ONNX bundle of the same weights
-(export --onnx, written once): no torch, no open_clip. The four run interleaved, one of each
-in turn.
+(export --onnx, written once): no torch, no open_clip; a fifth the same with its INT8 graph
+(`--runtime onnx-int8`). The five run interleaved, one of each in turn.
 
     python benchmarks/cold_start.py [--repeats 3] [--photo PATH] [--weights FILE]
 """
@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from common import median_times, photos
+from common import ONNX_BUNDLE, VIT_L14, geoclip_bundle, median_times, photos, random_vit_l14
 
 PEER = """
 import sys
@@ -47,17 +47,6 @@ with torch.inference_mode():
 """
 
 
-def random_vit_l14(path: Path) -> None:
-    """A random ViT-L/14 in open_clip's layout, written once."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    model = open_clip.create_model("ViT-L-14")
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-
-
 def process(cmd: list[str]) -> Callable[[], None]:
     """A new process running ``cmd`` (raises if it fails)."""
 
@@ -71,19 +60,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--photo")
-    ap.add_argument("--weights", default="/tmp/geoconcept-bench-vit-l-14.safetensors")
-    ap.add_argument("--bundle", default="/tmp/geoconcept-bench-onnx")
+    ap.add_argument("--weights", type=Path, default=VIT_L14)
+    ap.add_argument("--bundle", type=Path, default=ONNX_BUNDLE)
     args = ap.parse_args()
     photo = str(Path(args.photo) if args.photo else photos(1)[0])
-    weights = Path(args.weights)
-    if not weights.is_file():
-        print(f"writing a random ViT-L/14 to {weights} (once)")
-        random_vit_l14(weights)
-    bundle = Path(args.bundle)
-    if not (bundle / "onnx" / "runtime.json").is_file():
-        print(f"exporting GeoCLIP with that ViT-L/14 to {bundle} (once)")
-        subprocess.run([sys.executable, "-m", "geoconcept_cli", "export", "--onnx", "--out",
-                        str(bundle), "--clip-pretrained", str(weights)], check=True)  # fmt: skip
+    weights = random_vit_l14(args.weights)
+    bundle = geoclip_bundle(weights, args.bundle)
     ours = [sys.executable, "-m", "geoconcept_cli", "predict", photo, "--clip-pretrained",
             str(weights)]  # fmt: skip
     onnx = [sys.executable, "-m", "geoconcept_cli", "predict", photo, "--checkpoint",
@@ -92,20 +74,23 @@ def main() -> None:
     t = median_times({"ours": process(ours), "floor": process([sys.executable, "-c", FLOOR,
                                                                str(weights)]),
                       "peer": process([sys.executable, "-c", PEER, photo]),
-                      "onnx": process(onnx)},
+                      "onnx": process(onnx),
+                      "onnx-int8": process([*onnx[:-1], "onnx-int8"])},
                      args.repeats)  # fmt: skip
     print(f"photo: {photo}  (medians of {args.repeats}, interleaved)")
     print(f"geoconcept predict, new process         : {t['ours']:6.2f} s")
     print(f"floor: torch + open_clip + ViT-L forward : {t['floor']:6.2f} s")
     print(f"GeoCLIP cold start + predict            : {t['peer']:6.2f} s")
     print(f"geoconcept predict --runtime onnx        : {t['onnx']:6.2f} s")
+    print(f"geoconcept predict --runtime onnx-int8   : {t['onnx-int8']:6.2f} s")
     print(
         f"speed-up : {t['peer'] / t['ours']:.2f}x  (target >= 5x); "
         f"the floor's: {t['peer'] / t['floor']:.2f}x, the most an open_clip command can reach"
     )
     print(
         f"ONNX bundle: {t['peer'] / t['onnx']:.2f}x GeoCLIP's (target >= 6x), "
-        f"{t['ours'] / t['onnx']:.2f}x the torch path's (target >= 2x)"
+        f"{t['ours'] / t['onnx']:.2f}x the torch path's (target >= 2x); INT8: "
+        f"{t['peer'] / t['onnx-int8']:.2f}x and {t['ours'] / t['onnx-int8']:.2f}x"
     )
 
 

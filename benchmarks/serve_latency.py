@@ -11,42 +11,14 @@ A real server (a `geoconcept serve` subprocess on a free local port) with a rand
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
-import subprocess
-import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from common import default_device, photos
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "geoconcept_cli", "serve", "--port", str(port),
-           "--clip-pretrained", args.clip_pretrained, "--device", args.device]  # fmt: skip
-    if args.checkpoint:
-        cmd += ["--checkpoint", args.checkpoint]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 900
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).raise_for_status()
-            return proc
-        except httpx.TransportError:
-            if proc.poll() is not None:
-                sys.exit(f"serve exited: {proc.stderr.read() if proc.stderr else ''}")
-            if time.monotonic() > deadline:
-                sys.exit("serve did not come up in 15 minutes")
-            time.sleep(0.5)
+from common import default_device, free_port, photos, start_server
 
 
 def main() -> None:
@@ -64,7 +36,10 @@ def main() -> None:
     print(f"photo: {photo}  device: {args.device}")
 
     port = free_port()
-    server = start_server(args, port)  # loads (and caches) everything before we time anything
+    options = ["--clip-pretrained", args.clip_pretrained, "--device", args.device]
+    if args.checkpoint:
+        options += ["--checkpoint", args.checkpoint]
+    server = start_server(options, port)  # loads (and caches) everything before we time anything
     try:
         from geoconcept_cli import ModelSpec, load_explainer
 

@@ -56,6 +56,11 @@ def one_line_error(res) -> str:
     return lines[0]
 
 
+def im2gps_photos(n: int) -> list[Path]:
+    """The first ``n`` Im2GPS3k photos (the test skips where the shared data is absent)."""
+    return sorted(shared_data("im2gps3k", "images").iterdir())[:n]
+
+
 def without_torch(script: str, cwd: Path) -> str:
     """Run ``script`` in a fresh Python process, assert that it ran and imported neither torch
     nor open_clip, and return what it printed."""

@@ -168,7 +168,7 @@ def predict(
     torchrun/SLURM ranks."""
     spec = ModelSpec(**model)
     request = Request(top_k=top_k, **Steering(**steer).request_fields())
-    if spec.runtime != "torch" and (out is not None or together or group_by):
+    if spec.runtime != "torch" and (out is not None or together or group_by or _batch(image)):
         raise GeoconceptError(f"--runtime {spec.runtime} predicts one photo; batch runs and "
                               "albums use the torch runtime (leave out --runtime)")  # fmt: skip
     if together or group_by:
@@ -243,7 +243,8 @@ def explain(
                       heat=map_png is not None, **Steering(**steer).request_fields())  # fmt: skip
     single_only = [name for name, given in (("--map", map_png), ("--json", as_json),
                                              ("--check", check)) if given]  # fmt: skip
-    if spec.runtime != "torch" and (out is not None or map_png is not None or check):
+    if spec.runtime != "torch" and (out is not None or map_png is not None or check
+                                    or _batch(target)):  # fmt: skip
         raise GeoconceptError(f"--runtime {spec.runtime} explains one photo, as text or --json; "
                               "batch runs, --map and --check use the torch runtime (leave out "
                               "--runtime)")  # fmt: skip
@@ -263,12 +264,17 @@ def explain(
         _explain_photo(spec, target, request, as_json, map_png, true_lat, true_lon)
 
 
+def _batch(target: Path) -> bool:
+    """Whether ``target`` asks for batch mode: a folder, or a manifest (CSV/Parquet)."""
+    return target.is_dir() or target.suffix.lower() in BATCH_SUFFIXES
+
+
 def _check_mode(target: Path, out: Path | None, images: Path | None, gpus: int,
                 single_only: list[str]) -> bool:  # fmt: skip
     """One line, before anything loads, for options that do not fit predict's or explain's
     mode: batch (a folder or a manifest, with --out) or one photo (which must read). True
     for an embed-images feature folder with --out (batch from its features)."""
-    batch = target.is_dir() or target.suffix.lower() in BATCH_SUFFIXES
+    batch = _batch(target)
     if batch and out is None:
         raise GeoconceptError("batch mode (a folder or manifest) needs --out results.parquet")
     if images is not None and (not batch or target.is_dir()):

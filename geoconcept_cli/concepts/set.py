@@ -70,8 +70,9 @@ class ConceptSet:
     def top_rows(self, values: npt.ArrayLike, n: int, where: npt.ArrayLike | None = None
                  ) -> list[list[ConceptWeight]]:  # fmt: skip
         """The ``n`` largest of each row of (B, k) values (numpy, or CPU tensors) as entries,
-        largest first (equal ones in concept order); with ``where``, only those concepts, if
-        > 0. A partial sort: a batch's rows cost their n, not their k."""
+        largest first; with ``where``, only those concepts, if > 0. A partial sort, so a
+        batch's rows cost their n, not their k: where values tie at the n-th place, which of
+        them are kept is arbitrary (equal ones kept list in concept order)."""
         v = np.asarray(values)
         v = v if v.dtype.kind == "f" else v.astype(np.float64)
         if where is not None:

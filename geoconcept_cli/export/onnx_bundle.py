@@ -195,7 +195,8 @@ def _write_gallery(predictor: Predictor, path: Path) -> None:
     if isinstance(head, ConceptAwareHead):
         with torch.no_grad():
             latents = location_latents(head, predictor.gallery_gps[predictor.places.cpu()])
-            arrays["place_concept_norms"] = (latents @ head.basis.T).norm(dim=1).numpy()
+            basis = head.basis.detach().cpu()  # the latents come on the CPU
+            arrays["place_concept_norms"] = (latents @ basis.T).norm(dim=1).numpy()
     save_file(arrays, str(path), metadata={"format": RUNTIME_FORMAT})
 
 
@@ -238,7 +239,8 @@ def _card(out: Path, config: dict[str, Any]) -> None:
         f"head as one graph, from {pre['size'][0]}x{pre['size'][1]} pixels (resized on the "
         f"shorter side, bicubic, centre-cropped, normalised by mean {pre['mean']} and std "
         f"{pre['std']}) to the vector scored against `gallery.safetensors`. It needs "
-        "numpy, onnxruntime, Pillow, safetensors, pandas, pyarrow and geoconcept's gazetteer "
+        "numpy, scipy, onnxruntime, Pillow, safetensors, pandas, pyarrow and geoconcept's "
+        "gazetteer "
         "(and fastapi, uvicorn and python-multipart to serve), not torch:\n\n"
         "    geoconcept predict PHOTO --checkpoint THIS_FOLDER --runtime onnx\n"
         "    geoconcept explain PHOTO --checkpoint THIS_FOLDER --runtime onnx\n"

@@ -127,7 +127,7 @@ def _load(spec: ModelSpec, report: Report) -> tuple[Predictor, dict[str, Any]]:
     Refused in one line before any weights load: a run trained on features of another CLIP
     (naming the options that match), a CLIP whose width the head cannot take, a calibration
     made for another model, gallery or CLIP. Stored features load no CLIP weights; an ONNX
-    bundle's runtime answers only `predict` (inference.loading)."""
+    bundle's runtime (inference.loading) is refused here."""
     if spec.runtime != "torch":
         raise GeoconceptError(f"--runtime {spec.runtime}: {TORCH_ONLY}")
     stored = spec.features

@@ -51,10 +51,7 @@ class OnnxExplainer:
         self.concepts = ConceptSet(**self._concept_set())
         self.text: npt.NDArray[np.float32] | None = None
         if not self.concept_aware and CONCEPTS in config["files"]:
-            from safetensors.numpy import load_file
-
-            p.check_file(CONCEPTS)
-            self.text = load_file(str(p.folder / CONCEPTS))["text"]
+            self.text = self._text()
         if self.concept_aware and p.place_concept_norms is None:
             raise GeoconceptError(f"{p.folder}: a concept-aware bundle without its places' "
                                   "concept norms; export --onnx again")  # fmt: skip
@@ -67,10 +64,28 @@ class OnnxExplainer:
         try:
             data = json.loads((p.folder / CONCEPTS_JSON).read_text())
             fields = {k: data[k] for k in ("names", "categories", "subcategories", "regions")}
+            if len({len(fields[k]) for k in ("names", "categories", "subcategories")}) != 1:
+                raise ValueError("lists of different lengths")
         except (OSError, ValueError, KeyError, TypeError):
             raise GeoconceptError(f"{p.folder / CONCEPTS_JSON}: damaged; export the bundle "
                                   "again") from None  # fmt: skip
         return fields
+
+    def _text(self) -> npt.NDArray[np.float32]:
+        """concepts.safetensors' text embeddings, one per concept of concepts.json."""
+        from safetensors.numpy import load_file
+
+        p = self.predictor
+        p.check_file(CONCEPTS)
+        try:
+            text = load_file(str(p.folder / CONCEPTS))["text"]
+        except Exception:  # safetensors' own errors, or the array missing: damaged
+            text = None
+        if text is None or text.shape[0] != len(self.concepts.names):
+            raise GeoconceptError(f"{p.folder / CONCEPTS}: not the text embeddings of "
+                                  f"{CONCEPTS_JSON}'s concepts; export the bundle "
+                                  "again")  # fmt: skip
+        return text
 
     @property
     def mode(self) -> str:
@@ -108,22 +123,24 @@ class OnnxExplainer:
                           confidence=prediction.confidence, region=prediction.region,
                           heat=prediction.heat)  # fmt: skip
         if self.concept_aware:
-            self._decompose(out, second[None], rows[:1], scored, n)
+            self._decompose(out, second[None], rows[:1], scored, request)
         else:
             zero_shot_reasons([out], self.concepts, second[None], self.text,
                               zero_shot_note(self.retrained_geoclip), n)  # fmt: skip
         return out
 
     def _decompose(self, out: Explanation, a_img: npt.NDArray[np.float32],
-                   top: npt.NDArray[np.int64], scored: Scored, n: int) -> None:  # fmt: skip
+                   top: npt.NDArray[np.int64], scored: Scored, request: Request
+                   ) -> None:  # fmt: skip
         """Fill the concept reasons (reasons.concept_reasons) of the photo's (1, k)
         activations and its top row: its runner-up is the first place RUNNER_UP_MIN_KM away
         among its most probable places inside the limits, as deep as the torch explainer
-        looks (its pool, then RANKED_DEEP)."""
-        p = self.predictor
+        looks (its pool: POOL places, or top-k of them per point; then RANKED_DEEP)."""
+        p, n = self.predictor, request.concepts_shown
         assert p.place_concept_norms is not None  # __init__ refuses a bundle without
         places = p.places if scored.allowed is None else p.places[scored.allowed[p.places]]
-        depth = min(max(POOL, RANKED_DEEP), len(places))
+        pool = max(request.top_k, POOL) if request.merge_km <= 0 else POOL
+        depth = min(max(pool, RANKED_DEEP), len(places))
         ranked = places[np.argsort(-scored.probs[places], kind="stable")[:depth]]
         runner, found = first_far(p.gps, ranked[None], top)
         top_place = p.place_of_row[top]

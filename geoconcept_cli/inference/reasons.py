@@ -88,7 +88,7 @@ def concept_reasons(outs: list[Explanation], concepts: ConceptSet, a_img: Floats
     the runner-up's gallery row (``rivals``: whether it has one) and what the top place is
     known for (``known``, None: left out). Returns the per-concept score terms and the
     unit image activations, (B, k) each."""
-    unit = a_img / np.linalg.norm(a_img, axis=1, keepdims=True)
+    unit = a_img / unit_norm(a_img)
     shown = unit > 0
     terms = scale * unit * top_loc
     gap = scale * unit * (top_loc - runner_loc)
@@ -139,7 +139,7 @@ def zero_shot_reasons(outs: list[Explanation], concepts: ConceptSet, features: F
         out.note = note
     if text is None or features is None:
         return
-    photo = (features / np.linalg.norm(features, axis=1, keepdims=True)) @ text.T
+    photo = (features / unit_norm(features)) @ text.T
     for out, shown in zip(outs, concepts.top_rows(photo, n), strict=True):
         out.photo_concepts = shown
         out.photo_concepts_source = "CLIP zero-shot image-text similarity"
@@ -150,3 +150,10 @@ def zero_shot_reasons(outs: list[Explanation], concepts: ConceptSet, features: F
         for out, known in zip(outs, concepts.top_rows(tagged, n), strict=True):
             out.place_concepts = known
             out.place_concepts_source = ZERO_SHOT_PLACE
+
+
+def unit_norm(rows: Floats) -> Floats:
+    """(B, 1) norms of (B, D) rows, at least 1e-12 (as torch's F.normalize): a zero row stays
+    zero, not NaN."""
+    norm: Floats = np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return norm

@@ -261,11 +261,12 @@ def create_app(
     async def album(request: Request, limits: Limited, top_k: TopK = 5,
                     merge_km: MergeKm = MERGE_KM, hint: Hints = None,
                     hint_weight: HintWeight = HINT_WEIGHT) -> JSONResponse:  # fmt: skip
+        asked = Asked(top_k=top_k, merge_km=merge_km, limits=limits, hints=tuple(hint or ()),
+                      hint_weight=hint_weight)  # fmt: skip
+        service.check_album(asked)  # before the uploads are read
         photos = await read_photos(request, limit, MAX_ALBUM)
         if len(photos) < 2:
             raise HTTPException(400, "an album is 2 or more photos, each in a field 'image'")
-        asked = Asked(top_k=top_k, merge_km=merge_km, limits=limits, hints=tuple(hint or ()),
-                      hint_weight=hint_weight)  # fmt: skip
         return JSONResponse(await run_in_threadpool(service.album, photos, asked))
 
     @app.get("/where", summary="Where a text or concept points: `geoconcept where --json`")

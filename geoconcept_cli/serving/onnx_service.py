@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 from functools import cached_property
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -77,9 +77,13 @@ class OnnxService:
                                                 photo.name)  # fmt: skip
         return {**answer.to_json(), "map": photo_map(answer.heat, answer.predictions, photo)}
 
-    def album(self, photos: list[Photo], request: Request = Request()) -> dict[str, Any]:
+    def check_album(self, request: Request) -> NoReturn:
+        """Albums stay on torch: refused before the uploads are read."""
         raise GeoconceptError(f"albums: {TORCH_ONLY}")
 
-    def where(self, text: str, request: Request = Request()) -> dict[str, Any]:
+    def album(self, photos: list[Photo], request: Request = Request()) -> NoReturn:
+        self.check_album(request)
+
+    def where(self, text: str, request: Request = Request()) -> NoReturn:
         raise GeoconceptError("where: CLIP's text tower is not in the bundle; the torch runtime "
                               "answers it (leave out --runtime)")  # fmt: skip

@@ -42,6 +42,9 @@ class Service(Protocol):
     def check(self, request: Request) -> None:
         """Refuse a question this model cannot answer, before its upload is read."""
 
+    def check_album(self, request: Request) -> None:
+        """Refuse an album this model cannot answer, before its uploads are read."""
+
     def predict(self, photo: Photo, request: Request) -> dict[str, Any]: ...
 
     def explain(self, photo: Photo, request: Request) -> dict[str, Any]: ...

@@ -80,6 +80,10 @@ class GeoService:
         self.explainer.refuse(request)
         self.predictor.abstain_level(request)
 
+    def check_album(self, request: Request) -> None:
+        """Every album the torch runtime is asked is answerable (locate_album refuses what
+        is not, such as a limit with no place inside, once the photos are read)."""
+
     def _features(self, photo: Photo) -> torch.Tensor:
         """CLIP features of a photo: decoded and preprocessed outside the lock (no weights)."""
         clip = self.predictor.clip

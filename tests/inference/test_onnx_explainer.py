@@ -14,8 +14,10 @@ from conftest import (
     assert_close_json,
     cli_without_torch,
     one_line_error,
-    shared_data,
     tiny_spec,
+)
+from conftest import (
+    im2gps_photos as photos,
 )
 from typer.testing import CliRunner
 
@@ -26,10 +28,6 @@ from geoconcept_cli.inference.onnx_runtime import OnnxPredictor, bundle_folder
 from geoconcept_cli.inference.request import Request
 
 runner = CliRunner()
-
-
-def photos(n: int):
-    return sorted(shared_data("im2gps3k", "images").iterdir())[:n]
 
 
 def explain(folder, *args: str):
@@ -125,6 +123,9 @@ def test_what_a_bundle_cannot_explain_is_one_line(onnx_bundle, tmp_path):
         (["--concepts", str(tmp_path / "c.parquet")], "--concepts cannot be chosen"),
     ):
         assert said in one_line_error(explain(folder, *args)), args
+    res = runner.invoke(app, ["explain", str(photos(1)[0].parent), "--checkpoint", str(folder),
+                              "--runtime", "onnx"])  # fmt: skip
+    assert "--runtime onnx explains one photo" in one_line_error(res)  # before batch's needs
     with pytest.raises(Exception, match="--check: hints, albums, the deletion check"):
         OnnxExplainer(OnnxPredictor(bundle_folder(folder))).refuse(Request(check=True))
     # a bundle exported before bundles explained: its graph gives the query alone

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_CLIP, cli_without_torch, one_line_error, shared_data, tiny_spec
+from conftest import TINY_CLIP, cli_without_torch, one_line_error, tiny_spec
+from conftest import im2gps_photos as photos
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -25,10 +26,6 @@ runner = CliRunner()
 @pytest.fixture
 def bundle(onnx_bundle):
     return onnx_bundle
-
-
-def photos(n: int) -> list[Path]:
-    return sorted(shared_data("im2gps3k", "images").iterdir())[:n]
 
 
 @pytest.mark.parametrize("merge_km", [5.0, 0.0])

@@ -4,7 +4,8 @@ and a 400 in one line for what the bundle cannot answer."""
 from __future__ import annotations
 
 import pytest
-from conftest import assert_close_json, shared_data, tiny_spec, without_torch
+from conftest import assert_close_json, tiny_spec, without_torch
+from conftest import im2gps_photos as photos
 from fastapi.testclient import TestClient
 
 from geoconcept_cli.model.spec import ModelSpec
@@ -20,10 +21,6 @@ def clients(onnx_bundle):
         torch = load_service(tiny_spec(checkpoint=folder, gallery=world["gallery"]))
     return (TestClient(create_app(onnx), raise_server_exceptions=False),
             TestClient(create_app(torch), raise_server_exceptions=False))  # fmt: skip
-
-
-def photos(n: int):
-    return sorted(shared_data("im2gps3k", "images").iterdir())[:n]
 
 
 def upload(photo) -> dict:

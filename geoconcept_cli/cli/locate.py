@@ -243,11 +243,9 @@ def explain(
                       heat=map_png is not None, **Steering(**steer).request_fields())  # fmt: skip
     single_only = [name for name, given in (("--map", map_png), ("--json", as_json),
                                              ("--check", check)) if given]  # fmt: skip
-    if spec.runtime != "torch" and (out is not None or map_png is not None or check
-                                    or _batch(target)):  # fmt: skip
-        raise GeoconceptError(f"--runtime {spec.runtime} explains one photo, as text or --json; "
-                              "batch runs, --map and --check use the torch runtime (leave out "
-                              "--runtime)")  # fmt: skip
+    if spec.runtime != "torch" and (out is not None or check or _batch(target)):
+        raise GeoconceptError(f"--runtime {spec.runtime} explains one photo; batch runs and "
+                              "--check use the torch runtime (leave out --runtime)")  # fmt: skip
     features = _check_mode(target, out, images, gpus, single_only)
     _refuse_hints_on_features(features, request)
     if spec.runtime == "torch":
@@ -343,18 +341,16 @@ def _explain_photo(spec: ModelSpec, photo: Path, request: Request, as_json: bool
         raise GeoconceptError(f"--true-lat {true_lat} --true-lon {true_lon}: not a location")
     if map_png is not None:
         io.writable_file(map_png)  # fail fast, before loading any model
-    if map_png is None:  # either runtime
-        exp = inference.load_photo_explainer(spec, lazy_progress_bar).explain(photo, request)
-    else:
-        explainer = inference.load_explainer(spec, lazy_progress_bar)
-        exp = explainer.explain(photo, request)
+    explainer = inference.load_photo_explainer(spec, lazy_progress_bar)  # either runtime
+    exp = explainer.explain(photo, request)
     if as_json:
         print_json(exp.to_json())
     else:
         print_explanation(exp)
     if map_png:  # after printing: a map that cannot be written does not hide the answer
-        plots.render_map(exp, explainer.predictor.gallery_gps, map_png,
-                         truth or io.photo_gps(photo))  # fmt: skip
+        world = explainer.gallery_points if spec.runtime != "torch" else None  # no torch
+        plots.render_map(exp, explainer.gallery_points, map_png, truth or io.photo_gps(photo),
+                         world)  # fmt: skip
 
 
 @cli_command

@@ -150,6 +150,11 @@ class Explainer:
         return self.explain_features(feats, request, image=str(photo))
 
     @property
+    def gallery_points(self) -> npt.NDArray[np.float64]:
+        """The (N, 2) gallery points the explanations are over, as an array (for a map)."""
+        return self.predictor.gallery_gps.numpy().astype(np.float64)
+
+    @property
     def mode(self) -> str:
         """Where the concepts come from, as the JSON's ``mode`` says it."""
         return explanation_mode(self.concept_aware, self.retrained_geoclip)

@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from ..errors import GeoconceptError
 from ..model.spec import RUNTIMES, ModelSpec
 from ..runtime.progress import Report, silent
@@ -25,9 +28,13 @@ class PhotoPredictor(Protocol):
 
 
 class PhotoExplainer(Protocol):
-    """What `explain` of one photo asks of a model."""
+    """What `explain` of one photo asks of a model: the explanation, and the (N, 2) gallery
+    points it answers over (for a map)."""
 
     def explain(self, photo: str | Path, request: Request = ...) -> Explanation: ...
+
+    @property
+    def gallery_points(self) -> npt.NDArray[np.float64]: ...
 
 
 def load_predictor(spec: ModelSpec | None = None, report: Report = silent) -> PhotoPredictor:

@@ -88,6 +88,11 @@ class OnnxExplainer:
         return text
 
     @property
+    def gallery_points(self) -> npt.NDArray[np.float64]:
+        """The bundle's (N, 2) gallery points (for a map)."""
+        return self.predictor.gps.astype(np.float64)
+
+    @property
     def mode(self) -> str:
         """Where the concepts come from, as the torch explainer says it."""
         return explanation_mode(self.concept_aware, self.retrained_geoclip)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import torch
+import numpy.typing as npt
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -32,15 +32,15 @@ RANK_APART_DEG = 5.0  # a candidate's rank is drawn beside it if no better one i
 
 
 def render_map(
-    exp: Explanation, gallery_gps: torch.Tensor, path: str | Path,
-    true_latlon: tuple[float, float] | None = None,
+    exp: Explanation, gallery_gps: npt.ArrayLike, path: str | Path,
+    true_latlon: tuple[float, float] | None = None, world: npt.ArrayLike | None = None,
 ) -> Path:  # fmt: skip
     """Write :func:`map_figure` to ``path`` (PNG), atomically."""
     import matplotlib.pyplot as plt
 
     from ..io.artifacts import atomic_path
 
-    fig = map_figure(exp, gallery_gps, true_latlon)
+    fig = map_figure(exp, gallery_gps, true_latlon, world)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
@@ -49,11 +49,14 @@ def render_map(
 
 
 def map_figure(
-    exp: Explanation, gallery_gps: torch.Tensor, true_latlon: tuple[float, float] | None = None
-) -> Figure:
-    """The explanation's map and concept bars; its heat ([lat, lon, probability] rows, when
-    asked for) is drawn as the probability heatmap, on a log scale, its colour bar under the
-    map, clear of the concept names."""
+    exp: Explanation, gallery_gps: npt.ArrayLike, true_latlon: tuple[float, float] | None = None,
+    world: npt.ArrayLike | None = None,
+) -> Figure:  # fmt: skip
+    """The explanation's map and concept bars over its (N, 2) gallery (a tensor or an array:
+    either runtime's), the world drawn as ``world``'s points (None: GeoCLIP's 100K gallery,
+    loaded with torch); its heat ([lat, lon, probability] rows, when asked for) is drawn as
+    the probability heatmap, on a log scale, its colour bar under the map, clear of the
+    concept names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,16 +64,15 @@ def map_figure(
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Patch
 
-    from ..gallery.store import load_gallery
-
     fig = plt.figure(figsize=(MAP_SIZE_PX[0] / DPI, MAP_SIZE_PX[1] / DPI), dpi=DPI)
     ax = fig.add_axes(MAP_AXES)
-    world = load_gallery()
-    ax.scatter(world[:, 1], world[:, 0], s=0.2, c="#c8c8c8", linewidths=0, rasterized=True)
-    if not (gallery_gps.shape == world.shape and torch.equal(gallery_gps, world)):
-        label = f"retrieval gallery ({len(gallery_gps):,} points)"
-        ax.scatter(gallery_gps[:, 1], gallery_gps[:, 0], s=3, c="#6f6f6f", linewidths=0,
-                   rasterized=True, label=label)  # fmt: skip
+    drawn = world_points() if world is None else np.asarray(world, dtype=np.float64)
+    ax.scatter(drawn[:, 1], drawn[:, 0], s=0.2, c="#c8c8c8", linewidths=0, rasterized=True)
+    gps = np.asarray(gallery_gps, dtype=np.float64)
+    if not np.array_equal(gps, drawn):
+        label = f"retrieval gallery ({len(gps):,} points)"
+        ax.scatter(gps[:, 1], gps[:, 0], s=3, c="#6f6f6f", linewidths=0, rasterized=True,
+                   label=label)  # fmt: skip
     rows = np.asarray(exp.heat or [], dtype=np.float64).reshape(-1, 3)[::-1]  # top drawn last
     if (rows[:, 2] > 0).any():  # a log scale needs a positive floor: underflowed rows sit on it
         low = rows[:, 2][rows[:, 2] > 0].min()
@@ -160,7 +162,14 @@ def _fit_names(fig: Figure, bars: Axes, names: list[str]) -> None:
         bars.set_position((left, box.y0, max(0.98 - left, 0.05), box.height))
 
 
-def render_heatmap(scores: torch.Tensor, gallery_gps: torch.Tensor, path: str | Path,
+def world_points() -> npt.NDArray[np.float64]:
+    """GeoCLIP's 100K gallery, (N, 2) degrees: the inhabited world every map draws."""
+    from ..gallery.store import load_gallery
+
+    return load_gallery().numpy().astype(np.float64)
+
+
+def render_heatmap(scores: npt.ArrayLike, gallery_gps: npt.ArrayLike, path: str | Path,
                    title: str, marks: list[dict[str, Any]] | None = None) -> Path:  # fmt: skip
     """A world map of one score per gallery point (probability or activation), brightest
     where it is highest, over the 100K-point world, with ``marks`` (lat, lon, place) named;
@@ -170,17 +179,17 @@ def render_heatmap(scores: torch.Tensor, gallery_gps: torch.Tensor, path: str | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..gallery.store import load_gallery
     from ..io.artifacts import atomic_path
 
     fig = plt.figure(figsize=(MAP_SIZE_PX[0] / DPI, MAP_SIZE_PX[1] / DPI), dpi=DPI)
     ax = fig.add_axes((0.05, 0.1, 0.82, 0.8))
-    world = load_gallery()
+    world = world_points()
     ax.scatter(world[:, 1], world[:, 0], s=0.2, c="#d8d8d8", linewidths=0, rasterized=True)
-    order = scores.argsort()  # highest drawn last, on top
-    order = order[torch.isfinite(scores[order])]  # -inf: outside the search's limits
-    pts = gallery_gps[order]
-    shown = ax.scatter(pts[:, 1], pts[:, 0], s=1.5, c=scores[order].numpy(), cmap="inferno_r",
+    values = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(values, kind="stable")  # highest drawn last, on top
+    order = order[np.isfinite(values[order])]  # -inf: outside the search's limits
+    pts = np.asarray(gallery_gps, dtype=np.float64)[order]
+    shown = ax.scatter(pts[:, 1], pts[:, 0], s=1.5, c=values[order], cmap="inferno_r",
                        linewidths=0, rasterized=True)  # fmt: skip
     fig.colorbar(shown, cax=fig.add_axes((0.89, 0.1, 0.015, 0.8)))
     for m in marks or []:

@@ -87,11 +87,17 @@ def test_the_terms_sum_to_the_score_the_graph_gives(onnx_bundle):
 
 def test_explain_from_the_bundle_loads_no_torch(onnx_bundle, tmp_path):
     folder, _ = onnx_bundle
+    from PIL import Image
+
+    from geoconcept_cli.plots.maps import MAP_SIZE_PX
+
     answer = json.loads(cli_without_torch(["explain", str(photos(1)[0]), "--checkpoint",
-                                           str(folder), "--runtime", "onnx", "--json"],
-                                          tmp_path))  # fmt: skip
+                                           str(folder), "--runtime", "onnx", "--json", "--map",
+                                           str(tmp_path / "map.png")], tmp_path))  # fmt: skip
     assert answer["mode"] == "concept-aware checkpoint" and answer["why_here"]
     assert answer["rule"].startswith(("IF the photo shows", "no concept shown"))
+    with Image.open(tmp_path / "map.png") as png:  # the world drawn from the bundle's gallery
+        assert png.format == "PNG" and png.size == MAP_SIZE_PX
     text = explain(folder, "--abstain-below", "0")
     assert text.exit_code == 0 and "rather than" in text.stdout, text.output
 
@@ -117,8 +123,7 @@ def test_geoclips_bundle_explains_with_zero_shot_concepts(small_gallery, tmp_pat
 def test_what_a_bundle_cannot_explain_is_one_line(onnx_bundle, tmp_path):
     folder, _ = onnx_bundle
     for args, said in (
-        (["--check"], "--check use the torch runtime"),
-        (["--map", str(tmp_path / "m.png")], "--map and --check use the torch runtime"),
+        (["--check"], "batch runs and --check use the torch runtime"),
         (["--hint", "a harbour"], "--hint: hints, albums"),
         (["--concepts", str(tmp_path / "c.parquet")], "--concepts cannot be chosen"),
     ):

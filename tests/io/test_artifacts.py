@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from geoconcept_cli.io import artifacts as artifacts
+from geoconcept_cli import _files  # where io's atomic writes live
 from geoconcept_cli.io.artifacts import atomic_path, write_json
 
 
@@ -32,8 +32,8 @@ def test_data_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkey
         calls.append(("replace", str(src)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(artifacts.os, "fsync", fsync)
-    monkeypatch.setattr(artifacts.os, "replace", replace)
+    monkeypatch.setattr(_files.os, "fsync", fsync)
+    monkeypatch.setattr(_files.os, "replace", replace)
     write_json(tmp_path / "b.json", [1, 2])
     assert [c[0] for c in calls] == ["fsync", "replace", "fsync"]
     assert calls[0][1] == calls[1][1] and calls[2][1] == str(tmp_path)  # the data, the folder

@@ -100,7 +100,7 @@ def _export_run(run: Path, out: Path, evaluation: Path | None) -> None:
 @model_options("cache_dir", after="clear_calibrations")
 def cache(
     clear: Annotated[
-        bool, typer.Option("--clear", help="Delete gallery and concept embeddings.")
+        bool, typer.Option("--clear", help="Delete gallery and concept embeddings, parsed places.")
     ] = False,
     clear_calibrations: Annotated[
         bool,

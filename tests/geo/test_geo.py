@@ -102,14 +102,27 @@ def test_the_gazetteer_is_parsed_once_then_read_from_the_cache(tmp_path, monkeyp
     cached.write_bytes(cached.read_bytes()[:1000])  # cut short
     assert fresh().city.tolist() == first.city.tolist() and len(parses) == 2
     assert geocode._read(cached) is not None  # written whole again
-    with cached.open("wb") as f:  # whole, but its arrays do not fit together
-        np.savez(f, unit=np.zeros((3, 3)), country=np.array(["FR"]), regions=np.array(["FR/"]),
-                 region_of=np.zeros(1, np.int32),
-                 cities=np.frombuffer(b"\xff", np.uint8))  # fmt: skip
-    assert fresh().city.tolist() == first.city.tolist() and len(parses) == 3
+    whole = {
+        "unit": np.zeros((1, 3)),
+        "country": np.array(["FR"]),
+        "regions": np.array(["FR/"]),
+        "region_of": np.zeros(1, np.int32),
+        "cities": np.frombuffer(b"Paris", np.uint8),
+    }
+    for damage in (
+        {"unit": np.zeros((3, 3))},
+        {"region_of": np.ones(1, np.int32)},
+        {"region_of": np.zeros(1)},
+        {"cities": np.frombuffer(b"\xff", np.uint8)},
+    ):
+        assert geocode._places(whole).city.tolist() == ["Paris"]  # whole, then damaged:
+        with cached.open("wb") as f:
+            np.savez(f, **{**whole, **damage})
+        assert fresh().city.tolist() == first.city.tolist()
+    assert len(parses) == 6
 
     monkeypatch.setenv("GEOCONCEPT_CACHE", str(cached))  # a file where the folder should be
-    assert fresh().city.tolist() == first.city.tolist() and len(parses) == 4
+    assert fresh().city.tolist() == first.city.tolist() and len(parses) == 7
     geocode._gazetteer.cache_clear()
 
 
@@ -132,6 +145,21 @@ def test_a_few_points_are_searched_as_the_tree_searches_many(rng):
             == getattr(many, field).tolist()
         )
     assert (many.country != "").sum() > 3000  # most are near a town: the search had work to do
+    g = geocode._gazetteer()
+    assert len(np.unique(g.unit, axis=0)) == len(g.unit)  # no two places share a point
+
+
+def test_a_point_that_is_not_finite_is_near_no_place():
+    """Few points or many, a NaN or infinite coordinate is named by its coordinates (no town
+    near it) and the others as ever."""
+    for n in (3, 40):
+        points = np.tile([[48.8566, 2.3522]], (n, 1))
+        points[1] = [np.nan, 2.0]
+        points[2] = [10.0, np.inf]
+        places = reverse_geocode(points)
+        assert places.country.tolist() == ["FR", "", "", *["FR"] * (n - 3)]
+        assert np.isnan(places.place_km[1:3]).all() and places.place_km[0] < 5
+        assert place_names(points[:2])[1] == "nan, 2.00 (no town within 200 km)"
 
 
 def test_naming_a_few_places_imports_no_scipy(tmp_path):
